@@ -73,7 +73,10 @@ pub(crate) async fn to_config(cluster: &str, kubeconfig: &Kubeconfig) -> Result<
 pub(crate) fn write(path: &Path, kubeconfig: &Kubeconfig) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let yaml = serde_saphyr::to_string(kubeconfig).map_err(|e| {
+    // Plain scalars: kubeconfig readers in other languages expect base64 data on one line.
+    let mut options = serde_saphyr::SerializerOptions::default();
+    options.prefer_block_scalars = false;
+    let yaml = serde_saphyr::to_string_with_options(kubeconfig, options).map_err(|e| {
         Error::io(
             "cannot encode kubeconfig",
             path,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::api::rbac::v1::PolicyRule;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, CustomResource};
 use kube_envtest::{Error, Fleet, UserSpec};
 use schemars::JsonSchema;
@@ -61,6 +62,20 @@ async fn e01_fleet_of_three_is_isolated() {
             "{} sees exactly its own object",
             cluster.name()
         );
+    }
+    // The kubeconfig files written for other tools work on their own.
+    for (cluster, path) in fleet
+        .clusters()
+        .iter()
+        .zip(fleet.write_kubeconfigs(fleet.dir().join("out")).expect("write"))
+    {
+        let kubeconfig = Kubeconfig::read_from(&path).expect("read kubeconfig");
+        assert_eq!(kubeconfig.current_context.as_deref(), Some(cluster.name()));
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .expect("config");
+        let names = configmap_names(Client::try_from(config).expect("client")).await;
+        assert_eq!(names, vec![format!("cm-{}", cluster.name())]);
     }
     // Each cluster has its own certificate authority: one cluster's admin is nobody
     // to another.
