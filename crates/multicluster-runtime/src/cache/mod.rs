@@ -1,0 +1,475 @@
+//! The per-cluster shared informer cache.
+//!
+//! A [`Cache`] belongs to one cluster. Controllers ask it for an [`Informer`] of a
+//! type; the first request starts a watch, later requests for the same type and
+//! [`WatchSpec`] get the same informer. However many controllers read ConfigMaps of a
+//! cluster, the cluster serves one ConfigMap watch.
+//!
+//! Each informer keeps the objects in a [`Store`] (with a namespace index and named
+//! [field indexes](Cache::index_field)) and broadcasts [`InformerEvent`]s. Watches
+//! retry with backoff for as long as the cache runs, so a broken cluster only affects
+//! its own informers; cancelling the cache's token (the cluster left the fleet) stops
+//! them all.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use k8s_openapi::api::core::v1::ConfigMap;
+//! use multicluster_runtime::ClusterName;
+//! use multicluster_runtime::cache::{Cache, CacheOptions, InformerEvent};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! # async fn example(client: kube::Client) -> Result<(), Box<dyn std::error::Error>> {
+//! let token = CancellationToken::new();
+//! let cache = Cache::new(ClusterName::from("eu-1"), client, CacheOptions::default(), token.clone());
+//!
+//! // Indexes can be registered before or after the informer starts.
+//! cache.index_field::<ConfigMap>("app", |cm| {
+//!     cm.metadata.labels.iter().flatten().filter(|(k, _)| *k == "app").map(|(_, v)| v.clone()).collect()
+//! })?;
+//!
+//! let informer = cache.informer::<ConfigMap>();
+//! let mut events = informer.subscribe();
+//! informer.wait_synced(Duration::from_secs(30)).await?;
+//! let web = informer.store().by_index("app", "web")?;
+//! println!("{} ConfigMaps of app=web", web.len());
+//!
+//! while let Ok(event) = events.recv().await {
+//!     if let InformerEvent::Applied { old, new } = event {
+//!         println!("{:?} changed (was known: {})", new.metadata.name, old.is_some());
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+mod error;
+mod event;
+mod index;
+mod informer;
+mod key;
+mod options;
+mod store;
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::fmt;
+use std::fmt::Debug;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use kube::api::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+pub use self::error::CacheError;
+pub use self::event::InformerEvent;
+pub use self::index::FieldIndex;
+pub use self::informer::Informer;
+pub use self::key::ObjectKey;
+pub use self::options::{CacheOptions, WatchSpec};
+pub use self::store::Store;
+
+use self::index::Extractor;
+use self::informer::{Prepare, Transform};
+use self::key::{InformerKey, TypeKey};
+use crate::ClusterName;
+
+/// A Kubernetes object type the cache can hold: any kube [`Resource`] that can be
+/// deserialized, cloned and shared between tasks. Implemented for every such type,
+/// including `DynamicObject` and [`PartialObjectMeta<K>`].
+pub trait CacheObject:
+    Resource<DynamicType: Clone + Send + Sync + 'static>
+    + Clone
+    + DeserializeOwned
+    + Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> CacheObject for K where
+    K: Resource<DynamicType: Clone + Send + Sync + 'static>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// The shared informer cache of one cluster.
+///
+/// Cloning is cheap; clones are the same cache. See the [module docs](self).
+///
+/// Informers are started on the Tokio runtime current when they are first requested;
+/// one requested outside a runtime, or after the token was cancelled, never starts and
+/// reports [`CacheError::Stopped`].
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cluster: ClusterName,
+    client: Client,
+    options: CacheOptions,
+    token: CancellationToken,
+    registry: Mutex<Registry>,
+    watches: AtomicUsize,
+}
+
+/// What the cache knows by type. Values are type-erased because one cache holds
+/// informers of many types; the [`TypeKey`] in each key says what to downcast to.
+#[derive(Default)]
+struct Registry {
+    /// `Informer<K>`s.
+    informers: HashMap<InformerKey, Erased>,
+    /// `Extractor<K>`s with their index names, applied to every informer of the type.
+    indexes: HashMap<TypeKey, Vec<(String, Erased)>>,
+    /// `Transform<K>`s, applied by informers created after they were set.
+    transforms: HashMap<TypeKey, Erased>,
+}
+
+type Erased = Arc<dyn Any + Send + Sync>;
+
+impl Cache {
+    /// A cache of `cluster`, reading through `client`. Its watches run until `token` is
+    /// cancelled; cancel it when the cluster leaves the fleet.
+    pub fn new(
+        cluster: ClusterName,
+        client: Client,
+        options: CacheOptions,
+        token: CancellationToken,
+    ) -> Self {
+        Cache {
+            inner: Arc::new(Inner {
+                cluster,
+                client,
+                options,
+                token,
+                registry: Mutex::new(Registry::default()),
+                watches: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// The cluster cached.
+    pub fn cluster(&self) -> &ClusterName {
+        &self.inner.cluster
+    }
+
+    /// The client the cache watches through.
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// The settings.
+    pub fn options(&self) -> &CacheOptions {
+        &self.inner.options
+    }
+
+    /// Whether the cache's token was cancelled.
+    pub fn is_stopped(&self) -> bool {
+        self.inner.token.is_cancelled()
+    }
+
+    /// How many watches the cache started: one per informer.
+    pub fn watch_count(&self) -> usize {
+        self.inner.watches.load(Ordering::Relaxed)
+    }
+
+    /// The informer of all objects of `K`, in all namespaces; started on first use.
+    pub fn informer<K>(&self) -> Arc<Informer<K>>
+    where
+        K: CacheObject,
+        K::DynamicType: Default,
+    {
+        self.informer_with(&K::DynamicType::default(), WatchSpec::default())
+    }
+
+    /// The informer of the objects of `K` (of resource type `dyntype`) selected by
+    /// `spec`, in all namespaces; started on first use. Requests with the same type
+    /// and spec share it.
+    ///
+    /// ```no_run
+    /// # fn example(cache: multicluster_runtime::cache::Cache) {
+    /// use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+    /// use multicluster_runtime::cache::WatchSpec;
+    ///
+    /// let gvk = GroupVersionKind::gvk("apps", "v1", "Deployment");
+    /// let deployments = ApiResource::from_gvk(&gvk);
+    /// let informer = cache.informer_with::<DynamicObject>(&deployments, WatchSpec::default().labels("tier=web"));
+    /// # }
+    /// ```
+    pub fn informer_with<K: CacheObject>(
+        &self,
+        dyntype: &K::DynamicType,
+        spec: WatchSpec,
+    ) -> Arc<Informer<K>> {
+        let key = InformerKey {
+            ty: TypeKey::of::<K>(dyntype),
+            spec: spec.normalized(),
+        };
+        let mut registry = self.inner.registry();
+        if let Some(existing) = registry.informers.get(&key)
+            && let Ok(informer) = existing.clone().downcast::<Informer<K>>()
+        {
+            return informer;
+        }
+        // Under the registry lock, so that an index registered concurrently is either
+        // seen here or applied by `register_index` to this informer, never lost.
+        let informer = self.start_informer::<K>(dyntype, &key, &registry);
+        registry.informers.insert(key, informer.clone());
+        informer
+    }
+
+    /// The metadata-only informer of `K` (all namespaces, no selector): it stores
+    /// only `metadata` of each object, which is all that some controllers need and
+    /// much less memory. It is separate from [`informer::<K>`](Self::informer).
+    pub fn metadata_informer<K>(&self) -> Arc<Informer<PartialObjectMeta<K>>>
+    where
+        K: CacheObject,
+        K::DynamicType: Default,
+    {
+        self.metadata_informer_with::<K>(&K::DynamicType::default(), WatchSpec::default())
+    }
+
+    /// Like [`metadata_informer`](Self::metadata_informer), for a dynamic type and a
+    /// selection.
+    ///
+    /// Indexes and transforms of metadata-only informers are registered for
+    /// `PartialObjectMeta<K>`, e.g. `cache.index_field::<PartialObjectMeta<Pod>>(..)`.
+    pub fn metadata_informer_with<K: CacheObject>(
+        &self,
+        dyntype: &K::DynamicType,
+        spec: WatchSpec,
+    ) -> Arc<Informer<PartialObjectMeta<K>>> {
+        // `Api<PartialObjectMeta<K>>` makes metadata-only requests, so the generic
+        // informer does the rest.
+        self.informer_with::<PartialObjectMeta<K>>(dyntype, spec)
+    }
+
+    /// Sets a function applied to every object of `K` before it is stored, after
+    /// `managedFields` were dropped (if [`CacheOptions::strip_managed_fields`]). Use it
+    /// to drop fields you never read.
+    ///
+    /// It applies to informers of `K` created **after** the call; existing ones keep
+    /// what they had, since objects already stored could not be transformed
+    /// consistently. Set transforms before starting controllers. A second call
+    /// replaces the function.
+    pub fn set_transform<K>(&self, transform: impl Fn(&mut K) + Send + Sync + 'static)
+    where
+        K: CacheObject,
+        K::DynamicType: Default,
+    {
+        self.set_transform_with::<K>(&K::DynamicType::default(), transform);
+    }
+
+    /// Like [`set_transform`](Self::set_transform), for a dynamic type.
+    pub fn set_transform_with<K: CacheObject>(
+        &self,
+        dyntype: &K::DynamicType,
+        transform: impl Fn(&mut K) + Send + Sync + 'static,
+    ) {
+        let transform: Transform<K> = Arc::new(transform);
+        let ty = TypeKey::of::<K>(dyntype);
+        self.inner.registry().transforms.insert(ty, Arc::new(transform));
+    }
+
+    /// Registers an index named `name` over objects of `K`, filing each object under
+    /// the values `extractor` returns; read it with [`Store::by_index`] or
+    /// [`list_by_index`](Self::list_by_index).
+    ///
+    /// The index applies to every informer of `K`, whatever its selection: informers
+    /// created later get it when they start, existing ones build it at once from the
+    /// objects they hold.
+    ///
+    /// # Errors
+    /// [`CacheError::IndexExists`] if an index of that name exists for `K`, as in
+    /// controller-runtime: several providers sharing one cache can tell that one of
+    /// them registered the index already.
+    pub fn index_field<K>(
+        &self,
+        name: &str,
+        extractor: impl Fn(&K) -> Vec<String> + Send + Sync + 'static,
+    ) -> Result<(), CacheError>
+    where
+        K: CacheObject,
+        K::DynamicType: Default,
+    {
+        self.index_field_with::<K>(&K::DynamicType::default(), name, extractor)
+    }
+
+    /// Like [`index_field`](Self::index_field), for a dynamic type.
+    ///
+    /// # Errors
+    /// As for [`index_field`](Self::index_field).
+    pub fn index_field_with<K: CacheObject>(
+        &self,
+        dyntype: &K::DynamicType,
+        name: &str,
+        extractor: impl Fn(&K) -> Vec<String> + Send + Sync + 'static,
+    ) -> Result<(), CacheError> {
+        self.register_index::<K>(dyntype, name, Arc::new(extractor))
+    }
+
+    pub(crate) fn register_index<K: CacheObject>(
+        &self,
+        dyntype: &K::DynamicType,
+        name: &str,
+        extractor: Extractor<K>,
+    ) -> Result<(), CacheError> {
+        let ty = TypeKey::of::<K>(dyntype);
+        let mut registry = self.inner.registry();
+        let exists = registry
+            .indexes
+            .get(&ty)
+            .is_some_and(|names| names.iter().any(|(n, _)| n == name));
+        if exists {
+            return Err(CacheError::IndexExists {
+                cluster: self.inner.cluster.clone(),
+                resource: ty.resource.to_string(),
+                index: name.to_owned(),
+            });
+        }
+        for (key, informer) in &registry.informers {
+            if key.ty == ty
+                && let Ok(informer) = informer.clone().downcast::<Informer<K>>()
+            {
+                informer.store().add_index(name, extractor.clone())?;
+            }
+        }
+        registry
+            .indexes
+            .entry(ty)
+            .or_default()
+            .push((name.to_owned(), Arc::new(extractor)));
+        Ok(())
+    }
+
+    /// The object `name` in `namespace` (`None` for cluster-scoped objects), from the
+    /// [`informer::<K>`](Self::informer), once it is synced.
+    ///
+    /// # Errors
+    /// [`CacheError::SyncTimeout`] if the informer does not sync within
+    /// [`CacheOptions::sync_timeout`]; [`CacheError::Stopped`] if the cache stopped.
+    pub async fn get<K>(&self, namespace: Option<&str>, name: &str) -> Result<Option<Arc<K>>, CacheError>
+    where
+        K: CacheObject,
+        K::DynamicType: Default,
+    {
+        Ok(self.synced_informer::<K>().await?.store().get(namespace, name))
+    }
+
+    /// The objects of `K` in `namespace`, or in all namespaces for `None`, from the
+    /// [`informer::<K>`](Self::informer), once it is synced. In no particular order.
+    ///
+    /// # Errors
+    /// As for [`get`](Self::get).
+    pub async fn list<K>(&self, namespace: Option<&str>) -> Result<Vec<Arc<K>>, CacheError>
+    where
+        K: CacheObject,
+        K::DynamicType: Default,
+    {
+        let informer = self.synced_informer::<K>().await?;
+        Ok(match namespace {
+            Some(namespace) => informer.store().list_namespace(namespace),
+            None => informer.store().list(),
+        })
+    }
+
+    /// The objects of `K` filed under `value` in the index `index`, from the
+    /// [`informer::<K>`](Self::informer), once it is synced.
+    ///
+    /// # Errors
+    /// As for [`get`](Self::get), and [`CacheError::UnknownIndex`] if no index of
+    /// that name was registered for `K`.
+    pub async fn list_by_index<K>(&self, index: &str, value: &str) -> Result<Vec<Arc<K>>, CacheError>
+    where
+        K: CacheObject,
+        K::DynamicType: Default,
+    {
+        self.synced_informer::<K>().await?.store().by_index(index, value)
+    }
+
+    async fn synced_informer<K>(&self) -> Result<Arc<Informer<K>>, CacheError>
+    where
+        K: CacheObject,
+        K::DynamicType: Default,
+    {
+        let informer = self.informer::<K>();
+        informer.wait_synced(self.inner.options.sync_timeout).await?;
+        Ok(informer)
+    }
+
+    fn start_informer<K: CacheObject>(
+        &self,
+        dyntype: &K::DynamicType,
+        key: &InformerKey,
+        registry: &Registry,
+    ) -> Arc<Informer<K>> {
+        let inner = &self.inner;
+        let resource: Arc<str> = Arc::from(key.ty.resource.to_string());
+        let informer = Arc::new(Informer::new(
+            inner.cluster.clone(),
+            resource.clone(),
+            key.spec.clone(),
+            inner.options.effective_event_capacity(),
+        ));
+        for (name, extractor) in registry.indexes.get(&key.ty).into_iter().flatten() {
+            if let Some(extractor) = extractor.downcast_ref::<Extractor<K>>() {
+                // Cannot fail: the store is new and the registry holds unique names.
+                let _ = informer.store().add_index(name, extractor.clone());
+            }
+        }
+        if inner.token.is_cancelled() {
+            informer.mark_stopped();
+            return informer;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!(
+                cluster = %inner.cluster,
+                resource = %resource,
+                "informer requested outside a Tokio runtime; it will not start"
+            );
+            informer.mark_stopped();
+            return informer;
+        };
+        let prepare = Prepare {
+            strip_managed_fields: inner.options.strip_managed_fields,
+            transform: registry
+                .transforms
+                .get(&key.ty)
+                .and_then(|transform| transform.downcast_ref::<Transform<K>>())
+                .cloned(),
+        };
+        let api = Api::<K>::all_with(inner.client.clone(), dyntype);
+        let events = watcher(api, key.spec.watcher_config()).default_backoff();
+        runtime.spawn(informer.clone().run(events, prepare, inner.token.child_token()));
+        inner.watches.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(cluster = %inner.cluster, resource = %resource, spec = ?key.spec, "watch started");
+        informer
+    }
+}
+
+impl Inner {
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl fmt::Debug for Cache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("cluster", &self.inner.cluster)
+            .field("options", &self.inner.options)
+            .field("watches", &self.watch_count())
+            .field("stopped", &self.is_stopped())
+            .finish_non_exhaustive()
+    }
+}

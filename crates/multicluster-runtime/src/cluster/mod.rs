@@ -1,0 +1,107 @@
+//! Clusters: a name, a client and a shared cache.
+
+mod name;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::{Cache, CacheOptions};
+
+pub use name::ClusterName;
+
+/// Settings for a [`Cluster`].
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOptions {
+    /// Settings of the cluster's shared cache.
+    pub cache: CacheOptions,
+}
+
+/// One cluster of the fleet: its name, a client, and the cache that every controller
+/// engaged with this cluster shares.
+///
+/// Providers create clusters and hand them to the manager as `Arc<Cluster>`. A new
+/// instance under a known name (rotated credentials, another server) replaces the old
+/// one; the same instance again is a no-op. [`Cluster::stop`] ends the cache's
+/// watches; so does dropping the last handle.
+pub struct Cluster {
+    name: ClusterName,
+    client: kube::Client,
+    cache: Cache,
+    token: CancellationToken,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("name", &self.name)
+            .field("stopped", &self.is_stopped())
+            .finish()
+    }
+}
+
+impl Cluster {
+    /// A cluster with default options.
+    pub fn new(name: impl Into<ClusterName>, client: kube::Client) -> Self {
+        Self::with_options(name, client, ClusterOptions::default())
+    }
+
+    /// A cluster with the given options.
+    pub fn with_options(name: impl Into<ClusterName>, client: kube::Client, options: ClusterOptions) -> Self {
+        let name = name.into();
+        let token = CancellationToken::new();
+        let cache = Cache::new(name.clone(), client.clone(), options.cache, token.child_token());
+        Cluster {
+            name,
+            client,
+            cache,
+            token,
+        }
+    }
+
+    /// A cluster whose client is built from `config`.
+    ///
+    /// # Errors
+    /// [`crate::Error::Client`] if the client cannot be built (e.g. bad TLS material).
+    pub fn from_config(
+        name: impl Into<ClusterName>,
+        config: kube::Config,
+        options: ClusterOptions,
+    ) -> crate::Result<Self> {
+        let name = name.into();
+        let client = kube::Client::try_from(config).map_err(|source| crate::Error::Client {
+            cluster: name.clone(),
+            source,
+        })?;
+        Ok(Self::with_options(name, client, options))
+    }
+
+    /// The cluster's name.
+    pub fn name(&self) -> &ClusterName {
+        &self.name
+    }
+
+    /// A client for the cluster (cheap to clone).
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
+    /// The cluster's shared cache.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// Stops every watch of the cluster's cache. Readers keep the last state.
+    pub fn stop(&self) {
+        self.token.cancel();
+    }
+
+    /// Whether [`stop`](Self::stop) was called.
+    pub fn is_stopped(&self) -> bool {
+        self.token.is_cancelled()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}

@@ -1,0 +1,279 @@
+//! Building a controller: what it watches, where, and how it reconciles.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::engage::EngageOptions;
+use super::predicate::Predicate;
+use super::queue::QueueConfig;
+use super::reconcile::{ReconcileRequest, TypedReconciler};
+use super::request::{Action, Request};
+use super::source::{MapContext, Mapper, Source, TypedSource, map_owner, map_self};
+use super::{Controller, Settings};
+use crate::cache::{CacheObject, WatchSpec};
+use crate::cluster::ClusterName;
+use crate::error::Result;
+use crate::manager::Manager;
+
+/// How long a source waits for a cluster's cache before it logs that it still waits.
+const DEFAULT_SYNC_WAIT: Duration = Duration::from_secs(30);
+
+/// Builds a [`Controller`] for the primary type `K` (Go's `For`).
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+/// # use multicluster_runtime::controller::{Action, Controller, ReconcileRequest};
+/// # async fn demo(manager: multicluster_runtime::Manager) -> multicluster_runtime::Result<()> {
+/// async fn reconcile(req: ReconcileRequest<ConfigMap>, _ctx: Arc<()>) -> Result<Action, kube::Error> {
+///     println!("{} in cluster {}", req.request.name(), req.request.cluster);
+///     Ok(Action::await_change())
+/// }
+/// Controller::builder::<ConfigMap>(&manager)
+///     .named("configmaps")
+///     .owns::<Secret>()
+///     .concurrency(4)
+///     .run(reconcile, |_req, _err, _ctx| Action::backoff(), Arc::new(()))
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub struct ControllerBuilder<K: CacheObject> {
+    manager: Manager,
+    dyntype: K::DynamicType,
+    spec: WatchSpec,
+    predicates: Vec<Predicate<K>>,
+    name: String,
+    engage: EngageOptions,
+    queue: QueueConfig,
+    sync_wait: Duration,
+    sources: Vec<Arc<dyn Source>>,
+    local_sources: Vec<Arc<dyn Source>>,
+}
+
+impl Controller {
+    /// Starts building a controller for `K` on `manager`.
+    pub fn builder<K: CacheObject>(manager: &Manager) -> ControllerBuilder<K>
+    where
+        K::DynamicType: Default,
+    {
+        ControllerBuilder::new_with(manager, K::DynamicType::default())
+    }
+}
+
+impl<K: CacheObject> ControllerBuilder<K> {
+    /// Starts building a controller for a dynamic type (e.g. `DynamicObject` with
+    /// its `ApiResource`).
+    pub fn new_with(manager: &Manager, dyntype: K::DynamicType) -> Self {
+        let name = K::kind(&dyntype).to_lowercase();
+        ControllerBuilder {
+            manager: manager.clone(),
+            dyntype,
+            spec: WatchSpec::default(),
+            predicates: Vec::new(),
+            name,
+            engage: EngageOptions::default(),
+            queue: QueueConfig::default(),
+            sync_wait: DEFAULT_SYNC_WAIT,
+            sources: Vec::new(),
+            local_sources: Vec::new(),
+        }
+    }
+
+    /// The controller's name, in logs, spans and errors (default: the kind in lower
+    /// case).
+    #[must_use]
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Watches only primary objects matching `spec` (label and field selectors).
+    #[must_use]
+    pub fn watch_spec(mut self, spec: WatchSpec) -> Self {
+        self.spec = spec;
+        self
+    }
+
+    /// Reconciles a primary object only for changes that `predicate` passes
+    /// (deletions always pass). Several predicates must all pass. Children and
+    /// mapped types are not filtered.
+    #[must_use]
+    pub fn with_predicate(mut self, predicate: Predicate<K>) -> Self {
+        self.predicates.push(predicate);
+        self
+    }
+
+    /// Reconciles the controlling owner (of type `K`) when a child of type `C`
+    /// changes, in the child's cluster and namespace.
+    #[must_use]
+    pub fn owns<C: CacheObject>(self) -> Self
+    where
+        C::DynamicType: Default,
+    {
+        self.owns_with::<C>(C::DynamicType::default(), WatchSpec::default())
+    }
+
+    /// [`owns`](Self::owns) for a dynamic child type or with selectors.
+    #[must_use]
+    pub fn owns_with<C: CacheObject>(mut self, dyntype: C::DynamicType, spec: WatchSpec) -> Self {
+        let mapper = map_owner::<K, C>(&self.dyntype);
+        self.sources.push(self.source(dyntype, spec, mapper));
+        self
+    }
+
+    /// Watches `T` in every engaged cluster and reconciles what `mapper` returns;
+    /// requests may name any cluster.
+    #[must_use]
+    pub fn watches<T: CacheObject>(
+        self,
+        mapper: impl Fn(&MapContext, &T) -> Vec<Request> + Send + Sync + 'static,
+    ) -> Self
+    where
+        T::DynamicType: Default,
+    {
+        self.watches_with(T::DynamicType::default(), WatchSpec::default(), mapper)
+    }
+
+    /// [`watches`](Self::watches) for a dynamic type or with selectors.
+    #[must_use]
+    pub fn watches_with<T: CacheObject>(
+        mut self,
+        dyntype: T::DynamicType,
+        spec: WatchSpec,
+        mapper: impl Fn(&MapContext, &T) -> Vec<Request> + Send + Sync + 'static,
+    ) -> Self {
+        self.sources.push(self.source(dyntype, spec, Arc::new(mapper)));
+        self
+    }
+
+    /// Watches `T` in the manager's local cluster only (whatever the engage options)
+    /// and reconciles what `mapper` returns: typically one request per fleet cluster
+    /// (`context.clusters`), to fan a local object out. A cluster engaged later gets
+    /// the requests that the local objects map to it.
+    #[must_use]
+    pub fn watches_local<T: CacheObject>(
+        mut self,
+        mapper: impl Fn(&MapContext, &T) -> Vec<Request> + Send + Sync + 'static,
+    ) -> Self
+    where
+        T::DynamicType: Default,
+    {
+        let source = self.source(T::DynamicType::default(), WatchSpec::default(), Arc::new(mapper));
+        self.local_sources.push(source);
+        self
+    }
+
+    /// Whether to work on the manager's local cluster (default: only when the manager
+    /// has no provider).
+    #[must_use]
+    pub fn engage_local(mut self, engage: bool) -> Self {
+        self.engage.local = Some(engage);
+        self
+    }
+
+    /// Whether to work on the provider's clusters (default: yes).
+    #[must_use]
+    pub fn engage_providers(mut self, engage: bool) -> Self {
+        self.engage.providers = engage;
+        self
+    }
+
+    /// Works only on clusters whose name `filter` accepts.
+    #[must_use]
+    pub fn cluster_filter(mut self, filter: impl Fn(&ClusterName) -> bool + Send + Sync + 'static) -> Self {
+        self.engage.filter = Some(Arc::new(filter));
+        self
+    }
+
+    /// At most `limit` reconciles at once, across all clusters (default: the queue's
+    /// default, see [`QueueConfig`]).
+    #[must_use]
+    pub fn concurrency(mut self, limit: usize) -> Self {
+        self.queue = self.queue.concurrency(limit);
+        self
+    }
+
+    /// The exponential backoff of failing keys: `base`, doubling per failure, at
+    /// most `max` (default 5 ms to 1000 s).
+    #[must_use]
+    pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.queue = self.queue.backoff(base, max);
+        self
+    }
+
+    /// How long a cluster's cache may take to sync before the controller logs an
+    /// error about it; it keeps waiting, and other clusters are not affected.
+    /// Default 30 s.
+    #[must_use]
+    pub fn sync_timeout(mut self, timeout: Duration) -> Self {
+        self.sync_wait = timeout;
+        self
+    }
+
+    /// Adds the controller to the manager: it is engaged with every cluster the
+    /// manager has engaged and will engage, and reconciles while the manager runs.
+    ///
+    /// `reconcile` gets each request with the cached object (`None` once deleted);
+    /// an error goes to `error_policy`, whose [`Action`] decides the retry (usually
+    /// [`Action::backoff`]). A reconciler that panics is retried with backoff.
+    ///
+    /// # Errors
+    /// An engagement with an already engaged cluster failed.
+    pub async fn run<R, F, E, P, C>(
+        self,
+        reconcile: R,
+        error_policy: P,
+        context: Arc<C>,
+    ) -> Result<Arc<Controller>>
+    where
+        R: Fn(ReconcileRequest<K>, Arc<C>) -> F + Send + Sync + 'static,
+        F: Future<Output = std::result::Result<Action, E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+        P: Fn(&Request, &E, Arc<C>) -> Action + Send + Sync + Clone + 'static,
+        C: Send + Sync + 'static,
+    {
+        let primary = TypedSource {
+            dyntype: self.dyntype.clone(),
+            spec: self.spec.clone(),
+            predicates: self.predicates,
+            mapper: map_self::<K>(),
+            sync_timeout: self.sync_wait,
+        };
+        let mut sources: Vec<Arc<dyn Source>> = vec![Arc::new(primary)];
+        sources.extend(self.sources);
+        let reconciler = TypedReconciler {
+            dyntype: self.dyntype,
+            spec: self.spec,
+            reconcile,
+            error_policy,
+            context,
+        };
+        let settings = Settings {
+            name: self.name,
+            engage: self.engage,
+            queue: self.queue,
+            sources,
+            local_sources: self.local_sources,
+            reconciler: Arc::new(reconciler),
+        };
+        let controller = Controller::new(self.manager.clone(), settings);
+        self.manager.add_cluster_runnable(controller.clone()).await?;
+        Ok(controller)
+    }
+
+    fn source<T: CacheObject>(
+        &self,
+        dyntype: T::DynamicType,
+        spec: WatchSpec,
+        mapper: Mapper<T>,
+    ) -> Arc<dyn Source> {
+        Arc::new(TypedSource {
+            dyntype,
+            spec,
+            predicates: Vec::new(),
+            mapper,
+            sync_timeout: self.sync_wait,
+        })
+    }
+}

@@ -1,0 +1,361 @@
+//! The queue's bookkeeping, free of locks, clocks and wake-ups.
+//!
+//! Every operation takes `now` explicitly; [`super::WorkQueue`] wraps this in a mutex
+//! and turns the returned [`Wake`] into notifications.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+
+use tokio::time::Instant;
+
+use super::backoff::Backoff;
+use super::delay::{TimerKey, Timers};
+use super::fair::FairQueue;
+
+/// Where an item is in its life cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// Not queued; the entry only exists to remember its failure count.
+    Idle,
+    /// In its cluster's lane of the [`FairQueue`].
+    Ready,
+    /// Waiting in [`Timers`] until the key's instant.
+    Delayed(TimerKey),
+    /// Leased to a worker. `requeue_at` is the earliest time requested by adds that
+    /// arrived meanwhile ("dirty"); the item is queued then, once the lease ends.
+    Processing { requeue_at: Option<Instant> },
+}
+
+#[derive(Debug)]
+struct Item {
+    slot: Slot,
+    /// Consecutive failures, for backoff. Reset by `forget` and cluster removal.
+    failures: u32,
+}
+
+impl Item {
+    /// An entry that carries no information can be dropped.
+    fn is_vacant(&self) -> bool {
+        self.slot == Slot::Idle && self.failures == 0
+    }
+}
+
+/// The items of one cluster that the queue knows about.
+#[derive(Debug)]
+struct ClusterItems<K> {
+    items: HashMap<K, Item>,
+    /// How many of `items` are [`Slot::Delayed`], so `depth` needs no scan.
+    delayed: usize,
+}
+
+impl<K> ClusterItems<K> {
+    fn new() -> Self {
+        Self {
+            items: HashMap::new(),
+            delayed: 0,
+        }
+    }
+}
+
+const NEW_ITEM: Item = Item {
+    slot: Slot::Idle,
+    failures: 0,
+};
+
+/// What the caller must wake after an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub(crate) enum Wake {
+    /// Nothing a waiting consumer could act on changed.
+    Nothing,
+    /// An item became ready: one consumer can take it.
+    Ready,
+    /// The earliest deadline moved earlier: sleeping consumers must re-arm their timer.
+    Deadline,
+}
+
+#[derive(Debug)]
+pub(crate) struct QueueState<C, K> {
+    clusters: HashMap<C, ClusterItems<K>>,
+    ready: FairQueue<C, K>,
+    delayed: Timers<(C, K)>,
+    backoff: Backoff,
+    processing: usize,
+    shut_down: bool,
+}
+
+impl<C, K> QueueState<C, K>
+where
+    C: Clone + Eq + Hash,
+    K: Clone + Eq + Hash,
+{
+    pub(crate) fn new(backoff: Backoff) -> Self {
+        Self {
+            clusters: HashMap::new(),
+            ready: FairQueue::new(),
+            delayed: Timers::new(),
+            backoff,
+            processing: 0,
+            shut_down: false,
+        }
+    }
+
+    /// Asks for the item to be ready at `at`; the earlier of this and any pending
+    /// request wins.
+    pub(crate) fn enqueue(&mut self, cluster: C, key: K, at: Instant, now: Instant) -> Wake {
+        if self.shut_down {
+            return Wake::Nothing;
+        }
+        let items = self
+            .clusters
+            .entry(cluster.clone())
+            .or_insert_with(ClusterItems::new);
+        let item = items.items.entry(key.clone()).or_insert(NEW_ITEM);
+        let at = match item.slot {
+            Slot::Ready => return Wake::Nothing,
+            Slot::Processing { requeue_at } => {
+                let at = requeue_at.map_or(at, |earlier| earlier.min(at));
+                item.slot = Slot::Processing { requeue_at: Some(at) };
+                return Wake::Nothing;
+            }
+            Slot::Delayed(timer) if timer.at() <= at => return Wake::Nothing,
+            Slot::Delayed(timer) => {
+                self.delayed.remove(&timer);
+                items.delayed -= 1;
+                at
+            }
+            Slot::Idle => at,
+        };
+        if at <= now {
+            item.slot = Slot::Ready;
+            self.ready.push(cluster, key);
+            Wake::Ready
+        } else {
+            let earliest_before = self.delayed.next_deadline();
+            item.slot = Slot::Delayed(self.delayed.insert(at, (cluster, key)));
+            items.delayed += 1;
+            if earliest_before.is_none_or(|earliest| at < earliest) {
+                Wake::Deadline
+            } else {
+                Wake::Nothing
+            }
+        }
+    }
+
+    /// Records one more failure and asks for the item after the resulting backoff.
+    pub(crate) fn enqueue_rate_limited(&mut self, cluster: C, key: K, now: Instant) -> Wake {
+        if self.shut_down {
+            return Wake::Nothing;
+        }
+        let item = self
+            .clusters
+            .entry(cluster.clone())
+            .or_insert_with(ClusterItems::new)
+            .items
+            .entry(key.clone())
+            .or_insert(NEW_ITEM);
+        item.failures = item.failures.saturating_add(1);
+        let failures = item.failures;
+        let at = deadline_after(now, self.backoff.delay(failures));
+        self.enqueue(cluster, key, at, now)
+    }
+
+    /// Clears the failure count of an item.
+    pub(crate) fn forget(&mut self, cluster: &C, key: &K) {
+        if let Some(items) = self.clusters.get_mut(cluster)
+            && let Some(item) = items.items.get_mut(key)
+        {
+            item.failures = 0;
+            self.drop_if_vacant(cluster, key);
+        }
+    }
+
+    /// Consecutive failures recorded for an item.
+    pub(crate) fn failures(&self, cluster: &C, key: &K) -> u32 {
+        self.clusters
+            .get(cluster)
+            .and_then(|items| items.items.get(key))
+            .map_or(0, |item| item.failures)
+    }
+
+    /// Moves every item whose time has come into the ready lanes; returns how many.
+    pub(crate) fn promote_due(&mut self, now: Instant) -> usize {
+        let mut promoted = 0;
+        while let Some((cluster, key)) = self.delayed.pop_due(now) {
+            let Some(items) = self.clusters.get_mut(&cluster) else {
+                invariant_broken("timer without a cluster");
+                continue;
+            };
+            let Some(item) = items.items.get_mut(&key) else {
+                invariant_broken("timer without an item");
+                continue;
+            };
+            item.slot = Slot::Ready;
+            items.delayed -= 1;
+            self.ready.push(cluster, key);
+            promoted += 1;
+        }
+        promoted
+    }
+
+    /// Leases the next ready item, round-robin across clusters.
+    pub(crate) fn lease_next(&mut self) -> Option<(C, K)> {
+        let (cluster, key) = self.ready.pop()?;
+        if let Some(item) = self
+            .clusters
+            .get_mut(&cluster)
+            .and_then(|items| items.items.get_mut(&key))
+        {
+            item.slot = Slot::Processing { requeue_at: None };
+        } else {
+            invariant_broken("ready item without an entry");
+        }
+        self.processing += 1;
+        Some((cluster, key))
+    }
+
+    /// Ends a lease; a dirty item is queued at the time it was asked for.
+    pub(crate) fn release(&mut self, cluster: &C, key: &K, now: Instant) -> Wake {
+        let Some(item) = self
+            .clusters
+            .get_mut(cluster)
+            .and_then(|items| items.items.get_mut(key))
+        else {
+            invariant_broken("released an item that is not tracked");
+            return Wake::Nothing;
+        };
+        let Slot::Processing { requeue_at } = item.slot else {
+            invariant_broken("released an item that is not processing");
+            return Wake::Nothing;
+        };
+        item.slot = Slot::Idle;
+        self.processing -= 1;
+        match requeue_at {
+            Some(at) if !self.shut_down => self.enqueue(cluster.clone(), key.clone(), at, now),
+            _ => {
+                self.drop_if_vacant(cluster, key);
+                Wake::Nothing
+            }
+        }
+    }
+
+    /// Forgets every queued item and failure count of `cluster`. Leased items stay
+    /// tracked as processing (so a fresh add cannot lease them twice) but lose any
+    /// pending requeue.
+    pub(crate) fn remove_cluster(&mut self, cluster: &C) {
+        let Some(items) = self.clusters.get_mut(cluster) else {
+            return;
+        };
+        self.ready.remove_cluster(cluster);
+        let delayed = &mut self.delayed;
+        items.items.retain(|_, item| match item.slot {
+            Slot::Processing { .. } => {
+                item.slot = Slot::Processing { requeue_at: None };
+                item.failures = 0;
+                true
+            }
+            Slot::Delayed(timer) => {
+                delayed.remove(&timer);
+                false
+            }
+            Slot::Idle | Slot::Ready => false,
+        });
+        items.delayed = 0;
+        if items.items.is_empty() {
+            self.clusters.remove(cluster);
+        }
+    }
+
+    /// Stops queueing: drops every queued item, and makes later adds and requeues
+    /// no-ops. Leased items stay tracked until released.
+    pub(crate) fn shut_down(&mut self) {
+        self.shut_down = true;
+        self.ready.clear();
+        self.delayed.clear();
+        self.clusters.retain(|_, items| {
+            items.delayed = 0;
+            items.items.retain(|_, item| match item.slot {
+                Slot::Processing { .. } => {
+                    item.slot = Slot::Processing { requeue_at: None };
+                    true
+                }
+                _ => false,
+            });
+            !items.items.is_empty()
+        });
+    }
+
+    pub(crate) fn is_shut_down(&self) -> bool {
+        self.shut_down
+    }
+
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.delayed.next_deadline()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.ready.len() + self.delayed.len()
+    }
+
+    pub(crate) fn ready_len(&self) -> usize {
+        self.ready.len()
+    }
+
+    pub(crate) fn depth(&self, cluster: &C) -> usize {
+        let delayed = self.clusters.get(cluster).map_or(0, |items| items.delayed);
+        self.ready.cluster_len(cluster) + delayed
+    }
+
+    pub(crate) fn processing_len(&self) -> usize {
+        self.processing
+    }
+
+    fn drop_if_vacant(&mut self, cluster: &C, key: &K) {
+        let Some(items) = self.clusters.get_mut(cluster) else {
+            return;
+        };
+        if items.items.get(key).is_some_and(Item::is_vacant) {
+            items.items.remove(key);
+        }
+        if items.items.is_empty() {
+            self.clusters.remove(cluster);
+        }
+    }
+
+    /// Clusters and items with any bookkeeping left (for leak tests).
+    #[cfg(test)]
+    pub(crate) fn tracked(&self) -> (usize, usize) {
+        let items = self.clusters.values().map(|items| items.items.len()).sum();
+        (self.clusters.len(), items)
+    }
+
+    /// Turns held by the fair ring (for leak tests).
+    #[cfg(test)]
+    pub(crate) fn ring_len(&self) -> usize {
+        self.ready.ring_len()
+    }
+}
+
+/// Reports a broken internal invariant: a bug in this module, never a misuse.
+///
+/// Panics in debug builds so tests catch it, except while unwinding (a [`Lease`] is
+/// released from `Drop`, where a second panic would abort the process); release
+/// builds log and carry on with the state repaired as well as possible.
+///
+/// [`Lease`]: super::Lease
+#[track_caller]
+fn invariant_broken(what: &str) {
+    tracing::error!(what, "work queue invariant broken");
+    if cfg!(debug_assertions) && !std::thread::panicking() {
+        panic!("work queue invariant broken: {what}");
+    }
+}
+
+/// `now + delay`, saturating at a far-future instant instead of panicking on overflow
+/// (`Duration::MAX` is a valid argument to `add_after`).
+pub(crate) fn deadline_after(now: Instant, delay: std::time::Duration) -> Instant {
+    /// About 30 years: later than any deadline that matters, and far from the end of
+    /// `Instant`'s range, which is measured from an arbitrary recent origin.
+    const FAR_FUTURE: std::time::Duration = std::time::Duration::from_secs(86_400 * 365 * 30);
+    now.checked_add(delay.min(FAR_FUTURE)).unwrap_or(now)
+}

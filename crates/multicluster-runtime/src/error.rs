@@ -1,0 +1,74 @@
+//! The error type of the multicluster contract and the manager.
+
+use crate::cluster::ClusterName;
+
+/// A boxed error from user code or a provider.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Errors of providers, the manager and engagement.
+///
+/// [`Error::ClusterNotFound`] is what every provider returns for a name it does not
+/// know; match it with [`Error::is_cluster_not_found`] rather than by message.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No cluster of that name is known (Go: `multicluster.ErrClusterNotFound`).
+    #[error("cluster {0} not found")]
+    ClusterNotFound(ClusterName),
+
+    /// A component could not start work for a cluster.
+    #[error("cannot engage cluster {cluster} in {component}: {source}")]
+    Engage {
+        /// The cluster.
+        cluster: ClusterName,
+        /// The component that refused, e.g. a controller's name.
+        component: String,
+        /// Why.
+        source: BoxError,
+    },
+
+    /// A client could not be built for a cluster.
+    #[error("cannot build a client for cluster {cluster}: {source}")]
+    Client {
+        /// The cluster.
+        cluster: ClusterName,
+        /// The client's error.
+        source: kube::Error,
+    },
+
+    /// A cache operation failed.
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
+
+    /// A provider failed as a whole, or refused an operation.
+    #[error("provider {provider}: {source}")]
+    Provider {
+        /// The provider's name.
+        provider: String,
+        /// Why.
+        source: BoxError,
+    },
+
+    /// A runnable added to the manager failed.
+    #[error("runnable {name} failed: {source}")]
+    Runnable {
+        /// The runnable's name.
+        name: String,
+        /// Why.
+        source: BoxError,
+    },
+
+    /// The manager was started twice.
+    #[error("manager: {0}")]
+    Manager(String),
+}
+
+impl Error {
+    /// Whether this is [`Error::ClusterNotFound`].
+    pub fn is_cluster_not_found(&self) -> bool {
+        matches!(self, Error::ClusterNotFound(_))
+    }
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,73 @@
+//! Kubernetes controllers that reconcile across a dynamic fleet of clusters.
+//!
+//! This is the Rust counterpart of Go's `sigs.k8s.io/multicluster-runtime`, built on
+//! kube-rs:
+//!
+//! - a [`Provider`] discovers clusters and *engages* each into the [`Manager`]
+//!   (see [`providers`]);
+//! - the manager engages each cluster into every cluster-aware component, above all
+//!   the [`controller::Controller`]s, which start watching it, and cancels the
+//!   cluster's token when it goes away, which stops that work;
+//! - one reconciler serves the whole fleet: each [`controller::Request`] names its
+//!   cluster, and the reconciler gets the [`Cluster`] with its client and cache;
+//! - each cluster has one shared [`cache::Cache`]: one watch per type, whatever the
+//!   number of controllers;
+//! - one queue per controller is fair across clusters, so a cluster with a large
+//!   backlog cannot starve the others, and a cluster that is unreachable or slow to
+//!   sync only delays its own requests.
+//!
+//! # Example: the same reconciler in every cluster
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//!
+//! use k8s_openapi::api::core::v1::ConfigMap;
+//! use kube::api::{Api, Patch, PatchParams};
+//! use multicluster_runtime::controller::{Action, Controller, ReconcileRequest, Request};
+//! use multicluster_runtime::providers::clusters::Clusters;
+//! use multicluster_runtime::{Cluster, Manager};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! /// Marks every ConfigMap of every cluster with the name of its cluster.
+//! async fn reconcile(req: ReconcileRequest<ConfigMap>, _ctx: Arc<()>) -> Result<Action, kube::Error> {
+//!     let Some(cm) = req.object else { return Ok(Action::await_change()) }; // deleted
+//!     let api: Api<ConfigMap> = Api::namespaced(req.cluster.client(), req.request.namespace().unwrap_or("default"));
+//!     let patch = serde_json::json!({ "metadata": { "labels": { "example.com/cluster": req.request.cluster.as_str() } } });
+//!     api.patch(req.request.name(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+//!     tracing::info!(cluster = %req.request.cluster, name = ?cm.metadata.name, "labelled");
+//!     Ok(Action::await_change())
+//! }
+//!
+//! fn error_policy(_req: &Request, _err: &kube::Error, _ctx: Arc<()>) -> Action {
+//!     Action::backoff()
+//! }
+//!
+//! # async fn run(local: kube::Client, fleet: Vec<(String, kube::Client)>) -> Result<(), Box<dyn std::error::Error>> {
+//! let provider = Arc::new(Clusters::new());
+//! let manager = Manager::with_provider(Arc::new(Cluster::new("", local)), provider.clone());
+//! Controller::builder::<ConfigMap>(&manager)
+//!     .named("label-configmaps")
+//!     .concurrency(8)
+//!     .run(reconcile, error_policy, Arc::new(()))
+//!     .await?;
+//! for (name, client) in fleet {
+//!     provider.add(name.as_str(), Arc::new(Cluster::new(name.as_str(), client))).await?;
+//! }
+//! manager.start(CancellationToken::new()).await?;
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod cache;
+pub mod cluster;
+pub mod controller;
+mod error;
+pub mod manager;
+pub mod multicluster;
+pub mod providers;
+
+pub use cluster::{Cluster, ClusterName, ClusterOptions};
+pub use error::{BoxError, Error, Result};
+pub use manager::{Manager, Runnable};
+pub use multicluster::{Aware, Provider, ProviderRunnable};

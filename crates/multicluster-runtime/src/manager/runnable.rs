@@ -1,0 +1,27 @@
+//! Work the manager runs for as long as it runs.
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Result;
+
+/// Something the manager runs: started by [`Manager::start`](super::Manager::start),
+/// stopped by cancelling its token.
+///
+/// A runnable that also works per cluster implements [`crate::Aware`] too and is added
+/// with [`Manager::add_cluster_runnable`](super::Manager::add_cluster_runnable).
+#[async_trait]
+pub trait Runnable: Send + Sync {
+    /// A name for logs and errors.
+    fn name(&self) -> String {
+        std::any::type_name::<Self>().to_owned()
+    }
+
+    /// Runs until `token` is cancelled. Returning `Ok` early is fine (the work is
+    /// done); returning an error stops the manager.
+    ///
+    /// # Errors
+    /// A fatal failure; the manager stops and [`start`](super::Manager::start)
+    /// returns it.
+    async fn run(&self, token: CancellationToken) -> Result<()>;
+}

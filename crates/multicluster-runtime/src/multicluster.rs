@@ -1,0 +1,81 @@
+//! The contract between providers, the manager and cluster-aware components.
+//!
+//! It mirrors Go's `sigs.k8s.io/multicluster-runtime/pkg/multicluster`:
+//!
+//! | Go | Rust |
+//! |---|---|
+//! | `Aware.Engage(ctx, name, cluster)` | [`Aware::engage`] with a [`CancellationToken`] |
+//! | `Provider.Get(ctx, name)` | [`Provider::get`] |
+//! | `Provider.IndexField(ctx, obj, field, fn)` | [`Provider::index_field`] with a [`FieldIndex`] |
+//! | `ProviderRunnable.Start(ctx, aware)` | [`ProviderRunnable::start`] |
+//! | `ErrClusterNotFound` | [`Error::ClusterNotFound`] |
+//!
+//! A Go `context.Context` that lives as long as a cluster becomes a
+//! `CancellationToken`, cancelled when the cluster is removed. All three traits are
+//! object safe and used as `Arc<dyn …>`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::FieldIndex;
+use crate::cluster::{Cluster, ClusterName};
+use crate::error::Result;
+
+#[cfg(doc)]
+use crate::error::Error;
+
+/// A component that starts work for clusters as they appear and stops it when they go.
+///
+/// The manager is `Aware` (providers engage clusters into it) and so is every
+/// controller (the manager engages clusters into them).
+#[async_trait]
+pub trait Aware: Send + Sync {
+    /// Starts work for `cluster` under `name`.
+    ///
+    /// `token` lives as long as the cluster: it is cancelled when the cluster is
+    /// removed, and the work must then stop. Must return promptly (spawn long-running
+    /// work) and be re-entrant. Engaging the same instance again is a no-op; a new
+    /// instance under a known name replaces the old one.
+    ///
+    /// # Errors
+    /// [`Error::Engage`] if work cannot start for this cluster.
+    async fn engage(&self, token: CancellationToken, name: ClusterName, cluster: Arc<Cluster>) -> Result<()>;
+}
+
+/// Knows clusters by name.
+#[async_trait]
+pub trait Provider: Send + Sync {
+    /// The cluster called `name`.
+    ///
+    /// # Errors
+    /// [`Error::ClusterNotFound`] if the provider does not know it.
+    async fn get(&self, name: &ClusterName) -> Result<Arc<Cluster>>;
+
+    /// Adds a field index to the cache of every cluster of this provider, those
+    /// engaged now and those engaged later.
+    ///
+    /// # Errors
+    /// An index of that name for that type exists already.
+    async fn index_field(&self, index: FieldIndex) -> Result<()>;
+
+    /// This provider as a [`ProviderRunnable`], if it is one, so that the manager
+    /// starts it. Providers that run implement this as `Some(self)`.
+    fn into_runnable(self: Arc<Self>) -> Option<Arc<dyn ProviderRunnable>> {
+        None
+    }
+}
+
+/// A provider that discovers clusters while it runs.
+#[async_trait]
+pub trait ProviderRunnable: Send + Sync {
+    /// Runs the provider until `token` is cancelled, engaging clusters into `aware` as
+    /// it discovers them and cancelling their tokens when they go away.
+    ///
+    /// Started by the manager (see [`Provider::into_runnable`]), never by users.
+    ///
+    /// # Errors
+    /// A failure of the provider as a whole; the manager then stops.
+    async fn start(&self, token: CancellationToken, aware: Arc<dyn Aware>) -> Result<()>;
+}

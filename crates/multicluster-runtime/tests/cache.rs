@@ -1,0 +1,390 @@
+//! The shared informer cache against real kube-apiservers (envtest): sharing, lists,
+//! events, indexes, metadata-only and dynamic informers, transforms, cancellation, and
+//! recovery from an apiserver outage.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use kube_envtest::Fleet;
+use multicluster_runtime::ClusterName;
+use multicluster_runtime::cache::{Cache, CacheError, CacheOptions, FieldIndex, InformerEvent, WatchSpec};
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio_util::sync::CancellationToken;
+
+const SYNC: Duration = Duration::from_secs(30);
+
+async fn create_namespace(client: &Client, name: &str) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let mut namespace = Namespace::default();
+    namespace.metadata.name = Some(name.to_owned());
+    api.create(&PostParams::default(), &namespace)
+        .await
+        .expect("create namespace");
+}
+
+async fn create_config_map(client: &Client, namespace: &str, name: &str, app: Option<&str>) -> ConfigMap {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some(name.to_owned());
+    cm.metadata.labels = app.map(|app| BTreeMap::from([("app".to_owned(), app.to_owned())]));
+    cm.data = Some(BTreeMap::from([("k".to_owned(), "v1".to_owned())]));
+    api.create(&PostParams::default(), &cm)
+        .await
+        .expect("create configmap")
+}
+
+fn app_label(cm: &ConfigMap) -> Vec<String> {
+    cm.labels().get("app").cloned().into_iter().collect()
+}
+
+/// `namespace/name` of each object, sorted.
+fn keys<K: ResourceExt>(objects: &[Arc<K>]) -> Vec<String> {
+    let mut keys: Vec<String> = objects
+        .iter()
+        .map(|o| format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any()))
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// The next event about the object `name`, skipping others (e.g. of the first list).
+async fn next_event_about<K: ResourceExt + Clone>(
+    events: &mut broadcast::Receiver<InformerEvent<K>>,
+    name: &str,
+) -> InformerEvent<K> {
+    let wait = async {
+        loop {
+            match events.recv().await {
+                Ok(event) if event.object().name_any() == name => return event,
+                Ok(_) => {}
+                Err(error) => panic!("event stream failed while waiting for {name}: {error}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), wait)
+        .await
+        .unwrap_or_else(|_| panic!("no event about {name} within 20s"))
+}
+
+#[tokio::test]
+async fn informers_are_shared_list_stream_index_and_stop_with_the_token() {
+    let fleet = Fleet::start(1).await.expect("start fleet");
+    let client = fleet.cluster(0).client().expect("client");
+    create_namespace(&client, "shop").await;
+    create_namespace(&client, "blog").await;
+    create_config_map(&client, "shop", "web-config", Some("web")).await;
+    create_config_map(&client, "shop", "db-config", Some("db")).await;
+    create_config_map(&client, "blog", "web-config", Some("web")).await;
+
+    let token = CancellationToken::new();
+    let cluster = ClusterName::from(fleet.cluster(0).name());
+    let cache = Cache::new(
+        cluster.clone(),
+        client.clone(),
+        CacheOptions::default(),
+        token.clone(),
+    );
+
+    // An index registered before the informer exists is built as it fills.
+    cache
+        .index_field::<ConfigMap>("app", app_label)
+        .expect("register index");
+
+    // One watch, however many ask.
+    let informer = cache.informer::<ConfigMap>();
+    let mut events = informer.subscribe();
+    assert!(Arc::ptr_eq(&informer, &cache.informer::<ConfigMap>()));
+    let empty_selectors = WatchSpec::default().labels("").fields("");
+    assert!(Arc::ptr_eq(
+        &informer,
+        &cache.informer_with::<ConfigMap>(&(), empty_selectors)
+    ));
+    assert_eq!(cache.watch_count(), 1);
+    assert_eq!(informer.resource(), "ConfigMap (v1)");
+
+    // Objects that existed before the informer are there after sync.
+    informer.wait_synced(SYNC).await.expect("sync");
+    assert!(informer.is_synced());
+    let ours: Vec<_> = cache
+        .list::<ConfigMap>(None)
+        .await
+        .expect("list")
+        .into_iter()
+        .filter(|cm| cm.namespace().is_some_and(|ns| ns == "shop" || ns == "blog"))
+        .collect();
+    assert_eq!(
+        keys(&ours),
+        ["blog/web-config", "shop/db-config", "shop/web-config"]
+    );
+    assert_eq!(
+        keys(&cache.list::<ConfigMap>(Some("shop")).await.unwrap()),
+        ["shop/db-config", "shop/web-config"]
+    );
+    let shop_web = cache
+        .get::<ConfigMap>(Some("shop"), "web-config")
+        .await
+        .unwrap()
+        .expect("shop/web-config");
+    assert_eq!(shop_web.data.as_ref().unwrap()["k"], "v1");
+    assert!(
+        cache
+            .get::<ConfigMap>(Some("shop"), "missing")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // The first list was announced to the early subscriber.
+    match next_event_about(&mut events, "db-config").await {
+        InformerEvent::Applied { old: None, new } => assert_eq!(new.namespace().as_deref(), Some("shop")),
+        other => panic!("expected the listed db-config, got {other:?}"),
+    }
+    // managedFields are dropped by default (the apiserver sets them on create).
+    assert!(ours.iter().all(|cm| cm.metadata.managed_fields.is_none()));
+
+    // Indexes: registered before, after, type-erased, duplicate, unknown.
+    let web = cache.list_by_index::<ConfigMap>("app", "web").await.unwrap();
+    assert_eq!(keys(&web), ["blog/web-config", "shop/web-config"]);
+    cache
+        .index_field::<ConfigMap>("namespace", |cm| cm.namespace().into_iter().collect())
+        .expect("index after start");
+    assert_eq!(
+        keys(&informer.store().by_index("namespace", "blog").unwrap()),
+        ["blog/web-config"]
+    );
+    let data_keys = FieldIndex::new::<ConfigMap>("data-key", |cm| {
+        cm.data.iter().flatten().map(|(key, _)| key.clone()).collect()
+    });
+    data_keys.apply(&cache).expect("type-erased index");
+    assert_eq!(
+        keys(&informer.store().by_index("data-key", "k").unwrap()),
+        ["blog/web-config", "shop/db-config", "shop/web-config"]
+    );
+    let duplicate = data_keys.apply(&cache).unwrap_err();
+    assert!(matches!(duplicate, CacheError::IndexExists { .. }), "{duplicate}");
+    assert!(
+        duplicate.to_string().contains(cluster.as_str()) && duplicate.to_string().contains("ConfigMap (v1)")
+    );
+    let unknown = cache.list_by_index::<ConfigMap>("owner", "x").await.unwrap_err();
+    assert!(matches!(unknown, CacheError::UnknownIndex { .. }), "{unknown}");
+
+    // Create, update, delete: events with the previous version.
+    let created = create_config_map(&client, "blog", "temp", None).await;
+    match next_event_about(&mut events, "temp").await {
+        InformerEvent::Applied { old: None, new } => {
+            assert_eq!(new.resource_version(), created.resource_version())
+        }
+        other => panic!("expected the creation, got {other:?}"),
+    }
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "blog");
+    let patch = serde_json::json!({ "data": { "k": "v2" } });
+    api.patch("temp", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("update");
+    match next_event_about(&mut events, "temp").await {
+        InformerEvent::Applied { old: Some(old), new } => {
+            assert_eq!(old.data.as_ref().unwrap()["k"], "v1");
+            assert_eq!(new.data.as_ref().unwrap()["k"], "v2");
+        }
+        other => panic!("expected the update with the old version, got {other:?}"),
+    }
+    api.delete("temp", &DeleteParams::default())
+        .await
+        .expect("delete");
+    match next_event_about(&mut events, "temp").await {
+        InformerEvent::Deleted(gone) => assert_eq!(gone.namespace().as_deref(), Some("blog")),
+        other => panic!("expected the deletion, got {other:?}"),
+    }
+    assert!(informer.store().get(Some("blog"), "temp").is_none());
+
+    // Metadata only: a separate watch of the same type.
+    let metadata = cache.metadata_informer::<ConfigMap>();
+    metadata.wait_synced(SYNC).await.expect("metadata sync");
+    assert_eq!(cache.watch_count(), 2);
+    assert_eq!(metadata.resource(), "ConfigMap (v1, metadata only)");
+    let partial = metadata
+        .store()
+        .get(Some("shop"), "web-config")
+        .expect("metadata of shop/web-config");
+    assert_eq!(partial.labels().get("app").map(String::as_str), Some("web"));
+    assert!(partial.metadata.managed_fields.is_none());
+
+    // Dynamic objects, with an index of their own.
+    let resource = ApiResource::erase::<ConfigMap>(&());
+    let dynamic = cache.informer_with::<DynamicObject>(&resource, WatchSpec::default());
+    assert_eq!(cache.watch_count(), 3);
+    cache
+        .index_field_with::<DynamicObject>(&resource, "app", |o| {
+            o.labels().get("app").cloned().into_iter().collect()
+        })
+        .expect("dynamic index");
+    dynamic.wait_synced(SYNC).await.expect("dynamic sync");
+    let object = dynamic
+        .store()
+        .get(Some("blog"), "web-config")
+        .expect("dynamic blog/web-config");
+    assert_eq!(object.data["data"]["k"], "v1");
+    assert_eq!(
+        keys(&dynamic.store().by_index("app", "db").unwrap()),
+        ["shop/db-config"]
+    );
+
+    // A label selector is a separate watch; the type's indexes apply to it too.
+    let web_only = cache.informer_with::<ConfigMap>(&(), WatchSpec::default().labels("app=web"));
+    web_only.wait_synced(SYNC).await.expect("selector sync");
+    assert_eq!(cache.watch_count(), 4);
+    assert_eq!(
+        keys(&web_only.store().list()),
+        ["blog/web-config", "shop/web-config"]
+    );
+    assert_eq!(web_only.store().by_index("namespace", "shop").unwrap().len(), 1);
+
+    // A transform, on a cluster-scoped type.
+    cache.set_transform::<Namespace>(|namespace| {
+        namespace
+            .labels_mut()
+            .insert("seen-by".to_owned(), "cache".to_owned());
+        namespace.status = None;
+    });
+    let shop = cache
+        .get::<Namespace>(None, "shop")
+        .await
+        .unwrap()
+        .expect("namespace shop");
+    assert_eq!(shop.labels().get("seen-by").map(String::as_str), Some("cache"));
+    assert!(shop.status.is_none());
+    assert_eq!(cache.watch_count(), 5);
+
+    // Keeping managedFields is a choice; another cache (own token) is independent.
+    let other_token = CancellationToken::new();
+    let keeping = Cache::new(
+        cluster.clone(),
+        client.clone(),
+        CacheOptions::default().strip_managed_fields(false),
+        other_token.clone(),
+    );
+    let kept = keeping
+        .get::<ConfigMap>(Some("shop"), "web-config")
+        .await
+        .unwrap()
+        .expect("shop/web-config");
+    assert!(
+        kept.metadata
+            .managed_fields
+            .as_ref()
+            .is_some_and(|fields| !fields.is_empty())
+    );
+    assert_eq!(keeping.watch_count(), 1);
+
+    // Cancelling the token stops every informer of the cache, and only of that cache.
+    token.cancel();
+    let all_stopped = async {
+        informer.stopped().await;
+        metadata.stopped().await;
+        dynamic.stopped().await;
+        web_only.stopped().await;
+    };
+    tokio::time::timeout(Duration::from_secs(5), all_stopped)
+        .await
+        .expect("informers stop");
+    assert!(cache.is_stopped());
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .expect("channel closes")
+        {
+            Err(RecvError::Closed) => break,
+            Ok(_) | Err(RecvError::Lagged(_)) => {}
+        }
+    }
+    let error = cache
+        .get::<ConfigMap>(Some("shop"), "web-config")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, CacheError::Stopped { .. }), "{error}");
+    assert!(error.to_string().contains(cluster.as_str()), "{error}");
+    // A type first requested after the stop never starts a watch.
+    assert!(
+        cache
+            .informer::<k8s_openapi::api::core::v1::Secret>()
+            .is_stopped()
+    );
+    assert_eq!(cache.watch_count(), 5);
+    // The other cache still follows the cluster.
+    let mut kept_events = keeping.informer::<ConfigMap>().subscribe();
+    create_config_map(&client, "shop", "after-stop", None).await;
+    assert!(matches!(
+        next_event_about(&mut kept_events, "after-stop").await,
+        InformerEvent::Applied { .. }
+    ));
+    assert!(informer.store().get(Some("shop"), "after-stop").is_none());
+    other_token.cancel();
+}
+
+#[tokio::test]
+async fn sync_timeout_names_cluster_and_type_then_recovers_while_other_clusters_carry_on() {
+    let fleet = Fleet::start(2).await.expect("start fleet");
+    let (down, up) = (fleet.cluster(0), fleet.cluster(1));
+    let down_client = down.client().expect("client");
+    let up_client = up.client().expect("client");
+    create_config_map(&down_client, "default", "before-outage", None).await;
+
+    // The apiserver goes away before the informer starts.
+    down.stop().await;
+    let token = CancellationToken::new();
+    let options = CacheOptions::default().sync_timeout(Duration::from_secs(1));
+    let down_cache = Cache::new(
+        ClusterName::from("eu-1"),
+        down_client.clone(),
+        options.clone(),
+        token.child_token(),
+    );
+    let up_cache = Cache::new(
+        ClusterName::from("us-1"),
+        up_client.clone(),
+        options,
+        token.child_token(),
+    );
+
+    let informer = down_cache.informer::<ConfigMap>();
+    let error = informer.wait_synced(Duration::from_secs(2)).await.unwrap_err();
+    let message = error.to_string();
+    assert!(matches!(error, CacheError::SyncTimeout { .. }), "{message}");
+    assert!(
+        message.starts_with("cache of ConfigMap (v1) in cluster eu-1 not synced after 2s"),
+        "{message}"
+    );
+    assert!(message.contains("; last watch error: "), "{message}");
+    assert!(informer.last_error().is_some());
+    eprintln!("sync timeout error: {message}");
+    // The reading shortcuts wait for `sync_timeout` and fail the same way.
+    let error = down_cache
+        .get::<ConfigMap>(Some("default"), "before-outage")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, CacheError::SyncTimeout { .. }), "{error}");
+
+    // Meanwhile, another cluster is unaffected.
+    create_config_map(&up_client, "default", "during-outage", None).await;
+    let healthy = up_cache.get::<ConfigMap>(Some("default"), "during-outage").await;
+    assert!(healthy.expect("healthy cluster syncs").is_some());
+
+    // The apiserver comes back: the same informer syncs without help.
+    down.start().await.expect("restart apiserver");
+    informer
+        .wait_synced(Duration::from_secs(60))
+        .await
+        .expect("sync after recovery");
+    assert!(informer.store().get(Some("default"), "before-outage").is_some());
+    let mut events = informer.subscribe();
+    create_config_map(&down_client, "default", "after-outage", None).await;
+    assert!(matches!(
+        next_event_about(&mut events, "after-outage").await,
+        InformerEvent::Applied { old: None, .. }
+    ));
+    assert_eq!(down_cache.watch_count(), 1);
+    token.cancel();
+}

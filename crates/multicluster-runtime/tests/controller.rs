@@ -1,0 +1,756 @@
+//! Acceptance tests of the core runtime against real apiservers: a local cluster and
+//! provider clusters from one kube-envtest fleet per test.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use kube_envtest::Fleet;
+use multicluster_runtime::cache::FieldIndex;
+use multicluster_runtime::controller::{Action, Controller, ControllerBuilder, ReconcileRequest, Request};
+use multicluster_runtime::providers::clusters::Clusters;
+use multicluster_runtime::{Cluster, ClusterName, Manager, Provider};
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A fleet whose cluster 0 is the manager's local cluster and whose clusters
+/// 1..=n are offered by a `Clusters` provider as `c1`..`cn`.
+struct Env {
+    fleet: Fleet,
+    manager: Manager,
+    provider: Arc<Clusters>,
+    token: CancellationToken,
+}
+
+impl Env {
+    async fn new(provider_clusters: usize) -> Self {
+        Self::with_spare(provider_clusters, 0).await
+    }
+
+    /// Like `new`, with `spare` more fleet clusters that are not added to the provider.
+    async fn with_spare(provider_clusters: usize, spare: usize) -> Self {
+        let fleet = Fleet::start(1 + provider_clusters + spare)
+            .await
+            .expect("start fleet");
+        let local = Arc::new(Cluster::new("", fleet.cluster(0).client().expect("client")));
+        let provider = Arc::new(Clusters::new());
+        let manager = Manager::with_provider(local, provider.clone());
+        let env = Env {
+            fleet,
+            manager,
+            provider,
+            token: CancellationToken::new(),
+        };
+        for index in 1..=provider_clusters {
+            env.add(index).await;
+        }
+        env
+    }
+
+    fn client(&self, index: usize) -> Client {
+        self.fleet.cluster(index).client().expect("client")
+    }
+
+    /// A new `Cluster` instance for fleet cluster `index`, named `c<index>`.
+    fn cluster(&self, index: usize) -> Arc<Cluster> {
+        Arc::new(Cluster::new(format!("c{index}"), self.client(index)))
+    }
+
+    async fn add(&self, index: usize) -> Arc<Cluster> {
+        let cluster = self.cluster(index);
+        self.provider
+            .add(format!("c{index}"), cluster.clone())
+            .await
+            .expect("add cluster");
+        cluster
+    }
+
+    fn start(&self) {
+        let (manager, token) = (self.manager.clone(), self.token.clone());
+        tokio::spawn(async move { manager.start(token).await.expect("manager runs") });
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+/// Every reconcile a controller made: the request, whether the object existed.
+#[derive(Default)]
+struct Recorder {
+    seen: Mutex<Vec<(Request, bool)>>,
+}
+
+impl Recorder {
+    fn record(&self, request: &Request, exists: bool) {
+        self.seen.lock().unwrap().push((request.clone(), exists));
+    }
+
+    fn requests(&self) -> Vec<Request> {
+        self.seen.lock().unwrap().iter().map(|(r, _)| r.clone()).collect()
+    }
+
+    fn count(&self, cluster: &str, name: &str) -> usize {
+        self.requests()
+            .iter()
+            .filter(|r| r.cluster == cluster && r.name() == name)
+            .count()
+    }
+
+    fn count_cluster(&self, cluster: &str) -> usize {
+        self.requests().iter().filter(|r| r.cluster == cluster).count()
+    }
+
+    async fn wait(&self, what: &str, done: impl Fn(&[(Request, bool)]) -> bool) {
+        let started = Instant::now();
+        while started.elapsed() < WAIT {
+            if done(&self.seen.lock().unwrap()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("timed out waiting for {what}; seen: {:?}", self.requests());
+    }
+
+    async fn wait_for(&self, cluster: &str, name: &str, times: usize) {
+        let what = format!("{times} reconcile(s) of {name} in {cluster}");
+        self.wait(&what, |seen| {
+            seen.iter()
+                .filter(|(r, _)| r.cluster == cluster && r.name() == name)
+                .count()
+                >= times
+        })
+        .await;
+    }
+}
+
+async fn record(req: ReconcileRequest<ConfigMap>, recorder: Arc<Recorder>) -> Result<Action, Infallible> {
+    recorder.record(&req.request, req.object.is_some());
+    Ok(Action::await_change())
+}
+
+fn backoff_policy<E>(_: &Request, _: &E, _: Arc<Recorder>) -> Action {
+    Action::backoff()
+}
+
+/// A controller of ConfigMaps that records every reconcile.
+async fn recording(builder: ControllerBuilder<ConfigMap>) -> (Arc<Controller>, Arc<Recorder>) {
+    with_reconciler(builder, record).await
+}
+
+/// A controller of ConfigMaps with the given reconciler and a recorder as context.
+async fn with_reconciler<R, F>(
+    builder: ControllerBuilder<ConfigMap>,
+    reconcile: R,
+) -> (Arc<Controller>, Arc<Recorder>)
+where
+    R: Fn(ReconcileRequest<ConfigMap>, Arc<Recorder>) -> F + Send + Sync + 'static,
+    F: std::future::Future<Output = Result<Action, Infallible>> + Send + 'static,
+{
+    let recorder = Arc::new(Recorder::default());
+    let controller = builder
+        .run(reconcile, backoff_policy, recorder.clone())
+        .await
+        .expect("controller");
+    (controller, recorder)
+}
+
+async fn create_cm(client: Client, name: &str, data: &[(&str, &str)]) -> ConfigMap {
+    let api: Api<ConfigMap> = Api::namespaced(client, "default");
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some(name.to_owned());
+    cm.data = Some(
+        data.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect::<BTreeMap<_, _>>(),
+    );
+    api.create(&PostParams::default(), &cm)
+        .await
+        .expect("create configmap")
+}
+
+async fn patch_cm(client: Client, name: &str, key: &str, value: &str) {
+    let api: Api<ConfigMap> = Api::namespaced(client, "default");
+    let patch = serde_json::json!({ "data": { key: value } });
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch configmap");
+}
+
+async fn wait_engaged(controller: &Controller, clusters: &[&str]) {
+    let started = Instant::now();
+    while !clusters
+        .iter()
+        .all(|c| controller.cluster_names().iter().any(|n| n == c))
+    {
+        assert!(
+            started.elapsed() < WAIT,
+            "clusters {clusters:?} not engaged: {:?}",
+            controller.cluster_names()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn s01_existing_objects_reconciled_in_every_cluster_with_its_name() {
+    let env = Env::new(2).await;
+    for index in 1..=2 {
+        create_cm(env.client(index), &format!("pre-c{index}"), &[]).await;
+    }
+    let (_controller, recorder) = recording(Controller::builder(&env.manager)).await;
+    env.start();
+    recorder.wait_for("c1", "pre-c1", 1).await;
+    recorder.wait_for("c2", "pre-c2", 1).await;
+    // The apiserver keeps a ConfigMap of its own in kube-system; look at ours.
+    let ours: Vec<Request> = recorder
+        .requests()
+        .into_iter()
+        .filter(|r| r.namespace() == Some("default"))
+        .collect();
+    assert_eq!(ours.len(), 2, "{ours:?}");
+    for request in ours {
+        assert_eq!(
+            request.name(),
+            format!("pre-{}", request.cluster),
+            "each request names its own cluster"
+        );
+    }
+}
+
+#[tokio::test]
+async fn s02_s03_created_and_updated_objects_reconciled_in_the_right_cluster() {
+    let env = Env::new(2).await;
+    let (controller, recorder) = recording(Controller::builder(&env.manager)).await;
+    env.start();
+    wait_engaged(&controller, &["c1", "c2"]).await;
+
+    create_cm(env.client(2), "created", &[("v", "1")]).await;
+    recorder.wait_for("c2", "created", 1).await;
+    assert_eq!(recorder.count("c1", "created"), 0, "c1 has no such object");
+
+    patch_cm(env.client(2), "created", "v", "2").await;
+    recorder.wait_for("c2", "created", 2).await;
+    create_cm(env.client(1), "created", &[]).await;
+    recorder.wait_for("c1", "created", 1).await;
+    assert!(
+        recorder.seen.lock().unwrap().iter().all(|(_, exists)| *exists),
+        "the cached object is passed"
+    );
+
+    // Deletions reach the reconciler too, without the object.
+    let api: Api<ConfigMap> = Api::namespaced(env.client(2), "default");
+    api.delete("created", &Default::default()).await.expect("delete");
+    recorder
+        .wait("the deletion in c2", |seen| {
+            seen.iter()
+                .any(|(r, exists)| r.cluster == "c2" && r.name() == "created" && !exists)
+        })
+        .await;
+    assert!(
+        !recorder
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(r, exists)| r.cluster == "c1" && !exists)
+    );
+}
+
+#[tokio::test]
+async fn s04_cluster_added_after_start_is_engaged_and_reconciled() {
+    let env = Env::with_spare(1, 1).await;
+    create_cm(env.client(2), "in-late-cluster", &[]).await;
+    let (controller, recorder) = recording(Controller::builder(&env.manager)).await;
+    env.start();
+    wait_engaged(&controller, &["c1"]).await;
+    env.add(2).await;
+    recorder.wait_for("c2", "in-late-cluster", 1).await;
+    create_cm(env.client(2), "created-later", &[]).await;
+    recorder.wait_for("c2", "created-later", 1).await;
+}
+
+#[tokio::test]
+async fn s05_removed_cluster_stops_and_is_not_found() {
+    let env = Env::new(2).await;
+    for i in 0..20 {
+        create_cm(env.client(2), &format!("queued-{i}"), &[]).await;
+    }
+    let removed = Arc::new(AtomicBool::new(false));
+    let started_after_removal = Arc::new(AtomicUsize::new(0));
+    let (flag, late) = (removed.clone(), started_after_removal.clone());
+    let (controller, recorder) = with_reconciler(
+        Controller::builder::<ConfigMap>(&env.manager).concurrency(1),
+        move |req: ReconcileRequest<ConfigMap>, recorder: Arc<Recorder>| {
+            if req.request.cluster == "c2" && flag.load(Ordering::SeqCst) {
+                late.fetch_add(1, Ordering::SeqCst);
+            }
+            recorder.record(&req.request, req.object.is_some());
+            async move {
+                tokio::time::sleep(Duration::from_millis(100)).await; // keep items queued
+                Ok::<_, Infallible>(Action::await_change())
+            }
+        },
+    )
+    .await;
+    let c2 = env.provider.get(&"c2".into()).await.expect("c2 is known");
+    env.start();
+    recorder
+        .wait("the first reconcile in c2", |seen| {
+            seen.iter().any(|(r, _)| r.cluster == "c2")
+        })
+        .await;
+    assert!(
+        controller.queue().depth(&"c2".into()) > 0,
+        "items of c2 are still queued"
+    );
+
+    assert!(env.provider.remove(&"c2".into()));
+    removed.store(true, Ordering::SeqCst);
+
+    let err = env.manager.get_cluster(&"c2".into()).await.expect_err("removed");
+    assert!(err.is_cluster_not_found(), "{err}");
+    assert!(
+        c2.is_stopped(),
+        "the removed cluster's cache (its watches) is stopped"
+    );
+    let started = Instant::now();
+    while controller.queue().depth(&"c2".into()) > 0 {
+        assert!(started.elapsed() < WAIT, "queued items of c2 are dropped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    create_cm(env.client(2), "after-removal", &[]).await;
+    create_cm(env.client(1), "still-served", &[]).await;
+    recorder.wait_for("c1", "still-served", 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        started_after_removal.load(Ordering::SeqCst),
+        0,
+        "no reconcile of c2 started after removal"
+    );
+    assert_eq!(recorder.count("c2", "after-removal"), 0);
+    assert!(!controller.cluster_names().iter().any(|n| n == "c2"));
+}
+
+#[tokio::test]
+async fn s06_same_name_with_new_cluster_switches_watches_same_instance_is_a_no_op() {
+    let env = Env::with_spare(1, 1).await;
+    create_cm(env.client(1), "on-old-server", &[]).await;
+    create_cm(env.client(2), "on-new-server", &[]).await;
+    let (controller, recorder) = recording(Controller::builder(&env.manager)).await;
+    env.start();
+    recorder.wait_for("c1", "on-old-server", 1).await;
+
+    // Rotated credentials pointing at another server, under the same name.
+    let replacement = Arc::new(Cluster::new("c1", env.client(2)));
+    env.provider
+        .replace("c1", replacement.clone())
+        .await
+        .expect("replace");
+    recorder.wait_for("c1", "on-new-server", 1).await;
+    create_cm(env.client(1), "old-after-switch", &[]).await;
+    create_cm(env.client(2), "new-after-switch", &[]).await;
+    recorder.wait_for("c1", "new-after-switch", 1).await;
+    assert_eq!(
+        recorder.count("c1", "old-after-switch"),
+        0,
+        "the old server is no longer watched"
+    );
+
+    let before = recorder.requests().len();
+    env.provider
+        .replace("c1", replacement)
+        .await
+        .expect("same instance");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        recorder.requests().len(),
+        before,
+        "the same instance again changes nothing"
+    );
+    assert_eq!(controller.cluster_names(), vec![ClusterName::from("c1")]);
+}
+
+#[tokio::test]
+async fn s07_controller_added_after_clusters_engaged_gets_them_all() {
+    let env = Env::new(2).await;
+    create_cm(env.client(1), "one", &[]).await;
+    create_cm(env.client(2), "two", &[]).await;
+    env.start();
+    let started = Instant::now();
+    while env.manager.engaged_clusters().len() < 3 {
+        assert!(started.elapsed() < WAIT, "local, c1 and c2 engaged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (controller, recorder) = recording(Controller::builder(&env.manager)).await;
+    recorder.wait_for("c1", "one", 1).await;
+    recorder.wait_for("c2", "two", 1).await;
+    let mut names = controller.cluster_names();
+    names.sort();
+    assert_eq!(names, vec![ClusterName::from("c1"), ClusterName::from("c2")]);
+}
+
+fn data_index(name: &str, key: &'static str) -> FieldIndex {
+    FieldIndex::new::<ConfigMap>(name, move |cm: &ConfigMap| {
+        cm.data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .cloned()
+            .into_iter()
+            .collect()
+    })
+}
+
+fn names(objects: &[Arc<ConfigMap>]) -> Vec<String> {
+    let mut names: Vec<String> = objects.iter().map(|o| o.name_any()).collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn s08_indexes_apply_to_clusters_engaged_before_and_after() {
+    let fleet = Fleet::start(3).await.expect("start fleet");
+    let local = Arc::new(Cluster::new("", fleet.cluster(0).client().expect("client")));
+    let provider = Arc::new(Clusters::new());
+    let manager = Manager::with_provider(local, provider.clone());
+    manager
+        .index_field(data_index("owner", "owner"))
+        .await
+        .expect("index before any cluster");
+    for (index, names) in [(1, ["a1", "a2"]), (2, ["b1", "b2"])] {
+        let client = fleet.cluster(index).client().expect("client");
+        create_cm(client.clone(), names[0], &[("owner", "alice"), ("team", "red")]).await;
+        create_cm(client, names[1], &[("owner", "bob"), ("team", "blue")]).await;
+    }
+    let c1 = Arc::new(Cluster::new("c1", fleet.cluster(1).client().expect("client")));
+    provider.add("c1", c1.clone()).await.expect("add");
+    let token = CancellationToken::new();
+    let run = tokio::spawn({
+        let (manager, token) = (manager.clone(), token.clone());
+        async move { manager.start(token).await }
+    });
+    let c2 = Arc::new(Cluster::new("c2", fleet.cluster(2).client().expect("client")));
+    provider.add("c2", c2.clone()).await.expect("add later");
+
+    let alice_c1 = c1
+        .cache()
+        .list_by_index::<ConfigMap>("owner", "alice")
+        .await
+        .expect("index in c1");
+    assert_eq!(names(&alice_c1), vec!["a1"], "only c1's objects");
+    let alice_c2 = c2
+        .cache()
+        .list_by_index::<ConfigMap>("owner", "alice")
+        .await
+        .expect("index in c2");
+    assert_eq!(names(&alice_c2), vec!["b1"], "only c2's objects");
+
+    manager
+        .index_field(data_index("team", "team"))
+        .await
+        .expect("index after clusters exist");
+    let blue = c1
+        .cache()
+        .list_by_index::<ConfigMap>("team", "blue")
+        .await
+        .expect("late index in c1");
+    assert_eq!(names(&blue), vec!["a2"]);
+    let red = c2
+        .cache()
+        .list_by_index::<ConfigMap>("team", "red")
+        .await
+        .expect("late index in c2");
+    assert_eq!(names(&red), vec!["b1"]);
+    assert!(
+        manager.index_field(data_index("team", "team")).await.is_err(),
+        "the same index twice is refused"
+    );
+    token.cancel();
+    run.await.expect("join").expect("manager stops cleanly");
+}
+
+#[tokio::test]
+async fn s09_engage_options_local_only_provider_only_and_filter() {
+    let env = Env::new(2).await;
+    create_cm(env.client(0), "local-object", &[]).await;
+    create_cm(env.client(1), "object-1", &[]).await;
+    create_cm(env.client(2), "object-2", &[]).await;
+    let (_, local_only) = recording(
+        Controller::builder(&env.manager)
+            .named("local")
+            .engage_local(true)
+            .engage_providers(false),
+    )
+    .await;
+    let (_, providers) = recording(Controller::builder(&env.manager).named("providers")).await;
+    let (_, filtered) = recording(
+        Controller::builder(&env.manager)
+            .named("filtered")
+            .cluster_filter(|name| name == "c2"),
+    )
+    .await;
+    env.start();
+    local_only.wait_for("", "local-object", 1).await;
+    providers.wait_for("c1", "object-1", 1).await;
+    providers.wait_for("c2", "object-2", 1).await;
+    filtered.wait_for("c2", "object-2", 1).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        local_only.requests().iter().all(|r| r.cluster.is_local()),
+        "{:?}",
+        local_only.requests()
+    );
+    assert_eq!(providers.count_cluster(""), 0);
+    assert!(
+        filtered.requests().iter().all(|r| r.cluster == "c2"),
+        "{:?}",
+        filtered.requests()
+    );
+}
+
+async fn owned_secret(client: Client, name: &str, owner: &ConfigMap) {
+    let api: Api<Secret> = Api::namespaced(client, "default");
+    let mut secret = Secret::default();
+    secret.metadata.name = Some(name.to_owned());
+    secret.metadata.owner_references = Some(vec![OwnerReference {
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        name: owner.name_any(),
+        uid: owner.uid().expect("uid"),
+        controller: Some(true),
+        block_owner_deletion: None,
+    }]);
+    api.create(&PostParams::default(), &secret)
+        .await
+        .expect("create secret");
+}
+
+#[tokio::test]
+async fn s10_owned_child_enqueues_its_owner_in_its_own_cluster() {
+    let env = Env::new(2).await;
+    create_cm(env.client(1), "parent", &[]).await;
+    let parent_b = create_cm(env.client(2), "parent", &[]).await;
+    owned_secret(env.client(2), "child", &parent_b).await;
+    let (_, recorder) = recording(Controller::builder(&env.manager).owns::<Secret>()).await;
+    env.start();
+    recorder.wait_for("c1", "parent", 1).await;
+    recorder.wait_for("c2", "parent", 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (before_a, before_b) = (recorder.count("c1", "parent"), recorder.count("c2", "parent"));
+
+    let secrets: Api<Secret> = Api::namespaced(env.client(2), "default");
+    let patch = serde_json::json!({ "metadata": { "labels": { "touched": "yes" } } });
+    secrets
+        .patch("child", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch child");
+    recorder.wait_for("c2", "parent", before_b + 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        recorder.count("c1", "parent"),
+        before_a,
+        "the owner in the other cluster is not enqueued"
+    );
+    assert_eq!(
+        recorder.count("c2", "child"),
+        0,
+        "the child itself is not a request"
+    );
+}
+
+#[tokio::test]
+async fn s11_local_object_fans_out_to_provider_clusters() {
+    let env = Env::with_spare(2, 1).await;
+    let builder = Controller::builder::<ConfigMap>(&env.manager).watches_local(|context, cm: &ConfigMap| {
+        if cm.name_any() != "template" {
+            return Vec::new();
+        }
+        context
+            .clusters
+            .iter()
+            .map(|cluster| Request::new(cluster.clone(), Some("default"), "copy"))
+            .collect()
+    });
+    let (_, recorder) = recording(builder).await;
+    create_cm(env.client(0), "template", &[]).await;
+    env.start();
+    recorder.wait_for("c1", "copy", 1).await;
+    recorder.wait_for("c2", "copy", 1).await;
+    env.add(3).await;
+    recorder.wait_for("c3", "copy", 1).await;
+    assert_eq!(
+        recorder.count_cluster(""),
+        0,
+        "the local cluster itself is not reconciled"
+    );
+}
+
+#[tokio::test]
+async fn s12_one_item_of_a_quiet_cluster_is_not_starved_by_a_busy_one() {
+    let env = Env::new(2).await;
+    let concurrency = 4;
+    let (controller, recorder) = with_reconciler(
+        Controller::builder::<ConfigMap>(&env.manager).concurrency(concurrency),
+        |req: ReconcileRequest<ConfigMap>, recorder: Arc<Recorder>| {
+            recorder.record(&req.request, false);
+            async {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                Ok::<_, Infallible>(Action::await_change())
+            }
+        },
+    )
+    .await;
+    env.start();
+    wait_engaged(&controller, &["c1", "c2"]).await;
+    for i in 0..20_000 {
+        controller.queue().add(
+            "c1".into(),
+            multicluster_runtime::cache::ObjectKey::new(Some("default"), format!("a-{i}")),
+        );
+    }
+    let started_before = recorder.count_cluster("c1");
+    controller.queue().add(
+        "c2".into(),
+        multicluster_runtime::cache::ObjectKey::new(Some("default"), "b"),
+    );
+    recorder.wait_for("c2", "b", 1).await;
+    let requests = recorder.requests();
+    let position = requests
+        .iter()
+        .position(|r| r.cluster == "c2" && r.name() == "b")
+        .expect("b was reconciled");
+    let busy_before_quiet =
+        requests[..position].iter().filter(|r| r.cluster == "c1").count() - started_before;
+    assert!(
+        busy_before_quiet <= 2 * concurrency,
+        "{busy_before_quiet} items of the busy cluster started before the quiet cluster's one"
+    );
+}
+
+#[tokio::test]
+async fn s14_errors_back_off_exponentially_and_requested_requeues_are_honoured() {
+    let env = Env::new(1).await;
+    create_cm(env.client(1), "flaky", &[]).await;
+    let attempts: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let _controller = Controller::builder::<ConfigMap>(&env.manager)
+        .backoff(Duration::from_millis(100), Duration::from_secs(10))
+        .run(
+            |req: ReconcileRequest<ConfigMap>, attempts: Arc<Mutex<Vec<Instant>>>| {
+                // The apiserver's own ConfigMaps are reconciled too; only ours counts.
+                let ours = req.request.name() == "flaky";
+                let attempt = if !ours {
+                    0
+                } else {
+                    let mut attempts = attempts.lock().unwrap();
+                    attempts.push(Instant::now());
+                    attempts.len()
+                };
+                async move {
+                    match attempt {
+                        0 => Ok(Action::await_change()),
+                        1..=4 => Err(format!("attempt {attempt} fails")),
+                        5 => Ok(Action::requeue(Duration::from_millis(600))),
+                        _ => Ok(Action::await_change()),
+                    }
+                }
+            },
+            |_req: &Request, _err: &String, _ctx| Action::backoff(),
+            attempts.clone(),
+        )
+        .await
+        .expect("controller");
+    env.start();
+    let started = Instant::now();
+    while attempts.lock().unwrap().len() < 6 {
+        assert!(started.elapsed() < WAIT, "six attempts");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let times = attempts.lock().unwrap().clone();
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    for (gap, expected) in gaps.iter().zip([100, 200, 400, 800]) {
+        assert!(
+            *gap >= Duration::from_millis(expected),
+            "backoff gaps grow: {gaps:?}"
+        );
+    }
+    assert!(
+        gaps[4] >= Duration::from_millis(600),
+        "the requested requeue is honoured: {gaps:?}"
+    );
+    assert!(
+        gaps[4] < Duration::from_millis(1600),
+        "success reset the backoff: {gaps:?}"
+    );
+}
+
+#[tokio::test]
+async fn s15_unreachable_cluster_does_not_delay_others_and_recovers() {
+    let env = Env::with_spare(1, 1).await;
+    create_cm(env.client(1), "healthy", &[]).await;
+    create_cm(env.client(2), "unreachable", &[]).await;
+    env.fleet.cluster(2).stop().await;
+    let (_controller, recorder) =
+        recording(Controller::builder(&env.manager).sync_timeout(Duration::from_secs(2))).await;
+    env.start();
+    let c2 = env.add(2).await;
+    recorder.wait_for("c1", "healthy", 1).await;
+    assert_eq!(recorder.count_cluster("c2"), 0, "c1 was served while c2 is down");
+
+    let err = c2
+        .cache()
+        .informer::<ConfigMap>()
+        .wait_synced(Duration::from_secs(1))
+        .await
+        .expect_err("c2 is down");
+    let message = err.to_string();
+    assert!(
+        message.contains("c2") && message.contains("ConfigMap"),
+        "a clear error: {message}"
+    );
+
+    env.fleet.cluster(2).start().await.expect("restart c2");
+    recorder.wait_for("c2", "unreachable", 1).await;
+}
+
+#[tokio::test]
+async fn s16_panicking_reconciler_is_retried_with_backoff_while_others_go_on() {
+    let env = Env::new(1).await;
+    for name in ["boom", "fine-1", "fine-2"] {
+        create_cm(env.client(1), name, &[]).await;
+    }
+    let (_controller, recorder) = with_reconciler(
+        Controller::builder::<ConfigMap>(&env.manager)
+            .backoff(Duration::from_millis(50), Duration::from_secs(5)),
+        |req: ReconcileRequest<ConfigMap>, recorder: Arc<Recorder>| {
+            recorder.record(&req.request, true);
+            let attempts = recorder.count("c1", "boom");
+            let panics = req.request.name() == "boom" && attempts <= 2;
+            async move {
+                if panics {
+                    panic!("reconciler bug, attempt {attempts}");
+                }
+                Ok::<_, Infallible>(Action::await_change())
+            }
+        },
+    )
+    .await;
+    env.start();
+    recorder.wait_for("c1", "fine-1", 1).await;
+    recorder.wait_for("c1", "fine-2", 1).await;
+    recorder.wait_for("c1", "boom", 3).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        recorder.count("c1", "boom"),
+        3,
+        "retried after each panic, then done"
+    );
+}
