@@ -36,6 +36,10 @@ pub enum Error {
         source: kube::Error,
     },
 
+    /// A kubeconfig could not be used.
+    #[error(transparent)]
+    Kubeconfig(#[from] crate::providers::kubeconfig::KubeconfigError),
+
     /// A cache operation failed.
     #[error(transparent)]
     Cache(#[from] crate::cache::CacheError),

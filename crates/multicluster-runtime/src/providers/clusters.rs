@@ -42,6 +42,8 @@ struct State {
 
 struct Entry {
     cluster: Arc<Cluster>,
+    /// What the cluster was built from, for [`Clusters::replace_if_changed`].
+    fingerprint: Option<u64>,
     /// Present while engaged; cancelled on removal or replacement.
     token: Option<CancellationToken>,
 }
@@ -88,7 +90,48 @@ impl Clusters {
     /// A registered index could not be applied, or the engagement failed; the cluster
     /// stays registered either way, so [`Provider::get`] finds it.
     pub async fn replace(&self, name: impl Into<ClusterName>, cluster: Arc<Cluster>) -> Result<()> {
+        self.install(name.into(), cluster, None).await
+    }
+
+    /// Adds or replaces `name` unless it is registered with the same `fingerprint`
+    /// (e.g. [`kubeconfig::fingerprint`](super::kubeconfig::fingerprint) of what it is
+    /// built from). `build` runs only when the cluster must be (re)built, so
+    /// providers re-engage exactly the clusters whose connection settings changed.
+    /// Returns whether the cluster was added or replaced.
+    ///
+    /// # Errors
+    /// `build`'s error (the registered cluster, if any, stays), or as for
+    /// [`replace`](Self::replace).
+    pub async fn replace_if_changed<F>(
+        &self,
+        name: impl Into<ClusterName>,
+        fingerprint: u64,
+        build: F,
+    ) -> Result<bool>
+    where
+        F: AsyncFnOnce() -> Result<Arc<Cluster>>,
+    {
         let name = name.into();
+        if self
+            .lock()
+            .clusters
+            .get(&name)
+            .is_some_and(|e| e.fingerprint == Some(fingerprint))
+        {
+            return Ok(false);
+        }
+        let cluster = build().await?;
+        self.install(name, cluster, Some(fingerprint))
+            .await
+            .map(|()| true)
+    }
+
+    async fn install(
+        &self,
+        name: ClusterName,
+        cluster: Arc<Cluster>,
+        fingerprint: Option<u64>,
+    ) -> Result<()> {
         let indexes = {
             let state = self.lock();
             if state
@@ -109,6 +152,7 @@ impl Clusters {
                 name.clone(),
                 Entry {
                     cluster: cluster.clone(),
+                    fingerprint,
                     token: token.clone(),
                 },
             );

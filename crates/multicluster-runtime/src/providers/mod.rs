@@ -6,4 +6,5 @@
 //! | [`single::Single`] | exactly one, given at construction |
 
 pub mod clusters;
+pub mod kubeconfig;
 pub mod single;

@@ -1,0 +1,377 @@
+//! Kubeconfigs that come from outside the program: parsing, vetting, and turning a
+//! context into a client configuration.
+//!
+//! Providers read kubeconfigs from files, Secrets and inventories. Whoever can write
+//! such a Secret must not gain code execution in the controller or read its files, so
+//! a [`KubeconfigPolicy`] decides what a kubeconfig may ask for; the default refuses
+//! exec credential plugins, auth providers and references to local files. Errors
+//! never quote the kubeconfig: they name its origin and the offending entry only, so
+//! no credential reaches a log.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use kube::config::{ExecInteractiveMode, KubeConfigOptions, Kubeconfig};
+
+/// What a kubeconfig may ask for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KubeconfigPolicy {
+    /// Allow exec credential plugins (they run a program of the kubeconfig's choice).
+    pub allow_exec: bool,
+    /// Allow references to local files (certificate-authority, client-certificate,
+    /// client-key, tokenFile) and legacy auth providers.
+    pub allow_local_files: bool,
+}
+
+impl KubeconfigPolicy {
+    /// For kubeconfigs from places others can write (Secrets, inventories): no exec
+    /// plugins, no local files, no auth providers. The default.
+    pub fn untrusted() -> Self {
+        KubeconfigPolicy::default()
+    }
+
+    /// For kubeconfigs the operator chose (files given on the command line): anything.
+    pub fn trusted() -> Self {
+        KubeconfigPolicy {
+            allow_exec: true,
+            allow_local_files: true,
+        }
+    }
+}
+
+/// A kubeconfig that cannot be used, and why. Never contains credentials.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KubeconfigError {
+    /// Not YAML, or not the shape of a kubeconfig.
+    #[error("{origin}: not a valid kubeconfig: {reason}")]
+    Invalid {
+        /// Where it came from, e.g. a path or `Secret ns/name`.
+        origin: String,
+        /// What is wrong (positions and field names only, never values).
+        reason: String,
+    },
+
+    /// The requested context does not exist, or there is none.
+    #[error("{origin}: {reason}")]
+    NoContext {
+        /// Where it came from.
+        origin: String,
+        /// Which context is missing.
+        reason: String,
+    },
+
+    /// The kubeconfig asks for something the policy refuses.
+    #[error("{origin}: user {user:?} {what}; refused: {hint}")]
+    Refused {
+        /// Where it came from.
+        origin: String,
+        /// The kubeconfig user entry that asks for it.
+        user: String,
+        /// What it asks for.
+        what: String,
+        /// How an operator can allow it.
+        hint: &'static str,
+    },
+
+    /// kube could not build a client configuration from the context.
+    #[error("{origin}: context {context:?} cannot be used: {reason}")]
+    Client {
+        /// Where it came from.
+        origin: String,
+        /// The context.
+        context: String,
+        /// kube's reason.
+        reason: String,
+    },
+}
+
+/// Parses kubeconfig YAML or JSON (several documents are merged, as kubectl does).
+///
+/// # Errors
+/// [`KubeconfigError::Invalid`] with the position of the first syntax error; the
+/// text itself is never quoted.
+pub fn parse(data: &[u8], origin: &str) -> Result<Kubeconfig, KubeconfigError> {
+    let invalid = |reason: String| KubeconfigError::Invalid {
+        origin: origin.to_owned(),
+        reason,
+    };
+    let text = std::str::from_utf8(data).map_err(|e| invalid(format!("not UTF-8 text ({e})")))?;
+    if text.trim().is_empty() {
+        return Err(invalid("it is empty".into()));
+    }
+    let kubeconfig = Kubeconfig::from_yaml(text).map_err(|e| invalid(describe_parse_error(&e)))?;
+    if kubeconfig.contexts.is_empty() {
+        return Err(invalid("it has no contexts".into()));
+    }
+    Ok(kubeconfig)
+}
+
+/// Describes a parse failure by position only: parser messages can quote the input.
+fn describe_parse_error(error: &kube::config::KubeconfigError) -> String {
+    match error {
+        kube::config::KubeconfigError::Parse(e) => match e.location() {
+            Some(at) => format!(
+                "YAML does not match a kubeconfig at line {}, column {}",
+                at.line(),
+                at.column()
+            ),
+            None => "YAML does not match a kubeconfig".into(),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// Checks every user and cluster of `kubeconfig` against `policy`, and makes exec
+/// plugins non-interactive (a controller has nobody to answer a prompt).
+///
+/// # Errors
+/// [`KubeconfigError::Refused`] naming the first entry the policy refuses.
+pub fn vet(
+    kubeconfig: &mut Kubeconfig,
+    policy: KubeconfigPolicy,
+    origin: &str,
+) -> Result<(), KubeconfigError> {
+    let refuse = |user: &str, what: String, hint| KubeconfigError::Refused {
+        origin: origin.to_owned(),
+        user: user.to_owned(),
+        what,
+        hint,
+    };
+    const EXEC_HINT: &str = "exec credential plugins are allowed only when the operator enables them";
+    const FILE_HINT: &str = "local files and auth providers are allowed only when the operator enables them";
+    for named in &mut kubeconfig.auth_infos {
+        let Some(auth) = named.auth_info.as_mut() else {
+            continue;
+        };
+        if let Some(exec) = auth.exec.as_mut() {
+            if !policy.allow_exec {
+                let command = exec.command.clone().unwrap_or_default();
+                return Err(refuse(
+                    &named.name,
+                    format!("asks to run exec credential plugin {command:?}"),
+                    EXEC_HINT,
+                ));
+            }
+            exec.interactive_mode = Some(ExecInteractiveMode::Never);
+        }
+        if !policy.allow_local_files {
+            if let Some(provider) = &auth.auth_provider {
+                let what = format!("uses auth provider {:?}", provider.name);
+                return Err(refuse(&named.name, what, FILE_HINT));
+            }
+            let files = [
+                ("client-certificate", &auth.client_certificate),
+                ("client-key", &auth.client_key),
+                ("tokenFile", &auth.token_file),
+            ];
+            if let Some((field, _)) = files.iter().find(|(_, value)| value.is_some()) {
+                return Err(refuse(
+                    &named.name,
+                    format!("reads {field} from a local file"),
+                    FILE_HINT,
+                ));
+            }
+        }
+    }
+    if !policy.allow_local_files {
+        for named in &kubeconfig.clusters {
+            if named
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.certificate_authority.is_some())
+            {
+                let what = format!(
+                    "(cluster {:?}) reads certificate-authority from a local file",
+                    named.name
+                );
+                return Err(refuse("-", what, FILE_HINT));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The names of the contexts, in file order.
+pub fn context_names(kubeconfig: &Kubeconfig) -> Vec<String> {
+    kubeconfig.contexts.iter().map(|c| c.name.clone()).collect()
+}
+
+/// The client configuration of `context` (the current context for `None`).
+///
+/// # Errors
+/// [`KubeconfigError::NoContext`] or [`KubeconfigError::Client`].
+pub async fn client_config(
+    kubeconfig: &Kubeconfig,
+    context: Option<&str>,
+    origin: &str,
+) -> Result<kube::Config, KubeconfigError> {
+    let name = match context {
+        Some(name) => name.to_owned(),
+        None => kubeconfig
+            .current_context
+            .clone()
+            .ok_or_else(|| KubeconfigError::NoContext {
+                origin: origin.to_owned(),
+                reason: "no current-context is set".into(),
+            })?,
+    };
+    if !kubeconfig.contexts.iter().any(|c| c.name == name) {
+        return Err(KubeconfigError::NoContext {
+            origin: origin.to_owned(),
+            reason: format!("no context named {name:?}"),
+        });
+    }
+    let options = KubeConfigOptions {
+        context: Some(name.clone()),
+        ..KubeConfigOptions::default()
+    };
+    kube::Config::from_custom_kubeconfig(kubeconfig.clone(), &options)
+        .await
+        .map_err(|e| KubeconfigError::Client {
+            origin: origin.to_owned(),
+            context: name,
+            reason: e.to_string(),
+        })
+}
+
+/// A fingerprint of everything that decides how `context` connects: its cluster, its
+/// user and its namespace. Two kubeconfigs with equal fingerprints for a context give
+/// the same client, so a provider re-engages a cluster only when this changes. It is
+/// a hash: it reveals nothing of the credentials.
+pub fn fingerprint(kubeconfig: &Kubeconfig, context: &str) -> Option<u64> {
+    let ctx = kubeconfig
+        .contexts
+        .iter()
+        .find(|c| c.name == context)?
+        .context
+        .as_ref()?;
+    let cluster = kubeconfig
+        .clusters
+        .iter()
+        .find(|c| c.name == ctx.cluster)
+        .and_then(|c| c.cluster.as_ref());
+    let user = ctx
+        .user
+        .as_ref()
+        .and_then(|u| kubeconfig.auth_infos.iter().find(|a| &a.name == u));
+    let user = user.and_then(|a| a.auth_info.as_ref());
+    let canonical = serde_json::json!({
+        "cluster": cluster.map(serde_json::to_value).transpose().ok()?,
+        "user": user.map(serde_json::to_value).transpose().ok()?,
+        "namespace": ctx.namespace,
+    });
+    let mut hasher = DefaultHasher::new();
+    canonical.to_string().hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "s3cr3t-t0ken-value";
+
+    fn kubeconfig(user: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: a\nclusters:\n- name: a\n  cluster:\n    server: https://127.0.0.1:6443\ncontexts:\n- name: a\n  context:\n    cluster: a\n    user: u\nusers:\n- name: u\n  user:\n{user}"
+        )
+    }
+
+    fn token_user() -> String {
+        format!("    token: {TOKEN}\n")
+    }
+
+    #[test]
+    fn parses_and_fingerprints_a_token_kubeconfig() {
+        let parsed = parse(kubeconfig(&token_user()).as_bytes(), "test").expect("valid");
+        assert_eq!(context_names(&parsed), vec!["a"]);
+        assert!(fingerprint(&parsed, "a").is_some());
+        assert_eq!(fingerprint(&parsed, "missing"), None);
+    }
+
+    #[test]
+    fn fingerprint_changes_with_credentials_only() {
+        let one = parse(kubeconfig(&token_user()).as_bytes(), "t").expect("valid");
+        let mut same = parse(kubeconfig(&token_user()).as_bytes(), "t").expect("valid");
+        same.preferences = None;
+        let other = parse(kubeconfig("    token: rotated\n").as_bytes(), "t").expect("valid");
+        assert_eq!(fingerprint(&one, "a"), fingerprint(&same, "a"));
+        assert_ne!(fingerprint(&one, "a"), fingerprint(&other, "a"));
+    }
+
+    #[test]
+    fn syntax_errors_name_a_position_not_the_content() {
+        let broken = format!("users: [ {{ token: {TOKEN} ");
+        let err = parse(broken.as_bytes(), "Secret ns/x")
+            .expect_err("broken YAML")
+            .to_string();
+        assert!(err.starts_with("Secret ns/x: not a valid kubeconfig"), "{err}");
+        assert!(!err.contains(TOKEN), "{err}");
+        let wrong_shape = format!("contexts: {TOKEN}\n");
+        let err = parse(wrong_shape.as_bytes(), "f")
+            .expect_err("not a kubeconfig")
+            .to_string();
+        assert!(!err.contains(TOKEN), "{err}");
+        assert!(
+            parse(b"  \n", "f")
+                .expect_err("empty")
+                .to_string()
+                .contains("empty")
+        );
+        assert!(
+            parse(b"kind: Config\n", "f")
+                .expect_err("no contexts")
+                .to_string()
+                .contains("no contexts")
+        );
+    }
+
+    #[test]
+    fn exec_plugins_are_refused_unless_allowed() {
+        let exec =
+            "    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: /bin/steal\n";
+        let mut parsed = parse(kubeconfig(exec).as_bytes(), "Secret ns/x").expect("valid");
+        let err = vet(&mut parsed, KubeconfigPolicy::untrusted(), "Secret ns/x").expect_err("refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("exec credential plugin \"/bin/steal\"") && text.contains("refused"),
+            "{text}"
+        );
+        vet(
+            &mut parsed,
+            KubeconfigPolicy {
+                allow_exec: true,
+                ..Default::default()
+            },
+            "x",
+        )
+        .expect("allowed");
+        let exec = parsed.auth_infos[0]
+            .auth_info
+            .as_ref()
+            .and_then(|a| a.exec.as_ref())
+            .expect("exec");
+        assert!(matches!(exec.interactive_mode, Some(ExecInteractiveMode::Never)));
+    }
+
+    #[test]
+    fn local_files_are_refused_unless_allowed() {
+        let mut parsed = parse(kubeconfig("    tokenFile: /etc/shadow\n").as_bytes(), "s").expect("valid");
+        let err = vet(&mut parsed, KubeconfigPolicy::untrusted(), "s")
+            .expect_err("refused")
+            .to_string();
+        assert!(err.contains("tokenFile") && !err.contains("/etc/shadow"), "{err}");
+        vet(&mut parsed, KubeconfigPolicy::trusted(), "s").expect("allowed");
+    }
+
+    #[tokio::test]
+    async fn client_config_of_a_context() {
+        let parsed = parse(kubeconfig(&token_user()).as_bytes(), "t").expect("valid");
+        let config = client_config(&parsed, None, "t").await.expect("config");
+        assert_eq!(config.cluster_url.to_string(), "https://127.0.0.1:6443/");
+        let err = client_config(&parsed, Some("b"), "t")
+            .await
+            .expect_err("no such context");
+        assert!(err.to_string().contains("no context named \"b\""), "{err}");
+    }
+}
