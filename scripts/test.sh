@@ -7,4 +7,4 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 KUBE_ENVTEST_BIN_DIR="$(tools/controlplane/build.sh)"
 export KUBE_ENVTEST_BIN_DIR
-exec cargo test --workspace "$@"
+exec cargo test --workspace --all-features "$@"

@@ -1,10 +1,34 @@
 //! Providers: where clusters come from.
 //!
-//! | provider | clusters |
-//! |---|---|
-//! | [`clusters::Clusters`] | added, replaced and removed by code at runtime; the base of tests and of other providers |
-//! | [`single::Single`] | exactly one, given at construction |
+//! | provider | feature | clusters |
+//! |---|---|---|
+//! | [`clusters::Clusters`] | always | added, replaced and removed by code at runtime; the base of the others |
+//! | [`single::Single`] | always | exactly one, given at construction |
+//! | `file::Files` | `file` | one per context of kubeconfig files, directories and globs, watched for changes |
+//! | `secret::Secrets` | `secret` | one per labelled kubeconfig Secret in a namespace |
+//! | `namespace::Namespaces` | `namespace` | one per namespace of a host cluster, sharing one host cache |
+//! | `capi::ClusterApi` | `capi` | one per Cluster API `Cluster` whose control plane is initialized |
+//! | `profile::ClusterProfiles` | `profile` | one per healthy `ClusterProfile` of a cluster inventory |
+//! | `multi::Multi` | `multi` | the clusters of several providers, under `<provider>#<cluster>` |
+//! | `nop::Nop` | `nop` | none |
+//!
+//! Kubeconfigs from outside the program go through [`kubeconfig`], which refuses exec
+//! plugins and local files unless the operator allows them.
 
+#[cfg(feature = "capi")]
+pub mod capi;
 pub mod clusters;
+#[cfg(feature = "file")]
+pub mod file;
 pub mod kubeconfig;
+#[cfg(feature = "multi")]
+pub mod multi;
+#[cfg(feature = "namespace")]
+pub mod namespace;
+#[cfg(feature = "nop")]
+pub mod nop;
+#[cfg(feature = "profile")]
+pub mod profile;
+#[cfg(feature = "secret")]
+pub mod secret;
 pub mod single;

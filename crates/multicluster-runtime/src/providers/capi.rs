@@ -1,0 +1,1 @@
+//! The Cluster API provider (under construction).

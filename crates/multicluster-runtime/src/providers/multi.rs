@@ -1,0 +1,1 @@
+//! The composition of providers provider (under construction).

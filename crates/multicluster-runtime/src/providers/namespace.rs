@@ -1,0 +1,1 @@
+//! The namespaces as clusters provider (under construction).

@@ -1,0 +1,1 @@
+//! The no clusters provider (under construction).

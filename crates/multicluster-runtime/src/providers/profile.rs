@@ -1,0 +1,1 @@
+//! The ClusterProfile inventory provider (under construction).

@@ -1,0 +1,1 @@
+//! The kubeconfig Secrets provider (under construction).
