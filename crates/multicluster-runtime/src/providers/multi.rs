@@ -1,1 +1,299 @@
-//! The composition of providers provider (under construction).
+//! A provider that composes other providers under name prefixes.
+//!
+//! Each inner provider is registered under a name; its cluster `c` becomes
+//! `<provider>#<c>` (the separator is configurable), so the same inner name under two
+//! providers stays two clusters. Providers can be added and removed while the manager
+//! runs: removing one disengages all its clusters.
+//!
+//! ```no_run
+//! # async fn demo(local: kube::Client, eu: kube::Client, us: kube::Client) -> multicluster_runtime::Result<()> {
+//! use std::sync::Arc;
+//! use multicluster_runtime::providers::{clusters::Clusters, multi::Multi};
+//! use multicluster_runtime::{Cluster, Manager};
+//!
+//! let europe = Arc::new(Clusters::new());
+//! europe.add("prod", Arc::new(Cluster::new("prod", eu))).await?;
+//! let america = Arc::new(Clusters::new());
+//! america.add("prod", Arc::new(Cluster::new("prod", us))).await?;
+//!
+//! let multi = Arc::new(Multi::new());
+//! multi.add_provider("eu", europe).await?; // engages `eu#prod`
+//! multi.add_provider("us", america).await?; // engages `us#prod`
+//! let manager = Manager::with_provider(Arc::new(Cluster::new("", local)), multi.clone());
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::{CacheError, FieldIndex};
+use crate::cluster::{Cluster, ClusterName};
+use crate::error::{Error, Result};
+use crate::multicluster::{Aware, Provider, ProviderRunnable};
+
+/// The default separator between provider and cluster names.
+pub const DEFAULT_SEPARATOR: &str = "#";
+
+/// Composes providers; see the [module docs](self). Cheap to clone.
+#[derive(Clone)]
+pub struct Multi {
+    separator: Arc<str>,
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Default)]
+struct State {
+    providers: HashMap<String, Member>,
+    indexes: Vec<FieldIndex>,
+    running: Option<Running>,
+}
+
+struct Member {
+    provider: Arc<dyn Provider>,
+    /// Cancelled when the member is removed or the multi provider stops.
+    token: CancellationToken,
+}
+
+#[derive(Clone)]
+struct Running {
+    token: CancellationToken,
+    aware: Arc<dyn Aware>,
+}
+
+impl std::fmt::Debug for Multi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Multi")
+            .field("separator", &self.separator)
+            .field("providers", &self.provider_names())
+            .finish()
+    }
+}
+
+impl Default for Multi {
+    fn default() -> Self {
+        Self::with_separator(DEFAULT_SEPARATOR)
+    }
+}
+
+impl Multi {
+    /// A multi provider with the separator `#`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A multi provider whose cluster names are `<provider><separator><cluster>`.
+    pub fn with_separator(separator: impl Into<String>) -> Self {
+        let separator: String = separator.into();
+        Multi {
+            separator: Arc::from(separator),
+            state: Arc::default(),
+        }
+    }
+
+    /// Adds `provider` under `name`: the field indexes registered so far are applied
+    /// to it and, if the multi provider runs and `provider` is runnable, it is started
+    /// with its clusters engaged as `<name><separator><cluster>`.
+    ///
+    /// # Errors
+    /// [`Error::Provider`] if `name` is empty, contains the separator or is taken; an
+    /// index that cannot be applied.
+    pub async fn add_provider<P: Provider + 'static>(
+        &self,
+        name: impl Into<String>,
+        provider: Arc<P>,
+    ) -> Result<()> {
+        let name = name.into();
+        if name.is_empty() || name.contains(&*self.separator) {
+            return Err(self.refuse(format!(
+                "provider name {name:?} must be non-empty and without {:?}",
+                self.separator
+            )));
+        }
+        let provider: Arc<dyn Provider> = provider;
+        let (indexes, running) = {
+            let state = self.lock();
+            if state.providers.contains_key(&name) {
+                return Err(self.refuse(format!("a provider named {name:?} exists already")));
+            }
+            (state.indexes.clone(), state.running.clone())
+        };
+        for index in indexes {
+            tolerate_existing(provider.index_field(index).await)?;
+        }
+        let token = running
+            .as_ref()
+            .map_or_else(CancellationToken::new, |r| r.token.child_token());
+        let member = Member {
+            provider: provider.clone(),
+            token: token.clone(),
+        };
+        if self.lock().providers.insert(name.clone(), member).is_some() {
+            return Err(self.refuse(format!("a provider named {name:?} was added concurrently")));
+        }
+        if let Some(running) = running {
+            self.launch(name, provider, token, running.aware);
+        }
+        Ok(())
+    }
+
+    /// Removes the provider `name` and disengages all its clusters before returning.
+    /// Returns whether it existed.
+    pub fn remove_provider(&self, name: &str) -> bool {
+        let removed = self.lock().providers.remove(name);
+        removed.map(|member| member.token.cancel()).is_some()
+    }
+
+    /// The names of the providers, in no particular order.
+    pub fn provider_names(&self) -> Vec<String> {
+        self.lock().providers.keys().cloned().collect()
+    }
+
+    /// Splits a cluster name into provider and inner cluster name.
+    fn split<'a>(&self, name: &'a ClusterName) -> Option<(&'a str, &'a str)> {
+        name.as_str().split_once(&*self.separator)
+    }
+
+    /// Starts a runnable member with an [`Aware`] that prefixes its cluster names.
+    fn launch(
+        &self,
+        name: String,
+        provider: Arc<dyn Provider>,
+        token: CancellationToken,
+        aware: Arc<dyn Aware>,
+    ) {
+        let Some(runnable) = provider.into_runnable() else {
+            return;
+        };
+        let prefixed: Arc<dyn Aware> = Arc::new(Prefixed {
+            prefix: format!("{name}{}", self.separator),
+            member: token.clone(),
+            aware,
+        });
+        tokio::spawn(async move {
+            if let Err(err) = runnable.start(token.clone(), prefixed).await {
+                // One failing member must not take the others down: its clusters go.
+                tracing::error!(provider = name, error = %err, "provider failed; its clusters are disengaged");
+            }
+            token.cancel();
+        });
+    }
+
+    fn refuse(&self, reason: String) -> Error {
+        Error::Provider {
+            provider: "multi".into(),
+            source: reason.into(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// An index a member has already (a cluster shared with another member) is fine.
+fn tolerate_existing(result: Result<()>) -> Result<()> {
+    match result {
+        Err(Error::Cache(CacheError::IndexExists { .. })) => Ok(()),
+        other => other,
+    }
+}
+
+#[async_trait]
+impl Provider for Multi {
+    async fn get(&self, name: &ClusterName) -> Result<Arc<Cluster>> {
+        let not_found = || Error::ClusterNotFound(name.clone());
+        let (member, inner) = self.split(name).ok_or_else(not_found)?;
+        let provider = self
+            .lock()
+            .providers
+            .get(member)
+            .map(|m| m.provider.clone())
+            .ok_or_else(not_found)?;
+        provider
+            .get(&ClusterName::from(inner))
+            .await
+            .map_err(|err| match err {
+                Error::ClusterNotFound(_) => not_found(),
+                other => other,
+            })
+    }
+
+    async fn index_field(&self, index: FieldIndex) -> Result<()> {
+        let providers: Vec<Arc<dyn Provider>> = {
+            let mut state = self.lock();
+            state.indexes.push(index.clone());
+            state.providers.values().map(|m| m.provider.clone()).collect()
+        };
+        for provider in providers {
+            tolerate_existing(provider.index_field(index.clone()).await)?;
+        }
+        Ok(())
+    }
+
+    fn into_runnable(self: Arc<Self>) -> Option<Arc<dyn ProviderRunnable>> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl ProviderRunnable for Multi {
+    /// Starts every runnable member (and those added later) until `token` is cancelled.
+    async fn start(&self, token: CancellationToken, aware: Arc<dyn Aware>) -> Result<()> {
+        let members: Vec<(String, Arc<dyn Provider>, CancellationToken)> = {
+            let mut state = self.lock();
+            state.running = Some(Running {
+                token: token.clone(),
+                aware: aware.clone(),
+            });
+            let members = std::mem::take(&mut state.providers);
+            let mut started = Vec::new();
+            for (name, member) in members {
+                // Members added before start get tokens tied to this run.
+                let child = token.child_token();
+                started.push((name.clone(), member.provider.clone(), child.clone()));
+                state.providers.insert(
+                    name,
+                    Member {
+                        provider: member.provider,
+                        token: child,
+                    },
+                );
+            }
+            started
+        };
+        for (name, provider, member_token) in members {
+            self.launch(name, provider, member_token, aware.clone());
+        }
+        token.cancelled().await;
+        self.lock().running = None;
+        Ok(())
+    }
+}
+
+/// Engages a member's clusters under `<member><separator><cluster>`, and ties each
+/// cluster's token to the member's, so removing the member disengages its clusters
+/// even if the member itself does not cancel them.
+struct Prefixed {
+    prefix: String,
+    member: CancellationToken,
+    aware: Arc<dyn Aware>,
+}
+
+#[async_trait]
+impl Aware for Prefixed {
+    async fn engage(&self, token: CancellationToken, name: ClusterName, cluster: Arc<Cluster>) -> Result<()> {
+        let tied = self.member.child_token();
+        let watched = tied.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = token.cancelled() => watched.cancel(),
+                () = watched.cancelled() => {}
+            }
+        });
+        let full = ClusterName::from(format!("{}{}", self.prefix, name.as_str()));
+        self.aware.engage(tied, full, cluster).await
+    }
+}
