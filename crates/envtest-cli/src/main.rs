@@ -139,33 +139,18 @@ impl Up {
     }
 }
 
-/// The binaries from `dir` or the usual places; when they are missing and this is a
-/// repository checkout, runs the build script first.
+/// The binaries from `dir`, or the usual places (built first when missing and this
+/// is a repository checkout).
 fn binaries(dir: Option<&Path>) -> Result<Binaries, String> {
     let found = match dir {
         Some(dir) => Binaries::in_dir(dir),
-        None => Binaries::find(),
+        None => Binaries::find_or_build(
+            &Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../..")
+                .join(BUILD_COMMAND),
+        ),
     };
-    let missing = match found {
-        Ok(binaries) => return Ok(binaries),
-        Err(err) => err,
-    };
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(BUILD_COMMAND);
-    if dir.is_some() || !script.exists() {
-        return Err(missing.to_string());
-    }
-    eprintln!("control-plane binaries missing; running {BUILD_COMMAND} (several minutes the first time) ...");
-    let status = std::process::Command::new("bash")
-        .arg(&script)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-    if !status.success() {
-        return Err(format!("{BUILD_COMMAND} failed ({status})"));
-    }
-    Binaries::find().map_err(|e| e.to_string())
+    found.map_err(|e| e.to_string())
 }
 
 async fn wait_for_shutdown() {

@@ -65,6 +65,44 @@ impl Binaries {
         Ok(found)
     }
 
+    /// Like [`find`](Self::find), but when the binaries are missing and
+    /// `build_script` (the repository's `tools/controlplane/build.sh`) exists, runs it
+    /// first, with its progress on stderr. Meant for programs run from a checkout,
+    /// such as the `envtest` command and the quick start.
+    ///
+    /// # Errors
+    /// [`Error::BinaryMissing`] if they are missing and there is no script;
+    /// [`Error::Spawn`] or [`Error::Build`] if the script cannot run or fails.
+    pub fn find_or_build(build_script: &Path) -> Result<Self> {
+        let missing = match Self::find() {
+            Ok(binaries) => return Ok(binaries),
+            Err(err) => err,
+        };
+        if !build_script.exists() {
+            return Err(missing);
+        }
+        eprintln!(
+            "control-plane binaries missing; running {} (several minutes the first time)",
+            crate::BUILD_COMMAND
+        );
+        let status = std::process::Command::new("bash")
+            .arg(build_script)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .map_err(|source| Error::Spawn {
+                what: crate::BUILD_COMMAND.into(),
+                binary: build_script.into(),
+                source,
+            })?;
+        if !status.success() {
+            return Err(Error::Build {
+                script: build_script.into(),
+                status,
+            });
+        }
+        Self::find()
+    }
+
     /// The build script's cache directory for [`KUBERNETES_VERSION`]:
     /// `${XDG_CACHE_HOME:-$HOME/.cache}/multicluster-runtime/controlplane/<version>`.
     pub fn default_dir() -> PathBuf {

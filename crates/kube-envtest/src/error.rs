@@ -40,6 +40,15 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The control-plane build script failed.
+    #[error("{} failed ({status}); run it by hand to see why", script.display())]
+    Build {
+        /// The script that was run.
+        script: PathBuf,
+        /// How it ended.
+        status: std::process::ExitStatus,
+    },
+
     /// A process exited while it was expected to start up or keep running.
     #[error("{what} exited during start-up ({status}); its log is {}:\n{tail}", log.display())]
     Exited {
