@@ -172,7 +172,8 @@ impl Manager {
     }
 
     /// Runs everything until `token` is cancelled or something fails: engages the
-    /// local cluster, starts the runnables, and starts the provider if it runs.
+    /// local cluster, starts the runnables, and starts the provider if it runs. On
+    /// return every engagement has ended and the local cluster's cache is stopped.
     ///
     /// # Errors
     /// [`Error::Manager`] if started twice; otherwise the first runnable or provider
@@ -216,6 +217,8 @@ impl Manager {
         };
         run.cancel();
         *self.runnables() = Runnables::Stopped;
+        // Nothing runs for the local cluster any more; its watches end with the manager.
+        self.inner.local.stop();
         outcome
     }
 

@@ -258,7 +258,12 @@ impl ProviderRunnable for Clusters {
             }
         }
         token.cancelled().await;
-        self.lock().running = None;
+        // The provider stops with the manager: so do the watches of its clusters.
+        let mut state = self.lock();
+        state.running = None;
+        for entry in state.clusters.values() {
+            entry.cluster.stop();
+        }
         Ok(())
     }
 }
