@@ -1,0 +1,128 @@
+//! The quick start: one controller across a fleet that changes while it runs.
+//!
+//! Without arguments it builds what is missing (the first time: kube-apiserver and
+//! etcd, a few minutes), starts a local fleet of real apiservers, and runs the
+//! uniform reconciler (`examples/src/uniform.rs`) across it:
+//!
+//! 1. three clusters are discovered and engaged, and their ConfigMaps reconciled;
+//! 2. a fourth cluster joins while it runs, and is reconciled too;
+//! 3. one cluster leaves: its work stops, the others carry on;
+//! 4. Ctrl-C stops everything cleanly.
+//!
+//!     cargo run -p examples --example quickstart
+//!
+//! Against real clusters instead, point it at a kubeconfig file or a directory of
+//! them (one cluster per context; the manager's own cluster is the current
+//! context of `$KUBECONFIG` or `~/.kube/config`):
+//!
+//!     cargo run -p examples --example quickstart -- --kubeconfig ~/fleet/
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use examples::announce::Announcer;
+use examples::fleet::LocalFleet;
+use examples::uniform::{self, Progress};
+use multicluster_runtime::providers::clusters::Clusters;
+use multicluster_runtime::providers::file::Files;
+use multicluster_runtime::{Cluster, Manager};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(about = "Run one controller across a fleet of clusters")]
+struct Args {
+    /// Fleet clusters to start locally (plus the manager's own and one that joins later).
+    #[arg(long, default_value_t = 3)]
+    clusters: usize,
+    /// Use the clusters of this kubeconfig file or directory instead of a local fleet.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    examples::init_tracing();
+    let args = Args::parse();
+    let progress = Progress::new();
+    match args.kubeconfig {
+        Some(path) => real_fleet(path, progress).await,
+        None => local_fleet(args.clusters.max(2), progress).await,
+    }
+}
+
+/// The demo on a local fleet: apiserver 0 is the manager's, 1..=n the fleet, n+1 joins later.
+async fn local_fleet(clusters: usize, progress: Arc<Progress>) -> anyhow::Result<()> {
+    let fleet = LocalFleet::start(clusters + 2).await?;
+    let provider = Arc::new(Clusters::new());
+    let manager = Manager::with_provider(fleet.local()?, provider.clone());
+    manager.add_aware(Announcer::new()).await?;
+    uniform::controller(&manager).run(uniform::reconcile, uniform::error_policy, progress.clone()).await?;
+
+    let token = CancellationToken::new();
+    let running = tokio::spawn({
+        let (manager, token) = (manager.clone(), token.clone());
+        async move { manager.start(token).await }
+    });
+    for index in 1..=clusters {
+        join(&fleet, &provider, index).await?;
+    }
+
+    let newcomer = clusters + 1;
+    tokio::select! {
+        () = tokio::time::sleep(Duration::from_secs(8)) => {
+            join(&fleet, &provider, newcomer).await?;
+        }
+        () = examples::shutdown_signal() => return stop(token, running).await,
+    }
+    tokio::select! {
+        () = tokio::time::sleep(Duration::from_secs(8)) => {
+            println!("--- {} leaves the fleet", LocalFleet::name(1));
+            provider.remove(&LocalFleet::name(1).into());
+            println!("--- running; reconciles per cluster so far: {:?}", progress.per_cluster());
+            println!("--- press Ctrl-C to stop");
+        }
+        () = examples::shutdown_signal() => return stop(token, running).await,
+    }
+    examples::shutdown_signal().await;
+    stop(token, running).await
+}
+
+/// Adds fleet apiserver `index` to the provider, with a managed ConfigMap in it.
+async fn join(fleet: &LocalFleet, provider: &Clusters, index: usize) -> anyhow::Result<()> {
+    let cluster = fleet.member(index)?;
+    let kubeconfig = fleet.fleet().cluster(index).kubeconfig_path().display().to_string();
+    println!("--- {} joins (kubectl --kubeconfig {kubeconfig} get cm)", cluster.name());
+    uniform::create_managed(cluster.client(), "app-settings").await?;
+    provider.add(cluster.name().clone(), cluster).await?;
+    Ok(())
+}
+
+/// The demo on real clusters: every context of the kubeconfig(s) at `path`.
+async fn real_fleet(path: PathBuf, progress: Arc<Progress>) -> anyhow::Result<()> {
+    let local = Arc::new(Cluster::new("", kube::Client::try_default().await?));
+    let provider = Arc::new(Files::builder().path(path).build());
+    let manager = Manager::with_provider(local, provider);
+    manager.add_aware(Announcer::new()).await?;
+    uniform::controller(&manager).run(uniform::reconcile, uniform::error_policy, progress).await?;
+    println!("watching the kubeconfigs; label a ConfigMap {}=true in any cluster to see it reconciled", uniform::MANAGED);
+    let token = CancellationToken::new();
+    let running = tokio::spawn({
+        let (manager, token) = (manager.clone(), token.clone());
+        async move { manager.start(token).await }
+    });
+    examples::shutdown_signal().await;
+    stop(token, running).await
+}
+
+async fn stop(
+    token: CancellationToken,
+    running: tokio::task::JoinHandle<multicluster_runtime::Result<()>>,
+) -> anyhow::Result<()> {
+    println!("--- stopping ...");
+    token.cancel();
+    running.await??;
+    println!("--- stopped cleanly");
+    Ok(())
+}
