@@ -16,6 +16,25 @@
 //!   backlog cannot starve the others, and a cluster that is unreachable or slow to
 //!   sync only delays its own requests.
 //!
+//! # Coming from Go's multicluster-runtime or kube-runtime
+//!
+//! | here | Go multicluster-runtime | kube-runtime |
+//! |---|---|---|
+//! | [`Cluster`], [`ClusterName`] (`""` = local) | `cluster.Cluster`, `string` | a `Client` |
+//! | [`Provider`], [`ProviderRunnable`], [`Aware::engage`] | `multicluster.Provider`, `ProviderRunnable`, `Aware.Engage` | — |
+//! | cluster lifetime: a `CancellationToken` | the `ctx` given to `Engage` | — |
+//! | [`Error::ClusterNotFound`] | `multicluster.ErrClusterNotFound` | — |
+//! | [`Manager`] | `mcmanager.Manager` | — |
+//! | [`controller::Controller::builder`] … `.run(reconcile, error_policy, ctx)` | `mcbuilder.ControllerManagedBy(mgr)…Complete(r)` | `Controller::new(…).run(…)` |
+//! | [`controller::ReconcileRequest`]: request (cluster + key), cached object, cluster | `mcreconcile.Request` | `Arc<K>` |
+//! | [`controller::Action`] | `reconcile.Result` | `Action` |
+//! | one [`cache::Cache`] per cluster, shared | one cache per cluster | one `Store` per controller |
+//!
+//! Providers ([`providers`]): `clusters` and `single` always; `file`, `secret`,
+//! `namespace`, `capi`, `profile`, `multi` and `nop` behind cargo features of those
+//! names (`providers` enables all). The repository's `docs/` explains the decisions
+//! behind queue fairness, cancellation and caching.
+//!
 //! # Example: the same reconciler in every cluster
 //!
 //! ```no_run

@@ -1,6 +1,7 @@
 //! Acceptance tests of the kubeconfig files provider: real apiservers from one
 //! kube-envtest fleet, kubeconfig files in a temporary directory, and the provider
 //! watching them.
+#![cfg(feature = "file")]
 
 mod support;
 

@@ -1,1 +1,0 @@
-//! The kubeconfig Secrets provider (under construction).

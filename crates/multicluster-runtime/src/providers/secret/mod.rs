@@ -1,0 +1,748 @@
+//! Clusters from kubeconfig Secrets: one cluster per labelled Secret of a namespace
+//! of the host cluster.
+//!
+//! A Secret in the configured namespace that carries the label
+//! `sigs.k8s.io/multicluster-runtime-kubeconfig: "true"` (see [`DEFAULT_LABEL_KEY`])
+//! and holds a kubeconfig under the data key `kubeconfig` ([`DEFAULT_DATA_KEY`]) gives
+//! a cluster named after the Secret. This is the Rust counterpart of Go's
+//! `multicluster-runtime/providers/kubeconfig`.
+//!
+//! - **Changes.** A change of what the chosen context connects with (server, CA,
+//!   credentials, namespace; see [`kubeconfig::fingerprint`]) replaces the cluster:
+//!   the old instance's token is cancelled and a new instance is engaged. Any other
+//!   change (labels, annotations, other contexts) changes nothing.
+//! - **Deletion** of the Secret, or removal of its label, disengages the cluster.
+//! - **Bad content** (the key missing or empty, a malformed kubeconfig, a context that
+//!   does not exist, a kubeconfig the [`KubeconfigPolicy`] refuses) gives no cluster:
+//!   a cluster engaged from earlier content is disengaged, so the fleet always
+//!   follows what the Secrets say now. The provider logs a warning and publishes a
+//!   Warning Event on the Secret (reasons [`REASON_MISSING`], [`REASON_INVALID`],
+//!   [`REASON_REFUSED`]), once per Secret and defect; it never fails for it. A
+//!   Secret is looked at again when it changes (or the watch relists), not on a
+//!   timer: its content decides, and only an allowed exec plugin that fails may
+//!   succeed later.
+//! - **Isolation.** Each Secret is handled by its own worker, in order. Building a
+//!   cluster does not contact it (caches sync lazily, in the components that use
+//!   them), so an unreachable or slow cluster holds up nothing, and neither does a
+//!   Secret whose handling is slow (e.g. an allowed exec plugin that hangs, bounded
+//!   by [`SecretsOptions::build_timeout`]).
+//! - **Sync.** If the first list of Secrets does not complete within
+//!   [`SecretsOptions::sync_timeout`], an error naming the namespace is logged (again
+//!   after each further timeout) while the watch keeps retrying with backoff.
+//!
+//! # Security
+//!
+//! Whoever can write a Secret in the namespace chooses what the controller connects
+//! to. By default ([`KubeconfigPolicy::untrusted`]) a kubeconfig that asks for an exec
+//! credential plugin, an auth provider or a local file (certificate, key, token file)
+//! is refused, so writing a Secret cannot run a program in the controller or make it
+//! read its own files. An operator who controls who writes these Secrets can allow
+//! exec plugins with [`SecretsOptions::policy`]. Logs, errors and Events name the
+//! Secret and the defect, never the content; the Secrets themselves are not kept in
+//! memory (only a fingerprint per cluster is).
+//!
+//! # RBAC
+//!
+//! In the namespace, on the host cluster: `get`, `list`, `watch` on `secrets`, and
+//! `create`, `patch` on `events` in the `events.k8s.io` group. The provider watches
+//! only that namespace (with the label selector), so a namespaced Role suffices.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//!
+//! use k8s_openapi::api::core::v1::Secret;
+//! use kube::api::{Api, PostParams};
+//! use kube::config::Kubeconfig;
+//! use multicluster_runtime::providers::kubeconfig::KubeconfigPolicy;
+//! use multicluster_runtime::providers::secret::{Secrets, SecretsOptions, kubeconfig_secret};
+//! use multicluster_runtime::{Cluster, Manager};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! # async fn run(host: kube::Client) -> Result<(), Box<dyn std::error::Error>> {
+//! // One cluster per labelled kubeconfig Secret in namespace `fleet-system`.
+//! let mut options = SecretsOptions::new("fleet-system");
+//! // Exec credential plugins are refused unless the operator, who controls who can
+//! // write those Secrets, allows them explicitly:
+//! if std::env::var_os("ALLOW_EXEC_PLUGINS").is_some() {
+//!     options = options.policy(KubeconfigPolicy { allow_exec: true, ..KubeconfigPolicy::untrusted() });
+//! }
+//! let provider = Arc::new(Secrets::new(host.clone(), options));
+//! let manager = Manager::with_provider(Arc::new(Cluster::new("", host.clone())), provider);
+//!
+//! // Register a cluster: a Secret named after it, labelled, holding its kubeconfig.
+//! let kubeconfig = Kubeconfig::read_from("eu-1.kubeconfig")?;
+//! let secret: Secret = kubeconfig_secret("eu-1", "fleet-system", &kubeconfig);
+//! Api::<Secret>::namespaced(host, "fleet-system").create(&PostParams::default(), &secret).await?;
+//!
+//! // ... add controllers ...
+//! manager.start(CancellationToken::new()).await?;
+//! # Ok(()) }
+//! ```
+
+mod content;
+mod queue;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::Api;
+use kube::config::Kubeconfig;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use self::content::{Plan, Problem};
+use self::queue::KeyedQueue;
+use crate::cache::FieldIndex;
+use crate::cluster::{Cluster, ClusterName, ClusterOptions};
+use crate::error::{Error, Result};
+use crate::multicluster::{Aware, Provider, ProviderRunnable};
+use crate::providers::clusters::Clusters;
+use crate::providers::kubeconfig::{self, KubeconfigPolicy};
+
+/// The label key that marks a Secret as a kubeconfig for this provider.
+pub const DEFAULT_LABEL_KEY: &str = "sigs.k8s.io/multicluster-runtime-kubeconfig";
+/// The value [`DEFAULT_LABEL_KEY`] must have.
+pub const DEFAULT_LABEL_VALUE: &str = "true";
+/// The data key holding the kubeconfig.
+pub const DEFAULT_DATA_KEY: &str = "kubeconfig";
+/// The reporting controller of the provider's Events.
+pub const DEFAULT_REPORTER: &str = "multicluster-runtime-secrets";
+/// Event reason: the data key is missing or empty.
+pub const REASON_MISSING: &str = "MissingKubeconfig";
+/// Event reason: the content is not a usable kubeconfig.
+pub const REASON_INVALID: &str = "InvalidKubeconfig";
+/// Event reason: the kubeconfig asks for something the policy refuses.
+pub const REASON_REFUSED: &str = "KubeconfigRefused";
+/// The Event action of the provider's Events.
+const EVENT_ACTION: &str = "Engage";
+/// Kubernetes caps an Event's note at 1 kB.
+const NOTE_LIMIT: usize = 1024;
+/// Name of this provider in errors.
+const PROVIDER: &str = "secrets";
+
+/// Settings of a [`Secrets`] provider: where the Secrets are, how they are marked,
+/// and what their kubeconfigs may do.
+///
+/// ```
+/// use std::time::Duration;
+/// use multicluster_runtime::providers::kubeconfig::KubeconfigPolicy;
+/// use multicluster_runtime::providers::secret::SecretsOptions;
+///
+/// let options = SecretsOptions::new("fleet-system")
+///     .label("example.com/fleet-member", "yes")
+///     .data_key("value")
+///     .context("admin")
+///     .sync_timeout(Duration::from_secs(60))
+///     .policy(KubeconfigPolicy { allow_exec: true, ..KubeconfigPolicy::untrusted() });
+/// assert_eq!(options.namespace_name(), "fleet-system");
+/// ```
+#[derive(Debug, Clone)]
+pub struct SecretsOptions {
+    namespace: String,
+    label_key: String,
+    label_value: String,
+    data_key: String,
+    context: Option<String>,
+    policy: KubeconfigPolicy,
+    cluster: ClusterOptions,
+    sync_timeout: Duration,
+    build_timeout: Duration,
+    reporter: Reporter,
+}
+
+impl SecretsOptions {
+    /// Secrets of `namespace` with the default label and data key, the kubeconfigs'
+    /// current contexts, the [untrusted](KubeconfigPolicy::untrusted) policy, a
+    /// 30-second sync timeout and a 30-second build timeout.
+    ///
+    /// The namespace has no default: Secrets of `default` are seldom where cluster
+    /// credentials belong, and watching every namespace would need read access to
+    /// every Secret of the host cluster.
+    pub fn new(namespace: impl Into<String>) -> Self {
+        SecretsOptions {
+            namespace: namespace.into(),
+            label_key: DEFAULT_LABEL_KEY.into(),
+            label_value: DEFAULT_LABEL_VALUE.into(),
+            data_key: DEFAULT_DATA_KEY.into(),
+            context: None,
+            policy: KubeconfigPolicy::untrusted(),
+            cluster: ClusterOptions::default(),
+            sync_timeout: Duration::from_secs(30),
+            build_timeout: Duration::from_secs(30),
+            reporter: Reporter {
+                controller: DEFAULT_REPORTER.into(),
+                instance: None,
+            },
+        }
+    }
+
+    /// Only Secrets labelled `key: value` are kubeconfigs (default
+    /// [`DEFAULT_LABEL_KEY`]`: "true"`).
+    #[must_use]
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.label_key = key.into();
+        self.label_value = value.into();
+        self
+    }
+
+    /// The data key holding the kubeconfig (default [`DEFAULT_DATA_KEY`]).
+    #[must_use]
+    pub fn data_key(mut self, key: impl Into<String>) -> Self {
+        self.data_key = key.into();
+        self
+    }
+
+    /// Use the context of this name in every kubeconfig, instead of each one's
+    /// current context. A kubeconfig without it gives no cluster.
+    #[must_use]
+    pub fn context(mut self, name: impl Into<String>) -> Self {
+        self.context = Some(name.into());
+        self
+    }
+
+    /// What kubeconfigs may ask for (default [`KubeconfigPolicy::untrusted`]: no exec
+    /// plugins, auth providers or local files). Allow exec plugins only if the
+    /// operator controls who can write the Secrets: the plugin runs in the controller.
+    #[must_use]
+    pub fn policy(mut self, policy: KubeconfigPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Options of every cluster built (e.g. its cache settings).
+    #[must_use]
+    pub fn cluster_options(mut self, options: ClusterOptions) -> Self {
+        self.cluster = options;
+        self
+    }
+
+    /// How long the first list of Secrets may take before an error is logged (it is
+    /// logged again after each further period; the watch keeps retrying).
+    #[must_use]
+    pub fn sync_timeout(mut self, timeout: Duration) -> Self {
+        self.sync_timeout = timeout;
+        self
+    }
+
+    /// How long building one cluster's client may take; it only takes long when an
+    /// allowed exec credential plugin is slow. A Secret that exceeds it gives no
+    /// cluster and a Warning Event.
+    #[must_use]
+    pub fn build_timeout(mut self, timeout: Duration) -> Self {
+        self.build_timeout = timeout;
+        self
+    }
+
+    /// Who the provider's Events say reported them (default [`DEFAULT_REPORTER`]
+    /// without an instance).
+    #[must_use]
+    pub fn reporter(mut self, reporter: Reporter) -> Self {
+        self.reporter = reporter;
+        self
+    }
+
+    /// The namespace whose Secrets are watched.
+    pub fn namespace_name(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The label selector of the watched Secrets, e.g.
+    /// `sigs.k8s.io/multicluster-runtime-kubeconfig=true`.
+    pub fn label_selector(&self) -> String {
+        format!("{}={}", self.label_key, self.label_value)
+    }
+
+    /// A Secret named `name` in this provider's namespace, labelled and keyed as
+    /// this provider expects, holding `kubeconfig` (as JSON, which is YAML). The
+    /// provider turns it into a cluster named `name`.
+    pub fn kubeconfig_secret(&self, name: &str, kubeconfig: &Kubeconfig) -> Secret {
+        let data = serde_json::to_vec(kubeconfig)
+            .expect("a Kubeconfig serializes to JSON: its maps have string keys");
+        Secret {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                namespace: Some(self.namespace.clone()),
+                labels: Some(BTreeMap::from([(
+                    self.label_key.clone(),
+                    self.label_value.clone(),
+                )])),
+                ..ObjectMeta::default()
+            },
+            data: Some(BTreeMap::from([(self.data_key.clone(), ByteString(data))])),
+            type_: Some("Opaque".into()),
+            ..Secret::default()
+        }
+    }
+}
+
+/// A Secret named `name` in `namespace` that a [`Secrets`] provider with default
+/// label and data key turns into a cluster named `name`: labelled
+/// [`DEFAULT_LABEL_KEY`]`: "true"`, holding `kubeconfig` under [`DEFAULT_DATA_KEY`].
+///
+/// ```
+/// use kube::config::Kubeconfig;
+/// use multicluster_runtime::providers::secret::{DEFAULT_DATA_KEY, kubeconfig_secret};
+///
+/// let kubeconfig = Kubeconfig::from_yaml("apiVersion: v1\nkind: Config\n").unwrap();
+/// let secret = kubeconfig_secret("eu-1", "fleet-system", &kubeconfig);
+/// assert!(secret.data.unwrap().contains_key(DEFAULT_DATA_KEY));
+/// ```
+pub fn kubeconfig_secret(name: &str, namespace: &str, kubeconfig: &Kubeconfig) -> Secret {
+    SecretsOptions::new(namespace).kubeconfig_secret(name, kubeconfig)
+}
+
+/// A provider of one cluster per labelled kubeconfig Secret in a namespace of the
+/// host cluster; see the [module documentation](self).
+///
+/// The manager starts it ([`Provider::into_runnable`]). Cheap to clone: clones share
+/// the clusters.
+#[derive(Clone)]
+pub struct Secrets {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: kube::Client,
+    options: SecretsOptions,
+    clusters: Clusters,
+    queue: Arc<KeyedQueue<Change>>,
+    /// Per Secret name, the fingerprint of the last defect reported, so that a
+    /// relist or a no-op update does not repeat the warning.
+    reported: Mutex<HashMap<String, u64>>,
+    running: AtomicBool,
+    synced: AtomicBool,
+}
+
+/// What became of a Secret.
+enum Change {
+    Applied(SecretData),
+    Deleted,
+}
+
+/// The parts of a Secret the provider uses. Not `Debug`: it holds the kubeconfig.
+struct SecretData {
+    reference: ObjectReference,
+    kubeconfig: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secrets")
+            .field("namespace", &self.inner.options.namespace)
+            .field("selector", &self.inner.options.label_selector())
+            .field("clusters", &self.names())
+            .finish()
+    }
+}
+
+impl Secrets {
+    /// A provider watching Secrets through `client` (of the host cluster) as
+    /// `options` say.
+    pub fn new(client: kube::Client, options: SecretsOptions) -> Self {
+        Secrets {
+            inner: Arc::new(Inner {
+                client,
+                options,
+                clusters: Clusters::new(),
+                queue: Arc::default(),
+                reported: Mutex::default(),
+                running: AtomicBool::new(false),
+                synced: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The provider's settings.
+    pub fn options(&self) -> &SecretsOptions {
+        &self.inner.options
+    }
+
+    /// The names of the clusters known now, in no particular order.
+    pub fn names(&self) -> Vec<ClusterName> {
+        self.inner.clusters.names()
+    }
+
+    /// Whether the first list of Secrets has completed (every Secret that existed at
+    /// start has been seen, though its cluster may still be being built).
+    pub fn is_synced(&self) -> bool {
+        self.inner.synced.load(Ordering::Acquire)
+    }
+}
+
+#[async_trait]
+impl Provider for Secrets {
+    async fn get(&self, name: &ClusterName) -> Result<Arc<Cluster>> {
+        self.inner.clusters.get(name).await
+    }
+
+    async fn index_field(&self, index: FieldIndex) -> Result<()> {
+        self.inner.clusters.index_field(index).await
+    }
+
+    fn into_runnable(self: Arc<Self>) -> Option<Arc<dyn ProviderRunnable>> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl ProviderRunnable for Secrets {
+    /// Watches the Secrets and engages their clusters into `aware` until `token` is
+    /// cancelled. Bad Secrets and watch failures are logged and retried, never
+    /// returned.
+    ///
+    /// # Errors
+    /// [`Error::Provider`] if the provider runs already.
+    async fn start(&self, token: CancellationToken, aware: Arc<dyn Aware>) -> Result<()> {
+        if self.inner.running.swap(true, Ordering::AcqRel) {
+            return Err(Error::Provider {
+                provider: PROVIDER.into(),
+                source: "started while running already".into(),
+            });
+        }
+        let _running = Running(&self.inner.running);
+        let span = tracing::info_span!("secrets_provider", namespace = %self.inner.options.namespace);
+        let (clusters, watched) = tokio::join!(
+            self.inner.clusters.start(token.clone(), aware),
+            self.inner.clone().watch(token).instrument(span),
+        );
+        clusters.and(watched)
+    }
+}
+
+/// Clears the running flag when [`Secrets::start`] ends, also when its future is
+/// dropped.
+struct Running<'a>(&'a AtomicBool);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+impl Inner {
+    /// Follows the labelled Secrets of the namespace until `token` is cancelled.
+    async fn watch(self: Arc<Self>, token: CancellationToken) -> Result<()> {
+        let options = &self.options;
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &options.namespace);
+        let config = watcher::Config::default().labels(&options.label_selector());
+        let mut events = std::pin::pin!(watcher(api, config).default_backoff());
+        let sync_timer = tokio::time::sleep(options.sync_timeout);
+        let mut sync_timer = std::pin::pin!(sync_timer);
+        // Names of the Secrets seen and not deleted, and those seen since a relist began.
+        let mut known: HashSet<String> = HashSet::new();
+        let mut relisted: Option<HashSet<String>> = None;
+        self.synced.store(false, Ordering::Release);
+        loop {
+            let event = tokio::select! {
+                () = token.cancelled() => return Ok(()),
+                () = &mut sync_timer, if !self.synced.load(Ordering::Acquire) => {
+                    tracing::error!(
+                        namespace = %options.namespace,
+                        selector = %options.label_selector(),
+                        timeout = ?options.sync_timeout,
+                        "kubeconfig Secrets not listed within the sync timeout; still retrying"
+                    );
+                    sync_timer.as_mut().reset(tokio::time::Instant::now() + options.sync_timeout);
+                    continue;
+                }
+                event = events.next() => event,
+            };
+            match event {
+                None => return Ok(()),
+                Some(Err(err)) => tracing::warn!(
+                    namespace = %options.namespace,
+                    error = %content::describe_watch_error(&err),
+                    "watching kubeconfig Secrets failed; retrying"
+                ),
+                Some(Ok(watcher::Event::Init)) => relisted = Some(HashSet::new()),
+                Some(Ok(watcher::Event::InitApply(secret))) => {
+                    let name = secret.name_any();
+                    if let Some(seen) = relisted.as_mut() {
+                        seen.insert(name.clone());
+                    }
+                    known.insert(name.clone());
+                    self.submit(name, Change::Applied(self.extract(secret)), &token);
+                }
+                Some(Ok(watcher::Event::InitDone)) => {
+                    // Gone while the watch was down, or before a restart of the
+                    // provider (its clusters stay registered across restarts).
+                    let seen = relisted.take().unwrap_or_default();
+                    let registered = self.clusters.names();
+                    let registered = registered.iter().map(|name| name.as_str().to_owned());
+                    let gone: HashSet<String> = known
+                        .iter()
+                        .cloned()
+                        .chain(registered)
+                        .filter(|name| !seen.contains(name))
+                        .collect();
+                    for name in gone {
+                        known.remove(&name);
+                        self.submit(name, Change::Deleted, &token);
+                    }
+                    if !self.synced.swap(true, Ordering::AcqRel) {
+                        tracing::info!(
+                            namespace = %options.namespace,
+                            secrets = known.len(),
+                            "kubeconfig Secrets listed"
+                        );
+                    }
+                }
+                Some(Ok(watcher::Event::Apply(secret))) => {
+                    let name = secret.name_any();
+                    known.insert(name.clone());
+                    self.submit(name, Change::Applied(self.extract(secret)), &token);
+                }
+                Some(Ok(watcher::Event::Delete(secret))) => {
+                    let name = secret.name_any();
+                    known.remove(&name);
+                    self.submit(name, Change::Deleted, &token);
+                }
+            }
+        }
+    }
+
+    /// Keeps what the provider needs of a Secret, dropping the rest of its data.
+    fn extract(&self, mut secret: Secret) -> SecretData {
+        let kubeconfig = secret
+            .data
+            .take()
+            .and_then(|mut data| data.remove(&self.options.data_key))
+            .map(|bytes| bytes.0);
+        SecretData {
+            reference: secret.object_ref(&()),
+            kubeconfig,
+        }
+    }
+
+    fn submit(self: &Arc<Self>, name: String, change: Change, token: &CancellationToken) {
+        let inner = self.clone();
+        let span = tracing::Span::current();
+        self.queue.submit(name, change, token, move |name, change| {
+            let inner = inner.clone();
+            async move {
+                match change {
+                    Change::Applied(secret) => inner.apply(name, secret).await,
+                    Change::Deleted => inner.delete(&name),
+                }
+            }
+            .instrument(span.clone())
+        });
+    }
+
+    fn origin(&self, name: &str) -> String {
+        format!("Secret {}/{name}", self.options.namespace)
+    }
+
+    /// Engages, replaces or keeps the cluster of a Secret that was added or changed.
+    async fn apply(&self, name: String, secret: SecretData) {
+        let origin = self.origin(&name);
+        let options = &self.options;
+        let plan = content::plan(
+            secret.kubeconfig.as_deref(),
+            &options.data_key,
+            options.context.as_deref(),
+            options.policy,
+            &origin,
+        );
+        let plan = match plan {
+            Ok(plan) => plan,
+            Err(problem) => return self.reject(&name, &secret, problem),
+        };
+        let mut failed = None;
+        let fingerprint = plan.fingerprint;
+        let changed = self
+            .clusters
+            .replace_if_changed(name.as_str(), fingerprint, async || {
+                self.build(&name, plan, &origin).await.map_err(|problem| {
+                    let error = Error::Provider {
+                        provider: PROVIDER.into(),
+                        source: problem.message.clone().into(),
+                    };
+                    failed = Some(problem);
+                    error
+                })
+            })
+            .await;
+        match (changed, failed) {
+            (_, Some(problem)) => self.reject(&name, &secret, problem),
+            (Ok(true), None) => {
+                self.clear_report(&name);
+                tracing::info!(namespace = %options.namespace, secret = %name, "cluster from kubeconfig Secret engaged");
+            }
+            (Ok(false), None) => {
+                self.clear_report(&name);
+                tracing::debug!(namespace = %options.namespace, secret = %name, "kubeconfig unchanged");
+            }
+            (Err(err), None) => tracing::error!(
+                namespace = %options.namespace,
+                secret = %name,
+                error = %err,
+                "cluster from kubeconfig Secret registered, but engaging it failed"
+            ),
+        }
+    }
+
+    /// A new cluster for `plan`. Builds the client on a blocking thread: kube runs
+    /// an exec credential plugin, if allowed and present, while building it.
+    async fn build(&self, name: &str, plan: Plan, origin: &str) -> Result<Arc<Cluster>, Problem> {
+        let config = kubeconfig::client_config(&plan.kubeconfig, Some(&plan.context), origin).await?;
+        drop(plan);
+        let dispatch = tracing::dispatcher::get_default(Clone::clone);
+        let span = tracing::Span::current();
+        let task = tokio::task::spawn_blocking(move || {
+            tracing::dispatcher::with_default(&dispatch, || span.in_scope(|| kube::Client::try_from(config)))
+        });
+        let timeout = self.options.build_timeout;
+        let client = match tokio::time::timeout(timeout, task).await {
+            Ok(Ok(Ok(client))) => client,
+            Ok(Ok(Err(err))) => {
+                let reason = content::describe_kube_error(&err);
+                return Err(Problem::invalid(format!(
+                    "{origin}: cannot build a client: {reason}"
+                )));
+            }
+            Ok(Err(_)) => {
+                return Err(Problem::invalid(format!("{origin}: building a client panicked")));
+            }
+            Err(_) => {
+                return Err(Problem::invalid(format!(
+                    "{origin}: building a client took longer than {timeout:?} (is an exec credential plugin stuck?)"
+                )));
+            }
+        };
+        let cluster = Cluster::with_options(name, client, self.options.cluster.clone());
+        Ok(Arc::new(cluster))
+    }
+
+    /// Disengages the cluster of a deleted (or unlabelled) Secret.
+    fn delete(&self, name: &str) {
+        self.clear_report(name);
+        if self.clusters.remove(&ClusterName::from(name)) {
+            tracing::info!(namespace = %self.options.namespace, secret = %name, "kubeconfig Secret gone; cluster disengaged");
+        }
+    }
+
+    /// A Secret that gives no cluster: disengages any cluster it gave before, and
+    /// reports the problem once (log and Event).
+    fn reject(&self, name: &str, secret: &SecretData, problem: Problem) {
+        let removed = self.clusters.remove(&ClusterName::from(name));
+        let key = {
+            let mut hasher = DefaultHasher::new();
+            (&secret.reference.uid, &problem).hash(&mut hasher);
+            hasher.finish()
+        };
+        let repeated = self
+            .reported
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(name.to_owned(), key)
+            == Some(key);
+        if repeated && !removed {
+            tracing::debug!(namespace = %self.options.namespace, secret = %name, reason = problem.reason.as_str(), "kubeconfig Secret still unusable");
+            return;
+        }
+        tracing::warn!(
+            namespace = %self.options.namespace,
+            secret = %name,
+            reason = problem.reason.as_str(),
+            disengaged = removed,
+            "kubeconfig Secret gives no cluster: {}",
+            problem.message
+        );
+        self.publish(secret.reference.clone(), problem);
+    }
+
+    /// Publishes a Warning Event on the Secret, in the background.
+    fn publish(&self, reference: ObjectReference, problem: Problem) {
+        let recorder = Recorder::new(self.client.clone(), self.options.reporter.clone());
+        let namespace = self.options.namespace.clone();
+        let event = Event {
+            type_: EventType::Warning,
+            reason: problem.reason.as_str().into(),
+            note: Some(truncate(problem.message, NOTE_LIMIT)),
+            action: EVENT_ACTION.into(),
+            secondary: None,
+        };
+        tokio::spawn(
+            async move {
+                if let Err(err) = recorder.publish(&event, &reference).await {
+                    tracing::warn!(
+                        namespace = %namespace,
+                        secret = ?reference.name,
+                        error = %content::describe_kube_error(&err),
+                        "cannot publish an Event on the kubeconfig Secret"
+                    );
+                }
+            }
+            .in_current_span(),
+        );
+    }
+
+    fn clear_report(&self, name: &str) {
+        self.reported
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(name);
+    }
+}
+
+/// `text` cut to at most `limit` bytes, at a character boundary.
+fn truncate(mut text: String, limit: usize) -> String {
+    if text.len() > limit {
+        let mut end = limit.saturating_sub('…'.len_utf8());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_labelled_and_keyed_as_the_options_say() {
+        let kubeconfig = Kubeconfig::from_yaml(
+            "apiVersion: v1\nkind: Config\ncurrent-context: a\ncontexts:\n- name: a\n  context:\n    cluster: a\n",
+        )
+        .expect("kubeconfig");
+        let secret = kubeconfig_secret("eu-1", "fleet", &kubeconfig);
+        assert_eq!(secret.metadata.name.as_deref(), Some("eu-1"));
+        assert_eq!(secret.metadata.namespace.as_deref(), Some("fleet"));
+        let labels = secret.metadata.labels.expect("labels");
+        assert_eq!(labels.get(DEFAULT_LABEL_KEY).map(String::as_str), Some("true"));
+        let data = secret.data.expect("data");
+        let parsed = kubeconfig::parse(&data[DEFAULT_DATA_KEY].0, "t").expect("round trip");
+        assert_eq!(parsed.current_context.as_deref(), Some("a"));
+
+        let options = SecretsOptions::new("other").label("k", "v").data_key("cfg");
+        let secret = options.kubeconfig_secret("x", &kubeconfig);
+        assert_eq!(options.label_selector(), "k=v");
+        assert!(secret.data.expect("data").contains_key("cfg"));
+        assert_eq!(secret.metadata.labels.expect("labels")["k"], "v");
+    }
+
+    #[test]
+    fn notes_are_truncated_at_a_character_boundary() {
+        assert_eq!(truncate("short".into(), 10), "short");
+        let long = "é".repeat(600);
+        let cut = truncate(long, NOTE_LIMIT);
+        assert!(cut.len() <= NOTE_LIMIT && cut.ends_with('…'), "{}", cut.len());
+    }
+}
