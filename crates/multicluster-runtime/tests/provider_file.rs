@@ -399,7 +399,8 @@ async fn pfile_discovery_and_names() {
     let report = only(KubeconfigPolicy::trusted()).reload().await;
     let error = report.errors.first().expect("plugin failed").to_string();
     assert!(
-        error.contains("context \"f\": the exec credential plugin failed"),
+        error.contains("context \"f\"")
+            && error.contains("the exec credential plugin failed (exit status: 3)"),
         "{error}"
     );
     assert!(!error.contains(secret), "{error}");

@@ -9,6 +9,7 @@
 //! no credential reaches a log.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::time::Duration;
 
 use kube::config::{ExecInteractiveMode, KubeConfigOptions, Kubeconfig};
 
@@ -232,6 +233,68 @@ pub async fn client_config(
             context: name,
             reason: e.to_string(),
         })
+}
+
+/// How long [`build_client`] waits by default: exec credential plugins run while a
+/// client is built, and one that hangs must not hold a provider up forever.
+pub const BUILD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Builds a client from `config` (of context `context` of `origin`) on a blocking
+/// thread, since kube runs an exec credential plugin, if any, while building it,
+/// and gives up after `timeout`.
+///
+/// # Errors
+/// [`KubeconfigError::Client`], described by [`describe_kube_error`]: never the
+/// plugin's command line or output.
+pub async fn build_client(
+    config: kube::Config,
+    timeout: Duration,
+    origin: &str,
+    context: &str,
+) -> Result<kube::Client, KubeconfigError> {
+    let failed = |reason: String| KubeconfigError::Client {
+        origin: origin.to_owned(),
+        context: context.to_owned(),
+        reason,
+    };
+    // Logs of the plugin run belong to the caller's subscriber and span.
+    let dispatch = tracing::dispatcher::get_default(Clone::clone);
+    let span = tracing::Span::current();
+    let building = tokio::task::spawn_blocking(move || {
+        tracing::dispatcher::with_default(&dispatch, || span.in_scope(|| kube::Client::try_from(config)))
+    });
+    match tokio::time::timeout(timeout, building).await {
+        Ok(Ok(Ok(client))) => Ok(client),
+        Ok(Ok(Err(err))) => Err(failed(describe_kube_error(&err))),
+        Ok(Err(_)) => Err(failed("building the client panicked".into())),
+        Err(_) => Err(failed(format!(
+            "building the client took longer than {timeout:?} (is an exec credential plugin stuck?)"
+        ))),
+    }
+}
+
+/// Describes a kube error without quoting what may hold credentials: an exec
+/// credential plugin's command line (arguments and environment), its output, or a
+/// fragment of a document that failed to decode.
+pub fn describe_kube_error(error: &kube::Error) -> String {
+    use kube::client::AuthError;
+    match error {
+        kube::Error::Auth(AuthError::AuthExecRun { out, .. }) => {
+            format!("the exec credential plugin failed ({})", out.status)
+        }
+        kube::Error::Auth(AuthError::AuthExecParse(_)) => {
+            "the output of the exec credential plugin is not an ExecCredential".into()
+        }
+        kube::Error::Auth(AuthError::AuthExec(_)) => "the exec credential plugin failed".into(),
+        kube::Error::Auth(AuthError::ParseTokenKey(_)) => "a token cannot be parsed".into(),
+        kube::Error::SerdeError(e) => format!(
+            "a response could not be decoded at line {}, column {} ({:?})",
+            e.line(),
+            e.column(),
+            e.classify()
+        ),
+        other => other.to_string(),
+    }
 }
 
 /// A fingerprint of everything that decides how `context` connects: its cluster, its

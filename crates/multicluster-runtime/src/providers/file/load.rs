@@ -6,7 +6,6 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use kube::client::AuthError;
 use kube::config::Kubeconfig;
 
 use super::Files;
@@ -187,8 +186,10 @@ impl Files {
         };
         let build = async || {
             let config = kubeconfig::client_config(kubeconfig, Some(context), &origin).await?;
+            let client =
+                kubeconfig::build_client(config, kubeconfig::BUILD_TIMEOUT, &origin, context).await?;
             let options = self.config.cluster_options.clone();
-            Cluster::from_config(name.clone(), config, options).map(Arc::new)
+            Ok(Arc::new(Cluster::with_options(name.clone(), client, options)))
         };
         let installed = self.clusters.replace_if_changed(name.clone(), fingerprint, build);
         installed.await.map_err(|error| match error {
@@ -196,21 +197,9 @@ impl Files {
             other => FileError::Cluster {
                 path: path.to_owned(),
                 context: context.to_owned(),
-                reason: describe(&other),
+                reason: other.to_string(),
             },
         })
-    }
-}
-
-/// An error as safe to log. kube's message for a failed exec credential plugin
-/// quotes the plugin's command line and output, which may hold credentials.
-fn describe(error: &Error) -> String {
-    match error {
-        Error::Client {
-            source: kube::Error::Auth(AuthError::AuthExecRun { out, .. }),
-            ..
-        } => format!("the exec credential plugin failed ({})", out.status),
-        other => other.to_string(),
     }
 }
 

@@ -105,38 +105,16 @@ pub(super) fn plan(
     })
 }
 
-/// Describes a kube error without quoting what could hold credentials: the output of
-/// an exec credential plugin, or a fragment of a document that failed to decode.
-pub(super) fn describe_kube_error(error: &kube::Error) -> String {
-    use kube::client::AuthError;
-    match error {
-        // Neither the command line (its arguments and environment can hold secrets)
-        // nor the output is quoted.
-        kube::Error::Auth(AuthError::AuthExecRun { out, .. }) => {
-            format!("the exec credential plugin failed ({})", out.status)
-        }
-        kube::Error::Auth(AuthError::AuthExecParse(_)) => {
-            "the output of the exec credential plugin is not an ExecCredential".into()
-        }
-        kube::Error::Auth(AuthError::AuthExec(_)) => "the exec credential plugin failed".into(),
-        kube::Error::Auth(AuthError::ParseTokenKey(_)) => "a token cannot be parsed".into(),
-        kube::Error::SerdeError(e) => format!(
-            "a response could not be decoded at line {}, column {} ({:?})",
-            e.line(),
-            e.column(),
-            e.classify()
-        ),
-        other => other.to_string(),
-    }
-}
-
-/// Describes a watch error like [`describe_kube_error`].
+/// Describes a watch error like [`kubeconfig::describe_kube_error`].
 pub(super) fn describe_watch_error(error: &kube::runtime::watcher::Error) -> String {
     use kube::runtime::watcher::Error;
     match error {
-        Error::InitialListFailed(e) => format!("listing failed: {}", describe_kube_error(e)),
-        Error::WatchStartFailed(e) => format!("starting the watch failed: {}", describe_kube_error(e)),
-        Error::WatchFailed(e) => format!("the watch failed: {}", describe_kube_error(e)),
+        Error::InitialListFailed(e) => format!("listing failed: {}", kubeconfig::describe_kube_error(e)),
+        Error::WatchStartFailed(e) => format!(
+            "starting the watch failed: {}",
+            kubeconfig::describe_kube_error(e)
+        ),
+        Error::WatchFailed(e) => format!("the watch failed: {}", kubeconfig::describe_kube_error(e)),
         other => other.to_string(),
     }
 }

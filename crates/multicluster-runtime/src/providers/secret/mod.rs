@@ -599,30 +599,9 @@ impl Inner {
     /// an exec credential plugin, if allowed and present, while building it.
     async fn build(&self, name: &str, plan: Plan, origin: &str) -> Result<Arc<Cluster>, Problem> {
         let config = kubeconfig::client_config(&plan.kubeconfig, Some(&plan.context), origin).await?;
-        drop(plan);
-        let dispatch = tracing::dispatcher::get_default(Clone::clone);
-        let span = tracing::Span::current();
-        let task = tokio::task::spawn_blocking(move || {
-            tracing::dispatcher::with_default(&dispatch, || span.in_scope(|| kube::Client::try_from(config)))
-        });
         let timeout = self.options.build_timeout;
-        let client = match tokio::time::timeout(timeout, task).await {
-            Ok(Ok(Ok(client))) => client,
-            Ok(Ok(Err(err))) => {
-                let reason = content::describe_kube_error(&err);
-                return Err(Problem::invalid(format!(
-                    "{origin}: cannot build a client: {reason}"
-                )));
-            }
-            Ok(Err(_)) => {
-                return Err(Problem::invalid(format!("{origin}: building a client panicked")));
-            }
-            Err(_) => {
-                return Err(Problem::invalid(format!(
-                    "{origin}: building a client took longer than {timeout:?} (is an exec credential plugin stuck?)"
-                )));
-            }
-        };
+        let client = kubeconfig::build_client(config, timeout, origin, &plan.context).await?;
+        drop(plan);
         let cluster = Cluster::with_options(name, client, self.options.cluster.clone());
         Ok(Arc::new(cluster))
     }
@@ -682,7 +661,7 @@ impl Inner {
                     tracing::warn!(
                         namespace = %namespace,
                         secret = ?reference.name,
-                        error = %content::describe_kube_error(&err),
+                        error = %kubeconfig::describe_kube_error(&err),
                         "cannot publish an Event on the kubeconfig Secret"
                     );
                 }
