@@ -10,10 +10,12 @@ use super::{Cache, CacheError, CacheObject, ObjectKey};
 /// Computes the values under which an object is filed in an index.
 pub(crate) type Extractor<K> = Arc<dyn Fn(&K) -> Vec<String> + Send + Sync>;
 
-/// One named index of a store: value → keys of the objects that produce it.
+/// One named index of a store: value → namespace (`""` for cluster-scoped objects) →
+/// names of the objects that produce it. Filed by namespace so that a
+/// namespace-scoped view reads its matches without looking at other namespaces'.
 pub(crate) struct Index<K> {
     extract: Extractor<K>,
-    keys_by_value: HashMap<String, HashSet<ObjectKey>>,
+    keys_by_value: HashMap<String, HashMap<String, HashSet<String>>>,
 }
 
 impl<K> Index<K> {
@@ -33,22 +35,50 @@ impl<K> Index<K> {
             // The common update: the status changed, the indexed fields did not.
             return;
         }
+        let namespace = key.namespace_or_empty();
         for value in old_values {
-            if let Some(keys) = self.keys_by_value.get_mut(&value) {
-                keys.remove(key);
-                if keys.is_empty() {
-                    self.keys_by_value.remove(&value);
+            let Some(namespaces) = self.keys_by_value.get_mut(&value) else {
+                continue;
+            };
+            if let Some(names) = namespaces.get_mut(namespace) {
+                names.remove(&key.name);
+                if names.is_empty() {
+                    namespaces.remove(namespace);
                 }
+            }
+            if namespaces.is_empty() {
+                self.keys_by_value.remove(&value);
             }
         }
         for value in new_values {
-            self.keys_by_value.entry(value).or_default().insert(key.clone());
+            self.keys_by_value
+                .entry(value)
+                .or_default()
+                .entry(namespace.to_owned())
+                .or_default()
+                .insert(key.name.clone());
         }
     }
 
-    /// Keys of the objects filed under `value`.
-    pub(crate) fn keys(&self, value: &str) -> impl Iterator<Item = &ObjectKey> {
-        self.keys_by_value.get(value).into_iter().flatten()
+    /// `(namespace, name)` of the objects filed under `value`, in every namespace
+    /// (`""` for cluster-scoped objects).
+    pub(crate) fn keys(&self, value: &str) -> impl Iterator<Item = (&str, &str)> {
+        self.keys_by_value
+            .get(value)
+            .into_iter()
+            .flatten()
+            .flat_map(|(namespace, names)| names.iter().map(move |name| (namespace.as_str(), name.as_str())))
+    }
+
+    /// Names of the objects of `namespace` (`""` for cluster-scoped objects) filed
+    /// under `value`.
+    pub(crate) fn keys_in(&self, value: &str, namespace: &str) -> impl Iterator<Item = &str> {
+        self.keys_by_value
+            .get(value)
+            .and_then(|namespaces| namespaces.get(namespace))
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
     }
 }
 

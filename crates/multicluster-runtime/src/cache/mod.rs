@@ -41,6 +41,29 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Namespace-scoped views
+//!
+//! [`Cache::scoped`] gives a view of a cache that presents one namespace as a cluster
+//! of its own (what the namespace provider hands out). A view shares everything with
+//! its host cache: the informers and their watches, the stores, indexes and
+//! transforms. Its informers are handles on the host's whose [`Store`] reads and
+//! [`subscribe`](Informer::subscribe) events cover only the view's namespace, plus
+//! cluster-scoped objects, which every view sees. However many views read
+//! ConfigMaps, the host serves one ConfigMap watch.
+//!
+//! ```no_run
+//! use k8s_openapi::api::core::v1::ConfigMap;
+//! use multicluster_runtime::cache::Cache;
+//!
+//! # async fn example(host: Cache) -> Result<(), Box<dyn std::error::Error>> {
+//! let team_a = host.scoped("team-a", "team-a");
+//! let mine = team_a.list::<ConfigMap>(None).await?; // only team-a's ConfigMaps
+//! assert!(mine.iter().all(|cm| cm.metadata.namespace.as_deref() == Some("team-a")));
+//! assert_eq!(team_a.watch_count(), host.watch_count()); // the host's watch
+//! # Ok(())
+//! # }
+//! ```
 
 mod error;
 mod event;
@@ -75,6 +98,7 @@ pub use self::store::Store;
 use self::index::Extractor;
 use self::informer::{Prepare, Transform};
 use self::key::{InformerKey, TypeKey};
+use self::store::Scope;
 use crate::ClusterName;
 
 /// A Kubernetes object type the cache can hold: any kube [`Resource`] that can be
@@ -109,9 +133,21 @@ impl<K> CacheObject for K where
 /// Informers are started on the Tokio runtime current when they are first requested;
 /// one requested outside a runtime, or after the token was cancelled, never starts and
 /// reports [`CacheError::Stopped`].
+///
+/// A cache may be a [namespace-scoped view](Self::scoped) of another (its *host*):
+/// then it shares the host's informers and sees one namespace of them.
 #[derive(Clone)]
 pub struct Cache {
     inner: Arc<Inner>,
+    /// Present for a namespace-scoped view of the cache `inner`.
+    view: Option<Arc<View>>,
+}
+
+/// What a namespace-scoped view adds to its host: the scope, and its handles on the
+/// host's informers, so that asking twice gives the same handle.
+struct View {
+    scope: Scope,
+    informers: Mutex<HashMap<InformerKey, Erased>>,
 }
 
 struct Inner {
@@ -155,12 +191,70 @@ impl Cache {
                 registry: Mutex::new(Registry::default()),
                 watches: AtomicUsize::new(0),
             }),
+            view: None,
         }
     }
 
-    /// The cluster cached.
+    /// A view of this cache that presents `namespace` as the cluster `cluster`.
+    ///
+    /// The view shares the informers of this cache (its *host*): asking the view for
+    /// an informer starts the host's if needed, so a type costs one watch on the host
+    /// however many views read it, and the view's informers sync, fail and stop with
+    /// the host's. What differs is what a view reads:
+    ///
+    /// - its informers' [`Store`]s return only objects of `namespace`: a `get` in
+    ///   another namespace is `None`, [`list`](Store::list) and
+    ///   [`by_index`](Store::by_index) read only that namespace's objects (the store
+    ///   files objects by namespace, so no other namespace is scanned);
+    /// - their [`subscribe`](Informer::subscribe) delivers only that namespace's
+    ///   events;
+    /// - cluster-scoped objects (Namespaces, Nodes, CRDs, …) are **not** filtered:
+    ///   they belong to no namespace, every view sees all of them, as the view's
+    ///   client would read them too.
+    ///
+    /// Everything registered through a view is registered on the host, for every
+    /// view: [`index_field`](Self::index_field) (a second registration of a name
+    /// is [`CacheError::IndexExists`], whichever view made the first) and
+    /// [`set_transform`](Self::set_transform). [`watch_count`](Self::watch_count),
+    /// [`options`](Self::options), [`client`](Self::client) and
+    /// [`is_stopped`](Self::is_stopped) are the host's. A view has no watches of its
+    /// own, so it has nothing to stop: dropping it frees its handles only. Scoping a
+    /// view again gives a view of the same host (the new scope replaces the old one).
+    ///
+    /// A view of the empty namespace `""` sees cluster-scoped objects only.
+    ///
+    /// Objects keep their real namespace: a view of `team-a` shows ConfigMaps in
+    /// namespace `team-a`, not in `default` as Go's namespace provider rewrites them;
+    /// nothing is copied.
+    ///
+    /// A view costs a small allocation, plus one handle per type it is asked for and,
+    /// per type someone subscribes to through it, a channel of
+    /// [`CacheOptions::namespace_event_capacity`] events.
+    pub fn scoped(&self, cluster: impl Into<ClusterName>, namespace: &str) -> Cache {
+        Cache {
+            inner: self.inner.clone(),
+            view: Some(Arc::new(View {
+                scope: Scope {
+                    cluster: cluster.into(),
+                    namespace: Arc::from(namespace),
+                },
+                informers: Mutex::new(HashMap::new()),
+            })),
+        }
+    }
+
+    /// The namespace this cache is a view of, `None` for a cluster's own cache.
+    pub fn namespace_scope(&self) -> Option<&str> {
+        self.view.as_ref().map(|view| &*view.scope.namespace)
+    }
+
+    /// The cluster cached: for a [namespace-scoped view](Self::scoped), the cluster
+    /// the view stands for.
     pub fn cluster(&self) -> &ClusterName {
-        &self.inner.cluster
+        match &self.view {
+            Some(view) => &view.scope.cluster,
+            None => &self.inner.cluster,
+        }
     }
 
     /// The client the cache watches through.
@@ -178,7 +272,8 @@ impl Cache {
         self.inner.token.is_cancelled()
     }
 
-    /// How many watches the cache started: one per informer.
+    /// How many watches the cache started: one per informer. A
+    /// [namespace-scoped view](Self::scoped) reports its host's.
     pub fn watch_count(&self) -> usize {
         self.inner.watches.load(Ordering::Relaxed)
     }
@@ -215,6 +310,29 @@ impl Cache {
             ty: TypeKey::of::<K>(dyntype),
             spec: spec.normalized(),
         };
+        let Some(view) = &self.view else {
+            return self.host_informer::<K>(dyntype, key);
+        };
+        if let Some(existing) = lock(&view.informers).get(&key)
+            && let Ok(informer) = existing.clone().downcast::<Informer<K>>()
+        {
+            return informer;
+        }
+        let host = self.host_informer::<K>(dyntype, key.clone());
+        let mut informers = lock(&view.informers);
+        // Another thread may have made the handle meanwhile: keep the first.
+        if let Some(existing) = informers.get(&key)
+            && let Ok(informer) = existing.clone().downcast::<Informer<K>>()
+        {
+            return informer;
+        }
+        let informer = Arc::new(host.scoped(view.scope.clone()));
+        informers.insert(key, informer.clone());
+        informer
+    }
+
+    /// The host's informer for `key`, started if new.
+    fn host_informer<K: CacheObject>(&self, dyntype: &K::DynamicType, key: InformerKey) -> Arc<Informer<K>> {
         let mut registry = self.inner.registry();
         if let Some(existing) = registry.informers.get(&key)
             && let Ok(informer) = existing.clone().downcast::<Informer<K>>()
@@ -332,7 +450,7 @@ impl Cache {
             .is_some_and(|names| names.iter().any(|(n, _)| n == name));
         if exists {
             return Err(CacheError::IndexExists {
-                cluster: self.inner.cluster.clone(),
+                cluster: self.cluster().clone(),
                 resource: ty.resource.to_string(),
                 index: name.to_owned(),
             });
@@ -420,6 +538,7 @@ impl Cache {
             resource.clone(),
             key.spec.clone(),
             inner.options.effective_event_capacity(),
+            inner.options.effective_namespace_event_capacity(),
         ));
         for (name, extractor) in registry.indexes.get(&key.ty).into_iter().flatten() {
             if let Some(extractor) = extractor.downcast_ref::<Extractor<K>>() {
@@ -459,14 +578,19 @@ impl Cache {
 
 impl Inner {
     fn registry(&self) -> MutexGuard<'_, Registry> {
-        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.registry)
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl fmt::Debug for Cache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cache")
-            .field("cluster", &self.inner.cluster)
+            .field("cluster", self.cluster())
+            .field("namespace_scope", &self.namespace_scope())
             .field("options", &self.inner.options)
             .field("watches", &self.watch_count())
             .field("stopped", &self.is_stopped())

@@ -33,6 +33,14 @@ pub struct CacheOptions {
     /// [`Informer::subscribe`](super::Informer::subscribe)). Clamped to
     /// `1..=`[`MAX_EVENT_CAPACITY`](Self::MAX_EVENT_CAPACITY). Default: 1024.
     pub event_capacity: usize,
+    /// How many events each per-namespace channel of an informer buffers: the
+    /// channels that subscribers through a [namespace-scoped view](super::Cache::scoped)
+    /// read (see [`Informer::subscribe`](super::Informer::subscribe)). A namespace
+    /// sees a fraction of a cluster's events and there may be thousands of views, so
+    /// this is smaller than [`event_capacity`](Self::event_capacity); a subscriber
+    /// further behind gets `Lagged` and re-reads its namespace. Clamped like
+    /// `event_capacity`. Default: 128.
+    pub namespace_event_capacity: usize,
 }
 
 impl CacheOptions {
@@ -61,9 +69,21 @@ impl CacheOptions {
         self
     }
 
+    /// Sets [`namespace_event_capacity`](Self::namespace_event_capacity).
+    #[must_use]
+    pub fn namespace_event_capacity(mut self, capacity: usize) -> Self {
+        self.namespace_event_capacity = capacity;
+        self
+    }
+
     /// The capacity actually used: never zero (the channel would panic), never huge.
     pub(crate) fn effective_event_capacity(&self) -> usize {
         self.event_capacity.clamp(1, Self::MAX_EVENT_CAPACITY)
+    }
+
+    /// The per-namespace capacity actually used, clamped likewise.
+    pub(crate) fn effective_namespace_event_capacity(&self) -> usize {
+        self.namespace_event_capacity.clamp(1, Self::MAX_EVENT_CAPACITY)
     }
 }
 
@@ -73,6 +93,7 @@ impl Default for CacheOptions {
             sync_timeout: Duration::from_secs(30),
             strip_managed_fields: true,
             event_capacity: 1024,
+            namespace_event_capacity: 128,
         }
     }
 }

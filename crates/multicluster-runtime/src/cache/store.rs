@@ -10,17 +10,50 @@ use super::index::{Extractor, Index};
 use super::{CacheError, InformerEvent, ObjectKey};
 use crate::ClusterName;
 
+/// What a namespace-scoped view of a cache sees: one namespace of the host cluster,
+/// presented as the cluster `cluster`. Cheap to clone.
+#[derive(Clone, Debug)]
+pub(crate) struct Scope {
+    /// The name of the cluster the view stands for.
+    pub(crate) cluster: ClusterName,
+    /// The namespace it sees.
+    pub(crate) namespace: Arc<str>,
+}
+
+impl Scope {
+    /// Whether objects filed under `namespace` (`""`: cluster-scoped) are visible.
+    /// Cluster-scoped objects are: they belong to no namespace, and the view's client
+    /// reads them too.
+    pub(crate) fn sees(&self, namespace: &str) -> bool {
+        namespace.is_empty() || namespace == &*self.namespace
+    }
+}
+
 /// The objects of one informer, readable by anyone, written only by the informer.
 ///
 /// Unlike kube's `reflector::Store`, it files objects by namespace, so listing one
-/// namespace reads only that namespace's objects (what a "namespace as a cluster"
-/// view over one shared cache needs), and it keeps named field indexes
+/// namespace reads only that namespace's objects, and it keeps named field indexes
 /// (see [`Cache::index_field`](super::Cache::index_field)).
 ///
 /// Reads take a short read lock and never wait for the network; objects are returned
 /// as `Arc`s shared with the store, never copied. An object read may be replaced by
 /// the informer a moment later: the store is a recent view, not a transaction.
+///
+/// # Namespace-scoped stores
+///
+/// The store of an informer obtained from a [scoped cache](super::Cache::scoped) is a
+/// view of the host's store: the same objects, the same memory, but every read sees
+/// only the view's namespace, plus cluster-scoped objects (filed under no namespace),
+/// which belong to every view. Reads of a view never look at other namespaces'
+/// objects: [`list`](Self::list), [`len`](Self::len) and
+/// [`by_index`](Self::by_index) cost what they would in a cluster holding only that
+/// namespace.
 pub struct Store<K> {
+    shared: Arc<Shared<K>>,
+    scope: Option<Scope>,
+}
+
+struct Shared<K> {
     cluster: ClusterName,
     resource: Arc<str>,
     state: RwLock<State<K>>,
@@ -44,14 +77,33 @@ struct Entry<K> {
 impl<K> Store<K> {
     pub(crate) fn new(cluster: ClusterName, resource: Arc<str>) -> Self {
         Store {
-            cluster,
-            resource,
-            state: RwLock::new(State {
-                namespaces: HashMap::new(),
-                len: 0,
-                indexes: HashMap::new(),
-                relist: 0,
+            shared: Arc::new(Shared {
+                cluster,
+                resource,
+                state: RwLock::new(State {
+                    namespaces: HashMap::new(),
+                    len: 0,
+                    indexes: HashMap::new(),
+                    relist: 0,
+                }),
             }),
+            scope: None,
+        }
+    }
+
+    /// Another handle on the same objects, with the same scope.
+    pub(crate) fn share(&self) -> Self {
+        Store {
+            shared: self.shared.clone(),
+            scope: self.scope.clone(),
+        }
+    }
+
+    /// A view of the same objects that sees only `scope`'s namespace.
+    pub(crate) fn scoped(&self, scope: Scope) -> Self {
+        Store {
+            shared: self.shared.clone(),
+            scope: Some(scope),
         }
     }
 
@@ -59,47 +111,81 @@ impl<K> Store<K> {
     // consistent enough to serve (at worst one object is filed under stale values),
     // and a cache that refuses all reads forever would be worse.
     fn read(&self) -> RwLockReadGuard<'_, State<K>> {
-        self.state.read().unwrap_or_else(PoisonError::into_inner)
+        self.shared.state.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, State<K>> {
-        self.state.write().unwrap_or_else(PoisonError::into_inner)
+        self.shared.state.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The cluster the objects come from.
+    /// The cluster the objects come from: for a namespace-scoped store, the cluster
+    /// the view stands for.
     pub fn cluster(&self) -> &ClusterName {
-        &self.cluster
+        match &self.scope {
+            Some(scope) => &scope.cluster,
+            None => &self.shared.cluster,
+        }
+    }
+
+    /// The namespace this store is scoped to, `None` for a whole cluster's store.
+    pub fn namespace_scope(&self) -> Option<&str> {
+        self.scope.as_ref().map(|scope| &*scope.namespace)
     }
 
     /// The resource type stored, e.g. `ConfigMap (v1)`.
     pub fn resource(&self) -> &str {
-        &self.resource
+        &self.shared.resource
+    }
+
+    /// Whether the store shows objects filed under `namespace`.
+    fn sees(&self, namespace: &str) -> bool {
+        self.scope.as_ref().is_none_or(|scope| scope.sees(namespace))
     }
 
     /// The object `name` in `namespace` (`None` for cluster-scoped objects).
     pub fn get(&self, namespace: Option<&str>, name: &str) -> Option<Arc<K>> {
+        let namespace = namespace.unwrap_or("");
+        if !self.sees(namespace) {
+            return None;
+        }
         let state = self.read();
-        let entry = state.namespaces.get(namespace.unwrap_or(""))?.get(name)?;
+        let entry = state.namespaces.get(namespace)?.get(name)?;
         Some(entry.object.clone())
     }
 
     /// Every object, in no particular order.
     pub fn list(&self) -> Vec<Arc<K>> {
         let state = self.read();
-        let mut objects = Vec::with_capacity(state.len);
-        objects.extend(
-            state
-                .namespaces
-                .values()
-                .flat_map(HashMap::values)
-                .map(|e| e.object.clone()),
-        );
-        objects
+        match &self.scope {
+            None => {
+                let mut objects = Vec::with_capacity(state.len);
+                objects.extend(
+                    state
+                        .namespaces
+                        .values()
+                        .flat_map(HashMap::values)
+                        .map(|e| e.object.clone()),
+                );
+                objects
+            }
+            Some(scope) => {
+                let buckets = [&*scope.namespace, ""].map(|ns| state.namespaces.get(ns));
+                buckets
+                    .into_iter()
+                    .flatten()
+                    .flat_map(HashMap::values)
+                    .map(|e| e.object.clone())
+                    .collect()
+            }
+        }
     }
 
     /// The objects of one namespace, in no particular order, without looking at the
     /// others. Cluster-scoped objects are filed under the empty namespace `""`.
     pub fn list_namespace(&self, namespace: &str) -> Vec<Arc<K>> {
+        if !self.sees(namespace) {
+            return Vec::new();
+        }
         let state = self.read();
         state
             .namespaces
@@ -115,7 +201,7 @@ impl<K> Store<K> {
         state
             .namespaces
             .keys()
-            .filter(|ns| !ns.is_empty())
+            .filter(|ns| !ns.is_empty() && self.sees(ns))
             .cloned()
             .collect()
     }
@@ -129,16 +215,28 @@ impl<K> Store<K> {
         let state = self.read();
         let Some(found) = state.indexes.get(index) else {
             return Err(CacheError::UnknownIndex {
-                cluster: self.cluster.clone(),
-                resource: self.resource.to_string(),
+                cluster: self.cluster().clone(),
+                resource: self.shared.resource.to_string(),
                 index: index.to_owned(),
             });
         };
-        Ok(found
-            .keys(value)
-            .filter_map(|key| state.get(key))
-            .map(|e| e.object.clone())
-            .collect())
+        Ok(match &self.scope {
+            None => found
+                .keys(value)
+                .filter_map(|(namespace, name)| state.entry(namespace, name))
+                .map(|e| e.object.clone())
+                .collect(),
+            Some(scope) => [&*scope.namespace, ""]
+                .into_iter()
+                .flat_map(|namespace| {
+                    found
+                        .keys_in(value, namespace)
+                        .filter_map(|name| state.entry(namespace, name))
+                        .map(|e| e.object.clone())
+                        .collect::<Vec<_>>()
+                })
+                .collect(),
+        })
     }
 
     /// Whether an index of that name exists.
@@ -146,9 +244,18 @@ impl<K> Store<K> {
         self.read().indexes.contains_key(index)
     }
 
-    /// How many objects are stored.
+    /// How many objects are stored (for a namespace-scoped store: in its namespace,
+    /// plus cluster-scoped ones).
     pub fn len(&self) -> usize {
-        self.read().len
+        let state = self.read();
+        match &self.scope {
+            None => state.len,
+            Some(scope) => [&*scope.namespace, ""]
+                .into_iter()
+                .filter_map(|ns| state.namespaces.get(ns))
+                .map(HashMap::len)
+                .sum(),
+        }
     }
 
     /// Whether no object is stored.
@@ -156,13 +263,14 @@ impl<K> Store<K> {
         self.len() == 0
     }
 
-    /// Adds an index and files every stored object in it at once.
+    /// Adds an index and files every stored object in it at once. Applies to the
+    /// shared store, whatever the scope.
     pub(crate) fn add_index(&self, name: &str, extract: Extractor<K>) -> Result<(), CacheError> {
         let mut state = self.write();
         if state.indexes.contains_key(name) {
             return Err(CacheError::IndexExists {
-                cluster: self.cluster.clone(),
-                resource: self.resource.to_string(),
+                cluster: self.cluster().clone(),
+                resource: self.shared.resource.to_string(),
                 index: name.to_owned(),
             });
         }
@@ -178,6 +286,8 @@ impl<K> Store<K> {
     }
 }
 
+// Writes go to the shared store whatever the scope; only the informer writes, through
+// its unscoped handle.
 impl<K: Resource> Store<K> {
     /// Stores a created or changed object. `None` for an object without a name,
     /// which cannot be stored.
@@ -253,8 +363,9 @@ impl<K> State<K> {
         InformerEvent::Applied { old, new }
     }
 
-    fn get(&self, key: &ObjectKey) -> Option<&Entry<K>> {
-        self.namespaces.get(key.namespace_or_empty())?.get(&key.name)
+    /// The entry `name` of `namespace` (`""` for cluster-scoped objects).
+    fn entry(&self, namespace: &str, name: &str) -> Option<&Entry<K>> {
+        self.namespaces.get(namespace)?.get(name)
     }
 
     fn get_mut(&mut self, key: &ObjectKey) -> Option<&mut Entry<K>> {
@@ -308,11 +419,13 @@ fn same_version<K: Resource>(stored: &K, listed: &K) -> bool {
 
 impl<K> fmt::Debug for Store<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let len = self.len();
         let state = self.read();
         f.debug_struct("Store")
-            .field("cluster", &self.cluster)
-            .field("resource", &self.resource)
-            .field("len", &state.len)
+            .field("cluster", self.cluster())
+            .field("namespace_scope", &self.namespace_scope())
+            .field("resource", &self.shared.resource)
+            .field("len", &len)
             .field("indexes", &state.indexes.keys().collect::<Vec<_>>())
             .finish()
     }
@@ -397,6 +510,47 @@ mod tests {
         store.delete(config_map("b", "one", "2", "db"));
         assert_eq!(store.namespaces(), ["a"]);
         assert_eq!(store.len(), 2);
+    }
+
+    #[test]
+    fn scoped_views_read_one_namespace_and_cluster_scoped_objects() {
+        let store = store::<ConfigMap>();
+        store.add_index("app", by_app()).unwrap();
+        store.apply(config_map("a", "one", "1", "web"));
+        store.apply(config_map("a", "two", "1", "db"));
+        store.apply(config_map("b", "one", "1", "web"));
+        let mut global = config_map("", "global", "1", "web");
+        global.metadata.namespace = None;
+        store.apply(global);
+        let view = store.scoped(Scope {
+            cluster: ClusterName::from("cluster-a"),
+            namespace: Arc::from("a"),
+        });
+        assert_eq!(view.cluster(), "cluster-a");
+        assert_eq!(view.namespace_scope(), Some("a"));
+        assert_eq!(store.namespace_scope(), None);
+        assert!(view.get(Some("a"), "one").is_some());
+        assert!(view.get(Some("b"), "one").is_none());
+        assert!(view.get(None, "global").is_some());
+        assert_eq!(names(view.list()), ["/global", "a/one", "a/two"]);
+        assert!(view.list_namespace("b").is_empty());
+        assert_eq!(names(view.list_namespace("a")), ["a/one", "a/two"]);
+        assert_eq!(view.namespaces(), ["a"]);
+        assert_eq!(view.len(), 3);
+        assert_eq!(store.len(), 4);
+        assert_eq!(names(view.by_index("app", "web").unwrap()), ["/global", "a/one"]);
+        assert_eq!(
+            names(store.by_index("app", "web").unwrap()),
+            ["/global", "a/one", "b/one"]
+        );
+        // Writes through the host show in the view at once.
+        store.delete(config_map("a", "one", "2", "web"));
+        assert_eq!(names(view.by_index("app", "web").unwrap()), ["/global"]);
+        let error = view.by_index("owner", "x").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "no index named \"owner\" in the cache of ConfigMap (v1) in cluster cluster-a"
+        );
     }
 
     #[test]

@@ -21,7 +21,8 @@ pub struct ClusterOptions {
 /// Providers create clusters and hand them to the manager as `Arc<Cluster>`. A new
 /// instance under a known name (rotated credentials, another server) replaces the old
 /// one; the same instance again is a no-op. [`Cluster::stop`] ends the cache's
-/// watches; so does dropping the last handle.
+/// watches; so does dropping the last handle. A cluster made with
+/// [`Cluster::with_cache`] does not own its cache and leaves it running.
 pub struct Cluster {
     name: ClusterName,
     client: kube::Client,
@@ -57,6 +58,32 @@ impl Cluster {
         }
     }
 
+    /// A cluster that uses a cache it does not own, such as a
+    /// [namespace-scoped view](Cache::scoped) of a host cluster's cache.
+    ///
+    /// [`stop`](Self::stop) and dropping the cluster mark it stopped but leave the
+    /// cache running: its watches belong to whoever made the cache (for a view, the
+    /// host cluster, shared by every view), and stop when that owner stops them.
+    ///
+    /// ```no_run
+    /// # fn example(host: &multicluster_runtime::Cluster, client: kube::Client) {
+    /// use multicluster_runtime::Cluster;
+    ///
+    /// // The namespace `team-a` of the host, as a cluster of its own.
+    /// let team_a = Cluster::with_cache("team-a", client, host.cache().scoped("team-a", "team-a"));
+    /// team_a.stop(); // the host's watches go on
+    /// # }
+    /// ```
+    pub fn with_cache(name: impl Into<ClusterName>, client: kube::Client, cache: Cache) -> Self {
+        Cluster {
+            name: name.into(),
+            client,
+            cache,
+            // Not the cache's parent: cancelling it stops nothing of the cache.
+            token: CancellationToken::new(),
+        }
+    }
+
     /// A cluster whose client is built from `config`.
     ///
     /// # Errors
@@ -89,7 +116,8 @@ impl Cluster {
         &self.cache
     }
 
-    /// Stops every watch of the cluster's cache. Readers keep the last state.
+    /// Stops every watch of the cluster's cache. Readers keep the last state. For a
+    /// cluster made [`with_cache`](Self::with_cache), only marks the cluster stopped.
     pub fn stop(&self) {
         self.token.cancel();
     }

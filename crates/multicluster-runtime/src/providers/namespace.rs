@@ -1,1 +1,450 @@
-//! The namespaces as clusters provider (under construction).
+//! Namespaces as clusters: each namespace of a host cluster becomes a cluster of the
+//! fleet.
+//!
+//! [`Namespaces`] watches the Namespaces of a *host* cluster and engages one cluster
+//! per namespace, named after it. Each namespace-cluster has
+//!
+//! - a client whose default namespace is its namespace, so `Api::default_namespaced`
+//!   reads and writes there (the client is not otherwise restricted: it has the
+//!   host's credentials);
+//! - a cache that is a [namespace-scoped view](crate::cache::Cache::scoped) of the
+//!   host cluster's cache: reads and events cover only its namespace (plus
+//!   cluster-scoped objects, which every view sees), while the watches are the
+//!   host's, one per type for the whole host however many namespaces there are.
+//!
+//! Field indexes ([`Provider::index_field`]) are registered once, on the host cache,
+//! and every namespace-cluster reads them through its view, seeing only its
+//! namespace's entries.
+//!
+//! It is the cheapest way to run a fleet of thousands of clusters on one apiserver,
+//! for tests, demos and benchmarks, and a way to give tenants that each own a
+//! namespace a controller of their own.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//!
+//! use k8s_openapi::api::core::v1::ConfigMap;
+//! use multicluster_runtime::controller::{Action, Controller, ReconcileRequest, Request};
+//! use multicluster_runtime::providers::namespace::Namespaces;
+//! use multicluster_runtime::{Cluster, Manager};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! async fn reconcile(req: ReconcileRequest<ConfigMap>, _: Arc<()>) -> Result<Action, kube::Error> {
+//!     // `req.request.cluster` is the namespace; so is `req.request.namespace()`.
+//!     tracing::info!(cluster = %req.request.cluster, name = req.request.name(), "seen");
+//!     Ok(Action::await_change())
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = kube::Config::infer().await?;
+//! let host = Arc::new(Cluster::from_config("", config.clone(), Default::default())?);
+//! // Every namespace labelled `tenant`, except the system ones.
+//! let provider = Arc::new(Namespaces::new(host.clone(), config).selector("tenant"));
+//! // The host is also the local cluster: the manager and the namespace-clusters
+//! // share one cache.
+//! let manager = Manager::with_provider(host, provider);
+//! Controller::builder::<ConfigMap>(&manager)
+//!     .run(reconcile, |_: &Request, _: &kube::Error, _| Action::backoff(), Arc::new(()))
+//!     .await?;
+//! manager.start(CancellationToken::new()).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Which namespaces, and when
+//!
+//! - All namespaces, or those matching a [label selector](Namespaces::selector),
+//!   except [excluded names](Namespaces::exclude) (by default
+//!   [`SYSTEM_NAMESPACES`]). The cluster name is the namespace name.
+//! - A namespace that appears (or starts matching the selector) is engaged.
+//! - A namespace that is deleted (or stops matching the selector) is removed: its
+//!   cluster's token is cancelled, its work stops, and [`Provider::get`] answers
+//!   `ClusterNotFound`.
+//! - A namespace that is *terminating* stays engaged until it is gone, so that
+//!   controllers can remove their finalizers from its objects (otherwise the
+//!   namespace would never finish terminating), as in Go's namespace provider. With
+//!   [`disengage_terminating`](Namespaces::disengage_terminating), terminating
+//!   namespaces are removed, and never engaged, instead.
+//! - **A change that re-engages**: the cluster is identified by the namespace's UID.
+//!   A namespace deleted and re-created under the same name (a new UID) is a new
+//!   cluster: the old instance is removed and a new one engaged, even if the watch
+//!   missed the deletion. Label or annotation changes that keep the namespace
+//!   selected change nothing.
+//! - A namespace whose cluster cannot be built (its client fails) is skipped with an
+//!   error naming it, and retried at its next change; the others carry on. An
+//!   invalid label selector makes [`start`](ProviderRunnable::start) fail with an
+//!   error that quotes it and the apiserver's reason.
+//!
+//! # Differences from Go's namespace provider
+//!
+//! Objects keep their real namespace: the namespace-cluster `team-a` shows its
+//! ConfigMaps in namespace `team-a` (Go rewrites them to `default`, which costs a
+//! copy of every object read). Requests carry that namespace, so reconcilers address
+//! objects as usual. Cluster-scoped objects are shared by all namespace-clusters.
+//!
+//! # Scale: what is shared, what each namespace costs
+//!
+//! Shared, once for the host: every watch (one per type and selector, plus the
+//! provider's metadata-only watch of Namespaces), every stored object (the store
+//! files objects by namespace, so a namespace-cluster's reads never scan the
+//! others), every index.
+//!
+//! Per namespace-cluster: a [`Cluster`] with its cancellation token, the cache view
+//! (a small allocation, plus one handle per type read through it), and a client.
+//! Clients are the largest part: [`Namespaces::new`] builds one per namespace from
+//! the host's `kube::Config`, each with its own connection pool and TLS
+//! configuration (some tens of KB, and a connection once used). With thousands of
+//! namespaces, prefer [`Namespaces::with_clients`] and a factory that wraps one
+//! shared client's service (`kube::Client::new(service, namespace)`), so that every
+//! namespace-cluster shares the host's connections.
+//!
+//! Per namespace and type with a subscriber (e.g. a controller engaged with the
+//! namespace-cluster): one event channel of
+//! [`CacheOptions::namespace_event_capacity`](crate::cache::CacheOptions::namespace_event_capacity)
+//! slots (128 by default, ≈50 bytes each). The informer sends each event to the
+//! channel of the object's namespace only, so an event wakes the subscribers of one
+//! namespace, not of all; an event about a cluster-scoped object goes to every
+//! namespace's channel.
+
+use std::collections::{BTreeSet, HashSet};
+use std::fmt;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, ListParams};
+use kube::core::PartialObjectMeta;
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::{CacheError, FieldIndex, Informer, InformerEvent, WatchSpec};
+use crate::cluster::{Cluster, ClusterName};
+use crate::error::{Error, Result};
+use crate::multicluster::{Aware, Provider, ProviderRunnable};
+use crate::providers::clusters::Clusters;
+
+/// Namespaces that are not clusters unless [`Namespaces::exclude`] says otherwise:
+/// those Kubernetes itself uses.
+pub const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
+
+/// The provider's name in errors.
+const PROVIDER: &str = "namespaces";
+
+/// Builds the client of one namespace-cluster from the namespace's name.
+type ClientFactory = Arc<dyn Fn(&str) -> Result<kube::Client, kube::Error> + Send + Sync>;
+
+/// A provider of one cluster per namespace of a host cluster, all sharing the host's
+/// cache. See the [module docs](self).
+///
+/// Configure it before handing it to the manager: the builder methods take and
+/// return the provider.
+pub struct Namespaces {
+    host: Arc<Cluster>,
+    clients: ClientFactory,
+    selector: Option<String>,
+    exclude: BTreeSet<String>,
+    disengage_terminating: bool,
+    clusters: Clusters,
+}
+
+impl fmt::Debug for Namespaces {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Namespaces")
+            .field("host", self.host.name())
+            .field("selector", &self.selector)
+            .field("exclude", &self.exclude)
+            .field("disengage_terminating", &self.disengage_terminating)
+            .field("clusters", &self.clusters.names().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Namespaces {
+    /// A provider of the namespaces of `host`, whose namespace-clusters get clients
+    /// built from `config` (the host's connection settings) with the namespace as
+    /// default namespace.
+    ///
+    /// Each client has its own connection pool; see the
+    /// [module docs](self#scale-what-is-shared-what-each-namespace-costs) and
+    /// [`with_clients`](Self::with_clients) for fleets of thousands.
+    pub fn new(host: Arc<Cluster>, config: kube::Config) -> Self {
+        Self::with_clients(host, move |namespace| {
+            let mut config = config.clone();
+            config.default_namespace = namespace.to_owned();
+            kube::Client::try_from(config)
+        })
+    }
+
+    /// A provider of the namespaces of `host`, whose namespace-clusters get the
+    /// clients `clients` makes from the namespace name. A client should have the
+    /// namespace as its default namespace.
+    ///
+    /// An error skips that namespace (logged with the error; retried at the
+    /// namespace's next change), not the others.
+    pub fn with_clients(
+        host: Arc<Cluster>,
+        clients: impl Fn(&str) -> Result<kube::Client, kube::Error> + Send + Sync + 'static,
+    ) -> Self {
+        Namespaces {
+            host,
+            clients: Arc::new(clients),
+            selector: None,
+            exclude: SYSTEM_NAMESPACES.iter().map(|ns| (*ns).to_owned()).collect(),
+            disengage_terminating: false,
+            clusters: Clusters::new(),
+        }
+    }
+
+    /// Only namespaces matching this label selector (`kubectl -l` syntax, e.g.
+    /// `tenant`, `env in (prod,staging)`, `team=a,tier!=test`) are clusters; by
+    /// default, all. The apiserver does the selecting: a namespace whose labels stop
+    /// matching is removed, one that starts matching is engaged.
+    ///
+    /// The selector is checked when the provider starts; an invalid one makes
+    /// [`start`](ProviderRunnable::start) fail.
+    #[must_use]
+    pub fn selector(mut self, selector: &str) -> Self {
+        self.selector = Some(selector.to_owned()).filter(|s| !s.trim().is_empty());
+        self
+    }
+
+    /// Namespaces never to make clusters of, replacing the default
+    /// [`SYSTEM_NAMESPACES`]; pass nothing to exclude none.
+    #[must_use]
+    pub fn exclude<I, S>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.exclude = names.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Whether a namespace that starts terminating is removed at once (and one that
+    /// is terminating when first seen never engaged), rather than when it is gone.
+    /// Default: `false`, so that controllers can remove their finalizers from the
+    /// namespace's objects; enable it when no controller of the fleet puts
+    /// finalizers on namespaced objects and work on a dying namespace is waste.
+    #[must_use]
+    pub fn disengage_terminating(mut self, disengage: bool) -> Self {
+        self.disengage_terminating = disengage;
+        self
+    }
+
+    /// The host cluster.
+    pub fn host(&self) -> &Arc<Cluster> {
+        &self.host
+    }
+
+    /// The names of the namespace-clusters, in no particular order.
+    pub fn names(&self) -> Vec<ClusterName> {
+        self.clusters.names()
+    }
+
+    fn watch_spec(&self) -> WatchSpec {
+        match &self.selector {
+            Some(selector) => WatchSpec::default().labels(selector),
+            None => WatchSpec::default(),
+        }
+    }
+
+    fn provider_error(reason: impl Into<crate::BoxError>) -> Error {
+        Error::Provider {
+            provider: PROVIDER.into(),
+            source: reason.into(),
+        }
+    }
+
+    /// Asks the apiserver whether it accepts the selector, so that a typo fails the
+    /// provider at once instead of leaving a watch retrying it forever.
+    async fn check_selector(&self) -> Result<()> {
+        let Some(selector) = &self.selector else {
+            return Ok(());
+        };
+        let api: Api<Namespace> = Api::all(self.host.client());
+        match api
+            .list_metadata(&ListParams::default().labels(selector).limit(1))
+            .await
+        {
+            Err(kube::Error::Api(status)) if status.code == 400 => Err(Self::provider_error(format!(
+                "invalid namespace label selector {selector:?}: {}",
+                status.message
+            ))),
+            // Anything else (e.g. the host is unreachable) is for the watch to retry.
+            _ => Ok(()),
+        }
+    }
+
+    /// Follows the host's Namespaces until `token` is cancelled, keeping the
+    /// registered namespace-clusters in line with them.
+    async fn follow(&self, token: &CancellationToken) -> Result<()> {
+        let informer = self
+            .host
+            .cache()
+            .metadata_informer_with::<Namespace>(&(), self.watch_spec());
+        let timeout = self.host.cache().options().sync_timeout;
+        loop {
+            let synced = tokio::select! {
+                () = token.cancelled() => return Ok(()),
+                synced = informer.wait_synced(timeout) => synced,
+            };
+            match synced {
+                Ok(()) => break,
+                Err(CacheError::Stopped { .. }) => return Err(self.host_stopped()),
+                Err(error) => tracing::error!(error = %error, "namespaces not listed yet; still waiting"),
+            }
+        }
+        // Subscribe, then read the store: every change is in one or the other.
+        let mut events = informer.subscribe();
+        self.resync(&informer).await;
+        loop {
+            let event = tokio::select! {
+                () = token.cancelled() => return Ok(()),
+                event = events.recv() => event,
+            };
+            match event {
+                Ok(InformerEvent::Applied { new, .. }) => self.observe(&new).await,
+                Ok(InformerEvent::Deleted(namespace)) => {
+                    self.forget(&namespace, "deleted");
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "namespace provider fell behind; resynchronizing");
+                    self.resync(&informer).await;
+                }
+                Err(RecvError::Closed) => return Err(self.host_stopped()),
+            }
+        }
+    }
+
+    fn host_stopped(&self) -> Error {
+        Self::provider_error(format!("the cache of host cluster {} stopped", self.host.name()))
+    }
+
+    /// Makes the registered clusters match the namespaces in the informer's store.
+    async fn resync(&self, informer: &Informer<PartialObjectMeta<Namespace>>) {
+        let namespaces = informer.store().list();
+        let present: HashSet<&str> = namespaces
+            .iter()
+            .filter_map(|ns| ns.metadata.name.as_deref())
+            .collect();
+        for name in self.clusters.names() {
+            if !present.contains(name.as_str()) && self.clusters.remove(&name) {
+                tracing::info!(cluster = %name, "namespace gone; cluster removed");
+            }
+        }
+        for namespace in &namespaces {
+            self.observe(namespace).await;
+        }
+    }
+
+    /// Engages, re-engages or removes the cluster of `namespace` as it now is.
+    async fn observe(&self, namespace: &PartialObjectMeta<Namespace>) {
+        let meta = &namespace.metadata;
+        let Some(name) = meta.name.as_deref().filter(|name| !name.is_empty()) else {
+            return;
+        };
+        if self.exclude.contains(name) {
+            return;
+        }
+        if meta.deletion_timestamp.is_some() && self.disengage_terminating {
+            if !self.forget(namespace, "terminating") {
+                tracing::debug!(cluster = name, "namespace terminating; not engaged");
+            }
+            return;
+        }
+        let fingerprint = uid_fingerprint(meta.uid.as_deref());
+        let build = async || self.build(name);
+        match self.clusters.replace_if_changed(name, fingerprint, build).await {
+            Ok(true) => tracing::info!(cluster = name, uid = ?meta.uid, "namespace engaged as a cluster"),
+            Ok(false) => {}
+            Err(error) => {
+                tracing::error!(cluster = name, error = %error, "cannot engage namespace as a cluster")
+            }
+        }
+    }
+
+    /// Removes the cluster of `namespace`; whether there was one.
+    fn forget(&self, namespace: &PartialObjectMeta<Namespace>, why: &str) -> bool {
+        let Some(name) = namespace.metadata.name.as_deref() else {
+            return false;
+        };
+        let removed = self.clusters.remove(&ClusterName::from(name));
+        if removed {
+            tracing::info!(cluster = name, why, "namespace-cluster removed");
+        }
+        removed
+    }
+
+    /// The cluster of the namespace `name`: its own client, a view of the host cache.
+    fn build(&self, name: &str) -> Result<Arc<Cluster>> {
+        let client = (self.clients)(name).map_err(|source| Error::Client {
+            cluster: ClusterName::from(name),
+            source,
+        })?;
+        let cache = self.host.cache().scoped(name, name);
+        Ok(Arc::new(Cluster::with_cache(name, client, cache)))
+    }
+}
+
+/// What identifies a namespace's incarnation: its UID.
+fn uid_fingerprint(uid: Option<&str>) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    uid.hash(&mut hasher);
+    hasher.finish()
+}
+
+#[async_trait]
+impl Provider for Namespaces {
+    async fn get(&self, name: &ClusterName) -> Result<Arc<Cluster>> {
+        self.clusters.get(name).await
+    }
+
+    /// Registers the index once, on the host cache, which every namespace-cluster
+    /// reads through its view. An index of that name already on the host (e.g. the
+    /// manager registered it on its local cluster, which is the host) is fine: the
+    /// caches are shared.
+    async fn index_field(&self, index: FieldIndex) -> Result<()> {
+        match index.apply(self.host.cache()) {
+            Ok(()) | Err(CacheError::IndexExists { .. }) => Ok(()),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    fn into_runnable(self: Arc<Self>) -> Option<Arc<dyn ProviderRunnable>> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl ProviderRunnable for Namespaces {
+    /// Follows the host's namespaces until `token` is cancelled; then every
+    /// namespace-cluster is disengaged.
+    ///
+    /// # Errors
+    /// An invalid label selector, or the host cluster's cache stopping.
+    async fn start(&self, token: CancellationToken, aware: Arc<dyn Aware>) -> Result<()> {
+        self.check_selector().await?;
+        let run = token.child_token();
+        let (engaged, followed) = tokio::join!(self.clusters.start(run.clone(), aware), async {
+            let followed = self.follow(&run).await;
+            // Whatever ended the loop, the namespace-clusters end with it.
+            run.cancel();
+            followed
+        });
+        engaged.and(followed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_uid_is_a_new_fingerprint() {
+        assert_eq!(uid_fingerprint(Some("a")), uid_fingerprint(Some("a")));
+        assert_ne!(uid_fingerprint(Some("a")), uid_fingerprint(Some("b")));
+        assert_ne!(uid_fingerprint(Some("")), uid_fingerprint(None));
+    }
+}
