@@ -28,12 +28,14 @@ pub enum Error {
     },
 
     /// A client could not be built for a cluster.
-    #[error("cannot build a client for cluster {cluster}: {source}")]
+    #[error("cannot build a client for cluster {cluster}: {reason}")]
     Client {
         /// The cluster.
         cluster: ClusterName,
-        /// The client's error.
-        source: kube::Error,
+        /// kube's error, described without what may hold credentials (an exec
+        /// plugin's command line or output): see
+        /// [`describe_kube_error`](crate::providers::kubeconfig::describe_kube_error).
+        reason: String,
     },
 
     /// A kubeconfig could not be used.

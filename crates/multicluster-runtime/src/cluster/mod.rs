@@ -96,7 +96,7 @@ impl Cluster {
         let name = name.into();
         let client = kube::Client::try_from(config).map_err(|source| crate::Error::Client {
             cluster: name.clone(),
-            source,
+            reason: crate::providers::kubeconfig::describe_kube_error(&source),
         })?;
         Ok(Self::with_options(name, client, options))
     }

@@ -381,7 +381,7 @@ impl Namespaces {
     fn build(&self, name: &str) -> Result<Arc<Cluster>> {
         let client = (self.clients)(name).map_err(|source| Error::Client {
             cluster: ClusterName::from(name),
-            source,
+            reason: crate::providers::kubeconfig::describe_kube_error(&source),
         })?;
         let cache = self.host.cache().scoped(name, name);
         Ok(Arc::new(Cluster::with_cache(name, client, cache)))
