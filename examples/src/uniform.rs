@@ -78,11 +78,16 @@ pub fn error_policy(request: &Request, error: &kube::Error, _: Arc<Progress>) ->
 
 /// Creates a managed ConfigMap `name` in `default` (existing is fine).
 pub async fn create_managed(client: kube::Client, name: &str) -> Result<(), kube::Error> {
+    create_managed_in(client, "default", name).await
+}
+
+/// Creates a managed ConfigMap `name` in `namespace` (existing is fine).
+pub async fn create_managed_in(client: kube::Client, namespace: &str, name: &str) -> Result<(), kube::Error> {
     let mut cm = ConfigMap::default();
     cm.metadata.name = Some(name.to_owned());
     cm.metadata.labels = Some([(MANAGED.to_owned(), "true".to_owned())].into());
     cm.data = Some([("greeting".to_owned(), "hello".to_owned())].into());
-    match Api::<ConfigMap>::namespaced(client, "default").create(&PostParams::default(), &cm).await {
+    match Api::<ConfigMap>::namespaced(client, namespace).create(&PostParams::default(), &cm).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
         Err(err) => Err(err),
