@@ -46,7 +46,9 @@ async fn main() -> anyhow::Result<()> {
     let provider = Arc::new(Files::builder().path(&dir).build());
     let manager = Manager::with_provider(fleet.local()?, provider);
     manager.add_aware(Announcer::new()).await?;
-    uniform::controller(&manager).run(uniform::reconcile, uniform::error_policy, Progress::new()).await?;
+    uniform::controller(&manager)
+        .run(uniform::reconcile, uniform::error_policy, Progress::new())
+        .await?;
     println!("watching {}", dir.display());
     let token = CancellationToken::new();
     let running = tokio::spawn({

@@ -33,7 +33,9 @@ async fn main() -> anyhow::Result<()> {
     let host = fleet.client(0)?;
     let mut namespace = Namespace::default();
     namespace.metadata.name = Some(NAMESPACE.into());
-    Api::<Namespace>::all(host.clone()).create(&PostParams::default(), &namespace).await?;
+    Api::<Namespace>::all(host.clone())
+        .create(&PostParams::default(), &namespace)
+        .await?;
     let secrets: Api<Secret> = Api::namespaced(host.clone(), NAMESPACE);
     for index in 1..=3 {
         uniform::create_managed(fleet.client(index)?, "app-settings").await?;
@@ -45,7 +47,9 @@ async fn main() -> anyhow::Result<()> {
     let provider = Arc::new(Secrets::new(host, SecretsOptions::new(NAMESPACE)));
     let manager = Manager::with_provider(fleet.local()?, provider);
     manager.add_aware(Announcer::new()).await?;
-    uniform::controller(&manager).run(uniform::reconcile, uniform::error_policy, Progress::new()).await?;
+    uniform::controller(&manager)
+        .run(uniform::reconcile, uniform::error_policy, Progress::new())
+        .await?;
     let token = CancellationToken::new();
     let running = tokio::spawn({
         let (manager, token) = (manager.clone(), token.clone());

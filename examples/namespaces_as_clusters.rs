@@ -36,7 +36,9 @@ async fn main() -> anyhow::Result<()> {
     let provider = Arc::new(Namespaces::new(host.clone(), config).selector(&format!("{FLEET_LABEL}=true")));
     let manager = Manager::with_provider(host, provider);
     manager.add_aware(Announcer::new()).await?;
-    uniform::controller(&manager).run(uniform::reconcile, uniform::error_policy, Progress::new()).await?;
+    uniform::controller(&manager)
+        .run(uniform::reconcile, uniform::error_policy, Progress::new())
+        .await?;
     let token = CancellationToken::new();
     let running = tokio::spawn({
         let (manager, token) = (manager.clone(), token.clone());
@@ -50,7 +52,9 @@ async fn main() -> anyhow::Result<()> {
         println!("--- team-a leaves the fleet (label removed)");
         let leave = serde_json::json!({ "metadata": { "labels": { FLEET_LABEL: null } } });
         let namespaces: Api<Namespace> = Api::all(fleet.client(0)?);
-        namespaces.patch("team-a", &PatchParams::default(), &Patch::Merge(&leave)).await?;
+        namespaces
+            .patch("team-a", &PatchParams::default(), &Patch::Merge(&leave))
+            .await?;
         println!("--- press Ctrl-C to stop");
         std::future::pending::<anyhow::Result<()>>().await
     };
@@ -70,7 +74,9 @@ async fn join(host: kube::Client, name: &str) -> anyhow::Result<()> {
     let mut namespace = Namespace::default();
     namespace.metadata.name = Some(name.to_owned());
     namespace.metadata.labels = Some([(FLEET_LABEL.to_owned(), "true".to_owned())].into());
-    Api::<Namespace>::all(host.clone()).create(&PostParams::default(), &namespace).await?;
+    Api::<Namespace>::all(host.clone())
+        .create(&PostParams::default(), &namespace)
+        .await?;
     uniform::create_managed_in(host, name, "app-settings").await?;
     Ok(())
 }

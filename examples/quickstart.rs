@@ -58,7 +58,9 @@ async fn local_fleet(clusters: usize, progress: Arc<Progress>) -> anyhow::Result
     let provider = Arc::new(Clusters::new());
     let manager = Manager::with_provider(fleet.local()?, provider.clone());
     manager.add_aware(Announcer::new()).await?;
-    uniform::controller(&manager).run(uniform::reconcile, uniform::error_policy, progress.clone()).await?;
+    uniform::controller(&manager)
+        .run(uniform::reconcile, uniform::error_policy, progress.clone())
+        .await?;
 
     let token = CancellationToken::new();
     let running = tokio::spawn({
@@ -92,8 +94,16 @@ async fn local_fleet(clusters: usize, progress: Arc<Progress>) -> anyhow::Result
 /// Adds fleet apiserver `index` to the provider, with a managed ConfigMap in it.
 async fn join(fleet: &LocalFleet, provider: &Clusters, index: usize) -> anyhow::Result<()> {
     let cluster = fleet.member(index)?;
-    let kubeconfig = fleet.fleet().cluster(index).kubeconfig_path().display().to_string();
-    println!("--- {} joins (kubectl --kubeconfig {kubeconfig} get cm)", cluster.name());
+    let kubeconfig = fleet
+        .fleet()
+        .cluster(index)
+        .kubeconfig_path()
+        .display()
+        .to_string();
+    println!(
+        "--- {} joins (kubectl --kubeconfig {kubeconfig} get cm)",
+        cluster.name()
+    );
     uniform::create_managed(cluster.client(), "app-settings").await?;
     provider.add(cluster.name().clone(), cluster).await?;
     Ok(())
@@ -105,8 +115,13 @@ async fn real_fleet(path: PathBuf, progress: Arc<Progress>) -> anyhow::Result<()
     let provider = Arc::new(Files::builder().path(path).build());
     let manager = Manager::with_provider(local, provider);
     manager.add_aware(Announcer::new()).await?;
-    uniform::controller(&manager).run(uniform::reconcile, uniform::error_policy, progress).await?;
-    println!("watching the kubeconfigs; label a ConfigMap {}=true in any cluster to see it reconciled", uniform::MANAGED);
+    uniform::controller(&manager)
+        .run(uniform::reconcile, uniform::error_policy, progress)
+        .await?;
+    println!(
+        "watching the kubeconfigs; label a ConfigMap {}=true in any cluster to see it reconciled",
+        uniform::MANAGED
+    );
     let token = CancellationToken::new();
     let running = tokio::spawn({
         let (manager, token) = (manager.clone(), token.clone());

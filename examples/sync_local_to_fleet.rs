@@ -19,10 +19,16 @@ use multicluster_runtime::{Cluster, Manager};
 use tokio_util::sync::CancellationToken;
 
 /// Runs the sync controller from `local` to `clusters` until `token` is cancelled.
-pub async fn run(local: Arc<Cluster>, clusters: Vec<Arc<Cluster>>, token: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    local: Arc<Cluster>,
+    clusters: Vec<Arc<Cluster>>,
+    token: CancellationToken,
+) -> anyhow::Result<()> {
     let provider = Arc::new(Clusters::new());
     let manager = Manager::with_provider(local, provider.clone());
-    sync::controller(&manager).run(sync::reconcile, sync::error_policy, Arc::new(manager.clone())).await?;
+    sync::controller(&manager)
+        .run(sync::reconcile, sync::error_policy, Arc::new(manager.clone()))
+        .await?;
     for cluster in clusters {
         provider.add(cluster.name().clone(), cluster).await?;
     }
@@ -45,9 +51,13 @@ async fn main() -> anyhow::Result<()> {
     examples::init_tracing();
     let fleet = LocalFleet::start(4).await?;
     let local_api: Api<ConfigMap> = Api::namespaced(fleet.client(0)?, "default");
-    local_api.create(&PostParams::default(), &original("info")).await?;
+    local_api
+        .create(&PostParams::default(), &original("info"))
+        .await?;
     println!("created the original default/shared-settings in the local cluster");
-    let members = (1..=3).map(|i| fleet.member(i)).collect::<anyhow::Result<Vec<_>>>()?;
+    let members = (1..=3)
+        .map(|i| fleet.member(i))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let token = CancellationToken::new();
     let running = tokio::spawn(run(fleet.local()?, members, token.clone()));
 
@@ -55,7 +65,8 @@ async fn main() -> anyhow::Result<()> {
     println!("editing the copy in cluster-2 by hand (drift) ...");
     let drift = serde_json::json!({ "data": { "log-level": "debug" } });
     let copy: Api<ConfigMap> = Api::namespaced(fleet.client(2)?, "default");
-    copy.patch("shared-settings", &PatchParams::default(), &Patch::Merge(&drift)).await?;
+    copy.patch("shared-settings", &PatchParams::default(), &Patch::Merge(&drift))
+        .await?;
 
     examples::shutdown_signal().await;
     token.cancel();

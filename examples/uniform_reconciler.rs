@@ -26,7 +26,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let provider = Arc::new(Clusters::new());
     let manager = Manager::with_provider(local, provider.clone());
-    uniform::controller(&manager).run(uniform::reconcile, uniform::error_policy, progress).await?;
+    uniform::controller(&manager)
+        .run(uniform::reconcile, uniform::error_policy, progress)
+        .await?;
     for cluster in clusters {
         uniform::create_managed(cluster.client(), "app-settings").await?;
         provider.add(cluster.name().clone(), cluster).await?;
@@ -41,9 +43,15 @@ async fn main() -> anyhow::Result<()> {
     examples::init_tracing();
     let fleet = LocalFleet::start(4).await?;
     for (index, cluster) in fleet.fleet().clusters().iter().enumerate().skip(1) {
-        println!("{} kubeconfig: {}", LocalFleet::name(index), cluster.kubeconfig_path().display());
+        println!(
+            "{} kubeconfig: {}",
+            LocalFleet::name(index),
+            cluster.kubeconfig_path().display()
+        );
     }
-    let members = (1..=3).map(|i| fleet.member(i)).collect::<anyhow::Result<Vec<_>>>()?;
+    let members = (1..=3)
+        .map(|i| fleet.member(i))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let token = CancellationToken::new();
     let running = tokio::spawn(run(fleet.local()?, members, Progress::new(), token.clone()));
     examples::shutdown_signal().await;

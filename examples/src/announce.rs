@@ -20,7 +20,12 @@ impl Announcer {
 
 #[async_trait]
 impl Aware for Announcer {
-    async fn engage(&self, token: CancellationToken, name: ClusterName, _: Arc<Cluster>) -> multicluster_runtime::Result<()> {
+    async fn engage(
+        &self,
+        token: CancellationToken,
+        name: ClusterName,
+        _: Arc<Cluster>,
+    ) -> multicluster_runtime::Result<()> {
         println!("engaged     {name}");
         tokio::spawn(async move {
             token.cancelled().await;

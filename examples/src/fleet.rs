@@ -20,7 +20,9 @@ impl LocalFleet {
     /// # Errors
     /// The binaries cannot be built or an apiserver does not start.
     pub async fn start(clusters: usize) -> anyhow::Result<Self> {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(BUILD_COMMAND);
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(BUILD_COMMAND);
         let binaries = Binaries::find_or_build(&script)?;
         let started = Instant::now();
         println!("starting a local fleet of {clusters} apiservers ...");
@@ -28,7 +30,12 @@ impl LocalFleet {
             .clusters(clusters)
             .binaries(binaries)
             .start_with_progress(|c| {
-                println!("  apiserver {} ready at {} ({:.1} s)", c.name(), c.server_url(), started.elapsed().as_secs_f64())
+                println!(
+                    "  apiserver {} ready at {} ({:.1} s)",
+                    c.name(),
+                    c.server_url(),
+                    started.elapsed().as_secs_f64()
+                )
             })
             .await?;
         Ok(LocalFleet { fleet })

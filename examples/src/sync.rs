@@ -10,11 +10,13 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::ResourceExt;
-use multicluster_runtime::cache::WatchSpec;
-use multicluster_runtime::controller::{Action, Controller, ControllerBuilder, MapContext, ReconcileRequest, Request};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use multicluster_runtime::Manager;
+use multicluster_runtime::cache::WatchSpec;
+use multicluster_runtime::controller::{
+    Action, Controller, ControllerBuilder, MapContext, ReconcileRequest, Request,
+};
 
 /// The label that marks a local ConfigMap for copying.
 pub const SYNC: &str = "example.com/sync";
@@ -38,13 +40,19 @@ fn fan_out(context: &MapContext, original: &ConfigMap) -> Vec<Request> {
     }
     let namespace = original.namespace();
     let requests = context.clusters.iter().filter(|cluster| !cluster.is_local());
-    requests.map(|cluster| Request::new(cluster.clone(), namespace.as_deref(), original.name_any())).collect()
+    requests
+        .map(|cluster| Request::new(cluster.clone(), namespace.as_deref(), original.name_any()))
+        .collect()
 }
 
 /// Makes the copy in the request's cluster match the local original, or removes it.
 pub async fn reconcile(req: ReconcileRequest<ConfigMap>, manager: Arc<Manager>) -> anyhow::Result<Action> {
     let namespace = req.request.namespace().unwrap_or("default");
-    let local = manager.local_cluster().cache().get::<ConfigMap>(Some(namespace), req.request.name()).await?;
+    let local = manager
+        .local_cluster()
+        .cache()
+        .get::<ConfigMap>(Some(namespace), req.request.name())
+        .await?;
     let api: Api<ConfigMap> = Api::namespaced(req.client(), namespace);
     let wanted = local.filter(|o| o.labels().get(SYNC).map(String::as_str) == Some("true"));
     match wanted {
@@ -56,7 +64,8 @@ pub async fn reconcile(req: ReconcileRequest<ConfigMap>, manager: Arc<Manager>) 
                 "data": original.data,
             });
             let params = PatchParams::apply(FIELD_MANAGER).force();
-            api.patch(req.request.name(), &params, &Patch::Apply(&copy)).await?;
+            api.patch(req.request.name(), &params, &Patch::Apply(&copy))
+                .await?;
             println!("synced      {}", req.request);
         }
         None if req.object.is_some() => {

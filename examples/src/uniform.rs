@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use multicluster_runtime::Manager;
 use multicluster_runtime::cache::WatchSpec;
 use multicluster_runtime::controller::{Action, Controller, ControllerBuilder, ReconcileRequest, Request};
-use multicluster_runtime::Manager;
 
 /// The label that opts a ConfigMap in.
 pub const MANAGED: &str = "example.com/managed";
@@ -30,7 +30,10 @@ pub struct Progress {
 impl Progress {
     /// Progress counted from now.
     pub fn new() -> Arc<Self> {
-        Arc::new(Progress { started: Instant::now(), per_cluster: Mutex::default() })
+        Arc::new(Progress {
+            started: Instant::now(),
+            per_cluster: Mutex::default(),
+        })
     }
 
     /// Reconciles that changed something, by cluster.
@@ -57,15 +60,21 @@ pub fn controller(manager: &Manager) -> ControllerBuilder<ConfigMap> {
 }
 
 /// Annotates the ConfigMap with the name of its cluster, once.
-pub async fn reconcile(req: ReconcileRequest<ConfigMap>, progress: Arc<Progress>) -> Result<Action, kube::Error> {
-    let Some(cm) = &req.object else { return Ok(Action::await_change()) }; // deleted: nothing to undo
+pub async fn reconcile(
+    req: ReconcileRequest<ConfigMap>,
+    progress: Arc<Progress>,
+) -> Result<Action, kube::Error> {
+    let Some(cm) = &req.object else {
+        return Ok(Action::await_change());
+    }; // deleted: nothing to undo
     let cluster = req.request.cluster.as_str();
     if cm.annotations().get(RECONCILED_IN).map(String::as_str) == Some(cluster) {
         return Ok(Action::await_change());
     }
     let api: Api<ConfigMap> = Api::namespaced(req.client(), req.request.namespace().unwrap_or("default"));
     let patch = serde_json::json!({ "metadata": { "annotations": { RECONCILED_IN: cluster } } });
-    api.patch(req.request.name(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    api.patch(req.request.name(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
     progress.record(&req.request);
     Ok(Action::await_change())
 }
@@ -87,7 +96,10 @@ pub async fn create_managed_in(client: kube::Client, namespace: &str, name: &str
     cm.metadata.name = Some(name.to_owned());
     cm.metadata.labels = Some([(MANAGED.to_owned(), "true".to_owned())].into());
     cm.data = Some([("greeting".to_owned(), "hello".to_owned())].into());
-    match Api::<ConfigMap>::namespaced(client, namespace).create(&PostParams::default(), &cm).await {
+    match Api::<ConfigMap>::namespaced(client, namespace)
+        .create(&PostParams::default(), &cm)
+        .await
+    {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
         Err(err) => Err(err),

@@ -35,7 +35,10 @@ impl Aware for EngagementLog {
         name: ClusterName,
         cluster: Arc<Cluster>,
     ) -> multicluster_runtime::Result<()> {
-        self.entries.lock().unwrap().push(Engagement { name, cluster, token });
+        self.entries
+            .lock()
+            .unwrap()
+            .push(Engagement { name, cluster, token });
         Ok(())
     }
 }
@@ -57,12 +60,19 @@ impl EngagementLog {
 
     /// Names engaged now: engaged, and the token not cancelled.
     pub fn live(&self) -> BTreeSet<String> {
-        self.all().iter().filter(|e| !e.token.is_cancelled()).map(|e| e.name.as_str().to_owned()).collect()
+        self.all()
+            .iter()
+            .filter(|e| !e.token.is_cancelled())
+            .map(|e| e.name.as_str().to_owned())
+            .collect()
     }
 
     /// The live engagement of `name`.
     pub fn current(&self, name: &str) -> Option<Engagement> {
-        self.all().into_iter().rev().find(|e| e.name == name && !e.token.is_cancelled())
+        self.all()
+            .into_iter()
+            .rev()
+            .find(|e| e.name == name && !e.token.is_cancelled())
     }
 
     /// Waits until exactly `names` are engaged.
@@ -73,7 +83,10 @@ impl EngagementLog {
 
     /// Waits until `name` has been engaged `times` times in all.
     pub async fn wait_count(&self, name: &str, times: usize) {
-        wait_until(&format!("{times} engagement(s) of {name}"), || self.count(name) >= times).await;
+        wait_until(&format!("{times} engagement(s) of {name}"), || {
+            self.count(name) >= times
+        })
+        .await;
     }
 }
 
