@@ -27,6 +27,8 @@ pub mod multi;
 pub mod namespace;
 #[cfg(feature = "nop")]
 pub mod nop;
+#[cfg(any(feature = "capi", feature = "profile"))]
+mod object_clusters;
 #[cfg(feature = "profile")]
 pub mod profile;
 #[cfg(feature = "secret")]

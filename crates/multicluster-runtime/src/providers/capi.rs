@@ -1,1 +1,0 @@
-//! The Cluster API provider (under construction).

@@ -1,1 +1,0 @@
-//! The ClusterProfile inventory provider (under construction).

@@ -1,0 +1,383 @@
+//! Acceptance tests of the Cluster API provider against real apiservers: fleet
+//! cluster 0 is the management cluster, with a hand-written stand-in of the Cluster
+//! API `Cluster` CRD (tests/fixtures), and hand-made `Cluster` objects and kubeconfig
+//! Secrets pointing at fleet clusters 1 and 2.
+#![cfg(feature = "capi")]
+
+mod support;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::Client;
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube_envtest::{Fleet, LocalCluster};
+use multicluster_runtime::providers::capi::{ClusterApi, ClusterApiOptions, ClusterApiVersion};
+use multicluster_runtime::{Cluster, ClusterName, Provider, ProviderRunnable};
+use serde_json::{Value, json};
+use support::{EngagementLog, wait_until};
+use tokio_util::sync::CancellationToken;
+
+const NS: &str = "fleet";
+/// A credential-looking string that must never reach a log line.
+const FAKE_TOKEN: &str = "capi-test-token-0f9c2e7d";
+
+/// Log lines of this test binary, captured for assertions (and echoed to stderr).
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<String>>);
+
+impl Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        self.0.lock().unwrap().push_str(&String::from_utf8_lossy(buf));
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn capture() -> Logs {
+        static LOGS: OnceLock<Logs> = OnceLock::new();
+        LOGS.get_or_init(|| {
+            let logs = Logs::default();
+            let writer = logs.clone();
+            tracing_subscriber::fmt()
+                // kube's client logs every failed request, e.g. while the fleet starts.
+                .with_env_filter("warn,kube_client=off,multicluster_runtime=info")
+                .with_ansi(false)
+                .with_writer(move || writer.clone())
+                .init();
+            logs
+        })
+        .clone()
+    }
+
+    fn text(&self) -> String {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Whether one line contains every part.
+    fn has_line(&self, parts: &[&str]) -> bool {
+        self.text()
+            .lines()
+            .any(|line| parts.iter().all(|p| line.contains(p)))
+    }
+
+    async fn wait_line(&self, parts: &[&str]) {
+        wait_until(&format!("a log line with {parts:?}"), || self.has_line(parts)).await;
+    }
+}
+
+fn cluster_resource(version: ClusterApiVersion) -> ApiResource {
+    version.api_resource()
+}
+
+/// The host's `Cluster` API (written as v1beta2).
+fn clusters(host: &Client) -> Api<DynamicObject> {
+    Api::namespaced_with(host.clone(), NS, &cluster_resource(ClusterApiVersion::V1Beta2))
+}
+
+/// The admin kubeconfig of `cluster`, as a kubeconfig Secret holds it.
+fn kubeconfig_of(cluster: &LocalCluster) -> Vec<u8> {
+    serde_json::to_vec(cluster.kubeconfig()).expect("serialize kubeconfig")
+}
+
+async fn create_cluster(host: &Client, name: &str, status: Value) {
+    let object: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "cluster.x-k8s.io/v1beta2",
+        "kind": "Cluster",
+        "metadata": { "name": name, "namespace": NS },
+        "spec": { "clusterNetwork": { "pods": { "cidrBlocks": ["10.1.0.0/16"] } } },
+    }))
+    .expect("a Cluster");
+    clusters(host)
+        .create(&PostParams::default(), &object)
+        .await
+        .expect("create Cluster");
+    if !status.is_null() {
+        set_status(host, name, status).await;
+    }
+}
+
+async fn set_status(host: &Client, name: &str, status: Value) {
+    clusters(host)
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": status })),
+        )
+        .await
+        .expect("patch Cluster status");
+}
+
+fn initialized() -> Value {
+    json!({ "initialization": { "infrastructureProvisioned": true, "controlPlaneInitialized": true } })
+}
+
+/// Creates or replaces the Secret `name` in the test namespace with `value` under the
+/// key `value`, and `annotation` (to make a change that is not a credential change).
+async fn put_secret(host: &Client, name: &str, value: &[u8], annotation: &str) {
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": name,
+            "namespace": NS,
+            "labels": { "cluster.x-k8s.io/cluster-name": name.trim_end_matches("-kubeconfig") },
+            "annotations": { "test/revision": annotation },
+        },
+        "type": "cluster.x-k8s.io/secret",
+        "data": { "value": k8s_openapi::ByteString(value.to_vec()) },
+    }))
+    .expect("a Secret");
+    Api::<Secret>::namespaced(host.clone(), NS)
+        .patch(
+            name,
+            &PatchParams::apply("provider-capi-test").force(),
+            &Patch::Apply(&secret),
+        )
+        .await
+        .expect("apply Secret");
+}
+
+/// Whether `cluster`'s client reaches fleet cluster `index`: it sees that cluster's
+/// marker namespace and no other.
+async fn reaches(cluster: &Cluster, index: usize) -> bool {
+    let namespaces: Api<Namespace> = Api::all(cluster.client());
+    let Ok(list) = namespaces.list(&ListParams::default()).await else {
+        return false;
+    };
+    let markers: Vec<String> = list
+        .items
+        .iter()
+        .filter_map(|ns| ns.metadata.name.clone())
+        .filter(|name| name.starts_with("marker-"))
+        .collect();
+    markers == vec![format!("marker-{index}")]
+}
+
+async fn assert_reaches(log: &EngagementLog, name: &str, index: usize) {
+    let engaged = log
+        .current(name)
+        .unwrap_or_else(|| panic!("{name} is not engaged"));
+    assert!(
+        reaches(&engaged.cluster, index).await,
+        "{name} does not reach cluster {index}"
+    );
+}
+
+async fn create_namespace(client: &Client, name: &str) {
+    let namespace: Namespace =
+        serde_json::from_value(json!({ "metadata": { "name": name } })).expect("a Namespace");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .expect("create namespace");
+}
+
+fn start(
+    provider: &Arc<ClusterApi>,
+    log: &Arc<EngagementLog>,
+    token: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let (provider, log, token) = (provider.clone(), log.clone(), token.clone());
+    tokio::spawn(async move { provider.start(token, log).await.expect("provider runs") })
+}
+
+async fn assert_not_found(provider: &ClusterApi, name: &str) {
+    let err = provider
+        .get(&ClusterName::from(name))
+        .await
+        .expect_err("the cluster is gone");
+    assert!(err.is_cluster_not_found(), "{err}");
+}
+
+/// One fleet for the whole life of Cluster API clusters: clusters that exist before
+/// the provider starts, appear later, become ready later, have bad or missing
+/// Secrets, get their Secret rotated or rewritten without change, and are deleted;
+/// and a second provider reading v1beta1.
+#[tokio::test]
+async fn pcapi_fleet_lifecycle() {
+    let logs = Logs::capture();
+    let fleet = Fleet::start(3).await.expect("start fleet");
+    let host = fleet.cluster(0).client().expect("host client");
+    fleet
+        .cluster(0)
+        .install_crds_from_path(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/capi-cluster-crd.yaml"
+        ))
+        .await
+        .expect("install the Cluster CRD");
+    create_namespace(&host, NS).await;
+    for index in 1..=2 {
+        create_namespace(
+            &fleet.cluster(index).client().expect("client"),
+            &format!("marker-{index}"),
+        )
+        .await;
+    }
+    let (one, two) = (kubeconfig_of(fleet.cluster(1)), kubeconfig_of(fleet.cluster(2)));
+    let garbage = format!("apiVersion: v1\nusers: [ {{ token: {FAKE_TOKEN} ");
+    let exec = "apiVersion: v1\nkind: Config\ncurrent-context: x\nclusters:\n- name: x\n  cluster:\n    server: https://127.0.0.1:1\ncontexts:\n- name: x\n  context:\n    cluster: x\n    user: x\nusers:\n- name: x\n  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: /bin/steal\n";
+
+    // Existing before the provider starts.
+    create_cluster(&host, "alpha", initialized()).await;
+    put_secret(&host, "alpha-kubeconfig", &one, "1").await;
+    create_cluster(
+        &host,
+        "pending",
+        json!({ "initialization": { "controlPlaneInitialized": false } }),
+    )
+    .await;
+    put_secret(&host, "pending-kubeconfig", &two, "1").await;
+    create_cluster(&host, "nosecret", initialized()).await;
+    create_cluster(&host, "broken", initialized()).await;
+    put_secret(&host, "broken-kubeconfig", garbage.as_bytes(), "1").await;
+    create_cluster(&host, "execy", initialized()).await;
+    put_secret(&host, "execy-kubeconfig", exec.as_bytes(), "1").await;
+    create_cluster(
+        &host,
+        "legacy",
+        json!({ "controlPlaneReady": true, "phase": "Provisioned" }),
+    )
+    .await;
+    put_secret(&host, "legacy-kubeconfig", &two, "1").await;
+
+    let local = Cluster::new("", host.clone());
+    let provider = Arc::new(ClusterApi::new(&local, ClusterApiOptions::default()));
+    let legacy = Arc::new(ClusterApi::new(
+        &local,
+        ClusterApiOptions::default()
+            .version(ClusterApiVersion::V1Beta1)
+            .namespace(NS),
+    ));
+    let (log, legacy_log) = (EngagementLog::new(), EngagementLog::new());
+    let token = CancellationToken::new();
+    let running = start(&provider, &log, &token);
+    let legacy_running = start(&legacy, &legacy_log, &token);
+
+    // Only the ready Cluster with a good Secret is engaged, and reaches its cluster.
+    log.wait_live(&["fleet/alpha"]).await;
+    assert_reaches(&log, "fleet/alpha", 1).await;
+    legacy_log.wait_live(&["fleet/legacy"]).await;
+    assert_reaches(&legacy_log, "fleet/legacy", 2).await;
+    // The others are explained, once each, without their content.
+    logs.wait_line(&[
+        "WARN",
+        "cluster=fleet/nosecret",
+        "Secret fleet/nosecret-kubeconfig not found",
+    ])
+    .await;
+    logs.wait_line(&["WARN", "cluster=fleet/broken", "not a valid kubeconfig"])
+        .await;
+    logs.wait_line(&["WARN", "cluster=fleet/execy", "exec credential plugin", "refused"])
+        .await;
+    logs.wait_line(&["cluster=fleet/pending", "control plane is not initialized"])
+        .await;
+
+    // Added at runtime.
+    create_cluster(&host, "beta", initialized()).await;
+    put_secret(&host, "beta-kubeconfig", &two, "1").await;
+    log.wait_live(&["fleet/alpha", "fleet/beta"]).await;
+    assert_reaches(&log, "fleet/beta", 2).await;
+
+    // Becomes ready later; the bad ones are retried when their Secret changes.
+    set_status(&host, "pending", initialized()).await;
+    put_secret(&host, "broken-kubeconfig", &one, "2").await;
+    put_secret(&host, "nosecret-kubeconfig", &two, "1").await;
+    log.wait_live(&[
+        "fleet/alpha",
+        "fleet/beta",
+        "fleet/broken",
+        "fleet/nosecret",
+        "fleet/pending",
+    ])
+    .await;
+    assert_reaches(&log, "fleet/pending", 2).await;
+    assert_reaches(&log, "fleet/broken", 1).await;
+    assert_reaches(&log, "fleet/nosecret", 2).await;
+
+    // Changes that are not credential changes re-engage nothing; then a rotation of
+    // beta's Secret re-engages beta alone.
+    let mut labels = json!({ "metadata": { "labels": { "team": "blue" } } });
+    clusters(&host)
+        .patch("alpha", &PatchParams::default(), &Patch::Merge(&labels))
+        .await
+        .expect("label alpha");
+    put_secret(&host, "alpha-kubeconfig", &one, "2").await;
+    set_status(&host, "alpha", json!({ "phase": "Provisioned" })).await;
+    let first_beta = log.current("fleet/beta").expect("beta engaged");
+    put_secret(&host, "beta-kubeconfig", &one, "2").await;
+    log.wait_count("fleet/beta", 2).await;
+    wait_until("beta's first engagement to end", || {
+        first_beta.token.is_cancelled()
+    })
+    .await;
+    assert_reaches(&log, "fleet/beta", 1).await;
+    for name in ["fleet/alpha", "fleet/pending", "fleet/broken", "fleet/nosecret"] {
+        assert_eq!(log.count(name), 1, "{name} was re-engaged");
+    }
+
+    // A Secret that turns bad keeps the cluster engaged on its last good credentials.
+    put_secret(&host, "alpha-kubeconfig", garbage.as_bytes(), "3").await;
+    logs.wait_line(&[
+        "WARN",
+        "cluster=fleet/alpha",
+        "stays engaged with its previous credentials",
+    ])
+    .await;
+    assert_eq!(log.count("fleet/alpha"), 1);
+    assert_reaches(&log, "fleet/alpha", 1).await;
+
+    // A deletionTimestamp disengages at once, while finalizers hold the object.
+    labels = json!({ "metadata": { "finalizers": ["test.example.com/hold"] } });
+    clusters(&host)
+        .patch("pending", &PatchParams::default(), &Patch::Merge(&labels))
+        .await
+        .expect("add a finalizer");
+    let pending = log.current("fleet/pending").expect("pending engaged");
+    clusters(&host)
+        .delete("pending", &DeleteParams::default())
+        .await
+        .expect("delete pending");
+    wait_until("pending to be disengaged", || pending.token.is_cancelled()).await;
+    assert_not_found(&provider, "fleet/pending").await;
+    assert!(clusters(&host).get_opt("pending").await.expect("get").is_some());
+    labels = json!({ "metadata": { "finalizers": null } });
+    clusters(&host)
+        .patch("pending", &PatchParams::default(), &Patch::Merge(&labels))
+        .await
+        .expect("remove the finalizer");
+
+    // Deletion disengages.
+    let beta = log.current("fleet/beta").expect("beta engaged");
+    clusters(&host)
+        .delete("beta", &DeleteParams::default())
+        .await
+        .expect("delete beta");
+    wait_until("beta to be disengaged", || beta.token.is_cancelled()).await;
+    assert_not_found(&provider, "fleet/beta").await;
+    log.wait_live(&["fleet/alpha", "fleet/broken", "fleet/nosecret"])
+        .await;
+
+    // The v1beta2 provider never engaged the v1beta1-only ready Cluster, and vice versa.
+    assert_eq!(log.count("fleet/legacy"), 0);
+    assert_eq!(
+        legacy_log.all().len(),
+        1,
+        "the v1beta1 provider engaged only legacy"
+    );
+    assert!(!logs.text().contains(FAKE_TOKEN), "a credential reached the logs");
+
+    // Stopping the provider disengages everything.
+    token.cancel();
+    running.await.expect("provider stops");
+    legacy_running.await.expect("provider stops");
+    assert!(log.all().iter().all(|e| e.token.is_cancelled()));
+    assert!(legacy_log.all().iter().all(|e| e.token.is_cancelled()));
+}

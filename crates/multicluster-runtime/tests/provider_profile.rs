@@ -1,0 +1,520 @@
+//! Acceptance tests of the ClusterProfile provider against real apiservers: fleet
+//! cluster 0 is the hub, with a hand-written stand-in of the `ClusterProfile` CRD
+//! (tests/fixtures), hand-made profiles and credential Secrets; fleet clusters 1 and
+//! 2 are the clusters they describe. Access providers use a real exec credential
+//! plugin: a shell script that prints the admin client certificate of the cluster
+//! whose server it is given (`provideClusterInfo`).
+#![cfg(feature = "profile")]
+
+mod support;
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::Client;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube_envtest::{Fleet, LocalCluster};
+use multicluster_runtime::providers::profile::{
+    self, AccessProviders, ClusterProfiles, ClusterProfilesOptions,
+};
+use multicluster_runtime::{Cluster, ClusterName, Provider, ProviderRunnable};
+use serde_json::{Value, json};
+use support::{EngagementLog, wait_until};
+use tokio_util::sync::CancellationToken;
+
+const NS: &str = "inventory";
+const CONSUMER: &str = "e2e";
+const PLUGIN: &str = "envtest";
+/// A credential-looking string that must never reach a log line.
+const FAKE_TOKEN: &str = "profile-test-token-7b1d04aa";
+
+/// Log lines of this test binary, captured for assertions (and echoed to stderr).
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<String>>);
+
+impl Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        self.0.lock().unwrap().push_str(&String::from_utf8_lossy(buf));
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn capture() -> Logs {
+        static LOGS: OnceLock<Logs> = OnceLock::new();
+        LOGS.get_or_init(|| {
+            let logs = Logs::default();
+            let writer = logs.clone();
+            tracing_subscriber::fmt()
+                // kube's client logs every failed request, e.g. while the fleet starts.
+                .with_env_filter("warn,kube_client=off,multicluster_runtime=info")
+                .with_ansi(false)
+                .with_writer(move || writer.clone())
+                .init();
+            logs
+        })
+        .clone()
+    }
+
+    fn text(&self) -> String {
+        self.0.lock().unwrap().clone()
+    }
+
+    async fn wait_line(&self, parts: &[&str]) {
+        wait_until(&format!("a log line with {parts:?}"), || {
+            self.text()
+                .lines()
+                .any(|line| parts.iter().all(|p| line.contains(p)))
+        })
+        .await;
+    }
+}
+
+fn profiles(host: &Client) -> Api<DynamicObject> {
+    Api::namespaced_with(host.clone(), NS, &profile::api_resource())
+}
+
+/// `status.accessProviders` naming `provider` for fleet cluster `cluster`.
+fn access(provider: &str, cluster: &LocalCluster, extensions: Value) -> Value {
+    let ca = cluster.kubeconfig().clusters[0]
+        .cluster
+        .as_ref()
+        .and_then(|c| c.certificate_authority_data.clone())
+        .expect("the fleet's kubeconfig embeds its CA");
+    let mut endpoint = json!({ "server": cluster.server_url(), "certificate-authority-data": ca });
+    if !extensions.is_null() {
+        endpoint["extensions"] = extensions;
+    }
+    json!([{ "name": provider, "cluster": endpoint }])
+}
+
+fn health(healthy: bool) -> Value {
+    let status = if healthy { "True" } else { "False" };
+    json!([{
+        "type": profile::CONTROL_PLANE_HEALTHY, "status": status, "reason": "Test",
+        "message": "set by the test", "lastTransitionTime": "2025-01-01T00:00:00Z",
+    }])
+}
+
+async fn create_profile(host: &Client, name: &str, status: Value) {
+    let object: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "multicluster.x-k8s.io/v1alpha1",
+        "kind": "ClusterProfile",
+        "metadata": { "name": name, "namespace": NS, "labels": { "x-k8s.io/cluster-manager": "test" } },
+        "spec": { "displayName": name, "clusterManager": { "name": "test" } },
+    }))
+    .expect("a ClusterProfile");
+    profiles(host)
+        .create(&PostParams::default(), &object)
+        .await
+        .expect("create ClusterProfile");
+    set_status(host, name, status).await;
+}
+
+/// Merges `status` into the profile's status (lists are replaced whole).
+async fn set_status(host: &Client, name: &str, status: Value) {
+    profiles(host)
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": status })),
+        )
+        .await
+        .expect("patch ClusterProfile status");
+}
+
+/// Creates or replaces the credentials Secret `name` for `profile`.
+async fn put_secret(host: &Client, name: &str, profile: &str, config: &[u8], annotation: &str) {
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": name,
+            "namespace": NS,
+            "labels": { profile::CONSUMER_LABEL: CONSUMER, profile::PROFILE_LABEL: profile },
+            "annotations": { "test/revision": annotation },
+        },
+        "data": { profile::SECRET_KEY: ByteString(config.to_vec()) },
+    }))
+    .expect("a Secret");
+    Api::<Secret>::namespaced(host.clone(), NS)
+        .patch(
+            name,
+            &PatchParams::apply("provider-profile-test").force(),
+            &Patch::Apply(&secret),
+        )
+        .await
+        .expect("apply Secret");
+}
+
+fn kubeconfig_of(cluster: &LocalCluster) -> Vec<u8> {
+    serde_json::to_vec(cluster.kubeconfig()).expect("serialize kubeconfig")
+}
+
+/// Writes the exec plugin and, per fleet cluster, the ExecCredential it prints for
+/// that cluster's server: its admin client certificate and key. With
+/// `CRED_VARIANT=expiring` in its environment, the certificate is said to expire in
+/// 20 seconds.
+fn write_plugin(dir: &Path, clusters: &[&LocalCluster]) -> std::path::PathBuf {
+    for cluster in clusters {
+        let kubeconfig = serde_json::to_value(cluster.kubeconfig()).expect("kubeconfig as JSON");
+        let user = &kubeconfig["users"][0]["user"];
+        let pem = |field: &str| -> String {
+            let bytes: ByteString = serde_json::from_value(user[field].clone()).expect("base64 PEM");
+            String::from_utf8(bytes.0).expect("PEM text")
+        };
+        let port = cluster
+            .server_url()
+            .rsplit(':')
+            .next()
+            .expect("a port")
+            .to_owned();
+        for (variant, expiry) in [("", None), ("-expiring", Some("EXPIRES"))] {
+            let mut status = json!({
+                "clientCertificateData": pem("client-certificate-data"),
+                "clientKeyData": pem("client-key-data"),
+            });
+            if let Some(expiry) = expiry {
+                status["expirationTimestamp"] = json!(expiry);
+            }
+            let credential = json!({
+                "apiVersion": "client.authentication.k8s.io/v1",
+                "kind": "ExecCredential",
+                "status": status,
+            });
+            let path = dir.join(format!("cred-{port}{variant}.json"));
+            std::fs::write(path, credential.to_string()).expect("write credential");
+        }
+    }
+    let script = format!(
+        r#"#!/bin/sh
+# Test exec credential plugin: the credential of the cluster named in KUBERNETES_EXEC_INFO.
+port=$(printf '%s' "$KUBERNETES_EXEC_INFO" | grep -o '127\.0\.0\.1:[0-9]*' | head -n 1 | cut -d: -f2)
+[ -n "$port" ] || {{ echo "no cluster in KUBERNETES_EXEC_INFO" >&2; exit 1; }}
+file="{dir}/cred-$port${{CRED_VARIANT:+-$CRED_VARIANT}}.json"
+[ -f "$file" ] || {{ echo "no credential for port $port" >&2; exit 1; }}
+sed "s/EXPIRES/$(date -u -d '+20 seconds' +%Y-%m-%dT%H:%M:%SZ)/" "$file"
+"#,
+        dir = dir.display()
+    );
+    let path = dir.join("plugin.sh");
+    std::fs::write(&path, script).expect("write plugin");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod plugin");
+    path
+}
+
+/// Whether `cluster`'s client reaches fleet cluster `index`: it sees that cluster's
+/// marker namespace and no other.
+async fn reaches(cluster: &Cluster, index: usize) -> bool {
+    let namespaces: Api<Namespace> = Api::all(cluster.client());
+    let Ok(list) = namespaces.list(&ListParams::default()).await else {
+        return false;
+    };
+    let markers: Vec<String> = list
+        .items
+        .iter()
+        .filter_map(|ns| ns.metadata.name.clone())
+        .filter(|name| name.starts_with("marker-"))
+        .collect();
+    markers == vec![format!("marker-{index}")]
+}
+
+async fn assert_reaches(log: &EngagementLog, name: &str, index: usize) {
+    let engaged = log
+        .current(name)
+        .unwrap_or_else(|| panic!("{name} is not engaged"));
+    assert!(
+        reaches(&engaged.cluster, index).await,
+        "{name} does not reach cluster {index}"
+    );
+}
+
+async fn create_namespace(client: &Client, name: &str) {
+    let namespace: Namespace =
+        serde_json::from_value(json!({ "metadata": { "name": name } })).expect("a Namespace");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .expect("create namespace");
+}
+
+fn start(
+    provider: &Arc<ClusterProfiles>,
+    log: &Arc<EngagementLog>,
+    token: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let (provider, log, token) = (provider.clone(), log.clone(), token.clone());
+    tokio::spawn(async move { provider.start(token, log).await.expect("provider runs") })
+}
+
+async fn assert_not_found(provider: &ClusterProfiles, name: &str) {
+    let err = provider
+        .get(&ClusterName::from(name))
+        .await
+        .expect_err("the cluster is gone");
+    assert!(err.is_cluster_not_found(), "{err}");
+}
+
+/// One fleet for the whole life of profiles: existing and added ones, credentials
+/// from access providers (a real exec plugin) and from labelled Secrets, endpoint
+/// changes, Secret rotation, no-op updates, health changes, bad input and deletion;
+/// provider A disengages unhealthy profiles, provider B (access providers only,
+/// clusters named by profile name) keeps them.
+#[tokio::test]
+async fn pprofile_fleet_lifecycle() {
+    let logs = Logs::capture();
+    let fleet = Fleet::start(3).await.expect("start fleet");
+    let host = fleet.cluster(0).client().expect("host client");
+    fleet
+        .cluster(0)
+        .install_crds_from_path(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/clusterprofile-crd.yaml"
+        ))
+        .await
+        .expect("install the ClusterProfile CRD");
+    create_namespace(&host, NS).await;
+    for index in 1..=2 {
+        create_namespace(
+            &fleet.cluster(index).client().expect("client"),
+            &format!("marker-{index}"),
+        )
+        .await;
+    }
+    let (c1, c2) = (fleet.cluster(1), fleet.cluster(2));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plugin = write_plugin(dir.path(), &[c1, c2]);
+    let provider_file = dir.path().join("provider-file.json");
+    let file = json!({ "providers": [{
+        "name": PLUGIN,
+        "execConfig": {
+            "apiVersion": "client.authentication.k8s.io/v1",
+            "command": plugin,
+            "provideClusterInfo": true,
+        },
+        "profileSourcedEnvVarsPolicy": "AppendIfNotExists",
+    }]});
+    std::fs::write(&provider_file, file.to_string()).expect("write provider file");
+    let providers = AccessProviders::from_file(&provider_file).expect("a valid provider file");
+
+    // Existing before the providers start.
+    create_profile(
+        &host,
+        "p1",
+        json!({ "conditions": health(true), "accessProviders": access(PLUGIN, c1, Value::Null) }),
+    )
+    .await;
+    create_profile(&host, "psecret", json!({ "conditions": health(true) })).await;
+    put_secret(&host, "psecret-creds", "psecret", &kubeconfig_of(c2), "1").await;
+    create_profile(
+        &host,
+        "psick",
+        json!({ "conditions": health(false), "accessProviders": access(PLUGIN, c2, Value::Null) }),
+    )
+    .await;
+    create_profile(&host, "pnocreds", json!({ "conditions": health(true) })).await;
+    create_profile(&host, "pbadsecret", json!({ "conditions": health(true) })).await;
+    let garbage = format!("apiVersion: v1\nusers: [ {{ token: {FAKE_TOKEN} ");
+    put_secret(&host, "pbadsecret-creds", "pbadsecret", garbage.as_bytes(), "1").await;
+    create_profile(
+        &host,
+        "punknown",
+        json!({ "conditions": health(true), "accessProviders": access("gke", c1, Value::Null) }),
+    )
+    .await;
+    // A client certificate that expires in 20 s: the client is rebuilt before.
+    let expiring = json!([{ "name": profile::access::ADDITIONAL_ENVS_EXTENSION, "extension": { "CRED_VARIANT": "expiring" } }]);
+    create_profile(
+        &host,
+        "pexp",
+        json!({ "conditions": health(true), "accessProviders": access(PLUGIN, c1, expiring) }),
+    )
+    .await;
+    // The plugin fails for this one until its credential file appears: retried.
+    let late = json!([{ "name": profile::access::ADDITIONAL_ENVS_EXTENSION, "extension": { "CRED_VARIANT": "late" } }]);
+    create_profile(
+        &host,
+        "plate",
+        json!({ "conditions": health(true), "accessProviders": access(PLUGIN, c2, late) }),
+    )
+    .await;
+
+    let local = Cluster::new("", host.clone());
+    let a = Arc::new(
+        ClusterProfiles::new(
+            &local,
+            ClusterProfilesOptions::default()
+                .namespace(NS)
+                .access_providers(providers.clone())
+                .secret_consumer(CONSUMER)
+                .disengage_when_unhealthy(true),
+        )
+        .expect("provider A"),
+    );
+    let b = Arc::new(
+        ClusterProfiles::new(
+            &local,
+            ClusterProfilesOptions::default()
+                .access_providers(providers)
+                .cluster_name(|_namespace, name| name.to_owned()),
+        )
+        .expect("provider B"),
+    );
+    let (log_a, log_b) = (EngagementLog::new(), EngagementLog::new());
+    let token = CancellationToken::new();
+    let running = [start(&a, &log_a, &token), start(&b, &log_b, &token)];
+
+    // Healthy profiles with usable credentials are engaged and reach their cluster.
+    log_a
+        .wait_live(&["inventory/p1", "inventory/pexp", "inventory/psecret"])
+        .await;
+    log_b.wait_live(&["p1", "pexp"]).await;
+    assert_reaches(&log_a, "inventory/p1", 1).await;
+    assert_reaches(&log_a, "inventory/psecret", 2).await;
+    assert_reaches(&log_a, "inventory/pexp", 1).await;
+    assert_reaches(&log_b, "p1", 1).await;
+    // The others are explained.
+    let no_secret = "no Secret in namespace inventory is labelled";
+    logs.wait_line(&["WARN", "cluster=inventory/pnocreds", no_secret])
+        .await;
+    logs.wait_line(&[
+        "WARN",
+        "cluster=inventory/pbadsecret",
+        "Secret inventory/pbadsecret-creds: not a valid kubeconfig",
+    ])
+    .await;
+    logs.wait_line(&[
+        "WARN",
+        "cluster=inventory/punknown",
+        no_secret,
+        "offers no access provider",
+    ])
+    .await;
+    logs.wait_line(&[
+        "WARN",
+        "cluster=punknown",
+        "offers no access provider of the provider file",
+        "\"gke\"",
+    ])
+    .await;
+    logs.wait_line(&["cluster=inventory/psick", "not healthy"]).await;
+    let plugin_failed = [
+        "WARN",
+        "cluster=inventory/plate",
+        "exec credential plugin",
+        "failed (exit status: 1)",
+        "retrying",
+    ];
+    logs.wait_line(&plugin_failed).await;
+    let port = c2.server_url().rsplit(':').next().expect("a port").to_owned();
+    std::fs::copy(
+        dir.path().join(format!("cred-{port}.json")),
+        dir.path().join(format!("cred-{port}-late.json")),
+    )
+    .expect("provide the late credential");
+    log_a.wait_count("inventory/plate", 1).await;
+    assert_reaches(&log_a, "inventory/plate", 2).await;
+
+    // Added at runtime.
+    create_profile(
+        &host,
+        "p2",
+        json!({ "conditions": health(true), "accessProviders": access(PLUGIN, c2, Value::Null) }),
+    )
+    .await;
+    log_a.wait_count("inventory/p2", 1).await;
+    assert_reaches(&log_a, "inventory/p2", 2).await;
+
+    // Healthy later.
+    set_status(&host, "psick", json!({ "conditions": health(true) })).await;
+    log_a.wait_count("inventory/psick", 1).await;
+    assert_reaches(&log_a, "inventory/psick", 2).await;
+    log_b.wait_live(&["p1", "p2", "pexp", "plate", "psick"]).await;
+
+    // No-op changes re-engage nothing; an endpoint change re-engages p1 alone.
+    set_status(
+        &host,
+        "p2",
+        json!({ "properties": [{ "name": "region", "value": "eu" }] }),
+    )
+    .await;
+    put_secret(&host, "psecret-creds", "psecret", &kubeconfig_of(c2), "2").await;
+    let first_p1 = log_a.current("inventory/p1").expect("p1 engaged");
+    set_status(
+        &host,
+        "p1",
+        json!({ "accessProviders": access(PLUGIN, c2, Value::Null) }),
+    )
+    .await;
+    log_a.wait_count("inventory/p1", 2).await;
+    wait_until("p1's first engagement to end", || first_p1.token.is_cancelled()).await;
+    assert_reaches(&log_a, "inventory/p1", 2).await;
+    log_b.wait_count("p1", 2).await;
+    assert_reaches(&log_b, "p1", 2).await;
+    for name in ["inventory/p2", "inventory/psecret", "inventory/psick"] {
+        assert_eq!(log_a.count(name), 1, "{name} was re-engaged");
+    }
+
+    // Secret rotation re-engages psecret alone.
+    put_secret(&host, "psecret-creds", "psecret", &kubeconfig_of(c1), "3").await;
+    log_a.wait_count("inventory/psecret", 2).await;
+    assert_reaches(&log_a, "inventory/psecret", 1).await;
+    assert_eq!(log_a.count("inventory/p1"), 2);
+
+    // Unhealthy: A disengages, B keeps; healthy again: A engages again.
+    let p2 = log_a.current("inventory/p2").expect("p2 engaged");
+    set_status(&host, "p2", json!({ "conditions": health(false) })).await;
+    wait_until("A to disengage p2", || p2.token.is_cancelled()).await;
+    assert_not_found(&a, "inventory/p2").await;
+    logs.wait_line(&["cluster disengaged", "cluster=inventory/p2", "not healthy"])
+        .await;
+    set_status(&host, "p2", json!({ "conditions": health(true) })).await;
+    log_a.wait_count("inventory/p2", 2).await;
+    assert_reaches(&log_a, "inventory/p2", 2).await;
+    assert_eq!(log_b.count("p2"), 1, "B re-engaged p2");
+    assert!(log_b.live().contains("p2"), "B disengaged p2");
+
+    // Deletion disengages.
+    let psecret = log_a.current("inventory/psecret").expect("psecret engaged");
+    profiles(&host)
+        .delete("psecret", &DeleteParams::default())
+        .await
+        .expect("delete psecret");
+    wait_until("psecret to be disengaged", || psecret.token.is_cancelled()).await;
+    assert_not_found(&a, "inventory/psecret").await;
+
+    // The expiring certificate was renewed by rebuilding the client.
+    log_a.wait_count("inventory/pexp", 2).await;
+    assert_reaches(&log_a, "inventory/pexp", 1).await;
+
+    log_a
+        .wait_live(&[
+            "inventory/p1",
+            "inventory/p2",
+            "inventory/pexp",
+            "inventory/plate",
+            "inventory/psick",
+        ])
+        .await;
+    assert!(!logs.text().contains(FAKE_TOKEN), "a credential reached the logs");
+    assert!(
+        !logs.text().contains("no credential for port"),
+        "the plugin's output reached the logs"
+    );
+
+    token.cancel();
+    for handle in running {
+        handle.await.expect("provider stops");
+    }
+    assert!(log_a.all().iter().all(|e| e.token.is_cancelled()));
+    assert!(log_b.all().iter().all(|e| e.token.is_cancelled()));
+}
