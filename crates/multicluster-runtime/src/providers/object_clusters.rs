@@ -39,7 +39,7 @@ use crate::cluster::{Cluster, ClusterName, ClusterOptions};
 use crate::error::{Error, Result};
 use crate::multicluster::{Aware, ProviderRunnable};
 use crate::providers::clusters::Clusters;
-use crate::providers::kubeconfig::{self, KubeconfigError};
+use crate::providers::kubeconfig;
 
 /// How long building one client may take (exec credential plugins run then).
 pub(crate) const BUILD_TIMEOUT: Duration = Duration::from_secs(60);
@@ -472,26 +472,7 @@ impl<P: Planner> Engine<P> {
             origin,
         } = target;
         let config = kubeconfig::client_config(&parsed, Some(&context), &origin).await?;
-        let command = exec_command(&parsed, &context);
-        let failed = |reason: String| {
-            Error::Kubeconfig(KubeconfigError::Client {
-                origin: origin.clone(),
-                context: context.clone(),
-                reason,
-            })
-        };
-        let building = tokio::task::spawn_blocking(move || kube::Client::try_from(config));
-        let client = match tokio::time::timeout(BUILD_TIMEOUT, building).await {
-            Ok(Ok(Ok(client))) => client,
-            Ok(Ok(Err(err))) => return Err(failed(describe_client_error(&err, command.as_deref()))),
-            Ok(Err(join)) => return Err(failed(format!("building the client failed: {join}"))),
-            Err(_) => {
-                return Err(failed(format!(
-                    "building the client took longer than {}s (does the exec credential plugin hang?)",
-                    BUILD_TIMEOUT.as_secs()
-                )));
-            }
-        };
+        let client = kubeconfig::build_client(config, BUILD_TIMEOUT, &origin, &context).await?;
         Ok(Arc::new(Cluster::with_options(
             name.clone(),
             client,
@@ -598,53 +579,6 @@ fn refresh_after(expires: Option<i64>) -> Option<Duration> {
     let left = Duration::from_secs(u64::try_from(expires).ok()?.saturating_sub(now));
     let margin = (left / 5).min(REFRESH_MARGIN);
     Some(left.saturating_sub(margin).max(MIN_REFRESH))
-}
-
-/// The exec plugin command of `context`'s user, if it has one.
-fn exec_command(kubeconfig: &Kubeconfig, context: &str) -> Option<String> {
-    let user = kubeconfig
-        .contexts
-        .iter()
-        .find(|c| c.name == context)?
-        .context
-        .as_ref()?
-        .user
-        .as_ref()?;
-    kubeconfig
-        .auth_infos
-        .iter()
-        .find(|a| &a.name == user)?
-        .auth_info
-        .as_ref()?
-        .exec
-        .as_ref()?
-        .command
-        .clone()
-}
-
-/// Describes a failure to build a client without the output of an exec plugin (which
-/// may hold credentials) or its environment.
-fn describe_client_error(err: &kube::Error, command: Option<&str>) -> String {
-    use kube::client::AuthError;
-    let command = command.unwrap_or("?");
-    match err {
-        kube::Error::Auth(AuthError::AuthExecRun { out, .. }) => {
-            format!("exec credential plugin {command:?} failed ({})", out.status)
-        }
-        kube::Error::Auth(AuthError::AuthExecParse(_)) => {
-            format!("exec credential plugin {command:?} did not print an ExecCredential")
-        }
-        kube::Error::Auth(AuthError::AuthExecStart(io)) => {
-            format!("cannot run exec credential plugin {command:?}: {io}")
-        }
-        kube::Error::Auth(AuthError::AuthExec(_)) => {
-            format!("exec credential plugin {command:?} failed")
-        }
-        kube::Error::Auth(AuthError::ExecPluginFailed) => {
-            format!("exec credential plugin {command:?} printed an ExecCredential without status")
-        }
-        other => other.to_string(),
-    }
 }
 
 #[cfg(test)]
