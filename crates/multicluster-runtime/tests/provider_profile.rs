@@ -8,21 +8,21 @@
 
 mod support;
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube_envtest::{Fleet, LocalCluster};
+use multicluster_runtime::Cluster;
 use multicluster_runtime::providers::profile::{
     self, AccessProviders, ClusterProfiles, ClusterProfilesOptions,
 };
-use multicluster_runtime::{Cluster, ClusterName, Provider, ProviderRunnable};
 use serde_json::{Value, json};
+use support::host::{Logs, assert_not_found, assert_reaches, create_namespace, start};
 use support::{EngagementLog, wait_until};
 use tokio_util::sync::CancellationToken;
 
@@ -31,53 +31,6 @@ const CONSUMER: &str = "e2e";
 const PLUGIN: &str = "envtest";
 /// A credential-looking string that must never reach a log line.
 const FAKE_TOKEN: &str = "profile-test-token-7b1d04aa";
-
-/// Log lines of this test binary, captured for assertions (and echoed to stderr).
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<String>>);
-
-impl Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let _ = std::io::stderr().write_all(buf);
-        self.0.lock().unwrap().push_str(&String::from_utf8_lossy(buf));
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    fn capture() -> Logs {
-        static LOGS: OnceLock<Logs> = OnceLock::new();
-        LOGS.get_or_init(|| {
-            let logs = Logs::default();
-            let writer = logs.clone();
-            tracing_subscriber::fmt()
-                // kube's client logs every failed request, e.g. while the fleet starts.
-                .with_env_filter("warn,kube_client=off,multicluster_runtime=info")
-                .with_ansi(false)
-                .with_writer(move || writer.clone())
-                .init();
-            logs
-        })
-        .clone()
-    }
-
-    fn text(&self) -> String {
-        self.0.lock().unwrap().clone()
-    }
-
-    async fn wait_line(&self, parts: &[&str]) {
-        wait_until(&format!("a log line with {parts:?}"), || {
-            self.text()
-                .lines()
-                .any(|line| parts.iter().all(|p| line.contains(p)))
-        })
-        .await;
-    }
-}
 
 fn profiles(host: &Client) -> Api<DynamicObject> {
     Api::namespaced_with(host.clone(), NS, &profile::api_resource())
@@ -211,59 +164,6 @@ sed "s/EXPIRES/$(date -u -d '+20 seconds' +%Y-%m-%dT%H:%M:%SZ)/" "$file"
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod plugin");
     path
 }
-
-/// Whether `cluster`'s client reaches fleet cluster `index`: it sees that cluster's
-/// marker namespace and no other.
-async fn reaches(cluster: &Cluster, index: usize) -> bool {
-    let namespaces: Api<Namespace> = Api::all(cluster.client());
-    let Ok(list) = namespaces.list(&ListParams::default()).await else {
-        return false;
-    };
-    let markers: Vec<String> = list
-        .items
-        .iter()
-        .filter_map(|ns| ns.metadata.name.clone())
-        .filter(|name| name.starts_with("marker-"))
-        .collect();
-    markers == vec![format!("marker-{index}")]
-}
-
-async fn assert_reaches(log: &EngagementLog, name: &str, index: usize) {
-    let engaged = log
-        .current(name)
-        .unwrap_or_else(|| panic!("{name} is not engaged"));
-    assert!(
-        reaches(&engaged.cluster, index).await,
-        "{name} does not reach cluster {index}"
-    );
-}
-
-async fn create_namespace(client: &Client, name: &str) {
-    let namespace: Namespace =
-        serde_json::from_value(json!({ "metadata": { "name": name } })).expect("a Namespace");
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &namespace)
-        .await
-        .expect("create namespace");
-}
-
-fn start(
-    provider: &Arc<ClusterProfiles>,
-    log: &Arc<EngagementLog>,
-    token: &CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    let (provider, log, token) = (provider.clone(), log.clone(), token.clone());
-    tokio::spawn(async move { provider.start(token, log).await.expect("provider runs") })
-}
-
-async fn assert_not_found(provider: &ClusterProfiles, name: &str) {
-    let err = provider
-        .get(&ClusterName::from(name))
-        .await
-        .expect_err("the cluster is gone");
-    assert!(err.is_cluster_not_found(), "{err}");
-}
-
 /// One fleet for the whole life of profiles: existing and added ones, credentials
 /// from access providers (a real exec plugin) and from labelled Secrets, endpoint
 /// changes, Secret rotation, no-op updates, health changes, bad input and deletion;

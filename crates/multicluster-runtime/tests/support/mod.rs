@@ -2,6 +2,8 @@
 //! waiting for a condition with a deadline.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod host;
+
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
