@@ -20,7 +20,6 @@ use examples::fleet::LocalFleet;
 use examples::uniform::{self, Progress};
 use multicluster_runtime::Manager;
 use multicluster_runtime::providers::file::Files;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 struct Args {
@@ -50,12 +49,6 @@ async fn main() -> anyhow::Result<()> {
         .run(uniform::reconcile, uniform::error_policy, Progress::new())
         .await?;
     println!("watching {}", dir.display());
-    let token = CancellationToken::new();
-    let running = tokio::spawn({
-        let (manager, token) = (manager.clone(), token.clone());
-        async move { manager.start(token).await }
-    });
-
     let script = async {
         tokio::time::sleep(Duration::from_secs(6)).await;
         write(&fleet, &dir, 3)?;
@@ -63,17 +56,9 @@ async fn main() -> anyhow::Result<()> {
         let first = file(&dir, 1);
         println!("--- deleting {}", first.display());
         std::fs::remove_file(first)?;
-        println!("--- press Ctrl-C to stop");
-        std::future::pending::<anyhow::Result<()>>().await
+        Ok(())
     };
-    tokio::select! {
-        result = script => result?,
-        () = examples::shutdown_signal() => {}
-    }
-    token.cancel();
-    running.await??;
-    println!("stopped");
-    Ok(())
+    examples::run_demo(manager, script).await
 }
 
 fn file(dir: &Path, index: usize) -> PathBuf {

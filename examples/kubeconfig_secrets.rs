@@ -22,7 +22,6 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, DeleteParams, PostParams};
 use multicluster_runtime::Manager;
 use multicluster_runtime::providers::secret::{Secrets, SecretsOptions, kubeconfig_secret};
-use tokio_util::sync::CancellationToken;
 
 const NAMESPACE: &str = "fleet";
 
@@ -50,12 +49,6 @@ async fn main() -> anyhow::Result<()> {
     uniform::controller(&manager)
         .run(uniform::reconcile, uniform::error_policy, Progress::new())
         .await?;
-    let token = CancellationToken::new();
-    let running = tokio::spawn({
-        let (manager, token) = (manager.clone(), token.clone());
-        async move { manager.start(token).await }
-    });
-
     let script = async {
         tokio::time::sleep(Duration::from_secs(5)).await;
         add(&fleet, &secrets, 3).await?;
@@ -63,17 +56,9 @@ async fn main() -> anyhow::Result<()> {
         let first = LocalFleet::name(1);
         println!("--- deleting Secret {NAMESPACE}/{first}");
         secrets.delete(&first, &DeleteParams::default()).await?;
-        println!("--- press Ctrl-C to stop");
-        std::future::pending::<anyhow::Result<()>>().await
+        Ok(())
     };
-    tokio::select! {
-        result = script => result?,
-        () = examples::shutdown_signal() => {}
-    }
-    token.cancel();
-    running.await??;
-    println!("stopped");
-    Ok(())
+    examples::run_demo(manager, script).await
 }
 
 /// Creates the kubeconfig Secret of fleet apiserver `index`.

@@ -20,7 +20,6 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use multicluster_runtime::Manager;
 use multicluster_runtime::providers::namespace::Namespaces;
-use tokio_util::sync::CancellationToken;
 
 const FLEET_LABEL: &str = "example.com/fleet";
 
@@ -39,12 +38,6 @@ async fn main() -> anyhow::Result<()> {
     uniform::controller(&manager)
         .run(uniform::reconcile, uniform::error_policy, Progress::new())
         .await?;
-    let token = CancellationToken::new();
-    let running = tokio::spawn({
-        let (manager, token) = (manager.clone(), token.clone());
-        async move { manager.start(token).await }
-    });
-
     let script = async {
         tokio::time::sleep(Duration::from_secs(5)).await;
         join(fleet.client(0)?, "team-c").await?;
@@ -55,17 +48,9 @@ async fn main() -> anyhow::Result<()> {
         namespaces
             .patch("team-a", &PatchParams::default(), &Patch::Merge(&leave))
             .await?;
-        println!("--- press Ctrl-C to stop");
-        std::future::pending::<anyhow::Result<()>>().await
+        Ok(())
     };
-    tokio::select! {
-        result = script => result?,
-        () = examples::shutdown_signal() => {}
-    }
-    token.cancel();
-    running.await??;
-    println!("stopped");
-    Ok(())
+    examples::run_demo(manager, script).await
 }
 
 /// Creates the labelled namespace `name` with a managed ConfigMap in it.

@@ -28,7 +28,6 @@ use examples::uniform::{self, Progress};
 use multicluster_runtime::providers::clusters::Clusters;
 use multicluster_runtime::providers::file::Files;
 use multicluster_runtime::{Cluster, Manager};
-use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(about = "Run one controller across a fleet of clusters")]
@@ -62,33 +61,19 @@ async fn local_fleet(clusters: usize, progress: Arc<Progress>) -> anyhow::Result
         .run(uniform::reconcile, uniform::error_policy, progress.clone())
         .await?;
 
-    let token = CancellationToken::new();
-    let running = tokio::spawn({
-        let (manager, token) = (manager.clone(), token.clone());
-        async move { manager.start(token).await }
-    });
-    for index in 1..=clusters {
-        join(&fleet, &provider, index).await?;
-    }
-
-    let newcomer = clusters + 1;
-    tokio::select! {
-        () = tokio::time::sleep(Duration::from_secs(8)) => {
-            join(&fleet, &provider, newcomer).await?;
+    let script = async {
+        for index in 1..=clusters {
+            join(&fleet, &provider, index).await?;
         }
-        () = examples::shutdown_signal() => return stop(token, running).await,
-    }
-    tokio::select! {
-        () = tokio::time::sleep(Duration::from_secs(8)) => {
-            println!("--- {} leaves the fleet", LocalFleet::name(1));
-            provider.remove(&LocalFleet::name(1).into());
-            println!("--- running; reconciles per cluster so far: {:?}", progress.per_cluster());
-            println!("--- press Ctrl-C to stop");
-        }
-        () = examples::shutdown_signal() => return stop(token, running).await,
-    }
-    examples::shutdown_signal().await;
-    stop(token, running).await
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        join(&fleet, &provider, clusters + 1).await?;
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        println!("--- {} leaves the fleet", LocalFleet::name(1));
+        provider.remove(&LocalFleet::name(1).into());
+        println!("--- reconciles per cluster so far: {:?}", progress.per_cluster());
+        Ok(())
+    };
+    examples::run_demo(manager, script).await
 }
 
 /// Adds fleet apiserver `index` to the provider, with a managed ConfigMap in it.
@@ -119,25 +104,8 @@ async fn real_fleet(path: PathBuf, progress: Arc<Progress>) -> anyhow::Result<()
         .run(uniform::reconcile, uniform::error_policy, progress)
         .await?;
     println!(
-        "watching the kubeconfigs; label a ConfigMap {}=true in any cluster to see it reconciled",
+        "--- watching the kubeconfigs; label a ConfigMap {}=true in any cluster to see it reconciled",
         uniform::MANAGED
     );
-    let token = CancellationToken::new();
-    let running = tokio::spawn({
-        let (manager, token) = (manager.clone(), token.clone());
-        async move { manager.start(token).await }
-    });
-    examples::shutdown_signal().await;
-    stop(token, running).await
-}
-
-async fn stop(
-    token: CancellationToken,
-    running: tokio::task::JoinHandle<multicluster_runtime::Result<()>>,
-) -> anyhow::Result<()> {
-    println!("--- stopping ...");
-    token.cancel();
-    running.await??;
-    println!("--- stopped cleanly");
-    Ok(())
+    examples::run_demo(manager, async { Ok(()) }).await
 }

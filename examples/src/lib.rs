@@ -21,6 +21,35 @@ pub fn init_tracing() {
         .init();
 }
 
+/// Runs `manager` while `script` changes the fleet, then until Ctrl-C (or SIGTERM,
+/// which also cuts the script short), and stops it cleanly.
+///
+/// # Errors
+/// The script's error, or the manager's.
+pub async fn run_demo(
+    manager: multicluster_runtime::Manager,
+    script: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let token = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn({
+        let (manager, token) = (manager.clone(), token.clone());
+        async move { manager.start(token).await }
+    });
+    let interrupted = tokio::select! {
+        result = script => { result?; false }
+        () = shutdown_signal() => true,
+    };
+    if !interrupted {
+        println!("--- press Ctrl-C to stop");
+        shutdown_signal().await;
+    }
+    println!("--- stopping ...");
+    token.cancel();
+    running.await??;
+    println!("--- stopped cleanly");
+    Ok(())
+}
+
 /// Resolves when the user presses Ctrl-C (or the process gets SIGTERM).
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
