@@ -11,11 +11,11 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
-use kube_envtest::{Fleet, LocalCluster};
+use kube_envtest::LocalCluster;
 use multicluster_runtime::Cluster;
 use multicluster_runtime::providers::capi::{ClusterApi, ClusterApiOptions, ClusterApiVersion};
 use serde_json::{Value, json};
-use support::host::{Logs, assert_not_found, assert_reaches, create_namespace, start};
+use support::host::{Logs, assert_not_found, assert_reaches, host_fleet, start};
 use support::{EngagementLog, wait_until};
 use tokio_util::sync::CancellationToken;
 
@@ -101,24 +101,7 @@ async fn put_secret(host: &Client, name: &str, value: &[u8], annotation: &str) {
 #[tokio::test]
 async fn pcapi_fleet_lifecycle() {
     let logs = Logs::capture();
-    let fleet = Fleet::start(3).await.expect("start fleet");
-    let host = fleet.cluster(0).client().expect("host client");
-    fleet
-        .cluster(0)
-        .install_crds_from_path(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/capi-cluster-crd.yaml"
-        ))
-        .await
-        .expect("install the Cluster CRD");
-    create_namespace(&host, NS).await;
-    for index in 1..=2 {
-        create_namespace(
-            &fleet.cluster(index).client().expect("client"),
-            &format!("marker-{index}"),
-        )
-        .await;
-    }
+    let (fleet, host) = host_fleet("capi-cluster-crd.yaml", NS).await;
     let (one, two) = (kubeconfig_of(fleet.cluster(1)), kubeconfig_of(fleet.cluster(2)));
     let garbage = format!("apiVersion: v1\nusers: [ {{ token: {FAKE_TOKEN} ");
     let exec = "apiVersion: v1\nkind: Config\ncurrent-context: x\nclusters:\n- name: x\n  cluster:\n    server: https://127.0.0.1:1\ncontexts:\n- name: x\n  context:\n    cluster: x\n    user: x\nusers:\n- name: x\n  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: /bin/steal\n";

@@ -16,13 +16,13 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
-use kube_envtest::{Fleet, LocalCluster};
+use kube_envtest::LocalCluster;
 use multicluster_runtime::Cluster;
 use multicluster_runtime::providers::profile::{
     self, AccessProviders, ClusterProfiles, ClusterProfilesOptions,
 };
 use serde_json::{Value, json};
-use support::host::{Logs, assert_not_found, assert_reaches, create_namespace, start};
+use support::host::{Logs, assert_not_found, assert_reaches, host_fleet, start};
 use support::{EngagementLog, wait_until};
 use tokio_util::sync::CancellationToken;
 
@@ -172,24 +172,7 @@ sed "s/EXPIRES/$(date -u -d '+20 seconds' +%Y-%m-%dT%H:%M:%SZ)/" "$file"
 #[tokio::test]
 async fn pprofile_fleet_lifecycle() {
     let logs = Logs::capture();
-    let fleet = Fleet::start(3).await.expect("start fleet");
-    let host = fleet.cluster(0).client().expect("host client");
-    fleet
-        .cluster(0)
-        .install_crds_from_path(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/clusterprofile-crd.yaml"
-        ))
-        .await
-        .expect("install the ClusterProfile CRD");
-    create_namespace(&host, NS).await;
-    for index in 1..=2 {
-        create_namespace(
-            &fleet.cluster(index).client().expect("client"),
-            &format!("marker-{index}"),
-        )
-        .await;
-    }
+    let (fleet, host) = host_fleet("clusterprofile-crd.yaml", NS).await;
     let (c1, c2) = (fleet.cluster(1), fleet.cluster(2));
     let dir = tempfile::tempdir().expect("temp dir");
     let plugin = write_plugin(dir.path(), &[c1, c2]);

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
 use kube::api::{Api, ListParams, PostParams};
+use kube_envtest::Fleet;
 use multicluster_runtime::{Cluster, ClusterName, Provider, ProviderRunnable};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -113,4 +114,27 @@ pub async fn assert_not_found<P: Provider + ?Sized>(provider: &Arc<P>, name: &st
         .await
         .expect_err("the cluster is gone");
     assert!(err.is_cluster_not_found(), "{err}");
+}
+
+/// A fleet of three for the host-reading providers: cluster 0 is the host, with the
+/// CRD of `tests/fixtures/<fixture>` installed and the namespace `namespace`;
+/// clusters 1 and 2 each hold a namespace `marker-<index>`, which [`reaches`] looks for.
+pub async fn host_fleet(fixture: &str, namespace: &str) -> (Fleet, Client) {
+    let fleet = Fleet::start(3).await.expect("start fleet");
+    let host = fleet.cluster(0).client().expect("host client");
+    let crd = format!("{}/tests/fixtures/{fixture}", env!("CARGO_MANIFEST_DIR"));
+    fleet
+        .cluster(0)
+        .install_crds_from_path(&crd)
+        .await
+        .expect("install the CRD");
+    create_namespace(&host, namespace).await;
+    for index in 1..=2 {
+        create_namespace(
+            &fleet.cluster(index).client().expect("client"),
+            &format!("marker-{index}"),
+        )
+        .await;
+    }
+    (fleet, host)
 }
