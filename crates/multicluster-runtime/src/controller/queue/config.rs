@@ -18,6 +18,8 @@ use super::backoff::Backoff;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueConfig {
     pub(super) concurrency: usize,
+    /// `None`: derived from `concurrency`, see [`QueueConfig::cluster_concurrency`].
+    pub(super) cluster_concurrency: Option<usize>,
     pub(super) backoff: Backoff,
 }
 
@@ -33,6 +35,7 @@ impl QueueConfig {
     pub fn new() -> Self {
         Self {
             concurrency: Self::DEFAULT_CONCURRENCY,
+            cluster_concurrency: None,
             backoff: Backoff::new(Self::DEFAULT_BACKOFF_BASE, Self::DEFAULT_BACKOFF_MAX),
         }
     }
@@ -42,6 +45,28 @@ impl QueueConfig {
     pub fn concurrency(mut self, limit: usize) -> Self {
         self.concurrency = limit;
         self
+    }
+
+    /// At most `limit` leases outstanding at once for any one cluster; `0` means no
+    /// cap beyond [`concurrency`](Self::concurrency).
+    ///
+    /// The default is half of `concurrency`, at least 1 (no cap when `concurrency`
+    /// is unlimited): a cluster whose reconciles hang (timeouts against an apiserver
+    /// that stopped answering) can then hold at most half of the slots, and the other
+    /// clusters keep the rest. A controller that serves a single cluster and wants
+    /// every slot for it sets this to its `concurrency`.
+    pub fn cluster_concurrency(mut self, limit: usize) -> Self {
+        self.cluster_concurrency = Some(limit);
+        self
+    }
+
+    /// The per-cluster cap in force: explicit, or derived from `concurrency`.
+    pub(super) fn effective_cluster_cap(&self) -> usize {
+        match (self.cluster_concurrency, self.concurrency) {
+            (Some(limit), _) => limit,
+            (None, 0) => 0,
+            (None, limit) => (limit / 2).max(1),
+        }
     }
 
     /// After the n-th consecutive [`add_rate_limited`](super::WorkQueue::add_rate_limited)

@@ -1,6 +1,6 @@
 //! Ready items, served round-robin across clusters.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
 
 /// Ready items in one FIFO lane per cluster; [`pop`](Self::pop) takes one item from
@@ -12,10 +12,18 @@ use std::hash::Hash;
 /// [`remove_cluster`](Self::remove_cluster) from scanning the ring, and a re-created
 /// cluster (new ticket) from inheriting a second turn. Lanes and turns disappear as soon
 /// as a cluster has no ready item, so short-lived clusters leave nothing behind.
+///
+/// A *parked* cluster keeps its ready items but gets no turn: [`pop`](Self::pop) drops
+/// its turn when it comes round, and [`unpark`](Self::unpark) gives it a new one at the
+/// back of the ring. The queue parks clusters that must not be served right now
+/// (paused, or at their concurrency cap).
 #[derive(Debug)]
 pub(crate) struct FairQueue<C, K> {
     lanes: HashMap<C, Lane<K>>,
     ring: VecDeque<(C, u64)>,
+    parked: HashSet<C>,
+    /// Ready items of parked clusters.
+    parked_len: usize,
     next_ticket: u64,
     len: usize,
 }
@@ -25,6 +33,8 @@ struct Lane<K> {
     /// Never empty while the lane is in the map.
     items: VecDeque<K>,
     ticket: u64,
+    /// Whether a turn with this lane's ticket is in the ring (a parked lane loses it).
+    in_ring: bool,
 }
 
 impl<C, K> FairQueue<C, K>
@@ -35,25 +45,34 @@ where
         Self {
             lanes: HashMap::new(),
             ring: VecDeque::new(),
+            parked: HashSet::new(),
+            parked_len: 0,
             next_ticket: 0,
             len: 0,
         }
     }
 
     /// Appends `key` to the lane of `cluster`. A cluster that had no ready item joins
-    /// the ring at the back, behind every cluster already waiting.
+    /// the ring at the back, behind every cluster already waiting (unless parked).
     pub(crate) fn push(&mut self, cluster: C, key: K) {
+        let parked = self.parked.contains(&cluster);
         let lane = self.lanes.entry(cluster).or_insert_with_key(|cluster| {
             let ticket = self.next_ticket;
             self.next_ticket += 1;
-            self.ring.push_back((cluster.clone(), ticket));
+            if !parked {
+                self.ring.push_back((cluster.clone(), ticket));
+            }
             Lane {
                 items: VecDeque::new(),
                 ticket,
+                in_ring: !parked,
             }
         });
         lane.items.push_back(key);
         self.len += 1;
+        if parked {
+            self.parked_len += 1;
+        }
     }
 
     /// Takes the oldest item of the cluster whose turn it is, and sends that cluster to
@@ -65,6 +84,10 @@ where
             };
             if lane.ticket != ticket {
                 continue; // the cluster was removed and came back with a new turn
+            }
+            if self.parked.contains(&cluster) {
+                lane.in_ring = false; // `unpark` gives it a new turn
+                continue;
             }
             let Some(key) = lane.items.pop_front() else {
                 // Unreachable while lanes are never empty; recover rather than panic.
@@ -91,14 +114,43 @@ where
             return VecDeque::new();
         };
         self.len -= lane.items.len();
+        if self.parked.contains(cluster) {
+            self.parked_len -= lane.items.len();
+        }
         self.compact_ring();
         lane.items
+    }
+
+    /// Stops serving `cluster` until [`unpark`](Self::unpark); its items stay.
+    pub(crate) fn park(&mut self, cluster: &C) {
+        if self.parked.insert(cluster.clone()) {
+            self.parked_len += self.cluster_len(cluster);
+        }
+    }
+
+    /// Serves `cluster` again, at the back of the ring. Returns whether it has ready
+    /// items that just became leasable.
+    pub(crate) fn unpark(&mut self, cluster: &C) -> bool {
+        if !self.parked.remove(cluster) {
+            return false;
+        }
+        let Some(lane) = self.lanes.get_mut(cluster) else {
+            return false;
+        };
+        self.parked_len -= lane.items.len();
+        if !lane.in_ring {
+            lane.in_ring = true;
+            self.ring.push_back((cluster.clone(), lane.ticket));
+        }
+        true
     }
 
     /// Drops everything.
     pub(crate) fn clear(&mut self) {
         self.lanes.clear();
         self.ring.clear();
+        self.parked.clear();
+        self.parked_len = 0;
         self.len = 0;
     }
 
@@ -118,6 +170,17 @@ where
     /// Ready items across all clusters.
     pub(crate) fn len(&self) -> usize {
         self.len
+    }
+
+    /// Ready items of clusters that are not parked: what [`pop`](Self::pop) can serve.
+    pub(crate) fn leasable_len(&self) -> usize {
+        self.len - self.parked_len
+    }
+
+    /// Parked clusters (for leak tests).
+    #[cfg(test)]
+    pub(crate) fn parked_count(&self) -> usize {
+        self.parked.len()
     }
 
     /// Ready items of one cluster.
@@ -184,6 +247,45 @@ mod tests {
         queue.push("a", 1);
         assert_eq!(drain(&mut queue), [("a", 0), ("b", 2), ("a", 1)]);
         assert!(queue.remove_cluster(&"zzz").is_empty());
+    }
+
+    #[test]
+    fn parked_cluster_keeps_its_items_and_rejoins_at_the_back() {
+        let mut queue = FairQueue::new();
+        queue.push("a", 0);
+        queue.push("a", 1);
+        queue.push("b", 0);
+        queue.park(&"a");
+        assert_eq!(queue.leasable_len(), 1);
+        queue.push("a", 2); // no new turn while parked
+        queue.push("c", 0);
+        assert_eq!(queue.pop(), Some(("b", 0)));
+        assert_eq!(queue.pop(), Some(("c", 0)));
+        assert_eq!(queue.pop(), None);
+        assert_eq!(queue.len(), 3);
+        queue.push("d", 0);
+        assert!(queue.unpark(&"a"));
+        assert!(!queue.unpark(&"a"));
+        assert_eq!(queue.leasable_len(), 4);
+        assert_eq!(drain(&mut queue), [("d", 0), ("a", 0), ("a", 1), ("a", 2)]);
+        assert_eq!(queue.ring_len(), 0);
+    }
+
+    #[test]
+    fn park_and_unpark_before_the_turn_comes_keeps_one_turn() {
+        let mut queue = FairQueue::new();
+        queue.push("a", 0);
+        queue.push("a", 1);
+        queue.push("b", 0);
+        queue.park(&"a");
+        assert!(queue.unpark(&"a"));
+        assert_eq!(drain(&mut queue), [("a", 0), ("b", 0), ("a", 1)]);
+        queue.park(&"x"); // a cluster with nothing queued
+        queue.push("x", 0);
+        assert_eq!(queue.pop(), None);
+        queue.remove_cluster(&"x");
+        assert_eq!(queue.leasable_len(), 0);
+        assert_eq!(queue.len(), 0);
     }
 
     #[test]

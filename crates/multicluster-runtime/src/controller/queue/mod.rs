@@ -13,9 +13,16 @@
 //! - **One lease per item.** [`next`](WorkQueue::next) hands out a [`Lease`]; an item
 //!   added while leased is queued again when the lease ends, never leased twice.
 //! - **Global concurrency.** At most [`QueueConfig::concurrency`] leases exist at once.
+//! - **Per-cluster concurrency.** At most [`QueueConfig::cluster_concurrency`] of them
+//!   belong to one cluster (by default half of the slots), so a cluster whose
+//!   reconciles hang cannot hold every slot.
 //! - **Fairness.** Ready items wait in one FIFO lane per cluster and are leased
 //!   round-robin, one per cluster per turn, so a cluster flooding events delays a quiet
 //!   cluster's item by at most one item of each other cluster with ready items.
+//! - **Pausing.** A [paused](WorkQueue::pause_cluster) cluster keeps its items, delays
+//!   and backoff, but none of them is leased until it is
+//!   [resumed](WorkQueue::resume_cluster); a controller pauses a cluster until its
+//!   cache has synced.
 //!
 //! ```
 //! use std::time::Duration;
@@ -117,7 +124,7 @@ where
         };
         Self {
             shared: Arc::new(Shared {
-                state: Mutex::new(QueueState::new(config.backoff)),
+                state: Mutex::new(QueueState::new(config.backoff, config.effective_cluster_cap())),
                 notify: Notify::new(),
                 permits: Arc::new(Semaphore::new(permits)),
             }),
@@ -161,7 +168,29 @@ where
         self.lock().failures(cluster, key)
     }
 
-    /// Drops the cluster's queued items and backoff state; see
+    /// Holds back every item of `cluster`, queued now or later, until
+    /// [`resume_cluster`](Self::resume_cluster). Items keep their delays and backoff
+    /// (a delay that expires while paused leaves the item ready, not lost); leases
+    /// already out are not affected.
+    pub fn pause_cluster(&self, cluster: &C) {
+        self.lock().pause(cluster);
+    }
+
+    /// Lets the items of a paused cluster be leased again; a no-op for a cluster that
+    /// is not paused.
+    pub fn resume_cluster(&self, cluster: &C) {
+        let mut state = self.lock();
+        let wake = state.resume(cluster);
+        drop(state);
+        self.wake(wake);
+    }
+
+    /// Whether `cluster` is paused.
+    pub fn is_paused(&self, cluster: &C) -> bool {
+        self.lock().is_paused(cluster)
+    }
+
+    /// Drops the cluster's queued items, backoff state and pause; see
     /// [Removing a cluster](Self#removing-a-cluster).
     pub fn remove_cluster(&self, cluster: &C) {
         self.lock().remove_cluster(cluster);
@@ -187,7 +216,7 @@ where
                     return None;
                 }
                 if let Some((cluster, key)) = state.lease_next() {
-                    if state.ready_len() > 0 {
+                    if state.leasable_len() > 0 {
                         // Pass the baton: we may have consumed the only wake-up for a
                         // batch of items that became ready together.
                         self.shared.notify.notify_one();
@@ -234,9 +263,15 @@ where
         self.len() == 0
     }
 
-    /// Items that are ready to be leased now.
+    /// Items that are ready now, including those of paused clusters or of clusters
+    /// at their concurrency cap.
     pub fn ready_len(&self) -> usize {
         self.lock().ready_len()
+    }
+
+    /// Outstanding leases of one cluster.
+    pub fn processing_len_of(&self, cluster: &C) -> usize {
+        self.lock().in_flight(cluster)
     }
 
     /// Queued items of one cluster, ready or delayed.

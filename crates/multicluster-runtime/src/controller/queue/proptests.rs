@@ -24,6 +24,8 @@ enum Op {
     Next,
     Release(usize),
     RemoveCluster(u8),
+    Pause(u8),
+    Resume(u8),
     Advance(u64),
 }
 
@@ -40,6 +42,8 @@ fn op() -> impl Strategy<Value = Op> {
         5 => Just(Op::Next),
         3 => any::<usize>().prop_map(Op::Release),
         1 => (0..CLUSTERS).prop_map(Op::RemoveCluster),
+        1 => (0..CLUSTERS).prop_map(Op::Pause),
+        2 => (0..CLUSTERS).prop_map(Op::Resume),
         2 => (0..40u64).prop_map(Op::Advance),
     ]
 }
@@ -58,6 +62,9 @@ struct ModelItem {
 #[derive(Debug, Default)]
 struct Model {
     items: HashMap<Item, ModelItem>,
+    paused: BTreeSet<u8>,
+    /// Leases per cluster may not exceed this; `0`: no cap.
+    cluster_cap: usize,
     /// For each cluster with a due item: how many leases each other cluster got
     /// since then. Round-robin allows at most one.
     bypassed: HashMap<u8, HashMap<u8, usize>>,
@@ -87,14 +94,35 @@ impl Model {
             .collect()
     }
 
+    /// Whether the queue may lease an item of `cluster` now.
+    fn eligible(&self, cluster: u8) -> bool {
+        let leased = self
+            .items
+            .iter()
+            .filter(|((c, _), i)| *c == cluster && i.leased)
+            .count();
+        !self.paused.contains(&cluster) && (self.cluster_cap == 0 || leased < self.cluster_cap)
+    }
+
+    /// Due items the queue may lease now.
+    fn leasable(&self, now: Instant) -> BTreeSet<Item> {
+        self.due(now)
+            .into_iter()
+            .filter(|&(c, _)| self.eligible(c))
+            .collect()
+    }
+
     fn queued(&self) -> impl Iterator<Item = (&Item, &ModelItem)> {
         self.items.iter().filter(|(_, item)| item.queued_at.is_some())
     }
 
     /// Checks a lease the queue handed out and records it.
     fn lease(&mut self, item: Item, now: Instant) -> Result<(), TestCaseError> {
-        let due = self.due(now);
-        prop_assert!(due.contains(&item), "leased {item:?}, which is not due: {due:?}");
+        let due = self.leasable(now);
+        prop_assert!(
+            due.contains(&item),
+            "leased {item:?}, which is not leasable: {due:?}"
+        );
         let (cluster, _) = item;
         let waiting: BTreeSet<u8> = due.iter().map(|&(c, _)| c).filter(|&c| c != cluster).collect();
         self.bypassed.retain(|c, _| waiting.contains(c));
@@ -128,6 +156,7 @@ impl Model {
             entry.failures = 0;
         }
         self.bypassed.remove(&cluster);
+        self.paused.remove(&cluster);
     }
 }
 
@@ -153,9 +182,16 @@ fn check_counts(queue: &Queue, model: &Model, leases: usize) -> Result<(), TestC
     Ok(())
 }
 
-async fn run(concurrency: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let queue = Queue::with_config(QueueConfig::default().concurrency(concurrency));
-    let mut model = Model::default();
+async fn run(concurrency: usize, cluster_cap: Option<usize>, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let mut config = QueueConfig::default().concurrency(concurrency);
+    if let Some(cap) = cluster_cap {
+        config = config.cluster_concurrency(cap);
+    }
+    let mut model = Model {
+        cluster_cap: config.effective_cluster_cap(),
+        ..Model::default()
+    };
+    let queue = Queue::with_config(config);
     let mut leases: Vec<Lease<u8, u8>> = Vec::new();
 
     for op in ops {
@@ -189,9 +225,9 @@ async fn run(concurrency: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
                         leases.push(lease);
                     }
                     None => prop_assert!(
-                        !slot_free || model.due(now).is_empty(),
-                        "a due item was not leased: {:?}",
-                        model.due(now)
+                        !slot_free || model.leasable(now).is_empty(),
+                        "a leasable item was not leased: {:?}",
+                        model.leasable(now)
                     ),
                 }
             }
@@ -206,6 +242,16 @@ async fn run(concurrency: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 queue.remove_cluster(&cluster);
                 model.remove_cluster(cluster);
             }
+            Op::Pause(cluster) => {
+                queue.pause_cluster(&cluster);
+                model.paused.insert(cluster);
+                // It stops waiting; resumed, it queues up again behind the others.
+                model.bypassed.remove(&cluster);
+            }
+            Op::Resume(cluster) => {
+                queue.resume_cluster(&cluster);
+                model.paused.remove(&cluster);
+            }
             Op::Advance(millis) => tokio::time::advance(Duration::from_millis(millis)).await,
         }
         check_counts(&queue, &model, leases.len())?;
@@ -216,6 +262,11 @@ async fn run(concurrency: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
     for lease in leases.drain(..) {
         model.release((*lease.cluster(), *lease.key()));
     }
+    for cluster in 0..CLUSTERS {
+        prop_assert_eq!(queue.is_paused(&cluster), model.paused.contains(&cluster));
+        queue.resume_cluster(&cluster);
+    }
+    model.paused.clear();
     tokio::time::advance(Duration::from_secs(2_000)).await;
     let now = Instant::now();
     let expected = model.due(now);
@@ -245,6 +296,7 @@ proptest! {
     #[test]
     fn s13_queue_matches_the_model(
         concurrency in 0..=3usize,
+        cluster_cap in proptest::option::of(0..=2usize),
         ops in proptest::collection::vec(op(), 0..120),
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -252,6 +304,6 @@ proptest! {
             .start_paused(true)
             .build()
             .expect("runtime");
-        runtime.block_on(run(concurrency, ops))?;
+        runtime.block_on(run(concurrency, cluster_cap, ops))?;
     }
 }

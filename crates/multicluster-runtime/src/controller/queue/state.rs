@@ -3,7 +3,7 @@
 //! Every operation takes `now` explicitly; [`super::WorkQueue`] wraps this in a mutex
 //! and turns the returned [`Wake`] into notifications.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 
 use tokio::time::Instant;
@@ -74,6 +74,17 @@ pub(crate) enum Wake {
     Deadline,
 }
 
+impl Wake {
+    /// What to wake for both `self` and `other`: waking every waiter covers both.
+    pub(crate) fn and(self, other: Wake) -> Wake {
+        match (self, other) {
+            (Wake::Deadline, _) | (_, Wake::Deadline) => Wake::Deadline,
+            (Wake::Ready, _) | (_, Wake::Ready) => Wake::Ready,
+            _ => Wake::Nothing,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct QueueState<C, K> {
     clusters: HashMap<C, ClusterItems<K>>,
@@ -81,6 +92,12 @@ pub(crate) struct QueueState<C, K> {
     delayed: Timers<(C, K)>,
     backoff: Backoff,
     processing: usize,
+    /// Leases outstanding per cluster; clusters without leases have no entry.
+    in_flight: HashMap<C, usize>,
+    /// At most this many leases per cluster; `0` means no cap.
+    cluster_cap: usize,
+    /// Clusters whose items are not leased until resumed.
+    paused: HashSet<C>,
     shut_down: bool,
 }
 
@@ -89,15 +106,58 @@ where
     C: Clone + Eq + Hash,
     K: Clone + Eq + Hash,
 {
-    pub(crate) fn new(backoff: Backoff) -> Self {
+    pub(crate) fn new(backoff: Backoff, cluster_cap: usize) -> Self {
         Self {
             clusters: HashMap::new(),
             ready: FairQueue::new(),
             delayed: Timers::new(),
             backoff,
             processing: 0,
+            in_flight: HashMap::new(),
+            cluster_cap,
+            paused: HashSet::new(),
             shut_down: false,
         }
+    }
+
+    /// Whether `cluster` holds as many leases as it may.
+    fn at_cap(&self, cluster: &C) -> bool {
+        self.cluster_cap > 0
+            && self
+                .in_flight
+                .get(cluster)
+                .is_some_and(|n| *n >= self.cluster_cap)
+    }
+
+    /// Serves `cluster` again if nothing holds it back; `Wake::Ready` if that made
+    /// items leasable.
+    fn unpark_if_free(&mut self, cluster: &C) -> Wake {
+        if self.paused.contains(cluster) || self.at_cap(cluster) || !self.ready.unpark(cluster) {
+            Wake::Nothing
+        } else {
+            Wake::Ready
+        }
+    }
+
+    /// Holds back the items of `cluster` until [`resume`](Self::resume).
+    pub(crate) fn pause(&mut self, cluster: &C) {
+        if self.shut_down {
+            return;
+        }
+        self.paused.insert(cluster.clone());
+        self.ready.park(cluster);
+    }
+
+    /// Lets the items of a paused cluster be leased again.
+    pub(crate) fn resume(&mut self, cluster: &C) -> Wake {
+        if !self.paused.remove(cluster) {
+            return Wake::Nothing;
+        }
+        self.unpark_if_free(cluster)
+    }
+
+    pub(crate) fn is_paused(&self, cluster: &C) -> bool {
+        self.paused.contains(cluster)
     }
 
     /// Asks for the item to be ready at `at`; the earlier of this and any pending
@@ -198,9 +258,14 @@ where
         promoted
     }
 
-    /// Leases the next ready item, round-robin across clusters.
+    /// Leases the next ready item, round-robin across the clusters that are neither
+    /// paused nor at their cap.
     pub(crate) fn lease_next(&mut self) -> Option<(C, K)> {
         let (cluster, key) = self.ready.pop()?;
+        *self.in_flight.entry(cluster.clone()).or_insert(0) += 1;
+        if self.at_cap(&cluster) {
+            self.ready.park(&cluster);
+        }
         if let Some(item) = self
             .clusters
             .get_mut(&cluster)
@@ -230,19 +295,35 @@ where
         };
         item.slot = Slot::Idle;
         self.processing -= 1;
-        match requeue_at {
+        let was_at_cap = self.at_cap(cluster);
+        if let Some(count) = self.in_flight.get_mut(cluster) {
+            *count -= 1;
+            if *count == 0 {
+                self.in_flight.remove(cluster);
+            }
+        }
+        let freed = if was_at_cap {
+            self.unpark_if_free(cluster)
+        } else {
+            Wake::Nothing
+        };
+        let requeued = match requeue_at {
             Some(at) if !self.shut_down => self.enqueue(cluster.clone(), key.clone(), at, now),
             _ => {
                 self.drop_if_vacant(cluster, key);
                 Wake::Nothing
             }
-        }
+        };
+        freed.and(requeued)
     }
 
-    /// Forgets every queued item and failure count of `cluster`. Leased items stay
-    /// tracked as processing (so a fresh add cannot lease them twice) but lose any
-    /// pending requeue.
+    /// Forgets every queued item, failure count and pause of `cluster`. Leased items
+    /// stay tracked as processing (so a fresh add cannot lease them twice) but lose
+    /// any pending requeue.
     pub(crate) fn remove_cluster(&mut self, cluster: &C) {
+        if self.paused.remove(cluster) {
+            let _ = self.unpark_if_free(cluster); // nothing queued is left to wake for
+        }
         let Some(items) = self.clusters.get_mut(cluster) else {
             return;
         };
@@ -270,6 +351,7 @@ where
     /// no-ops. Leased items stay tracked until released.
     pub(crate) fn shut_down(&mut self) {
         self.shut_down = true;
+        self.paused.clear();
         self.ready.clear();
         self.delayed.clear();
         self.clusters.retain(|_, items| {
@@ -301,6 +383,14 @@ where
         self.ready.len()
     }
 
+    pub(crate) fn leasable_len(&self) -> usize {
+        self.ready.leasable_len()
+    }
+
+    pub(crate) fn in_flight(&self, cluster: &C) -> usize {
+        self.in_flight.get(cluster).copied().unwrap_or(0)
+    }
+
     pub(crate) fn depth(&self, cluster: &C) -> usize {
         let delayed = self.clusters.get(cluster).map_or(0, |items| items.delayed);
         self.ready.cluster_len(cluster) + delayed
@@ -326,7 +416,8 @@ where
     #[cfg(test)]
     pub(crate) fn tracked(&self) -> (usize, usize) {
         let items = self.clusters.values().map(|items| items.items.len()).sum();
-        (self.clusters.len(), items)
+        let clusters = self.clusters.len() + self.in_flight.len() + self.ready.parked_count();
+        (clusters, items)
     }
 
     /// Turns held by the fair ring (for leak tests).

@@ -259,7 +259,7 @@ async fn cancelled_next_loses_no_item() {
 
 #[tokio::test(start_paused = true)]
 async fn concurrency_limits_outstanding_leases() {
-    let queue = Queue::with_config(QueueConfig::default().concurrency(2));
+    let queue = Queue::with_config(QueueConfig::default().concurrency(2).cluster_concurrency(0));
     for key in 0..5 {
         queue.add("a", key);
     }
@@ -321,7 +321,11 @@ async fn clusters_are_served_round_robin_fifo_within() {
 #[tokio::test(start_paused = true)]
 async fn flooding_cluster_does_not_starve_a_quiet_one() {
     const CONCURRENCY: usize = 4;
-    let queue = Queue::with_config(QueueConfig::default().concurrency(CONCURRENCY));
+    // Every slot may go to A: this is about turns, not the per-cluster cap.
+    let config = QueueConfig::default()
+        .concurrency(CONCURRENCY)
+        .cluster_concurrency(0);
+    let queue = Queue::with_config(config);
     for key in 0..20_000 {
         queue.add("a", key);
     }
@@ -553,4 +557,84 @@ async fn concurrent_producers_and_workers() {
     let processed = processed.lock().expect("log");
     let distinct: HashSet<_> = processed.iter().collect();
     assert_eq!(distinct.len(), 3 * 17);
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_cluster_holds_at_most_half_of_the_slots_by_default() {
+    let queue = Queue::with_config(QueueConfig::default().concurrency(4));
+    for key in 0..10 {
+        queue.add("hanging", key);
+    }
+    let held: Vec<_> = std::iter::from_fn(|| try_next(&queue)).collect();
+    assert_eq!(held.len(), 2, "the default cap is half of 4");
+    assert_eq!(queue.processing_len_of(&"hanging"), 2);
+    // Another cluster's item gets a free slot while the first cluster's leases hang.
+    queue.add("quiet", 0);
+    let lease = try_next(&queue).expect("a slot for the quiet cluster");
+    assert_eq!((*lease.cluster(), *lease.key()), ("quiet", 0));
+    assert!(try_next(&queue).is_none());
+    // A lease of the capped cluster ends: one more of its items may go.
+    drop(held);
+    let more: Vec<_> = std::iter::from_fn(|| try_next(&queue)).collect();
+    assert_eq!(more.len(), 2);
+    assert!(more.iter().all(|lease| *lease.cluster() == "hanging"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn cluster_cap_is_configurable_and_zero_means_none() {
+    let queue = Queue::with_config(QueueConfig::default().concurrency(3).cluster_concurrency(0));
+    for key in 0..5 {
+        queue.add("a", key);
+    }
+    let leases: Vec<_> = std::iter::from_fn(|| try_next(&queue)).collect();
+    assert_eq!(leases.len(), 3);
+    drop(leases);
+    let queue = Queue::with_config(QueueConfig::default().concurrency(0));
+    for key in 0..5 {
+        queue.add("a", key);
+    }
+    let leases: Vec<_> = std::iter::from_fn(|| try_next(&queue)).collect();
+    assert_eq!(leases.len(), 5, "no cap when concurrency is unlimited");
+}
+
+#[tokio::test(start_paused = true)]
+async fn paused_cluster_keeps_items_delays_and_backoff_until_resumed() {
+    let queue = Queue::with_config(QueueConfig::default().concurrency(0));
+    queue.pause_cluster(&"a");
+    queue.add("a", 1);
+    queue.add_after("a", 2, ms(10));
+    queue.add_rate_limited("a", 3);
+    queue.add("b", 1);
+    let lease = try_next(&queue).expect("b is not paused");
+    assert_eq!(*lease.cluster(), "b");
+    tokio::time::advance(ms(50)).await;
+    assert!(try_next(&queue).is_none(), "a is paused");
+    assert_eq!((queue.depth(&"a"), queue.ready_len()), (3, 3));
+    assert_eq!(queue.num_requeues(&"a", &3), 1);
+
+    // A waiting consumer is woken by the resume.
+    let waiter = {
+        let queue = queue.clone();
+        tokio::spawn(async move { queue.next().await.map(|l| (*l.cluster(), *l.key())) })
+    };
+    tokio::task::yield_now().await;
+    assert!(!waiter.is_finished());
+    queue.resume_cluster(&"a");
+    assert!(!queue.is_paused(&"a"));
+    let (cluster, _) = waiter.await.unwrap().expect("an item of a");
+    assert_eq!(cluster, "a");
+    let rest: Vec<_> = std::iter::from_fn(|| try_next(&queue)).collect();
+    assert_eq!(rest.len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn removing_a_paused_cluster_forgets_the_pause() {
+    let queue = Queue::new();
+    queue.pause_cluster(&"a");
+    queue.add("a", 1);
+    queue.remove_cluster(&"a");
+    assert!(!queue.is_paused(&"a"));
+    assert_eq!(tracked(&queue), (0, 0));
+    queue.add("a", 2);
+    assert_eq!(try_next(&queue).map(|l| *l.key()), Some(2));
 }
