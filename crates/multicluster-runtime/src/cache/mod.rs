@@ -105,7 +105,7 @@ use crate::ClusterName;
 /// deserialized, cloned and shared between tasks. Implemented for every such type,
 /// including `DynamicObject` and [`PartialObjectMeta<K>`].
 pub trait CacheObject:
-    Resource<DynamicType: Clone + Send + Sync + 'static>
+    Resource<DynamicType: Clone + Send + Sync + 'static, Scope: 'static>
     + Clone
     + DeserializeOwned
     + Debug
@@ -116,7 +116,7 @@ pub trait CacheObject:
 }
 
 impl<K> CacheObject for K where
-    K: Resource<DynamicType: Clone + Send + Sync + 'static>
+    K: Resource<DynamicType: Clone + Send + Sync + 'static, Scope: 'static>
         + Clone
         + DeserializeOwned
         + Debug

@@ -1,5 +1,6 @@
 //! Clusters: a name, a client and a shared cache.
 
+pub(crate) mod engagement;
 mod name;
 
 use tokio_util::sync::CancellationToken;

@@ -49,6 +49,8 @@ pub struct ControllerBuilder<K: CacheObject> {
     sync_wait: Duration,
     sources: Vec<Arc<dyn Source>>,
     local_sources: Vec<Arc<dyn Source>>,
+    /// Whether `K` is namespaced, where the type does not say (dynamic types).
+    namespaced: Option<bool>,
 }
 
 impl Controller {
@@ -77,6 +79,7 @@ impl<K: CacheObject> ControllerBuilder<K> {
             sync_wait: DEFAULT_SYNC_WAIT,
             sources: Vec::new(),
             local_sources: Vec::new(),
+            namespaced: None,
         }
     }
 
@@ -115,10 +118,28 @@ impl<K: CacheObject> ControllerBuilder<K> {
     }
 
     /// [`owns`](Self::owns) for a dynamic child type or with selectors.
+    ///
+    /// The owner's request has the child's namespace if `K` is namespaced, and no
+    /// namespace if `K` is cluster-scoped (e.g. a `Namespace` owning ConfigMaps).
+    /// For a dynamic `K` the scope comes from [`cluster_scoped`](Self::cluster_scoped)
+    /// (default: namespaced).
     #[must_use]
     pub fn owns_with<C: CacheObject>(mut self, dyntype: C::DynamicType, spec: WatchSpec) -> Self {
-        let mapper = map_owner::<K, C>(&self.dyntype);
+        let namespaced = self
+            .namespaced
+            .unwrap_or_else(|| static_scope::<K>().unwrap_or(true));
+        let mapper = map_owner::<K, C>(&self.dyntype, namespaced);
         self.sources.push(self.source(dyntype, spec, mapper));
+        self
+    }
+
+    /// Declares that the primary type is cluster-scoped (`true`) or namespaced. Only
+    /// needed for dynamic types, whose scope the type does not tell, and only for
+    /// [`owns`](Self::owns) (set it before calling `owns`): static types know their
+    /// scope.
+    #[must_use]
+    pub fn cluster_scoped(mut self, cluster_scoped: bool) -> Self {
+        self.namespaced = Some(!cluster_scoped);
         self
     }
 
@@ -194,6 +215,16 @@ impl<K: CacheObject> ControllerBuilder<K> {
         self
     }
 
+    /// At most `limit` reconciles at once in any one cluster (default: half of
+    /// [`concurrency`](Self::concurrency), at least 1), so that a cluster whose
+    /// reconciles hang cannot take every slot; see
+    /// [`QueueConfig::cluster_concurrency`].
+    #[must_use]
+    pub fn cluster_concurrency(mut self, limit: usize) -> Self {
+        self.queue = self.queue.cluster_concurrency(limit);
+        self
+    }
+
     /// The exponential backoff of failing keys: `base`, doubling per failure, at
     /// most `max` (default 5 ms to 1000 s).
     #[must_use]
@@ -203,8 +234,9 @@ impl<K: CacheObject> ControllerBuilder<K> {
     }
 
     /// How long a cluster's cache may take to sync before the controller logs an
-    /// error about it; it keeps waiting, and other clusters are not affected.
-    /// Default 30 s.
+    /// error about it; it keeps waiting, and other clusters are not affected. No
+    /// object of a cluster is reconciled before its cache of the primary type has
+    /// synced. Default 30 s.
     #[must_use]
     pub fn sync_timeout(mut self, timeout: Duration) -> Self {
         self.sync_wait = timeout;
@@ -256,6 +288,7 @@ impl<K: CacheObject> ControllerBuilder<K> {
             sources,
             local_sources: self.local_sources,
             reconciler: Arc::new(reconciler),
+            sync_timeout: self.sync_wait,
         };
         let controller = Controller::new(self.manager.clone(), settings);
         self.manager.add_cluster_runnable(controller.clone()).await?;
@@ -275,5 +308,18 @@ impl<K: CacheObject> ControllerBuilder<K> {
             mapper,
             sync_timeout: self.sync_wait,
         })
+    }
+}
+
+/// Whether `K` is namespaced, as far as its type says: `None` for dynamic types.
+fn static_scope<K: CacheObject>() -> Option<bool> {
+    use std::any::TypeId;
+    let scope = TypeId::of::<K::Scope>();
+    if scope == TypeId::of::<kube::core::NamespaceResourceScope>() {
+        Some(true)
+    } else if scope == TypeId::of::<kube::core::ClusterResourceScope>() {
+        Some(false)
+    } else {
+        None
     }
 }

@@ -6,7 +6,11 @@
 //! noisy cluster from starving the others, and what guarantees that a key is never
 //! reconciled twice at once.
 //!
-//! When a cluster is disengaged, no reconcile for it starts any more (the check is
+//! When a cluster is engaged, its items are held in the queue until the cluster's
+//! cache of the primary type has synced, so a reconciler never mistakes "not listed
+//! yet" for "absent". When a cluster is replaced by a new instance, its queued items,
+//! delays and backoff carry over to the new instance (held until the new cache has
+//! synced). When it is disengaged, no reconcile for it starts any more (the check is
 //! made when an item is leased, against the cluster's token, which is cancelled
 //! before the provider's removal returns), its queued items are dropped and its
 //! watches stop. A reconcile already running for it runs to its end; see
@@ -20,17 +24,19 @@ mod reconcile;
 mod request;
 mod source;
 
-use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::cache::ObjectKey;
+use crate::cluster::engagement::{Engage, Engagements};
 use crate::cluster::{Cluster, ClusterName};
 use crate::error::Result;
 use crate::manager::{Manager, Runnable};
@@ -58,11 +64,20 @@ pub struct Controller {
     local_sources: Vec<Arc<dyn Source>>,
     reconciler: Arc<dyn Reconciler>,
     sink: Sink,
-    clusters: Mutex<HashMap<ClusterName, Engaged>>,
-    next_id: AtomicU64,
+    /// The engaged clusters, each with whether its primary cache has synced.
+    clusters: Mutex<Engagements<Synced>>,
+    /// How long a cluster's cache may take to sync before that is logged as an error.
+    sync_timeout: Duration,
+    /// Every task the controller spawns; `run` returns once they have all ended.
+    tasks: TaskTracker,
+    /// Cancelled when `run` ends: stops every task the controller spawned.
+    stopping: CancellationToken,
     /// The controller's own handle, for the tasks it spawns.
     me: Weak<Controller>,
 }
+
+/// Whether an engaged cluster's cache of the primary type has synced.
+type Synced = bool;
 
 /// Everything the builder decided.
 pub(crate) struct Settings {
@@ -72,13 +87,7 @@ pub(crate) struct Settings {
     pub sources: Vec<Arc<dyn Source>>,
     pub local_sources: Vec<Arc<dyn Source>>,
     pub reconciler: Arc<dyn Reconciler>,
-}
-
-/// One cluster the controller works on.
-struct Engaged {
-    cluster: Arc<Cluster>,
-    token: CancellationToken,
-    id: u64,
+    pub sync_timeout: Duration,
 }
 
 impl std::fmt::Debug for Controller {
@@ -104,8 +113,10 @@ impl Controller {
             local_sources: settings.local_sources,
             reconciler: settings.reconciler,
             sink,
-            clusters: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(0),
+            clusters: Mutex::default(),
+            sync_timeout: settings.sync_timeout,
+            tasks: TaskTracker::new(),
+            stopping: CancellationToken::new(),
             me: me.clone(),
         })
     }
@@ -117,11 +128,7 @@ impl Controller {
 
     /// The clusters this controller works on right now.
     pub fn cluster_names(&self) -> Vec<ClusterName> {
-        self.lock()
-            .iter()
-            .filter(|(_, e)| !e.token.is_cancelled())
-            .map(|(name, _)| name.clone())
-            .collect()
+        self.lock().names()
     }
 
     /// The controller's queue, for metrics and tests.
@@ -129,44 +136,78 @@ impl Controller {
         &self.sink.queue
     }
 
-    /// The engaged instance of `name`, if its engagement is live.
-    fn engaged(&self, name: &ClusterName) -> Option<Arc<Cluster>> {
-        self.lock()
-            .get(name)
-            .filter(|e| !e.token.is_cancelled())
-            .map(|e| e.cluster.clone())
+    /// Whether `name` is engaged, and its instance if its primary cache has synced.
+    fn engaged(&self, name: &ClusterName) -> Option<Option<Arc<Cluster>>> {
+        self.lock().get(name).map(|e| e.value.then(|| e.cluster.clone()))
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<ClusterName, Engaged>> {
+    fn lock(&self) -> MutexGuard<'_, Engagements<Synced>> {
         self.clusters.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Publishes the current cluster list to mappers.
-    fn publish_clusters(&self, clusters: &HashMap<ClusterName, Engaged>) {
-        let names: Arc<[ClusterName]> = clusters.keys().cloned().collect();
+    fn publish_clusters(&self, clusters: &Engagements<Synced>) {
+        let names: Arc<[ClusterName]> = clusters.all().map(|(name, _)| name.clone()).collect();
         *self.sink.clusters.write().unwrap_or_else(|p| p.into_inner()) = names;
     }
 
-    /// Removes `name` once its engagement `id` has ended, unless a new instance has
-    /// replaced it meanwhile (whose requests are still wanted).
-    fn disengage(&self, name: &ClusterName, id: u64) {
+    /// Spawns `work` as one of the controller's tasks, ended by `token` or by the
+    /// controller stopping, whichever comes first.
+    fn spawn(&self, token: CancellationToken, work: impl Future<Output = ()> + Send + 'static) {
+        let stopping = self.stopping.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                biased;
+                () = token.cancelled() => {}
+                () = stopping.cancelled() => {}
+                () = work => {}
+            }
+        });
+    }
+
+    /// Lets the items of `name` through once the cache of engagement `generation`
+    /// has synced, unless another instance replaced it meanwhile.
+    fn cluster_synced(&self, name: &ClusterName, generation: u64) {
         let mut clusters = self.lock();
-        if clusters.get(name).is_some_and(|e| e.id == id) {
-            clusters.remove(name);
+        if let Some(engaged) = clusters.get_any_mut(name)
+            && engaged.generation == generation
+        {
+            engaged.value = true;
+            // Under the lock, so that a replacement's pause cannot come in between.
+            self.sink.queue.resume_cluster(name);
+            tracing::debug!(controller = self.name, cluster = %name, "cache synced; reconciling");
+        }
+    }
+
+    /// Removes `name` once its engagement `generation` has ended, unless a new
+    /// instance has replaced it meanwhile (whose requests are still wanted).
+    fn disengage(&self, name: &ClusterName, generation: u64) {
+        let mut clusters = self.lock();
+        if clusters.disengage(name, generation).is_some() {
             self.publish_clusters(&clusters);
-            drop(clusters);
+            // Under the lock, so that a re-engagement's pause cannot come in between.
             self.sink.queue.remove_cluster(name);
+            drop(clusters);
             tracing::info!(controller = self.name, cluster = %name, "cluster disengaged");
         }
     }
 
     async fn process(self: Arc<Self>, lease: Lease<ClusterName, ObjectKey>) {
         let request = Request::for_key(lease.cluster().clone(), lease.key().clone());
-        let Some(cluster) = self.engaged(&request.cluster) else {
-            // Removed, unknown, or not for this controller: end quietly, no retry.
-            tracing::debug!(controller = self.name, %request, "cluster not engaged; request dropped");
-            self.sink.queue.forget(&request.cluster, &request.key);
-            return;
+        let cluster = match self.engaged(&request.cluster) {
+            Some(Some(cluster)) => cluster,
+            Some(None) => {
+                // Replaced after the item was leased: the new instance's cache has not
+                // synced yet. Back into the (paused) queue, without a failure.
+                self.sink.queue.add(request.cluster.clone(), request.key.clone());
+                return;
+            }
+            None => {
+                // Removed, unknown, or not for this controller: end quietly, no retry.
+                tracing::debug!(controller = self.name, %request, "cluster not engaged; request dropped");
+                self.sink.queue.forget(&request.cluster, &request.key);
+                return;
+            }
         };
         let span = tracing::info_span!(
             "reconcile",
@@ -197,7 +238,7 @@ impl Controller {
             }
             Err(panic) => {
                 tracing::error!(
-                    panic = panic_message(panic.as_ref()),
+                    panic = %panic_message(panic.as_ref()),
                     "reconciler panicked; retrying with backoff"
                 );
                 Next::Backoff
@@ -223,34 +264,46 @@ impl Controller {
 
 #[async_trait]
 impl Aware for Controller {
+    /// Starts the controller's watches in `cluster` and reconciles its objects once
+    /// its cache of the primary type has synced.
+    ///
+    /// A new instance under an engaged name takes over the name's queued items,
+    /// delays and backoff; the old instance's watches stop. An engagement whose
+    /// token is already cancelled is ignored.
     async fn engage(&self, token: CancellationToken, name: ClusterName, cluster: Arc<Cluster>) -> Result<()> {
         if !self.engage.accepts(&name, self.manager.provider().is_some()) {
             return Ok(());
         }
         let own = token.child_token();
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        {
+        let generation = {
             let mut clusters = self.lock();
-            if let Some(current) = clusters.get(&name) {
-                if Arc::ptr_eq(&current.cluster, &cluster) && !current.token.is_cancelled() {
-                    return Ok(());
+            match clusters.engage(&name, cluster.clone(), own.clone(), false) {
+                Engage::Stale | Engage::Unchanged => return Ok(()),
+                Engage::New { generation, replaced } => {
+                    if let Some(old) = replaced {
+                        // Its disengage finds a newer generation and keeps the queue.
+                        old.token.cancel();
+                    }
+                    self.publish_clusters(&clusters);
+                    // Nothing of the name is reconciled until the new cache has synced.
+                    self.sink.queue.pause_cluster(&name);
+                    generation
                 }
-                current.token.cancel(); // a new instance replaces the old one
             }
-            clusters.insert(
-                name.clone(),
-                Engaged {
-                    cluster: cluster.clone(),
-                    token: own.clone(),
-                    id,
-                },
-            );
-            self.publish_clusters(&clusters);
-        }
+        };
         tracing::info!(controller = self.name, cluster = %name, "cluster engaged");
         for source in &self.sources {
-            source.start(cluster.clone(), own.child_token(), self.sink.clone());
+            self.spawn(own.clone(), source.run(cluster.clone(), self.sink.clone()));
         }
+        let (me, primary, timeout) = (self.me.clone(), self.reconciler.clone(), self.sync_timeout);
+        let (synced_name, synced_cluster) = (name.clone(), cluster.clone());
+        self.spawn(own.clone(), async move {
+            if primary.wait_synced(&synced_cluster, timeout).await
+                && let Some(controller) = me.upgrade()
+            {
+                controller.cluster_synced(&synced_name, generation);
+            }
+        });
         // Local objects that fan out to clusters: the new cluster gets its share now.
         let local = self.manager.local_cluster();
         for source in &self.local_sources {
@@ -261,11 +314,14 @@ impl Aware for Controller {
                 .collect();
             self.sink.push(requests);
         }
-        let me = self.me.clone();
-        tokio::spawn(async move {
-            own.cancelled().await;
+        let (me, stopping) = (self.me.clone(), self.stopping.clone());
+        self.tasks.spawn(async move {
+            tokio::select! {
+                () = own.cancelled() => {}
+                () = stopping.cancelled() => return,
+            }
             if let Some(controller) = me.upgrade() {
-                controller.disengage(&name, id);
+                controller.disengage(&name, generation);
             }
         });
         Ok(())
@@ -278,13 +334,15 @@ impl Runnable for Controller {
         format!("controller {}", self.name)
     }
 
+    /// Reconciles until `token` is cancelled, then stops leasing, waits for the
+    /// reconciles in flight and stops every task the controller started.
     async fn run(&self, token: CancellationToken) -> Result<()> {
         let Some(this) = self.me.upgrade() else {
             return Ok(());
         };
         let local = self.manager.local_cluster();
         for source in &self.local_sources {
-            source.start(local.clone(), token.child_token(), self.sink.clone());
+            self.spawn(token.clone(), source.run(local.clone(), self.sink.clone()));
         }
         loop {
             let lease = tokio::select! {
@@ -292,11 +350,14 @@ impl Runnable for Controller {
                 lease = self.sink.queue.next() => lease,
             };
             match lease {
-                Some(lease) => drop(tokio::spawn(this.clone().process(lease))),
+                Some(lease) => drop(self.tasks.spawn(this.clone().process(lease))),
                 None => break,
             }
         }
         self.sink.queue.shutdown();
+        self.stopping.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
         Ok(())
     }
 }

@@ -2,10 +2,12 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 
 use super::request::{Action, Request};
+use super::source::wait_synced_logged;
 use crate::cache::{CacheObject, WatchSpec};
 use crate::cluster::Cluster;
 
@@ -37,6 +39,10 @@ pub(crate) enum Outcome {
 /// A reconciler with its object type and context erased, so the runner is not generic.
 pub(crate) trait Reconciler: Send + Sync {
     fn reconcile(&self, request: Request, cluster: Arc<Cluster>) -> BoxFuture<'static, Outcome>;
+
+    /// Waits until `cluster`'s cache of the primary type has synced (logging every
+    /// `timeout` that passes); `false` if the cache stopped first.
+    fn wait_synced(&self, cluster: &Arc<Cluster>, timeout: Duration) -> BoxFuture<'static, bool>;
 }
 
 pub(crate) struct TypedReconciler<K: CacheObject, R, P, C> {
@@ -56,6 +62,13 @@ where
     P: Fn(&Request, &E, Arc<C>) -> Action + Send + Sync + Clone + 'static,
     C: Send + Sync + 'static,
 {
+    fn wait_synced(&self, cluster: &Arc<Cluster>, timeout: Duration) -> BoxFuture<'static, bool> {
+        let informer = cluster
+            .cache()
+            .informer_with::<K>(&self.dyntype, self.spec.clone());
+        Box::pin(async move { wait_synced_logged(&informer, timeout).await })
+    }
+
     fn reconcile(&self, request: Request, cluster: Arc<Cluster>) -> BoxFuture<'static, Outcome> {
         let informer = cluster
             .cache()

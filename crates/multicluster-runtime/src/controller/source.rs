@@ -4,18 +4,28 @@
 //! to requests: the object itself (`for`), its owner (`owns`), or whatever a mapper
 //! says (`watches`), possibly in other clusters. Each engaged cluster runs its own
 //! source task, so a cluster that is slow to sync only delays its own requests.
+//!
+//! A source remembers, per object, the requests it last mapped it to. When it falls
+//! behind its informer's event channel and events are lost, it enqueues what the
+//! objects map to now *and* what they mapped to before, so that an object deleted
+//! during the gap still reaches the reconciler, which finds it absent.
+//!
+//! Mappers and predicates are user code: a panic in one is caught, logged with the
+//! cluster and the callback, and costs only the event at hand.
 
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use kube::Resource;
 use tokio::sync::broadcast::error::RecvError;
-use tokio_util::sync::CancellationToken;
 
 use super::predicate::Predicate;
 use super::queue::WorkQueue;
 use super::request::Request;
-use crate::cache::{CacheObject, InformerEvent, ObjectKey, WatchSpec};
+use crate::cache::{CacheError, CacheObject, Informer, InformerEvent, ObjectKey, WatchSpec};
 use crate::cluster::{Cluster, ClusterName};
 
 /// What a mapper knows besides the object.
@@ -55,9 +65,9 @@ impl Sink {
 
 /// A type-erased source, so a controller can hold sources of different types.
 pub(crate) trait Source: Send + Sync {
-    /// Feeds `sink` from `cluster` until `token` is cancelled: first every object
-    /// once the cache has synced, then every change.
-    fn start(&self, cluster: Arc<Cluster>, token: CancellationToken, sink: Sink);
+    /// Feeds `sink` from `cluster` until dropped: first every object once the cache
+    /// has synced, then every change.
+    fn run(&self, cluster: Arc<Cluster>, sink: Sink) -> BoxFuture<'static, ()>;
 
     /// The requests the objects in `cluster`'s cache cause right now (none until its
     /// cache has synced).
@@ -73,6 +83,9 @@ pub(crate) struct TypedSource<T: CacheObject> {
     pub sync_timeout: Duration,
 }
 
+/// The requests a source last mapped each object to, by object.
+type Known = HashMap<ObjectKey, Vec<Request>>;
+
 impl<T: CacheObject> Clone for TypedSource<T> {
     fn clone(&self) -> Self {
         TypedSource {
@@ -86,14 +99,9 @@ impl<T: CacheObject> Clone for TypedSource<T> {
 }
 
 impl<T: CacheObject> Source for TypedSource<T> {
-    fn start(&self, cluster: Arc<Cluster>, token: CancellationToken, sink: Sink) {
+    fn run(&self, cluster: Arc<Cluster>, sink: Sink) -> BoxFuture<'static, ()> {
         let this = self.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                () = token.cancelled() => {}
-                () = this.run(&cluster, &sink) => {}
-            }
-        });
+        Box::pin(async move { this.follow(&cluster, &sink).await })
     }
 
     fn snapshot(&self, cluster: &Cluster, sink: &Sink) -> Vec<Request> {
@@ -107,58 +115,131 @@ impl<T: CacheObject> Source for TypedSource<T> {
         let objects = informer.store().list();
         objects
             .iter()
-            .filter(|o| self.passes(None, o))
-            .flat_map(|o| (self.mapper)(&context, o))
+            .filter(|o| self.passes(cluster.name(), None, o))
+            .flat_map(|o| self.map(&context, o))
             .collect()
     }
 }
 
 impl<T: CacheObject> TypedSource<T> {
-    fn passes(&self, old: Option<&T>, new: &T) -> bool {
-        self.predicates.iter().all(|p| p(old, new))
+    /// Whether every predicate passes the change; a panicking predicate passes it
+    /// (a spare reconcile is harmless, a lost one is not).
+    fn passes(&self, cluster: &ClusterName, old: Option<&T>, new: &T) -> bool {
+        self.predicates.iter().all(|predicate| {
+            std::panic::catch_unwind(AssertUnwindSafe(|| predicate(old, new))).unwrap_or_else(|panic| {
+                report_panic(cluster, "predicate", new, panic.as_ref());
+                true
+            })
+        })
     }
 
-    async fn run(&self, cluster: &Cluster, sink: &Sink) {
+    /// The requests `object` maps to; none if the mapper panics.
+    fn map(&self, context: &MapContext, object: &T) -> Vec<Request> {
+        std::panic::catch_unwind(AssertUnwindSafe(|| (self.mapper)(context, object))).unwrap_or_else(
+            |panic| {
+                report_panic(&context.source, "mapper", object, panic.as_ref());
+                Vec::new()
+            },
+        )
+    }
+
+    /// Maps every stored object, remembering what each maps to.
+    fn map_all(&self, informer: &Informer<T>, context: &MapContext, known: &mut Known) -> Vec<Request> {
+        known.clear();
+        let mut requests = Vec::new();
+        for object in informer.store().list() {
+            let mapped = self.map(context, &object);
+            if self.passes(&context.source, None, &object) {
+                requests.extend(mapped.iter().cloned());
+            }
+            if let Some(key) = ObjectKey::of(&*object) {
+                known.insert(key, mapped);
+            }
+        }
+        requests
+    }
+
+    async fn follow(&self, cluster: &Cluster, sink: &Sink) {
         let informer = cluster
             .cache()
             .informer_with::<T>(&self.dyntype, self.spec.clone());
-        while let Err(err) = informer.wait_synced(self.sync_timeout).await {
-            // Only this cluster waits; the informer keeps retrying underneath.
-            tracing::error!(cluster = %cluster.name(), error = %err, "cache not synced; still waiting");
-            if informer.is_stopped() {
-                return;
-            }
+        if !wait_synced_logged(&informer, self.sync_timeout).await {
+            return;
         }
+        let name = cluster.name();
         // Subscribe, then list: the informer stores a change before announcing it, so
         // every change is in the listing or among the events (or both, which the
         // queue dedups). Subscribing before the sync would deliver the initial list
         // twice, and a duplicate arriving mid-reconcile would requeue the key at
         // once, defeating the error backoff.
         let mut events = informer.subscribe();
-        sink.push(self.snapshot(cluster, sink));
+        let mut known = Known::new();
+        sink.push(self.map_all(&informer, &sink.context(name), &mut known));
         loop {
             match events.recv().await {
                 Ok(InformerEvent::Applied { old, new }) => {
-                    if self.passes(old.as_deref(), &new) {
-                        let context = sink.context(cluster.name());
-                        sink.push((self.mapper)(&context, &new));
-                        // Mapped targets may have changed (e.g. another owner).
-                        if let Some(old) = old {
-                            sink.push((self.mapper)(&context, &old));
-                        }
+                    let context = sink.context(name);
+                    let mapped = self.map(&context, &new);
+                    // What `old` mapped to, e.g. a previous owner, needs a look too.
+                    let before = ObjectKey::of(&*new).and_then(|key| known.insert(key, mapped.clone()));
+                    if self.passes(name, old.as_deref(), &new) {
+                        sink.push(mapped);
+                        sink.push(before.unwrap_or_default());
                     }
                 }
                 Ok(InformerEvent::Deleted(object)) => {
-                    sink.push((self.mapper)(&sink.context(cluster.name()), &object));
+                    let before = ObjectKey::of(&*object).and_then(|key| known.remove(&key));
+                    sink.push(self.map(&sink.context(name), &object));
+                    sink.push(before.unwrap_or_default());
                 }
                 Err(RecvError::Lagged(missed)) => {
-                    tracing::warn!(cluster = %cluster.name(), missed, "controller fell behind its cache; requeueing all");
-                    sink.push(self.snapshot(cluster, sink));
+                    // Events are lost, deletions among them: what objects mapped to
+                    // before the gap, and what they map to now.
+                    tracing::warn!(cluster = %name, resource = informer.resource(), missed, "controller fell behind its cache; requeueing every known object");
+                    let before: Vec<Request> = known.drain().flat_map(|(_, requests)| requests).collect();
+                    sink.push(before);
+                    sink.push(self.map_all(&informer, &sink.context(name), &mut known));
                 }
                 Err(RecvError::Closed) => return,
             }
         }
     }
+}
+
+/// Waits until `informer` has synced, logging an error each time `timeout` passes
+/// without (the informer keeps retrying underneath, and only its cluster waits).
+/// `false` if the informer stopped first: its cluster was removed or replaced, which
+/// is no error.
+pub(crate) async fn wait_synced_logged<K>(informer: &Informer<K>, timeout: Duration) -> bool {
+    loop {
+        match informer.wait_synced(timeout).await {
+            Ok(()) => return true,
+            Err(CacheError::Stopped { .. }) => {
+                tracing::debug!(cluster = %informer.cluster(), resource = informer.resource(), "cache stopped before it synced");
+                return false;
+            }
+            Err(error) => {
+                tracing::error!(cluster = %informer.cluster(), error = %error, "cache not synced; still waiting");
+            }
+        }
+    }
+}
+
+fn report_panic<T: Resource>(
+    cluster: &ClusterName,
+    callback: &str,
+    object: &T,
+    panic: &(dyn std::any::Any + Send),
+) {
+    let meta = object.meta();
+    tracing::error!(
+        %cluster,
+        callback,
+        namespace = meta.namespace.as_deref().unwrap_or(""),
+        name = meta.name.as_deref().unwrap_or(""),
+        panic = %super::panic_message(panic),
+        "user callback panicked"
+    );
 }
 
 /// The request for the object itself.
@@ -176,9 +257,13 @@ pub(crate) fn map_self<T: Resource>() -> Mapper<T> {
     })
 }
 
-/// The request for the controlling owner of kind `K`, in the same cluster and
-/// namespace as the child (Go's `EnqueueRequestForOwner` with `OnlyControllerOwner`).
-pub(crate) fn map_owner<K: Resource, T: Resource>(owner_type: &K::DynamicType) -> Mapper<T> {
+/// The request for the controlling owner of kind `K`, in the same cluster as the
+/// child (Go's `EnqueueRequestForOwner` with `OnlyControllerOwner`): in the child's
+/// namespace if `K` is namespaced, with no namespace if `K` is cluster-scoped.
+pub(crate) fn map_owner<K: Resource, T: Resource>(
+    owner_type: &K::DynamicType,
+    owner_namespaced: bool,
+) -> Mapper<T> {
     let kind = K::kind(owner_type).into_owned();
     let group = K::group(owner_type).into_owned();
     Arc::new(move |context: &MapContext, child: &T| {
@@ -189,11 +274,12 @@ pub(crate) fn map_owner<K: Resource, T: Resource>(owner_type: &K::DynamicType) -
                 owner.controller == Some(true) && owner.kind == kind && api_group(&owner.api_version) == group
             })
             .map(|owner| {
-                Request::new(
-                    context.source.clone(),
-                    meta.namespace.as_deref(),
-                    owner.name.clone(),
-                )
+                let namespace = if owner_namespaced {
+                    meta.namespace.as_deref()
+                } else {
+                    None
+                };
+                Request::new(context.source.clone(), namespace, owner.name.clone())
             })
             .collect()
     })
@@ -239,20 +325,27 @@ mod tests {
 
     #[test]
     fn owner_in_the_childs_cluster_and_namespace() {
-        let mapper = map_owner::<Deployment, ConfigMap>(&());
+        let mapper = map_owner::<Deployment, ConfigMap>(&(), true);
         let requests = mapper(&context(), &child(vec![("apps/v1", "Deployment", "web", true)]));
         assert_eq!(requests, vec![Request::new("b", Some("ns"), "web")]);
     }
 
     #[test]
     fn only_the_controlling_owner_of_the_right_kind() {
-        let mapper = map_owner::<Deployment, ConfigMap>(&());
+        let mapper = map_owner::<Deployment, ConfigMap>(&(), true);
         let owners = vec![
             ("apps/v1", "Deployment", "not-controller", false),
             ("apps/v1", "StatefulSet", "other-kind", true),
             ("other.io/v1", "Deployment", "other-group", true),
         ];
         assert!(mapper(&context(), &child(owners)).is_empty());
+    }
+
+    #[test]
+    fn cluster_scoped_owner_has_no_namespace() {
+        let mapper = map_owner::<k8s_openapi::api::core::v1::Namespace, ConfigMap>(&(), false);
+        let requests = mapper(&context(), &child(vec![("v1", "Namespace", "ns", true)]));
+        assert_eq!(requests, vec![Request::new("b", None, "ns")]);
     }
 
     #[test]

@@ -4,23 +4,30 @@
 //! cluster-aware component (controllers above all), including components added after
 //! the cluster appeared. Leader election, health probes and metrics will hang off the
 //! manager as further runnables.
+//!
+//! # Engagement order
+//!
+//! Engagements of one cluster name pass through the manager one at a time (see
+//! `cluster::engagement`). A new instance under a known name is engaged into every
+//! component *before* the old instance's token is cancelled: each component swaps
+//! the instances in one step, so work queued under the name carries over instead of
+//! being dropped while the name is briefly unknown.
 
-mod engagements;
 mod runnable;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::cache::FieldIndex;
+use crate::cluster::engagement::{Engage, Engagements, Gates};
 use crate::cluster::{Cluster, ClusterName};
 use crate::error::{Error, Result};
 use crate::multicluster::{Aware, Provider};
 
-use engagements::{Engagement, Engagements, Recorded};
 pub use runnable::Runnable;
 
 /// Runs controllers and other runnables across the local cluster and the clusters of
@@ -35,9 +42,23 @@ pub struct Manager {
 struct Inner {
     local: Arc<Cluster>,
     provider: Option<Arc<dyn Provider>>,
-    engagements: Engagements,
+    engaged: Mutex<Engaged>,
+    /// One engagement of a name at a time.
+    gates: Gates,
     runnables: Mutex<Runnables>,
-    next_id: AtomicU64,
+    /// Every task the manager spawns; `start` returns once they have all ended.
+    tasks: TaskTracker,
+    /// Cancelled when `start` returns: ends whatever the manager still runs.
+    stopped: CancellationToken,
+}
+
+/// The engaged clusters and the components they are engaged into, under one lock so
+/// that a cluster engaged while a component is being added reaches that component:
+/// whichever of the two takes the lock second sees the other.
+#[derive(Default)]
+struct Engaged {
+    clusters: Engagements<()>,
+    components: Vec<Arc<dyn Aware>>,
 }
 
 /// Runnables waiting for start, or the means to run them once started.
@@ -54,7 +75,7 @@ impl std::fmt::Debug for Manager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Manager")
             .field("provider", &self.inner.provider.is_some())
-            .field("engaged", &self.inner.engagements.names())
+            .field("engaged", &self.engaged_clusters())
             .finish()
     }
 }
@@ -75,9 +96,11 @@ impl Manager {
         let inner = Inner {
             local,
             provider,
-            engagements: Engagements::default(),
+            engaged: Mutex::default(),
+            gates: Gates::default(),
             runnables: Mutex::new(Runnables::Pending(Vec::new())),
-            next_id: AtomicU64::new(0),
+            tasks: TaskTracker::new(),
+            stopped: CancellationToken::new(),
         };
         Manager {
             inner: Arc::new(inner),
@@ -102,8 +125,8 @@ impl Manager {
         if name.is_local() {
             return Ok(self.inner.local.clone());
         }
-        if let Some(cluster) = self.inner.engagements.get(name) {
-            return Ok(cluster);
+        if let Some(engaged) = self.engaged().clusters.get(name) {
+            return Ok(engaged.cluster.clone());
         }
         match &self.inner.provider {
             Some(provider) => provider.get(name).await,
@@ -113,7 +136,7 @@ impl Manager {
 
     /// Names of the clusters engaged right now (the local cluster once started).
     pub fn engaged_clusters(&self) -> Vec<ClusterName> {
-        self.inner.engagements.names()
+        self.engaged().clusters.names()
     }
 
     /// Adds a field index to the local cluster and to every cluster of the provider,
@@ -135,7 +158,7 @@ impl Manager {
         match &mut *runnables {
             Runnables::Pending(pending) => pending.push(runnable),
             Runnables::Running { token, failures } => {
-                spawn_runnable(runnable, token.child_token(), failures.clone());
+                self.spawn_runnable(runnable, token.child_token(), failures.clone());
             }
             Runnables::Stopped => tracing::warn!(
                 runnable = runnable.name(),
@@ -150,11 +173,26 @@ impl Manager {
     /// # Errors
     /// The first engagement that failed (the others are still made).
     pub async fn add_aware(&self, component: Arc<dyn Aware>) -> Result<()> {
-        let catch_up = self.inner.engagements.add_component(component.clone());
+        let names = {
+            let mut engaged = self.engaged();
+            engaged.components.push(component.clone());
+            engaged.clusters.names()
+        };
         let mut first_error = None;
-        for (name, engagement) in catch_up {
-            let token = engagement.token.child_token();
-            if let Err(err) = component.engage(token, name, engagement.cluster).await {
+        for name in names {
+            // Through the name's gate, and with the instance engaged *now*: one that
+            // replaced or removed the listed instance meanwhile has already passed
+            // through and reached this component, which is in the list.
+            let _gate = self.inner.gates.enter(&name).await;
+            let current = self
+                .engaged()
+                .clusters
+                .get(&name)
+                .map(|e| (e.cluster.clone(), e.token.child_token()));
+            let Some((cluster, token)) = current else {
+                continue;
+            };
+            if let Err(err) = component.engage(token, name, cluster).await {
                 first_error.get_or_insert(err);
             }
         }
@@ -172,15 +210,24 @@ impl Manager {
     }
 
     /// Runs everything until `token` is cancelled or something fails: engages the
-    /// local cluster, starts the runnables, and starts the provider if it runs. On
-    /// return every engagement has ended and the local cluster's cache is stopped.
+    /// local cluster, starts the runnables, and starts the provider if it runs.
+    ///
+    /// Returns only once every task the manager spawned has ended, on success and on
+    /// every error path alike: every engagement is cancelled, every runnable and the
+    /// provider have returned, and the local cluster's cache is stopped. A runnable
+    /// that ignores its token keeps `start` from returning.
     ///
     /// # Errors
-    /// [`Error::Manager`] if started twice; otherwise the first runnable or provider
-    /// failure.
+    /// [`Error::Manager`] if started twice; otherwise the failure of the local
+    /// cluster's engagement, or the first runnable or provider failure.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: dropping the future cancels everything it started but does
+    /// not wait for it. Cancel `token` and await the future instead.
     pub async fn start(&self, token: CancellationToken) -> Result<()> {
         let run = token.child_token();
-        let (failures, mut failed) = mpsc::unbounded_channel();
+        let _stop_on_drop = run.clone().drop_guard();
+        let (failures, failed) = mpsc::unbounded_channel();
         let pending = {
             let mut runnables = self.runnables();
             let running = Runnables::Running {
@@ -195,15 +242,40 @@ impl Manager {
                 }
             }
         };
+        let outcome = self.run(&run, pending, failures, failed).await;
+        run.cancel();
+        *self.runnables() = Runnables::Stopped;
+        // Whatever a provider left engaged ends with the manager.
+        let ended: Vec<_> = self.engaged().clusters.drain().collect();
+        for (_, engaged) in ended {
+            engaged.token.cancel();
+        }
+        self.inner.stopped.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+        // Nothing runs for the local cluster any more; its watches end with the manager.
+        self.inner.local.stop();
+        outcome
+    }
+
+    /// Engages the local cluster, starts the runnables and the provider, and waits
+    /// for the end or the first failure.
+    async fn run(
+        &self,
+        run: &CancellationToken,
+        pending: Vec<Arc<dyn Runnable>>,
+        failures: mpsc::UnboundedSender<Error>,
+        mut failed: mpsc::UnboundedReceiver<Error>,
+    ) -> Result<()> {
         self.engage(run.child_token(), ClusterName::local(), self.inner.local.clone())
             .await?;
         for runnable in pending {
-            spawn_runnable(runnable, run.child_token(), failures.clone());
+            self.spawn_runnable(runnable, run.child_token(), failures.clone());
         }
         if let Some(provider) = self.inner.provider.clone().and_then(Provider::into_runnable) {
             let aware: Arc<dyn Aware> = Arc::new(self.clone());
             let (provider_token, failures) = (run.child_token(), failures.clone());
-            tokio::spawn(async move {
+            self.inner.tasks.spawn(async move {
                 if let Err(err) = provider.start(provider_token, aware).await {
                     tracing::error!(error = %err, "provider failed");
                     let _ = failures.send(err);
@@ -211,71 +283,100 @@ impl Manager {
             });
         }
         drop(failures);
-        let outcome = tokio::select! {
+        tokio::select! {
             () = run.cancelled() => Ok(()),
             Some(err) = failed.recv() => Err(err),
-        };
-        run.cancel();
-        *self.runnables() = Runnables::Stopped;
-        // Nothing runs for the local cluster any more; its watches end with the manager.
-        self.inner.local.stop();
-        outcome
+        }
+    }
+
+    fn spawn_runnable(
+        &self,
+        runnable: Arc<dyn Runnable>,
+        token: CancellationToken,
+        failures: mpsc::UnboundedSender<Error>,
+    ) {
+        self.inner.tasks.spawn(async move {
+            if let Err(err) = runnable.run(token).await {
+                tracing::error!(runnable = runnable.name(), error = %err, "runnable failed");
+                let _ = failures.send(err);
+            }
+        });
+    }
+
+    /// Removes the engagement `generation` of `name` once its token is cancelled.
+    fn watch_disengage(&self, name: ClusterName, token: CancellationToken, generation: u64) {
+        let (inner, stopped) = (Arc::downgrade(&self.inner), self.inner.stopped.clone());
+        self.inner.tasks.spawn(async move {
+            tokio::select! {
+                () = token.cancelled() => {}
+                () = stopped.cancelled() => return,
+            }
+            let Some(inner) = inner.upgrade() else {
+                return;
+            };
+            let removed = lock(&inner.engaged).clusters.disengage(&name, generation);
+            if removed.is_some() {
+                tracing::info!(cluster = %name, "cluster disengaged");
+            }
+        });
+    }
+
+    fn engaged(&self) -> MutexGuard<'_, Engaged> {
+        lock(&self.inner.engaged)
     }
 
     fn runnables(&self) -> MutexGuard<'_, Runnables> {
-        self.inner.runnables.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.inner.runnables)
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[async_trait]
 impl Aware for Manager {
-    /// Engages `cluster` into every cluster-aware component. The same instance again
-    /// is a no-op; a new instance replaces the old one, whose components' tokens are
-    /// cancelled first.
+    /// Engages `cluster` into every cluster-aware component.
+    ///
+    /// The same instance again is a no-op, and so is an engagement whose token is
+    /// cancelled already (it was replaced or removed on its way here). A new instance
+    /// under a known name is engaged into every component first; then the old
+    /// instance's token is cancelled (see [Engagement order](self#engagement-order)).
+    /// After [`start`](Manager::start) has returned, nothing is engaged any more.
     async fn engage(&self, token: CancellationToken, name: ClusterName, cluster: Arc<Cluster>) -> Result<()> {
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let engagement = Engagement {
-            cluster: cluster.clone(),
-            token: token.child_token(),
-            id,
-        };
-        let components = match self.inner.engagements.record(&name, engagement.clone()) {
-            Recorded::Unchanged => return Ok(()),
-            Recorded::New(components) => components,
-        };
-        tracing::info!(cluster = %name, "cluster engaged");
-        let manager = Arc::downgrade(&self.inner);
-        let (ended_name, ended) = (name.clone(), engagement.token.clone());
-        tokio::spawn(async move {
-            ended.cancelled().await;
-            if let Some(inner) = manager.upgrade() {
-                inner.engagements.forget(&ended_name, id);
+        let _gate = self.inner.gates.enter(&name).await;
+        if self.inner.stopped.is_cancelled() {
+            tracing::debug!(cluster = %name, "manager stopped; cluster not engaged");
+            return Ok(());
+        }
+        let own = token.child_token();
+        let (generation, replaced, components) = {
+            let mut engaged = self.engaged();
+            match engaged.clusters.engage(&name, cluster.clone(), own.clone(), ()) {
+                Engage::Stale => {
+                    tracing::debug!(cluster = %name, "engagement ended before it arrived; ignored");
+                    return Ok(());
+                }
+                Engage::Unchanged => return Ok(()),
+                Engage::New { generation, replaced } => (generation, replaced, engaged.components.clone()),
             }
-            tracing::info!(cluster = %ended_name, "cluster disengaged");
-        });
+        };
+        let replacing = replaced.is_some();
+        tracing::info!(cluster = %name, replacing, "cluster engaged");
+        self.watch_disengage(name.clone(), own.clone(), generation);
         let mut first_error = None;
         for component in components {
             let result = component
-                .engage(engagement.token.child_token(), name.clone(), cluster.clone())
+                .engage(own.child_token(), name.clone(), cluster.clone())
                 .await;
             if let Err(err) = result {
                 tracing::error!(cluster = %name, error = %err, "engage failed");
                 first_error.get_or_insert(err);
             }
         }
+        if let Some(old) = replaced {
+            old.token.cancel();
+        }
         first_error.map_or(Ok(()), Err)
     }
-}
-
-fn spawn_runnable(
-    runnable: Arc<dyn Runnable>,
-    token: CancellationToken,
-    failures: mpsc::UnboundedSender<Error>,
-) {
-    tokio::spawn(async move {
-        if let Err(err) = runnable.run(token).await {
-            tracing::error!(runnable = runnable.name(), error = %err, "runnable failed");
-            let _ = failures.send(err);
-        }
-    });
 }

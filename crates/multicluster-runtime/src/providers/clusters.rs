@@ -1,12 +1,12 @@
 //! A provider whose clusters are added and removed by code.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::{CacheError, FieldIndex};
+use crate::cluster::engagement::{Engage, Engaged, Engagements, Gates};
 use crate::cluster::{Cluster, ClusterName};
 use crate::error::{Error, Result};
 use crate::multicluster::{Aware, Provider, ProviderRunnable};
@@ -16,7 +16,12 @@ use crate::multicluster::{Aware, Provider, ProviderRunnable};
 /// starts it.
 ///
 /// Field indexes registered through [`Provider::index_field`] are applied to every
-/// cluster, including those added later. Cheap to clone: clones share the clusters.
+/// cluster exactly once, including those added later, whatever the interleaving.
+/// Changes of one name are applied one at a time: of two concurrent
+/// [`replace`](Clusters::replace) calls, the one that registers last is the one
+/// engaged, and the manager never sees the other evict it. A replacement is engaged
+/// before the old instance is retired, so the work queued for the name carries over.
+/// Cheap to clone: clones share the clusters.
 ///
 /// ```no_run
 /// # async fn demo(local: kube::Client, other: kube::Client) -> multicluster_runtime::Result<()> {
@@ -31,22 +36,21 @@ use crate::multicluster::{Aware, Provider, ProviderRunnable};
 #[derive(Clone, Default)]
 pub struct Clusters {
     inner: Arc<Mutex<State>>,
+    /// One change of a name at a time.
+    gates: Arc<Gates>,
 }
 
 #[derive(Default)]
 struct State {
-    clusters: HashMap<ClusterName, Entry>,
+    /// Each cluster with the token given to the manager for it (cancelled on removal
+    /// or replacement, and when the provider stops) and what it was built from.
+    clusters: Engagements<Fingerprint>,
     indexes: Vec<FieldIndex>,
     running: Option<Running>,
 }
 
-struct Entry {
-    cluster: Arc<Cluster>,
-    /// What the cluster was built from, for [`Clusters::replace_if_changed`].
-    fingerprint: Option<u64>,
-    /// Present while engaged; cancelled on removal or replacement.
-    token: Option<CancellationToken>,
-}
+/// What a cluster was built from, for [`Clusters::replace_if_changed`].
+type Fingerprint = Option<u64>;
 
 #[derive(Clone)]
 struct Running {
@@ -73,7 +77,7 @@ impl Clusters {
     /// as for [`replace`](Self::replace).
     pub async fn add(&self, name: impl Into<ClusterName>, cluster: Arc<Cluster>) -> Result<()> {
         let name = name.into();
-        if self.lock().clusters.contains_key(&name) {
+        if self.lock().clusters.get(&name).is_some() {
             let reason = format!("cluster {name} exists already; use replace to swap it");
             return Err(Error::Provider {
                 provider: "clusters".into(),
@@ -112,16 +116,12 @@ impl Clusters {
         F: AsyncFnOnce() -> Result<Arc<Cluster>>,
     {
         let name = name.into();
-        if self
-            .lock()
-            .clusters
-            .get(&name)
-            .is_some_and(|e| e.fingerprint == Some(fingerprint))
-        {
+        let _gate = self.gates.enter(&name).await;
+        if self.fingerprint(&name) == Some(fingerprint) {
             return Ok(false);
         }
         let cluster = build().await?;
-        self.install(name, cluster, Some(fingerprint))
+        self.install_gated(name, cluster, Some(fingerprint))
             .await
             .map(|()| true)
     }
@@ -130,41 +130,49 @@ impl Clusters {
         &self,
         name: ClusterName,
         cluster: Arc<Cluster>,
-        fingerprint: Option<u64>,
+        fingerprint: Fingerprint,
     ) -> Result<()> {
-        let indexes = {
-            let state = self.lock();
-            if state
-                .clusters
-                .get(&name)
-                .is_some_and(|e| Arc::ptr_eq(&e.cluster, &cluster))
-            {
-                return Ok(());
-            }
-            state.indexes.clone()
-        };
-        apply_indexes(&indexes, &cluster)?;
-        let (previous, engage) = {
+        let _gate = self.gates.enter(&name).await;
+        self.install_gated(name, cluster, fingerprint).await
+    }
+
+    /// Registers, indexes and engages `cluster`, then retires the instance it
+    /// replaces; the caller holds the name's gate.
+    async fn install_gated(
+        &self,
+        name: ClusterName,
+        cluster: Arc<Cluster>,
+        fingerprint: Fingerprint,
+    ) -> Result<()> {
+        // Registered and the indexes read in one step: an index registered after
+        // this is applied by `index_field`, one registered before it here, so each
+        // exactly once.
+        let (replaced, indexes, running, token) = {
             let mut state = self.lock();
             let running = state.running.clone();
-            let token = running.as_ref().map(|r| r.token.child_token());
-            let previous = state.clusters.insert(
-                name.clone(),
-                Entry {
-                    cluster: cluster.clone(),
-                    fingerprint,
-                    token: token.clone(),
-                },
-            );
-            (previous, running.zip(token))
+            // Tied to the run, so that stopping the provider ends the engagement.
+            let token = running
+                .as_ref()
+                .map_or_else(CancellationToken::new, |r| r.token.child_token());
+            match state
+                .clusters
+                .engage(&name, cluster.clone(), token.clone(), fingerprint)
+            {
+                Engage::Stale | Engage::Unchanged => return Ok(()),
+                Engage::New { replaced, .. } => (replaced, state.indexes.clone(), running, token),
+            }
         };
-        if let Some(previous) = previous {
-            retire(previous);
+        let indexed = apply_indexes(&indexes, std::slice::from_ref(&cluster));
+        // The new instance goes everywhere before the old one is retired, so that
+        // components hand the name's queued work over instead of dropping it.
+        let engaged = match running {
+            Some(running) if indexed.is_ok() => running.aware.engage(token, name, cluster).await,
+            _ => Ok(()),
+        };
+        if let Some(replaced) = replaced {
+            retire(replaced);
         }
-        match engage {
-            Some((running, token)) => running.aware.engage(token, name, cluster).await,
-            None => Ok(()),
-        }
+        indexed.and(engaged)
     }
 
     /// Removes a cluster: its token is cancelled (every component stops its work for
@@ -176,7 +184,15 @@ impl Clusters {
 
     /// The names of the clusters, in no particular order.
     pub fn names(&self) -> Vec<ClusterName> {
-        self.lock().clusters.keys().cloned().collect()
+        self.lock().clusters.all().map(|(name, _)| name.clone()).collect()
+    }
+
+    fn fingerprint(&self, name: &ClusterName) -> Option<u64> {
+        self.lock()
+            .clusters
+            .all()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, e)| e.value)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -184,20 +200,20 @@ impl Clusters {
     }
 }
 
-fn retire(entry: Entry) {
-    if let Some(token) = entry.token {
-        token.cancel();
-    }
+fn retire(entry: Engaged<Fingerprint>) {
+    entry.token.cancel();
     entry.cluster.stop();
 }
 
-/// Applies recorded indexes to a cluster; one it has already (the same instance
-/// added again) is fine.
-fn apply_indexes(indexes: &[FieldIndex], cluster: &Cluster) -> Result<()> {
-    for index in indexes {
-        match index.apply(cluster.cache()) {
-            Ok(()) | Err(CacheError::IndexExists { .. }) => {}
-            Err(err) => return Err(err.into()),
+/// Applies recorded indexes to clusters; an index a cluster's cache has already
+/// (a cache shared by several clusters, such as namespace views of one host) is fine.
+fn apply_indexes<C: std::borrow::Borrow<Cluster>>(indexes: &[FieldIndex], clusters: &[C]) -> Result<()> {
+    for cluster in clusters {
+        for index in indexes {
+            match index.apply(cluster.borrow().cache()) {
+                Ok(()) | Err(CacheError::IndexExists { .. }) => {}
+                Err(err) => return Err(err.into()),
+            }
         }
     }
     Ok(())
@@ -218,12 +234,10 @@ impl Provider for Clusters {
         let clusters: Vec<Arc<Cluster>> = {
             let mut state = self.lock();
             state.indexes.push(index.clone());
-            state.clusters.values().map(|e| e.cluster.clone()).collect()
+            state.clusters.all().map(|(_, e)| e.cluster.clone()).collect()
         };
-        for cluster in clusters {
-            index.apply(cluster.cache())?;
-        }
-        Ok(())
+        // Clusters sharing a cache (namespace views of one host) get it once.
+        apply_indexes(std::slice::from_ref(&index), &clusters)
     }
 
     fn into_runnable(self: Arc<Self>) -> Option<Arc<dyn ProviderRunnable>> {
@@ -236,32 +250,36 @@ impl ProviderRunnable for Clusters {
     /// Engages every cluster added so far, then those added later, until `token` is
     /// cancelled.
     async fn start(&self, token: CancellationToken, aware: Arc<dyn Aware>) -> Result<()> {
-        let pending: Vec<(ClusterName, Arc<Cluster>, CancellationToken)> = {
+        let names = {
             let mut state = self.lock();
             state.running = Some(Running {
                 token: token.clone(),
                 aware: aware.clone(),
             });
-            state
-                .clusters
-                .iter_mut()
-                .map(|(name, entry)| {
-                    let child = token.child_token();
-                    entry.token = Some(child.clone());
-                    (name.clone(), entry.cluster.clone(), child)
-                })
-                .collect()
+            state.clusters.names()
         };
-        for (name, cluster, child) in pending {
-            if let Err(err) = aware.engage(child, name.clone(), cluster).await {
+        // Clusters added from now on engage themselves; those added before are
+        // engaged here, each through its gate and as registered at that moment.
+        for name in names {
+            let _gate = self.gates.enter(&name).await;
+            let current = self
+                .lock()
+                .clusters
+                .get(&name)
+                .map(|e| (e.cluster.clone(), e.token.clone()));
+            if let Some((cluster, cluster_token)) = current
+                && let Err(err) = aware.engage(cluster_token, name.clone(), cluster).await
+            {
                 tracing::error!(cluster = %name, error = %err, "cannot engage cluster");
             }
         }
         token.cancelled().await;
-        // The provider stops with the manager: so do the watches of its clusters.
+        // The provider stops with the manager: every engagement ends, and the
+        // clusters' watches stop.
         let mut state = self.lock();
         state.running = None;
-        for entry in state.clusters.values() {
+        for (_, entry) in state.clusters.all() {
+            entry.token.cancel();
             entry.cluster.stop();
         }
         Ok(())

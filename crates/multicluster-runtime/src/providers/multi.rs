@@ -113,25 +113,30 @@ impl Multi {
             )));
         }
         let provider: Arc<dyn Provider> = provider;
-        let (indexes, running) = {
-            let state = self.lock();
+        // The member joins and the indexes are read in one step: an index registered
+        // after it is applied by `index_field`, one registered before it here, so
+        // each exactly once.
+        let (indexes, running, token) = {
+            let mut state = self.lock();
             if state.providers.contains_key(&name) {
                 return Err(self.refuse(format!("a provider named {name:?} exists already")));
             }
-            (state.indexes.clone(), state.running.clone())
+            let running = state.running.clone();
+            let token = running
+                .as_ref()
+                .map_or_else(CancellationToken::new, |r| r.token.child_token());
+            let member = Member {
+                provider: provider.clone(),
+                token: token.clone(),
+            };
+            state.providers.insert(name.clone(), member);
+            (state.indexes.clone(), running, token)
         };
         for index in indexes {
-            tolerate_existing(provider.index_field(index).await)?;
-        }
-        let token = running
-            .as_ref()
-            .map_or_else(CancellationToken::new, |r| r.token.child_token());
-        let member = Member {
-            provider: provider.clone(),
-            token: token.clone(),
-        };
-        if self.lock().providers.insert(name.clone(), member).is_some() {
-            return Err(self.refuse(format!("a provider named {name:?} was added concurrently")));
+            if let Err(err) = tolerate_existing(provider.index_field(index).await) {
+                self.remove_provider(&name);
+                return Err(err);
+            }
         }
         if let Some(running) = running {
             self.launch(name, provider, token, running.aware);
