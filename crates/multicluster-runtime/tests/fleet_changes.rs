@@ -1,0 +1,537 @@
+//! Nothing is lost while the fleet changes: replacements, lag, unsynced caches,
+//! failing engagements, panicking callbacks and hanging clusters, against real
+//! apiservers (issue "Nothing lost while the fleet changes", tests l01–l09).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::future::join_all;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use kube_envtest::Fleet;
+use multicluster_runtime::cache::{CacheOptions, FieldIndex};
+use multicluster_runtime::controller::{Action, Controller, MapContext, ReconcileRequest, Request};
+use multicluster_runtime::providers::clusters::Clusters;
+use multicluster_runtime::{Aware, Cluster, ClusterName, ClusterOptions, Manager, Provider};
+use tokio_util::sync::CancellationToken;
+
+mod support;
+
+use support::fleet::*;
+use support::host::Logs;
+use support::{WAIT, wait_until};
+
+/// Creates `count` ConfigMaps `<prefix>-<n>` labelled `test=<prefix>` in `default`.
+async fn create_many(client: &Client, prefix: &str, count: usize) {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    for chunk in (0..count).collect::<Vec<_>>().chunks(25) {
+        join_all(chunk.iter().map(|n| {
+            let mut cm = ConfigMap::default();
+            cm.metadata.name = Some(format!("{prefix}-{n}"));
+            cm.metadata.labels = Some(BTreeMap::from([("test".to_owned(), prefix.to_owned())]));
+            let api = api.clone();
+            async move { api.create(&PostParams::default(), &cm).await.expect("create") }
+        }))
+        .await;
+    }
+}
+
+async fn delete_many(client: &Client, prefix: &str) {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let selector = ListParams::default().labels(&format!("test={prefix}"));
+    api.delete_collection(&DeleteParams::default(), &selector)
+        .await
+        .expect("delete collection");
+}
+
+/// Two tasks replace one cluster 100 times each while a second controller joins: the
+/// instance the provider holds is the one every component works on, and both
+/// controllers reconcile in it afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l01_concurrent_replacements_never_evict_the_live_instance() {
+    let env = Env::new(1).await;
+    let (first, first_seen) = recording(Controller::builder(&env.manager).named("first")).await;
+    env.start();
+    wait_engaged(&first, &["c1"]).await;
+
+    let replacers: Vec<_> = (0..2)
+        .map(|_| {
+            let (provider, client) = (env.provider.clone(), env.client(1));
+            tokio::spawn(async move {
+                for _ in 0..100 {
+                    let cluster = Arc::new(Cluster::new("c1", client.clone()));
+                    provider.replace("c1", cluster).await.expect("replace");
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    // The second controller's catch-up races the replacements.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (second, second_seen) = recording(Controller::builder(&env.manager).named("second")).await;
+    for replacer in replacers {
+        replacer.await.expect("replacer");
+    }
+
+    let registered = env.provider.get(&"c1".into()).await.expect("registered");
+    let engaged = env.manager.get_cluster(&"c1".into()).await.expect("engaged");
+    assert!(
+        Arc::ptr_eq(&registered, &engaged),
+        "the manager holds the provider's instance"
+    );
+    assert!(!registered.is_stopped());
+    wait_engaged(&first, &["c1"]).await;
+    wait_engaged(&second, &["c1"]).await;
+    assert!(env.manager.engaged_clusters().iter().any(|n| n == "c1"));
+
+    let created = Instant::now();
+    create_cm(env.client(1), "after-replacements", &[]).await;
+    first_seen.wait_for("c1", "after-replacements", 1).await;
+    second_seen.wait_for("c1", "after-replacements", 1).await;
+    assert!(
+        created.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        created.elapsed()
+    );
+}
+
+/// What one reconcile saw: the object's name, whether it existed, and the address of
+/// the `Cluster` instance it ran with.
+type Seen = Arc<Mutex<Vec<(String, bool, usize)>>>;
+
+/// 500 items of a cluster are queued (their objects deleted, some of them in error
+/// backoff) when the cluster is replaced: the new instance lists nothing, so only the
+/// carried-over queue can bring each deletion to the reconciler.
+#[tokio::test]
+async fn l02_replacement_keeps_queued_items_and_backoff() {
+    const ITEMS: usize = 500;
+    let env = Env::new(1).await;
+    create_many(&env.client(1), "l02", ITEMS).await;
+    let seen: Seen = Arc::default();
+    let replaced = Arc::new(AtomicBool::new(false));
+    let context = (seen.clone(), replaced.clone());
+    let _controller = Controller::builder::<ConfigMap>(&env.manager)
+        .backoff(Duration::from_millis(500), Duration::from_secs(1))
+        .run(
+            |req: ReconcileRequest<ConfigMap>, ctx: Arc<(Seen, Arc<AtomicBool>)>| async move {
+                let (seen, replaced) = &*ctx;
+                let name = req.request.name().to_owned();
+                let at = Arc::as_ptr(&req.cluster) as usize;
+                seen.lock()
+                    .unwrap()
+                    .push((name.clone(), req.object.is_some(), at));
+                if !replaced.load(Ordering::SeqCst) {
+                    // Slow, and every tenth item fails into backoff.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    if name.ends_with('7') {
+                        return Err("not yet");
+                    }
+                }
+                Ok(Action::await_change())
+            },
+            |_, _, _| Action::backoff(),
+            Arc::new(context),
+        )
+        .await
+        .expect("controller");
+    env.start();
+    wait_until("some reconciles", || seen.lock().unwrap().len() >= 20).await;
+    let new = env.cluster(1);
+    delete_many(&env.client(1), "l02").await;
+    env.provider.replace("c1", new.clone()).await.expect("replace");
+    replaced.store(true, Ordering::SeqCst);
+    let seen_before = seen.lock().unwrap().len();
+    let absent_before: BTreeSet<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, exists, _)| !exists)
+        .map(|(n, _, _)| n.clone())
+        .collect();
+
+    let new_at = Arc::as_ptr(&new) as usize;
+    let all: BTreeSet<String> = (0..ITEMS).map(|n| format!("l02-{n}")).collect();
+    wait_until("every deleted item reconciled as absent", || {
+        let seen = seen.lock().unwrap();
+        let absent: BTreeSet<String> = seen
+            .iter()
+            .filter(|(_, exists, _)| !exists)
+            .map(|(n, _, _)| n.clone())
+            .collect();
+        absent == all
+    })
+    .await;
+    let seen = seen.lock().unwrap();
+    // At most the one reconcile in flight at the replacement ran with the old
+    // instance after it; everything else after it ran with the new one.
+    let late_old = seen[seen_before..]
+        .iter()
+        .filter(|(_, _, at)| *at != new_at)
+        .count();
+    assert!(
+        late_old <= 1,
+        "{late_old} reconciles with the old instance after the replacement"
+    );
+    let by_new: BTreeSet<&String> = seen
+        .iter()
+        .filter(|(_, exists, at)| *at == new_at && !exists)
+        .map(|(n, _, _)| n)
+        .collect();
+    let pending: Vec<&String> = all.difference(&absent_before).collect();
+    assert!(
+        pending.len() > ITEMS / 2,
+        "most items were still queued: {}",
+        pending.len()
+    );
+    let missed = pending.iter().filter(|n| !by_new.contains(*n)).count();
+    assert!(
+        missed <= 1,
+        "{missed} queued items did not reach the new instance"
+    );
+}
+
+/// `index_field` while 50 clusters are engaged concurrently: every cluster gets the
+/// index, and no registration reports it twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l03_index_field_reaches_every_cluster_exactly_once() {
+    let env = Env::with_spare(0, 1).await;
+    env.start();
+    create_cm(env.client(1), "indexed", &[("app", "web")]).await;
+    let index = FieldIndex::new::<ConfigMap>("app", |cm| {
+        cm.data
+            .iter()
+            .flatten()
+            .filter(|(k, _)| *k == "app")
+            .map(|(_, v)| v.clone())
+            .collect()
+    });
+    let adds = (0..50).map(|n| {
+        let (provider, client) = (env.provider.clone(), env.client(1));
+        tokio::spawn(async move {
+            let name = format!("n{n}");
+            provider
+                .add(name.as_str(), Arc::new(Cluster::new(name.as_str(), client)))
+                .await
+        })
+    });
+    let adds: Vec<_> = adds.collect();
+    tokio::task::yield_now().await;
+    env.manager
+        .index_field(index.clone())
+        .await
+        .expect("registered once everywhere");
+    for add in join_all(adds).await {
+        add.expect("task").expect("add");
+    }
+    for n in 0..50 {
+        let cluster = env.provider.get(&format!("n{n}").into()).await.expect("cluster");
+        let found = cluster.cache().list_by_index::<ConfigMap>("app", "web").await;
+        let names: Vec<String> = found
+            .expect("the index exists")
+            .iter()
+            .map(|cm| cm.name_any())
+            .collect();
+        assert_eq!(names, ["indexed"], "cluster n{n}");
+        assert!(
+            index.apply(cluster.cache()).is_err(),
+            "n{n} already has the index"
+        );
+    }
+}
+
+/// A request mapped into a cluster whose apiserver is paused during the initial list
+/// waits, queued, until that cluster's cache has synced; it then sees the object.
+#[tokio::test]
+async fn l04_mapped_request_waits_for_the_target_cache_to_sync() {
+    let env = Env::new(2).await;
+    create_cm(env.client(2), "target", &[]).await;
+    env.fleet.cluster(2).pause();
+    let mapped = Arc::new(AtomicUsize::new(0));
+    let counter = mapped.clone();
+    let (controller, recorder) = recording(Controller::builder::<ConfigMap>(&env.manager).watches::<Secret>(
+        move |context: &MapContext, secret: &Secret| {
+            if context.source != "c1" || secret.name_any() != "trigger" {
+                return Vec::new();
+            }
+            counter.fetch_add(1, Ordering::SeqCst);
+            vec![Request::new("c2", Some("default"), "target")]
+        },
+    ))
+    .await;
+    env.start();
+    let api: Api<Secret> = Api::namespaced(env.client(1), "default");
+    let mut secret = Secret::default();
+    secret.metadata.name = Some("trigger".into());
+    api.create(&PostParams::default(), &secret).await.expect("secret");
+    wait_until("the trigger mapped", || mapped.load(Ordering::SeqCst) > 0).await;
+    // The barrier: the request is in the queue, held while c2 has not synced.
+    let queue = controller.queue();
+    assert!(queue.is_paused(&"c2".into()), "c2 is held until its cache syncs");
+    assert_eq!(queue.depth(&"c2".into()), 1);
+    assert_eq!(recorder.count("c2", "target"), 0);
+
+    env.fleet.cluster(2).resume();
+    recorder.wait_for("c2", "target", 1).await;
+    let first = recorder
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(r, _)| r.cluster == "c2")
+        .cloned();
+    assert_eq!(
+        first.map(|(_, exists)| exists),
+        Some(true),
+        "the first reconcile saw the object"
+    );
+}
+
+/// A Namespace (cluster-scoped) owning ConfigMaps: a change of a child reconciles the
+/// Namespace, under no namespace, with the cached object.
+#[tokio::test]
+async fn l05_cluster_scoped_owner_gets_its_owned_children() {
+    let env = Env::new(1).await;
+    let client = env.client(1);
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let mut ns = Namespace::default();
+    ns.metadata.name = Some("l05".into());
+    let ns = namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("namespace");
+    let seen: Arc<Mutex<Vec<(Request, bool)>>> = Arc::default();
+    let _controller = Controller::builder::<Namespace>(&env.manager)
+        .owns::<ConfigMap>()
+        .run(
+            |req: ReconcileRequest<Namespace>, seen: Arc<Mutex<Vec<(Request, bool)>>>| async move {
+                seen.lock()
+                    .unwrap()
+                    .push((req.request.clone(), req.object.is_some()));
+                Ok::<_, Infallible>(Action::await_change())
+            },
+            |_, _, _| Action::backoff(),
+            seen.clone(),
+        )
+        .await
+        .expect("controller");
+    env.start();
+    let count = |seen: &Mutex<Vec<(Request, bool)>>| {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|(r, _)| r.name() == "l05")
+            .count()
+    };
+    wait_until("the namespace reconciled", || count(&seen) >= 1).await;
+    let before = count(&seen);
+
+    let children: Api<ConfigMap> = Api::namespaced(client, "l05");
+    let mut child = ConfigMap::default();
+    child.metadata.name = Some("child".into());
+    child.metadata.owner_references = Some(vec![OwnerReference {
+        api_version: "v1".into(),
+        kind: "Namespace".into(),
+        name: "l05".into(),
+        uid: ns.uid().expect("uid"),
+        controller: Some(true),
+        block_owner_deletion: None,
+    }]);
+    children
+        .create(&PostParams::default(), &child)
+        .await
+        .expect("child");
+    wait_until("the owner reconciled for its child", || count(&seen) > before).await;
+    let seen = seen.lock().unwrap();
+    for (request, exists) in seen.iter().filter(|(r, _)| r.name() == "l05") {
+        assert_eq!(request.namespace(), None, "{request}");
+        assert!(exists, "the cached Namespace is delivered");
+    }
+}
+
+/// A source whose event channel holds one event misses most of a burst of deletions;
+/// every deleted object is still reconciled as absent.
+#[tokio::test]
+async fn l06_deletions_are_not_lost_when_the_source_lags() {
+    const ITEMS: usize = 200;
+    let logs = Logs::capture();
+    let env = Env::new(0).await;
+    let options = ClusterOptions {
+        cache: CacheOptions::default().event_capacity(1),
+    };
+    let lagging = Arc::new(Cluster::with_options("lagging", env.client(0), options));
+    env.provider.add("lagging", lagging).await.expect("add");
+    create_many(&env.client(0), "l06", ITEMS).await;
+    let (_controller, recorder) = recording(Controller::builder(&env.manager)).await;
+    env.start();
+    recorder
+        .wait("every object reconciled once", |seen| {
+            seen.iter()
+                .filter(|(r, exists)| r.name().starts_with("l06-") && *exists)
+                .count()
+                >= ITEMS
+        })
+        .await;
+    delete_many(&env.client(0), "l06").await;
+    recorder
+        .wait("every object reconciled as absent", |seen| {
+            let absent: BTreeSet<&str> = seen
+                .iter()
+                .filter(|(r, exists)| r.name().starts_with("l06-") && !exists)
+                .map(|(r, _)| r.name())
+                .collect();
+            absent.len() == ITEMS
+        })
+        .await;
+    assert!(
+        logs.has_line(&["fell behind", "lagging"]),
+        "the source lagged, so the lag path was exercised"
+    );
+}
+
+/// A component that refuses the local cluster.
+struct RefusesLocal;
+
+#[async_trait]
+impl Aware for RefusesLocal {
+    async fn engage(
+        &self,
+        _: CancellationToken,
+        name: ClusterName,
+        _: Arc<Cluster>,
+    ) -> multicluster_runtime::Result<()> {
+        if name.is_local() {
+            return Err(multicluster_runtime::Error::Engage {
+                cluster: name,
+                component: "refuses-local".into(),
+                source: "refused".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `start` returns the local engagement's error, and every task it spawned has ended
+/// by then: the runtime counts as many live tasks as before.
+#[test]
+fn l07_failing_local_engage_returns_the_error_and_leaves_no_task() {
+    let fleet_runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let fleet = fleet_runtime.block_on(Fleet::start(1)).expect("fleet");
+    // A runtime of its own, so that every task counted is the manager's (or the
+    // client's, which lives before and after).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let local = Arc::new(Cluster::new("", fleet.cluster(0).client().expect("client")));
+        let manager = Manager::with_provider(local, Arc::new(Clusters::new()));
+        manager.add_aware(Arc::new(RefusesLocal)).await.expect("added");
+        let (_controller, _recorder) = recording(Controller::builder(&manager)).await;
+        let metrics = tokio::runtime::Handle::current().metrics();
+        let before = metrics.num_alive_tasks();
+        let error = manager
+            .start(CancellationToken::new())
+            .await
+            .expect_err("the local engagement fails");
+        assert!(error.to_string().contains("refuses-local"), "{error}");
+        assert_eq!(
+            metrics.num_alive_tasks(),
+            before,
+            "a task of the manager outlived start"
+        );
+    });
+}
+
+/// A mapper that panics for one object of one cluster costs that object's event only:
+/// the cluster's other events and the other cluster go on, and the object is mapped
+/// once it no longer makes the mapper panic.
+#[tokio::test]
+async fn l08_panicking_mapper_is_contained_and_recovers() {
+    let logs = Logs::capture();
+    let env = Env::new(2).await;
+    let (_controller, recorder) =
+        recording(Controller::builder::<ConfigMap>(&env.manager).watches::<Secret>(
+            |context: &MapContext, secret: &Secret| {
+                if secret.labels().contains_key("poison") {
+                    panic!("poisoned secret");
+                }
+                vec![Request::new(
+                    context.source.clone(),
+                    Some("default"),
+                    secret.name_any(),
+                )]
+            },
+        ))
+        .await;
+    env.start();
+    let secret = |name: &str, poison: bool| {
+        let mut secret = Secret::default();
+        secret.metadata.name = Some(name.into());
+        if poison {
+            secret.metadata.labels = Some(BTreeMap::from([("poison".to_owned(), "yes".to_owned())]));
+        }
+        secret
+    };
+    let c1: Api<Secret> = Api::namespaced(env.client(1), "default");
+    let c2: Api<Secret> = Api::namespaced(env.client(2), "default");
+    c1.create(&PostParams::default(), &secret("bad", true))
+        .await
+        .expect("bad");
+    logs.wait_line(&["user callback panicked", "mapper", "bad"]).await;
+    c1.create(&PostParams::default(), &secret("good-1", false))
+        .await
+        .expect("good-1");
+    c2.create(&PostParams::default(), &secret("good-2", false))
+        .await
+        .expect("good-2");
+    recorder.wait_for("c1", "good-1", 1).await;
+    recorder.wait_for("c2", "good-2", 1).await;
+    assert_eq!(recorder.count("c1", "bad"), 0);
+
+    let unpoison = serde_json::json!({ "metadata": { "labels": { "poison": null } } });
+    c1.patch("bad", &PatchParams::default(), &Patch::Merge(&unpoison))
+        .await
+        .expect("fix");
+    recorder.wait_for("c1", "bad", 1).await;
+}
+
+/// Reconciles of one cluster hang for 30 s at concurrency 4: they hold at most half
+/// of the slots, and another cluster's item is reconciled within a second.
+#[tokio::test]
+async fn l09_hanging_cluster_cannot_take_every_slot() {
+    let env = Env::new(2).await;
+    create_many(&env.client(1), "l09", 8).await;
+    let (controller, recorder) = with_reconciler(
+        Controller::builder(&env.manager).concurrency(4),
+        |req: ReconcileRequest<ConfigMap>, recorder: Arc<Recorder>| async move {
+            recorder.record(&req.request, req.object.is_some());
+            if req.request.cluster == "c1" {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+            Ok(Action::await_change())
+        },
+    )
+    .await;
+    env.start();
+    wait_until("c1 holds its share of the slots", || {
+        controller.queue().processing_len_of(&"c1".into()) == 2
+    })
+    .await;
+    // The apiserver keeps ConfigMaps of its own in kube-system: at least 6 wait.
+    assert!(
+        controller.queue().depth(&"c1".into()) >= 6,
+        "the rest of c1 waits"
+    );
+    let created = Instant::now();
+    create_cm(env.client(2), "quick", &[]).await;
+    recorder.wait_for("c2", "quick", 1).await;
+    let took = created.elapsed();
+    assert!(took < Duration::from_secs(1), "c2's item waited {took:?}");
+    assert!(took < WAIT);
+}
