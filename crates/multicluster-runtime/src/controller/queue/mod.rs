@@ -38,7 +38,7 @@
 //! # }
 //! ```
 
-mod backoff;
+pub(crate) mod backoff;
 mod config;
 mod delay;
 mod fair;
