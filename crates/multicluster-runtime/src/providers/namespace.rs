@@ -39,7 +39,7 @@
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let config = kube::Config::infer().await?;
-//! let host = Arc::new(Cluster::from_config("", config.clone(), Default::default())?);
+//! let host = Arc::new(Cluster::connect("", config.clone(), Default::default()).await?);
 //! // Every namespace labelled `tenant`, except the system ones.
 //! let provider = Arc::new(Namespaces::new(host.clone(), config).selector("tenant"));
 //! // The host is also the local cluster: the manager and the namespace-clusters
@@ -72,7 +72,10 @@
 //!   missed the deletion. Label or annotation changes that keep the namespace
 //!   selected change nothing.
 //! - A namespace whose cluster cannot be built (its client fails) is skipped with an
-//!   error naming it, and retried at its next change; the others carry on. An
+//!   error naming it, and retried at its next change; the others carry on. Clients
+//!   are built on a blocking thread (TLS setup is blocking work), never on the
+//!   provider's async task, and given up after
+//!   [`BUILD_TIMEOUT`](crate::providers::kubeconfig::BUILD_TIMEOUT). An
 //!   invalid label selector makes [`start`](ProviderRunnable::start) fail with an
 //!   error that quotes it and the apiserver's reason.
 //!
@@ -124,6 +127,7 @@ use crate::cluster::{Cluster, ClusterName};
 use crate::error::{Error, Result};
 use crate::multicluster::{Aware, Provider, ProviderRunnable};
 use crate::providers::clusters::Clusters;
+use crate::providers::kubeconfig::{self, BUILD_TIMEOUT, KubeconfigError};
 
 /// Namespaces that are not clusters unless [`Namespaces::exclude`] says otherwise:
 /// those Kubernetes itself uses.
@@ -135,6 +139,14 @@ const PROVIDER: &str = "namespaces";
 /// Builds the client of one namespace-cluster from the namespace's name.
 type ClientFactory = Arc<dyn Fn(&str) -> Result<kube::Client, kube::Error> + Send + Sync>;
 
+/// Where the namespace-clusters' clients come from.
+enum Clients {
+    /// The host's connection settings, with the namespace as default namespace.
+    Config(Box<kube::Config>),
+    /// The user's factory.
+    Factory(ClientFactory),
+}
+
 /// A provider of one cluster per namespace of a host cluster, all sharing the host's
 /// cache. See the [module docs](self).
 ///
@@ -142,7 +154,7 @@ type ClientFactory = Arc<dyn Fn(&str) -> Result<kube::Client, kube::Error> + Sen
 /// return the provider.
 pub struct Namespaces {
     host: Arc<Cluster>,
-    clients: ClientFactory,
+    clients: Clients,
     selector: Option<String>,
     exclude: BTreeSet<String>,
     disengage_terminating: bool,
@@ -170,26 +182,29 @@ impl Namespaces {
     /// [module docs](self#scale-what-is-shared-what-each-namespace-costs) and
     /// [`with_clients`](Self::with_clients) for fleets of thousands.
     pub fn new(host: Arc<Cluster>, config: kube::Config) -> Self {
-        Self::with_clients(host, move |namespace| {
-            let mut config = config.clone();
-            config.default_namespace = namespace.to_owned();
-            kube::Client::try_from(config)
-        })
+        Self::with(host, Clients::Config(Box::new(config)))
     }
 
     /// A provider of the namespaces of `host`, whose namespace-clusters get the
     /// clients `clients` makes from the namespace name. A client should have the
     /// namespace as its default namespace.
     ///
-    /// An error skips that namespace (logged with the error; retried at the
-    /// namespace's next change), not the others.
+    /// `clients` is called on a blocking thread, so it may build a client from a
+    /// `kube::Config` (blocking TLS setup); it is given up after
+    /// [`BUILD_TIMEOUT`](crate::providers::kubeconfig::BUILD_TIMEOUT). An error, a
+    /// panic or a timeout skips that namespace (logged; retried at the namespace's
+    /// next change), not the others.
     pub fn with_clients(
         host: Arc<Cluster>,
         clients: impl Fn(&str) -> Result<kube::Client, kube::Error> + Send + Sync + 'static,
     ) -> Self {
+        Self::with(host, Clients::Factory(Arc::new(clients)))
+    }
+
+    fn with(host: Arc<Cluster>, clients: Clients) -> Self {
         Namespaces {
             host,
-            clients: Arc::new(clients),
+            clients,
             selector: None,
             exclude: SYSTEM_NAMESPACES.iter().map(|ns| (*ns).to_owned()).collect(),
             disengage_terminating: false,
@@ -355,7 +370,7 @@ impl Namespaces {
             return;
         }
         let fingerprint = uid_fingerprint(meta.uid.as_deref());
-        let build = async || self.build(name);
+        let build = async || self.build(name).await;
         match self.clusters.replace_if_changed(name, fingerprint, build).await {
             Ok(true) => tracing::info!(cluster = name, uid = ?meta.uid, "namespace engaged as a cluster"),
             Ok(false) => {}
@@ -378,13 +393,41 @@ impl Namespaces {
     }
 
     /// The cluster of the namespace `name`: its own client, a view of the host cache.
-    fn build(&self, name: &str) -> Result<Arc<Cluster>> {
-        let client = (self.clients)(name).map_err(|source| Error::Client {
+    async fn build(&self, name: &str) -> Result<Arc<Cluster>> {
+        let client = self.client(name).await.map_err(|reason| Error::Client {
             cluster: ClusterName::from(name),
-            reason: crate::providers::kubeconfig::describe_kube_error(&source),
+            reason,
         })?;
         let cache = self.host.cache().scoped(name, name);
         Ok(Arc::new(Cluster::with_cache(name, client, cache)))
+    }
+
+    /// The client of the namespace `name`, built on a blocking thread; the error is
+    /// a reason that quotes no credentials.
+    async fn client(&self, name: &str) -> Result<kube::Client, String> {
+        match &self.clients {
+            Clients::Config(config) => {
+                let mut config = kube::Config::clone(config);
+                config.default_namespace = name.to_owned();
+                let origin = format!("namespace {name}");
+                kubeconfig::build_client(config, BUILD_TIMEOUT, &origin, "-")
+                    .await
+                    .map_err(|error| match error {
+                        KubeconfigError::Client { reason, .. } => reason,
+                        other => other.to_string(),
+                    })
+            }
+            Clients::Factory(factory) => {
+                let (factory, namespace) = (factory.clone(), name.to_owned());
+                let building = tokio::task::spawn_blocking(move || factory(&namespace));
+                match tokio::time::timeout(BUILD_TIMEOUT, building).await {
+                    Ok(Ok(Ok(client))) => Ok(client),
+                    Ok(Ok(Err(error))) => Err(kubeconfig::describe_kube_error(&error)),
+                    Ok(Err(_)) => Err("the client factory panicked".into()),
+                    Err(_) => Err(format!("the client factory took longer than {BUILD_TIMEOUT:?}")),
+                }
+            }
+        }
     }
 }
 
