@@ -74,10 +74,9 @@
 //! - A namespace whose cluster cannot be built (its client fails) is skipped with an
 //!   error naming it, and retried at its next change; the others carry on. Clients
 //!   are built on a blocking thread (TLS setup is blocking work), never on the
-//!   provider's async task, and given up after
-//!   [`BUILD_TIMEOUT`](crate::providers::kubeconfig::BUILD_TIMEOUT). An
-//!   invalid label selector makes [`start`](ProviderRunnable::start) fail with an
-//!   error that quotes it and the apiserver's reason.
+//!   provider's async task, and given up after [`BUILD_TIMEOUT`]. An invalid label
+//!   selector makes [`start`](ProviderRunnable::start) fail with an error that
+//!   quotes it and the apiserver's reason.
 //!
 //! # Differences from Go's namespace provider
 //!
@@ -190,10 +189,9 @@ impl Namespaces {
     /// namespace as its default namespace.
     ///
     /// `clients` is called on a blocking thread, so it may build a client from a
-    /// `kube::Config` (blocking TLS setup); it is given up after
-    /// [`BUILD_TIMEOUT`](crate::providers::kubeconfig::BUILD_TIMEOUT). An error, a
-    /// panic or a timeout skips that namespace (logged; retried at the namespace's
-    /// next change), not the others.
+    /// `kube::Config` (blocking TLS setup); it is given up after [`BUILD_TIMEOUT`].
+    /// An error, a panic or a timeout skips that namespace (logged; retried at the
+    /// namespace's next change), not the others.
     pub fn with_clients(
         host: Arc<Cluster>,
         clients: impl Fn(&str) -> Result<kube::Client, kube::Error> + Send + Sync + 'static,
