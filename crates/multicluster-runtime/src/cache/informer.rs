@@ -594,6 +594,7 @@ mod tests {
     use tokio::sync::broadcast::error::RecvError;
 
     use super::*;
+    use crate::cache::testing::Logs;
 
     fn config_map(name: &str, version: &str) -> ConfigMap {
         ConfigMap {
@@ -1044,6 +1045,37 @@ mod tests {
         );
         token.cancel();
         task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_transform_is_logged_with_where_it_happened_and_no_content() {
+        use watcher::Event::*;
+        let logs = Logs::default();
+        let _guard = tracing::subscriber::set_default(logs.subscriber());
+        let informer = informer();
+        let mut secret = poisoned("p", "1");
+        secret.data = Some([("password".to_owned(), "hunter2".to_owned())].into());
+        let (watch, _) = scripted(vec![vec![Ok(Init), Ok(InitApply(secret))]]);
+        let token = CancellationToken::new();
+        // The test runtime has one thread: the task runs where the subscriber is set.
+        let task = tokio::spawn(informer.clone().run(watch, fragile_transform(), token.clone()));
+        until(|| informer.restarts() == 1).await;
+        token.cancel();
+        task.await.unwrap();
+        let lines = logs.lines_with(" ERROR ");
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let line = &lines[0];
+        for expected in [
+            "ERROR",
+            "cluster=eu-1",
+            "resource=ConfigMap (v1)",
+            "callback=\"transform\"",
+            "namespace=\"default\"",
+            "name=\"p\"",
+        ] {
+            assert!(line.contains(expected), "{expected} in {line}");
+        }
+        assert!(!line.contains("hunter2") && !line.contains("poisoned"), "{line}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -72,6 +72,8 @@ mod informer;
 mod key;
 mod options;
 mod store;
+#[cfg(test)]
+mod testing;
 
 use std::any::Any;
 use std::collections::HashMap;

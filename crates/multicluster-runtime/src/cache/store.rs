@@ -512,6 +512,7 @@ mod tests {
     use kube::api::ObjectMeta;
 
     use super::*;
+    use crate::cache::testing::Logs;
 
     fn config_map(namespace: &str, name: &str, version: &str, app: &str) -> ConfigMap {
         ConfigMap {
@@ -823,6 +824,32 @@ mod tests {
         assert!(store.by_index("app", "web").unwrap().is_empty());
         assert_eq!(names(store.by_index("fragile", "db").unwrap()), ["a/two"]);
         assert!(!store.shared.state.is_poisoned());
+    }
+
+    #[test]
+    fn a_panicking_extractor_is_logged_with_where_it_happened_and_no_content() {
+        let logs = Logs::default();
+        let _guard = tracing::subscriber::set_default(logs.subscriber());
+        let store = store::<ConfigMap>();
+        store.add_index("fragile", fragile()).unwrap();
+        let mut secret = poisoned(config_map("a", "one", "1", "web"));
+        secret.data = Some(BTreeMap::from([("password".to_owned(), "hunter2".to_owned())]));
+        store.apply(secret);
+        let lines = logs.lines_with(" ERROR ");
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let line = &lines[0];
+        for expected in [
+            "ERROR",
+            "cluster=test",
+            "resource=ConfigMap (v1)",
+            "callback=\"index extractor\"",
+            "index=fragile",
+            "namespace=\"a\"",
+            "name=one",
+        ] {
+            assert!(line.contains(expected), "{expected} in {line}");
+        }
+        assert!(!line.contains("hunter2") && !line.contains("poisoned"), "{line}");
     }
 
     #[test]
