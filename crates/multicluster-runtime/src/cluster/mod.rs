@@ -110,16 +110,7 @@ impl Cluster {
         options: ClusterOptions,
     ) -> crate::Result<Self> {
         let name = name.into();
-        let origin = format!("cluster {name}");
-        let client = kubeconfig::build_client(config, kubeconfig::BUILD_TIMEOUT, &origin, "-")
-            .await
-            .map_err(|error| crate::Error::Client {
-                cluster: name.clone(),
-                reason: match error {
-                    KubeconfigError::Client { reason, .. } => reason,
-                    other => other.to_string(),
-                },
-            })?;
+        let client = build_client(&name, config).await?;
         Ok(Self::with_options(name, client, options))
     }
 
@@ -168,6 +159,24 @@ impl Cluster {
     pub fn is_stopped(&self) -> bool {
         self.token.is_cancelled()
     }
+}
+
+/// Builds the client of the cluster `name` from `config` on a blocking thread,
+/// within [`BUILD_TIMEOUT`](kubeconfig::BUILD_TIMEOUT).
+///
+/// # Errors
+/// [`crate::Error::Client`], with a reason that quotes no credentials.
+pub(crate) async fn build_client(name: &ClusterName, config: kube::Config) -> crate::Result<kube::Client> {
+    let origin = format!("cluster {name}");
+    kubeconfig::build_client(config, kubeconfig::BUILD_TIMEOUT, &origin, "-")
+        .await
+        .map_err(|error| crate::Error::Client {
+            cluster: name.clone(),
+            reason: match error {
+                KubeconfigError::Client { reason, .. } => reason,
+                other => other.to_string(),
+            },
+        })
 }
 
 impl Drop for Cluster {

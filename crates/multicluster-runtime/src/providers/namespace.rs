@@ -126,7 +126,7 @@ use crate::cluster::{Cluster, ClusterName};
 use crate::error::{Error, Result};
 use crate::multicluster::{Aware, Provider, ProviderRunnable};
 use crate::providers::clusters::Clusters;
-use crate::providers::kubeconfig::{self, BUILD_TIMEOUT, KubeconfigError};
+use crate::providers::kubeconfig::{self, BUILD_TIMEOUT};
 
 /// Namespaces that are not clusters unless [`Namespaces::exclude`] says otherwise:
 /// those Kubernetes itself uses.
@@ -392,40 +392,33 @@ impl Namespaces {
 
     /// The cluster of the namespace `name`: its own client, a view of the host cache.
     async fn build(&self, name: &str) -> Result<Arc<Cluster>> {
-        let client = self.client(name).await.map_err(|reason| Error::Client {
-            cluster: ClusterName::from(name),
-            reason,
-        })?;
+        let client = self.client(&ClusterName::from(name)).await?;
         let cache = self.host.cache().scoped(name, name);
         Ok(Arc::new(Cluster::with_cache(name, client, cache)))
     }
 
-    /// The client of the namespace `name`, built on a blocking thread; the error is
-    /// a reason that quotes no credentials.
-    async fn client(&self, name: &str) -> Result<kube::Client, String> {
-        match &self.clients {
+    /// The client of the namespace `name`, built on a blocking thread.
+    async fn client(&self, name: &ClusterName) -> Result<kube::Client> {
+        let factory = match &self.clients {
             Clients::Config(config) => {
                 let mut config = kube::Config::clone(config);
-                config.default_namespace = name.to_owned();
-                let origin = format!("namespace {name}");
-                kubeconfig::build_client(config, BUILD_TIMEOUT, &origin, "-")
-                    .await
-                    .map_err(|error| match error {
-                        KubeconfigError::Client { reason, .. } => reason,
-                        other => other.to_string(),
-                    })
+                config.default_namespace = name.to_string();
+                return crate::cluster::build_client(name, config).await;
             }
-            Clients::Factory(factory) => {
-                let (factory, namespace) = (factory.clone(), name.to_owned());
-                let building = tokio::task::spawn_blocking(move || factory(&namespace));
-                match tokio::time::timeout(BUILD_TIMEOUT, building).await {
-                    Ok(Ok(Ok(client))) => Ok(client),
-                    Ok(Ok(Err(error))) => Err(kubeconfig::describe_kube_error(&error)),
-                    Ok(Err(_)) => Err("the client factory panicked".into()),
-                    Err(_) => Err(format!("the client factory took longer than {BUILD_TIMEOUT:?}")),
-                }
-            }
-        }
+            Clients::Factory(factory) => factory.clone(),
+        };
+        let namespace = name.to_string();
+        let building = tokio::task::spawn_blocking(move || factory(&namespace));
+        let reason = match tokio::time::timeout(BUILD_TIMEOUT, building).await {
+            Ok(Ok(Ok(client))) => return Ok(client),
+            Ok(Ok(Err(error))) => kubeconfig::describe_kube_error(&error),
+            Ok(Err(_)) => "the client factory panicked".into(),
+            Err(_) => format!("the client factory took longer than {BUILD_TIMEOUT:?}"),
+        };
+        Err(Error::Client {
+            cluster: name.clone(),
+            reason,
+        })
     }
 }
 
