@@ -475,6 +475,38 @@ impl ProviderRunnable for Namespaces {
 mod tests {
     use super::*;
 
+    fn config() -> kube::Config {
+        kube::Config::new("https://127.0.0.1:6443".parse().expect("a URL"))
+    }
+
+    #[tokio::test]
+    async fn clients_are_built_off_thread_and_a_panicking_factory_skips_its_namespace() {
+        let host = Arc::new(
+            Cluster::connect("host", config(), Default::default())
+                .await
+                .expect("host"),
+        );
+        let from_config = Namespaces::new(host.clone(), config());
+        let client = from_config.client(&"team-a".into()).await.expect("client");
+        assert_eq!(client.default_namespace(), "team-a");
+
+        let factory = Namespaces::with_clients(host, |namespace| {
+            assert_ne!(namespace, "bad", "no client for this one");
+            let mut config = config();
+            config.default_namespace = namespace.to_owned();
+            kube::Client::try_from(config)
+        });
+        let client = factory.client(&"team-b".into()).await.expect("client");
+        assert_eq!(client.default_namespace(), "team-b");
+        let Err(error) = factory.client(&"bad".into()).await else {
+            panic!("a client from a panicking factory");
+        };
+        assert_eq!(
+            error.to_string(),
+            "cannot build a client for cluster bad: the client factory panicked"
+        );
+    }
+
     #[test]
     fn a_new_uid_is_a_new_fingerprint() {
         assert_eq!(uid_fingerprint(Some("a")), uid_fingerprint(Some("a")));
