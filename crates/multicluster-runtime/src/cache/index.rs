@@ -41,6 +41,11 @@ impl<K> Index<K> {
         }
     }
 
+    /// The index's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The values under which `object` (stored as `key`) is filed.
     ///
     /// A panic of the extractor is caught and logged, and files the object under no

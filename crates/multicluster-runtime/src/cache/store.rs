@@ -63,7 +63,9 @@ struct State<K> {
     /// Objects by namespace (`""` for cluster-scoped ones), then by name.
     namespaces: HashMap<String, HashMap<String, Entry<K>>>,
     len: usize,
-    indexes: HashMap<String, Index<K>>,
+    /// A type has few indexes: a list, searched by name, whose fixed order lets a
+    /// write compute every index's values first and apply them after.
+    indexes: Vec<Index<K>>,
     /// The number of the current, or last, relist. Entries the relist does not stamp
     /// with it were not listed: they are gone from the cluster.
     relist: u64,
@@ -83,7 +85,7 @@ impl<K> Store<K> {
                 state: RwLock::new(State {
                     namespaces: HashMap::new(),
                     len: 0,
-                    indexes: HashMap::new(),
+                    indexes: Vec::new(),
                     relist: 0,
                 }),
             }),
@@ -213,7 +215,7 @@ impl<K> Store<K> {
     /// type.
     pub fn by_index(&self, index: &str, value: &str) -> Result<Vec<Arc<K>>, CacheError> {
         let state = self.read();
-        let Some(found) = state.indexes.get(index) else {
+        let Some(found) = state.index(index) else {
             return Err(CacheError::UnknownIndex {
                 cluster: self.cluster().clone(),
                 resource: self.shared.resource.to_string(),
@@ -241,7 +243,7 @@ impl<K> Store<K> {
 
     /// Whether an index of that name exists.
     pub fn has_index(&self, index: &str) -> bool {
-        self.read().indexes.contains_key(index)
+        self.read().index(index).is_some()
     }
 
     /// How many objects are stored (for a namespace-scoped store: in its namespace,
@@ -280,7 +282,7 @@ impl<K> Store<K> {
         );
         let snapshot: Vec<(ObjectKey, Arc<K>)> = {
             let state = self.read();
-            if state.indexes.contains_key(name) {
+            if state.index(name).is_some() {
                 return Err(self.index_exists(name));
             }
             state
@@ -305,7 +307,7 @@ impl<K> Store<K> {
             .collect();
         let mut state = self.write();
         // Two registrations of one name may have raced past the first check.
-        if state.indexes.contains_key(name) {
+        if state.index(name).is_some() {
             return Err(self.index_exists(name));
         }
         for (namespace, names) in &state.namespaces {
@@ -320,7 +322,7 @@ impl<K> Store<K> {
                 index.refile(&key, Vec::new(), values);
             }
         }
-        state.indexes.insert(name.to_owned(), index);
+        state.indexes.push(index);
         Ok(())
     }
 
@@ -410,6 +412,11 @@ impl<K> State<K> {
         InformerEvent::Applied { old, new }
     }
 
+    /// The index named `name`.
+    fn index(&self, name: &str) -> Option<&Index<K>> {
+        self.indexes.iter().find(|index| index.name() == name)
+    }
+
     /// The entry `name` of `namespace` (`""` for cluster-scoped objects).
     fn entry(&self, namespace: &str, name: &str) -> Option<&Entry<K>> {
         self.namespaces.get(namespace)?.get(name)
@@ -465,17 +472,16 @@ impl<K> State<K> {
             object.map(|object| index.values(key, object)).unwrap_or_default()
         };
         self.indexes
-            .values()
+            .iter()
             .map(|index| (values(index, old), values(index, new)))
             .collect()
     }
 
-    /// Applies what [`refiling`](Self::refiling) computed. The indexes were not added
-    /// or removed in between (`&mut self` throughout), so the map yields them in the
-    /// same order.
+    /// Applies what [`refiling`](Self::refiling) computed; no index was added in
+    /// between (`&mut self` throughout).
     fn refile(&mut self, key: &ObjectKey, refiling: Vec<(Vec<String>, Vec<String>)>) {
         debug_assert_eq!(refiling.len(), self.indexes.len());
-        for (index, (old, new)) in self.indexes.values_mut().zip(refiling) {
+        for (index, (old, new)) in self.indexes.iter_mut().zip(refiling) {
             index.refile(key, old, new);
         }
     }
@@ -498,7 +504,10 @@ impl<K> fmt::Debug for Store<K> {
             .field("namespace_scope", &self.namespace_scope())
             .field("resource", &self.shared.resource)
             .field("len", &len)
-            .field("indexes", &state.indexes.keys().collect::<Vec<_>>())
+            .field(
+                "indexes",
+                &state.indexes.iter().map(Index::name).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
