@@ -388,3 +388,285 @@ async fn sync_timeout_names_cluster_and_type_then_recovers_while_other_clusters_
     assert_eq!(down_cache.watch_count(), 1);
     token.cancel();
 }
+
+/// Whether `object` is labelled `poison=true`: what the l08 callbacks panic on.
+fn is_poisoned<K: ResourceExt>(object: &K) -> bool {
+    object.labels().get("poison").is_some_and(|value| value == "true")
+}
+
+async fn create_poisoned_config_map(client: &Client, namespace: &str, name: &str, app: &str) {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some(name.to_owned());
+    cm.metadata.labels = Some(BTreeMap::from([
+        ("app".to_owned(), app.to_owned()),
+        ("poison".to_owned(), "true".to_owned()),
+    ]));
+    api.create(&PostParams::default(), &cm)
+        .await
+        .expect("create configmap");
+}
+
+async fn merge_patch(client: &Client, namespace: &str, name: &str, patch: serde_json::Value) {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch configmap");
+}
+
+/// Waits until `condition` holds, polling, at most `timeout`.
+async fn until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let wait = async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(timeout, wait)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not within {timeout:?}"));
+}
+
+/// One cache per cluster of `fleet`, each with the `app` index given.
+fn caches_with_index(
+    fleet: &Fleet,
+    token: &CancellationToken,
+    extractor: impl Fn(&ConfigMap) -> Vec<String> + Clone + Send + Sync + 'static,
+) -> Vec<Cache> {
+    fleet
+        .clusters()
+        .iter()
+        .map(|cluster| {
+            let cache = Cache::new(
+                ClusterName::from(cluster.name()),
+                cluster.client().expect("client"),
+                CacheOptions::default(),
+                token.child_token(),
+            );
+            cache
+                .index_field::<ConfigMap>("app", extractor.clone())
+                .expect("register index");
+            cache
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn l08_a_panicking_index_extractor_files_that_object_nowhere_and_stops_nothing() {
+    let fleet = Fleet::start(2).await.expect("start fleet");
+    let clients = [0, 1].map(|i| fleet.cluster(i).client().expect("client"));
+    let [a, b] = &clients;
+    create_config_map(a, "default", "healthy", Some("web")).await;
+    create_poisoned_config_map(a, "default", "poisoned", "web").await;
+    create_config_map(b, "default", "healthy", Some("web")).await;
+
+    // The same extractor in both clusters; only A has an object it panics on.
+    let token = CancellationToken::new();
+    let caches = caches_with_index(&fleet, &token, |cm: &ConfigMap| {
+        assert!(!is_poisoned(cm), "poisoned object");
+        app_label(cm)
+    });
+    let [in_a, in_b] = [0, 1].map(|i| caches[i].informer::<ConfigMap>());
+    for informer in [&in_a, &in_b] {
+        informer.wait_synced(SYNC).await.expect("sync");
+    }
+    let web = |informer: &multicluster_runtime::cache::Informer<ConfigMap>, value: &str| {
+        keys(&informer.store().by_index("app", value).expect("index"))
+    };
+    // Stored all the same, filed under no value of the index.
+    assert!(in_a.store().get(Some("default"), "poisoned").is_some());
+    assert_eq!(web(&in_a, "web"), ["default/healthy"]);
+
+    // A's informer goes on: a healthy object moves in the index, the poisoned one
+    // is updated in the store.
+    merge_patch(
+        a,
+        "default",
+        "healthy",
+        serde_json::json!({ "metadata": { "labels": { "app": "db" } } }),
+    )
+    .await;
+    merge_patch(
+        a,
+        "default",
+        "poisoned",
+        serde_json::json!({ "data": { "k": "v2" } }),
+    )
+    .await;
+    until("A follows the healthy object", Duration::from_secs(20), || {
+        web(&in_a, "db") == ["default/healthy"]
+    })
+    .await;
+    until(
+        "A stores the poisoned object's update",
+        Duration::from_secs(20),
+        || {
+            in_a.store().get(Some("default"), "poisoned").is_some_and(|cm| {
+                cm.data
+                    .as_ref()
+                    .is_some_and(|d| d.get("k").is_some_and(|v| v == "v2"))
+            })
+        },
+    )
+    .await;
+    assert!(web(&in_a, "web").is_empty());
+
+    // B is not affected.
+    merge_patch(
+        b,
+        "default",
+        "healthy",
+        serde_json::json!({ "metadata": { "labels": { "app": "db" } } }),
+    )
+    .await;
+    until("B follows its object", Duration::from_secs(20), || {
+        web(&in_b, "db") == ["default/healthy"]
+    })
+    .await;
+
+    // Fixed through the API: the fixed object is stored and filed.
+    merge_patch(
+        a,
+        "default",
+        "poisoned",
+        serde_json::json!({ "metadata": { "labels": { "poison": null } } }),
+    )
+    .await;
+    until("A files the fixed object", Duration::from_secs(20), || {
+        web(&in_a, "web") == ["default/poisoned"]
+    })
+    .await;
+    assert!(!is_poisoned(
+        &*in_a.store().get(Some("default"), "poisoned").expect("stored")
+    ));
+    // Extractor panics never restart or stop a watch.
+    for informer in [&in_a, &in_b] {
+        assert_eq!(informer.restarts(), 0);
+        assert!(informer.is_synced(), "{informer:?}");
+    }
+    token.cancel();
+}
+
+#[tokio::test]
+async fn l08_a_panicking_transform_restarts_that_watch_with_backoff_and_recovers_once_fixed() {
+    let fleet = Fleet::start(2).await.expect("start fleet");
+    let clients = [0, 1].map(|i| fleet.cluster(i).client().expect("client"));
+    let [a, b] = &clients;
+    // Lists are in name order: "a-…" comes before "z-…".
+    create_config_map(a, "default", "a-healthy", Some("web")).await;
+    create_config_map(b, "default", "a-healthy", Some("web")).await;
+
+    let token = CancellationToken::new();
+    let caches = caches_with_index(&fleet, &token, app_label);
+    for cache in &caches {
+        cache.set_transform::<ConfigMap>(|cm| {
+            assert!(!is_poisoned(cm), "poisoned object");
+            cm.labels_mut().insert("transformed".to_owned(), "yes".to_owned());
+        });
+    }
+    let [in_a, in_b] = [0, 1].map(|i| caches[i].informer::<ConfigMap>());
+    for informer in [&in_a, &in_b] {
+        informer.wait_synced(SYNC).await.expect("sync");
+    }
+    let mut events_a = in_a.subscribe();
+    let stored_before = keys(&in_a.store().list());
+
+    // The transform panics on a new object: A drops its watch and relists, with
+    // backoff, for as long as the object is poisoned.
+    create_poisoned_config_map(a, "default", "z-poisoned", "web").await;
+    until("A restarts its watch", Duration::from_secs(20), || {
+        in_a.restarts() >= 1
+    })
+    .await;
+    assert!(in_a.store().get(Some("default"), "z-poisoned").is_none());
+    assert_eq!(keys(&in_a.store().list()), stored_before);
+    assert!(in_a.is_synced() && !in_a.is_stopped());
+
+    // A healthy object listed before the poisoned one is updated at each relist.
+    merge_patch(
+        a,
+        "default",
+        "a-healthy",
+        serde_json::json!({ "data": { "k": "v2" } }),
+    )
+    .await;
+    until("A relists the healthy object", Duration::from_secs(40), || {
+        in_a.store().get(Some("default"), "a-healthy").is_some_and(|cm| {
+            cm.data
+                .as_ref()
+                .is_some_and(|d| d.get("k").is_some_and(|v| v == "v2"))
+        })
+    })
+    .await;
+
+    // B is not affected.
+    merge_patch(
+        b,
+        "default",
+        "a-healthy",
+        serde_json::json!({ "data": { "k": "v2" } }),
+    )
+    .await;
+    until("B follows its object", Duration::from_secs(20), || {
+        in_b.store().get(Some("default"), "a-healthy").is_some_and(|cm| {
+            cm.data
+                .as_ref()
+                .is_some_and(|d| d.get("k").is_some_and(|v| v == "v2"))
+        })
+    })
+    .await;
+    assert_eq!(in_b.restarts(), 0);
+
+    // Fixed through the API: A stores the fixed object within the backoff (the one
+    // under way, or the next if a relist starts before the fix lands).
+    let restarts = in_a.restarts();
+    let backoff = Duration::from_millis(500)
+        .saturating_mul(1 << restarts.min(16))
+        .min(Duration::from_secs(30));
+    merge_patch(
+        a,
+        "default",
+        "z-poisoned",
+        serde_json::json!({ "metadata": { "labels": { "poison": null } } }),
+    )
+    .await;
+    until(
+        "A stores the fixed object",
+        backoff + Duration::from_secs(15),
+        || {
+            in_a.store()
+                .get(Some("default"), "z-poisoned")
+                .is_some_and(|cm| cm.labels().get("transformed").is_some_and(|v| v == "yes"))
+        },
+    )
+    .await;
+    assert_eq!(
+        keys(&in_a.store().by_index("app", "web").expect("index")),
+        ["default/a-healthy", "default/z-poisoned"]
+    );
+
+    // Recovered: A follows the watch again, and no restart follows. The store was
+    // stale meanwhile, never falsely lacking: nothing was reported deleted.
+    let restarts = in_a.restarts();
+    create_config_map(a, "default", "after-fix", None).await;
+    let events = async {
+        let mut seen = Vec::new();
+        loop {
+            let event = events_a.recv().await.expect("no lag, not closed");
+            let name = event.object().name_any();
+            seen.push(event);
+            if name == "after-fix" {
+                return seen;
+            }
+        }
+    };
+    let seen = tokio::time::timeout(Duration::from_secs(20), events)
+        .await
+        .expect("A reports the new object");
+    assert!(
+        seen.iter()
+            .all(|event| matches!(event, InformerEvent::Applied { .. })),
+        "{seen:?}"
+    );
+    assert_eq!(in_a.restarts(), restarts);
+    token.cancel();
+}

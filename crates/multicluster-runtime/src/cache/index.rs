@@ -2,10 +2,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 
 use super::key::ResourceId;
 use super::{Cache, CacheError, CacheObject, ObjectKey};
+use crate::ClusterName;
 
 /// Computes the values under which an object is filed in an index.
 pub(crate) type Extractor<K> = Arc<dyn Fn(&K) -> Vec<String> + Send + Sync>;
@@ -13,30 +15,72 @@ pub(crate) type Extractor<K> = Arc<dyn Fn(&K) -> Vec<String> + Send + Sync>;
 /// One named index of a store: value → namespace (`""` for cluster-scoped objects) →
 /// names of the objects that produce it. Filed by namespace so that a
 /// namespace-scoped view reads its matches without looking at other namespaces'.
+///
+/// Calling the user's extractor ([`values`](Self::values)) and changing the maps
+/// ([`refile`](Self::refile)) are separate steps, so that a store computes every
+/// index's values before it changes anything: a panicking extractor cannot leave a
+/// store half-updated.
 pub(crate) struct Index<K> {
     extract: Extractor<K>,
+    /// Who the index belongs to, for the log line of a panicking extractor.
+    name: Arc<str>,
+    cluster: ClusterName,
+    resource: Arc<str>,
     keys_by_value: HashMap<String, HashMap<String, HashSet<String>>>,
 }
 
 impl<K> Index<K> {
-    pub(crate) fn new(extract: Extractor<K>) -> Self {
+    /// The index `name` of the store of `resource` in `cluster`.
+    pub(crate) fn new(name: &str, extract: Extractor<K>, cluster: ClusterName, resource: Arc<str>) -> Self {
         Index {
             extract,
+            name: Arc::from(name),
+            cluster,
+            resource,
             keys_by_value: HashMap::new(),
         }
     }
 
-    /// Refiles `key` after its object changed from `old` to `new`; `None` stands for
-    /// "absent" (creation, deletion).
-    pub(crate) fn update(&mut self, key: &ObjectKey, old: Option<&K>, new: Option<&K>) {
-        let old_values = old.map(|object| (self.extract)(object)).unwrap_or_default();
-        let new_values = new.map(|object| (self.extract)(object)).unwrap_or_default();
-        if old_values == new_values {
+    /// The index's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The values under which `object` (stored as `key`) is filed.
+    ///
+    /// A panic of the extractor is caught and logged, and files the object under no
+    /// value. The outcome is the same at every call for the same object, so
+    /// refiling it later removes exactly what was filed.
+    pub(crate) fn values(&self, key: &ObjectKey, object: &K) -> Vec<String> {
+        // The extractor only reads `object`; whatever state it leaves behind is its own.
+        match panic::catch_unwind(AssertUnwindSafe(|| (self.extract)(object))) {
+            Ok(values) => values,
+            Err(_) => {
+                // The payload is not logged: it may quote the object, and the panic
+                // hook has already reported it.
+                tracing::error!(
+                    cluster = %self.cluster,
+                    resource = %self.resource,
+                    callback = "index extractor",
+                    index = %self.name,
+                    namespace = key.namespace_or_empty(),
+                    name = %key.name,
+                    "index extractor panicked; the object is filed under no value of this index"
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    /// Refiles `key` from the values `old` to the values `new` (empty for "absent":
+    /// creation, deletion). Calls no user code.
+    pub(crate) fn refile(&mut self, key: &ObjectKey, old: Vec<String>, new: Vec<String>) {
+        if old == new {
             // The common update: the status changed, the indexed fields did not.
             return;
         }
         let namespace = key.namespace_or_empty();
-        for value in old_values {
+        for value in old {
             let Some(namespaces) = self.keys_by_value.get_mut(&value) else {
                 continue;
             };
@@ -50,7 +94,7 @@ impl<K> Index<K> {
                 self.keys_by_value.remove(&value);
             }
         }
-        for value in new_values {
+        for value in new {
             self.keys_by_value
                 .entry(value)
                 .or_default()

@@ -2,7 +2,9 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::panic::{self, AssertUnwindSafe};
 use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -16,6 +18,11 @@ use super::error::error_chain;
 use super::store::Scope;
 use super::{CacheError, InformerEvent, Store, WatchSpec};
 use crate::ClusterName;
+use crate::controller::queue::backoff::Backoff;
+
+/// How long the informer waits before it watches again after a transform panicked:
+/// 500 ms after the first panic in a row, doubling up to 30 s.
+const RESTART_BACKOFF: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
 
 /// Changes an object before it is stored.
 pub(crate) type Transform<K> = Arc<dyn Fn(&mut K) + Send + Sync>;
@@ -37,6 +44,26 @@ pub(crate) type Transform<K> = Arc<dyn Fn(&mut K) + Send + Sync>;
 /// objects new to the store or with a changed `resourceVersion` are reported as
 /// [`InformerEvent::Applied`]. The end of the first list makes the informer
 /// [synced](Self::is_synced).
+///
+/// # Panicking callbacks
+///
+/// User code that runs inside the informer cannot stop it:
+///
+/// - A panicking [index extractor](super::Cache::index_field) files that object
+///   under no value of that index. The object is stored, the other indexes are
+///   right, and the informer goes on.
+/// - A panicking [transform](super::Cache::set_transform) means the object cannot be
+///   stored as asked: the informer stores nothing of it, drops its watch, waits
+///   (500 ms after the first panic in a row, doubling up to 30 s; the count starts
+///   over once a list completes) and watches again, which lists everything anew.
+///   Until a list gets through, the store keeps what it had: stale, but it never
+///   reports an object deleted that was not. [`restarts`](Self::restarts) counts
+///   these restarts.
+///
+/// Each panic is logged as an ERROR with the cluster, the resource, the callback
+/// kind (`index extractor`, `transform`), the index name and the object's namespace
+/// and name, never its content; the panic message goes to the panic hook as usual.
+/// With `panic = "abort"` nothing can be caught and the process ends.
 ///
 /// # Namespace-scoped informers
 ///
@@ -65,6 +92,8 @@ struct Core<K> {
     /// Capacity of each per-namespace channel.
     namespace_capacity: usize,
     last_error: Mutex<Option<Arc<watcher::Error>>>,
+    /// How many watches were dropped because a transform panicked.
+    restarts: AtomicU64,
 }
 
 /// Where events go: everything to `all`; each namespace's events also to that
@@ -93,14 +122,29 @@ pub(crate) struct Prepare<K> {
     pub(crate) transform: Option<Transform<K>>,
 }
 
+/// A transform panicked on the object `namespace/name` (as it was before the
+/// transform touched it).
+struct TransformPanicked {
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
 impl<K: Resource> Prepare<K> {
-    fn apply(&self, object: &mut K) {
+    /// Prepares `object` for the store. A panic of the transform is caught: the
+    /// object cannot be stored as the user wants it, and the caller must not store it.
+    fn apply(&self, object: &mut K) -> Result<(), TransformPanicked> {
         if self.strip_managed_fields {
             object.meta_mut().managed_fields = None;
         }
-        if let Some(transform) = &self.transform {
-            transform(object);
-        }
+        let Some(transform) = &self.transform else {
+            return Ok(());
+        };
+        // Taken first: the transform may change the name before it panics.
+        let meta = object.meta();
+        let (namespace, name) = (meta.namespace.clone(), meta.name.clone());
+        // A half-transformed object is dropped unread, so unwind safety holds.
+        panic::catch_unwind(AssertUnwindSafe(|| transform(object)))
+            .map_err(|_| TransformPanicked { namespace, name })
     }
 }
 
@@ -133,6 +177,7 @@ impl<K> Informer<K> {
             })),
             namespace_capacity,
             last_error: Mutex::new(None),
+            restarts: AtomicU64::new(0),
         };
         Informer {
             core: Arc::new(core),
@@ -196,6 +241,16 @@ impl<K> Informer<K> {
     /// never failed. Every error is also logged as a warning.
     pub fn last_error(&self) -> Option<Arc<watcher::Error>> {
         lock(&self.core.last_error).clone()
+    }
+
+    /// How many times the informer dropped its watch because the
+    /// [transform](super::Cache::set_transform) panicked on an object, and (unless it
+    /// stopped meanwhile) started a new one after a backoff. Zero for an informer
+    /// whose callbacks never panicked; a count that keeps growing means an object the
+    /// transform cannot handle is still there, and the store is not following the
+    /// cluster. Shared by every handle on the informer, scoped or not.
+    pub fn restarts(&self) -> u64 {
+        self.core.restarts.load(Ordering::Relaxed)
     }
 
     /// Waits until the informer is synced, at most `timeout`.
@@ -337,48 +392,132 @@ impl<K: Resource> Core<K> {
 }
 
 impl<K: Resource + Send + Sync + 'static> Informer<K> {
-    /// The informer's task: applies `events` to the store until `token` is cancelled.
+    /// The informer's task: follows a watch from `watch` until `token` is cancelled.
+    ///
+    /// `watch` makes a new watch, which starts with a full list. It is called once at
+    /// the start, and again each time the transform panics: that watch is dropped
+    /// and, after [`RESTART_BACKOFF`], replaced. The backoff starts over once a list
+    /// completes.
     ///
     /// Marking the informer stopped is tied to dropping the future, so it also
     /// happens if the task panics or the runtime shuts down before running it.
-    pub(crate) fn run<S>(
+    pub(crate) fn run<F, S>(
         self: Arc<Self>,
-        events: S,
+        mut watch: F,
         prepare: Prepare<K>,
         token: CancellationToken,
     ) -> impl Future<Output = ()> + Send + 'static
     where
+        F: FnMut() -> S + Send + 'static,
         S: Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
     {
         let core = StopOnDrop(self.core.clone());
         async move {
-            let mut events = pin!(events);
+            let core = &core.0;
+            let mut panics_in_a_row = 0;
             loop {
-                let next = tokio::select! {
+                match core.follow(watch(), &prepare, &token, &mut panics_in_a_row).await {
+                    WatchEnd::Cancelled | WatchEnd::Exhausted => return,
+                    WatchEnd::TransformPanicked => {}
+                }
+                panics_in_a_row += 1;
+                core.restarts.fetch_add(1, Ordering::Relaxed);
+                let delay = RESTART_BACKOFF.delay(panics_in_a_row);
+                tracing::debug!(
+                    cluster = %core.cluster,
+                    resource = %core.resource,
+                    ?delay,
+                    "watch dropped after a transform panicked; watching again after the delay"
+                );
+                tokio::select! {
                     biased;
-                    () = token.cancelled() => break,
-                    next = events.next() => next,
-                };
-                match next {
-                    Some(Ok(event)) => core.0.handle(event, &prepare),
-                    Some(Err(error)) => core.0.record_error(error),
-                    // The watcher never ends; should it, there is nothing left to follow.
-                    None => break,
+                    () = token.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
                 }
             }
         }
     }
 }
 
+/// Why the informer stopped following one watch.
+enum WatchEnd {
+    /// The token was cancelled.
+    Cancelled,
+    /// The stream ended; kube's watcher never does.
+    Exhausted,
+    /// The transform panicked on an object: the watch must start over.
+    TransformPanicked,
+}
+
+/// What handling one watch event came to.
+enum Handled {
+    Done,
+    /// A list completed.
+    Listed,
+    /// The transform panicked; nothing was stored.
+    TransformPanicked,
+}
+
 impl<K: Resource> Core<K> {
-    fn handle(&self, event: watcher::Event<K>, prepare: &Prepare<K>) {
+    /// Applies the events of one watch until it has to end. Resets
+    /// `panics_in_a_row` when a list completes.
+    async fn follow<S>(
+        &self,
+        events: S,
+        prepare: &Prepare<K>,
+        token: &CancellationToken,
+        panics_in_a_row: &mut u32,
+    ) -> WatchEnd
+    where
+        S: Stream<Item = watcher::Result<watcher::Event<K>>>,
+    {
+        let mut events = pin!(events);
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = token.cancelled() => return WatchEnd::Cancelled,
+                next = events.next() => next,
+            };
+            match next {
+                Some(Ok(event)) => match self.handle(event, prepare) {
+                    Handled::Done => {}
+                    Handled::Listed => *panics_in_a_row = 0,
+                    Handled::TransformPanicked => return WatchEnd::TransformPanicked,
+                },
+                Some(Err(error)) => self.record_error(error),
+                None => return WatchEnd::Exhausted,
+            }
+        }
+    }
+
+    /// Prepares `object`; `false` (logged) if the transform panicked on it.
+    fn prepare(&self, prepare: &Prepare<K>, object: &mut K) -> bool {
+        let Err(panicked) = prepare.apply(object) else {
+            return true;
+        };
+        // The payload is not logged: it may quote the object, and the panic hook has
+        // already reported it.
+        tracing::error!(
+            cluster = %self.cluster,
+            resource = %self.resource,
+            callback = "transform",
+            namespace = panicked.namespace.as_deref().unwrap_or(""),
+            name = panicked.name.as_deref().unwrap_or(""),
+            "transform panicked; dropping the watch and watching again with backoff (the store keeps its last state meanwhile)"
+        );
+        false
+    }
+
+    fn handle(&self, event: watcher::Event<K>, prepare: &Prepare<K>) -> Handled {
         match event {
             watcher::Event::Init => {
                 tracing::debug!(cluster = %self.cluster, resource = %self.resource, "listing");
                 self.store.begin_relist();
             }
             watcher::Event::InitApply(mut object) => {
-                prepare.apply(&mut object);
+                if !self.prepare(prepare, &mut object) {
+                    return Handled::TransformPanicked;
+                }
                 if let Some(event) = self.store.relist_apply(object) {
                     self.publish(event);
                 }
@@ -401,18 +540,26 @@ impl<K: Resource> Core<K> {
                     first,
                     "listed"
                 );
+                return Handled::Listed;
             }
             watcher::Event::Apply(mut object) => {
-                prepare.apply(&mut object);
+                if !self.prepare(prepare, &mut object) {
+                    return Handled::TransformPanicked;
+                }
                 if let Some(event) = self.store.apply(object) {
                     self.publish(event);
                 }
             }
+            // A deletion is also transformed, so that subscribers only ever see
+            // transformed objects; if that panics, the relist finds it gone.
             watcher::Event::Delete(mut object) => {
-                prepare.apply(&mut object);
+                if !self.prepare(prepare, &mut object) {
+                    return Handled::TransformPanicked;
+                }
                 self.publish(self.store.delete(object));
             }
         }
+        Handled::Done
     }
 }
 
@@ -440,12 +587,14 @@ impl<K> fmt::Debug for Informer<K> {
 
 #[cfg(test)]
 mod tests {
+    use futures::stream::BoxStream;
     use k8s_openapi::api::core::v1::ConfigMap;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
     use kube::api::ObjectMeta;
     use tokio::sync::broadcast::error::RecvError;
 
     use super::*;
+    use crate::cache::testing::Logs;
 
     fn config_map(name: &str, version: &str) -> ConfigMap {
         ConfigMap {
@@ -458,6 +607,16 @@ mod tests {
             },
             ..ConfigMap::default()
         }
+    }
+
+    type Events = BoxStream<'static, watcher::Result<watcher::Event<ConfigMap>>>;
+
+    /// A watch factory that gives `stream` first, then watches that never yield.
+    fn once(
+        stream: impl Stream<Item = watcher::Result<watcher::Event<ConfigMap>>> + Send + 'static,
+    ) -> impl FnMut() -> Events + Send + 'static {
+        let mut first = Some(stream.boxed());
+        move || first.take().unwrap_or_else(|| futures::stream::pending().boxed())
     }
 
     fn informer() -> Arc<Informer<ConfigMap>> {
@@ -514,7 +673,7 @@ mod tests {
                 cm.data = Some([("seen".to_owned(), "yes".to_owned())].into());
             })),
         };
-        let task = tokio::spawn(informer.clone().run(stream, prepare, token.clone()));
+        let task = tokio::spawn(informer.clone().run(once(stream), prepare, token.clone()));
 
         informer.wait_synced(Duration::from_secs(5)).await.unwrap();
         let mut seen = Vec::new();
@@ -581,7 +740,11 @@ mod tests {
             strip_managed_fields: false,
             transform: None,
         };
-        tokio::spawn(informer.clone().run(stream, prepare, CancellationToken::new()));
+        tokio::spawn(
+            informer
+                .clone()
+                .run(once(stream), prepare, CancellationToken::new()),
+        );
         tokio::task::yield_now().await;
         let error = informer.wait_synced(Duration::from_secs(10)).await.unwrap_err();
         assert!(matches!(error, CacheError::SyncTimeout { .. }));
@@ -641,7 +804,7 @@ mod tests {
             transform: None,
         };
         let token = CancellationToken::new();
-        let task = tokio::spawn(host.clone().run(stream, prepare, token.clone()));
+        let task = tokio::spawn(host.clone().run(once(stream), prepare, token.clone()));
         a.wait_synced(Duration::from_secs(5)).await.unwrap();
         assert!(a.is_synced() && b.is_synced());
         // The last event deletes a/one.
@@ -729,6 +892,261 @@ mod tests {
         assert!(host.namespace_channels() >= kept.len());
     }
 
+    /// A watch factory that plays `watches` in turn (each followed by silence), then
+    /// watches that never yield, and records when each watch started.
+    fn scripted(
+        watches: Vec<Vec<watcher::Result<watcher::Event<ConfigMap>>>>,
+    ) -> (
+        impl FnMut() -> Events + Send + 'static,
+        Arc<Mutex<Vec<tokio::time::Instant>>>,
+    ) {
+        let started = Arc::new(Mutex::new(Vec::new()));
+        let record = started.clone();
+        let mut watches = watches.into_iter();
+        let factory = move || {
+            record.lock().unwrap().push(tokio::time::Instant::now());
+            let events = watches.next().unwrap_or_default();
+            futures::stream::iter(events)
+                .chain(futures::stream::pending())
+                .boxed()
+        };
+        (factory, started)
+    }
+
+    fn poisoned(name: &str, version: &str) -> ConfigMap {
+        let mut cm = config_map(name, version);
+        cm.metadata.labels = Some([("poison".to_owned(), "true".to_owned())].into());
+        cm
+    }
+
+    fn is_poisoned(cm: &ConfigMap) -> bool {
+        cm.metadata.labels.iter().flatten().any(|(k, _)| k == "poison")
+    }
+
+    /// A transform that panics for objects labelled `poison`.
+    fn fragile_transform() -> Prepare<ConfigMap> {
+        Prepare {
+            strip_managed_fields: false,
+            transform: Some(Arc::new(|cm: &mut ConfigMap| {
+                if is_poisoned(cm) {
+                    panic!("poisoned");
+                }
+            })),
+        }
+    }
+
+    /// The gaps between consecutive watch starts.
+    fn gaps(started: &Mutex<Vec<tokio::time::Instant>>) -> Vec<Duration> {
+        let started = started.lock().unwrap();
+        started.windows(2).map(|w| w[1] - w[0]).collect()
+    }
+
+    async fn until(mut condition: impl FnMut() -> bool) {
+        tokio::time::timeout(Duration::from_secs(300), async {
+            while !condition() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("condition reached");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_transform_restarts_the_watch_with_backoff_and_recovers_once_fixed() {
+        use watcher::Event::*;
+        let informer = informer();
+        let mut events = informer.subscribe();
+        let (watch, started) = scripted(vec![
+            vec![
+                Ok(Init),
+                Ok(InitApply(config_map("a", "1"))),
+                Ok(InitDone),
+                Ok(Apply(poisoned("p", "2"))),
+            ],
+            // Still poisoned at the relist: "a" was listed first and is kept.
+            vec![
+                Ok(Init),
+                Ok(InitApply(config_map("a", "1"))),
+                Ok(InitApply(poisoned("p", "2"))),
+            ],
+            vec![
+                Ok(Init),
+                Ok(InitApply(config_map("a", "3"))),
+                Ok(InitApply(config_map("p", "4"))),
+                Ok(InitDone),
+            ],
+        ]);
+        let token = CancellationToken::new();
+        let task = tokio::spawn(informer.clone().run(watch, fragile_transform(), token.clone()));
+
+        until(|| informer.store().get(Some("default"), "p").is_some()).await;
+        assert_eq!(informer.restarts(), 2);
+        assert_eq!(
+            gaps(&started),
+            [Duration::from_millis(500), Duration::from_secs(1)]
+        );
+        assert!(informer.is_synced());
+        // Nothing was reported deleted: the store was stale, never falsely empty.
+        assert_eq!(
+            drain(&mut events),
+            [
+                "applied a@1 (old None)",
+                "applied a@3 (old Some(\"1\"))",
+                "applied p@4 (old None)"
+            ]
+        );
+        assert_eq!(informer.store().len(), 2);
+        // Recovered: no more restarts.
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        assert_eq!(started.lock().unwrap().len(), 3);
+        assert_eq!(informer.restarts(), 2);
+        token.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panic_keeps_the_stored_version_and_the_backoff_starts_over_once_a_list_completes() {
+        use watcher::Event::*;
+        let informer = informer();
+        let (watch, started) = scripted(vec![
+            vec![
+                Ok(Init),
+                Ok(InitApply(config_map("p", "1"))),
+                Ok(InitDone),
+                Ok(Apply(poisoned("p", "2"))),
+            ],
+            vec![
+                Ok(Init),
+                Ok(InitApply(config_map("p", "3"))),
+                Ok(InitDone),
+                Ok(Delete(poisoned("p", "4"))),
+            ],
+            vec![Ok(Init), Ok(InitApply(poisoned("p", "4")))],
+            vec![Ok(Init), Ok(InitDone)],
+        ]);
+        let token = CancellationToken::new();
+        let task = tokio::spawn(informer.clone().run(watch, fragile_transform(), token.clone()));
+
+        until(|| informer.restarts() == 1).await;
+        let kept = informer
+            .store()
+            .get(Some("default"), "p")
+            .expect("the stored version is kept");
+        assert_eq!(kept.metadata.resource_version.as_deref(), Some("1"));
+        until(|| informer.store().is_empty()).await;
+        assert_eq!(informer.restarts(), 3);
+        assert_eq!(
+            gaps(&started),
+            [
+                Duration::from_millis(500),
+                Duration::from_millis(500),
+                Duration::from_secs(1)
+            ]
+        );
+        token.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_transform_is_logged_with_where_it_happened_and_no_content() {
+        use watcher::Event::*;
+        let logs = Logs::default();
+        let _guard = tracing::subscriber::set_default(logs.subscriber());
+        let informer = informer();
+        let mut secret = poisoned("p", "1");
+        secret.data = Some([("password".to_owned(), "hunter2".to_owned())].into());
+        let (watch, _) = scripted(vec![vec![Ok(Init), Ok(InitApply(secret))]]);
+        let token = CancellationToken::new();
+        // The test runtime has one thread: the task runs where the subscriber is set.
+        let task = tokio::spawn(informer.clone().run(watch, fragile_transform(), token.clone()));
+        until(|| informer.restarts() == 1).await;
+        token.cancel();
+        task.await.unwrap();
+        let lines = logs.lines_with(" ERROR ");
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let line = &lines[0];
+        for expected in [
+            "ERROR",
+            "cluster=eu-1",
+            "resource=ConfigMap (v1)",
+            "callback=\"transform\"",
+            "namespace=\"default\"",
+            "name=\"p\"",
+        ] {
+            assert!(line.contains(expected), "{expected} in {line}");
+        }
+        assert!(!line.contains("hunter2") && !line.contains("poisoned"), "{line}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancelling_during_the_backoff_stops_the_informer_at_once() {
+        use watcher::Event::*;
+        let informer = informer();
+        let (watch, started) = scripted(vec![vec![Ok(Init), Ok(InitApply(poisoned("p", "1")))]]);
+        let token = CancellationToken::new();
+        let task = tokio::spawn(informer.clone().run(watch, fragile_transform(), token.clone()));
+        while informer.restarts() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let cancelled = tokio::time::Instant::now();
+        token.cancel();
+        task.await.unwrap();
+        assert_eq!(cancelled.elapsed(), Duration::ZERO);
+        assert!(informer.is_stopped());
+        assert_eq!(started.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_index_extractor_neither_stops_nor_restarts_the_informer() {
+        use watcher::Event::*;
+        let informer = informer();
+        let extractor: super::super::index::Extractor<ConfigMap> = Arc::new(|cm: &ConfigMap| {
+            if is_poisoned(cm) {
+                panic!("poisoned");
+            }
+            vec!["all".to_owned()]
+        });
+        informer.store().add_index("all", extractor).unwrap();
+        let (watch, started) = scripted(vec![vec![
+            Ok(Init),
+            Ok(InitApply(poisoned("p", "1"))),
+            Ok(InitApply(config_map("a", "1"))),
+            Ok(InitDone),
+            Ok(Apply(config_map("p", "2"))),
+            Ok(Apply(poisoned("a", "2"))),
+        ]]);
+        let token = CancellationToken::new();
+        let task = tokio::spawn(informer.clone().run(
+            watch,
+            Prepare {
+                strip_managed_fields: false,
+                transform: None,
+            },
+            token.clone(),
+        ));
+        until(|| {
+            informer
+                .store()
+                .get(Some("default"), "a")
+                .is_some_and(|a| is_poisoned(&a))
+        })
+        .await;
+        assert_eq!(informer.store().len(), 2);
+        let filed: Vec<_> = informer
+            .store()
+            .by_index("all", "all")
+            .unwrap()
+            .iter()
+            .filter_map(|cm| cm.metadata.name.clone())
+            .collect();
+        assert_eq!(filed, ["p"]);
+        assert_eq!(informer.restarts(), 0);
+        assert!(informer.is_synced());
+        assert_eq!(started.lock().unwrap().len(), 1);
+        token.cancel();
+        task.await.unwrap();
+    }
+
     #[tokio::test]
     async fn dropping_the_task_unstarted_marks_the_informer_stopped() {
         let informer = informer();
@@ -736,9 +1154,11 @@ mod tests {
             strip_managed_fields: false,
             transform: None,
         };
-        let future = informer
-            .clone()
-            .run(futures::stream::pending(), prepare, CancellationToken::new());
+        let future = informer.clone().run(
+            once(futures::stream::pending()),
+            prepare,
+            CancellationToken::new(),
+        );
         drop(future);
         assert!(informer.is_stopped());
     }

@@ -72,6 +72,8 @@ mod informer;
 mod key;
 mod options;
 mod store;
+#[cfg(test)]
+mod testing;
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -380,6 +382,17 @@ impl Cache {
     /// what they had, since objects already stored could not be transformed
     /// consistently. Set transforms before starting controllers. A second call
     /// replaces the function.
+    ///
+    /// # Panics
+    ///
+    /// A panic of `transform` does not unwind into the cache. The informer logs it as
+    /// an ERROR (cluster, resource, callback kind `transform`, the object's
+    /// namespace and name), stores nothing of that object, and restarts its watch
+    /// with backoff (500 ms doubling up to 30 s), so that the store stays
+    /// stale-but-consistent rather than lacking an object it should have; see
+    /// [`Informer::restarts`]. An object the transform always panics on stops the
+    /// informer from following the cluster until it changes: the transform should
+    /// not panic.
     pub fn set_transform<K>(&self, transform: impl Fn(&mut K) + Send + Sync + 'static)
     where
         K: CacheObject,
@@ -405,7 +418,19 @@ impl Cache {
     ///
     /// The index applies to every informer of `K`, whatever its selection: informers
     /// created later get it when they start, existing ones build it at once from the
-    /// objects they hold.
+    /// objects they hold, without holding up the informer or readers meanwhile.
+    ///
+    /// `extractor` runs in the informer's task while it writes its store: it should
+    /// be quick, and must not read the cache (that would wait for itself).
+    ///
+    /// # Panics
+    ///
+    /// A panic of `extractor` does not unwind into the cache: that object is filed
+    /// under no value of this index (stored all the same, in the other indexes as
+    /// usual), and the panic is logged as an ERROR with the cluster, the resource,
+    /// the index name, the callback kind `index extractor` and the object's
+    /// namespace and name. The informer goes on; registering the index succeeds
+    /// even if the extractor panics for some stored objects.
     ///
     /// # Errors
     /// [`CacheError::IndexExists`] if an index of that name exists for `K`, as in
@@ -568,8 +593,10 @@ impl Cache {
                 .cloned(),
         };
         let api = Api::<K>::all_with(inner.client.clone(), dyntype);
-        let events = watcher(api, key.spec.watcher_config()).default_backoff();
-        runtime.spawn(informer.clone().run(events, prepare, inner.token.child_token()));
+        let config = key.spec.watcher_config();
+        // A new watcher for every restart: it starts with a full list.
+        let watch = move || watcher(api.clone(), config.clone()).default_backoff();
+        runtime.spawn(informer.clone().run(watch, prepare, inner.token.child_token()));
         inner.watches.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(cluster = %inner.cluster, resource = %resource, spec = ?key.spec, "watch started");
         informer

@@ -63,7 +63,9 @@ struct State<K> {
     /// Objects by namespace (`""` for cluster-scoped ones), then by name.
     namespaces: HashMap<String, HashMap<String, Entry<K>>>,
     len: usize,
-    indexes: HashMap<String, Index<K>>,
+    /// A type has few indexes: a list, searched by name, whose fixed order lets a
+    /// write compute every index's values first and apply them after.
+    indexes: Vec<Index<K>>,
     /// The number of the current, or last, relist. Entries the relist does not stamp
     /// with it were not listed: they are gone from the cluster.
     relist: u64,
@@ -83,7 +85,7 @@ impl<K> Store<K> {
                 state: RwLock::new(State {
                     namespaces: HashMap::new(),
                     len: 0,
-                    indexes: HashMap::new(),
+                    indexes: Vec::new(),
                     relist: 0,
                 }),
             }),
@@ -107,9 +109,9 @@ impl<K> Store<K> {
         }
     }
 
-    // A panic in a user's index extractor poisons the lock; the maps are still
-    // consistent enough to serve (at worst one object is filed under stale values),
-    // and a cache that refuses all reads forever would be worse.
+    // Extractor panics are caught before they reach the lock, so it is poisoned only
+    // by a bug of the store itself; a cache that refuses all reads forever would be
+    // worse than serving what is there.
     fn read(&self) -> RwLockReadGuard<'_, State<K>> {
         self.shared.state.read().unwrap_or_else(PoisonError::into_inner)
     }
@@ -213,7 +215,7 @@ impl<K> Store<K> {
     /// type.
     pub fn by_index(&self, index: &str, value: &str) -> Result<Vec<Arc<K>>, CacheError> {
         let state = self.read();
-        let Some(found) = state.indexes.get(index) else {
+        let Some(found) = state.index(index) else {
             return Err(CacheError::UnknownIndex {
                 cluster: self.cluster().clone(),
                 resource: self.shared.resource.to_string(),
@@ -241,7 +243,7 @@ impl<K> Store<K> {
 
     /// Whether an index of that name exists.
     pub fn has_index(&self, index: &str) -> bool {
-        self.read().indexes.contains_key(index)
+        self.read().index(index).is_some()
     }
 
     /// How many objects are stored (for a namespace-scoped store: in its namespace,
@@ -263,26 +265,73 @@ impl<K> Store<K> {
         self.len() == 0
     }
 
-    /// Adds an index and files every stored object in it at once. Applies to the
-    /// shared store, whatever the scope.
+    /// Adds an index and files every stored object in it. Applies to the shared
+    /// store, whatever the scope.
+    ///
+    /// The extractor runs over a snapshot with no lock held, so neither the informer
+    /// nor readers wait while a large store is indexed; the index is then installed
+    /// under the write lock, where only objects that changed or appeared since the
+    /// snapshot are extracted again. A panicking extractor files that object under no
+    /// value (logged) and the index is added all the same.
     pub(crate) fn add_index(&self, name: &str, extract: Extractor<K>) -> Result<(), CacheError> {
+        let mut index = Index::new(
+            name,
+            extract,
+            self.shared.cluster.clone(),
+            self.shared.resource.clone(),
+        );
+        let snapshot: Vec<(ObjectKey, Arc<K>)> = {
+            let state = self.read();
+            if state.index(name).is_some() {
+                return Err(self.index_exists(name));
+            }
+            state
+                .namespaces
+                .iter()
+                .flat_map(|(namespace, names)| {
+                    names.iter().map(|(object_name, entry)| {
+                        (
+                            ObjectKey::new(Some(namespace), object_name.clone()),
+                            entry.object.clone(),
+                        )
+                    })
+                })
+                .collect()
+        };
+        let mut computed: HashMap<ObjectKey, (Arc<K>, Vec<String>)> = snapshot
+            .into_iter()
+            .map(|(key, object)| {
+                let values = index.values(&key, &object);
+                (key, (object, values))
+            })
+            .collect();
         let mut state = self.write();
-        if state.indexes.contains_key(name) {
-            return Err(CacheError::IndexExists {
-                cluster: self.cluster().clone(),
-                resource: self.shared.resource.to_string(),
-                index: name.to_owned(),
-            });
+        // Two registrations of one name may have raced past the first check.
+        if state.index(name).is_some() {
+            return Err(self.index_exists(name));
         }
-        let mut index = Index::new(extract);
         for (namespace, names) in &state.namespaces {
             for (object_name, entry) in names {
                 let key = ObjectKey::new(Some(namespace), object_name.clone());
-                index.update(&key, None, Some(&entry.object));
+                // The snapshot holds its `Arc`s, so an equal pointer is the same
+                // version, never a new object at a reused address.
+                let values = match computed.remove(&key) {
+                    Some((seen, values)) if Arc::ptr_eq(&seen, &entry.object) => values,
+                    _ => index.values(&key, &entry.object),
+                };
+                index.refile(&key, Vec::new(), values);
             }
         }
-        state.indexes.insert(name.to_owned(), index);
+        state.indexes.push(index);
         Ok(())
+    }
+
+    fn index_exists(&self, name: &str) -> CacheError {
+        CacheError::IndexExists {
+            cluster: self.cluster().clone(),
+            resource: self.shared.resource.to_string(),
+            index: name.to_owned(),
+        }
     }
 }
 
@@ -363,6 +412,11 @@ impl<K> State<K> {
         InformerEvent::Applied { old, new }
     }
 
+    /// The index named `name`.
+    fn index(&self, name: &str) -> Option<&Index<K>> {
+        self.indexes.iter().find(|index| index.name() == name)
+    }
+
     /// The entry `name` of `namespace` (`""` for cluster-scoped objects).
     fn entry(&self, namespace: &str, name: &str) -> Option<&Entry<K>> {
         self.namespaces.get(namespace)?.get(name)
@@ -377,18 +431,19 @@ impl<K> State<K> {
     /// Inserts or replaces, keeping the count and the indexes right; returns the
     /// replaced object.
     fn insert(&mut self, key: ObjectKey, entry: Entry<K>) -> Option<Arc<K>> {
-        let new = entry.object.clone();
-        let names = self
-            .namespaces
+        let old = self
+            .entry(key.namespace_or_empty(), &key.name)
+            .map(|old| old.object.clone());
+        // User code first: whatever the extractors do, nothing is half-changed.
+        let refiling = self.refiling(&key, old.as_deref(), Some(&entry.object));
+        self.namespaces
             .entry(key.namespace_or_empty().to_owned())
-            .or_default();
-        let old = names.insert(key.name.clone(), entry).map(|old| old.object);
+            .or_default()
+            .insert(key.name.clone(), entry);
         if old.is_none() {
             self.len += 1;
         }
-        for index in self.indexes.values_mut() {
-            index.update(&key, old.as_deref(), Some(&new));
-        }
+        self.refile(&key, refiling);
         old
     }
 
@@ -396,16 +451,39 @@ impl<K> State<K> {
     /// become empty so that namespaces coming and going do not leak.
     fn remove(&mut self, key: &ObjectKey) -> Option<Arc<K>> {
         let namespace = key.namespace_or_empty();
-        let names = self.namespaces.get_mut(namespace)?;
-        let entry = names.remove(&key.name)?;
-        if names.is_empty() {
-            self.namespaces.remove(namespace);
+        let object = self.entry(namespace, &key.name)?.object.clone();
+        let refiling = self.refiling(key, Some(&object), None);
+        if let Some(names) = self.namespaces.get_mut(namespace) {
+            names.remove(&key.name);
+            if names.is_empty() {
+                self.namespaces.remove(namespace);
+            }
         }
         self.len -= 1;
-        for index in self.indexes.values_mut() {
-            index.update(key, Some(&entry.object), None);
+        self.refile(key, refiling);
+        Some(object)
+    }
+
+    /// The old and new values of `key` in each index, in the order of
+    /// `self.indexes`, for an object changing from `old` to `new` (`None`: absent).
+    /// Only reads the store.
+    fn refiling(&self, key: &ObjectKey, old: Option<&K>, new: Option<&K>) -> Vec<(Vec<String>, Vec<String>)> {
+        let values = |index: &Index<K>, object: Option<&K>| {
+            object.map(|object| index.values(key, object)).unwrap_or_default()
+        };
+        self.indexes
+            .iter()
+            .map(|index| (values(index, old), values(index, new)))
+            .collect()
+    }
+
+    /// Applies what [`refiling`](Self::refiling) computed; no index was added in
+    /// between (`&mut self` throughout).
+    fn refile(&mut self, key: &ObjectKey, refiling: Vec<(Vec<String>, Vec<String>)>) {
+        debug_assert_eq!(refiling.len(), self.indexes.len());
+        for (index, (old, new)) in self.indexes.iter_mut().zip(refiling) {
+            index.refile(key, old, new);
         }
-        Some(entry.object)
     }
 }
 
@@ -426,7 +504,10 @@ impl<K> fmt::Debug for Store<K> {
             .field("namespace_scope", &self.namespace_scope())
             .field("resource", &self.shared.resource)
             .field("len", &len)
-            .field("indexes", &state.indexes.keys().collect::<Vec<_>>())
+            .field(
+                "indexes",
+                &state.indexes.iter().map(Index::name).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -434,11 +515,13 @@ impl<K> fmt::Debug for Store<K> {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+    use std::sync::Mutex;
 
     use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
     use kube::api::ObjectMeta;
 
     use super::*;
+    use crate::cache::testing::Logs;
 
     fn config_map(namespace: &str, name: &str, version: &str, app: &str) -> ConfigMap {
         ConfigMap {
@@ -694,6 +777,129 @@ mod tests {
             ["a/one"]
         );
         assert_eq!(names(store.list()), ["a/two"]);
+    }
+
+    fn poisoned(mut cm: ConfigMap) -> ConfigMap {
+        cm.metadata
+            .labels
+            .get_or_insert_default()
+            .insert("poison".into(), "true".into());
+        cm
+    }
+
+    /// Files by `app`, and panics for objects labelled `poison`.
+    fn fragile() -> Extractor<ConfigMap> {
+        let by_app = by_app();
+        Arc::new(move |cm: &ConfigMap| {
+            if cm.metadata.labels.iter().flatten().any(|(k, _)| k == "poison") {
+                panic!("poisoned");
+            }
+            by_app(cm)
+        })
+    }
+
+    #[test]
+    fn a_panicking_extractor_files_the_object_under_no_value_and_leaves_the_rest_right() {
+        let store = store::<ConfigMap>();
+        store.add_index("app", by_app()).unwrap();
+        store.add_index("fragile", fragile()).unwrap();
+        store.apply(config_map("a", "one", "1", "web"));
+        // Stored, and filed by the other index, though this one's extractor panics.
+        assert!(
+            store
+                .apply(poisoned(config_map("a", "two", "1", "web")))
+                .is_some()
+        );
+        assert_eq!(store.len(), 2);
+        assert!(store.get(Some("a"), "two").is_some());
+        assert_eq!(names(store.by_index("app", "web").unwrap()), ["a/one", "a/two"]);
+        assert_eq!(names(store.by_index("fragile", "web").unwrap()), ["a/one"]);
+
+        // Fixed: filed from then on. Poisoned: unfiled, from the value it had.
+        store.apply(config_map("a", "two", "2", "db"));
+        assert_eq!(names(store.by_index("fragile", "db").unwrap()), ["a/two"]);
+        store.apply(poisoned(config_map("a", "one", "2", "web")));
+        assert!(store.by_index("fragile", "web").unwrap().is_empty());
+        assert_eq!(names(store.by_index("app", "web").unwrap()), ["a/one"]);
+
+        // Deleting a poisoned object removes it from every index, by a relist too.
+        store.delete(config_map("a", "one", "3", "web"));
+        assert!(store.by_index("app", "web").unwrap().is_empty());
+        store.apply(poisoned(config_map("b", "three", "1", "web")));
+        store.begin_relist();
+        store.relist_apply(config_map("a", "two", "2", "db"));
+        assert_eq!(store.finish_relist().len(), 1);
+        assert_eq!(names(store.list()), ["a/two"]);
+        assert!(store.by_index("app", "web").unwrap().is_empty());
+        assert_eq!(names(store.by_index("fragile", "db").unwrap()), ["a/two"]);
+        assert!(!store.shared.state.is_poisoned());
+    }
+
+    #[test]
+    fn a_panicking_extractor_is_logged_with_where_it_happened_and_no_content() {
+        let logs = Logs::default();
+        let _guard = tracing::subscriber::set_default(logs.subscriber());
+        let store = store::<ConfigMap>();
+        store.add_index("fragile", fragile()).unwrap();
+        let mut secret = poisoned(config_map("a", "one", "1", "web"));
+        secret.data = Some(BTreeMap::from([("password".to_owned(), "hunter2".to_owned())]));
+        store.apply(secret);
+        let lines = logs.lines_with(" ERROR ");
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let line = &lines[0];
+        for expected in [
+            "ERROR",
+            "cluster=test",
+            "resource=ConfigMap (v1)",
+            "callback=\"index extractor\"",
+            "index=fragile",
+            "namespace=\"a\"",
+            "name=one",
+        ] {
+            assert!(line.contains(expected), "{expected} in {line}");
+        }
+        assert!(!line.contains("hunter2") && !line.contains("poisoned"), "{line}");
+    }
+
+    #[test]
+    fn backfill_runs_without_the_lock_and_catches_up_with_changes_made_meanwhile() {
+        let store = store::<ConfigMap>();
+        store.apply(poisoned(config_map("a", "one", "1", "web")));
+        store.apply(config_map("a", "two", "1", "web"));
+        store.apply(config_map("a", "three", "1", "db"));
+        // At its first call, the extractor reads the store and changes it, as the
+        // informer could meanwhile: under the write lock, both would deadlock.
+        let writer = Mutex::new(Some(store.share()));
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let fragile = fragile();
+        let seen = calls.clone();
+        let extractor: Extractor<ConfigMap> = Arc::new(move |cm: &ConfigMap| {
+            if let Some(store) = writer.lock().unwrap().take() {
+                assert_eq!(store.len(), 3);
+                store.apply(config_map("a", "two", "2", "db"));
+                store.delete(config_map("a", "three", "2", "db"));
+                store.apply(config_map("a", "four", "1", "web"));
+            }
+            seen.lock()
+                .unwrap()
+                .push(cm.metadata.name.clone().unwrap_or_default());
+            fragile(cm)
+        });
+        store.add_index("fragile", extractor).unwrap();
+
+        assert_eq!(names(store.by_index("fragile", "web").unwrap()), ["a/four"]);
+        assert_eq!(names(store.by_index("fragile", "db").unwrap()), ["a/two"]);
+        assert_eq!(store.len(), 3);
+        // The snapshot's three, then only what changed or appeared.
+        let mut calls = calls.lock().unwrap().clone();
+        calls.sort();
+        assert_eq!(calls, ["four", "one", "three", "two", "two"]);
+        // Once installed, the index follows changes.
+        store.apply(config_map("a", "one", "2", "web"));
+        assert_eq!(
+            names(store.by_index("fragile", "web").unwrap()),
+            ["a/four", "a/one"]
+        );
     }
 
     #[test]

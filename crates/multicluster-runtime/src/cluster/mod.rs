@@ -6,6 +6,7 @@ mod name;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::{Cache, CacheOptions};
+use crate::providers::kubeconfig::{self, KubeconfigError};
 
 pub use name::ClusterName;
 
@@ -85,7 +86,39 @@ impl Cluster {
         }
     }
 
-    /// A cluster whose client is built from `config`.
+    /// A cluster whose client is built from `config`, on a blocking thread.
+    ///
+    /// Building a client sets up TLS, and runs the exec credential plugin if the
+    /// config has one; this keeps that work off the async worker threads and gives
+    /// up after [`BUILD_TIMEOUT`](crate::providers::kubeconfig::BUILD_TIMEOUT).
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// use multicluster_runtime::Cluster;
+    ///
+    /// let config = kube::Config::infer().await?;
+    /// let cluster = Cluster::connect("eu-1", config, Default::default()).await?;
+    /// assert_eq!(cluster.name(), "eu-1");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`crate::Error::Client`] if the client cannot be built (e.g. bad TLS material)
+    /// or building it takes too long; the reason never quotes credentials.
+    pub async fn connect(
+        name: impl Into<ClusterName>,
+        config: kube::Config,
+        options: ClusterOptions,
+    ) -> crate::Result<Self> {
+        let name = name.into();
+        let client = build_client(&name, config).await?;
+        Ok(Self::with_options(name, client, options))
+    }
+
+    /// A cluster whose client is built from `config`, on the calling thread.
+    ///
+    /// This blocks the thread while TLS is set up (and an exec credential plugin,
+    /// if any, runs): in async code use [`connect`](Self::connect) instead.
     ///
     /// # Errors
     /// [`crate::Error::Client`] if the client cannot be built (e.g. bad TLS material).
@@ -97,7 +130,7 @@ impl Cluster {
         let name = name.into();
         let client = kube::Client::try_from(config).map_err(|source| crate::Error::Client {
             cluster: name.clone(),
-            reason: crate::providers::kubeconfig::describe_kube_error(&source),
+            reason: kubeconfig::describe_kube_error(&source),
         })?;
         Ok(Self::with_options(name, client, options))
     }
@@ -129,8 +162,56 @@ impl Cluster {
     }
 }
 
+/// Builds the client of the cluster `name` from `config` on a blocking thread,
+/// within [`BUILD_TIMEOUT`](kubeconfig::BUILD_TIMEOUT).
+///
+/// # Errors
+/// [`crate::Error::Client`], with a reason that quotes no credentials.
+pub(crate) async fn build_client(name: &ClusterName, config: kube::Config) -> crate::Result<kube::Client> {
+    let origin = format!("cluster {name}");
+    kubeconfig::build_client(config, kubeconfig::BUILD_TIMEOUT, &origin, "-")
+        .await
+        .map_err(|error| crate::Error::Client {
+            cluster: name.clone(),
+            reason: match error {
+                KubeconfigError::Client { reason, .. } => reason,
+                other => other.to_string(),
+            },
+        })
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.token.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> kube::Config {
+        kube::Config::new("https://127.0.0.1:6443".parse().expect("a URL"))
+    }
+
+    #[tokio::test]
+    async fn connect_builds_the_client_off_the_async_threads() {
+        let cluster = Cluster::connect("eu-1", config(), ClusterOptions::default())
+            .await
+            .expect("a client");
+        assert_eq!(cluster.name(), "eu-1");
+        assert_eq!(cluster.cache().cluster(), "eu-1");
+        assert!(!cluster.is_stopped());
+    }
+
+    #[tokio::test]
+    async fn connect_names_the_cluster_when_the_client_cannot_be_built() {
+        let mut config = config();
+        config.root_cert = Some(vec![b"not a certificate".to_vec()]);
+        let error = Cluster::connect("eu-1", config, ClusterOptions::default())
+            .await
+            .expect_err("bad TLS material");
+        assert!(matches!(error, crate::Error::Client { .. }), "{error}");
+        assert!(error.to_string().contains("eu-1"), "{error}");
     }
 }

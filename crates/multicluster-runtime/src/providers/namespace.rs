@@ -39,7 +39,7 @@
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let config = kube::Config::infer().await?;
-//! let host = Arc::new(Cluster::from_config("", config.clone(), Default::default())?);
+//! let host = Arc::new(Cluster::connect("", config.clone(), Default::default()).await?);
 //! // Every namespace labelled `tenant`, except the system ones.
 //! let provider = Arc::new(Namespaces::new(host.clone(), config).selector("tenant"));
 //! // The host is also the local cluster: the manager and the namespace-clusters
@@ -72,9 +72,11 @@
 //!   missed the deletion. Label or annotation changes that keep the namespace
 //!   selected change nothing.
 //! - A namespace whose cluster cannot be built (its client fails) is skipped with an
-//!   error naming it, and retried at its next change; the others carry on. An
-//!   invalid label selector makes [`start`](ProviderRunnable::start) fail with an
-//!   error that quotes it and the apiserver's reason.
+//!   error naming it, and retried at its next change; the others carry on. Clients
+//!   are built on a blocking thread (TLS setup is blocking work), never on the
+//!   provider's async task, and given up after [`BUILD_TIMEOUT`]. An invalid label
+//!   selector makes [`start`](ProviderRunnable::start) fail with an error that
+//!   quotes it and the apiserver's reason.
 //!
 //! # Differences from Go's namespace provider
 //!
@@ -124,6 +126,7 @@ use crate::cluster::{Cluster, ClusterName};
 use crate::error::{Error, Result};
 use crate::multicluster::{Aware, Provider, ProviderRunnable};
 use crate::providers::clusters::Clusters;
+use crate::providers::kubeconfig::{self, BUILD_TIMEOUT};
 
 /// Namespaces that are not clusters unless [`Namespaces::exclude`] says otherwise:
 /// those Kubernetes itself uses.
@@ -135,6 +138,14 @@ const PROVIDER: &str = "namespaces";
 /// Builds the client of one namespace-cluster from the namespace's name.
 type ClientFactory = Arc<dyn Fn(&str) -> Result<kube::Client, kube::Error> + Send + Sync>;
 
+/// Where the namespace-clusters' clients come from.
+enum Clients {
+    /// The host's connection settings, with the namespace as default namespace.
+    Config(Box<kube::Config>),
+    /// The user's factory.
+    Factory(ClientFactory),
+}
+
 /// A provider of one cluster per namespace of a host cluster, all sharing the host's
 /// cache. See the [module docs](self).
 ///
@@ -142,7 +153,7 @@ type ClientFactory = Arc<dyn Fn(&str) -> Result<kube::Client, kube::Error> + Sen
 /// return the provider.
 pub struct Namespaces {
     host: Arc<Cluster>,
-    clients: ClientFactory,
+    clients: Clients,
     selector: Option<String>,
     exclude: BTreeSet<String>,
     disengage_terminating: bool,
@@ -170,26 +181,28 @@ impl Namespaces {
     /// [module docs](self#scale-what-is-shared-what-each-namespace-costs) and
     /// [`with_clients`](Self::with_clients) for fleets of thousands.
     pub fn new(host: Arc<Cluster>, config: kube::Config) -> Self {
-        Self::with_clients(host, move |namespace| {
-            let mut config = config.clone();
-            config.default_namespace = namespace.to_owned();
-            kube::Client::try_from(config)
-        })
+        Self::with(host, Clients::Config(Box::new(config)))
     }
 
     /// A provider of the namespaces of `host`, whose namespace-clusters get the
     /// clients `clients` makes from the namespace name. A client should have the
     /// namespace as its default namespace.
     ///
-    /// An error skips that namespace (logged with the error; retried at the
+    /// `clients` is called on a blocking thread, so it may build a client from a
+    /// `kube::Config` (blocking TLS setup); it is given up after [`BUILD_TIMEOUT`].
+    /// An error, a panic or a timeout skips that namespace (logged; retried at the
     /// namespace's next change), not the others.
     pub fn with_clients(
         host: Arc<Cluster>,
         clients: impl Fn(&str) -> Result<kube::Client, kube::Error> + Send + Sync + 'static,
     ) -> Self {
+        Self::with(host, Clients::Factory(Arc::new(clients)))
+    }
+
+    fn with(host: Arc<Cluster>, clients: Clients) -> Self {
         Namespaces {
             host,
-            clients: Arc::new(clients),
+            clients,
             selector: None,
             exclude: SYSTEM_NAMESPACES.iter().map(|ns| (*ns).to_owned()).collect(),
             disengage_terminating: false,
@@ -355,7 +368,7 @@ impl Namespaces {
             return;
         }
         let fingerprint = uid_fingerprint(meta.uid.as_deref());
-        let build = async || self.build(name);
+        let build = async || self.build(name).await;
         match self.clusters.replace_if_changed(name, fingerprint, build).await {
             Ok(true) => tracing::info!(cluster = name, uid = ?meta.uid, "namespace engaged as a cluster"),
             Ok(false) => {}
@@ -378,13 +391,34 @@ impl Namespaces {
     }
 
     /// The cluster of the namespace `name`: its own client, a view of the host cache.
-    fn build(&self, name: &str) -> Result<Arc<Cluster>> {
-        let client = (self.clients)(name).map_err(|source| Error::Client {
-            cluster: ClusterName::from(name),
-            reason: crate::providers::kubeconfig::describe_kube_error(&source),
-        })?;
+    async fn build(&self, name: &str) -> Result<Arc<Cluster>> {
+        let client = self.client(&ClusterName::from(name)).await?;
         let cache = self.host.cache().scoped(name, name);
         Ok(Arc::new(Cluster::with_cache(name, client, cache)))
+    }
+
+    /// The client of the namespace `name`, built on a blocking thread.
+    async fn client(&self, name: &ClusterName) -> Result<kube::Client> {
+        let factory = match &self.clients {
+            Clients::Config(config) => {
+                let mut config = kube::Config::clone(config);
+                config.default_namespace = name.to_string();
+                return crate::cluster::build_client(name, config).await;
+            }
+            Clients::Factory(factory) => factory.clone(),
+        };
+        let namespace = name.to_string();
+        let building = tokio::task::spawn_blocking(move || factory(&namespace));
+        let reason = match tokio::time::timeout(BUILD_TIMEOUT, building).await {
+            Ok(Ok(Ok(client))) => return Ok(client),
+            Ok(Ok(Err(error))) => kubeconfig::describe_kube_error(&error),
+            Ok(Err(_)) => "the client factory panicked".into(),
+            Err(_) => format!("the client factory took longer than {BUILD_TIMEOUT:?}"),
+        };
+        Err(Error::Client {
+            cluster: name.clone(),
+            reason,
+        })
     }
 }
 
@@ -440,6 +474,38 @@ impl ProviderRunnable for Namespaces {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config() -> kube::Config {
+        kube::Config::new("https://127.0.0.1:6443".parse().expect("a URL"))
+    }
+
+    #[tokio::test]
+    async fn clients_are_built_off_thread_and_a_panicking_factory_skips_its_namespace() {
+        let host = Arc::new(
+            Cluster::connect("host", config(), Default::default())
+                .await
+                .expect("host"),
+        );
+        let from_config = Namespaces::new(host.clone(), config());
+        let client = from_config.client(&"team-a".into()).await.expect("client");
+        assert_eq!(client.default_namespace(), "team-a");
+
+        let factory = Namespaces::with_clients(host, |namespace| {
+            assert_ne!(namespace, "bad", "no client for this one");
+            let mut config = config();
+            config.default_namespace = namespace.to_owned();
+            kube::Client::try_from(config)
+        });
+        let client = factory.client(&"team-b".into()).await.expect("client");
+        assert_eq!(client.default_namespace(), "team-b");
+        let Err(error) = factory.client(&"bad".into()).await else {
+            panic!("a client from a panicking factory");
+        };
+        assert_eq!(
+            error.to_string(),
+            "cannot build a client for cluster bad: the client factory panicked"
+        );
+    }
 
     #[test]
     fn a_new_uid_is_a_new_fingerprint() {

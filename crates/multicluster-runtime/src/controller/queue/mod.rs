@@ -45,7 +45,7 @@
 //! # }
 //! ```
 
-mod backoff;
+pub(crate) mod backoff;
 mod config;
 mod delay;
 mod fair;

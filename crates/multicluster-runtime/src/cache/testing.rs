@@ -1,0 +1,40 @@
+//! Test helpers shared by the cache's unit tests.
+
+use std::io;
+use std::sync::{Arc, Mutex};
+
+/// Collects what a `tracing` subscriber writes, for tests that check log lines.
+#[derive(Clone, Default)]
+pub(crate) struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Logs {
+    /// A subscriber that writes every event of this crate, without colours, here.
+    pub(crate) fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync + use<> {
+        let logs = self.clone();
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("multicluster_runtime=debug"))
+            .with_writer(move || logs.clone())
+            .with_ansi(false)
+            .finish()
+    }
+
+    /// The lines written so far that contain `needle`.
+    pub(crate) fn lines_with(&self, needle: &str) -> Vec<String> {
+        let text = String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned();
+        text.lines()
+            .filter(|line| line.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
