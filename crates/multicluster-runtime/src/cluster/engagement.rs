@@ -225,7 +225,7 @@ mod tests {
 
     use super::*;
 
-    fn cluster(name: &str) -> Arc<Cluster> {
+    pub(super) fn cluster(name: &str) -> Arc<Cluster> {
         let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
         let client = kube::Client::try_from(config).unwrap();
         Arc::new(Cluster::new(name, client))
@@ -292,5 +292,98 @@ mod tests {
         assert!(abandoned.is_err());
         drop(held);
         assert_eq!(gates.len(), 0);
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Engage instance `n`, with a token cancelled beforehand or not.
+        Engage(usize, bool),
+        /// Cancel the token of the `n`-th engagement handed out so far.
+        Cancel(usize),
+        /// Disengage the generation of the `n`-th engagement handed out so far.
+        Disengage(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..3usize, any::<bool>()).prop_map(|(n, cancelled)| Op::Engage(n, cancelled)),
+            2 => any::<usize>().prop_map(Op::Cancel),
+            2 => any::<usize>().prop_map(Op::Disengage),
+        ]
+    }
+
+    /// What the map must hold: the instance, generation and token of the entry.
+    type Entry = (usize, u64, CancellationToken);
+
+    fn check(ops: Vec<Op>, clusters: &[Arc<Cluster>]) -> Result<(), TestCaseError> {
+        let name = ClusterName::from("a");
+        let mut map: Engagements<usize> = Engagements::default();
+        let mut model: Option<Entry> = None;
+        let mut handed: Vec<Entry> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Engage(n, cancelled) => {
+                    let token = CancellationToken::new();
+                    if cancelled {
+                        token.cancel();
+                    }
+                    let same_live = model
+                        .as_ref()
+                        .is_some_and(|(m, _, t)| *m == n && !t.is_cancelled());
+                    match map.engage(&name, clusters[n].clone(), token.clone(), n) {
+                        Engage::Stale => prop_assert!(cancelled, "a live token was called stale"),
+                        Engage::Unchanged => prop_assert!(!cancelled && same_live),
+                        Engage::New { generation, replaced } => {
+                            prop_assert!(!cancelled && !same_live);
+                            prop_assert!(handed.iter().all(|(_, g, _)| *g < generation), "generations grow");
+                            prop_assert_eq!(
+                                replaced.map(|e| e.generation),
+                                model.as_ref().map(|(_, g, _)| *g)
+                            );
+                            model = Some((n, generation, token.clone()));
+                            handed.push((n, generation, token));
+                        }
+                    }
+                }
+                Op::Cancel(pick) if !handed.is_empty() => handed[pick % handed.len()].2.cancel(),
+                Op::Disengage(pick) if !handed.is_empty() => {
+                    let generation = handed[pick % handed.len()].1;
+                    let removed = map.disengage(&name, generation);
+                    let own = model.as_ref().is_some_and(|(_, g, _)| *g == generation);
+                    prop_assert_eq!(removed.is_some(), own, "a disengage removes its own entry only");
+                    if own {
+                        model = None;
+                    }
+                }
+                Op::Cancel(_) | Op::Disengage(_) => {}
+            }
+            let live = model
+                .as_ref()
+                .filter(|(_, _, t)| !t.is_cancelled())
+                .map(|(n, g, _)| (*n, *g));
+            let held = map.get(&name).map(|e| (e.value, e.generation));
+            prop_assert_eq!(held, live);
+            if let Some((n, _)) = live {
+                prop_assert!(Arc::ptr_eq(&map.get(&name).unwrap().cluster, &clusters[n]));
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn engagements_match_the_model(ops in proptest::collection::vec(op(), 0..60)) {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+            let _entered = runtime.enter();
+            let clusters: Vec<_> = (0..3).map(|_| super::tests::cluster("a")).collect();
+            check(ops, &clusters)?;
+        }
     }
 }
