@@ -123,6 +123,11 @@ impl<V> Engagements<V> {
     }
 
     /// The entry of `name`, live or not.
+    pub fn get_any(&self, name: &ClusterName) -> Option<&Engaged<V>> {
+        self.entries.get(name)
+    }
+
+    /// The entry of `name`, live or not.
     pub fn get_any_mut(&mut self, name: &ClusterName) -> Option<&mut Engaged<V>> {
         self.entries.get_mut(name)
     }

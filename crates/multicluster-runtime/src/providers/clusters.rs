@@ -77,14 +77,17 @@ impl Clusters {
     /// as for [`replace`](Self::replace).
     pub async fn add(&self, name: impl Into<ClusterName>, cluster: Arc<Cluster>) -> Result<()> {
         let name = name.into();
-        if self.lock().clusters.get(&name).is_some() {
+        // Checked and installed under the name's gate: of two concurrent adds of one
+        // name, the second fails.
+        let _gate = self.gates.enter(&name).await;
+        if self.lock().clusters.get_any(&name).is_some() {
             let reason = format!("cluster {name} exists already; use replace to swap it");
             return Err(Error::Provider {
                 provider: "clusters".into(),
                 source: reason.into(),
             });
         }
-        self.replace(name, cluster).await
+        self.install_gated(name, cluster, None).await
     }
 
     /// Adds a cluster or replaces the one of the same name (whose token is cancelled
@@ -188,11 +191,7 @@ impl Clusters {
     }
 
     fn fingerprint(&self, name: &ClusterName) -> Option<u64> {
-        self.lock()
-            .clusters
-            .all()
-            .find(|(n, _)| *n == name)
-            .and_then(|(_, e)| e.value)
+        self.lock().clusters.get_any(name).and_then(|e| e.value)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
