@@ -32,8 +32,11 @@ impl Schedule {
 /// engage by a scheduled number of yields.
 struct Component {
     schedule: Schedule,
-    clusters: Arc<Mutex<HashMap<ClusterName, (Arc<Cluster>, CancellationToken)>>>,
+    clusters: Arc<Mutex<Held>>,
 }
+
+/// What a component holds: each cluster with the token of its engagement.
+type Held = HashMap<ClusterName, (Arc<Cluster>, CancellationToken)>;
 
 #[async_trait]
 impl Aware for Component {
