@@ -26,6 +26,21 @@ impl Logs {
             .map(str::to_owned)
             .collect()
     }
+
+    /// Asserts that exactly one ERROR line was written, that it holds every part of
+    /// `expected`, and none of `secrets`.
+    #[track_caller]
+    pub(crate) fn assert_one_error(&self, expected: &[&str], secrets: &[&str]) {
+        let lines = self.lines_with(" ERROR ");
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let line = &lines[0];
+        for part in expected {
+            assert!(line.contains(part), "{part} in {line}");
+        }
+        for secret in secrets {
+            assert!(!line.contains(secret), "{secret} leaked into {line}");
+        }
+    }
 }
 
 impl io::Write for Logs {
