@@ -281,7 +281,8 @@ impl ClusterApiOptions {
 
     fn namespace_spec(&self) -> WatchSpec {
         match &self.namespace {
-            Some(namespace) => WatchSpec::default().fields(&format!("metadata.namespace={namespace}")),
+            // A namespaced watch: a Role in that namespace is all the RBAC it needs.
+            Some(namespace) => WatchSpec::default().namespace(namespace),
             None => WatchSpec::default(),
         }
     }
@@ -368,7 +369,7 @@ impl ProviderRunnable for ClusterApi {
             clusters: primary.clone(),
             secrets: secrets.clone(),
             ready: options.ready_fn(),
-            policy: options.kubeconfig_policy,
+            policy: options.kubeconfig_policy.clone(),
             version: options.version,
             custom_ready: options.ready.is_some(),
         };
@@ -434,7 +435,7 @@ impl Planner for CapiPlanner {
         let Some(data) = secret.data.as_ref().and_then(|d| d.get(KUBECONFIG_SECRET_KEY)) else {
             return Plan::Invalid(format!("{origin} has no key {KUBECONFIG_SECRET_KEY:?}"));
         };
-        match object_clusters::secret_target(&data.0, self.policy, origin) {
+        match object_clusters::secret_target(&data.0, &self.policy, origin) {
             Ok(target) => Plan::Engage(Box::new(target)),
             Err(why) => Plan::Invalid(why),
         }

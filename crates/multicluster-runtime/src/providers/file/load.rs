@@ -122,7 +122,7 @@ impl Files {
         };
         let mut now = Loaded::new();
         for path in scan.files {
-            let names = match read(&path, self.config.policy) {
+            let names = match read(&path, &self.config.policy) {
                 Ok(Some(kubeconfig)) => self.load(&path, &kubeconfig, &mut round).await,
                 Ok(None) => continue, // deleted since the scan: its clusters go
                 Err(error) => {
@@ -204,7 +204,7 @@ impl Files {
 }
 
 /// Reads, parses and vets one kubeconfig file; `None` if it no longer exists.
-fn read(path: &Path, policy: KubeconfigPolicy) -> Result<Option<Kubeconfig>, FileError> {
+fn read(path: &Path, policy: &KubeconfigPolicy) -> Result<Option<Kubeconfig>, FileError> {
     // Kubeconfigs are small local files: reading them in place, as kube's own
     // `Config::infer` does, is cheaper than a trip to a blocking thread.
     let data = match std::fs::read(path) {

@@ -250,7 +250,7 @@ impl AccessProviders {
         &self,
         profile: &DynamicObject,
         origin: &str,
-        allow_insecure: bool,
+        policy: &KubeconfigPolicy,
     ) -> Option<Result<Target, String>> {
         let offered = offered(profile);
         let provider = self
@@ -259,7 +259,7 @@ impl AccessProviders {
             .find(|p| offered.contains_key(p.name.as_str()))?;
         let cluster = offered.get(provider.name.as_str())?;
         let origin = format!("{origin} access provider {:?}", provider.name);
-        Some(build_target(provider, cluster, origin, allow_insecure))
+        Some(build_target(provider, cluster, origin, policy))
     }
 }
 
@@ -284,7 +284,7 @@ fn build_target(
     provider: &AccessProvider,
     cluster: &Value,
     origin: String,
-    allow_insecure: bool,
+    policy: &KubeconfigPolicy,
 ) -> Result<Target, String> {
     let mut cluster: KubeconfigCluster = serde_json::from_value(cluster.clone()).map_err(|e| {
         format!(
@@ -295,7 +295,7 @@ fn build_target(
     if cluster.server.as_deref().is_none_or(str::is_empty) {
         return Err(format!("{origin}: its cluster has no server"));
     }
-    if cluster.insecure_skip_tls_verify == Some(true) && !allow_insecure {
+    if cluster.insecure_skip_tls_verify == Some(true) && !policy.allow_insecure_skip_tls_verify {
         return Err(format!(
             "{origin}: its cluster asks to skip TLS verification; refused: allowed only when \
              the operator enables allow_insecure_skip_tls_verify"
@@ -343,12 +343,14 @@ fn build_target(
         current_context: Some(NAME.into()),
         ..Kubeconfig::default()
     };
-    // The exec plugin is the operator's; from the profile, no local files.
+    // The exec plugin is the operator's; from the profile, no local files, and the
+    // operator's rules for proxies and servers.
     let policy = KubeconfigPolicy {
         allow_exec: true,
         allow_local_files: false,
+        ..policy.clone()
     };
-    kubeconfig::vet(&mut kubeconfig, policy, &origin).map_err(|e| e.to_string())?;
+    kubeconfig::vet(&mut kubeconfig, &policy, &origin).map_err(|e| e.to_string())?;
     Ok(Target::new(kubeconfig, NAME.into(), origin))
 }
 
@@ -420,6 +422,13 @@ mod tests {
 
     const CA: &str = "Q0EK";
 
+    fn insecure_allowed() -> KubeconfigPolicy {
+        KubeconfigPolicy {
+            allow_insecure_skip_tls_verify: true,
+            ..KubeconfigPolicy::untrusted()
+        }
+    }
+
     fn file(extra: &str) -> AccessProviders {
         let json = format!(
             r#"{{"providers": [
@@ -461,7 +470,7 @@ mod tests {
             json!({ "server": "https://10.0.0.1:6443", "certificate-authority-data": CA, "tls-server-name": "api" }),
         ));
         let target = providers
-            .target_for(&p, "ClusterProfile inv/p", false)
+            .target_for(&p, "ClusterProfile inv/p", &KubeconfigPolicy::untrusted())
             .expect("offered")
             .expect("valid");
         let cluster = target.kubeconfig.clusters[0].cluster.as_ref().expect("cluster");
@@ -486,13 +495,13 @@ mod tests {
             { "name": "other", "cluster": { "server": "https://other" } },
         ]}));
         let target = providers
-            .target_for(&both, "p", false)
+            .target_for(&both, "p", &KubeconfigPolicy::untrusted())
             .expect("offered")
             .expect("valid");
         assert_eq!(exec_of(&target).command.as_deref(), Some("other"));
         let unknown = profile(access("gke", json!({ "server": "https://x" })));
-        assert!(providers.target_for(&unknown, "p", false).is_none());
-        assert!(providers.target_for(&profile(json!({})), "p", false).is_none());
+        assert!(providers.target_for(&unknown, "p", &KubeconfigPolicy::untrusted()).is_none());
+        assert!(providers.target_for(&profile(json!({})), "p", &KubeconfigPolicy::untrusted()).is_none());
     }
 
     #[test]
@@ -501,7 +510,7 @@ mod tests {
             json!({ "credentialProviders": [{ "name": "ocm", "cluster": { "server": "https://old" } }] }),
         );
         let target = file("")
-            .target_for(&p, "p", false)
+            .target_for(&p, "p", &KubeconfigPolicy::untrusted())
             .expect("offered")
             .expect("valid");
         let server = target.kubeconfig.clusters[0]
@@ -516,7 +525,7 @@ mod tests {
         let providers = file("");
         let refuse = |cluster: Value| {
             providers
-                .target_for(&profile(access("ocm", cluster)), "p", false)
+                .target_for(&profile(access("ocm", cluster)), "p", &KubeconfigPolicy::untrusted())
                 .expect("offered")
                 .err()
                 .expect("refused")
@@ -538,9 +547,23 @@ mod tests {
         ));
         assert!(
             providers
-                .target_for(&insecure, "p", true)
+                .target_for(&insecure, "p", &insecure_allowed())
                 .expect("offered")
                 .is_ok()
+        );
+        let err = refuse(json!({ "server": "https://x", "proxy-url": "http://user:pa55@proxy:3128" }));
+        assert!(err.contains("proxy-url is set; refused by rule allow_proxy_url"), "{err}");
+        assert!(!err.contains("pa55"), "{err}");
+        let metadata = profile(access("ocm", json!({ "server": "https://169.254.169.254" })));
+        let fenced = KubeconfigPolicy::untrusted().endpoints(kubeconfig::EndpointPolicy::deny_local());
+        let err = providers
+            .target_for(&metadata, "p", &fenced)
+            .expect("offered")
+            .err()
+            .expect("denied");
+        assert!(
+            err.contains("server host 169.254.169.254 is in the deny-list entry 169.254.0.0/16"),
+            "{err}"
         );
     }
 
@@ -561,7 +584,7 @@ mod tests {
 
         let ignored = exec_of(
             &file("")
-                .target_for(&p, "p", false)
+                .target_for(&p, "p", &KubeconfigPolicy::untrusted())
                 .expect("offered")
                 .expect("valid"),
         );
@@ -573,7 +596,7 @@ mod tests {
         );
         let exec = exec_of(
             &appended
-                .target_for(&p, "p", false)
+                .target_for(&p, "p", &KubeconfigPolicy::untrusted())
                 .expect("offered")
                 .expect("valid"),
         );
@@ -587,7 +610,7 @@ mod tests {
         let replaced = file(r#", "profileSourcedEnvVarsPolicy": "Replace""#);
         let exec = exec_of(
             &replaced
-                .target_for(&p, "p", false)
+                .target_for(&p, "p", &KubeconfigPolicy::untrusted())
                 .expect("offered")
                 .expect("valid"),
         );
@@ -599,7 +622,7 @@ mod tests {
             { "name": ADDITIONAL_ARGS_EXTENSION, "extension": { "not": "a list" } }] }),
         ));
         let err = appended
-            .target_for(&bad, "p", false)
+            .target_for(&bad, "p", &KubeconfigPolicy::untrusted())
             .expect("offered")
             .err()
             .expect("invalid");
@@ -615,7 +638,7 @@ mod tests {
                 json!({ "server": server, "certificate-authority-data": CA }),
             ));
             let target = providers
-                .target_for(&p, "p", false)
+                .target_for(&p, "p", &KubeconfigPolicy::untrusted())
                 .expect("offered")
                 .expect("valid");
             kubeconfig::fingerprint(&target.kubeconfig, &target.context).expect("fingerprint")

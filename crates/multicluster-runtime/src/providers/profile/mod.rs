@@ -262,7 +262,8 @@ impl ClusterProfilesOptions {
 
     fn namespace_spec(&self) -> WatchSpec {
         match &self.namespace {
-            Some(namespace) => WatchSpec::default().fields(&format!("metadata.namespace={namespace}")),
+            // A namespaced watch: a Role in that namespace is all the RBAC it needs.
+            Some(namespace) => WatchSpec::default().namespace(namespace),
             None => WatchSpec::default(),
         }
     }
@@ -360,10 +361,14 @@ impl ProviderRunnable for ClusterProfiles {
             secrets: secrets.clone(),
             consumer: options.consumer.clone(),
             access: options.access.clone(),
-            policy: options.kubeconfig_policy,
+            policy: options.kubeconfig_policy.clone(),
             ready: options.ready.clone(),
             disengage_when_unhealthy: options.disengage_when_unhealthy,
-            allow_insecure: options.allow_insecure,
+            access_policy: KubeconfigPolicy {
+                allow_insecure_skip_tls_verify: options.allow_insecure
+                    || options.kubeconfig_policy.allow_insecure_skip_tls_verify,
+                ..options.kubeconfig_policy.clone()
+            },
             naming: options.naming.clone(),
         };
         let engine = Arc::new(Engine::new(
@@ -384,7 +389,9 @@ struct ProfilePlanner {
     policy: KubeconfigPolicy,
     ready: Option<ReadyFn>,
     disengage_when_unhealthy: bool,
-    allow_insecure: bool,
+    /// The operator's policy for kubeconfigs built from access providers: their
+    /// servers and proxies, and whether TLS verification may be skipped.
+    access_policy: KubeconfigPolicy,
     naming: Option<NameFn>,
 }
 
@@ -426,7 +433,7 @@ impl Planner for ProfilePlanner {
         }
         let origin = format!("ClusterProfile {key}");
         if let Some(access) = &self.access {
-            match access.target_for(&profile, &origin, self.allow_insecure) {
+            match access.target_for(&profile, &origin, &self.access_policy) {
                 Some(Ok(target)) => return Plan::Engage(Box::new(target)),
                 Some(Err(why)) => return Plan::Invalid(why),
                 None if self.consumer.is_none() => {
@@ -496,7 +503,7 @@ impl ProfilePlanner {
         let Some(data) = secret.data.as_ref().and_then(|d| d.get(SECRET_KEY)) else {
             return Plan::Invalid(format!("{origin} has no key {SECRET_KEY:?}"));
         };
-        match object_clusters::secret_target(&data.0, self.policy, origin) {
+        match object_clusters::secret_target(&data.0, &self.policy, origin) {
             Ok(target) => Plan::Engage(Box::new(target)),
             Err(why) => Plan::Invalid(why),
         }

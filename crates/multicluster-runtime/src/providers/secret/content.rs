@@ -47,7 +47,7 @@ impl Problem {
 impl From<KubeconfigError> for Problem {
     fn from(error: KubeconfigError) -> Self {
         let reason = match error {
-            KubeconfigError::Refused { .. } => Reason::Refused,
+            KubeconfigError::Refused { .. } | KubeconfigError::Endpoint { .. } => Reason::Refused,
             _ => Reason::Invalid,
         };
         Problem {
@@ -71,7 +71,7 @@ pub(super) fn plan(
     data: Option<&[u8]>,
     key: &str,
     context: Option<&str>,
-    policy: KubeconfigPolicy,
+    policy: &KubeconfigPolicy,
     origin: &str,
 ) -> Result<Plan, Problem> {
     let missing = |what: &str| Problem {
@@ -136,7 +136,7 @@ mod tests {
             data.map(str::as_bytes),
             "kubeconfig",
             context,
-            KubeconfigPolicy::untrusted(),
+            &KubeconfigPolicy::untrusted(),
             "Secret ns/s",
         )
     }
@@ -184,7 +184,7 @@ mod tests {
             Some(config(exec).as_bytes()),
             "kubeconfig",
             None,
-            KubeconfigPolicy {
+            &KubeconfigPolicy {
                 allow_exec: true,
                 ..KubeconfigPolicy::untrusted()
             },
