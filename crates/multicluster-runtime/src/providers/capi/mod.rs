@@ -545,4 +545,30 @@ mod tests {
         assert_eq!(cluster_of("-kubeconfig"), None);
         assert_eq!(cluster_of("eu-1-ca"), None);
     }
+
+    proptest::proptest! {
+        #![proptest_config(crate::providers::fuzz::config())]
+
+        /// Cluster API objects and their Secrets' names, as anyone allowed to write
+        /// them may set them.
+        #[test]
+        fn p05_fuzz_capi_objects(
+            status in crate::providers::fuzz::any_json(),
+            version in proptest::sample::select(vec![ClusterApiVersion::V1Beta2, ClusterApiVersion::V1Beta1]),
+            api_version in proptest::sample::select(vec!["cluster.x-k8s.io/v1beta2", "cluster.x-k8s.io/v1beta1", "x/v1"]),
+            secret_name in "\\PC{0,30}",
+            data in crate::providers::fuzz::kubeconfig_bytes(),
+        ) {
+            let object = cluster(api_version, status);
+            let _ = control_plane_initialized(version, &object);
+            let mut secret = Secret::default();
+            secret.metadata.name = Some(secret_name);
+            secret.metadata.namespace = Some("ns".into());
+            let _ = cluster_of_secret(&secret);
+            let policy = KubeconfigPolicy::untrusted();
+            if let Err(why) = object_clusters::secret_target(&data, &policy, "Secret ns/x-kubeconfig".into()) {
+                crate::providers::fuzz::assert_no_marker("capi secret", &why);
+            }
+        }
+    }
 }

@@ -285,4 +285,29 @@ mod tests {
         let command = auth.exec.as_ref().and_then(|e| e.command.as_deref());
         assert_eq!(command, Some("/etc/fleet/bin/login"));
     }
+
+    proptest::proptest! {
+        #![proptest_config(crate::providers::fuzz::config())]
+
+        /// A kubeconfig file of any content, read, vetted and made relative to its
+        /// directory as the file provider does: no panic, no credential in errors.
+        #[test]
+        fn p05_fuzz_kubeconfig_file(
+            bytes in crate::providers::fuzz::kubeconfig_bytes(),
+            dir in "[a-z/.]{0,12}",
+            trusted in proptest::prelude::any::<bool>(),
+        ) {
+            let temp = tempfile::NamedTempFile::new().expect("temp file");
+            std::fs::write(temp.path(), &bytes).expect("write");
+            let policy = if trusted { KubeconfigPolicy::trusted() } else { KubeconfigPolicy::untrusted() };
+            match read(temp.path(), &policy) {
+                Ok(Some(mut kubeconfig)) => resolve_relative(&mut kubeconfig, Path::new(&dir)),
+                Ok(None) => {}
+                Err(error) => {
+                    crate::providers::fuzz::assert_no_marker("file", &error.to_string());
+                    crate::providers::fuzz::assert_no_marker("file (Debug)", &format!("{error:?}"));
+                }
+            }
+        }
+    }
 }

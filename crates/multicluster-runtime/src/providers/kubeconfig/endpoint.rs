@@ -65,13 +65,19 @@ impl FromStr for EndpointRule {
     type Err = EndpointRuleError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let error = || EndpointRuleError { text: text.to_owned() };
+        let error = || EndpointRuleError {
+            text: text.to_owned(),
+        };
         let trimmed = text.trim();
         if trimmed.contains('/') {
             let net: IpNet = trimmed.parse().map_err(|_| error())?;
             return Ok(EndpointRule::Net(net.trunc()));
         }
-        if let Ok(address) = trimmed.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+        if let Ok(address) = trimmed
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
             return Ok(EndpointRule::Net(IpNet::from(address.to_canonical())));
         }
         let (suffix, name) = match trimmed.strip_prefix("*.") {
@@ -332,7 +338,10 @@ impl EndpointPolicy {
 /// as IPv4), or a DNS name in lower case without a trailing dot.
 fn host_of(url: &str) -> Result<Host, EndpointRefusal> {
     let uri: http::Uri = url.trim().parse().map_err(|_| EndpointRefusal::NotAUrl)?;
-    let host = uri.host().filter(|h| !h.is_empty()).ok_or(EndpointRefusal::NotAUrl)?;
+    let host = uri
+        .host()
+        .filter(|h| !h.is_empty())
+        .ok_or(EndpointRefusal::NotAUrl)?;
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     if let Ok(address) = bare.parse::<IpAddr>() {
         return Ok(Host::Ip(address.to_canonical()));
@@ -347,7 +356,9 @@ fn host_of(url: &str) -> Result<Host, EndpointRefusal> {
                 .strip_prefix("0x")
                 .is_some_and(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit())));
     if name.is_empty() || numeric {
-        return Err(EndpointRefusal::Ambiguous { host: host.to_owned() });
+        return Err(EndpointRefusal::Ambiguous {
+            host: host.to_owned(),
+        });
     }
     Ok(Host::Name(name))
 }
@@ -434,11 +445,13 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(crate::providers::fuzz::config())]
+
         // Any text as a URL, and as a rule: never a panic, and a refusal never
         // quotes the part of the URL before the host (where user information is).
         #[test]
-        fn p05_endpoint_checks_never_panic_nor_quote_userinfo(
-            host in "[a-z0-9.:\\[\\]-]{0,40}",
+        fn p05_fuzz_endpoint_rules(
+            host in prop_oneof!["[a-z0-9.:\\[\\]-]{0,40}", crate::providers::fuzz::server()],
             secret in "[A-Z]{12}",
             rule in "\\PC{0,40}",
         ) {

@@ -558,8 +558,13 @@ mod tests {
         vet(&mut proxied, &allowed, "s").expect("allowed");
         // An allowed proxy is held to the endpoint rules too, and never quoted whole.
         let fenced = allowed.endpoints(EndpointPolicy::any().allow(["127.0.0.1"]).unwrap());
-        let err = vet(&mut proxied, &fenced, "s").expect_err("not allowed").to_string();
-        assert!(err.contains("proxy-url host proxy.example is not in the allow-list"), "{err}");
+        let err = vet(&mut proxied, &fenced, "s")
+            .expect_err("not allowed")
+            .to_string();
+        assert!(
+            err.contains("proxy-url host proxy.example is not in the allow-list"),
+            "{err}"
+        );
         assert!(!err.contains("pa55"), "{err}");
 
         let mut insecure = with_cluster("    insecure-skip-tls-verify: true\n");
@@ -577,7 +582,9 @@ mod tests {
     fn servers_are_held_to_the_endpoint_rules() {
         let mut local = with_cluster("");
         let fenced = KubeconfigPolicy::untrusted().endpoints(EndpointPolicy::deny_local());
-        let err = vet(&mut local, &fenced, "Secret ns/x").expect_err("denied").to_string();
+        let err = vet(&mut local, &fenced, "Secret ns/x")
+            .expect_err("denied")
+            .to_string();
         assert_eq!(
             err,
             "Secret ns/x: cluster \"a\": server host 127.0.0.1 is in the deny-list entry \
@@ -596,5 +603,80 @@ mod tests {
             .await
             .expect_err("no such context");
         assert!(err.to_string().contains("no context named \"b\""), "{err}");
+    }
+
+    /// A runtime for the client-building step of the fuzz target.
+    fn runtime() -> &'static tokio::runtime::Runtime {
+        static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+        RUNTIME.get_or_init(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+        })
+    }
+
+    /// Everything a provider does with an untrusted kubeconfig, short of
+    /// connecting: parse, vet, name contexts, fingerprint, build a client
+    /// configuration and a client. No step may panic, and no error may quote a
+    /// credential.
+    fn untrusted_kubeconfig_journey(bytes: &[u8], policy: &KubeconfigPolicy) {
+        use crate::providers::fuzz::assert_no_marker;
+        let mut kubeconfig = match parse(bytes, "Secret ns/fuzz") {
+            Ok(kubeconfig) => kubeconfig,
+            Err(error) => {
+                assert_no_marker("parse", &error.to_string());
+                return assert_no_marker("parse (Debug)", &format!("{error:?}"));
+            }
+        };
+        for context in context_names(&kubeconfig) {
+            let _ = fingerprint(&kubeconfig, &context);
+        }
+        if let Err(error) = vet(&mut kubeconfig, policy, "Secret ns/fuzz") {
+            assert_no_marker("vet", &error.to_string());
+            return assert_no_marker("vet (Debug)", &format!("{error:?}"));
+        }
+        let has_exec = kubeconfig
+            .auth_infos
+            .iter()
+            .any(|a| a.auth_info.as_ref().is_some_and(|a| a.exec.is_some()));
+        runtime().block_on(async {
+            match client_config(&kubeconfig, None, "Secret ns/fuzz").await {
+                Err(error) => assert_no_marker("client_config", &error.to_string()),
+                // Building runs an exec plugin: not here.
+                Ok(_) if has_exec => {}
+                Ok(config) => {
+                    if let Err(error) = kube::Client::try_from(config) {
+                        assert_no_marker("client", &describe_kube_error(&error));
+                    }
+                }
+            }
+        });
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::providers::fuzz::config())]
+
+        #[test]
+        fn p05_fuzz_kubeconfig(
+            bytes in crate::providers::fuzz::kubeconfig_bytes(),
+            allow in proptest::prelude::any::<(bool, bool, bool, bool)>(),
+            fenced in proptest::prelude::any::<bool>(),
+        ) {
+            let (allow_exec, allow_local_files, allow_proxy_url, allow_insecure_skip_tls_verify) = allow;
+            let endpoints = if fenced {
+                EndpointPolicy::deny_local().allow(["10.0.0.0/8", "*.example.com"]).expect("rules")
+            } else {
+                EndpointPolicy::any()
+            };
+            let policy = KubeconfigPolicy {
+                allow_exec,
+                allow_local_files,
+                allow_proxy_url,
+                allow_insecure_skip_tls_verify,
+                endpoints,
+            };
+            untrusted_kubeconfig_journey(&bytes, &policy);
+        }
     }
 }

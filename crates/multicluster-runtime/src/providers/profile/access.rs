@@ -500,8 +500,16 @@ mod tests {
             .expect("valid");
         assert_eq!(exec_of(&target).command.as_deref(), Some("other"));
         let unknown = profile(access("gke", json!({ "server": "https://x" })));
-        assert!(providers.target_for(&unknown, "p", &KubeconfigPolicy::untrusted()).is_none());
-        assert!(providers.target_for(&profile(json!({})), "p", &KubeconfigPolicy::untrusted()).is_none());
+        assert!(
+            providers
+                .target_for(&unknown, "p", &KubeconfigPolicy::untrusted())
+                .is_none()
+        );
+        assert!(
+            providers
+                .target_for(&profile(json!({})), "p", &KubeconfigPolicy::untrusted())
+                .is_none()
+        );
     }
 
     #[test]
@@ -525,7 +533,11 @@ mod tests {
         let providers = file("");
         let refuse = |cluster: Value| {
             providers
-                .target_for(&profile(access("ocm", cluster)), "p", &KubeconfigPolicy::untrusted())
+                .target_for(
+                    &profile(access("ocm", cluster)),
+                    "p",
+                    &KubeconfigPolicy::untrusted(),
+                )
                 .expect("offered")
                 .err()
                 .expect("refused")
@@ -552,7 +564,10 @@ mod tests {
                 .is_ok()
         );
         let err = refuse(json!({ "server": "https://x", "proxy-url": "http://user:pa55@proxy:3128" }));
-        assert!(err.contains("proxy-url is set; refused by rule allow_proxy_url"), "{err}");
+        assert!(
+            err.contains("proxy-url is set; refused by rule allow_proxy_url"),
+            "{err}"
+        );
         assert!(!err.contains("pa55"), "{err}");
         let metadata = profile(access("ocm", json!({ "server": "https://169.254.169.254" })));
         let fenced = KubeconfigPolicy::untrusted().endpoints(kubeconfig::EndpointPolicy::deny_local());
@@ -682,5 +697,107 @@ mod tests {
             r#"invalid type: string "…", expected a sequence at line 1 column 9"#
         );
         assert_eq!(redact_quotes("missing field `server`"), "missing field `server`");
+    }
+
+    fn access_file() -> impl proptest::strategy::Strategy<Value = Value> {
+        use crate::providers::fuzz::{any_json, scalar};
+        use proptest::prelude::*;
+        let provider = (
+            prop::sample::select(vec!["ocm", "other", ""]),
+            prop::option::of(("[a-z/]{0,10}", prop::collection::vec(scalar(), 0..3), any_json())),
+            prop::sample::select(vec!["Ignore", "Append", "Sometimes"]),
+            prop::sample::select(vec!["Ignore", "AppendIfNotExists", "Replace", "Never"]),
+        )
+            .prop_map(|(name, exec, args, envs)| {
+                let exec = exec.map(|(command, args, env)| {
+                    json!({ "apiVersion": "client.authentication.k8s.io/v1", "command": command,
+                            "args": args, "env": env, "provideClusterInfo": true })
+                });
+                json!({ "name": name, "execConfig": exec,
+                        "profileSourcedCLIArgsPolicy": args, "profileSourcedEnvVarsPolicy": envs })
+            });
+        prop::collection::vec(provider, 0..3).prop_map(|providers| json!({ "providers": providers }))
+    }
+
+    fn profile_status() -> impl proptest::strategy::Strategy<Value = Value> {
+        use crate::providers::fuzz::{any_json, cluster};
+        use proptest::prelude::*;
+        let extensions = (
+            prop::collection::vec(crate::providers::fuzz::scalar(), 0..3),
+            any_json(),
+        )
+            .prop_map(|(args, envs)| {
+                json!([
+                    { "name": ADDITIONAL_ARGS_EXTENSION, "extension": args },
+                    { "name": ADDITIONAL_ENVS_EXTENSION, "extension": envs },
+                ])
+            });
+        let entry = (
+            prop::sample::select(vec!["ocm", "other", "unknown"]),
+            cluster(),
+            prop::option::of(extensions),
+        )
+            .prop_map(|(name, mut cluster, extensions)| {
+                if let (Some(extensions), Some(map)) = (extensions, cluster.as_object_mut()) {
+                    map.insert("extensions".into(), extensions);
+                }
+                json!({ "name": name, "cluster": cluster })
+            })
+            .boxed();
+        (
+            prop::collection::vec(entry.clone(), 0..3),
+            prop::collection::vec(entry, 0..2),
+            prop::option::of(any_json()),
+            prop::sample::select(vec!["True", "False", "Unknown"]),
+        )
+            .prop_map(|(access, credential, junk, healthy)| {
+                json!({
+                    "accessProviders": access,
+                    "credentialProviders": credential,
+                    "conditions": [{ "type": "ControlPlaneHealthy", "status": healthy }],
+                    "junk": junk,
+                })
+            })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::providers::fuzz::config())]
+
+        /// The operator's provider file, mostly well-formed, sometimes bytes.
+        #[test]
+        fn p05_fuzz_access_provider_file(
+            bytes in proptest::prop_oneof![
+                3 => crate::providers::fuzz::encoded(access_file()),
+                1 => proptest::collection::vec(proptest::prelude::any::<u8>(), 0..128),
+            ],
+        ) {
+            if let Err(error) = AccessProviders::from_json(&bytes, "provider file f") {
+                crate::providers::fuzz::assert_no_marker("provider file", &error.to_string());
+            }
+        }
+
+        /// A profile's status, as anyone allowed to write it may set it.
+        #[test]
+        fn p05_fuzz_profile_status(
+            status in profile_status(),
+            insecure in proptest::prelude::any::<bool>(),
+            fenced in proptest::prelude::any::<bool>(),
+        ) {
+            let providers = file(r#", "profileSourcedCLIArgsPolicy": "Append", "profileSourcedEnvVarsPolicy": "Replace""#);
+            let p = profile(status);
+            let _ = offered(&p);
+            let _ = super::super::control_plane_healthy(&p);
+            let mut policy = KubeconfigPolicy {
+                allow_insecure_skip_tls_verify: insecure,
+                ..KubeconfigPolicy::untrusted()
+            };
+            if fenced {
+                policy = policy.endpoints(kubeconfig::EndpointPolicy::deny_local());
+            }
+            match providers.target_for(&p, "ClusterProfile inv/p", &policy) {
+                Some(Err(why)) => crate::providers::fuzz::assert_no_marker("profile", &why),
+                Some(Ok(_)) | None => {}
+            }
+        }
     }
 }

@@ -192,4 +192,30 @@ mod tests {
         );
         assert!(allowed.is_ok());
     }
+
+    proptest::proptest! {
+        #![proptest_config(crate::providers::fuzz::config())]
+
+        /// Secret content as it comes: absent, empty, a kubeconfig, or anything.
+        #[test]
+        fn p05_fuzz_secret_content(
+            data in proptest::option::weighted(0.9, crate::providers::fuzz::kubeconfig_bytes()),
+            context in proptest::option::of("[a-c]"),
+            fenced in proptest::prelude::any::<bool>(),
+        ) {
+            let mut policy = KubeconfigPolicy::untrusted();
+            if fenced {
+                policy = policy.endpoints(crate::providers::kubeconfig::EndpointPolicy::deny_local());
+            }
+            match plan(data.as_deref(), "kubeconfig", context.as_deref(), &policy, "Secret ns/s") {
+                Ok(plan) => {
+                    proptest::prop_assert_eq!(
+                        kubeconfig::fingerprint(&plan.kubeconfig, &plan.context),
+                        Some(plan.fingerprint)
+                    );
+                }
+                Err(problem) => crate::providers::fuzz::assert_no_marker("plan", &problem.message),
+            }
+        }
+    }
 }
