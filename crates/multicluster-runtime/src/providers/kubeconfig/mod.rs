@@ -336,7 +336,7 @@ pub async fn client_config(
         .map_err(|e| KubeconfigError::Client {
             origin: origin.to_owned(),
             context: name,
-            reason: e.to_string(),
+            reason: redact_userinfo(&e.to_string()),
         })
 }
 
@@ -398,8 +398,44 @@ pub fn describe_kube_error(error: &kube::Error) -> String {
             e.column(),
             e.classify()
         ),
-        other => other.to_string(),
+        // kube quotes URLs in some errors (e.g. a proxy URL it cannot use), and a
+        // URL may carry a user name and password.
+        other => redact_userinfo(&other.to_string()),
     }
+}
+
+/// `text` with the user information of every URL in it (`scheme://user:password@`)
+/// replaced by `***`.
+///
+/// ```
+/// use multicluster_runtime::providers::kubeconfig::redact_userinfo;
+///
+/// assert_eq!(
+///     redact_userinfo("proxy http://u:s3cret@proxy:3128/ is not supported"),
+///     "proxy http://***@proxy:3128/ is not supported"
+/// );
+/// ```
+pub fn redact_userinfo(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace() || "\"'<>`".contains(c))
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@') {
+            Some(user_end) => {
+                out.push_str("***");
+                out.push_str(&authority[user_end..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A fingerprint of everything that decides how `context` connects: its cluster, its
@@ -592,6 +628,33 @@ mod tests {
         );
         assert!(!err.contains(TOKEN));
         vet(&mut local, &KubeconfigPolicy::untrusted(), "s").expect("any server by default");
+    }
+
+    #[test]
+    fn user_information_is_redacted_from_urls() {
+        assert_eq!(redact_userinfo("no url"), "no url");
+        assert_eq!(
+            redact_userinfo("a https://x:y@h/p and socks5://only@h, then http://h:1/"),
+            "a https://***@h/p and socks5://***@h, then http://h:1/"
+        );
+        assert_eq!(redact_userinfo("cut http://u:p@"), "cut http://***@");
+        assert_eq!(redact_userinfo("\"http://u:p@h\""), "\"http://***@h\"");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::providers::fuzz::config())]
+
+        #[test]
+        fn p05_fuzz_userinfo_redaction(
+            before in "\\PC{0,20}",
+            scheme in "[a-z0-9+]{1,8}",
+            user in "[^@/?#\\s\"'<>`]{0,10}",
+            after in "\\PC{0,20}",
+        ) {
+            let password = "MARKERpassword91c2";
+            let text = format!("{before}{scheme}://{user}:{password}@host.example/x{after}");
+            proptest::prop_assert!(!redact_userinfo(&text).contains(password));
+        }
     }
 
     #[tokio::test]
