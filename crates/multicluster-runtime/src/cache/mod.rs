@@ -632,12 +632,16 @@ impl Cache {
                 let watches: Vec<_> = names
                     .iter()
                     .map(|ns| {
-                        let events = namespaces::watch_namespace::<K>(client.clone(), dyntype, ns, config.clone());
+                        let events =
+                            namespaces::watch_namespace::<K>(client.clone(), dyntype, ns, config.clone());
                         (ns.clone(), events)
                     })
                     .collect();
                 let count = watches.len();
-                (namespaces::merge(watches, informer.store().share()).boxed(), count)
+                (
+                    namespaces::merge(watches, informer.store().share()).boxed(),
+                    count,
+                )
             }
             Namespaces::All | Namespaces::CacheDefault => {
                 let api = Api::<K>::all_with(inner.client.clone(), dyntype);

@@ -184,8 +184,7 @@ impl<K: CacheObject> Merge<K> {
                 for object in self.store.list_namespace(&namespace.name) {
                     let name = object.meta().name.as_deref().unwrap_or_default();
                     if !listed.contains(name) {
-                        self.out
-                            .push_back(Ok(watcher::Event::Delete(K::clone(&object))));
+                        self.out.push_back(Ok(watcher::Event::Delete(K::clone(&object))));
                     }
                 }
                 if !namespace.listed {
@@ -235,7 +234,13 @@ mod tests {
             .store()
             .list()
             .iter()
-            .map(|cm| format!("{}/{}", cm.metadata.namespace.as_deref().unwrap_or(""), cm.metadata.name.as_deref().unwrap_or("")))
+            .map(|cm| {
+                format!(
+                    "{}/{}",
+                    cm.metadata.namespace.as_deref().unwrap_or(""),
+                    cm.metadata.name.as_deref().unwrap_or("")
+                )
+            })
             .collect();
         names.sort();
         names
@@ -287,7 +292,10 @@ mod tests {
         send(&b, Init);
         send(&b, InitApply(cm("b", "one", "1")));
         send(&b, InitDone);
-        informer.wait_synced(Duration::from_secs(5)).await.expect("synced");
+        informer
+            .wait_synced(Duration::from_secs(5))
+            .await
+            .expect("synced");
         assert_eq!(names(&informer), ["a/one", "a/three", "a/two", "b/one"]);
 
         // b's watch breaks and relists: b/one is gone, b/new is new; a is untouched.

@@ -299,10 +299,19 @@ mod tests {
         let only = |names: &[&str]| Namespaces::Only(names.iter().map(|n| (*n).to_owned()).collect());
         let spec = WatchSpec::default();
         assert_eq!(spec.clone().resolved(&none, true).namespaces, Namespaces::All);
-        assert_eq!(spec.clone().resolved(&defaults, true).namespaces, only(&["a", "b"]));
-        assert_eq!(spec.clone().resolved(&defaults, false).namespaces, Namespaces::All);
+        assert_eq!(
+            spec.clone().resolved(&defaults, true).namespaces,
+            only(&["a", "b"])
+        );
+        assert_eq!(
+            spec.clone().resolved(&defaults, false).namespaces,
+            Namespaces::All
+        );
         let named = WatchSpec::default().namespace("c").namespaces(["", "c", "d"]);
-        assert_eq!(named.clone().resolved(&defaults, true).namespaces, only(&["c", "d"]));
+        assert_eq!(
+            named.clone().resolved(&defaults, true).namespaces,
+            only(&["c", "d"])
+        );
         assert_eq!(named.namespace_list(), Some(vec!["c".to_owned(), "d".to_owned()]));
         let all = WatchSpec::default().namespace("x").all_namespaces();
         assert_eq!(all.resolved(&defaults, true).namespaces, Namespaces::All);
@@ -312,7 +321,9 @@ mod tests {
         );
         // The default namespaces named explicitly share the informer of the default.
         assert_eq!(
-            WatchSpec::default().namespaces(["b", "a"]).resolved(&defaults, true),
+            WatchSpec::default()
+                .namespaces(["b", "a"])
+                .resolved(&defaults, true),
             WatchSpec::default().resolved(&defaults, true)
         );
     }

@@ -117,15 +117,14 @@ pub enum KubeconfigError {
     /// A cluster entry asks for a connection the policy refuses: a `proxy-url`,
     /// `insecure-skip-tls-verify`, or a server (or proxy) the
     /// [`EndpointPolicy`] refuses.
-    #[error("{origin}: cluster {cluster:?}: {field} {what}; refused by rule {rule}")]
+    #[error("{origin}: cluster {cluster:?}: {what}; refused by rule {rule}")]
     Endpoint {
         /// Where it came from.
         origin: String,
         /// The kubeconfig cluster entry.
         cluster: String,
-        /// The field: `server`, `proxy-url` or `insecure-skip-tls-verify`.
-        field: &'static str,
-        /// What is wrong with it: never the value of the field beyond its host.
+        /// The field (`server`, `proxy-url` or `insecure-skip-tls-verify`) and what
+        /// is wrong with it: never the value of the field beyond its host.
         what: String,
         /// The rule that refused it, e.g. `allow_proxy_url` or `endpoints`.
         rule: &'static str,
@@ -262,11 +261,10 @@ fn vet_endpoint(
     policy: &KubeconfigPolicy,
     origin: &str,
 ) -> Result<(), KubeconfigError> {
-    let refuse = |field, what: String, rule| KubeconfigError::Endpoint {
+    let refuse = |field: &str, what: String, rule| KubeconfigError::Endpoint {
         origin: origin.to_owned(),
         cluster: name.to_owned(),
-        field,
-        what,
+        what: format!("{field} {what}"),
         rule,
     };
     if cluster.insecure_skip_tls_verify == Some(true) && !policy.allow_insecure_skip_tls_verify {
