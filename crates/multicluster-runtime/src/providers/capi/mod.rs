@@ -32,10 +32,19 @@
 //! Cluster API's controllers write the kubeconfig Secrets, but anyone who can write
 //! Secrets in a `Cluster`'s namespace can write one too. So they are read with
 //! [`KubeconfigPolicy::untrusted`] by default: no exec credential plugins, no local
-//! files, no auth providers. Kubeconfigs from Cluster API use embedded client
-//! certificates, which that policy allows. Relax it with
-//! [`ClusterApiOptions::kubeconfig_policy`] only when Secret writers are trusted
-//! (e.g. a provider that writes exec-based kubeconfigs).
+//! files, no auth providers, no `proxy-url`, no `insecure-skip-tls-verify`.
+//! Kubeconfigs from Cluster API use embedded client certificates, which that policy
+//! allows. Relax it with [`ClusterApiOptions::kubeconfig_policy`] only when Secret
+//! writers are trusted (e.g. a provider that writes exec-based kubeconfigs), or
+//! tighten it with an [`EndpointPolicy`](crate::providers::kubeconfig::EndpointPolicy)
+//! that holds servers to the fleet's address ranges.
+//!
+//! # RBAC
+//!
+//! With [`ClusterApiOptions::namespace`], a Role in that namespace: `list` and
+//! `watch` on `clusters.cluster.x-k8s.io` and on `secrets`
+//! (`deploy/rbac/capi-provider.yaml`, used as it is by the test `p06`); without, the
+//! same rules in a ClusterRole.
 //!
 //! # Host watches
 //!

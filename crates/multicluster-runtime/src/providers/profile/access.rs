@@ -48,7 +48,10 @@
 //! operator's policy says so. From the profile, the provider takes the cluster's
 //! `server`, `certificate-authority-data`, `tls-server-name`, `proxy-url`,
 //! `disable-compression` and `extensions`; it refuses a `certificate-authority`
-//! file path, and `insecure-skip-tls-verify: true` unless the operator allows it.
+//! file path, and `insecure-skip-tls-verify: true` and `proxy-url` unless the
+//! operator allows them, and holds the server to the operator's
+//! [`EndpointPolicy`](crate::providers::kubeconfig::EndpointPolicy) (see
+//! `ClusterProfilesOptions::kubeconfig_policy`).
 //! Whoever can write a profile's status can point the plugin's credentials at a
 //! server of their choice: restrict who may write `clusterprofiles/status`.
 

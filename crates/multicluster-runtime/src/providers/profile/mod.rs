@@ -47,6 +47,13 @@
 //! anyone who can write Secrets in the inventory namespace could forge one;
 //! [`ClusterProfilesOptions::kubeconfig_policy`] relaxes that.
 //!
+//! # RBAC
+//!
+//! With a namespace set, a Role there: `list` and `watch` on
+//! `clusterprofiles.multicluster.x-k8s.io` and, with a Secret consumer, on
+//! `secrets` (`deploy/rbac/profile-provider.yaml`); without, the same rules in a
+//! ClusterRole.
+//!
 //! # Example
 //!
 //! ```no_run
@@ -213,8 +220,11 @@ impl ClusterProfilesOptions {
     }
 
     /// What kubeconfigs from Secrets may ask for. Default:
-    /// [`KubeconfigPolicy::untrusted`]. Access providers are not affected: their
-    /// exec plugin is the operator's, and nothing else comes from the profile.
+    /// [`KubeconfigPolicy::untrusted`]. For kubeconfigs built from access providers,
+    /// whose exec plugin is the operator's, only its `proxy-url`, TLS-verification
+    /// and [`endpoints`](KubeconfigPolicy::endpoints) rules apply to the cluster
+    /// the profile describes (TLS verification may also be skipped with
+    /// [`allow_insecure_skip_tls_verify`](Self::allow_insecure_skip_tls_verify)).
     #[must_use]
     pub fn kubeconfig_policy(mut self, policy: KubeconfigPolicy) -> Self {
         self.kubeconfig_policy = policy;
