@@ -487,3 +487,27 @@ async fn manager_with_controller(env: &Env, provider: Arc<Namespaces>) -> (Manag
     tokio::spawn(async move { running.start(token).await.expect("manager runs") });
     (manager, recorder)
 }
+
+/// The provider run as a user holding exactly `deploy/rbac/namespace-provider.yaml`
+/// (list and watch on Namespaces) engages and disengages namespaces as usual.
+#[tokio::test(flavor = "current_thread")]
+async fn pnamespace_runs_with_the_documented_cluster_role() {
+    let capture = support::Capture::default();
+    let _guard = tracing::subscriber::set_default(capture.subscriber("multicluster_runtime=debug"));
+    let env = Env::new().await;
+    env.create_namespace("ns-a", &[]).await;
+    let spec = support::rbac::user("namespace-provider", "namespace-provider.yaml", "");
+    let user = env.fleet.cluster(0).create_user(spec).await.expect("user");
+    let host = Arc::new(Cluster::new("", user.client().expect("client")));
+    let provider = Arc::new(Namespaces::new(host, user.config()));
+    let log = env.start(&provider);
+    log.wait_live(&["default", "ns-a"]).await;
+    env.create_namespace("ns-b", &[]).await;
+    log.wait_live(&["default", "ns-a", "ns-b"]).await;
+    let text = capture.text();
+    assert!(
+        text.contains("namespace engaged as a cluster"),
+        "the capture works: {text}"
+    );
+    assert!(!text.contains("forbidden"), "{text}");
+}
