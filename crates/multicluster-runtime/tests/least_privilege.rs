@@ -186,7 +186,7 @@ async fn p01_namespaced_controller_reconciles_with_a_role_only() {
     }
 
     let logs = support::Capture::default();
-    let _guard = tracing::subscriber::set_default(logs.subscriber("debug"));
+    let _guard = logs.set_default("debug");
     let options = ClusterOptions {
         cache: CacheOptions::default().default_namespaces(["team-a"]),
     };

@@ -304,9 +304,7 @@ async fn p06_capi_provider_leaks_no_credential() {
     }
 
     let capture = support::Capture::default();
-    let guard = tracing::subscriber::set_default(
-        capture.subscriber("trace,tower=debug,hyper=debug,h2=debug,rustls=debug"),
-    );
+    let guard = capture.set_default("trace,tower=debug,hyper=debug,h2=debug,rustls=debug");
     let local = Cluster::new("", user.client().expect("client"));
     let provider = Arc::new(ClusterApi::new(
         &local,

@@ -498,9 +498,7 @@ async fn p06_file_provider_leaks_no_credential() {
     }
 
     let capture = support::Capture::default();
-    let guard = tracing::subscriber::set_default(
-        capture.subscriber("trace,tower=debug,hyper=debug,h2=debug,rustls=debug"),
-    );
+    let guard = capture.set_default("trace,tower=debug,hyper=debug,h2=debug,rustls=debug");
     let provider = Arc::new(Files::builder().path(dir.path()).build());
     let log = EngagementLog::new();
     let token = CancellationToken::new();

@@ -815,7 +815,7 @@ async fn p04_endpoint_rules_refuse_and_name_the_rule() {
     .await;
 
     let capture = support::Capture::default();
-    let _guard = tracing::subscriber::set_default(capture.subscriber("multicluster_runtime=debug"));
+    let _guard = capture.set_default("multicluster_runtime=debug");
     let endpoints = EndpointPolicy::any()
         .deny(["169.254.0.0/16", "fd00:ec2::254/128"])
         .unwrap();
@@ -878,7 +878,7 @@ async fn p06_secret_provider_leaks_no_credential() {
     let client = rbac_client(&env, "secret-provider").await;
     let capture = support::Capture::default();
     let filter = "trace,tower=debug,hyper=debug,h2=debug,rustls=debug";
-    let guard = tracing::subscriber::set_default(capture.subscriber(filter));
+    let guard = capture.set_default(filter);
 
     let good = env.kubeconfig(1);
     let token = with_user(env.kubeconfig(1), json!({ "token": P06_TOKEN }));

@@ -129,6 +129,18 @@ impl Capture {
             .finish()
     }
 
+    /// Sets a subscriber writing everything `filter` lets through into this capture
+    /// as this thread's default, until the guard is dropped.
+    ///
+    /// Also rebuilds tracing's cache of which callsites are enabled: a callsite first
+    /// hit by another test while it registered could otherwise stay disabled for
+    /// this subscriber too (the tests of one binary run concurrently).
+    pub fn set_default(&self, filter: &str) -> tracing::subscriber::DefaultGuard {
+        let guard = tracing::subscriber::set_default(self.subscriber(filter));
+        tracing::callsite::rebuild_interest_cache();
+        guard
+    }
+
     /// Everything captured so far.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
