@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube_envtest::Fleet;
-use multicluster_runtime::cache::{Cache, CacheError, CacheOptions, Namespaces, WatchSpec};
+use multicluster_runtime::cache::{Cache, CacheError, CacheOptions, WatchNamespaces, WatchSpec};
 use multicluster_runtime::controller::{Action, Controller, ReconcileRequest, Request};
 use multicluster_runtime::providers::clusters::Clusters;
 use multicluster_runtime::{Cluster, ClusterName, ClusterOptions, Manager};
@@ -158,7 +158,7 @@ async fn p02_two_namespaces_one_store() {
         CancellationToken::new(),
     );
     let namespaces = admin_cache.informer::<k8s_openapi::api::core::v1::Namespace>();
-    assert_eq!(namespaces.spec().namespaces, Namespaces::All);
+    assert_eq!(namespaces.spec().namespaces, WatchNamespaces::All);
     namespaces.wait_synced(WAIT).await.expect("synced");
     assert!(namespaces.store().get(None, "team-c").is_some());
 }

@@ -52,7 +52,7 @@ pub enum CacheError {
     },
 
     /// A read names a namespace that the informer does not watch: it watches only
-    /// some namespaces (see [`Namespaces`](super::Namespaces)), so it cannot tell
+    /// some namespaces (see [`WatchNamespaces`](super::WatchNamespaces)), so it cannot tell
     /// whether the object exists. Watch that namespace too, or read through a
     /// client.
     #[error(

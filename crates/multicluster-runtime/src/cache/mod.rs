@@ -126,7 +126,7 @@ pub use self::event::InformerEvent;
 pub use self::index::FieldIndex;
 pub use self::informer::Informer;
 pub use self::key::ObjectKey;
-pub use self::options::{CacheOptions, Namespaces, WatchSpec};
+pub use self::options::{CacheOptions, WatchNamespaces, WatchSpec};
 pub use self::store::Store;
 
 use self::index::Extractor;
@@ -307,7 +307,7 @@ impl Cache {
     }
 
     /// How many watches the cache started: one per informer, or one per namespace
-    /// for an informer [limited to namespaces](Namespaces::Only). A
+    /// for an informer [limited to namespaces](WatchNamespaces::Only). A
     /// [namespace-scoped view](Self::scoped) reports its host's.
     pub fn watch_count(&self) -> usize {
         self.inner.watches.load(Ordering::Relaxed)
@@ -327,9 +327,9 @@ impl Cache {
     /// The informer of the objects of `K` (of resource type `dyntype`) selected by
     /// `spec`; started on first use. Requests with the same type and spec share it,
     /// after the spec's namespaces are resolved against the cache's
-    /// [default](CacheOptions::default_namespaces): see [`Namespaces`].
+    /// [default](CacheOptions::default_namespaces): see [`WatchNamespaces`].
     ///
-    /// For a namespaced type watched in [some namespaces](Namespaces::Only), the
+    /// For a namespaced type watched in [some namespaces](WatchNamespaces::Only), the
     /// informer runs one watch per namespace and merges them into its one store;
     /// it is synced once every namespace was listed. A cluster-scoped type is always
     /// watched cluster-wide, whatever the spec says.
@@ -627,7 +627,7 @@ impl Cache {
         };
         let config = key.spec.watcher_config();
         let (events, watches) = match &key.spec.namespaces {
-            Namespaces::Only(names) => {
+            WatchNamespaces::Only(names) => {
                 let client = &inner.client;
                 let watches: Vec<_> = names
                     .iter()
@@ -643,7 +643,7 @@ impl Cache {
                     count,
                 )
             }
-            Namespaces::All | Namespaces::CacheDefault => {
+            WatchNamespaces::All | WatchNamespaces::CacheDefault => {
                 let api = Api::<K>::all_with(inner.client.clone(), dyntype);
                 (watcher(api, config).default_backoff().boxed(), 1)
             }
@@ -663,12 +663,14 @@ fn check_watched<K>(informer: &Informer<K>, namespace: Option<&str>) -> Result<(
         return Ok(());
     };
     match &informer.spec().namespaces {
-        Namespaces::Only(watched) if !watched.contains(namespace) => Err(CacheError::NamespaceNotWatched {
-            cluster: informer.cluster().clone(),
-            resource: informer.resource().to_owned(),
-            namespace: namespace.to_owned(),
-            watched: watched.iter().cloned().collect(),
-        }),
+        WatchNamespaces::Only(watched) if !watched.contains(namespace) => {
+            Err(CacheError::NamespaceNotWatched {
+                cluster: informer.cluster().clone(),
+                resource: informer.resource().to_owned(),
+                namespace: namespace.to_owned(),
+                watched: watched.iter().cloned().collect(),
+            })
+        }
         _ => Ok(()),
     }
 }

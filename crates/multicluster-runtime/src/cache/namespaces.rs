@@ -1,6 +1,6 @@
 //! Watches of one namespace each, merged into the event stream of one informer.
 //!
-//! An informer restricted to namespaces ([`Namespaces::Only`](super::Namespaces::Only))
+//! An informer restricted to namespaces ([`WatchNamespaces::Only`](super::WatchNamespaces::Only))
 //! runs one kube [`watcher()`] per namespace (a namespaced URL, so a Role in each
 //! namespace is all the RBAC it needs) and feeds all of them into its one [`Store`],
 //! so that reads and indexes see one set of objects.

@@ -43,7 +43,7 @@ pub struct CacheOptions {
     /// `event_capacity`. Default: 128.
     pub namespace_event_capacity: usize,
     /// The namespaces that watches of namespaced types cover when their
-    /// [`WatchSpec`] does not say ([`Namespaces::CacheDefault`]): one watch per
+    /// [`WatchSpec`] does not say ([`WatchNamespaces::CacheDefault`]): one watch per
     /// namespace, merged into one store. Empty (the default): all namespaces, one
     /// cluster-wide watch. Like controller-runtime's `cache.Options.DefaultNamespaces`.
     ///
@@ -135,7 +135,7 @@ impl Default for CacheOptions {
 /// Which namespaces a watch of a namespaced type covers. Cluster-scoped types ignore
 /// it: their objects belong to no namespace.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Namespaces {
+pub enum WatchNamespaces {
     /// The cache's [`default_namespaces`](CacheOptions::default_namespaces): all
     /// namespaces if it has none. The default.
     #[default]
@@ -158,11 +158,11 @@ pub enum Namespaces {
 /// the default namespaces and one that leaves them to the cache share one informer.
 ///
 /// ```
-/// use multicluster_runtime::cache::{Namespaces, WatchSpec};
+/// use multicluster_runtime::cache::{WatchNamespaces, WatchSpec};
 ///
 /// let spec = WatchSpec::default().labels("app=web").namespace("team-a").namespace("team-b");
 /// assert_eq!(spec.label_selector.as_deref(), Some("app=web"));
-/// assert!(matches!(&spec.namespaces, Namespaces::Only(set) if set.len() == 2));
+/// assert!(matches!(&spec.namespaces, WatchNamespaces::Only(set) if set.len() == 2));
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct WatchSpec {
@@ -171,7 +171,7 @@ pub struct WatchSpec {
     /// A field selector, e.g. `metadata.name=config`.
     pub field_selector: Option<String>,
     /// The namespaces watched (for namespaced types).
-    pub namespaces: Namespaces,
+    pub namespaces: WatchNamespaces,
 }
 
 impl WatchSpec {
@@ -204,14 +204,14 @@ impl WatchSpec {
         I::Item: Into<String>,
     {
         let mut set = match self.namespaces {
-            Namespaces::Only(set) => set,
-            Namespaces::CacheDefault | Namespaces::All => BTreeSet::new(),
+            WatchNamespaces::Only(set) => set,
+            WatchNamespaces::CacheDefault | WatchNamespaces::All => BTreeSet::new(),
         };
         set.extend(namespaces.into_iter().map(Into::into).filter(|ns| !ns.is_empty()));
         self.namespaces = if set.is_empty() {
-            Namespaces::CacheDefault
+            WatchNamespaces::CacheDefault
         } else {
-            Namespaces::Only(set)
+            WatchNamespaces::Only(set)
         };
         self
     }
@@ -220,17 +220,17 @@ impl WatchSpec {
     /// [default namespaces](CacheOptions::default_namespaces).
     #[must_use]
     pub fn all_namespaces(mut self) -> Self {
-        self.namespaces = Namespaces::All;
+        self.namespaces = WatchNamespaces::All;
         self
     }
 
     /// The namespaces watched as a list, `None` for all namespaces. Only meaningful
     /// for a resolved spec ([`Informer::spec`](super::Informer::spec)), where
-    /// [`Namespaces::CacheDefault`] was replaced.
+    /// [`WatchNamespaces::CacheDefault`] was replaced.
     pub fn namespace_list(&self) -> Option<Vec<String>> {
         match &self.namespaces {
-            Namespaces::Only(set) => Some(set.iter().cloned().collect()),
-            Namespaces::CacheDefault | Namespaces::All => None,
+            WatchNamespaces::Only(set) => Some(set.iter().cloned().collect()),
+            WatchNamespaces::CacheDefault | WatchNamespaces::All => None,
         }
     }
 
@@ -239,12 +239,12 @@ impl WatchSpec {
     pub(crate) fn normalized(self) -> Self {
         let keep = |selector: Option<String>| selector.filter(|s| !s.trim().is_empty());
         let namespaces = match self.namespaces {
-            Namespaces::Only(set) => {
+            WatchNamespaces::Only(set) => {
                 let set: BTreeSet<String> = set.into_iter().filter(|ns| !ns.is_empty()).collect();
                 if set.is_empty() {
-                    Namespaces::CacheDefault
+                    WatchNamespaces::CacheDefault
                 } else {
-                    Namespaces::Only(set)
+                    WatchNamespaces::Only(set)
                 }
             }
             other => other,
@@ -257,14 +257,14 @@ impl WatchSpec {
     }
 
     /// The spec as watched: namespaces resolved against the cache's `defaults`
-    /// ([`Namespaces::All`] or [`Namespaces::Only`], never `CacheDefault`), and
+    /// ([`WatchNamespaces::All`] or [`WatchNamespaces::Only`], never `CacheDefault`), and
     /// always `All` for a cluster-scoped type (`namespaced == false`).
     pub(crate) fn resolved(self, defaults: &BTreeSet<String>, namespaced: bool) -> Self {
         let mut spec = self.normalized();
         spec.namespaces = match spec.namespaces {
-            _ if !namespaced => Namespaces::All,
-            Namespaces::CacheDefault if defaults.is_empty() => Namespaces::All,
-            Namespaces::CacheDefault => Namespaces::Only(defaults.clone()),
+            _ if !namespaced => WatchNamespaces::All,
+            WatchNamespaces::CacheDefault if defaults.is_empty() => WatchNamespaces::All,
+            WatchNamespaces::CacheDefault => WatchNamespaces::Only(defaults.clone()),
             other => other,
         };
         spec
@@ -296,16 +296,19 @@ mod tests {
     fn namespaces_resolve_against_the_cache_default() {
         let defaults: BTreeSet<String> = ["a".to_owned(), "b".to_owned()].into();
         let none = BTreeSet::new();
-        let only = |names: &[&str]| Namespaces::Only(names.iter().map(|n| (*n).to_owned()).collect());
+        let only = |names: &[&str]| WatchNamespaces::Only(names.iter().map(|n| (*n).to_owned()).collect());
         let spec = WatchSpec::default();
-        assert_eq!(spec.clone().resolved(&none, true).namespaces, Namespaces::All);
+        assert_eq!(
+            spec.clone().resolved(&none, true).namespaces,
+            WatchNamespaces::All
+        );
         assert_eq!(
             spec.clone().resolved(&defaults, true).namespaces,
             only(&["a", "b"])
         );
         assert_eq!(
             spec.clone().resolved(&defaults, false).namespaces,
-            Namespaces::All
+            WatchNamespaces::All
         );
         let named = WatchSpec::default().namespace("c").namespaces(["", "c", "d"]);
         assert_eq!(
@@ -314,10 +317,10 @@ mod tests {
         );
         assert_eq!(named.namespace_list(), Some(vec!["c".to_owned(), "d".to_owned()]));
         let all = WatchSpec::default().namespace("x").all_namespaces();
-        assert_eq!(all.resolved(&defaults, true).namespaces, Namespaces::All);
+        assert_eq!(all.resolved(&defaults, true).namespaces, WatchNamespaces::All);
         assert_eq!(
             WatchSpec::default().namespace("").normalized().namespaces,
-            Namespaces::CacheDefault
+            WatchNamespaces::CacheDefault
         );
         // The default namespaces named explicitly share the informer of the default.
         assert_eq!(
