@@ -262,3 +262,91 @@ async fn pcapi_fleet_lifecycle() {
     assert!(log.all().iter().all(|e| e.token.is_cancelled()));
     assert!(legacy_log.all().iter().all(|e| e.token.is_cancelled()));
 }
+
+/// The provider, limited to one namespace and run with exactly
+/// `deploy/rbac/capi-provider.yaml` there and every log level on, given kubeconfig
+/// Secrets holding markers in a token, a password, a client key and a proxy URL,
+/// some giving clusters and some refused or failing to build: no marker appears in
+/// the logs, in errors or in `Debug` output.
+#[tokio::test(flavor = "current_thread")]
+async fn p06_capi_provider_leaks_no_credential() {
+    const TOKEN: &str = "p06-capi-marker-token-41aa";
+    const PASSWORD: &str = "p06-capi-marker-password-9d03";
+    const KEY: &str = "p06-capi-marker-key-77e2";
+    const PROXY: &str = "p06-capi-marker-proxy-c5b8";
+    let (fleet, host) = host_fleet("capi-cluster-crd.yaml", NS).await;
+    let spec = support::rbac::user("capi-provider", "capi-provider.yaml", NS);
+    let user = fleet.cluster(0).create_user(spec).await.expect("user");
+
+    let base: Value = serde_json::from_slice(&kubeconfig_of(fleet.cluster(1))).expect("JSON");
+    let with_user = |user: Value| {
+        let mut kubeconfig = base.clone();
+        kubeconfig["users"][0]["user"] = user;
+        serde_json::to_vec(&kubeconfig).expect("JSON")
+    };
+    let pem = format!("-----BEGIN PRIVATE KEY-----\n{KEY}\n-----END PRIVATE KEY-----\n");
+    let mut bad_key = base.clone();
+    bad_key["users"][0]["user"]["client-key-data"] = json!(k8s_openapi::ByteString(pem.into_bytes()));
+    let mut proxied = base.clone();
+    proxied["clusters"][0]["cluster"]["proxy-url"] = json!(format!("http://u:{PROXY}@proxy.example:3128"));
+    let secrets: [(&str, Vec<u8>); 4] = [
+        ("token", with_user(json!({ "token": TOKEN }))),
+        (
+            "password",
+            with_user(json!({ "username": "admin", "password": PASSWORD })),
+        ),
+        ("badkey", serde_json::to_vec(&bad_key).expect("JSON")),
+        ("proxied", serde_json::to_vec(&proxied).expect("JSON")),
+    ];
+    for (name, data) in &secrets {
+        create_cluster(&host, name, initialized()).await;
+        put_secret(&host, &format!("{name}-kubeconfig"), data, "1").await;
+    }
+
+    let capture = support::Capture::default();
+    let guard = capture.set_default("trace,tower=debug,hyper=debug,h2=debug,rustls=debug");
+    let local = Cluster::new("", user.client().expect("client"));
+    let provider = Arc::new(ClusterApi::new(
+        &local,
+        ClusterApiOptions::default().namespace(NS),
+    ));
+    let log = EngagementLog::new();
+    let token = CancellationToken::new();
+    let _running = start(&provider, &log, &token);
+    log.wait_live(&["fleet/password", "fleet/token"]).await;
+    wait_until("both refusals logged", || {
+        let text = capture.text();
+        text.contains("cluster=fleet/badkey")
+            && text.contains("cluster=fleet/proxied")
+            && text.contains("allow_proxy_url")
+    })
+    .await;
+    let mut texts = vec![format!("{provider:?}")];
+    for name in ["fleet/token", "fleet/password"] {
+        let cluster = log.current(name).expect("engaged").cluster;
+        texts.push(format!("{cluster:?}"));
+        if let Err(error) = Api::<Secret>::namespaced(cluster.client(), "default")
+            .list(&Default::default())
+            .await
+        {
+            texts.push(format!("{error} {error:?}"));
+        }
+    }
+    for name in ["fleet/badkey", "fleet/proxied"] {
+        let error = multicluster_runtime::Provider::get(&*provider, &name.into())
+            .await
+            .expect_err("no cluster");
+        texts.push(format!("{error} {error:?}"));
+    }
+    token.cancel();
+    drop(guard);
+    texts.push(capture.text());
+    for text in &texts {
+        for marker in [TOKEN, PASSWORD, KEY, PROXY] {
+            assert!(
+                !text.contains(marker),
+                "a credential left the process's secrets: {marker}"
+            );
+        }
+    }
+}

@@ -487,3 +487,19 @@ async fn manager_with_controller(env: &Env, provider: Arc<Namespaces>) -> (Manag
     tokio::spawn(async move { running.start(token).await.expect("manager runs") });
     (manager, recorder)
 }
+
+/// The provider run as a user holding exactly `deploy/rbac/namespace-provider.yaml`
+/// (list and watch on Namespaces) engages the namespaces there are and those created.
+#[tokio::test]
+async fn pnamespace_runs_with_the_documented_cluster_role() {
+    let env = Env::new().await;
+    env.create_namespace("ns-a", &[]).await;
+    let spec = support::rbac::user("namespace-provider", "namespace-provider.yaml", "");
+    let user = env.fleet.cluster(0).create_user(spec).await.expect("user");
+    let host = Arc::new(Cluster::new("", user.client().expect("client")));
+    let provider = Arc::new(Namespaces::new(host, user.config()));
+    let log = env.start(&provider);
+    log.wait_live(&["default", "ns-a"]).await;
+    env.create_namespace("ns-b", &[]).await;
+    log.wait_live(&["default", "ns-a", "ns-b"]).await;
+}

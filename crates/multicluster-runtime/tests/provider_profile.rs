@@ -401,3 +401,121 @@ async fn pprofile_fleet_lifecycle() {
     assert!(log_a.all().iter().all(|e| e.token.is_cancelled()));
     assert!(log_b.all().iter().all(|e| e.token.is_cancelled()));
 }
+
+/// The provider, limited to its namespace and run with exactly
+/// `deploy/rbac/profile-provider.yaml` there and every log level on, given Secret
+/// kubeconfigs with markers in a token, a password, a client key and a proxy URL,
+/// and a profile whose access-provider extensions put markers in the exec plugin's
+/// arguments and environment (the plugin fails): no marker appears in the logs, in
+/// errors or in `Debug` output.
+#[tokio::test(flavor = "current_thread")]
+async fn p06_profile_provider_leaks_no_credential() {
+    const TOKEN: &str = "p06-profile-marker-token-6e2a";
+    const PASSWORD: &str = "p06-profile-marker-password-0c5f";
+    const KEY: &str = "p06-profile-marker-key-b817";
+    const PROXY: &str = "p06-profile-marker-proxy-3d94";
+    const EXEC_ARG: &str = "p06-profile-marker-exec-arg-77a0";
+    const EXEC_ENV: &str = "p06-profile-marker-exec-env-e4c1";
+    let (fleet, host) = host_fleet("clusterprofile-crd.yaml", NS).await;
+    let spec = support::rbac::user("profile-provider", "profile-provider.yaml", NS);
+    let user = fleet.cluster(0).create_user(spec).await.expect("user");
+
+    let base: Value = serde_json::from_slice(&kubeconfig_of(fleet.cluster(1))).expect("JSON");
+    let with_user = |user: Value| {
+        let mut kubeconfig = base.clone();
+        kubeconfig["users"][0]["user"] = user;
+        serde_json::to_vec(&kubeconfig).expect("JSON")
+    };
+    let pem = format!("-----BEGIN PRIVATE KEY-----\n{KEY}\n-----END PRIVATE KEY-----\n");
+    let mut bad_key = base.clone();
+    bad_key["users"][0]["user"]["client-key-data"] = json!(ByteString(pem.into_bytes()));
+    let mut proxied = base.clone();
+    proxied["clusters"][0]["cluster"]["proxy-url"] = json!(format!("http://u:{PROXY}@proxy.example:3128"));
+    let secrets: [(&str, Vec<u8>); 4] = [
+        ("ptoken", with_user(json!({ "token": TOKEN }))),
+        (
+            "ppassword",
+            with_user(json!({ "username": "admin", "password": PASSWORD })),
+        ),
+        ("pkey", serde_json::to_vec(&bad_key).expect("JSON")),
+        ("pproxy", serde_json::to_vec(&proxied).expect("JSON")),
+    ];
+    for (name, data) in &secrets {
+        create_profile(&host, name, json!({ "conditions": health(true) })).await;
+        put_secret(&host, &format!("{name}-creds"), name, data, "1").await;
+    }
+    let extensions = json!([
+        { "name": profile::access::ADDITIONAL_ARGS_EXTENSION, "extension": [format!("--token={EXEC_ARG}")] },
+        { "name": profile::access::ADDITIONAL_ENVS_EXTENSION, "extension": { "SECRET": EXEC_ENV } },
+    ]);
+    create_profile(
+        &host,
+        "pexec",
+        json!({ "conditions": health(true), "accessProviders": access("failing", fleet.cluster(2), extensions) }),
+    )
+    .await;
+    let providers = AccessProviders::from_json(
+        br#"{"providers": [{"name": "failing", "execConfig": {"apiVersion": "client.authentication.k8s.io/v1",
+            "command": "/bin/sh", "args": ["-c", "echo \"$SECRET $*\" >&2; exit 3", "plugin"]},
+            "profileSourcedCLIArgsPolicy": "Append", "profileSourcedEnvVarsPolicy": "Replace"}]}"#,
+        "p06 provider file",
+    )
+    .expect("provider file");
+
+    let capture = support::Capture::default();
+    let guard = capture.set_default("trace,tower=debug,hyper=debug,h2=debug,rustls=debug");
+    let local = Cluster::new("", user.client().expect("client"));
+    let provider = Arc::new(
+        ClusterProfiles::new(
+            &local,
+            ClusterProfilesOptions::default()
+                .namespace(NS)
+                .access_providers(providers)
+                .secret_consumer(CONSUMER),
+        )
+        .expect("provider"),
+    );
+    let log = EngagementLog::new();
+    let token = CancellationToken::new();
+    let _running = start(&provider, &log, &token);
+    log.wait_live(&["inventory/ppassword", "inventory/ptoken"]).await;
+    wait_until("the failures logged", || {
+        let text = capture.text();
+        [
+            "cluster=inventory/pkey",
+            "cluster=inventory/pexec",
+            "allow_proxy_url",
+        ]
+        .iter()
+        .all(|part| text.contains(part))
+    })
+    .await;
+    let mut texts = vec![format!("{provider:?}")];
+    for name in ["inventory/ptoken", "inventory/ppassword"] {
+        let cluster = log.current(name).expect("engaged").cluster;
+        texts.push(format!("{cluster:?}"));
+        if let Err(error) = Api::<Secret>::namespaced(cluster.client(), "default")
+            .list(&Default::default())
+            .await
+        {
+            texts.push(format!("{error} {error:?}"));
+        }
+    }
+    for name in ["inventory/pkey", "inventory/pproxy", "inventory/pexec"] {
+        let error = multicluster_runtime::Provider::get(&*provider, &name.into())
+            .await
+            .expect_err("no cluster");
+        texts.push(format!("{error} {error:?}"));
+    }
+    token.cancel();
+    drop(guard);
+    texts.push(capture.text());
+    for text in &texts {
+        for marker in [TOKEN, PASSWORD, KEY, PROXY, EXEC_ARG, EXEC_ENV] {
+            assert!(
+                !text.contains(marker),
+                "a credential left the process's secrets: {marker}"
+            );
+        }
+    }
+}

@@ -16,12 +16,11 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::api::rbac::v1::PolicyRule;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube_envtest::{ADMIN_USER, Fleet, UserSpec};
-use multicluster_runtime::providers::kubeconfig::KubeconfigPolicy;
+use multicluster_runtime::providers::kubeconfig::{EndpointPolicy, KubeconfigPolicy};
 use multicluster_runtime::providers::secret::{
     DEFAULT_DATA_KEY, DEFAULT_LABEL_KEY, REASON_INVALID, REASON_MISSING, REASON_REFUSED, Secrets,
     SecretsOptions, kubeconfig_secret,
@@ -507,20 +506,6 @@ fn capturing(capture: &Capture, filter: &str) -> impl tracing::Subscriber + Send
         .finish()
 }
 
-/// The namespaced permissions the module documentation lists.
-fn documented_rules() -> Vec<PolicyRule> {
-    let rule = |group: &str, resource: &str, verbs: &[&str]| PolicyRule {
-        api_groups: Some(vec![group.into()]),
-        resources: Some(vec![resource.into()]),
-        verbs: verbs.iter().map(|v| (*v).to_owned()).collect(),
-        ..PolicyRule::default()
-    };
-    vec![
-        rule("", "secrets", &["get", "list", "watch"]),
-        rule("events.k8s.io", "events", &["create", "patch"]),
-    ]
-}
-
 /// A provider that cannot list its Secrets logs an error naming the namespace after
 /// the sync timeout, keeps retrying without holding anything up, and syncs once it
 /// may; the documented namespaced Role is all it needs, Events included.
@@ -551,8 +536,15 @@ async fn psecret_sync_timeout() {
     })
     .await;
     let text = capture.text();
-    assert!(text.contains("watching kubeconfig Secrets failed"), "{text}");
-    assert!(text.contains("forbidden"), "the reason is logged: {text}");
+    assert!(text.contains("watch failed, retrying with backoff"), "{text}");
+    let reason = text
+        .lines()
+        .find(|line| line.contains("not listed within the sync timeout"))
+        .expect("the error line");
+    assert!(
+        reason.contains("forbidden"),
+        "the error names the reason: {reason}"
+    );
     assert!(!provider.is_synced());
     let err = provider
         .get(&ClusterName::from("self"))
@@ -561,7 +553,7 @@ async fn psecret_sync_timeout() {
     assert!(err.is_cluster_not_found());
 
     // The documented Role, for the same user: the retrying watch syncs.
-    let spec = UserSpec::new("late").allow_in(NS, documented_rules());
+    let spec = support::rbac::user("late", "secret-provider.yaml", NS);
     host.create_user(spec).await.expect("grant");
     log.wait_live(&["self"]).await;
     support::wait_until("synced", || provider.is_synced()).await;
@@ -734,6 +726,239 @@ async fn psecret_no_secret_leak() {
             assert!(
                 secrets.iter().all(|s| !note.contains(s.as_str())),
                 "a credential reached an Event on {name}"
+            );
+        }
+    }
+}
+
+/// A provider client holding exactly `deploy/rbac/secret-provider.yaml` in the
+/// namespace of the Secrets.
+async fn rbac_client(env: &Env, user: &str) -> Client {
+    let spec = support::rbac::user(user, "secret-provider.yaml", NS);
+    let user = env.fleet.cluster(0).create_user(spec).await.expect("user");
+    user.client().expect("client")
+}
+
+/// The provider with only the documented Role in its namespace engages, replaces
+/// and disengages clusters, publishes its Warning Events, and after a restart
+/// forgets a cluster whose Secret went away meanwhile. Its source has no watcher
+/// of its own: it reads the Secrets through the shared cache's informer.
+#[tokio::test]
+async fn p03_secret_provider_with_a_role_only() {
+    for file in ["mod.rs", "content.rs", "queue.rs"] {
+        let path = format!("{}/src/providers/secret/{file}", env!("CARGO_MANIFEST_DIR"));
+        let source = std::fs::read_to_string(&path).expect("source");
+        for needle in ["watcher(", "watcher::Event", "watcher::Config", "WatchStreamExt"] {
+            assert!(
+                !source.contains(needle),
+                "{path} has a watcher of its own: {needle}"
+            );
+        }
+    }
+
+    let env = Env::new(3).await;
+    env.put_json("c1", &env.kubeconfig(1)).await;
+    env.put_json("c2", &env.kubeconfig(2)).await;
+    env.put("broken", "").await;
+    let client = rbac_client(&env, "secret-provider").await;
+    let provider = Arc::new(Secrets::new(client, SecretsOptions::new(NS)));
+    let (log, token) = env.run(&provider);
+    log.wait_live(&["c1", "c2"]).await;
+    assert!(provider.is_synced());
+    let c1 = provider.get(&ClusterName::from("c1")).await.expect("c1");
+    assert!(sees(c1.client(), "marker-1").await && !sees(c1.client(), "marker-2").await);
+    let note = env.wait_warning("broken", REASON_MISSING).await;
+    assert!(note.contains("fleet/broken"), "{note}");
+
+    // A change of credentials replaces the cluster; deletion disengages it.
+    env.put_json("c2", &env.kubeconfig(1)).await;
+    log.wait_count("c2", 2).await;
+    env.delete("c1").await;
+    log.wait_live(&["c2"]).await;
+
+    // Stopped, c2 deleted and c1 back: the restarted provider follows the Secrets.
+    token.cancel();
+    env.stopped().await;
+    env.delete("c2").await;
+    env.put_json("c1", &env.kubeconfig(1)).await;
+    let (log, _token) = env.run(&provider);
+    log.wait_live(&["c1"]).await;
+    support::wait_until("c2 forgotten", || {
+        !provider.names().contains(&ClusterName::from("c2"))
+    })
+    .await;
+}
+
+/// Secrets whose kubeconfig sets a proxy-url, skips TLS verification, or points at a
+/// denied address range are each refused with an Event and a log line naming the
+/// rule; the other cluster is engaged as usual. Run with the documented Role.
+#[tokio::test(flavor = "current_thread")]
+async fn p04_endpoint_rules_refuse_and_name_the_rule() {
+    let env = Env::new(2).await;
+    let with_cluster = |field: &str, value: Value| {
+        let mut kubeconfig = env.kubeconfig(1);
+        kubeconfig["clusters"][0]["cluster"][field] = value;
+        kubeconfig
+    };
+    env.put_json("c1", &env.kubeconfig(1)).await;
+    env.put_json(
+        "proxied",
+        &with_cluster("proxy-url", json!("http://user:pr0xy-s3cret@proxy.example:3128")),
+    )
+    .await;
+    env.put_json("insecure", &with_cluster("insecure-skip-tls-verify", json!(true)))
+        .await;
+    env.put_json(
+        "metadata",
+        &with_cluster("server", json!("https://169.254.169.254:443")),
+    )
+    .await;
+
+    let capture = support::Capture::default();
+    let _guard = capture.set_default("multicluster_runtime=debug");
+    let endpoints = EndpointPolicy::any()
+        .deny(["169.254.0.0/16", "fd00:ec2::254/128"])
+        .unwrap();
+    let options = SecretsOptions::new(NS).policy(KubeconfigPolicy::untrusted().endpoints(endpoints));
+    let client = rbac_client(&env, "secret-provider").await;
+    let provider = Arc::new(Secrets::new(client, options));
+    let (log, _token) = env.run(&provider);
+    log.wait_live(&["c1"]).await;
+
+    let expected = [
+        ("proxied", "proxy-url is set; refused by rule allow_proxy_url"),
+        (
+            "insecure",
+            "insecure-skip-tls-verify is true; refused by rule allow_insecure_skip_tls_verify",
+        ),
+        (
+            "metadata",
+            "server host 169.254.169.254 is in the deny-list entry 169.254.0.0/16; refused by rule endpoints",
+        ),
+    ];
+    for (name, rule) in expected {
+        let note = env.wait_warning(name, REASON_REFUSED).await;
+        assert!(
+            note.contains(&format!("Secret fleet/{name}")) && note.contains(rule),
+            "{note}"
+        );
+        assert!(!note.contains("pr0xy-s3cret"), "{note}");
+        support::wait_until(&format!("a log line refusing {name}"), || {
+            capture.text().lines().any(|line| {
+                line.contains("gives no cluster")
+                    && line.contains(&format!("secret={name}"))
+                    && line.contains(rule)
+            })
+        })
+        .await;
+        assert_eq!(log.count(name), 0, "{name} is never engaged");
+    }
+    assert!(!capture.text().contains("pr0xy-s3cret"));
+    let c1 = provider
+        .get(&ClusterName::from("c1"))
+        .await
+        .expect("c1 unaffected");
+    assert!(sees(c1.client(), "marker-1").await);
+}
+
+/// Marker strings put where credentials go; none may leave the process's secrets.
+const P06_TOKEN: &str = "p06-marker-token-5c1d9e";
+const P06_PASSWORD: &str = "p06-marker-password-8a2f71";
+const P06_KEY: &str = "p06-marker-client-key-3b7e40";
+const P06_PROXY: &str = "p06-marker-proxy-password-e19c";
+
+/// The provider, with the documented Role and every log level on, given Secrets
+/// whose kubeconfigs hold markers in a token, a password, a client key and a proxy
+/// URL, some giving clusters (that then fail to authenticate) and some refused or
+/// failing to build: no marker (nor the real client key of the admin kubeconfig)
+/// appears in the logs, in errors, in `Debug` output or in Events.
+#[tokio::test(flavor = "current_thread")]
+async fn p06_secret_provider_leaks_no_credential() {
+    let env = Env::new(2).await;
+    let client = rbac_client(&env, "secret-provider").await;
+    let capture = support::Capture::default();
+    let filter = "trace,tower=debug,hyper=debug,h2=debug,rustls=debug";
+    let guard = capture.set_default(filter);
+
+    let good = env.kubeconfig(1);
+    let token = with_user(env.kubeconfig(1), json!({ "token": P06_TOKEN }));
+    let password = with_user(
+        env.kubeconfig(1),
+        json!({ "username": "admin", "password": P06_PASSWORD }),
+    );
+    let pem = format!("-----BEGIN PRIVATE KEY-----\n{P06_KEY}\n-----END PRIVATE KEY-----\n");
+    let mut bad_key = env.kubeconfig(1);
+    bad_key["users"][0]["user"]["client-key-data"] = json!(base64(pem.as_bytes()));
+    let mut proxied = env.kubeconfig(1);
+    proxied["clusters"][0]["cluster"]["proxy-url"] =
+        json!(format!("http://u:{P06_PROXY}@proxy.example:3128"));
+    for (name, kubeconfig) in [
+        ("good", &good),
+        ("token", &token),
+        ("password", &password),
+        ("bad-key", &bad_key),
+        ("proxied", &proxied),
+    ] {
+        env.put_json(name, kubeconfig).await;
+    }
+
+    let provider = Arc::new(Secrets::new(client, SecretsOptions::new(NS)));
+    let (log, _token) = env.run(&provider);
+    log.wait_live(&["good", "password", "token"]).await;
+    env.wait_warning("bad-key", REASON_INVALID).await;
+    env.wait_warning("proxied", REASON_REFUSED).await;
+    // Requests with each credential: the marker ones are rejected by the apiserver.
+    let mut texts = Vec::new();
+    for name in ["good", "token", "password"] {
+        let cluster = provider.get(&ClusterName::from(name)).await.expect("engaged");
+        texts.push(format!("{cluster:?}"));
+        if let Err(error) = Api::<Namespace>::all(cluster.client())
+            .list(&ListParams::default())
+            .await
+        {
+            texts.push(error.to_string());
+            texts.push(format!("{error:?}"));
+        }
+    }
+    for name in ["bad-key", "proxied", "absent"] {
+        let error = provider
+            .get(&ClusterName::from(name))
+            .await
+            .expect_err("no cluster");
+        texts.push(error.to_string());
+        texts.push(format!("{error:?}"));
+    }
+    texts.push(format!("{provider:?}"));
+    texts.push(format!("{:?}", provider.options()));
+    drop(guard);
+    texts.push(capture.text());
+    for name in ["bad-key", "proxied"] {
+        for event in env.warnings(name).await {
+            texts.push(format!("{:?} {:?}", event.note, event.reason));
+        }
+    }
+
+    assert!(
+        capture.text().contains("kubeconfig Secret gives no cluster"),
+        "the capture works"
+    );
+    let admin_key = good["users"][0]["user"]["client-key-data"]
+        .as_str()
+        .expect("the admin key")
+        .to_owned();
+    let mut markers: Vec<String> = [P06_TOKEN, P06_PASSWORD, P06_KEY, P06_PROXY]
+        .iter()
+        .flat_map(|m| fragments(m.as_bytes()))
+        .collect();
+    markers.extend(fragments(&unbase64(&admin_key)));
+    markers.push(admin_key);
+    markers.push(base64(pem.as_bytes()));
+    for text in &texts {
+        for marker in &markers {
+            assert!(
+                !text.contains(marker.as_str()),
+                "a credential left the process's secrets: {}…",
+                &marker[..marker.len().min(16)]
             );
         }
     }

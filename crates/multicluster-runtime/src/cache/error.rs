@@ -51,6 +51,26 @@ pub enum CacheError {
         index: String,
     },
 
+    /// A read names a namespace that the informer does not watch: it watches only
+    /// some namespaces (see [`WatchNamespaces`](super::WatchNamespaces)), so it cannot tell
+    /// whether the object exists. Watch that namespace too, or read through a
+    /// client.
+    #[error(
+        "namespace {namespace:?} is not watched by the cache of {resource} in cluster {cluster} \
+         (it watches {})",
+        watched.join(", ")
+    )]
+    NamespaceNotWatched {
+        /// The cluster of the cache.
+        cluster: ClusterName,
+        /// The resource type, e.g. `ConfigMap (v1)`.
+        resource: String,
+        /// The namespace asked for.
+        namespace: String,
+        /// The namespaces watched.
+        watched: Vec<String>,
+    },
+
     /// The cache was stopped (its cancellation token was cancelled, usually because
     /// the cluster left the fleet): its informers no longer follow the cluster.
     #[error("cache of {resource} in cluster {cluster} is stopped")]
@@ -112,6 +132,21 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "cache of ConfigMap (v1) in cluster <local> not synced after 1.5s"
+        );
+    }
+
+    #[test]
+    fn namespace_not_watched_names_the_watched_namespaces() {
+        let error = CacheError::NamespaceNotWatched {
+            cluster: ClusterName::from("eu-1"),
+            resource: "ConfigMap (v1)".into(),
+            namespace: "team-c".into(),
+            watched: vec!["team-a".into(), "team-b".into()],
+        };
+        assert_eq!(
+            error.to_string(),
+            "namespace \"team-c\" is not watched by the cache of ConfigMap (v1) in cluster eu-1 \
+             (it watches team-a, team-b)"
         );
     }
 }

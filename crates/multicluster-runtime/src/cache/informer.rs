@@ -594,7 +594,7 @@ mod tests {
     use tokio::sync::broadcast::error::RecvError;
 
     use super::*;
-    use crate::cache::testing::Logs;
+    use crate::cache::testing::{Logs, once};
 
     fn config_map(name: &str, version: &str) -> ConfigMap {
         ConfigMap {
@@ -610,14 +610,6 @@ mod tests {
     }
 
     type Events = BoxStream<'static, watcher::Result<watcher::Event<ConfigMap>>>;
-
-    /// A watch factory that gives `stream` first, then watches that never yield.
-    fn once(
-        stream: impl Stream<Item = watcher::Result<watcher::Event<ConfigMap>>> + Send + 'static,
-    ) -> impl FnMut() -> Events + Send + 'static {
-        let mut first = Some(stream.boxed());
-        move || first.take().unwrap_or_else(|| futures::stream::pending().boxed())
-    }
 
     fn informer() -> Arc<Informer<ConfigMap>> {
         Arc::new(Informer::new(

@@ -42,6 +42,36 @@
 //! # }
 //! ```
 //!
+//! # Watching some namespaces only (least privilege)
+//!
+//! A controller whose credentials may read a type only in some namespaces (a Role
+//! per namespace, no ClusterRole) cannot watch it cluster-wide: the apiserver
+//! answers 403. Name the namespaces, for the whole cache with
+//! [`CacheOptions::default_namespaces`] (controller-runtime's `DefaultNamespaces`),
+//! or for one watch with [`WatchSpec::namespace`] (its `ByObject.Namespaces`). The
+//! informer then runs one watch per namespace and merges them into one store, so
+//! reads and [indexes](Cache::index_field) see all the namespaces' objects as one.
+//! Cluster-scoped types are not affected. A [`get`](Cache::get) or
+//! [`list`](Cache::list) in a namespace the informer does not watch is
+//! [`CacheError::NamespaceNotWatched`], not an empty answer.
+//!
+//! ```no_run
+//! use k8s_openapi::api::core::v1::ConfigMap;
+//! use multicluster_runtime::ClusterName;
+//! use multicluster_runtime::cache::{Cache, CacheError, CacheOptions};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! # async fn example(client: kube::Client) -> Result<(), Box<dyn std::error::Error>> {
+//! let options = CacheOptions::default().default_namespaces(["team-a", "team-b"]);
+//! let cache = Cache::new(ClusterName::from("eu-1"), client, options, CancellationToken::new());
+//! let both = cache.list::<ConfigMap>(None).await?; // team-a's and team-b's
+//! assert_eq!(cache.watch_count(), 2);
+//! let elsewhere = cache.get::<ConfigMap>(Some("kube-system"), "x").await;
+//! assert!(matches!(elsewhere, Err(CacheError::NamespaceNotWatched { .. })));
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Namespace-scoped views
 //!
 //! [`Cache::scoped`] gives a view of a cache that presents one namespace as a cluster
@@ -70,6 +100,7 @@ mod event;
 mod index;
 mod informer;
 mod key;
+mod namespaces;
 mod options;
 mod store;
 #[cfg(test)]
@@ -82,8 +113,11 @@ use std::fmt::Debug;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use std::any::TypeId;
+
+use futures::StreamExt;
 use kube::api::Api;
-use kube::core::PartialObjectMeta;
+use kube::core::{ClusterResourceScope, PartialObjectMeta};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
@@ -94,7 +128,7 @@ pub use self::event::InformerEvent;
 pub use self::index::FieldIndex;
 pub use self::informer::Informer;
 pub use self::key::ObjectKey;
-pub use self::options::{CacheOptions, WatchSpec};
+pub use self::options::{CacheOptions, WatchNamespaces, WatchSpec};
 pub use self::store::Store;
 
 use self::index::Extractor;
@@ -174,6 +208,9 @@ struct Registry {
 }
 
 type Erased = Arc<dyn Any + Send + Sync>;
+
+/// The event stream of one run of an informer's watch (or watches).
+type Events<K> = futures::stream::BoxStream<'static, watcher::Result<watcher::Event<K>>>;
 
 impl Cache {
     /// A cache of `cluster`, reading through `client`. Its watches run until `token` is
@@ -274,13 +311,16 @@ impl Cache {
         self.inner.token.is_cancelled()
     }
 
-    /// How many watches the cache started: one per informer. A
+    /// How many watches the cache started: one per informer, or one per namespace
+    /// for an informer [limited to namespaces](WatchNamespaces::Only). A
     /// [namespace-scoped view](Self::scoped) reports its host's.
     pub fn watch_count(&self) -> usize {
         self.inner.watches.load(Ordering::Relaxed)
     }
 
-    /// The informer of all objects of `K`, in all namespaces; started on first use.
+    /// The informer of all objects of `K`, in the cache's
+    /// [default namespaces](CacheOptions::default_namespaces) (all namespaces unless
+    /// set); started on first use.
     pub fn informer<K>(&self) -> Arc<Informer<K>>
     where
         K: CacheObject,
@@ -290,8 +330,20 @@ impl Cache {
     }
 
     /// The informer of the objects of `K` (of resource type `dyntype`) selected by
-    /// `spec`, in all namespaces; started on first use. Requests with the same type
-    /// and spec share it.
+    /// `spec`; started on first use. Requests with the same type and spec share it,
+    /// after the spec's namespaces are resolved against the cache's
+    /// [default](CacheOptions::default_namespaces): see [`WatchNamespaces`].
+    ///
+    /// For a namespaced type watched in [some namespaces](WatchNamespaces::Only), the
+    /// informer runs one watch per namespace and merges them into its one store;
+    /// it is synced once every namespace was listed. A cluster-scoped type is always
+    /// watched cluster-wide, whatever the spec says.
+    ///
+    /// # Caveats
+    /// Whether a type is cluster-scoped is known from its Rust type. A
+    /// `DynamicObject` of a cluster-scoped kind must be asked for with
+    /// [`WatchSpec::all_namespaces`] in a cache with default namespaces, or its
+    /// watches fail with 404.
     ///
     /// ```no_run
     /// # fn example(cache: multicluster_runtime::cache::Cache) {
@@ -308,9 +360,10 @@ impl Cache {
         dyntype: &K::DynamicType,
         spec: WatchSpec,
     ) -> Arc<Informer<K>> {
+        let namespaced = TypeId::of::<K::Scope>() != TypeId::of::<ClusterResourceScope>();
         let key = InformerKey {
             ty: TypeKey::of::<K>(dyntype),
-            spec: spec.normalized(),
+            spec: spec.resolved(&self.inner.options.default_namespaces, namespaced),
         };
         let Some(view) = &self.view else {
             return self.host_informer::<K>(dyntype, key);
@@ -499,18 +552,24 @@ impl Cache {
     /// [`informer::<K>`](Self::informer), once it is synced.
     ///
     /// # Errors
-    /// [`CacheError::SyncTimeout`] if the informer does not sync within
+    /// [`CacheError::NamespaceNotWatched`] if the informer watches some namespaces
+    /// and `namespace` is not one of them: the object may exist, the cache cannot
+    /// tell. [`CacheError::SyncTimeout`] if the informer does not sync within
     /// [`CacheOptions::sync_timeout`]; [`CacheError::Stopped`] if the cache stopped.
     pub async fn get<K>(&self, namespace: Option<&str>, name: &str) -> Result<Option<Arc<K>>, CacheError>
     where
         K: CacheObject,
         K::DynamicType: Default,
     {
-        Ok(self.synced_informer::<K>().await?.store().get(namespace, name))
+        let informer = self.informer::<K>();
+        check_watched(&informer, namespace)?;
+        informer.wait_synced(self.inner.options.sync_timeout).await?;
+        Ok(informer.store().get(namespace, name))
     }
 
-    /// The objects of `K` in `namespace`, or in all namespaces for `None`, from the
-    /// [`informer::<K>`](Self::informer), once it is synced. In no particular order.
+    /// The objects of `K` in `namespace`, or in all namespaces watched for `None`,
+    /// from the [`informer::<K>`](Self::informer), once it is synced. In no
+    /// particular order.
     ///
     /// # Errors
     /// As for [`get`](Self::get).
@@ -519,7 +578,9 @@ impl Cache {
         K: CacheObject,
         K::DynamicType: Default,
     {
-        let informer = self.synced_informer::<K>().await?;
+        let informer = self.informer::<K>();
+        check_watched(&informer, namespace)?;
+        informer.wait_synced(self.inner.options.sync_timeout).await?;
         Ok(match namespace {
             Some(namespace) => informer.store().list_namespace(namespace),
             None => informer.store().list(),
@@ -592,14 +653,64 @@ impl Cache {
                 .and_then(|transform| transform.downcast_ref::<Transform<K>>())
                 .cloned(),
         };
-        let api = Api::<K>::all_with(inner.client.clone(), dyntype);
         let config = key.spec.watcher_config();
-        // A new watcher for every restart: it starts with a full list.
-        let watch = move || watcher(api.clone(), config.clone()).default_backoff();
+        let client = inner.client.clone();
+        let dyntype = dyntype.clone();
+        let (watch, watches): (Box<dyn FnMut() -> Events<K> + Send>, usize) = match &key.spec.namespaces {
+            WatchNamespaces::Only(names) => {
+                let names: Vec<String> = names.iter().cloned().collect();
+                let count = names.len();
+                let store = informer.store().share();
+                // New watchers for every restart: each starts with a full list, and
+                // the merge with one Init, so the store relists as a whole.
+                let watch = move || {
+                    let watches = names
+                        .iter()
+                        .map(|ns| {
+                            let events = namespaces::watch_namespace::<K>(
+                                client.clone(),
+                                &dyntype,
+                                ns,
+                                config.clone(),
+                            );
+                            (ns.clone(), events)
+                        })
+                        .collect();
+                    namespaces::merge(watches, store.share()).boxed()
+                };
+                (Box::new(watch), count)
+            }
+            WatchNamespaces::All | WatchNamespaces::CacheDefault => {
+                let api = Api::<K>::all_with(client, &dyntype);
+                // A new watcher for every restart: it starts with a full list.
+                let watch = move || watcher(api.clone(), config.clone()).default_backoff().boxed();
+                (Box::new(watch), 1)
+            }
+        };
         runtime.spawn(informer.clone().run(watch, prepare, inner.token.child_token()));
-        inner.watches.fetch_add(1, Ordering::Relaxed);
+        inner.watches.fetch_add(watches, Ordering::Relaxed);
         tracing::debug!(cluster = %inner.cluster, resource = %resource, spec = ?key.spec, "watch started");
         informer
+    }
+}
+
+/// Fails if `informer` watches some namespaces and `namespace` is another one.
+/// Cluster-scoped reads (`None`) always pass: a cluster-scoped type is watched
+/// cluster-wide, and a namespaced one has no object without a namespace.
+fn check_watched<K>(informer: &Informer<K>, namespace: Option<&str>) -> Result<(), CacheError> {
+    let Some(namespace) = namespace.filter(|ns| !ns.is_empty()) else {
+        return Ok(());
+    };
+    match &informer.spec().namespaces {
+        WatchNamespaces::Only(watched) if !watched.contains(namespace) => {
+            Err(CacheError::NamespaceNotWatched {
+                cluster: informer.cluster().clone(),
+                resource: informer.resource().to_owned(),
+                namespace: namespace.to_owned(),
+                watched: watched.iter().cloned().collect(),
+            })
+        }
+        _ => Ok(()),
     }
 }
 

@@ -1,5 +1,6 @@
 //! Settings of a cache and of one watch.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use kube::runtime::watcher;
@@ -41,6 +42,15 @@ pub struct CacheOptions {
     /// further behind gets `Lagged` and re-reads its namespace. Clamped like
     /// `event_capacity`. Default: 128.
     pub namespace_event_capacity: usize,
+    /// The namespaces that watches of namespaced types cover when their
+    /// [`WatchSpec`] does not say ([`WatchNamespaces::CacheDefault`]): one watch per
+    /// namespace, merged into one store. Empty (the default): all namespaces, one
+    /// cluster-wide watch. Like controller-runtime's `cache.Options.DefaultNamespaces`.
+    ///
+    /// Set it when the cluster's credentials may only read some namespaces: a
+    /// cluster-wide watch would be refused (403) and retried forever. Cluster-scoped
+    /// types (Namespaces, Nodes, …) are not affected.
+    pub default_namespaces: BTreeSet<String>,
 }
 
 impl CacheOptions {
@@ -76,6 +86,29 @@ impl CacheOptions {
         self
     }
 
+    /// Sets [`default_namespaces`](Self::default_namespaces); empty names are
+    /// ignored.
+    ///
+    /// ```
+    /// use multicluster_runtime::cache::CacheOptions;
+    ///
+    /// let options = CacheOptions::default().default_namespaces(["team-a", "team-b"]);
+    /// assert_eq!(options.default_namespaces.len(), 2);
+    /// ```
+    #[must_use]
+    pub fn default_namespaces<I>(mut self, namespaces: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.default_namespaces = namespaces
+            .into_iter()
+            .map(Into::into)
+            .filter(|ns: &String| !ns.is_empty())
+            .collect();
+        self
+    }
+
     /// The capacity actually used: never zero (the channel would panic), never huge.
     pub(crate) fn effective_event_capacity(&self) -> usize {
         self.event_capacity.clamp(1, Self::MAX_EVENT_CAPACITY)
@@ -94,28 +127,51 @@ impl Default for CacheOptions {
             strip_managed_fields: true,
             event_capacity: 1024,
             namespace_event_capacity: 128,
+            default_namespaces: BTreeSet::new(),
         }
     }
 }
 
-/// Which objects of a type one watch covers. The default covers all of them, in all
-/// namespaces.
+/// Which namespaces a watch of a namespaced type covers. Cluster-scoped types ignore
+/// it: their objects belong to no namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub enum WatchNamespaces {
+    /// The cache's [`default_namespaces`](CacheOptions::default_namespaces): all
+    /// namespaces if it has none. The default.
+    #[default]
+    CacheDefault,
+    /// All namespaces, with one cluster-wide watch, whatever the cache's default.
+    All,
+    /// These namespaces only: one watch per namespace, merged into one store, so that
+    /// reads and indexes see one set of objects. Needs only namespaced RBAC (a Role
+    /// in each namespace).
+    Only(BTreeSet<String>),
+}
+
+/// Which objects of a type one watch covers. The default covers all of them, in the
+/// cache's [default namespaces](CacheOptions::default_namespaces) (all namespaces
+/// unless set).
 ///
 /// Informers are shared per type *and* spec: requests with equal specs share one
-/// watch; different specs get separate watches and separate stores.
+/// informer; different specs get separate informers and separate stores. A spec's
+/// namespaces are resolved against the cache's default first, so a spec that names
+/// the default namespaces and one that leaves them to the cache share one informer.
 ///
 /// ```
-/// use multicluster_runtime::cache::WatchSpec;
+/// use multicluster_runtime::cache::{WatchNamespaces, WatchSpec};
 ///
-/// let spec = WatchSpec::default().labels("app=web").fields("metadata.namespace=prod");
+/// let spec = WatchSpec::default().labels("app=web").namespace("team-a").namespace("team-b");
 /// assert_eq!(spec.label_selector.as_deref(), Some("app=web"));
+/// assert!(matches!(&spec.namespaces, WatchNamespaces::Only(set) if set.len() == 2));
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct WatchSpec {
     /// A label selector, e.g. `app=web,tier!=db`.
     pub label_selector: Option<String>,
-    /// A field selector, e.g. `metadata.namespace=prod`.
+    /// A field selector, e.g. `metadata.name=config`.
     pub field_selector: Option<String>,
+    /// The namespaces watched (for namespaced types).
+    pub namespaces: WatchNamespaces,
 }
 
 impl WatchSpec {
@@ -133,14 +189,85 @@ impl WatchSpec {
         self
     }
 
+    /// Adds a namespace to watch: after the first call, only the namespaces named
+    /// are watched, one watch each. An empty name is ignored.
+    #[must_use]
+    pub fn namespace(self, namespace: impl Into<String>) -> Self {
+        self.namespaces([namespace])
+    }
+
+    /// Adds namespaces to watch, like [`namespace`](Self::namespace) for each.
+    #[must_use]
+    pub fn namespaces<I>(mut self, namespaces: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        let mut set = match self.namespaces {
+            WatchNamespaces::Only(set) => set,
+            WatchNamespaces::CacheDefault | WatchNamespaces::All => BTreeSet::new(),
+        };
+        set.extend(namespaces.into_iter().map(Into::into).filter(|ns| !ns.is_empty()));
+        self.namespaces = if set.is_empty() {
+            WatchNamespaces::CacheDefault
+        } else {
+            WatchNamespaces::Only(set)
+        };
+        self
+    }
+
+    /// Watches all namespaces with one cluster-wide watch, whatever the cache's
+    /// [default namespaces](CacheOptions::default_namespaces).
+    #[must_use]
+    pub fn all_namespaces(mut self) -> Self {
+        self.namespaces = WatchNamespaces::All;
+        self
+    }
+
+    /// The namespaces watched as a list, `None` for all namespaces. Only meaningful
+    /// for a resolved spec ([`Informer::spec`](super::Informer::spec)), where
+    /// [`WatchNamespaces::CacheDefault`] was replaced.
+    pub fn namespace_list(&self) -> Option<Vec<String>> {
+        match &self.namespaces {
+            WatchNamespaces::Only(set) => Some(set.iter().cloned().collect()),
+            WatchNamespaces::CacheDefault | WatchNamespaces::All => None,
+        }
+    }
+
     /// The same selection with empty selectors written as `None`, so that specs that
     /// select the same objects share one watch.
     pub(crate) fn normalized(self) -> Self {
         let keep = |selector: Option<String>| selector.filter(|s| !s.trim().is_empty());
+        let namespaces = match self.namespaces {
+            WatchNamespaces::Only(set) => {
+                let set: BTreeSet<String> = set.into_iter().filter(|ns| !ns.is_empty()).collect();
+                if set.is_empty() {
+                    WatchNamespaces::CacheDefault
+                } else {
+                    WatchNamespaces::Only(set)
+                }
+            }
+            other => other,
+        };
         WatchSpec {
             label_selector: keep(self.label_selector),
             field_selector: keep(self.field_selector),
+            namespaces,
         }
+    }
+
+    /// The spec as watched: namespaces resolved against the cache's `defaults`
+    /// ([`WatchNamespaces::All`] or [`WatchNamespaces::Only`], never `CacheDefault`), and
+    /// always `All` for a cluster-scoped type (`namespaced == false`).
+    pub(crate) fn resolved(self, defaults: &BTreeSet<String>, namespaced: bool) -> Self {
+        let mut spec = self.normalized();
+        spec.namespaces = match spec.namespaces {
+            _ if !namespaced => WatchNamespaces::All,
+            WatchNamespaces::CacheDefault if defaults.is_empty() => WatchNamespaces::All,
+            WatchNamespaces::CacheDefault => WatchNamespaces::Only(defaults.clone()),
+            other => other,
+        };
+        spec
     }
 
     pub(crate) fn watcher_config(&self) -> watcher::Config {
@@ -163,6 +290,45 @@ mod tests {
     fn empty_selectors_normalize_to_none() {
         let spec = WatchSpec::default().labels(" ").fields("").normalized();
         assert_eq!(spec, WatchSpec::default());
+    }
+
+    #[test]
+    fn namespaces_resolve_against_the_cache_default() {
+        let defaults: BTreeSet<String> = ["a".to_owned(), "b".to_owned()].into();
+        let none = BTreeSet::new();
+        let only = |names: &[&str]| WatchNamespaces::Only(names.iter().map(|n| (*n).to_owned()).collect());
+        let spec = WatchSpec::default();
+        assert_eq!(
+            spec.clone().resolved(&none, true).namespaces,
+            WatchNamespaces::All
+        );
+        assert_eq!(
+            spec.clone().resolved(&defaults, true).namespaces,
+            only(&["a", "b"])
+        );
+        assert_eq!(
+            spec.clone().resolved(&defaults, false).namespaces,
+            WatchNamespaces::All
+        );
+        let named = WatchSpec::default().namespace("c").namespaces(["", "c", "d"]);
+        assert_eq!(
+            named.clone().resolved(&defaults, true).namespaces,
+            only(&["c", "d"])
+        );
+        assert_eq!(named.namespace_list(), Some(vec!["c".to_owned(), "d".to_owned()]));
+        let all = WatchSpec::default().namespace("x").all_namespaces();
+        assert_eq!(all.resolved(&defaults, true).namespaces, WatchNamespaces::All);
+        assert_eq!(
+            WatchSpec::default().namespace("").normalized().namespaces,
+            WatchNamespaces::CacheDefault
+        );
+        // The default namespaces named explicitly share the informer of the default.
+        assert_eq!(
+            WatchSpec::default()
+                .namespaces(["b", "a"])
+                .resolved(&defaults, true),
+            WatchSpec::default().resolved(&defaults, true)
+        );
     }
 
     #[test]

@@ -3,6 +3,18 @@
 use std::io;
 use std::sync::{Arc, Mutex};
 
+use futures::stream::{BoxStream, Stream, StreamExt};
+use kube::runtime::watcher;
+
+/// A watch factory for `Informer::run` that gives `stream` first, then watches that
+/// never yield.
+pub(crate) fn once<K: Send + 'static>(
+    stream: impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
+) -> impl FnMut() -> BoxStream<'static, watcher::Result<watcher::Event<K>>> + Send + 'static {
+    let mut first = Some(stream.boxed());
+    move || first.take().unwrap_or_else(|| futures::stream::pending().boxed())
+}
+
 /// Collects what a `tracing` subscriber writes, for tests that check log lines.
 #[derive(Clone, Default)]
 pub(crate) struct Logs(Arc<Mutex<Vec<u8>>>);

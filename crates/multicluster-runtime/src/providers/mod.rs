@@ -20,6 +20,8 @@ pub mod capi;
 pub mod clusters;
 #[cfg(feature = "file")]
 pub mod file;
+#[cfg(test)]
+pub(crate) mod fuzz;
 pub mod kubeconfig;
 #[cfg(feature = "multi")]
 pub mod multi;

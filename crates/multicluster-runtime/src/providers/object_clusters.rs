@@ -115,7 +115,7 @@ impl Target {
 /// Why it cannot be used, without any of its content.
 pub(crate) fn secret_target(
     data: &[u8],
-    policy: kubeconfig::KubeconfigPolicy,
+    policy: &kubeconfig::KubeconfigPolicy,
     origin: String,
 ) -> Result<Target, String> {
     let mut parsed = kubeconfig::parse(data, &origin).map_err(|e| e.to_string())?;
@@ -631,7 +631,7 @@ mod tests {
         assert_eq!(pick_context(&parsed), None);
         let err = secret_target(
             two.as_bytes(),
-            kubeconfig::KubeconfigPolicy::untrusted(),
+            &kubeconfig::KubeconfigPolicy::untrusted(),
             "Secret a/b".into(),
         )
         .err()

@@ -32,10 +32,19 @@
 //! Cluster API's controllers write the kubeconfig Secrets, but anyone who can write
 //! Secrets in a `Cluster`'s namespace can write one too. So they are read with
 //! [`KubeconfigPolicy::untrusted`] by default: no exec credential plugins, no local
-//! files, no auth providers. Kubeconfigs from Cluster API use embedded client
-//! certificates, which that policy allows. Relax it with
-//! [`ClusterApiOptions::kubeconfig_policy`] only when Secret writers are trusted
-//! (e.g. a provider that writes exec-based kubeconfigs).
+//! files, no auth providers, no `proxy-url`, no `insecure-skip-tls-verify`.
+//! Kubeconfigs from Cluster API use embedded client certificates, which that policy
+//! allows. Relax it with [`ClusterApiOptions::kubeconfig_policy`] only when Secret
+//! writers are trusted (e.g. a provider that writes exec-based kubeconfigs), or
+//! tighten it with an [`EndpointPolicy`](crate::providers::kubeconfig::EndpointPolicy)
+//! that holds servers to the fleet's address ranges.
+//!
+//! # RBAC
+//!
+//! With [`ClusterApiOptions::namespace`], a Role in that namespace: `list` and
+//! `watch` on `clusters.cluster.x-k8s.io` and on `secrets`
+//! (`deploy/rbac/capi-provider.yaml`, used as it is by the test `p06`); without, the
+//! same rules in a ClusterRole.
 //!
 //! # Host watches
 //!
@@ -281,7 +290,8 @@ impl ClusterApiOptions {
 
     fn namespace_spec(&self) -> WatchSpec {
         match &self.namespace {
-            Some(namespace) => WatchSpec::default().fields(&format!("metadata.namespace={namespace}")),
+            // A namespaced watch: a Role in that namespace is all the RBAC it needs.
+            Some(namespace) => WatchSpec::default().namespace(namespace),
             None => WatchSpec::default(),
         }
     }
@@ -368,7 +378,7 @@ impl ProviderRunnable for ClusterApi {
             clusters: primary.clone(),
             secrets: secrets.clone(),
             ready: options.ready_fn(),
-            policy: options.kubeconfig_policy,
+            policy: options.kubeconfig_policy.clone(),
             version: options.version,
             custom_ready: options.ready.is_some(),
         };
@@ -434,7 +444,7 @@ impl Planner for CapiPlanner {
         let Some(data) = secret.data.as_ref().and_then(|d| d.get(KUBECONFIG_SECRET_KEY)) else {
             return Plan::Invalid(format!("{origin} has no key {KUBECONFIG_SECRET_KEY:?}"));
         };
-        match object_clusters::secret_target(&data.0, self.policy, origin) {
+        match object_clusters::secret_target(&data.0, &self.policy, origin) {
             Ok(target) => Plan::Engage(Box::new(target)),
             Err(why) => Plan::Invalid(why),
         }
@@ -543,5 +553,31 @@ mod tests {
         );
         assert_eq!(cluster_of("-kubeconfig"), None);
         assert_eq!(cluster_of("eu-1-ca"), None);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::providers::fuzz::config())]
+
+        /// Cluster API objects and their Secrets' names, as anyone allowed to write
+        /// them may set them.
+        #[test]
+        fn p05_fuzz_capi_objects(
+            status in crate::providers::fuzz::any_json(),
+            version in proptest::sample::select(vec![ClusterApiVersion::V1Beta2, ClusterApiVersion::V1Beta1]),
+            api_version in proptest::sample::select(vec!["cluster.x-k8s.io/v1beta2", "cluster.x-k8s.io/v1beta1", "x/v1"]),
+            secret_name in "\\PC{0,30}",
+            data in crate::providers::fuzz::kubeconfig_bytes(),
+        ) {
+            let object = cluster(api_version, status);
+            let _ = control_plane_initialized(version, &object);
+            let mut secret = Secret::default();
+            secret.metadata.name = Some(secret_name);
+            secret.metadata.namespace = Some("ns".into());
+            let _ = cluster_of_secret(&secret);
+            let policy = KubeconfigPolicy::untrusted();
+            if let Err(why) = object_clusters::secret_target(&data, &policy, "Secret ns/x-kubeconfig".into()) {
+                crate::providers::fuzz::assert_no_marker("capi secret", &why);
+            }
+        }
     }
 }

@@ -246,4 +246,24 @@ mod tests {
         config.naming = FileNaming::Path;
         assert_eq!(config.cluster_name(path, "a"), "/etc/fleet/prod.kubeconfig/a");
     }
+
+    proptest::proptest! {
+        #![proptest_config(crate::providers::fuzz::config())]
+
+        /// Cluster names from any file path, context name and separator.
+        #[test]
+        fn p05_fuzz_file_names(
+            path in "\\PC{0,40}",
+            context in "\\PC{0,20}",
+            separator in "\\PC{0,3}",
+            naming in proptest::sample::select(vec![FileNaming::FileName, FileNaming::Stem, FileNaming::Path]),
+        ) {
+            let mut config = FilesBuilder::default().config;
+            config.naming = naming;
+            config.separator = separator.clone();
+            let name = config.cluster_name(Path::new(&path), &context);
+            let expected = format!("{separator}{context}");
+            proptest::prop_assert!(name.as_str().ends_with(&expected));
+        }
+    }
 }

@@ -122,7 +122,7 @@ impl Files {
         };
         let mut now = Loaded::new();
         for path in scan.files {
-            let names = match read(&path, self.config.policy) {
+            let names = match read(&path, &self.config.policy) {
                 Ok(Some(kubeconfig)) => self.load(&path, &kubeconfig, &mut round).await,
                 Ok(None) => continue, // deleted since the scan: its clusters go
                 Err(error) => {
@@ -204,7 +204,7 @@ impl Files {
 }
 
 /// Reads, parses and vets one kubeconfig file; `None` if it no longer exists.
-fn read(path: &Path, policy: KubeconfigPolicy) -> Result<Option<Kubeconfig>, FileError> {
+fn read(path: &Path, policy: &KubeconfigPolicy) -> Result<Option<Kubeconfig>, FileError> {
     // Kubeconfigs are small local files: reading them in place, as kube's own
     // `Config::infer` does, is cheaper than a trip to a blocking thread.
     let data = match std::fs::read(path) {
@@ -284,5 +284,30 @@ mod tests {
         assert_eq!(auth.token_file.as_deref(), Some("/etc/fleet/t/token"));
         let command = auth.exec.as_ref().and_then(|e| e.command.as_deref());
         assert_eq!(command, Some("/etc/fleet/bin/login"));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::providers::fuzz::config())]
+
+        /// A kubeconfig file of any content, read, vetted and made relative to its
+        /// directory as the file provider does: no panic, no credential in errors.
+        #[test]
+        fn p05_fuzz_kubeconfig_file(
+            bytes in crate::providers::fuzz::kubeconfig_bytes(),
+            dir in "[a-z/.]{0,12}",
+            trusted in proptest::prelude::any::<bool>(),
+        ) {
+            let temp = tempfile::NamedTempFile::new().expect("temp file");
+            std::fs::write(temp.path(), &bytes).expect("write");
+            let policy = if trusted { KubeconfigPolicy::trusted() } else { KubeconfigPolicy::untrusted() };
+            match read(temp.path(), &policy) {
+                Ok(Some(mut kubeconfig)) => resolve_relative(&mut kubeconfig, Path::new(&dir)),
+                Ok(None) => {}
+                Err(error) => {
+                    crate::providers::fuzz::assert_no_marker("file", &error.to_string());
+                    crate::providers::fuzz::assert_no_marker("file (Debug)", &format!("{error:?}"));
+                }
+            }
+        }
     }
 }

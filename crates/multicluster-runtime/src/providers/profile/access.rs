@@ -48,7 +48,10 @@
 //! operator's policy says so. From the profile, the provider takes the cluster's
 //! `server`, `certificate-authority-data`, `tls-server-name`, `proxy-url`,
 //! `disable-compression` and `extensions`; it refuses a `certificate-authority`
-//! file path, and `insecure-skip-tls-verify: true` unless the operator allows it.
+//! file path, and `insecure-skip-tls-verify: true` and `proxy-url` unless the
+//! operator allows them, and holds the server to the operator's
+//! [`EndpointPolicy`](crate::providers::kubeconfig::EndpointPolicy) (see
+//! `ClusterProfilesOptions::kubeconfig_policy`).
 //! Whoever can write a profile's status can point the plugin's credentials at a
 //! server of their choice: restrict who may write `clusterprofiles/status`.
 
@@ -250,7 +253,7 @@ impl AccessProviders {
         &self,
         profile: &DynamicObject,
         origin: &str,
-        allow_insecure: bool,
+        policy: &KubeconfigPolicy,
     ) -> Option<Result<Target, String>> {
         let offered = offered(profile);
         let provider = self
@@ -259,7 +262,7 @@ impl AccessProviders {
             .find(|p| offered.contains_key(p.name.as_str()))?;
         let cluster = offered.get(provider.name.as_str())?;
         let origin = format!("{origin} access provider {:?}", provider.name);
-        Some(build_target(provider, cluster, origin, allow_insecure))
+        Some(build_target(provider, cluster, origin, policy))
     }
 }
 
@@ -284,7 +287,7 @@ fn build_target(
     provider: &AccessProvider,
     cluster: &Value,
     origin: String,
-    allow_insecure: bool,
+    policy: &KubeconfigPolicy,
 ) -> Result<Target, String> {
     let mut cluster: KubeconfigCluster = serde_json::from_value(cluster.clone()).map_err(|e| {
         format!(
@@ -295,7 +298,7 @@ fn build_target(
     if cluster.server.as_deref().is_none_or(str::is_empty) {
         return Err(format!("{origin}: its cluster has no server"));
     }
-    if cluster.insecure_skip_tls_verify == Some(true) && !allow_insecure {
+    if cluster.insecure_skip_tls_verify == Some(true) && !policy.allow_insecure_skip_tls_verify {
         return Err(format!(
             "{origin}: its cluster asks to skip TLS verification; refused: allowed only when \
              the operator enables allow_insecure_skip_tls_verify"
@@ -343,12 +346,14 @@ fn build_target(
         current_context: Some(NAME.into()),
         ..Kubeconfig::default()
     };
-    // The exec plugin is the operator's; from the profile, no local files.
+    // The exec plugin is the operator's; from the profile, no local files, and the
+    // operator's rules for proxies and servers.
     let policy = KubeconfigPolicy {
         allow_exec: true,
         allow_local_files: false,
+        ..policy.clone()
     };
-    kubeconfig::vet(&mut kubeconfig, policy, &origin).map_err(|e| e.to_string())?;
+    kubeconfig::vet(&mut kubeconfig, &policy, &origin).map_err(|e| e.to_string())?;
     Ok(Target::new(kubeconfig, NAME.into(), origin))
 }
 
@@ -420,6 +425,13 @@ mod tests {
 
     const CA: &str = "Q0EK";
 
+    fn insecure_allowed() -> KubeconfigPolicy {
+        KubeconfigPolicy {
+            allow_insecure_skip_tls_verify: true,
+            ..KubeconfigPolicy::untrusted()
+        }
+    }
+
     fn file(extra: &str) -> AccessProviders {
         let json = format!(
             r#"{{"providers": [
@@ -461,7 +473,7 @@ mod tests {
             json!({ "server": "https://10.0.0.1:6443", "certificate-authority-data": CA, "tls-server-name": "api" }),
         ));
         let target = providers
-            .target_for(&p, "ClusterProfile inv/p", false)
+            .target_for(&p, "ClusterProfile inv/p", &KubeconfigPolicy::untrusted())
             .expect("offered")
             .expect("valid");
         let cluster = target.kubeconfig.clusters[0].cluster.as_ref().expect("cluster");
@@ -486,13 +498,21 @@ mod tests {
             { "name": "other", "cluster": { "server": "https://other" } },
         ]}));
         let target = providers
-            .target_for(&both, "p", false)
+            .target_for(&both, "p", &KubeconfigPolicy::untrusted())
             .expect("offered")
             .expect("valid");
         assert_eq!(exec_of(&target).command.as_deref(), Some("other"));
         let unknown = profile(access("gke", json!({ "server": "https://x" })));
-        assert!(providers.target_for(&unknown, "p", false).is_none());
-        assert!(providers.target_for(&profile(json!({})), "p", false).is_none());
+        assert!(
+            providers
+                .target_for(&unknown, "p", &KubeconfigPolicy::untrusted())
+                .is_none()
+        );
+        assert!(
+            providers
+                .target_for(&profile(json!({})), "p", &KubeconfigPolicy::untrusted())
+                .is_none()
+        );
     }
 
     #[test]
@@ -501,7 +521,7 @@ mod tests {
             json!({ "credentialProviders": [{ "name": "ocm", "cluster": { "server": "https://old" } }] }),
         );
         let target = file("")
-            .target_for(&p, "p", false)
+            .target_for(&p, "p", &KubeconfigPolicy::untrusted())
             .expect("offered")
             .expect("valid");
         let server = target.kubeconfig.clusters[0]
@@ -516,7 +536,11 @@ mod tests {
         let providers = file("");
         let refuse = |cluster: Value| {
             providers
-                .target_for(&profile(access("ocm", cluster)), "p", false)
+                .target_for(
+                    &profile(access("ocm", cluster)),
+                    "p",
+                    &KubeconfigPolicy::untrusted(),
+                )
                 .expect("offered")
                 .err()
                 .expect("refused")
@@ -538,9 +562,26 @@ mod tests {
         ));
         assert!(
             providers
-                .target_for(&insecure, "p", true)
+                .target_for(&insecure, "p", &insecure_allowed())
                 .expect("offered")
                 .is_ok()
+        );
+        let err = refuse(json!({ "server": "https://x", "proxy-url": "http://user:pa55@proxy:3128" }));
+        assert!(
+            err.contains("proxy-url is set; refused by rule allow_proxy_url"),
+            "{err}"
+        );
+        assert!(!err.contains("pa55"), "{err}");
+        let metadata = profile(access("ocm", json!({ "server": "https://169.254.169.254" })));
+        let fenced = KubeconfigPolicy::untrusted().endpoints(kubeconfig::EndpointPolicy::deny_local());
+        let err = providers
+            .target_for(&metadata, "p", &fenced)
+            .expect("offered")
+            .err()
+            .expect("denied");
+        assert!(
+            err.contains("server host 169.254.169.254 is in the deny-list entry 169.254.0.0/16"),
+            "{err}"
         );
     }
 
@@ -561,7 +602,7 @@ mod tests {
 
         let ignored = exec_of(
             &file("")
-                .target_for(&p, "p", false)
+                .target_for(&p, "p", &KubeconfigPolicy::untrusted())
                 .expect("offered")
                 .expect("valid"),
         );
@@ -573,7 +614,7 @@ mod tests {
         );
         let exec = exec_of(
             &appended
-                .target_for(&p, "p", false)
+                .target_for(&p, "p", &KubeconfigPolicy::untrusted())
                 .expect("offered")
                 .expect("valid"),
         );
@@ -587,7 +628,7 @@ mod tests {
         let replaced = file(r#", "profileSourcedEnvVarsPolicy": "Replace""#);
         let exec = exec_of(
             &replaced
-                .target_for(&p, "p", false)
+                .target_for(&p, "p", &KubeconfigPolicy::untrusted())
                 .expect("offered")
                 .expect("valid"),
         );
@@ -599,7 +640,7 @@ mod tests {
             { "name": ADDITIONAL_ARGS_EXTENSION, "extension": { "not": "a list" } }] }),
         ));
         let err = appended
-            .target_for(&bad, "p", false)
+            .target_for(&bad, "p", &KubeconfigPolicy::untrusted())
             .expect("offered")
             .err()
             .expect("invalid");
@@ -615,7 +656,7 @@ mod tests {
                 json!({ "server": server, "certificate-authority-data": CA }),
             ));
             let target = providers
-                .target_for(&p, "p", false)
+                .target_for(&p, "p", &KubeconfigPolicy::untrusted())
                 .expect("offered")
                 .expect("valid");
             kubeconfig::fingerprint(&target.kubeconfig, &target.context).expect("fingerprint")
@@ -659,5 +700,106 @@ mod tests {
             r#"invalid type: string "…", expected a sequence at line 1 column 9"#
         );
         assert_eq!(redact_quotes("missing field `server`"), "missing field `server`");
+    }
+
+    fn access_file() -> impl proptest::strategy::Strategy<Value = Value> {
+        use crate::providers::fuzz::{any_json, scalar};
+        use proptest::prelude::*;
+        let provider = (
+            prop::sample::select(vec!["ocm", "other", ""]),
+            prop::option::of(("[a-z/]{0,10}", prop::collection::vec(scalar(), 0..3), any_json())),
+            prop::sample::select(vec!["Ignore", "Append", "Sometimes"]),
+            prop::sample::select(vec!["Ignore", "AppendIfNotExists", "Replace", "Never"]),
+        )
+            .prop_map(|(name, exec, args, envs)| {
+                let exec = exec.map(|(command, args, env)| {
+                    json!({ "apiVersion": "client.authentication.k8s.io/v1", "command": command,
+                            "args": args, "env": env, "provideClusterInfo": true })
+                });
+                json!({ "name": name, "execConfig": exec,
+                        "profileSourcedCLIArgsPolicy": args, "profileSourcedEnvVarsPolicy": envs })
+            });
+        prop::collection::vec(provider, 0..3).prop_map(|providers| json!({ "providers": providers }))
+    }
+
+    fn profile_status() -> impl proptest::strategy::Strategy<Value = Value> {
+        use crate::providers::fuzz::{any_json, cluster};
+        use proptest::prelude::*;
+        let extensions = (
+            prop::collection::vec(crate::providers::fuzz::scalar(), 0..3),
+            any_json(),
+        )
+            .prop_map(|(args, envs)| {
+                json!([
+                    { "name": ADDITIONAL_ARGS_EXTENSION, "extension": args },
+                    { "name": ADDITIONAL_ENVS_EXTENSION, "extension": envs },
+                ])
+            });
+        let entry = (
+            prop::sample::select(vec!["ocm", "other", "unknown"]),
+            cluster(),
+            prop::option::of(extensions),
+        )
+            .prop_map(|(name, mut cluster, extensions)| {
+                if let (Some(extensions), Some(map)) = (extensions, cluster.as_object_mut()) {
+                    map.insert("extensions".into(), extensions);
+                }
+                json!({ "name": name, "cluster": cluster })
+            })
+            .boxed();
+        (
+            prop::collection::vec(entry.clone(), 0..3),
+            prop::collection::vec(entry, 0..2),
+            prop::option::of(any_json()),
+            prop::sample::select(vec!["True", "False", "Unknown"]),
+        )
+            .prop_map(|(access, credential, junk, healthy)| {
+                json!({
+                    "accessProviders": access,
+                    "credentialProviders": credential,
+                    "conditions": [{ "type": "ControlPlaneHealthy", "status": healthy }],
+                    "junk": junk,
+                })
+            })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::providers::fuzz::config())]
+
+        /// The operator's provider file, mostly well-formed, sometimes bytes.
+        #[test]
+        fn p05_fuzz_access_provider_file(
+            bytes in proptest::prop_oneof![
+                3 => crate::providers::fuzz::encoded(access_file()),
+                1 => proptest::collection::vec(proptest::prelude::any::<u8>(), 0..128),
+            ],
+        ) {
+            if let Err(error) = AccessProviders::from_json(&bytes, "provider file f") {
+                crate::providers::fuzz::assert_no_marker("provider file", &error.to_string());
+            }
+        }
+
+        /// A profile's status, as anyone allowed to write it may set it.
+        #[test]
+        fn p05_fuzz_profile_status(
+            status in profile_status(),
+            insecure in proptest::prelude::any::<bool>(),
+            fenced in proptest::prelude::any::<bool>(),
+        ) {
+            let providers = file(r#", "profileSourcedCLIArgsPolicy": "Append", "profileSourcedEnvVarsPolicy": "Replace""#);
+            let p = profile(status);
+            let _ = offered(&p);
+            let _ = super::super::control_plane_healthy(&p);
+            let mut policy = KubeconfigPolicy {
+                allow_insecure_skip_tls_verify: insecure,
+                ..KubeconfigPolicy::untrusted()
+            };
+            if fenced {
+                policy = policy.endpoints(kubeconfig::EndpointPolicy::deny_local());
+            }
+            if let Some(Err(why)) = providers.target_for(&p, "ClusterProfile inv/p", &policy) {
+                crate::providers::fuzz::assert_no_marker("profile", &why);
+            }
+        }
     }
 }

@@ -47,6 +47,13 @@
 //! anyone who can write Secrets in the inventory namespace could forge one;
 //! [`ClusterProfilesOptions::kubeconfig_policy`] relaxes that.
 //!
+//! # RBAC
+//!
+//! With a namespace set, a Role there: `list` and `watch` on
+//! `clusterprofiles.multicluster.x-k8s.io` and, with a Secret consumer, on
+//! `secrets` (`deploy/rbac/profile-provider.yaml`); without, the same rules in a
+//! ClusterRole.
+//!
 //! # Example
 //!
 //! ```no_run
@@ -213,8 +220,11 @@ impl ClusterProfilesOptions {
     }
 
     /// What kubeconfigs from Secrets may ask for. Default:
-    /// [`KubeconfigPolicy::untrusted`]. Access providers are not affected: their
-    /// exec plugin is the operator's, and nothing else comes from the profile.
+    /// [`KubeconfigPolicy::untrusted`]. For kubeconfigs built from access providers,
+    /// whose exec plugin is the operator's, only its `proxy-url`, TLS-verification
+    /// and [`endpoints`](KubeconfigPolicy::endpoints) rules apply to the cluster
+    /// the profile describes (TLS verification may also be skipped with
+    /// [`allow_insecure_skip_tls_verify`](Self::allow_insecure_skip_tls_verify)).
     #[must_use]
     pub fn kubeconfig_policy(mut self, policy: KubeconfigPolicy) -> Self {
         self.kubeconfig_policy = policy;
@@ -262,7 +272,8 @@ impl ClusterProfilesOptions {
 
     fn namespace_spec(&self) -> WatchSpec {
         match &self.namespace {
-            Some(namespace) => WatchSpec::default().fields(&format!("metadata.namespace={namespace}")),
+            // A namespaced watch: a Role in that namespace is all the RBAC it needs.
+            Some(namespace) => WatchSpec::default().namespace(namespace),
             None => WatchSpec::default(),
         }
     }
@@ -360,10 +371,14 @@ impl ProviderRunnable for ClusterProfiles {
             secrets: secrets.clone(),
             consumer: options.consumer.clone(),
             access: options.access.clone(),
-            policy: options.kubeconfig_policy,
+            policy: options.kubeconfig_policy.clone(),
             ready: options.ready.clone(),
             disengage_when_unhealthy: options.disengage_when_unhealthy,
-            allow_insecure: options.allow_insecure,
+            access_policy: KubeconfigPolicy {
+                allow_insecure_skip_tls_verify: options.allow_insecure
+                    || options.kubeconfig_policy.allow_insecure_skip_tls_verify,
+                ..options.kubeconfig_policy.clone()
+            },
             naming: options.naming.clone(),
         };
         let engine = Arc::new(Engine::new(
@@ -384,7 +399,9 @@ struct ProfilePlanner {
     policy: KubeconfigPolicy,
     ready: Option<ReadyFn>,
     disengage_when_unhealthy: bool,
-    allow_insecure: bool,
+    /// The operator's policy for kubeconfigs built from access providers: their
+    /// servers and proxies, and whether TLS verification may be skipped.
+    access_policy: KubeconfigPolicy,
     naming: Option<NameFn>,
 }
 
@@ -426,7 +443,7 @@ impl Planner for ProfilePlanner {
         }
         let origin = format!("ClusterProfile {key}");
         if let Some(access) = &self.access {
-            match access.target_for(&profile, &origin, self.allow_insecure) {
+            match access.target_for(&profile, &origin, &self.access_policy) {
                 Some(Ok(target)) => return Plan::Engage(Box::new(target)),
                 Some(Err(why)) => return Plan::Invalid(why),
                 None if self.consumer.is_none() => {
@@ -496,7 +513,7 @@ impl ProfilePlanner {
         let Some(data) = secret.data.as_ref().and_then(|d| d.get(SECRET_KEY)) else {
             return Plan::Invalid(format!("{origin} has no key {SECRET_KEY:?}"));
         };
-        match object_clusters::secret_target(&data.0, self.policy, origin) {
+        match object_clusters::secret_target(&data.0, &self.policy, origin) {
             Ok(target) => Plan::Engage(Box::new(target)),
             Err(why) => Plan::Invalid(why),
         }

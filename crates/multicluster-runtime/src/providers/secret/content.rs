@@ -47,7 +47,7 @@ impl Problem {
 impl From<KubeconfigError> for Problem {
     fn from(error: KubeconfigError) -> Self {
         let reason = match error {
-            KubeconfigError::Refused { .. } => Reason::Refused,
+            KubeconfigError::Refused { .. } | KubeconfigError::Endpoint { .. } => Reason::Refused,
             _ => Reason::Invalid,
         };
         Problem {
@@ -71,7 +71,7 @@ pub(super) fn plan(
     data: Option<&[u8]>,
     key: &str,
     context: Option<&str>,
-    policy: KubeconfigPolicy,
+    policy: &KubeconfigPolicy,
     origin: &str,
 ) -> Result<Plan, Problem> {
     let missing = |what: &str| Problem {
@@ -136,7 +136,7 @@ mod tests {
             data.map(str::as_bytes),
             "kubeconfig",
             context,
-            KubeconfigPolicy::untrusted(),
+            &KubeconfigPolicy::untrusted(),
             "Secret ns/s",
         )
     }
@@ -184,12 +184,38 @@ mod tests {
             Some(config(exec).as_bytes()),
             "kubeconfig",
             None,
-            KubeconfigPolicy {
+            &KubeconfigPolicy {
                 allow_exec: true,
                 ..KubeconfigPolicy::untrusted()
             },
             "o",
         );
         assert!(allowed.is_ok());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::providers::fuzz::config())]
+
+        /// Secret content as it comes: absent, empty, a kubeconfig, or anything.
+        #[test]
+        fn p05_fuzz_secret_content(
+            data in proptest::option::weighted(0.9, crate::providers::fuzz::kubeconfig_bytes()),
+            context in proptest::option::of("[a-c]"),
+            fenced in proptest::prelude::any::<bool>(),
+        ) {
+            let mut policy = KubeconfigPolicy::untrusted();
+            if fenced {
+                policy = policy.endpoints(crate::providers::kubeconfig::EndpointPolicy::deny_local());
+            }
+            match plan(data.as_deref(), "kubeconfig", context.as_deref(), &policy, "Secret ns/s") {
+                Ok(plan) => {
+                    proptest::prop_assert_eq!(
+                        kubeconfig::fingerprint(&plan.kubeconfig, &plan.context),
+                        Some(plan.fingerprint)
+                    );
+                }
+                Err(problem) => crate::providers::fuzz::assert_no_marker("plan", &problem.message),
+            }
+        }
     }
 }

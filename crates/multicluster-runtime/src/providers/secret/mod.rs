@@ -29,6 +29,10 @@
 //! - **Sync.** If the first list of Secrets does not complete within
 //!   [`SecretsOptions::sync_timeout`], an error naming the namespace is logged (again
 //!   after each further timeout) while the watch keeps retrying with backoff.
+//! - **Watching.** The provider follows the Secrets with an [`Informer`] of the
+//!   shared cache (one watch of the namespace with the label selector): the informer
+//!   relists after a broken watch and reports Secrets deleted meanwhile; the provider
+//!   has no watch loop of its own.
 //!
 //! # Security
 //!
@@ -38,14 +42,23 @@
 //! is refused, so writing a Secret cannot run a program in the controller or make it
 //! read its own files. An operator who controls who writes these Secrets can allow
 //! exec plugins with [`SecretsOptions::policy`]. Logs, errors and Events name the
-//! Secret and the defect, never the content; the Secrets themselves are not kept in
-//! memory (only a fingerprint per cluster is).
+//! Secret and the defect, never the content. The informer keeps each labelled Secret
+//! with its kubeconfig key only (other keys and annotations are dropped before it
+//! is stored); the clusters keep a fingerprint of it and the clients built from it.
+//!
+//! The [`KubeconfigPolicy`] also refuses a `proxy-url` and
+//! `insecure-skip-tls-verify: true` by default, and its
+//! [`endpoints`](KubeconfigPolicy::endpoints) can limit servers to an allow-list and
+//! refuse a deny-list (e.g. [`EndpointPolicy::deny_local`]: loopback, link-local,
+//! cloud metadata). A refused Secret gives a `KubeconfigRefused` Warning Event whose
+//! note names the rule and the field.
 //!
 //! # RBAC
 //!
-//! In the namespace, on the host cluster: `get`, `list`, `watch` on `secrets`, and
+//! In the namespace, on the host cluster: `list`, `watch` on `secrets`, and
 //! `create`, `patch` on `events` in the `events.k8s.io` group. The provider watches
-//! only that namespace (with the label selector), so a namespaced Role suffices.
+//! only that namespace (with the label selector), so a namespaced Role suffices:
+//! `deploy/rbac/secret-provider.yaml`, which the tests use as it is.
 //!
 //! # Example
 //!
@@ -91,25 +104,25 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::Api;
 use kube::config::Kubeconfig;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
+use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use self::content::{Plan, Problem};
 use self::queue::KeyedQueue;
-use crate::cache::FieldIndex;
+use crate::cache::{Cache, CacheError, CacheOptions, FieldIndex, Informer, InformerEvent, WatchSpec};
 use crate::cluster::{Cluster, ClusterName, ClusterOptions};
 use crate::error::{Error, Result};
 use crate::multicluster::{Aware, Provider, ProviderRunnable};
 use crate::providers::clusters::Clusters;
+#[cfg(doc)]
+use crate::providers::kubeconfig::EndpointPolicy;
 use crate::providers::kubeconfig::{self, KubeconfigPolicy};
 
 /// The label key that marks a Secret as a kubeconfig for this provider.
@@ -433,94 +446,102 @@ impl Drop for Running<'_> {
 }
 
 impl Inner {
-    /// Follows the labelled Secrets of the namespace until `token` is cancelled.
+    /// Follows the labelled Secrets of the namespace until `token` is cancelled,
+    /// through an informer of a cache of its own (one namespaced watch with the
+    /// label selector), which does the relisting and tells what changed.
     async fn watch(self: Arc<Self>, token: CancellationToken) -> Result<()> {
         let options = &self.options;
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), &options.namespace);
-        let config = watcher::Config::default().labels(&options.label_selector());
-        let mut events = std::pin::pin!(watcher(api, config).default_backoff());
-        let sync_timer = tokio::time::sleep(options.sync_timeout);
-        let mut sync_timer = std::pin::pin!(sync_timer);
-        // Names of the Secrets seen and not deleted, and those seen since a relist began.
-        let mut known: HashSet<String> = HashSet::new();
-        let mut relisted: Option<HashSet<String>> = None;
+        let cache_token = token.child_token();
+        // The cache's watch ends with this function, however it ends.
+        let _stop = cache_token.clone().drop_guard();
+        let cache = Cache::new(
+            ClusterName::local(),
+            self.client.clone(),
+            CacheOptions::default(),
+            cache_token,
+        );
+        // Keep only the kubeconfig: not the other keys of the Secret, nor annotations
+        // (`kubectl apply` copies the whole Secret into one).
+        let key = options.data_key.clone();
+        cache.set_transform::<Secret>(move |secret| {
+            if let Some(data) = secret.data.as_mut() {
+                data.retain(|name, _| *name == key);
+            }
+            secret.metadata.annotations = None;
+        });
+        let spec = WatchSpec::default()
+            .namespace(&options.namespace)
+            .labels(&options.label_selector());
+        let informer = cache.informer_with::<Secret>(&(), spec);
+        let mut events = informer.subscribe();
         self.synced.store(false, Ordering::Release);
+        loop {
+            let synced = tokio::select! {
+                () = token.cancelled() => return Ok(()),
+                synced = informer.wait_synced(options.sync_timeout) => synced,
+            };
+            match synced {
+                Ok(()) => break,
+                Err(CacheError::SyncTimeout { last_error, .. }) => tracing::error!(
+                    namespace = %options.namespace,
+                    selector = %options.label_selector(),
+                    timeout = ?options.sync_timeout,
+                    error = last_error.as_deref().map(content::describe_watch_error),
+                    "kubeconfig Secrets not listed within the sync timeout; still retrying"
+                ),
+                // Stopped: the token was cancelled meanwhile.
+                Err(_) => return Ok(()),
+            }
+        }
+        self.resync(&informer, &token);
+        self.synced.store(true, Ordering::Release);
+        tracing::info!(
+            namespace = %options.namespace,
+            secrets = informer.store().len(),
+            "kubeconfig Secrets listed"
+        );
         loop {
             let event = tokio::select! {
                 () = token.cancelled() => return Ok(()),
-                () = &mut sync_timer, if !self.synced.load(Ordering::Acquire) => {
-                    tracing::error!(
-                        namespace = %options.namespace,
-                        selector = %options.label_selector(),
-                        timeout = ?options.sync_timeout,
-                        "kubeconfig Secrets not listed within the sync timeout; still retrying"
-                    );
-                    sync_timer.as_mut().reset(tokio::time::Instant::now() + options.sync_timeout);
-                    continue;
-                }
-                event = events.next() => event,
+                event = events.recv() => event,
             };
             match event {
-                None => return Ok(()),
-                Some(Err(err)) => tracing::warn!(
-                    namespace = %options.namespace,
-                    error = %content::describe_watch_error(&err),
-                    "watching kubeconfig Secrets failed; retrying"
-                ),
-                Some(Ok(watcher::Event::Init)) => relisted = Some(HashSet::new()),
-                Some(Ok(watcher::Event::InitApply(secret))) => {
-                    let name = secret.name_any();
-                    if let Some(seen) = relisted.as_mut() {
-                        seen.insert(name.clone());
-                    }
-                    known.insert(name.clone());
-                    self.submit(name, Change::Applied(self.extract(secret)), &token);
+                Ok(InformerEvent::Applied { new, .. }) => {
+                    let name = new.name_any();
+                    self.submit(name, Change::Applied(self.extract(&new)), &token);
                 }
-                Some(Ok(watcher::Event::InitDone)) => {
-                    // Gone while the watch was down, or before a restart of the
-                    // provider (its clusters stay registered across restarts).
-                    let seen = relisted.take().unwrap_or_default();
-                    let registered = self.clusters.names();
-                    let registered = registered.iter().map(|name| name.as_str().to_owned());
-                    let gone: HashSet<String> = known
-                        .iter()
-                        .cloned()
-                        .chain(registered)
-                        .filter(|name| !seen.contains(name))
-                        .collect();
-                    for name in gone {
-                        known.remove(&name);
-                        self.submit(name, Change::Deleted, &token);
-                    }
-                    if !self.synced.swap(true, Ordering::AcqRel) {
-                        tracing::info!(
-                            namespace = %options.namespace,
-                            secrets = known.len(),
-                            "kubeconfig Secrets listed"
-                        );
-                    }
-                }
-                Some(Ok(watcher::Event::Apply(secret))) => {
-                    let name = secret.name_any();
-                    known.insert(name.clone());
-                    self.submit(name, Change::Applied(self.extract(secret)), &token);
-                }
-                Some(Ok(watcher::Event::Delete(secret))) => {
-                    let name = secret.name_any();
-                    known.remove(&name);
-                    self.submit(name, Change::Deleted, &token);
-                }
+                Ok(InformerEvent::Deleted(old)) => self.submit(old.name_any(), Change::Deleted, &token),
+                // Events were lost: the store says what is true now.
+                Err(RecvError::Lagged(_)) => self.resync(&informer, &token),
+                Err(RecvError::Closed) => return Ok(()),
             }
         }
     }
 
-    /// Keeps what the provider needs of a Secret, dropping the rest of its data.
-    fn extract(&self, mut secret: Secret) -> SecretData {
+    /// Makes the clusters follow the informer's store: each Secret is handled again
+    /// (an unchanged one changes nothing), and a registered cluster whose Secret is
+    /// gone, also from before a restart of the provider (its clusters stay
+    /// registered across restarts), is removed.
+    fn resync(self: &Arc<Self>, informer: &Informer<Secret>, token: &CancellationToken) {
+        let secrets = informer.store().list();
+        let present: HashSet<String> = secrets.iter().map(|secret| secret.name_any()).collect();
+        for secret in secrets {
+            self.submit(secret.name_any(), Change::Applied(self.extract(&secret)), token);
+        }
+        for name in self.clusters.names() {
+            if !present.contains(name.as_str()) {
+                self.submit(name.as_str().to_owned(), Change::Deleted, token);
+            }
+        }
+    }
+
+    /// Keeps what the provider needs of a Secret.
+    fn extract(&self, secret: &Secret) -> SecretData {
         let kubeconfig = secret
             .data
-            .take()
-            .and_then(|mut data| data.remove(&self.options.data_key))
-            .map(|bytes| bytes.0);
+            .as_ref()
+            .and_then(|data| data.get(&self.options.data_key))
+            .map(|bytes| bytes.0.clone());
         SecretData {
             reference: secret.object_ref(&()),
             kubeconfig,
@@ -554,7 +575,7 @@ impl Inner {
             secret.kubeconfig.as_deref(),
             &options.data_key,
             options.context.as_deref(),
-            options.policy,
+            &options.policy,
             &origin,
         );
         let plan = match plan {

@@ -7,25 +7,55 @@
 //! exec credential plugins, auth providers and references to local files. Errors
 //! never quote the kubeconfig: they name its origin and the offending entry only, so
 //! no credential reaches a log.
+//!
+//! The policy also decides where a kubeconfig may make the controller connect: a
+//! `proxy-url` and `insecure-skip-tls-verify: true` are refused by default, and an
+//! [`EndpointPolicy`] can limit servers to an allow-list and refuse a deny-list of
+//! hosts and address ranges (see [`endpoint`] and
+//! `docs/decisions/endpoint-policy.md`).
+
+pub mod endpoint;
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Duration;
 
 use kube::config::{ExecInteractiveMode, KubeConfigOptions, Kubeconfig};
 
-/// What a kubeconfig may ask for.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub use self::endpoint::{EndpointPolicy, EndpointRefusal, EndpointRule, EndpointRuleError};
+
+/// What a kubeconfig may ask for, and where it may make the controller connect.
+///
+/// ```
+/// use multicluster_runtime::providers::kubeconfig::{EndpointPolicy, KubeconfigPolicy};
+///
+/// // Secrets written by tenants: nothing beyond plain credentials, and no server in
+/// // the controller's own network or at a cloud metadata address.
+/// let policy = KubeconfigPolicy::untrusted().endpoints(EndpointPolicy::deny_local());
+/// assert!(!policy.allow_proxy_url && !policy.allow_insecure_skip_tls_verify);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KubeconfigPolicy {
     /// Allow exec credential plugins (they run a program of the kubeconfig's choice).
     pub allow_exec: bool,
     /// Allow references to local files (certificate-authority, client-certificate,
     /// client-key, tokenFile) and legacy auth providers.
     pub allow_local_files: bool,
+    /// Allow a cluster's `proxy-url`: all traffic, credentials included, would go
+    /// through a host of the kubeconfig's choice. When allowed, the proxy's host is
+    /// checked against [`endpoints`](Self::endpoints) like the server's.
+    pub allow_proxy_url: bool,
+    /// Allow `insecure-skip-tls-verify: true`: the server's certificate would not be
+    /// checked, so anyone on the path could read the credentials.
+    pub allow_insecure_skip_tls_verify: bool,
+    /// Which servers (and proxies) may be connected to. Default: any.
+    pub endpoints: EndpointPolicy,
 }
 
 impl KubeconfigPolicy {
-    /// For kubeconfigs from places others can write (Secrets, inventories): no exec
-    /// plugins, no local files, no auth providers. The default.
+    /// For kubeconfigs from places others can write (Secrets, inventories, Cluster
+    /// API objects): no exec plugins, no local files, no auth providers, no
+    /// `proxy-url`, no `insecure-skip-tls-verify`; any server. The default. Add an
+    /// [`EndpointPolicy`] with [`endpoints`](Self::endpoints) to limit servers.
     pub fn untrusted() -> Self {
         KubeconfigPolicy::default()
     }
@@ -35,7 +65,17 @@ impl KubeconfigPolicy {
         KubeconfigPolicy {
             allow_exec: true,
             allow_local_files: true,
+            allow_proxy_url: true,
+            allow_insecure_skip_tls_verify: true,
+            endpoints: EndpointPolicy::any(),
         }
+    }
+
+    /// Sets [`endpoints`](Self::endpoints).
+    #[must_use]
+    pub fn endpoints(mut self, endpoints: EndpointPolicy) -> Self {
+        self.endpoints = endpoints;
+        self
     }
 }
 
@@ -72,6 +112,22 @@ pub enum KubeconfigError {
         what: String,
         /// How an operator can allow it.
         hint: &'static str,
+    },
+
+    /// A cluster entry asks for a connection the policy refuses: a `proxy-url`,
+    /// `insecure-skip-tls-verify`, or a server (or proxy) the
+    /// [`EndpointPolicy`] refuses.
+    #[error("{origin}: cluster {cluster:?}: {what}; refused by rule {rule}")]
+    Endpoint {
+        /// Where it came from.
+        origin: String,
+        /// The kubeconfig cluster entry.
+        cluster: String,
+        /// The field (`server`, `proxy-url` or `insecure-skip-tls-verify`) and what
+        /// is wrong with it: never the value of the field beyond its host.
+        what: String,
+        /// The rule that refused it, e.g. `allow_proxy_url` or `endpoints`.
+        rule: &'static str,
     },
 
     /// kube could not build a client configuration from the context.
@@ -129,7 +185,7 @@ fn describe_parse_error(error: &kube::config::KubeconfigError) -> String {
 /// [`KubeconfigError::Refused`] naming the first entry the policy refuses.
 pub fn vet(
     kubeconfig: &mut Kubeconfig,
-    policy: KubeconfigPolicy,
+    policy: &KubeconfigPolicy,
     origin: &str,
 ) -> Result<(), KubeconfigError> {
     let refuse = |user: &str, what: String, hint| KubeconfigError::Refused {
@@ -174,6 +230,11 @@ pub fn vet(
             }
         }
     }
+    for named in &kubeconfig.clusters {
+        if let Some(cluster) = &named.cluster {
+            vet_endpoint(&named.name, cluster, policy, origin)?;
+        }
+    }
     if !policy.allow_local_files {
         for named in &kubeconfig.clusters {
             if named
@@ -190,6 +251,48 @@ pub fn vet(
         }
     }
     Ok(())
+}
+
+/// Checks where one cluster entry connects: its `proxy-url`, its TLS verification
+/// and its server, against `policy`.
+fn vet_endpoint(
+    name: &str,
+    cluster: &kube::config::Cluster,
+    policy: &KubeconfigPolicy,
+    origin: &str,
+) -> Result<(), KubeconfigError> {
+    let refuse = |field: &str, what: String, rule| KubeconfigError::Endpoint {
+        origin: origin.to_owned(),
+        cluster: name.to_owned(),
+        what: format!("{field} {what}"),
+        rule,
+    };
+    if cluster.insecure_skip_tls_verify == Some(true) && !policy.allow_insecure_skip_tls_verify {
+        return Err(refuse(
+            "insecure-skip-tls-verify",
+            "is true".into(),
+            "allow_insecure_skip_tls_verify (off unless the operator enables it)",
+        ));
+    }
+    if let Some(proxy) = cluster.proxy_url.as_deref().filter(|p| !p.trim().is_empty()) {
+        if !policy.allow_proxy_url {
+            // Not quoted: a proxy URL may carry a user name and password.
+            return Err(refuse(
+                "proxy-url",
+                "is set".into(),
+                "allow_proxy_url (off unless the operator enables it)",
+            ));
+        }
+        policy
+            .endpoints
+            .check_server(proxy)
+            .map_err(|why| refuse("proxy-url", why.to_string(), "endpoints"))?;
+    }
+    let server = cluster.server.as_deref().unwrap_or_default();
+    policy
+        .endpoints
+        .check_server(server)
+        .map_err(|why| refuse("server", why.to_string(), "endpoints"))
 }
 
 /// The names of the contexts, in file order.
@@ -231,7 +334,7 @@ pub async fn client_config(
         .map_err(|e| KubeconfigError::Client {
             origin: origin.to_owned(),
             context: name,
-            reason: e.to_string(),
+            reason: redact_userinfo(&e.to_string()),
         })
 }
 
@@ -293,8 +396,46 @@ pub fn describe_kube_error(error: &kube::Error) -> String {
             e.column(),
             e.classify()
         ),
-        other => other.to_string(),
+        // kube quotes URLs in some errors (e.g. a proxy URL it cannot use), and a
+        // URL may carry a user name and password.
+        other => redact_userinfo(&other.to_string()),
     }
+}
+
+/// `text` with the user information of every URL in it (`scheme://user:password@`)
+/// replaced by `***`.
+///
+/// ```
+/// use multicluster_runtime::providers::kubeconfig::redact_userinfo;
+///
+/// assert_eq!(
+///     redact_userinfo("proxy http://u:s3cret@proxy:3128/ is not supported"),
+///     "proxy http://***@proxy:3128/ is not supported"
+/// );
+/// ```
+pub fn redact_userinfo(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace() || "\"'<>`".contains(c))
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@') {
+            Some(user_end) => {
+                out.push_str("***");
+                out.push_str(&authority[user_end..]);
+                rest = &tail[end..];
+            }
+            // Nothing to hide here; scan on from the separator, since another URL
+            // may begin inside what looked like this one's authority (`a://b://u:p@h`).
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A fingerprint of everything that decides how `context` connects: its cluster, its
@@ -394,7 +535,7 @@ mod tests {
         let exec =
             "    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: /bin/steal\n";
         let mut parsed = parse(kubeconfig(exec).as_bytes(), "Secret ns/x").expect("valid");
-        let err = vet(&mut parsed, KubeconfigPolicy::untrusted(), "Secret ns/x").expect_err("refused");
+        let err = vet(&mut parsed, &KubeconfigPolicy::untrusted(), "Secret ns/x").expect_err("refused");
         let text = err.to_string();
         assert!(
             text.contains("exec credential plugin \"/bin/steal\"") && text.contains("refused"),
@@ -402,7 +543,7 @@ mod tests {
         );
         vet(
             &mut parsed,
-            KubeconfigPolicy {
+            &KubeconfigPolicy {
                 allow_exec: true,
                 ..Default::default()
             },
@@ -420,11 +561,106 @@ mod tests {
     #[test]
     fn local_files_are_refused_unless_allowed() {
         let mut parsed = parse(kubeconfig("    tokenFile: /etc/shadow\n").as_bytes(), "s").expect("valid");
-        let err = vet(&mut parsed, KubeconfigPolicy::untrusted(), "s")
+        let err = vet(&mut parsed, &KubeconfigPolicy::untrusted(), "s")
             .expect_err("refused")
             .to_string();
         assert!(err.contains("tokenFile") && !err.contains("/etc/shadow"), "{err}");
-        vet(&mut parsed, KubeconfigPolicy::trusted(), "s").expect("allowed");
+        vet(&mut parsed, &KubeconfigPolicy::trusted(), "s").expect("allowed");
+    }
+
+    fn with_cluster(fields: &str) -> Kubeconfig {
+        let text = kubeconfig(&token_user()).replace(
+            "    server: https://127.0.0.1:6443\n",
+            &format!("    server: https://127.0.0.1:6443\n{fields}"),
+        );
+        parse(text.as_bytes(), "t").expect("valid")
+    }
+
+    #[test]
+    fn proxies_and_skipped_tls_verification_are_refused_unless_allowed() {
+        let mut proxied = with_cluster("    proxy-url: http://user:pr0xy-pa55@proxy.example:3128\n");
+        let err = vet(&mut proxied, &KubeconfigPolicy::untrusted(), "Secret ns/x")
+            .expect_err("refused")
+            .to_string();
+        assert_eq!(
+            err,
+            "Secret ns/x: cluster \"a\": proxy-url is set; refused by rule allow_proxy_url \
+             (off unless the operator enables it)"
+        );
+        let allowed = KubeconfigPolicy {
+            allow_proxy_url: true,
+            ..KubeconfigPolicy::untrusted()
+        };
+        vet(&mut proxied, &allowed, "s").expect("allowed");
+        // An allowed proxy is held to the endpoint rules too, and never quoted whole.
+        let fenced = allowed.endpoints(EndpointPolicy::any().allow(["127.0.0.1"]).unwrap());
+        let err = vet(&mut proxied, &fenced, "s")
+            .expect_err("not allowed")
+            .to_string();
+        assert!(
+            err.contains("proxy-url host proxy.example is not in the allow-list"),
+            "{err}"
+        );
+        assert!(!err.contains("pa55"), "{err}");
+
+        let mut insecure = with_cluster("    insecure-skip-tls-verify: true\n");
+        let err = vet(&mut insecure, &KubeconfigPolicy::untrusted(), "s")
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            err.contains("insecure-skip-tls-verify is true; refused by rule allow_insecure_skip_tls_verify"),
+            "{err}"
+        );
+        vet(&mut insecure, &KubeconfigPolicy::trusted(), "s").expect("allowed");
+    }
+
+    #[test]
+    fn servers_are_held_to_the_endpoint_rules() {
+        let mut local = with_cluster("");
+        let fenced = KubeconfigPolicy::untrusted().endpoints(EndpointPolicy::deny_local());
+        let err = vet(&mut local, &fenced, "Secret ns/x")
+            .expect_err("denied")
+            .to_string();
+        assert_eq!(
+            err,
+            "Secret ns/x: cluster \"a\": server host 127.0.0.1 is in the deny-list entry \
+             127.0.0.0/8; refused by rule endpoints"
+        );
+        assert!(!err.contains(TOKEN));
+        vet(&mut local, &KubeconfigPolicy::untrusted(), "s").expect("any server by default");
+    }
+
+    #[test]
+    fn user_information_is_redacted_from_urls() {
+        assert_eq!(redact_userinfo("no url"), "no url");
+        assert_eq!(
+            redact_userinfo("a https://x:y@h/p and socks5://only@h, then http://h:1/"),
+            "a https://***@h/p and socks5://***@h, then http://h:1/"
+        );
+        assert_eq!(redact_userinfo("cut http://u:p@"), "cut http://***@");
+        assert_eq!(redact_userinfo("\"http://u:p@h\""), "\"http://***@h\"");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::providers::fuzz::config())]
+
+        #[test]
+        fn p05_fuzz_userinfo_redaction(
+            before in "\\PC{0,20}",
+            scheme in "[a-z0-9+]{1,8}",
+            user in "[^@/?#\\s\"'<>`]{0,10}",
+            after in "\\PC{0,20}",
+        ) {
+            let password = "MARKERpassword91c2";
+            let text = format!("{before}{scheme}://{user}:{password}@host.example/x{after}");
+            proptest::prop_assert!(!redact_userinfo(&text).contains(password));
+        }
+    }
+
+    #[test]
+    fn a_url_starting_inside_another_is_redacted_too() {
+        let text = "://+://:MARKERpassword91c2@host.example/x";
+        assert_eq!(redact_userinfo(text), "://+://***@host.example/x");
     }
 
     #[tokio::test]
@@ -436,5 +672,80 @@ mod tests {
             .await
             .expect_err("no such context");
         assert!(err.to_string().contains("no context named \"b\""), "{err}");
+    }
+
+    /// A runtime for the client-building step of the fuzz target.
+    fn runtime() -> &'static tokio::runtime::Runtime {
+        static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+        RUNTIME.get_or_init(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+        })
+    }
+
+    /// Everything a provider does with an untrusted kubeconfig, short of
+    /// connecting: parse, vet, name contexts, fingerprint, build a client
+    /// configuration and a client. No step may panic, and no error may quote a
+    /// credential.
+    fn untrusted_kubeconfig_journey(bytes: &[u8], policy: &KubeconfigPolicy) {
+        use crate::providers::fuzz::assert_no_marker;
+        let mut kubeconfig = match parse(bytes, "Secret ns/fuzz") {
+            Ok(kubeconfig) => kubeconfig,
+            Err(error) => {
+                assert_no_marker("parse", &error.to_string());
+                return assert_no_marker("parse (Debug)", &format!("{error:?}"));
+            }
+        };
+        for context in context_names(&kubeconfig) {
+            let _ = fingerprint(&kubeconfig, &context);
+        }
+        if let Err(error) = vet(&mut kubeconfig, policy, "Secret ns/fuzz") {
+            assert_no_marker("vet", &error.to_string());
+            return assert_no_marker("vet (Debug)", &format!("{error:?}"));
+        }
+        let has_exec = kubeconfig
+            .auth_infos
+            .iter()
+            .any(|a| a.auth_info.as_ref().is_some_and(|a| a.exec.is_some()));
+        runtime().block_on(async {
+            match client_config(&kubeconfig, None, "Secret ns/fuzz").await {
+                Err(error) => assert_no_marker("client_config", &error.to_string()),
+                // Building runs an exec plugin: not here.
+                Ok(_) if has_exec => {}
+                Ok(config) => {
+                    if let Err(error) = kube::Client::try_from(config) {
+                        assert_no_marker("client", &describe_kube_error(&error));
+                    }
+                }
+            }
+        });
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::providers::fuzz::config())]
+
+        #[test]
+        fn p05_fuzz_kubeconfig(
+            bytes in crate::providers::fuzz::kubeconfig_bytes(),
+            allow in proptest::prelude::any::<(bool, bool, bool, bool)>(),
+            fenced in proptest::prelude::any::<bool>(),
+        ) {
+            let (allow_exec, allow_local_files, allow_proxy_url, allow_insecure_skip_tls_verify) = allow;
+            let endpoints = if fenced {
+                EndpointPolicy::deny_local().allow(["10.0.0.0/8", "*.example.com"]).expect("rules")
+            } else {
+                EndpointPolicy::any()
+            };
+            let policy = KubeconfigPolicy {
+                allow_exec,
+                allow_local_files,
+                allow_proxy_url,
+                allow_insecure_skip_tls_verify,
+                endpoints,
+            };
+            untrusted_kubeconfig_journey(&bytes, &policy);
+        }
     }
 }
