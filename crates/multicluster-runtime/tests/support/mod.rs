@@ -2,6 +2,7 @@
 //! waiting for a condition with a deadline.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod files;
 pub mod fleet;
 pub mod host;
 pub mod rbac;
