@@ -61,10 +61,68 @@ pub trait Provider: Send + Sync {
     async fn index_field(&self, index: FieldIndex) -> Result<()>;
 
     /// This provider as a [`ProviderRunnable`], if it is one, so that the manager
-    /// starts it. Providers that run implement this as `Some(self)`.
-    fn into_runnable(self: Arc<Self>) -> Option<Arc<dyn ProviderRunnable>> {
-        None
-    }
+    /// starts it: `Some(self)` for a provider that discovers clusters while it runs,
+    /// `None` for one whose clusters are fixed.
+    ///
+    /// Required, with no default: a provider that runs but forgot to say so would
+    /// otherwise never be started, and engage nothing, without any error. So every
+    /// provider states it:
+    ///
+    /// ```compile_fail
+    /// use std::sync::Arc;
+    /// use async_trait::async_trait;
+    /// use multicluster_runtime::cache::FieldIndex;
+    /// use multicluster_runtime::{Cluster, ClusterName, Error, Provider, Result};
+    ///
+    /// struct Forgetful;
+    ///
+    /// #[async_trait]
+    /// impl Provider for Forgetful { // error[E0046]: missing `into_runnable`
+    ///     async fn get(&self, name: &ClusterName) -> Result<Arc<Cluster>> {
+    ///         Err(Error::ClusterNotFound(name.clone()))
+    ///     }
+    ///     async fn index_field(&self, _index: FieldIndex) -> Result<()> {
+    ///         Ok(())
+    ///     }
+    /// }
+    /// ```
+    ///
+    /// A provider that runs answers `Some(self)`, and implements
+    /// [`ProviderRunnable`]:
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use async_trait::async_trait;
+    /// use tokio_util::sync::CancellationToken;
+    /// use multicluster_runtime::cache::FieldIndex;
+    /// use multicluster_runtime::{Aware, Cluster, ClusterName, Error, Provider, ProviderRunnable, Result};
+    ///
+    /// struct Discovering;
+    ///
+    /// #[async_trait]
+    /// impl Provider for Discovering {
+    ///     async fn get(&self, name: &ClusterName) -> Result<Arc<Cluster>> {
+    ///         Err(Error::ClusterNotFound(name.clone()))
+    ///     }
+    ///     async fn index_field(&self, _index: FieldIndex) -> Result<()> {
+    ///         Ok(())
+    ///     }
+    ///     fn into_runnable(self: Arc<Self>) -> Option<Arc<dyn ProviderRunnable>> {
+    ///         Some(self)
+    ///     }
+    /// }
+    ///
+    /// #[async_trait]
+    /// impl ProviderRunnable for Discovering {
+    ///     async fn start(&self, token: CancellationToken, _aware: Arc<dyn Aware>) -> Result<()> {
+    ///         token.cancelled().await; // discover and engage clusters until stopped
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// assert!(Arc::new(Discovering).into_runnable().is_some());
+    /// ```
+    fn into_runnable(self: Arc<Self>) -> Option<Arc<dyn ProviderRunnable>>;
 }
 
 /// A provider that discovers clusters while it runs.
