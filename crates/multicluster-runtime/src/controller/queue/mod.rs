@@ -50,6 +50,7 @@ mod config;
 mod delay;
 mod fair;
 mod state;
+mod view;
 
 #[cfg(test)]
 mod proptests;
@@ -67,6 +68,7 @@ use tokio::time::Instant;
 
 pub use self::config::QueueConfig;
 use self::state::{QueueState, Wake, deadline_after};
+pub use self::view::QueueView;
 
 /// A deduplicating, delaying, rate-limiting work queue, fair across clusters.
 ///
