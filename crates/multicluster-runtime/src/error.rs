@@ -64,9 +64,30 @@ pub enum Error {
         source: BoxError,
     },
 
-    /// The manager was started twice.
-    #[error("manager: {0}")]
-    Manager(String),
+    /// [`Manager::start`](crate::Manager::start) was called on a manager that has
+    /// started before (a manager runs once; build a new one to run again).
+    #[error("the manager has been started already; a manager runs once")]
+    AlreadyStarted,
+
+    /// A cluster of that name is registered already
+    /// ([`Clusters::add`](crate::providers::clusters::Clusters::add); use
+    /// [`replace`](crate::providers::clusters::Clusters::replace) to swap it).
+    #[error("cluster {cluster} exists already; use replace to swap it")]
+    ClusterExists {
+        /// The name that is taken.
+        cluster: ClusterName,
+    },
+
+    /// A provider built a cluster whose [`name`](crate::Cluster::name) differs from
+    /// the name it was registered under
+    /// ([`Clusters::replace_if_changed`](crate::providers::clusters::Clusters::replace_if_changed)).
+    #[error("cluster {expected}: the built cluster is named {actual:?}")]
+    ClusterNameMismatch {
+        /// The name the cluster was to be registered under.
+        expected: ClusterName,
+        /// The name the built cluster carries.
+        actual: ClusterName,
+    },
 }
 
 impl Error {

@@ -25,7 +25,7 @@
 //! | cluster lifetime: a `CancellationToken` | the `ctx` given to `Engage` | — |
 //! | [`Error::ClusterNotFound`] | `multicluster.ErrClusterNotFound` | — |
 //! | [`Manager`] | `mcmanager.Manager` | — |
-//! | [`controller::Controller::builder`] … `.run(reconcile, error_policy, ctx)` | `mcbuilder.ControllerManagedBy(mgr)…Complete(r)` | `Controller::new(…).run(…)` |
+//! | [`controller::Controller::builder`] … `.register(reconcile, error_policy, ctx)`, then [`Manager::start`] | `mcbuilder.ControllerManagedBy(mgr)…Complete(r)` | `Controller::new(…).run(…)` |
 //! | [`controller::ReconcileRequest`]: request (cluster + key), cached object, cluster | `mcreconcile.Request` | `Arc<K>` |
 //! | [`controller::Action`] | `reconcile.Result` | `Action` |
 //! | one [`cache::Cache`] per cluster, shared | one cache per cluster | one `Store` per controller |
@@ -67,10 +67,10 @@
 //! Controller::builder::<ConfigMap>(&manager)
 //!     .named("label-configmaps")
 //!     .concurrency(8)
-//!     .run(reconcile, error_policy, Arc::new(()))
+//!     .register(reconcile, error_policy, Arc::new(()))
 //!     .await?;
 //! for (name, client) in fleet {
-//!     provider.add(name.as_str(), Arc::new(Cluster::new(name.as_str(), client))).await?;
+//!     provider.add(Arc::new(Cluster::new(name.as_str(), client))).await?;
 //! }
 //! manager.start(CancellationToken::new()).await?;
 //! # Ok(()) }

@@ -51,7 +51,7 @@ impl Env {
         let provider = Arc::new(Clusters::new());
         for (name, index) in clusters {
             provider
-                .add(*name, Arc::new(Cluster::new(*name, self.client(*index))))
+                .add(Arc::new(Cluster::new(*name, self.client(*index))))
                 .await
                 .expect("add");
         }
@@ -117,14 +117,14 @@ async fn pmulti_prefixes_runtime_changes_and_removal() {
         .add_provider("c", env.member(&[("y", 3)]).await)
         .await
         .expect("add c");
-    b.add("z", Arc::new(Cluster::new("z", env.client(3))))
+    b.add(Arc::new(Cluster::new("z", env.client(3))))
         .await
         .expect("add z");
     env.log.wait_live(&["", "a#x", "b#x", "b#z", "c#y"]).await;
 
     // A change inside one member re-engages only that cluster.
     let b_x = env.log.current("b#x").expect("b#x engaged");
-    b.replace("x", Arc::new(Cluster::new("x", env.client(3))))
+    b.replace(Arc::new(Cluster::new("x", env.client(3))))
         .await
         .expect("replace");
     support::wait_until("b#x re-engaged", || env.log.count("b#x") == 2).await;

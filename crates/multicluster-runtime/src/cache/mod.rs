@@ -90,6 +90,7 @@ use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
 pub use self::error::CacheError;
+pub(crate) use self::error::error_chain;
 pub use self::event::InformerEvent;
 pub use self::index::FieldIndex;
 pub use self::informer::Informer;

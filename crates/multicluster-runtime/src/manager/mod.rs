@@ -218,7 +218,7 @@ impl Manager {
     /// that ignores its token keeps `start` from returning.
     ///
     /// # Errors
-    /// [`Error::Manager`] if started twice; otherwise the failure of the local
+    /// [`Error::AlreadyStarted`] if started before; otherwise the failure of the local
     /// cluster's engagement, or the first runnable or provider failure.
     ///
     /// # Cancel safety
@@ -238,7 +238,7 @@ impl Manager {
                 Runnables::Pending(pending) => pending,
                 other => {
                     *runnables = other;
-                    return Err(Error::Manager("start called twice".into()));
+                    return Err(Error::AlreadyStarted);
                 }
             }
         };

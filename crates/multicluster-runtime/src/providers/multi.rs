@@ -5,6 +5,17 @@
 //! providers stays two clusters. Providers can be added and removed while the manager
 //! runs: removing one disengages all its clusters.
 //!
+//! # Which name is the cluster's
+//!
+//! The engaged [`ClusterName`], `<provider>#<cluster>`, is the authoritative one: it
+//! is the name under which the manager and every controller know the cluster, the
+//! name [`Provider::get`] and [`Manager::get_cluster`](crate::Manager::get_cluster)
+//! take, and the cluster of every [`Request`](crate::controller::Request) for it
+//! ([`ReconcileRequest::cluster_name`](crate::controller::ReconcileRequest::cluster_name)).
+//! The [`Cluster`] instance is the member's, unchanged, so [`Cluster::name`] and the
+//! name in its cache's errors are the member's inner name (`prod`). Use the
+//! request's cluster name, not `req.cluster.name()`, where the two may differ.
+//!
 //! ```no_run
 //! # async fn demo(local: kube::Client, eu: kube::Client, us: kube::Client) -> multicluster_runtime::Result<()> {
 //! use std::sync::Arc;
@@ -12,9 +23,9 @@
 //! use multicluster_runtime::{Cluster, Manager};
 //!
 //! let europe = Arc::new(Clusters::new());
-//! europe.add("prod", Arc::new(Cluster::new("prod", eu))).await?;
+//! europe.add(Arc::new(Cluster::new("prod", eu))).await?;
 //! let america = Arc::new(Clusters::new());
-//! america.add("prod", Arc::new(Cluster::new("prod", us))).await?;
+//! america.add(Arc::new(Cluster::new("prod", us))).await?;
 //!
 //! let multi = Arc::new(Multi::new());
 //! multi.add_provider("eu", europe).await?; // engages `eu#prod`
