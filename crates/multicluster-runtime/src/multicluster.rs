@@ -41,6 +41,11 @@ pub trait Aware: Send + Sync {
     ///
     /// # Errors
     /// [`Error::Engage`] if work cannot start for this cluster.
+    ///
+    /// # Cancel safety
+    /// Callers should not rely on it: the manager and the crate's components may
+    /// have engaged the cluster into some components and not others when the
+    /// future is dropped. Await it; to undo an engagement, cancel `token`.
     async fn engage(&self, token: CancellationToken, name: ClusterName, cluster: Arc<Cluster>) -> Result<()>;
 }
 
@@ -51,6 +56,10 @@ pub trait Provider: Send + Sync {
     ///
     /// # Errors
     /// [`Error::ClusterNotFound`] if the provider does not know it.
+    ///
+    /// # Cancel safety
+    /// Implementations should only read, which makes it cancel safe; every provider
+    /// of this crate's does.
     async fn get(&self, name: &ClusterName) -> Result<Arc<Cluster>>;
 
     /// Adds a field index to the cache of every cluster of this provider, those
@@ -58,6 +67,10 @@ pub trait Provider: Send + Sync {
     ///
     /// # Errors
     /// An index of that name for that type exists already.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe in general: a dropped future may leave the index on some
+    /// clusters only. Await it, before starting controllers that read the index.
     async fn index_field(&self, index: FieldIndex) -> Result<()>;
 
     /// This provider as a [`ProviderRunnable`], if it is one, so that the manager
@@ -135,5 +148,9 @@ pub trait ProviderRunnable: Send + Sync {
     ///
     /// # Errors
     /// A failure of the provider as a whole; the manager then stops.
+    ///
+    /// # Cancel safety
+    /// Implementations may assume it is not dropped: the manager awaits it until
+    /// it returns after `token` is cancelled. Stop it through `token`.
     async fn start(&self, token: CancellationToken, aware: Arc<dyn Aware>) -> Result<()>;
 }

@@ -502,6 +502,10 @@ impl Cache {
     /// # Errors
     /// [`CacheError::SyncTimeout`] if the informer does not sync within
     /// [`CacheOptions::sync_timeout`]; [`CacheError::Stopped`] if the cache stopped.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only waits for the informer to sync, then reads its store.
+    /// Dropping the future leaves the informer it started running for later reads.
     pub async fn get<K>(&self, namespace: Option<&str>, name: &str) -> Result<Option<Arc<K>>, CacheError>
     where
         K: CacheObject,
@@ -515,6 +519,10 @@ impl Cache {
     ///
     /// # Errors
     /// As for [`get`](Self::get).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only waits for the informer to sync, then reads its store.
+    /// Dropping the future leaves the informer it started running for later reads.
     pub async fn list<K>(&self, namespace: Option<&str>) -> Result<Vec<Arc<K>>, CacheError>
     where
         K: CacheObject,
@@ -533,6 +541,10 @@ impl Cache {
     /// # Errors
     /// As for [`get`](Self::get), and [`CacheError::UnknownIndex`] if no index of
     /// that name was registered for `K`.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only waits for the informer to sync, then reads its store.
+    /// Dropping the future leaves the informer it started running for later reads.
     pub async fn list_by_index<K>(&self, index: &str, value: &str) -> Result<Vec<Arc<K>>, CacheError>
     where
         K: CacheObject,

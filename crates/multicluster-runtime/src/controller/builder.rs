@@ -358,6 +358,11 @@ impl<K: CacheObject> ControllerBuilder<K> {
     /// # Errors
     /// An engagement with an already engaged cluster failed.
     ///
+    /// # Panics
+    /// If the manager runs already and this is polled outside a Tokio runtime (the
+    /// controller is spawned at once). A reconciler, mapper or predicate that panics
+    /// is caught and logged instead.
+    ///
     /// # Cancel safety
     /// Not cancel safe: the controller is added to the manager's runnables before
     /// the engagements are awaited, so dropping the future may leave it registered

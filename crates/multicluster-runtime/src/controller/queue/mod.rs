@@ -202,7 +202,11 @@ where
     /// Waits for a ready item and a free concurrency slot, and leases the item.
     ///
     /// Returns `None` once the queue is shut down, including to callers already
-    /// waiting. Cancel safe: dropping the future loses no item.
+    /// waiting.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: an item is taken from the queue only in the step that returns
+    /// its lease, so dropping the future loses no item and holds no slot.
     pub async fn next(&self) -> Option<Lease<C, K>> {
         // The slot comes first: taking an item and then waiting for a slot would hold
         // the item hostage while other workers could have run it.
