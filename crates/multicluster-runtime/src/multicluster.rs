@@ -81,7 +81,7 @@ pub trait Provider: Send + Sync {
     /// otherwise never be started, and engage nothing, without any error. So every
     /// provider states it:
     ///
-    /// ```compile_fail
+    /// ```compile_fail,E0046
     /// use std::sync::Arc;
     /// use async_trait::async_trait;
     /// use multicluster_runtime::cache::FieldIndex;

@@ -22,9 +22,7 @@ pub struct ReconcileRequest<K> {
     /// The object as cached, or `None` if it does not exist (any more).
     pub object: Option<Arc<K>>,
     /// The cluster the object lives in: its client and cache. Its
-    /// [`name`](Cluster::name) is the provider's; the engaged name is
-    /// [`cluster_name`](Self::cluster_name) (they differ under a
-    /// [`Multi`](crate::providers::multi) provider).
+    /// [`name`](Cluster::name) is [`cluster_name`](Self::cluster_name).
     pub cluster: Arc<Cluster>,
 }
 
@@ -34,9 +32,9 @@ impl<K> ReconcileRequest<K> {
         self.cluster.client()
     }
 
-    /// The name under which the request's cluster is engaged: the authoritative
-    /// name, which for a [`Multi`](crate::providers::multi) provider carries the
-    /// member's prefix while [`Cluster::name`] does not.
+    /// The name under which the request's cluster is engaged, the authoritative
+    /// one (under a [`Multi`](crate::providers::multi) provider, with the member's
+    /// prefix); the same as `req.cluster.name()`.
     pub fn cluster_name(&self) -> &ClusterName {
         &self.request.cluster
     }

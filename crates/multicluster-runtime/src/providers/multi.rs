@@ -12,9 +12,11 @@
 //! name [`Provider::get`] and [`Manager::get_cluster`](crate::Manager::get_cluster)
 //! take, and the cluster of every [`Request`](crate::controller::Request) for it
 //! ([`ReconcileRequest::cluster_name`](crate::controller::ReconcileRequest::cluster_name)).
-//! The [`Cluster`] instance is the member's, unchanged, so [`Cluster::name`] and the
-//! name in its cache's errors are the member's inner name (`prod`). Use the
-//! request's cluster name, not `req.cluster.name()`, where the two may differ.
+//! The engaged [`Cluster`] carries that name too ([`Cluster::name`] is `eu#prod`):
+//! it shares the member's client and cache under the prefixed name, one instance
+//! per instance of the member's, so that the same member instance engaged again
+//! is still a no-op and a new one still a replacement. Only the cache's own errors
+//! and logs name the member's inner name (`prod`), since the cache is the member's.
 //!
 //! ```no_run
 //! # async fn demo(local: kube::Client, eu: kube::Client, us: kube::Client) -> multicluster_runtime::Result<()> {
@@ -53,6 +55,49 @@ pub const DEFAULT_SEPARATOR: &str = "#";
 pub struct Multi {
     separator: Arc<str>,
     state: Arc<Mutex<State>>,
+    aliases: Aliases,
+}
+
+/// The engaged instances under prefixed names, each with the member's instance it
+/// stands for.
+#[derive(Clone, Default)]
+struct Aliases(Arc<Mutex<HashMap<ClusterName, (Arc<Cluster>, Arc<Cluster>)>>>);
+
+impl Aliases {
+    /// The instance that stands for `inner` under `name`: the one made before for
+    /// the same instance, or a new one.
+    fn of(&self, name: &ClusterName, inner: &Arc<Cluster>) -> Arc<Cluster> {
+        let mut aliases = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match aliases.get(name) {
+            Some((known, alias)) if Arc::ptr_eq(known, inner) => alias.clone(),
+            _ => {
+                let alias = Arc::new(Cluster::alias(name.clone(), inner));
+                aliases.insert(name.clone(), (inner.clone(), alias.clone()));
+                alias
+            }
+        }
+    }
+
+    /// The instance that stands for `inner` under `name`, without remembering a
+    /// new one.
+    fn lookup(&self, name: &ClusterName, inner: &Arc<Cluster>) -> Arc<Cluster> {
+        let aliases = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match aliases.get(name) {
+            Some((known, alias)) if Arc::ptr_eq(known, inner) => alias.clone(),
+            _ => Arc::new(Cluster::alias(name.clone(), inner)),
+        }
+    }
+
+    /// Forgets `alias` once its engagement ended, unless a newer one replaced it.
+    fn forget(&self, name: &ClusterName, alias: &Arc<Cluster>) {
+        let mut aliases = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if aliases
+            .get(name)
+            .is_some_and(|(_, known)| Arc::ptr_eq(known, alias))
+        {
+            aliases.remove(name);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -101,6 +146,7 @@ impl Multi {
         Multi {
             separator: Arc::from(separator),
             state: Arc::default(),
+            aliases: Aliases::default(),
         }
     }
 
@@ -187,6 +233,7 @@ impl Multi {
             prefix: format!("{name}{}", self.separator),
             member: token.clone(),
             aware,
+            aliases: self.aliases.clone(),
         });
         tokio::spawn(async move {
             if let Err(err) = runnable.start(token.clone(), prefixed).await {
@@ -228,13 +275,14 @@ impl Provider for Multi {
             .get(member)
             .map(|m| m.provider.clone())
             .ok_or_else(not_found)?;
-        provider
+        let cluster = provider
             .get(&ClusterName::from(inner))
             .await
             .map_err(|err| match err {
                 Error::ClusterNotFound(_) => not_found(),
                 other => other,
-            })
+            })?;
+        Ok(self.aliases.lookup(name, &cluster))
     }
 
     async fn index_field(&self, index: FieldIndex) -> Result<()> {
@@ -296,20 +344,24 @@ struct Prefixed {
     prefix: String,
     member: CancellationToken,
     aware: Arc<dyn Aware>,
+    aliases: Aliases,
 }
 
 #[async_trait]
 impl Aware for Prefixed {
     async fn engage(&self, token: CancellationToken, name: ClusterName, cluster: Arc<Cluster>) -> Result<()> {
+        let full = ClusterName::from(format!("{}{}", self.prefix, name.as_str()));
+        let alias = self.aliases.of(&full, &cluster);
         let tied = self.member.child_token();
         let watched = tied.clone();
+        let (aliases, ended, ended_alias) = (self.aliases.clone(), full.clone(), alias.clone());
         tokio::spawn(async move {
             tokio::select! {
                 () = token.cancelled() => watched.cancel(),
                 () = watched.cancelled() => {}
             }
+            aliases.forget(&ended, &ended_alias);
         });
-        let full = ClusterName::from(format!("{}{}", self.prefix, name.as_str()));
-        self.aware.engage(tied, full, cluster).await
+        self.aware.engage(tied, full, alias).await
     }
 }
