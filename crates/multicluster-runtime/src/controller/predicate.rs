@@ -223,8 +223,10 @@ mod tests {
 
     #[test]
     fn generation_changed_never_passes_updates_of_objects_without_generation() {
-        let mut old = ConfigMap::default();
-        old.data = Some([("a".to_owned(), "1".to_owned())].into());
+        let old = ConfigMap {
+            data: Some([("a".to_owned(), "1".to_owned())].into()),
+            ..ConfigMap::default()
+        };
         let mut new = old.clone();
         new.data = Some([("a".to_owned(), "2".to_owned())].into());
         assert!(!generation_changed::<ConfigMap>()(Some(&old), &new));

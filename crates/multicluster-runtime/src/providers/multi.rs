@@ -61,7 +61,10 @@ pub struct Multi {
 /// The engaged instances under prefixed names, each with the member's instance it
 /// stands for.
 #[derive(Clone, Default)]
-struct Aliases(Arc<Mutex<HashMap<ClusterName, (Arc<Cluster>, Arc<Cluster>)>>>);
+struct Aliases(Arc<Mutex<HashMap<ClusterName, Alias>>>);
+
+/// The member's instance, and the one engaged for it.
+type Alias = (Arc<Cluster>, Arc<Cluster>);
 
 impl Aliases {
     /// The instance that stands for `inner` under `name`: the one made before for
