@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cache::FieldIndex;
+use crate::cache::{FieldIndex, error_chain};
 use crate::cluster::engagement::{Engage, Engagements, Gates};
 use crate::cluster::{Cluster, ClusterName};
 use crate::error::{Error, Result};
@@ -302,7 +302,7 @@ impl Manager {
             let (provider_token, failures) = (run.child_token(), failures.clone());
             self.inner.tasks.spawn(async move {
                 if let Err(err) = provider.start(provider_token, aware).await {
-                    tracing::error!(error = %err, "provider failed");
+                    tracing::error!(error = %error_chain(&err), "provider failed");
                     let _ = failures.send(err);
                 }
             });
@@ -322,7 +322,7 @@ impl Manager {
     ) {
         self.inner.tasks.spawn(async move {
             if let Err(err) = runnable.run(token).await {
-                tracing::error!(runnable = runnable.name(), error = %err, "runnable failed");
+                tracing::error!(runnable = runnable.name(), error = %error_chain(&err), "runnable failed");
                 let _ = failures.send(err);
             }
         });
@@ -395,7 +395,7 @@ impl Aware for Manager {
                 .engage(own.child_token(), name.clone(), cluster.clone())
                 .await;
             if let Err(err) = result {
-                tracing::error!(cluster = %name, error = %err, "engage failed");
+                tracing::error!(cluster = %name, error = %error_chain(&err), "engage failed");
                 first_error.get_or_insert(err);
             }
         }

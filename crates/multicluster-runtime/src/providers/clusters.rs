@@ -286,7 +286,7 @@ impl ProviderRunnable for Clusters {
             if let Some((cluster, cluster_token)) = current
                 && let Err(err) = aware.engage(cluster_token, name.clone(), cluster).await
             {
-                tracing::error!(cluster = %name, error = %err, "cannot engage cluster");
+                tracing::error!(cluster = %name, error = %crate::cache::error_chain(&err), "cannot engage cluster");
             }
         }
         token.cancelled().await;
