@@ -233,19 +233,24 @@ impl<K: CacheObject> ControllerBuilder<K> {
     /// reconcile and no retry. The stream is polled while the manager runs the
     /// controller and dropped when it stops.
     ///
-    /// ```no_run
+    /// ```
     /// # use std::sync::Arc;
     /// # use k8s_openapi::api::core::v1::ConfigMap;
     /// # use multicluster_runtime::controller::{Action, Controller, ReconcileRequest, Request};
-    /// # async fn demo(manager: multicluster_runtime::Manager) -> multicluster_runtime::Result<()> {
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multicluster_runtime::Result<()> {
+    /// # let client = kube::Client::try_from(kube::Config::new("https://127.0.0.1:9".parse().unwrap())).unwrap();
+    /// # let manager = multicluster_runtime::Manager::new(Arc::new(multicluster_runtime::Cluster::new("", client)));
     /// # async fn reconcile(_: ReconcileRequest<ConfigMap>, _: Arc<()>) -> Result<Action, kube::Error> { Ok(Action::await_change()) }
     /// let (requests, incoming) = futures::channel::mpsc::unbounded::<Request>();
-    /// Controller::builder::<ConfigMap>(&manager)
+    /// let controller = Controller::builder::<ConfigMap>(&manager)
     ///     .reconcile_on(incoming)
     ///     .register(reconcile, |_, _, _| Action::backoff(), Arc::new(()))
     ///     .await?;
     /// // Later, from anywhere: reconcile `default/settings` in cluster `eu-1`.
-    /// requests.unbounded_send(Request::new("eu-1", Some("default"), "settings")).ok();
+    /// requests.unbounded_send(Request::new("eu-1", Some("default"), "settings")).unwrap();
+    /// // Read once the manager runs the controller; nothing is queued before.
+    /// assert!(controller.queue().is_empty());
     /// # Ok(()) }
     /// ```
     #[must_use]
@@ -261,11 +266,14 @@ impl<K: CacheObject> ControllerBuilder<K> {
     /// The requests go through the controller's queue. A cluster whose cache has
     /// not synced yet is skipped: it reconciles all of its objects once it has.
     ///
-    /// ```no_run
+    /// ```
     /// # use std::sync::Arc;
     /// # use k8s_openapi::api::core::v1::ConfigMap;
     /// # use multicluster_runtime::controller::{Action, Controller, ReconcileRequest};
-    /// # async fn demo(manager: multicluster_runtime::Manager) -> multicluster_runtime::Result<()> {
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multicluster_runtime::Result<()> {
+    /// # let client = kube::Client::try_from(kube::Config::new("https://127.0.0.1:9".parse().unwrap())).unwrap();
+    /// # let manager = multicluster_runtime::Manager::new(Arc::new(multicluster_runtime::Cluster::new("", client)));
     /// # async fn reconcile(_: ReconcileRequest<ConfigMap>, _: Arc<()>) -> Result<Action, kube::Error> { Ok(Action::await_change()) }
     /// let (reload, reloads) = futures::channel::mpsc::unbounded::<()>();
     /// Controller::builder::<ConfigMap>(&manager)
@@ -273,7 +281,7 @@ impl<K: CacheObject> ControllerBuilder<K> {
     ///     .register(reconcile, |_, _, _| Action::backoff(), Arc::new(()))
     ///     .await?;
     /// // The configuration changed: look at every ConfigMap of the fleet again.
-    /// reload.unbounded_send(()).ok();
+    /// reload.unbounded_send(()).unwrap();
     /// # Ok(()) }
     /// ```
     #[must_use]

@@ -148,6 +148,24 @@ impl Controller {
     /// A read-only view of the controller's queue, for metrics, health checks and
     /// tests. Requests come in through the controller's watches and triggers
     /// ([`reconcile_on`](ControllerBuilder::reconcile_on)), never by hand.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use k8s_openapi::api::core::v1::ConfigMap;
+    /// # use multicluster_runtime::controller::{Action, Controller, ReconcileRequest};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multicluster_runtime::Result<()> {
+    /// # let client = kube::Client::try_from(kube::Config::new("https://127.0.0.1:9".parse().unwrap())).unwrap();
+    /// # let manager = multicluster_runtime::Manager::new(Arc::new(multicluster_runtime::Cluster::new("", client)));
+    /// # async fn reconcile(_: ReconcileRequest<ConfigMap>, _: Arc<()>) -> Result<Action, kube::Error> { Ok(Action::await_change()) }
+    /// let controller = Controller::builder::<ConfigMap>(&manager)
+    ///     .register(reconcile, |_, _, _| Action::backoff(), Arc::new(()))
+    ///     .await?;
+    /// let queue = controller.queue();
+    /// assert_eq!((queue.len(), queue.processing_len()), (0, 0));
+    /// assert!(!queue.is_paused(&"eu-1".into()));
+    /// # Ok(()) }
+    /// ```
     pub fn queue(&self) -> QueueView<ClusterName, ObjectKey> {
         self.sink.queue.view()
     }
