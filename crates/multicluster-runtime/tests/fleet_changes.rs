@@ -539,3 +539,59 @@ async fn l09_hanging_cluster_cannot_take_every_slot() {
     assert!(took < Duration::from_secs(1), "c2's item waited {took:?}");
     assert!(took < WAIT);
 }
+
+/// An error whose message does not repeat its cause.
+#[derive(Debug)]
+struct RenderError(std::io::Error);
+
+impl std::fmt::Display for RenderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("cannot render the template")
+    }
+}
+
+impl std::error::Error for RenderError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// A reconcile error reaches the error policy as its own type, and the log line
+/// carries its whole chain of causes, not just the outer message.
+#[tokio::test]
+async fn a05_reconcile_errors_reach_the_policy_typed_and_the_log_with_their_causes() {
+    let logs = Logs::capture();
+    let env = Env::new(1).await;
+    create_cm(env.client(1), "a05-chain", &[]).await;
+    let policy_saw: Arc<Mutex<Vec<std::io::ErrorKind>>> = Arc::default();
+    let _controller = Controller::builder::<ConfigMap>(&env.manager)
+        .named("a05-chain")
+        .register(
+            |req: ReconcileRequest<ConfigMap>, _: Arc<Mutex<Vec<std::io::ErrorKind>>>| async move {
+                if req.name() != "a05-chain" {
+                    return Ok(Action::await_change());
+                }
+                let cause =
+                    std::io::Error::new(std::io::ErrorKind::PermissionDenied, "the disk is read-only");
+                Err(RenderError(cause))
+            },
+            |_: &Request, error: &RenderError, seen: Arc<Mutex<Vec<std::io::ErrorKind>>>| {
+                seen.lock().unwrap().push(error.0.kind());
+                Action::requeue(Duration::from_secs(3600))
+            },
+            policy_saw.clone(),
+        )
+        .await
+        .expect("controller");
+    env.start();
+    logs.wait_line(&[
+        "reconcile failed",
+        "a05-chain",
+        "cannot render the template: the disk is read-only",
+    ])
+    .await;
+    assert_eq!(
+        *policy_saw.lock().unwrap(),
+        vec![std::io::ErrorKind::PermissionDenied]
+    );
+}
