@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cache::FieldIndex;
+use crate::cache::{FieldIndex, error_chain};
 use crate::cluster::engagement::{Engage, Engagements, Gates};
 use crate::cluster::{Cluster, ClusterName};
 use crate::error::{Error, Result};
@@ -121,6 +121,10 @@ impl Manager {
     ///
     /// # Errors
     /// [`Error::ClusterNotFound`] if neither the manager nor its provider knows it.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads (the provider's [`Provider::get`] should only read,
+    /// too).
     pub async fn get_cluster(&self, name: &ClusterName) -> Result<Arc<Cluster>> {
         if name.is_local() {
             return Ok(self.inner.local.clone());
@@ -143,7 +147,13 @@ impl Manager {
     /// now and later.
     ///
     /// # Errors
-    /// An index of that name for that type exists already.
+    /// [`Error::Cache`] with [`CacheError::IndexExists`](crate::cache::CacheError::IndexExists)
+    /// if an index of that name for that type exists already.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: the local cluster gets the index first, then the provider's
+    /// clusters; dropping the future in between leaves it on the local cluster only
+    /// (registering it again then fails with `IndexExists`).
     pub async fn index_field(&self, index: FieldIndex) -> Result<()> {
         index.apply(self.inner.local.cache())?;
         if let Some(provider) = &self.inner.provider {
@@ -153,6 +163,9 @@ impl Manager {
     }
 
     /// Adds a runnable; it starts with the manager, or at once if the manager runs.
+    ///
+    /// # Panics
+    /// If the manager runs and this is called outside a Tokio runtime.
     pub fn add(&self, runnable: Arc<dyn Runnable>) {
         let mut runnables = self.runnables();
         match &mut *runnables {
@@ -172,6 +185,11 @@ impl Manager {
     ///
     /// # Errors
     /// The first engagement that failed (the others are still made).
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: the component is added first and engaged with the clusters
+    /// one by one. If the future is dropped, the component stays added (clusters
+    /// engaged later reach it) but some clusters engaged earlier may never have.
     pub async fn add_aware(&self, component: Arc<dyn Aware>) -> Result<()> {
         let names = {
             let mut engaged = self.engaged();
@@ -204,6 +222,10 @@ impl Manager {
     ///
     /// # Errors
     /// As for [`add_aware`](Self::add_aware).
+    ///
+    /// # Cancel safety
+    /// As for [`add_aware`](Self::add_aware); the runnable is added before the future
+    /// first waits.
     pub async fn add_cluster_runnable<C: Runnable + Aware + 'static>(&self, component: Arc<C>) -> Result<()> {
         self.add(component.clone());
         self.add_aware(component).await
@@ -218,12 +240,15 @@ impl Manager {
     /// that ignores its token keeps `start` from returning.
     ///
     /// # Errors
-    /// [`Error::Manager`] if started twice; otherwise the failure of the local
+    /// [`Error::AlreadyStarted`] if started before; otherwise the failure of the local
     /// cluster's engagement, or the first runnable or provider failure.
     ///
     /// # Cancel safety
     /// Not cancel safe: dropping the future cancels everything it started but does
     /// not wait for it. Cancel `token` and await the future instead.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime (it spawns its tasks there).
     pub async fn start(&self, token: CancellationToken) -> Result<()> {
         let run = token.child_token();
         let _stop_on_drop = run.clone().drop_guard();
@@ -238,7 +263,7 @@ impl Manager {
                 Runnables::Pending(pending) => pending,
                 other => {
                     *runnables = other;
-                    return Err(Error::Manager("start called twice".into()));
+                    return Err(Error::AlreadyStarted);
                 }
             }
         };
@@ -277,7 +302,7 @@ impl Manager {
             let (provider_token, failures) = (run.child_token(), failures.clone());
             self.inner.tasks.spawn(async move {
                 if let Err(err) = provider.start(provider_token, aware).await {
-                    tracing::error!(error = %err, "provider failed");
+                    tracing::error!(error = %error_chain(&err), "provider failed");
                     let _ = failures.send(err);
                 }
             });
@@ -297,7 +322,7 @@ impl Manager {
     ) {
         self.inner.tasks.spawn(async move {
             if let Err(err) = runnable.run(token).await {
-                tracing::error!(runnable = runnable.name(), error = %err, "runnable failed");
+                tracing::error!(runnable = runnable.name(), error = %error_chain(&err), "runnable failed");
                 let _ = failures.send(err);
             }
         });
@@ -370,7 +395,7 @@ impl Aware for Manager {
                 .engage(own.child_token(), name.clone(), cluster.clone())
                 .await;
             if let Err(err) = result {
-                tracing::error!(cluster = %name, error = %err, "engage failed");
+                tracing::error!(cluster = %name, error = %error_chain(&err), "engage failed");
                 first_error.get_or_insert(err);
             }
         }
