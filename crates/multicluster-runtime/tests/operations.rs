@@ -6,7 +6,9 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::Client;
 use kube::api::{Api, PostParams};
 use kube_envtest::Fleet;
@@ -125,11 +127,21 @@ fn election(identity: &str) -> LeaderElection {
 /// reconcile takes 100 ms and asks to come back after 200 ms, so a leader always has
 /// work in flight.
 async fn replica(client: Client, identity: &str, spans: &Arc<Spans>) -> Manager {
-    let manager = Manager::new(Arc::new(Cluster::new("", client))).with_leader_election(election(identity));
+    replica_with(client, election(identity), spans, Duration::from_millis(100)).await
+}
+
+async fn replica_with(
+    client: Client,
+    election: LeaderElection,
+    spans: &Arc<Spans>,
+    work: Duration,
+) -> Manager {
+    let identity = election.holder_identity().to_owned();
+    let manager = Manager::new(Arc::new(Cluster::new("", client))).with_leader_election(election);
     let ctx = Arc::new(Ctx {
-        replica: identity.to_owned(),
+        replica: identity,
         spans: spans.clone(),
-        work: Duration::from_millis(100),
+        work,
         then: Action::requeue(Duration::from_millis(200)),
     });
     Controller::builder::<ConfigMap>(&manager)
@@ -301,6 +313,55 @@ async fn o01_one_leader_reconciles_and_a_successor_takes_over() {
         spans.count("b"),
         spans.count("c")
     );
+}
+
+/// Another writer takes the lease: at its next renewal the leader sees it, cancels
+/// its reconciles in flight at once (no graceful drain), and `start` returns
+/// `LeadershipLost`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn o01_a_lost_lease_stops_leader_work_at_once() {
+    let fleet = Fleet::start(1).await.expect("start fleet");
+    let client = fleet.cluster(0).client().expect("client");
+    create_configmaps(&client, "o01", 3).await;
+    let spans = Arc::new(Spans::default());
+    let a = replica_with(client.clone(), election("a"), &spans, Duration::from_secs(30)).await;
+    let (_token, run) = start(&a);
+    wait_leader(&a, "a").await;
+    wait_running(&spans, 1).await;
+
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    let mut lease = leases.get("o01").await.expect("lease");
+    let spec = lease.spec.as_mut().expect("spec");
+    spec.holder_identity = Some("intruder".into());
+    spec.renew_time = Some(MicroTime(k8s_openapi::jiff::Timestamp::now()));
+    leases
+        .replace("o01", &PostParams::default(), &lease)
+        .await
+        .expect("take lease");
+    let taken = Instant::now();
+
+    let result = tokio::time::timeout(WAIT, run)
+        .await
+        .expect("start returns")
+        .expect("joins");
+    let took = taken.elapsed();
+    eprintln!("o01: leader stopped {took:?} after its lease was taken");
+    match result {
+        Err(Error::LeadershipLost { identity, reason, .. }) => {
+            assert_eq!(identity, "a");
+            assert!(reason.contains("intruder"), "{reason}");
+        }
+        other => panic!("expected LeadershipLost, got {other:?}"),
+    }
+    assert!(
+        took <= RETRY + SLACK,
+        "stopped {took:?} after the lease was taken"
+    );
+    assert!(!a.is_leader());
+    for span in spans.all() {
+        let end = span.end.expect("every reconcile ended");
+        assert!(end <= taken + RETRY + SLACK, "{span:?} ran on after the loss");
+    }
 }
 
 /// A manager of the local cluster with 40 ConfigMaps, 20 reconciled at once, 2 s each.

@@ -151,6 +151,11 @@ impl LeaderElection {
         format!("{}/{}", self.namespace, self.name)
     }
 
+    /// How long a release on shutdown may take before the lease is left to expire.
+    pub(crate) fn release_within(&self) -> Duration {
+        self.renew_deadline
+    }
+
     pub(crate) fn loss_policy(&self) -> OnLeadershipLoss {
         self.on_loss
     }

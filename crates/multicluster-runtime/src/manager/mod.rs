@@ -484,6 +484,7 @@ impl Manager {
     ) {
         let (lease, identity) = (election.lease(), election.holder_identity().to_owned());
         let policy = election.loss_policy();
+        let release_within = election.release_within();
         let mut elector = leader::Elector::new(self.inner.local.client().clone(), election);
         loop {
             tracing::info!(lease, identity, "campaigning for leadership");
@@ -516,9 +517,12 @@ impl Manager {
             match held {
                 Ok(()) => {
                     self.end_term();
-                    match elector.release().await {
-                        Ok(()) => tracing::info!(lease, identity, "lease released"),
-                        Err(err) => tracing::warn!(lease, identity, error = %err, "cannot release lease"),
+                    match tokio::time::timeout(release_within, elector.release()).await {
+                        Ok(Ok(())) => tracing::info!(lease, identity, "lease released"),
+                        Ok(Err(err)) => tracing::warn!(lease, identity, error = %err, "cannot release lease"),
+                        Err(_) => {
+                            tracing::warn!(lease, identity, "lease not released in time; it will expire")
+                        }
                     }
                     self.inner.leader.send_replace(false);
                     return;
