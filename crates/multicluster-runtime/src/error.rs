@@ -117,6 +117,41 @@ pub enum Error {
         /// The name the built cluster carries.
         actual: ClusterName,
     },
+
+    /// The leader election options cannot work (e.g. a renew deadline not shorter
+    /// than the lease duration).
+    #[error("leader election on lease {lease}: {reason}")]
+    LeaderElection {
+        /// `namespace/name` of the Lease.
+        lease: String,
+        /// Why.
+        reason: String,
+    },
+
+    /// The manager lost its lease; its leader-only runnables had stopped before it
+    /// returned this (see [`OnLeadershipLoss`](crate::manager::OnLeadershipLoss)).
+    #[error("leadership of lease {lease} lost by {identity}: {reason}")]
+    LeadershipLost {
+        /// `namespace/name` of the Lease.
+        lease: String,
+        /// This replica's identity.
+        identity: String,
+        /// Why: taken by another, or not renewed within the renew deadline.
+        reason: String,
+    },
+
+    /// Graceful shutdown ran out of time: these reconciles were cut short.
+    #[error(
+        "graceful shutdown timed out after {timeout:?}; {} reconcile(s) cut short: {}",
+        cut_short.len(),
+        crate::manager::describe_cut_short(cut_short)
+    )]
+    ShutdownTimedOut {
+        /// The graceful shutdown timeout.
+        timeout: std::time::Duration,
+        /// Every reconcile that was still running when it ran out.
+        cut_short: Vec<crate::manager::CutShort>,
+    },
 }
 
 impl Error {

@@ -24,6 +24,7 @@ mod reconcile;
 mod request;
 mod source;
 
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
@@ -40,7 +41,7 @@ use crate::cache::ObjectKey;
 use crate::cluster::engagement::{Engage, Engagements};
 use crate::cluster::{Cluster, ClusterName};
 use crate::error::Result;
-use crate::manager::{Manager, Runnable};
+use crate::manager::{CutShort, Manager, Runnable};
 use crate::multicluster::Aware;
 
 pub use builder::ControllerBuilder;
@@ -404,8 +405,15 @@ impl Runnable for Controller {
         format!("controller {}", self.name)
     }
 
-    /// Reconciles until `token` is cancelled, then stops leasing, waits for the
-    /// reconciles in flight and stops every task the controller started.
+    /// Reconciles until `token` is cancelled, then stops leasing, gives the
+    /// reconciles in flight up to the manager's
+    /// [graceful shutdown timeout](Manager::with_graceful_shutdown_timeout) (none
+    /// once the manager lost its lease), cancels those still running, and stops
+    /// every task the controller started.
+    ///
+    /// # Errors
+    /// [`Error::ShutdownTimedOut`](crate::Error::ShutdownTimedOut) naming the
+    /// reconciles cut short by the timeout.
     async fn run(&self, token: CancellationToken) -> Result<()> {
         let Some(this) = self.me.upgrade() else {
             return Ok(());
@@ -418,22 +426,95 @@ impl Runnable for Controller {
         for trigger in triggers {
             self.spawn(token.clone(), Controller::follow(self.me.clone(), trigger));
         }
+        let (reconciles, cut) = (TaskTracker::new(), CancellationToken::new());
+        let in_flight: Arc<Mutex<HashMap<u64, Request>>> = Arc::default();
         loop {
             let lease = tokio::select! {
                 () = token.cancelled() => break,
                 lease = self.sink.queue.next() => lease,
             };
-            match lease {
-                Some(lease) => drop(self.tasks.spawn(this.clone().process(lease))),
-                None => break,
+            let Some(lease) = lease else { break };
+            let id = next_reconcile_id();
+            let request = Request::for_key(lease.cluster().clone(), lease.key().clone());
+            lock(&in_flight).insert(id, request);
+            let (this, cut, in_flight) = (this.clone(), cut.clone(), in_flight.clone());
+            let reconcile = reconciles.track_future(async move {
+                tokio::select! {
+                    biased;
+                    () = cut.cancelled() => {}
+                    () = this.process(lease) => drop(lock(&in_flight).remove(&id)),
+                }
+            });
+            drop(self.tasks.spawn(reconcile));
+        }
+        // Leadership lost and the manager campaigns again: keep the queue and the
+        // watches for the next term.
+        let again = self.manager.campaigns_again();
+        if !again {
+            self.sink.queue.shutdown();
+            self.stopping.cancel();
+        }
+        reconciles.close();
+        let timeout = self.manager.graceful_shutdown_timeout();
+        let lost = tokio::select! {
+            () = reconciles.wait() => None,
+            () = tokio::time::sleep(timeout) => Some(false),
+            () = self.manager.leadership_lost() => Some(true),
+        };
+        let mut result = Ok(());
+        if let Some(lost) = lost {
+            cut.cancel();
+            reconciles.wait().await;
+            let mut cut_short: Vec<Request> = lock(&in_flight).drain().map(|(_, r)| r).collect();
+            cut_short.sort();
+            if !cut_short.is_empty() {
+                let names = cut_short
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                if lost {
+                    tracing::warn!(
+                        controller = self.name,
+                        cut_short = names,
+                        "leadership lost; reconciles cancelled"
+                    );
+                } else {
+                    tracing::error!(
+                        controller = self.name,
+                        ?timeout,
+                        cut_short = names,
+                        "graceful shutdown timed out; reconciles cancelled"
+                    );
+                }
+            }
+            if again {
+                for request in &cut_short {
+                    self.sink.queue.add(request.cluster.clone(), request.key.clone());
+                }
+            } else if !lost && !cut_short.is_empty() {
+                result = Err(crate::Error::ShutdownTimedOut {
+                    timeout,
+                    cut_short: cut_short
+                        .into_iter()
+                        .map(|request| CutShort {
+                            controller: self.name.clone(),
+                            request,
+                        })
+                        .collect(),
+                });
             }
         }
-        self.sink.queue.shutdown();
-        self.stopping.cancel();
-        self.tasks.close();
-        self.tasks.wait().await;
-        Ok(())
+        if !again {
+            self.tasks.close();
+            self.tasks.wait().await;
+        }
+        result
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn next_reconcile_id() -> u64 {
