@@ -47,7 +47,7 @@ async fn main() -> anyhow::Result<()> {
     let manager = Manager::with_provider(fleet.local()?, provider);
     manager.add_aware(Announcer::new()).await?;
     uniform::controller(&manager)
-        .run(uniform::reconcile, uniform::error_policy, Progress::new())
+        .register(uniform::reconcile, uniform::error_policy, Progress::new())
         .await?;
     let script = async {
         tokio::time::sleep(Duration::from_secs(5)).await;

@@ -36,7 +36,7 @@ async fn main() -> anyhow::Result<()> {
     let manager = Manager::with_provider(host, provider);
     manager.add_aware(Announcer::new()).await?;
     uniform::controller(&manager)
-        .run(uniform::reconcile, uniform::error_policy, Progress::new())
+        .register(uniform::reconcile, uniform::error_policy, Progress::new())
         .await?;
     let script = async {
         tokio::time::sleep(Duration::from_secs(5)).await;

@@ -58,7 +58,7 @@ async fn local_fleet(clusters: usize, progress: Arc<Progress>) -> anyhow::Result
     let manager = Manager::with_provider(fleet.local()?, provider.clone());
     manager.add_aware(Announcer::new()).await?;
     uniform::controller(&manager)
-        .run(uniform::reconcile, uniform::error_policy, progress.clone())
+        .register(uniform::reconcile, uniform::error_policy, progress.clone())
         .await?;
 
     let script = async {
@@ -90,7 +90,7 @@ async fn join(fleet: &LocalFleet, provider: &Clusters, index: usize) -> anyhow::
         cluster.name()
     );
     uniform::create_managed(cluster.client(), "app-settings").await?;
-    provider.add(cluster.name().clone(), cluster).await?;
+    provider.add(cluster).await?;
     Ok(())
 }
 
@@ -101,7 +101,7 @@ async fn real_fleet(path: PathBuf, progress: Arc<Progress>) -> anyhow::Result<()
     let manager = Manager::with_provider(local, provider);
     manager.add_aware(Announcer::new()).await?;
     uniform::controller(&manager)
-        .run(uniform::reconcile, uniform::error_policy, progress)
+        .register(uniform::reconcile, uniform::error_policy, progress)
         .await?;
     println!(
         "--- watching the kubeconfigs; label a ConfigMap {}=true in any cluster to see it reconciled",

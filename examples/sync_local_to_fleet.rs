@@ -27,10 +27,10 @@ pub async fn run(
     let provider = Arc::new(Clusters::new());
     let manager = Manager::with_provider(local, provider.clone());
     sync::controller(&manager)
-        .run(sync::reconcile, sync::error_policy, Arc::new(manager.clone()))
+        .register(sync::reconcile, sync::error_policy, Arc::new(manager.clone()))
         .await?;
     for cluster in clusters {
-        provider.add(cluster.name().clone(), cluster).await?;
+        provider.add(cluster).await?;
     }
     manager.start(token).await?;
     Ok(())

@@ -27,11 +27,11 @@ pub async fn run(
     let provider = Arc::new(Clusters::new());
     let manager = Manager::with_provider(local, provider.clone());
     uniform::controller(&manager)
-        .run(uniform::reconcile, uniform::error_policy, progress)
+        .register(uniform::reconcile, uniform::error_policy, progress)
         .await?;
     for cluster in clusters {
         uniform::create_managed(cluster.client(), "app-settings").await?;
-        provider.add(cluster.name().clone(), cluster).await?;
+        provider.add(cluster).await?;
     }
     manager.start(token).await?;
     Ok(())

@@ -45,15 +45,43 @@ fn fan_out(context: &MapContext, original: &ConfigMap) -> Vec<Request> {
         .collect()
 }
 
+/// Why a sync failed: the local cache could not be read, or the fleet cluster refused.
+#[derive(Debug)]
+pub enum SyncError {
+    /// Reading the local original from the cache failed.
+    Local(multicluster_runtime::cache::CacheError),
+    /// Writing or deleting the copy failed.
+    Copy(kube::Error),
+}
+
+impl std::fmt::Display for SyncError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SyncError::Local(_) => f.write_str("cannot read the local original"),
+            SyncError::Copy(_) => f.write_str("cannot write the copy"),
+        }
+    }
+}
+
+impl std::error::Error for SyncError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SyncError::Local(error) => Some(error),
+            SyncError::Copy(error) => Some(error),
+        }
+    }
+}
+
 /// Makes the copy in the request's cluster match the local original, or removes it.
-pub async fn reconcile(req: ReconcileRequest<ConfigMap>, manager: Arc<Manager>) -> anyhow::Result<Action> {
-    let namespace = req.request.namespace().unwrap_or("default");
+pub async fn reconcile(req: ReconcileRequest<ConfigMap>, manager: Arc<Manager>) -> Result<Action, SyncError> {
+    let namespace = req.namespace().unwrap_or("default");
     let local = manager
         .local_cluster()
         .cache()
-        .get::<ConfigMap>(Some(namespace), req.request.name())
-        .await?;
-    let api: Api<ConfigMap> = Api::namespaced(req.client(), namespace);
+        .get::<ConfigMap>(Some(namespace), req.name())
+        .await
+        .map_err(SyncError::Local)?;
+    let api: Api<ConfigMap> = req.namespaced_api();
     let wanted = local.filter(|o| o.labels().get(SYNC).map(String::as_str) == Some("true"));
     match wanted {
         Some(original) => {
@@ -64,12 +92,15 @@ pub async fn reconcile(req: ReconcileRequest<ConfigMap>, manager: Arc<Manager>) 
                 "data": original.data,
             });
             let params = PatchParams::apply(FIELD_MANAGER).force();
-            api.patch(req.request.name(), &params, &Patch::Apply(&copy))
-                .await?;
+            api.patch(req.name(), &params, &Patch::Apply(&copy))
+                .await
+                .map_err(SyncError::Copy)?;
             println!("synced      {}", req.request);
         }
         None if req.object.is_some() => {
-            api.delete(req.request.name(), &DeleteParams::default()).await?;
+            api.delete(req.name(), &DeleteParams::default())
+                .await
+                .map_err(SyncError::Copy)?;
             println!("removed     {}", req.request);
         }
         None => {}
@@ -78,7 +109,7 @@ pub async fn reconcile(req: ReconcileRequest<ConfigMap>, manager: Arc<Manager>) 
 }
 
 /// Retries a failed sync with exponential backoff.
-pub fn error_policy(request: &Request, error: &anyhow::Error, _: Arc<Manager>) -> Action {
+pub fn error_policy(request: &Request, error: &SyncError, _: Arc<Manager>) -> Action {
     tracing::warn!(%request, error = %error, "sync failed; backing off");
     Action::backoff()
 }

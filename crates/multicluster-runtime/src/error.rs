@@ -9,6 +9,35 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 ///
 /// [`Error::ClusterNotFound`] is what every provider returns for a name it does not
 /// know; match it with [`Error::is_cluster_not_found`] rather than by message.
+/// Match the other variants a caller may handle the same way, never by message:
+///
+/// ```
+/// use std::sync::Arc;
+/// use multicluster_runtime::providers::clusters::Clusters;
+/// use multicluster_runtime::{Cluster, Error, Manager};
+/// use tokio_util::sync::CancellationToken;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// # let client = || kube::Client::try_from(kube::Config::new("https://127.0.0.1:9".parse().unwrap())).unwrap();
+/// let provider = Clusters::new();
+/// provider.add(Arc::new(Cluster::new("eu-1", client()))).await.unwrap();
+/// match provider.add(Arc::new(Cluster::new("eu-1", client()))).await {
+///     Err(Error::ClusterExists { cluster }) => assert_eq!(cluster, "eu-1"),
+///     other => panic!("{other:?}"),
+/// }
+///
+/// let built = provider.replace_if_changed("us-1", 1, async || Ok(Arc::new(Cluster::new("eu-2", client())))).await;
+/// assert!(matches!(built, Err(Error::ClusterNameMismatch { .. })));
+///
+/// let manager = Manager::new(Arc::new(Cluster::new("", client())));
+/// let stopped = CancellationToken::new();
+/// stopped.cancel();
+/// manager.start(stopped.clone()).await.unwrap(); // runs, and returns at once
+/// assert!(matches!(manager.start(stopped).await, Err(Error::AlreadyStarted)));
+/// assert!(manager.get_cluster(&"nowhere".into()).await.unwrap_err().is_cluster_not_found());
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -64,9 +93,65 @@ pub enum Error {
         source: BoxError,
     },
 
-    /// The manager was started twice.
-    #[error("manager: {0}")]
-    Manager(String),
+    /// [`Manager::start`](crate::Manager::start) was called on a manager that has
+    /// started before (a manager runs once; build a new one to run again).
+    #[error("the manager has been started already; a manager runs once")]
+    AlreadyStarted,
+
+    /// A cluster of that name is registered already
+    /// ([`Clusters::add`](crate::providers::clusters::Clusters::add); use
+    /// [`replace`](crate::providers::clusters::Clusters::replace) to swap it).
+    #[error("cluster {cluster} exists already; use replace to swap it")]
+    ClusterExists {
+        /// The name that is taken.
+        cluster: ClusterName,
+    },
+
+    /// A provider built a cluster whose [`name`](crate::Cluster::name) differs from
+    /// the name it was registered under
+    /// ([`Clusters::replace_if_changed`](crate::providers::clusters::Clusters::replace_if_changed)).
+    #[error("cluster {expected}: the built cluster is named {actual:?}")]
+    ClusterNameMismatch {
+        /// The name the cluster was to be registered under.
+        expected: ClusterName,
+        /// The name the built cluster carries.
+        actual: ClusterName,
+    },
+
+    /// The leader election options cannot work (e.g. a renew deadline not shorter
+    /// than the lease duration).
+    #[error("leader election on lease {lease}: {reason}")]
+    LeaderElection {
+        /// `namespace/name` of the Lease.
+        lease: String,
+        /// Why.
+        reason: String,
+    },
+
+    /// The manager lost its lease; its leader-only runnables had stopped before it
+    /// returned this (see [`OnLeadershipLoss`](crate::manager::OnLeadershipLoss)).
+    #[error("leadership of lease {lease} lost by {identity}: {reason}")]
+    LeadershipLost {
+        /// `namespace/name` of the Lease.
+        lease: String,
+        /// This replica's identity.
+        identity: String,
+        /// Why: taken by another, or not renewed within the renew deadline.
+        reason: String,
+    },
+
+    /// Graceful shutdown ran out of time: these reconciles were cut short.
+    #[error(
+        "graceful shutdown timed out after {timeout:?}; {} reconcile(s) cut short: {}",
+        cut_short.len(),
+        crate::manager::describe_cut_short(cut_short)
+    )]
+    ShutdownTimedOut {
+        /// The graceful shutdown timeout.
+        timeout: std::time::Duration,
+        /// Every reconcile that was still running when it ran out.
+        cut_short: Vec<crate::manager::CutShort>,
+    },
 }
 
 impl Error {

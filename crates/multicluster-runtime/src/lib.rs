@@ -25,9 +25,12 @@
 //! | cluster lifetime: a `CancellationToken` | the `ctx` given to `Engage` | — |
 //! | [`Error::ClusterNotFound`] | `multicluster.ErrClusterNotFound` | — |
 //! | [`Manager`] | `mcmanager.Manager` | — |
-//! | [`controller::Controller::builder`] … `.run(reconcile, error_policy, ctx)` | `mcbuilder.ControllerManagedBy(mgr)…Complete(r)` | `Controller::new(…).run(…)` |
-//! | [`controller::ReconcileRequest`]: request (cluster + key), cached object, cluster | `mcreconcile.Request` | `Arc<K>` |
+//! | [`controller::Controller::builder`] … `.register(reconcile, error_policy, ctx)`, then [`Manager::start`] | `mcbuilder.ControllerManagedBy(mgr)…Complete(r)` | `Controller::new(…).run(…)` |
+//! | [`controller::ReconcileRequest`]: request (cluster + key), cached object, cluster; [`api`](controller::ReconcileRequest::api), [`namespaced_api`](controller::ReconcileRequest::namespaced_api) | `mcreconcile.Request` | `Arc<K>`, `Api::namespaced` |
+//! | [`reconcile_on`](controller::ControllerBuilder::reconcile_on), [`reconcile_all_on`](controller::ControllerBuilder::reconcile_all_on) | `WatchesRawSource(source.Channel(…))` | `reconcile_on`, `reconcile_all_on` |
+//! | [`controller::predicate`]: `all`, `any`, `not`, `generation_changed`, … | `predicate.And`, `Or`, `Not`, `GenerationChangedPredicate` | `predicates::generation`, `WatchStreamExt::predicate_filter` |
 //! | [`controller::Action`] | `reconcile.Result` | `Action` |
+//! | [`Error::AlreadyStarted`], [`Error::ClusterExists`], [`Error::ClusterNameMismatch`] | — | — |
 //! | one [`cache::Cache`] per cluster, shared | one cache per cluster | one `Store` per controller |
 //!
 //! Providers ([`providers`]): `clusters` and `single` always; `file`, `secret`,
@@ -49,11 +52,11 @@
 //!
 //! /// Marks every ConfigMap of every cluster with the name of its cluster.
 //! async fn reconcile(req: ReconcileRequest<ConfigMap>, _ctx: Arc<()>) -> Result<Action, kube::Error> {
-//!     let Some(cm) = req.object else { return Ok(Action::await_change()) }; // deleted
-//!     let api: Api<ConfigMap> = Api::namespaced(req.cluster.client(), req.request.namespace().unwrap_or("default"));
-//!     let patch = serde_json::json!({ "metadata": { "labels": { "example.com/cluster": req.request.cluster.as_str() } } });
-//!     api.patch(req.request.name(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
-//!     tracing::info!(cluster = %req.request.cluster, name = ?cm.metadata.name, "labelled");
+//!     let Some(cm) = &req.object else { return Ok(Action::await_change()) }; // deleted
+//!     let api: Api<ConfigMap> = req.namespaced_api(); // the request's cluster and namespace
+//!     let patch = serde_json::json!({ "metadata": { "labels": { "example.com/cluster": req.cluster_name().as_str() } } });
+//!     api.patch(req.name(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+//!     tracing::info!(cluster = %req.cluster_name(), name = ?cm.metadata.name, "labelled");
 //!     Ok(Action::await_change())
 //! }
 //!
@@ -64,14 +67,16 @@
 //! # async fn run(local: kube::Client, fleet: Vec<(String, kube::Client)>) -> Result<(), Box<dyn std::error::Error>> {
 //! let provider = Arc::new(Clusters::new());
 //! let manager = Manager::with_provider(Arc::new(Cluster::new("", local)), provider.clone());
+//! // Registers the controller; nothing runs yet.
 //! Controller::builder::<ConfigMap>(&manager)
 //!     .named("label-configmaps")
 //!     .concurrency(8)
-//!     .run(reconcile, error_policy, Arc::new(()))
+//!     .register(reconcile, error_policy, Arc::new(()))
 //!     .await?;
 //! for (name, client) in fleet {
-//!     provider.add(name.as_str(), Arc::new(Cluster::new(name.as_str(), client))).await?;
+//!     provider.add(Arc::new(Cluster::new(name.as_str(), client))).await?; // named once
 //! }
+//! // This runs: the provider, every registered controller, until the token is cancelled.
 //! manager.start(CancellationToken::new()).await?;
 //! # Ok(()) }
 //! ```

@@ -173,10 +173,7 @@ async fn s06_same_name_with_new_cluster_switches_watches_same_instance_is_a_no_o
 
     // Rotated credentials pointing at another server, under the same name.
     let replacement = Arc::new(Cluster::new("c1", env.client(2)));
-    env.provider
-        .replace("c1", replacement.clone())
-        .await
-        .expect("replace");
+    env.provider.replace(replacement.clone()).await.expect("replace");
     recorder.wait_for("c1", "on-new-server", 1).await;
     create_cm(env.client(1), "old-after-switch", &[]).await;
     create_cm(env.client(2), "new-after-switch", &[]).await;
@@ -188,10 +185,7 @@ async fn s06_same_name_with_new_cluster_switches_watches_same_instance_is_a_no_o
     );
 
     let before = recorder.requests().len();
-    env.provider
-        .replace("c1", replacement)
-        .await
-        .expect("same instance");
+    env.provider.replace(replacement).await.expect("same instance");
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(
         recorder.requests().len(),
@@ -253,14 +247,14 @@ async fn s08_indexes_apply_to_clusters_engaged_before_and_after() {
         create_cm(client, names[1], &[("owner", "bob"), ("team", "blue")]).await;
     }
     let c1 = Arc::new(Cluster::new("c1", fleet.cluster(1).client().expect("client")));
-    provider.add("c1", c1.clone()).await.expect("add");
+    provider.add(c1.clone()).await.expect("add");
     let token = CancellationToken::new();
     let run = tokio::spawn({
         let (manager, token) = (manager.clone(), token.clone());
         async move { manager.start(token).await }
     });
     let c2 = Arc::new(Cluster::new("c2", fleet.cluster(2).client().expect("client")));
-    provider.add("c2", c2.clone()).await.expect("add later");
+    provider.add(c2.clone()).await.expect("add later");
 
     let alice_c1 = c1
         .cache()
@@ -417,10 +411,14 @@ async fn s11_local_object_fans_out_to_provider_clusters() {
 
 #[tokio::test]
 async fn s12_one_item_of_a_quiet_cluster_is_not_starved_by_a_busy_one() {
+    const BUSY: usize = 20_000;
     let env = Env::new(2).await;
     let concurrency = 4;
+    let (requests, incoming) = futures::channel::mpsc::unbounded::<Request>();
     let (controller, recorder) = with_reconciler(
-        Controller::builder::<ConfigMap>(&env.manager).concurrency(concurrency),
+        Controller::builder::<ConfigMap>(&env.manager)
+            .concurrency(concurrency)
+            .reconcile_on(incoming),
         |req: ReconcileRequest<ConfigMap>, recorder: Arc<Recorder>| {
             recorder.record(&req.request, false);
             async {
@@ -432,17 +430,26 @@ async fn s12_one_item_of_a_quiet_cluster_is_not_starved_by_a_busy_one() {
     .await;
     env.start();
     wait_engaged(&controller, &["c1", "c2"]).await;
-    for i in 0..20_000 {
-        controller.queue().add(
-            "c1".into(),
-            multicluster_runtime::cache::ObjectKey::new(Some("default"), format!("a-{i}")),
-        );
+    for i in 0..BUSY {
+        let request = Request::new("c1", Some("default"), format!("a-{i}"));
+        requests.unbounded_send(request).expect("controller runs");
+    }
+    // Every busy item is queued, running or done before the quiet one is sent.
+    let queue = controller.queue();
+    let busy = |name: &str| name.starts_with("a-");
+    let accounted = || {
+        let done = recorder.requests().iter().filter(|r| busy(r.name())).count();
+        queue.depth(&"c1".into()) + queue.processing_len_of(&"c1".into()) + done >= BUSY
+    };
+    let started = Instant::now();
+    while !accounted() {
+        assert!(started.elapsed() < WAIT, "busy items not queued");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let started_before = recorder.count_cluster("c1");
-    controller.queue().add(
-        "c2".into(),
-        multicluster_runtime::cache::ObjectKey::new(Some("default"), "b"),
-    );
+    requests
+        .unbounded_send(Request::new("c2", Some("default"), "b"))
+        .expect("controller runs");
     recorder.wait_for("c2", "b", 1).await;
     let requests = recorder.requests();
     let position = requests
@@ -464,7 +471,7 @@ async fn s14_errors_back_off_exponentially_and_requested_requeues_are_honoured()
     let attempts: Arc<Mutex<Vec<Instant>>> = Arc::default();
     let _controller = Controller::builder::<ConfigMap>(&env.manager)
         .backoff(Duration::from_millis(100), Duration::from_secs(10))
-        .run(
+        .register(
             |req: ReconcileRequest<ConfigMap>, attempts: Arc<Mutex<Vec<Instant>>>| {
                 // The apiserver's own ConfigMaps are reconciled too; only ours counts.
                 let ours = req.request.name() == "flaky";
@@ -478,13 +485,13 @@ async fn s14_errors_back_off_exponentially_and_requested_requeues_are_honoured()
                 async move {
                     match attempt {
                         0 => Ok(Action::await_change()),
-                        1..=4 => Err(format!("attempt {attempt} fails")),
+                        1..=4 => Err(std::io::Error::other(format!("attempt {attempt} fails"))),
                         5 => Ok(Action::requeue(Duration::from_millis(600))),
                         _ => Ok(Action::await_change()),
                     }
                 }
             },
-            |_req: &Request, _err: &String, _ctx| Action::backoff(),
+            |_req: &Request, _err: &std::io::Error, _ctx| Action::backoff(),
             attempts.clone(),
         )
         .await
@@ -574,4 +581,105 @@ async fn s16_panicking_reconciler_is_retried_with_backoff_while_others_go_on() {
         3,
         "retried after each panic, then done"
     );
+}
+
+#[tokio::test]
+async fn a02_reconcile_on_requests_reach_the_reconciler_and_unknown_clusters_end_quietly() {
+    let env = Env::new(2).await;
+    create_cm(env.client(2), "a02-existing", &[]).await;
+    let (requests, incoming) = futures::channel::mpsc::unbounded::<Request>();
+    let (controller, recorder) = recording(
+        Controller::builder::<ConfigMap>(&env.manager)
+            .named("a02-on")
+            .reconcile_on(incoming),
+    )
+    .await;
+    env.start();
+    wait_engaged(&controller, &["c1", "c2"]).await;
+    let unknown = Request::new("nowhere", Some("default"), "a02-ghost");
+    let local = Request::new("", Some("default"), "a02-local");
+    for request in [
+        unknown.clone(),
+        local.clone(),
+        Request::new("c1", Some("default"), "a02-absent"),
+        Request::new("c2", Some("default"), "a02-existing"),
+    ] {
+        requests.unbounded_send(request).expect("controller runs");
+    }
+    // The stream is read in order: once the last two are reconciled, the first two
+    // have been queued.
+    recorder.wait_for("c1", "a02-absent", 1).await;
+    recorder.wait_for("c2", "a02-existing", 1).await;
+    let seen = recorder.seen.lock().unwrap().clone();
+    assert!(
+        seen.contains(&(Request::new("c1", Some("default"), "a02-absent"), false)),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&(Request::new("c2", Some("default"), "a02-existing"), true)),
+        "{seen:?}"
+    );
+    // The requests of clusters the controller does not work on leave the queue
+    // without a reconcile and without a retry.
+    let queue = controller.queue();
+    let started = Instant::now();
+    for cluster in [&unknown.cluster, &local.cluster] {
+        while queue.depth(cluster) + queue.processing_len_of(cluster) > 0 {
+            assert!(started.elapsed() < WAIT, "request of {cluster:?} still queued");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    assert_eq!(recorder.count_cluster("nowhere"), 0);
+    assert_eq!(recorder.count_cluster(""), 0, "the local cluster is not engaged");
+    assert_eq!(queue.num_requeues(&unknown.cluster, &unknown.key), 0);
+    // The controller still serves its clusters afterwards.
+    requests
+        .unbounded_send(Request::new("c1", Some("default"), "a02-after"))
+        .expect("controller runs");
+    recorder.wait_for("c1", "a02-after", 1).await;
+}
+
+#[tokio::test]
+async fn a02_reconcile_all_on_reconciles_every_cached_object_of_every_engaged_cluster() {
+    let env = Env::with_spare(2, 1).await;
+    for index in 1..=3 {
+        create_cm(env.client(index), "a02-all", &[]).await;
+    }
+    let (reload, reloads) = futures::channel::mpsc::unbounded::<()>();
+    let (controller, recorder) = recording(
+        Controller::builder::<ConfigMap>(&env.manager)
+            .named("a02-all")
+            .reconcile_all_on(reloads),
+    )
+    .await;
+    env.start();
+    recorder.wait_for("c1", "a02-all", 1).await;
+    recorder.wait_for("c2", "a02-all", 1).await;
+    let before = recorder.requests().len();
+    reload.unbounded_send(()).expect("controller runs");
+    recorder.wait_for("c1", "a02-all", 2).await;
+    recorder.wait_for("c2", "a02-all", 2).await;
+    // Everything cached, including the apiserver's own ConfigMaps, came round again.
+    let mut cached = 0;
+    for name in ["c1", "c2"] {
+        let cluster = env
+            .manager
+            .get_cluster(&ClusterName::from(name))
+            .await
+            .expect("engaged");
+        cached += cluster.cache().informer::<ConfigMap>().store().list().len();
+    }
+    recorder
+        .wait("every cached object once more", |seen| {
+            seen.len() >= before + cached
+        })
+        .await;
+    // A cluster added later is engaged and reconciles its objects; the trigger
+    // reaches it too.
+    env.add(3).await;
+    recorder.wait_for("c3", "a02-all", 1).await;
+    wait_engaged(&controller, &["c1", "c2", "c3"]).await;
+    reload.unbounded_send(()).expect("controller runs");
+    recorder.wait_for("c3", "a02-all", 2).await;
+    recorder.wait_for("c1", "a02-all", 3).await;
 }

@@ -114,7 +114,7 @@ async fn race(
         let (manager, token) = (manager.clone(), token.clone());
         async move { manager.start(token).await }
     });
-    provider.add("c", instance("c")).await.expect("added");
+    provider.add(instance("c")).await.expect("added");
 
     let mut tasks = Vec::new();
     for _ in 0..replacers {
@@ -122,7 +122,7 @@ async fn race(
         tasks.push(tokio::spawn(async move {
             for _ in 0..replacements {
                 schedule.point().await;
-                provider.replace("c", instance("c")).await.expect("replace");
+                provider.replace(instance("c")).await.expect("replace");
             }
         }));
     }

@@ -67,7 +67,7 @@ async fn l01_concurrent_replacements_never_evict_the_live_instance() {
             tokio::spawn(async move {
                 for _ in 0..100 {
                     let cluster = Arc::new(Cluster::new("c1", client.clone()));
-                    provider.replace("c1", cluster).await.expect("replace");
+                    provider.replace(cluster).await.expect("replace");
                     tokio::task::yield_now().await;
                 }
             })
@@ -124,7 +124,7 @@ async fn l02_replacement_keeps_queued_items_and_backoff() {
     let context = (seen.clone(), replaced.clone());
     let _controller = Controller::builder::<ConfigMap>(&env.manager)
         .backoff(Duration::from_millis(500), Duration::from_secs(1))
-        .run(
+        .register(
             |req: ReconcileRequest<ConfigMap>, ctx: Arc<(Seen, Arc<AtomicBool>)>| async move {
                 let (seen, replaced) = &*ctx;
                 let name = req.request.name().to_owned();
@@ -136,7 +136,7 @@ async fn l02_replacement_keeps_queued_items_and_backoff() {
                     // Slow, and every tenth item fails into backoff.
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     if name.ends_with('7') {
-                        return Err("not yet");
+                        return Err(std::io::Error::other("not yet"));
                     }
                 }
                 Ok(Action::await_change())
@@ -150,7 +150,7 @@ async fn l02_replacement_keeps_queued_items_and_backoff() {
     wait_until("some reconciles", || seen.lock().unwrap().len() >= 20).await;
     let new = env.cluster(1);
     delete_many(&env.client(1), "l02").await;
-    env.provider.replace("c1", new.clone()).await.expect("replace");
+    env.provider.replace(new.clone()).await.expect("replace");
     replaced.store(true, Ordering::SeqCst);
     let seen_before = seen.lock().unwrap().len();
     let absent_before: BTreeSet<String> = seen
@@ -221,9 +221,7 @@ async fn l03_index_field_reaches_every_cluster_exactly_once() {
         let (provider, client) = (env.provider.clone(), env.client(1));
         tokio::spawn(async move {
             let name = format!("n{n}");
-            provider
-                .add(name.as_str(), Arc::new(Cluster::new(name.as_str(), client)))
-                .await
+            provider.add(Arc::new(Cluster::new(name.as_str(), client))).await
         })
     });
     let adds: Vec<_> = adds.collect();
@@ -314,7 +312,7 @@ async fn l05_cluster_scoped_owner_gets_its_owned_children() {
     let seen: Arc<Mutex<Vec<(Request, bool)>>> = Arc::default();
     let _controller = Controller::builder::<Namespace>(&env.manager)
         .owns::<ConfigMap>()
-        .run(
+        .register(
             |req: ReconcileRequest<Namespace>, seen: Arc<Mutex<Vec<(Request, bool)>>>| async move {
                 seen.lock()
                     .unwrap()
@@ -371,7 +369,7 @@ async fn l06_deletions_are_not_lost_when_the_source_lags() {
         cache: CacheOptions::default().event_capacity(1),
     };
     let lagging = Arc::new(Cluster::with_options("lagging", env.client(0), options));
-    env.provider.add("lagging", lagging).await.expect("add");
+    env.provider.add(lagging).await.expect("add");
     create_many(&env.client(0), "l06", ITEMS).await;
     let (_controller, recorder) = recording(Controller::builder(&env.manager)).await;
     env.start();
@@ -540,4 +538,60 @@ async fn l09_hanging_cluster_cannot_take_every_slot() {
     let took = created.elapsed();
     assert!(took < Duration::from_secs(1), "c2's item waited {took:?}");
     assert!(took < WAIT);
+}
+
+/// An error whose message does not repeat its cause.
+#[derive(Debug)]
+struct RenderError(std::io::Error);
+
+impl std::fmt::Display for RenderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("cannot render the template")
+    }
+}
+
+impl std::error::Error for RenderError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// A reconcile error reaches the error policy as its own type, and the log line
+/// carries its whole chain of causes, not just the outer message.
+#[tokio::test]
+async fn a05_reconcile_errors_reach_the_policy_typed_and_the_log_with_their_causes() {
+    let logs = Logs::capture();
+    let env = Env::new(1).await;
+    create_cm(env.client(1), "a05-chain", &[]).await;
+    let policy_saw: Arc<Mutex<Vec<std::io::ErrorKind>>> = Arc::default();
+    let _controller = Controller::builder::<ConfigMap>(&env.manager)
+        .named("a05-chain")
+        .register(
+            |req: ReconcileRequest<ConfigMap>, _: Arc<Mutex<Vec<std::io::ErrorKind>>>| async move {
+                if req.name() != "a05-chain" {
+                    return Ok(Action::await_change());
+                }
+                let cause =
+                    std::io::Error::new(std::io::ErrorKind::PermissionDenied, "the disk is read-only");
+                Err(RenderError(cause))
+            },
+            |_: &Request, error: &RenderError, seen: Arc<Mutex<Vec<std::io::ErrorKind>>>| {
+                seen.lock().unwrap().push(error.0.kind());
+                Action::requeue(Duration::from_secs(3600))
+            },
+            policy_saw.clone(),
+        )
+        .await
+        .expect("controller");
+    env.start();
+    logs.wait_line(&[
+        "reconcile failed",
+        "a05-chain",
+        "cannot render the template: the disk is read-only",
+    ])
+    .await;
+    assert_eq!(
+        *policy_saw.lock().unwrap(),
+        vec![std::io::ErrorKind::PermissionDenied]
+    );
 }

@@ -198,7 +198,7 @@ async fn p01_namespaced_controller_reconciles_with_a_role_only() {
     for index in 0..2 {
         let name = format!("c{index}");
         let cluster = Cluster::with_options(name.clone(), client(index), options.clone());
-        provider.add(name, Arc::new(cluster)).await.expect("add");
+        provider.add(Arc::new(cluster)).await.expect("add");
     }
     let manager = Manager::with_provider(local, provider);
 
@@ -226,7 +226,7 @@ async fn p01_namespaced_controller_reconciles_with_a_role_only() {
         Action::backoff()
     }
     Controller::builder::<ConfigMap>(&manager)
-        .run(reconcile, retry, Arc::new(()))
+        .register(reconcile, retry, Arc::new(()))
         .await
         .expect("controller");
     let token = CancellationToken::new();

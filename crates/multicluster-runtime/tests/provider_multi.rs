@@ -51,7 +51,7 @@ impl Env {
         let provider = Arc::new(Clusters::new());
         for (name, index) in clusters {
             provider
-                .add(*name, Arc::new(Cluster::new(*name, self.client(*index))))
+                .add(Arc::new(Cluster::new(*name, self.client(*index))))
                 .await
                 .expect("add");
         }
@@ -106,6 +106,13 @@ async fn pmulti_prefixes_runtime_changes_and_removal() {
     env.start();
     env.log.wait_live(&["", "a#x", "b#x"]).await;
     let a_x = env.log.current("a#x").expect("a#x engaged");
+    // One name: the engaged cluster carries the prefixed name, and so do lookups.
+    assert_eq!(a_x.cluster.name(), "a#x");
+    let found = env.manager.get_cluster(&"a#x".into()).await.expect("a#x");
+    assert!(Arc::ptr_eq(&found, &a_x.cluster), "the engaged instance");
+    let via_provider = env.multi.get(&"a#x".into()).await.expect("a#x");
+    assert_eq!(via_provider.name(), "a#x");
+    assert!(Arc::ptr_eq(&via_provider, &a_x.cluster), "the engaged instance");
     assert_eq!(
         marker(&a_x.cluster).await,
         vec!["fleet-1"],
@@ -117,14 +124,14 @@ async fn pmulti_prefixes_runtime_changes_and_removal() {
         .add_provider("c", env.member(&[("y", 3)]).await)
         .await
         .expect("add c");
-    b.add("z", Arc::new(Cluster::new("z", env.client(3))))
+    b.add(Arc::new(Cluster::new("z", env.client(3))))
         .await
         .expect("add z");
     env.log.wait_live(&["", "a#x", "b#x", "b#z", "c#y"]).await;
 
     // A change inside one member re-engages only that cluster.
     let b_x = env.log.current("b#x").expect("b#x engaged");
-    b.replace("x", Arc::new(Cluster::new("x", env.client(3))))
+    b.replace(Arc::new(Cluster::new("x", env.client(3))))
         .await
         .expect("replace");
     support::wait_until("b#x re-engaged", || env.log.count("b#x") == 2).await;
@@ -132,6 +139,8 @@ async fn pmulti_prefixes_runtime_changes_and_removal() {
     assert_eq!(env.log.count("a#x"), 1, "a#x untouched");
     assert!(!a_x.token.is_cancelled());
     let new_b_x = env.log.current("b#x").expect("b#x engaged");
+    assert_eq!(new_b_x.cluster.name(), "b#x");
+    assert!(!Arc::ptr_eq(&new_b_x.cluster, &b_x.cluster), "a new instance");
     assert_eq!(marker(&new_b_x.cluster).await, vec!["fleet-3"]);
 
     // Removing a member disengages all its clusters before returning.
@@ -187,7 +196,7 @@ async fn pmulti_bad_input_is_refused_and_others_carry_on() {
     }
     assert_eq!(env.log.live().len(), 2, "nothing else changed");
     let x = env.multi.get(&"a#x".into()).await.expect("a#x still served");
-    assert_eq!(x.name().as_str(), "x", "the member's own cluster instance");
+    assert_eq!(x.name().as_str(), "a#x", "the cluster under its engaged name");
 }
 
 fn owner_index() -> FieldIndex {

@@ -312,7 +312,7 @@ async fn record(req: ReconcileRequest<ConfigMap>, recorder: Arc<Recorder>) -> Re
 async fn recording_controller(manager: &Manager) -> Arc<Recorder> {
     let recorder = Arc::new(Recorder::default());
     Controller::builder::<ConfigMap>(manager)
-        .run(
+        .register(
             record,
             |_: &Request, _: &Infallible, _| Action::backoff(),
             recorder.clone(),

@@ -259,6 +259,9 @@ impl<K> Informer<K> {
     /// - [`CacheError::SyncTimeout`] after `timeout`, with the last watch error;
     ///   the informer keeps trying.
     /// - [`CacheError::Stopped`] if the informer stopped.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only observes the informer, which goes on syncing.
     pub async fn wait_synced(&self, timeout: Duration) -> Result<(), CacheError> {
         let mut phase = self.core.phase.subscribe();
         let settled = tokio::time::timeout(timeout, phase.wait_for(|p| *p != Phase::Syncing)).await;
@@ -276,6 +279,9 @@ impl<K> Informer<K> {
     }
 
     /// Waits until the informer stopped.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only observes the informer.
     pub async fn stopped(&self) {
         let mut phase = self.core.phase.subscribe();
         // An error means the sender is gone: stopped as well.

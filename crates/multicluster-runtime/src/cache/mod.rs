@@ -124,6 +124,7 @@ use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
 pub use self::error::CacheError;
+pub(crate) use self::error::error_chain;
 pub use self::event::InformerEvent;
 pub use self::index::FieldIndex;
 pub use self::informer::Informer;
@@ -556,6 +557,10 @@ impl Cache {
     /// and `namespace` is not one of them: the object may exist, the cache cannot
     /// tell. [`CacheError::SyncTimeout`] if the informer does not sync within
     /// [`CacheOptions::sync_timeout`]; [`CacheError::Stopped`] if the cache stopped.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only waits for the informer to sync, then reads its store.
+    /// Dropping the future leaves the informer it started running for later reads.
     pub async fn get<K>(&self, namespace: Option<&str>, name: &str) -> Result<Option<Arc<K>>, CacheError>
     where
         K: CacheObject,
@@ -573,6 +578,10 @@ impl Cache {
     ///
     /// # Errors
     /// As for [`get`](Self::get).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only waits for the informer to sync, then reads its store.
+    /// Dropping the future leaves the informer it started running for later reads.
     pub async fn list<K>(&self, namespace: Option<&str>) -> Result<Vec<Arc<K>>, CacheError>
     where
         K: CacheObject,
@@ -593,6 +602,10 @@ impl Cache {
     /// # Errors
     /// As for [`get`](Self::get), and [`CacheError::UnknownIndex`] if no index of
     /// that name was registered for `K`.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only waits for the informer to sync, then reads its store.
+    /// Dropping the future leaves the informer it started running for later reads.
     pub async fn list_by_index<K>(&self, index: &str, value: &str) -> Result<Vec<Arc<K>>, CacheError>
     where
         K: CacheObject,

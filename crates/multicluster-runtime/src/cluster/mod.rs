@@ -86,6 +86,13 @@ impl Cluster {
         }
     }
 
+    /// The cluster `of` under another name: the same client and the same cache
+    /// (whose errors still name `of`), owned by `of`. Stopping or dropping the alias
+    /// leaves the cache running.
+    pub(crate) fn alias(name: ClusterName, of: &Cluster) -> Self {
+        Self::with_cache(name, of.client(), of.cache().clone())
+    }
+
     /// A cluster whose client is built from `config`, on a blocking thread.
     ///
     /// Building a client sets up TLS, and runs the exec credential plugin if the

@@ -4,13 +4,15 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::{Stream, StreamExt};
+
 use super::engage::EngageOptions;
 use super::predicate::Predicate;
 use super::queue::QueueConfig;
 use super::reconcile::{ReconcileRequest, TypedReconciler};
 use super::request::{Action, Request};
 use super::source::{MapContext, Mapper, Source, TypedSource, map_owner, map_self};
-use super::{Controller, Settings};
+use super::{Controller, Settings, Trigger};
 use crate::cache::{CacheObject, WatchSpec};
 use crate::cluster::ClusterName;
 use crate::error::Result;
@@ -34,7 +36,7 @@ const DEFAULT_SYNC_WAIT: Duration = Duration::from_secs(30);
 ///     .named("configmaps")
 ///     .owns::<Secret>()
 ///     .concurrency(4)
-///     .run(reconcile, |_req, _err, _ctx| Action::backoff(), Arc::new(()))
+///     .register(reconcile, |_req, _err, _ctx| Action::backoff(), Arc::new(()))
 ///     .await?;
 /// # Ok(()) }
 /// ```
@@ -51,6 +53,7 @@ pub struct ControllerBuilder<K: CacheObject> {
     local_sources: Vec<Arc<dyn Source>>,
     /// Whether `K` is namespaced, where the type does not say (dynamic types).
     namespaced: Option<bool>,
+    triggers: Vec<Trigger>,
 }
 
 impl Controller {
@@ -80,6 +83,7 @@ impl<K: CacheObject> ControllerBuilder<K> {
             sources: Vec::new(),
             local_sources: Vec::new(),
             namespaced: None,
+            triggers: Vec::new(),
         }
     }
 
@@ -174,14 +178,115 @@ impl<K: CacheObject> ControllerBuilder<K> {
     /// the requests that the local objects map to it.
     #[must_use]
     pub fn watches_local<T: CacheObject>(
-        mut self,
+        self,
         mapper: impl Fn(&MapContext, &T) -> Vec<Request> + Send + Sync + 'static,
     ) -> Self
     where
         T::DynamicType: Default,
     {
-        let source = self.source(T::DynamicType::default(), WatchSpec::default(), Arc::new(mapper));
+        self.watches_local_with(T::DynamicType::default(), WatchSpec::default(), mapper)
+    }
+
+    /// [`watches_local`](Self::watches_local) for a dynamic type or with selectors.
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use k8s_openapi::api::core::v1::ConfigMap;
+    /// # use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    /// # use multicluster_runtime::cache::WatchSpec;
+    /// # use multicluster_runtime::controller::{Action, Controller, ReconcileRequest, Request};
+    /// # async fn demo(manager: multicluster_runtime::Manager) -> multicluster_runtime::Result<()> {
+    /// # async fn reconcile(_: ReconcileRequest<ConfigMap>, _: Arc<()>) -> Result<Action, kube::Error> { Ok(Action::await_change()) }
+    /// // Fan each local `Template` (a custom resource) labelled `fleet=all` out to
+    /// // a ConfigMap of the same name in every fleet cluster.
+    /// let gvk = GroupVersionKind::gvk("example.com", "v1", "Template");
+    /// let spec = WatchSpec::default().labels("fleet=all");
+    /// Controller::builder::<ConfigMap>(&manager)
+    ///     .watches_local_with(ApiResource::from_gvk(&gvk), spec, |context, template: &DynamicObject| {
+    ///         let name = template.metadata.name.clone().unwrap_or_default();
+    ///         let namespace = template.metadata.namespace.as_deref();
+    ///         context.clusters.iter().map(|c| Request::new(c.clone(), namespace, name.clone())).collect()
+    ///     })
+    ///     .register(reconcile, |_, _, _| Action::backoff(), Arc::new(()))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn watches_local_with<T: CacheObject>(
+        mut self,
+        dyntype: T::DynamicType,
+        spec: WatchSpec,
+        mapper: impl Fn(&MapContext, &T) -> Vec<Request> + Send + Sync + 'static,
+    ) -> Self {
+        let source = self.source(dyntype, spec, Arc::new(mapper));
         self.local_sources.push(source);
+        self
+    }
+
+    /// Reconciles every request `requests` yields (kube-runtime's `reconcile_on`),
+    /// for outside events such as a message from another system or a timer.
+    ///
+    /// Requests go through the controller's queue like those of its watches: they
+    /// are deduplicated, fair across clusters and held while their cluster's cache
+    /// syncs. A request may name any cluster; one for a cluster that this controller
+    /// is not engaged with (unknown, removed, or filtered out) ends quietly, with no
+    /// reconcile and no retry. The stream is polled while the manager runs the
+    /// controller and dropped when it stops.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use k8s_openapi::api::core::v1::ConfigMap;
+    /// # use multicluster_runtime::controller::{Action, Controller, ReconcileRequest, Request};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multicluster_runtime::Result<()> {
+    /// # let client = kube::Client::try_from(kube::Config::new("https://127.0.0.1:9".parse().unwrap())).unwrap();
+    /// # let manager = multicluster_runtime::Manager::new(Arc::new(multicluster_runtime::Cluster::new("", client)));
+    /// # async fn reconcile(_: ReconcileRequest<ConfigMap>, _: Arc<()>) -> Result<Action, kube::Error> { Ok(Action::await_change()) }
+    /// let (requests, incoming) = futures::channel::mpsc::unbounded::<Request>();
+    /// let controller = Controller::builder::<ConfigMap>(&manager)
+    ///     .reconcile_on(incoming)
+    ///     .register(reconcile, |_, _, _| Action::backoff(), Arc::new(()))
+    ///     .await?;
+    /// // Later, from anywhere: reconcile `default/settings` in cluster `eu-1`.
+    /// requests.unbounded_send(Request::new("eu-1", Some("default"), "settings")).unwrap();
+    /// // Read once the manager runs the controller; nothing is queued before.
+    /// assert!(controller.queue().is_empty());
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn reconcile_on(mut self, requests: impl Stream<Item = Request> + Send + 'static) -> Self {
+        self.triggers.push(Trigger::Requests(requests.boxed()));
+        self
+    }
+
+    /// Reconciles every cached primary object of every engaged cluster each time
+    /// `trigger` yields (kube-runtime's `reconcile_all_on`), e.g. when a
+    /// configuration the reconciler reads was reloaded.
+    ///
+    /// The requests go through the controller's queue. A cluster whose cache has
+    /// not synced yet is skipped: it reconciles all of its objects once it has.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use k8s_openapi::api::core::v1::ConfigMap;
+    /// # use multicluster_runtime::controller::{Action, Controller, ReconcileRequest};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multicluster_runtime::Result<()> {
+    /// # let client = kube::Client::try_from(kube::Config::new("https://127.0.0.1:9".parse().unwrap())).unwrap();
+    /// # let manager = multicluster_runtime::Manager::new(Arc::new(multicluster_runtime::Cluster::new("", client)));
+    /// # async fn reconcile(_: ReconcileRequest<ConfigMap>, _: Arc<()>) -> Result<Action, kube::Error> { Ok(Action::await_change()) }
+    /// let (reload, reloads) = futures::channel::mpsc::unbounded::<()>();
+    /// Controller::builder::<ConfigMap>(&manager)
+    ///     .reconcile_all_on(reloads)
+    ///     .register(reconcile, |_, _, _| Action::backoff(), Arc::new(()))
+    ///     .await?;
+    /// // The configuration changed: look at every ConfigMap of the fleet again.
+    /// reload.unbounded_send(()).unwrap();
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn reconcile_all_on(mut self, trigger: impl Stream<Item = ()> + Send + 'static) -> Self {
+        self.triggers.push(Trigger::All(trigger.boxed()));
         self
     }
 
@@ -243,16 +348,34 @@ impl<K: CacheObject> ControllerBuilder<K> {
         self
     }
 
-    /// Adds the controller to the manager: it is engaged with every cluster the
-    /// manager has engaged and will engage, and reconciles while the manager runs.
+    /// Registers the controller with the manager and returns at once; the manager
+    /// runs it: nothing is reconciled before [`Manager::start`].
+    ///
+    /// This is not kube-runtime's `Controller::run`, which *is* the loop: here the
+    /// loop is the manager's, so several controllers share one start and one
+    /// shutdown. The controller is engaged with every cluster the manager has
+    /// engaged and will engage, and reconciles while the manager runs. The returned
+    /// handle is for inspection ([`Controller::cluster_names`], [`Controller::queue`]),
+    /// not something to await.
     ///
     /// `reconcile` gets each request with the cached object (`None` once deleted);
     /// an error goes to `error_policy`, whose [`Action`] decides the retry (usually
-    /// [`Action::backoff`]). A reconciler that panics is retried with backoff.
+    /// [`Action::backoff`]), and is logged with its chain of causes. A reconciler that
+    /// panics is retried with backoff.
     ///
     /// # Errors
     /// An engagement with an already engaged cluster failed.
-    pub async fn run<R, F, E, P, C>(
+    ///
+    /// # Panics
+    /// If the manager runs already and this is polled outside a Tokio runtime (the
+    /// controller is spawned at once). A reconciler, mapper or predicate that panics
+    /// is caught and logged instead.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: the controller is added to the manager's runnables before
+    /// the engagements are awaited, so dropping the future may leave it registered
+    /// and engaged with only some clusters (later clusters still reach it).
+    pub async fn register<R, F, E, P, C>(
         self,
         reconcile: R,
         error_policy: P,
@@ -261,7 +384,7 @@ impl<K: CacheObject> ControllerBuilder<K> {
     where
         R: Fn(ReconcileRequest<K>, Arc<C>) -> F + Send + Sync + 'static,
         F: Future<Output = std::result::Result<Action, E>> + Send + 'static,
-        E: std::fmt::Display + Send + 'static,
+        E: std::error::Error + Send + Sync + 'static,
         P: Fn(&Request, &E, Arc<C>) -> Action + Send + Sync + Clone + 'static,
         C: Send + Sync + 'static,
     {
@@ -289,6 +412,7 @@ impl<K: CacheObject> ControllerBuilder<K> {
             local_sources: self.local_sources,
             reconciler: Arc::new(reconciler),
             sync_timeout: self.sync_wait,
+            triggers: self.triggers,
         };
         let controller = Controller::new(self.manager.clone(), settings);
         self.manager.add_cluster_runnable(controller.clone()).await?;

@@ -24,13 +24,15 @@ mod reconcile;
 mod request;
 mod source;
 
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::FutureExt;
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -39,7 +41,7 @@ use crate::cache::ObjectKey;
 use crate::cluster::engagement::{Engage, Engagements};
 use crate::cluster::{Cluster, ClusterName};
 use crate::error::Result;
-use crate::manager::{Manager, Runnable};
+use crate::manager::{CutShort, Manager, Runnable};
 use crate::multicluster::Aware;
 
 pub use builder::ControllerBuilder;
@@ -49,7 +51,7 @@ pub use reconcile::ReconcileRequest;
 pub use request::{Action, Request};
 pub use source::{MapContext, Mapper};
 
-use queue::{Lease, QueueConfig, WorkQueue};
+use queue::{Lease, QueueConfig, QueueView, WorkQueue};
 use reconcile::{Outcome, Reconciler};
 use request::Next;
 use source::{Sink, Source};
@@ -64,6 +66,8 @@ pub struct Controller {
     local_sources: Vec<Arc<dyn Source>>,
     reconciler: Arc<dyn Reconciler>,
     sink: Sink,
+    /// Outside triggers (`reconcile_on`, `reconcile_all_on`), started by `run`.
+    triggers: Mutex<Vec<Trigger>>,
     /// The engaged clusters, each with whether its primary cache has synced.
     clusters: Mutex<Engagements<Synced>>,
     /// How long a cluster's cache may take to sync before that is logged as an error.
@@ -88,6 +92,16 @@ pub(crate) struct Settings {
     pub local_sources: Vec<Arc<dyn Source>>,
     pub reconciler: Arc<dyn Reconciler>,
     pub sync_timeout: Duration,
+    pub triggers: Vec<Trigger>,
+}
+
+/// A stream from outside that asks for reconciles.
+pub(crate) enum Trigger {
+    /// Each item is one request (`reconcile_on`).
+    Requests(BoxStream<'static, Request>),
+    /// Each item asks for every cached primary object of every engaged cluster
+    /// (`reconcile_all_on`).
+    All(BoxStream<'static, ()>),
 }
 
 impl std::fmt::Debug for Controller {
@@ -113,6 +127,7 @@ impl Controller {
             local_sources: settings.local_sources,
             reconciler: settings.reconciler,
             sink,
+            triggers: Mutex::new(settings.triggers),
             clusters: Mutex::default(),
             sync_timeout: settings.sync_timeout,
             tasks: TaskTracker::new(),
@@ -131,9 +146,65 @@ impl Controller {
         self.lock().names()
     }
 
-    /// The controller's queue, for metrics and tests.
-    pub fn queue(&self) -> &WorkQueue<ClusterName, ObjectKey> {
-        &self.sink.queue
+    /// A read-only view of the controller's queue, for metrics, health checks and
+    /// tests. Requests come in through the controller's watches and triggers
+    /// ([`reconcile_on`](ControllerBuilder::reconcile_on)), never by hand.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use k8s_openapi::api::core::v1::ConfigMap;
+    /// # use multicluster_runtime::controller::{Action, Controller, ReconcileRequest};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> multicluster_runtime::Result<()> {
+    /// # let client = kube::Client::try_from(kube::Config::new("https://127.0.0.1:9".parse().unwrap())).unwrap();
+    /// # let manager = multicluster_runtime::Manager::new(Arc::new(multicluster_runtime::Cluster::new("", client)));
+    /// # async fn reconcile(_: ReconcileRequest<ConfigMap>, _: Arc<()>) -> Result<Action, kube::Error> { Ok(Action::await_change()) }
+    /// let controller = Controller::builder::<ConfigMap>(&manager)
+    ///     .register(reconcile, |_, _, _| Action::backoff(), Arc::new(()))
+    ///     .await?;
+    /// let queue = controller.queue();
+    /// assert_eq!((queue.len(), queue.processing_len()), (0, 0));
+    /// assert!(!queue.is_paused(&"eu-1".into()));
+    /// # Ok(()) }
+    /// ```
+    pub fn queue(&self) -> QueueView<ClusterName, ObjectKey> {
+        self.sink.queue.view()
+    }
+
+    /// Enqueues every cached primary object of every engaged cluster whose cache has
+    /// synced; a cluster still syncing enqueues all of its objects when it has.
+    fn enqueue_all(&self) {
+        let synced: Vec<(ClusterName, Arc<Cluster>)> = self
+            .lock()
+            .live()
+            .filter(|(_, engaged)| engaged.value)
+            .map(|(name, engaged)| (name.clone(), engaged.cluster.clone()))
+            .collect();
+        for (name, cluster) in synced {
+            for key in self.reconciler.cached_keys(&cluster) {
+                self.sink.queue.add(name.clone(), key);
+            }
+        }
+    }
+
+    /// Feeds the queue from `trigger` until it ends or the controller stops.
+    async fn follow(me: Weak<Controller>, trigger: Trigger) {
+        match trigger {
+            Trigger::Requests(mut requests) => {
+                while let Some(request) = requests.next().await {
+                    let Some(controller) = me.upgrade() else { return };
+                    // A cluster this controller does not work on is dropped when the
+                    // item is leased, quietly, like the requests of a removed cluster.
+                    controller.sink.queue.add(request.cluster, request.key);
+                }
+            }
+            Trigger::All(mut ticks) => {
+                while ticks.next().await.is_some() {
+                    let Some(controller) = me.upgrade() else { return };
+                    controller.enqueue_all();
+                }
+            }
+        }
     }
 
     /// Whether `name` is engaged, and its instance if its primary cache has synced.
@@ -334,8 +405,15 @@ impl Runnable for Controller {
         format!("controller {}", self.name)
     }
 
-    /// Reconciles until `token` is cancelled, then stops leasing, waits for the
-    /// reconciles in flight and stops every task the controller started.
+    /// Reconciles until `token` is cancelled, then stops leasing, gives the
+    /// reconciles in flight up to the manager's
+    /// [graceful shutdown timeout](Manager::with_graceful_shutdown_timeout) (none
+    /// once the manager lost its lease), cancels those still running, and stops
+    /// every task the controller started.
+    ///
+    /// # Errors
+    /// [`Error::ShutdownTimedOut`](crate::Error::ShutdownTimedOut) naming the
+    /// reconciles cut short by the timeout.
     async fn run(&self, token: CancellationToken) -> Result<()> {
         let Some(this) = self.me.upgrade() else {
             return Ok(());
@@ -344,22 +422,99 @@ impl Runnable for Controller {
         for source in &self.local_sources {
             self.spawn(token.clone(), source.run(local.clone(), self.sink.clone()));
         }
+        let triggers = std::mem::take(&mut *self.triggers.lock().unwrap_or_else(|p| p.into_inner()));
+        for trigger in triggers {
+            self.spawn(token.clone(), Controller::follow(self.me.clone(), trigger));
+        }
+        let (reconciles, cut) = (TaskTracker::new(), CancellationToken::new());
+        let in_flight: Arc<Mutex<HashMap<u64, Request>>> = Arc::default();
         loop {
             let lease = tokio::select! {
                 () = token.cancelled() => break,
                 lease = self.sink.queue.next() => lease,
             };
-            match lease {
-                Some(lease) => drop(self.tasks.spawn(this.clone().process(lease))),
-                None => break,
+            let Some(lease) = lease else { break };
+            let id = next_reconcile_id();
+            let request = Request::for_key(lease.cluster().clone(), lease.key().clone());
+            lock(&in_flight).insert(id, request);
+            let (this, cut, in_flight) = (this.clone(), cut.clone(), in_flight.clone());
+            let reconcile = reconciles.track_future(async move {
+                tokio::select! {
+                    biased;
+                    () = cut.cancelled() => {}
+                    () = this.process(lease) => drop(lock(&in_flight).remove(&id)),
+                }
+            });
+            drop(self.tasks.spawn(reconcile));
+        }
+        // Leadership lost and the manager campaigns again: keep the queue and the
+        // watches for the next term.
+        let again = self.manager.campaigns_again();
+        if !again {
+            self.sink.queue.shutdown();
+            self.stopping.cancel();
+        }
+        reconciles.close();
+        let timeout = self.manager.graceful_shutdown_timeout();
+        let lost = tokio::select! {
+            () = reconciles.wait() => None,
+            () = tokio::time::sleep(timeout) => Some(false),
+            () = self.manager.leadership_lost() => Some(true),
+        };
+        let mut result = Ok(());
+        if let Some(lost) = lost {
+            cut.cancel();
+            reconciles.wait().await;
+            let mut cut_short: Vec<Request> = lock(&in_flight).drain().map(|(_, r)| r).collect();
+            cut_short.sort();
+            if !cut_short.is_empty() {
+                let names = cut_short
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                if lost {
+                    tracing::warn!(
+                        controller = self.name,
+                        cut_short = names,
+                        "leadership lost; reconciles cancelled"
+                    );
+                } else {
+                    tracing::error!(
+                        controller = self.name,
+                        ?timeout,
+                        cut_short = names,
+                        "graceful shutdown timed out; reconciles cancelled"
+                    );
+                }
+            }
+            if again {
+                for request in &cut_short {
+                    self.sink.queue.add(request.cluster.clone(), request.key.clone());
+                }
+            } else if !lost && !cut_short.is_empty() {
+                result = Err(crate::Error::ShutdownTimedOut {
+                    timeout,
+                    cut_short: cut_short
+                        .into_iter()
+                        .map(|request| CutShort {
+                            controller: self.name.clone(),
+                            request,
+                        })
+                        .collect(),
+                });
             }
         }
-        self.sink.queue.shutdown();
-        self.stopping.cancel();
-        self.tasks.close();
-        self.tasks.wait().await;
-        Ok(())
+        if !again {
+            self.tasks.close();
+            self.tasks.wait().await;
+        }
+        result
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn next_reconcile_id() -> u64 {

@@ -5,11 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use kube::Api;
+use kube::core::{NamespaceResourceScope, Resource};
 
 use super::request::{Action, Request};
 use super::source::wait_synced_logged;
-use crate::cache::{CacheObject, WatchSpec};
-use crate::cluster::Cluster;
+use crate::cache::{CacheObject, ObjectKey, WatchSpec, error_chain};
+use crate::cluster::{Cluster, ClusterName};
 
 /// One request as the reconciler sees it: which object, in which cluster, and the
 /// object itself from the cluster's cache.
@@ -19,7 +21,8 @@ pub struct ReconcileRequest<K> {
     pub request: Request,
     /// The object as cached, or `None` if it does not exist (any more).
     pub object: Option<Arc<K>>,
-    /// The cluster the object lives in: its client and cache.
+    /// The cluster the object lives in: its client and cache. Its
+    /// [`name`](Cluster::name) is [`cluster_name`](Self::cluster_name).
     pub cluster: Arc<Cluster>,
 }
 
@@ -27,6 +30,85 @@ impl<K> ReconcileRequest<K> {
     /// A client for the request's cluster.
     pub fn client(&self) -> kube::Client {
         self.cluster.client()
+    }
+
+    /// The name under which the request's cluster is engaged, the authoritative
+    /// one (under a [`Multi`](crate::providers::multi) provider, with the member's
+    /// prefix); the same as `req.cluster.name()`.
+    pub fn cluster_name(&self) -> &ClusterName {
+        &self.request.cluster
+    }
+
+    /// The object's name.
+    pub fn name(&self) -> &str {
+        self.request.name()
+    }
+
+    /// The object's namespace; `None` for a cluster-scoped object.
+    pub fn namespace(&self) -> Option<&str> {
+        self.request.namespace()
+    }
+
+    /// An [`Api`] for `T` in every namespace of the request's cluster (kube's
+    /// `Api::all`), e.g. for cluster-scoped types.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use std::sync::Arc;
+    /// # use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+    /// # use multicluster_runtime::Cluster;
+    /// # use multicluster_runtime::controller::{ReconcileRequest, Request};
+    /// # let client = kube::Client::try_from(kube::Config::new("https://127.0.0.1:6443".parse().unwrap())).unwrap();
+    /// # let req = ReconcileRequest::<ConfigMap> {
+    /// #     request: Request::new("eu-1", Some("team-a"), "settings"),
+    /// #     object: None,
+    /// #     cluster: Arc::new(Cluster::new("eu-1", client)),
+    /// # };
+    /// let namespaces = req.api::<Namespace>();
+    /// assert_eq!(namespaces.resource_url(), "/api/v1/namespaces");
+    /// # }
+    /// ```
+    pub fn api<T>(&self) -> Api<T>
+    where
+        T: Resource,
+        T::DynamicType: Default,
+    {
+        Api::all(self.cluster.client())
+    }
+
+    /// An [`Api`] for the namespaced type `T` in the request's namespace and cluster;
+    /// for a request without a namespace (a cluster-scoped primary object), in every
+    /// namespace.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # use std::sync::Arc;
+    /// # use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    /// # use multicluster_runtime::Cluster;
+    /// # use multicluster_runtime::controller::{ReconcileRequest, Request};
+    /// # let client = kube::Client::try_from(kube::Config::new("https://127.0.0.1:6443".parse().unwrap())).unwrap();
+    /// # let req = ReconcileRequest::<ConfigMap> {
+    /// #     request: Request::new("eu-1", Some("team-a"), "settings"),
+    /// #     object: None,
+    /// #     cluster: Arc::new(Cluster::new("eu-1", client)),
+    /// # };
+    /// // In a reconciler of ConfigMaps: the Secrets next to the ConfigMap.
+    /// let secrets = req.namespaced_api::<Secret>();
+    /// assert_eq!(secrets.namespace(), Some("team-a"));
+    /// assert_eq!((req.cluster_name().as_str(), req.namespace(), req.name()), ("eu-1", Some("team-a"), "settings"));
+    /// # }
+    /// ```
+    pub fn namespaced_api<T>(&self) -> Api<T>
+    where
+        T: Resource<Scope = NamespaceResourceScope>,
+        T::DynamicType: Default,
+    {
+        match self.namespace() {
+            Some(namespace) => Api::namespaced(self.cluster.client(), namespace),
+            None => Api::all(self.cluster.client()),
+        }
     }
 }
 
@@ -43,6 +125,9 @@ pub(crate) trait Reconciler: Send + Sync {
     /// Waits until `cluster`'s cache of the primary type has synced (logging every
     /// `timeout` that passes); `false` if the cache stopped first.
     fn wait_synced(&self, cluster: &Arc<Cluster>, timeout: Duration) -> BoxFuture<'static, bool>;
+
+    /// The keys of every primary object in `cluster`'s cache.
+    fn cached_keys(&self, cluster: &Cluster) -> Vec<ObjectKey>;
 }
 
 pub(crate) struct TypedReconciler<K: CacheObject, R, P, C> {
@@ -58,7 +143,7 @@ where
     K: CacheObject,
     R: Fn(ReconcileRequest<K>, Arc<C>) -> F + Send + Sync,
     F: Future<Output = Result<Action, E>> + Send + 'static,
-    E: std::fmt::Display + Send + 'static,
+    E: std::error::Error + Send + Sync + 'static,
     P: Fn(&Request, &E, Arc<C>) -> Action + Send + Sync + Clone + 'static,
     C: Send + Sync + 'static,
 {
@@ -67,6 +152,17 @@ where
             .cache()
             .informer_with::<K>(&self.dyntype, self.spec.clone());
         Box::pin(async move { wait_synced_logged(&informer, timeout).await })
+    }
+
+    fn cached_keys(&self, cluster: &Cluster) -> Vec<ObjectKey> {
+        let informer = cluster
+            .cache()
+            .informer_with::<K>(&self.dyntype, self.spec.clone());
+        let objects = informer.store().list();
+        objects
+            .iter()
+            .filter_map(|object| ObjectKey::of(&**object))
+            .collect()
     }
 
     fn reconcile(&self, request: Request, cluster: Arc<Cluster>) -> BoxFuture<'static, Outcome> {
@@ -86,7 +182,7 @@ where
                 Ok(action) => Outcome::Done(action),
                 Err(error) => Outcome::Failed {
                     action: policy(&request, &error, context),
-                    error: error.to_string(),
+                    error: error_chain(&error),
                 },
             }
         })

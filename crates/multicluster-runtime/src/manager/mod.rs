@@ -2,8 +2,27 @@
 //!
 //! Providers engage clusters into the manager; the manager engages each into every
 //! cluster-aware component (controllers above all), including components added after
-//! the cluster appeared. Leader election, health probes and metrics will hang off the
-//! manager as further runnables.
+//! the cluster appeared. Health probes and metrics will hang off the manager as
+//! further runnables.
+//!
+//! # Leader election
+//!
+//! With [`Manager::with_leader_election`], replicas of one program elect a leader on a
+//! Lease in the local cluster. Every replica engages its clusters, so caches and
+//! watches are warm on all of them; only runnables that
+//! [need leadership](Runnable::needs_leader_election) (controllers, by default) run on
+//! the leader alone. They start once the lease is acquired and are cancelled at once
+//! when it is lost, which the leader notices within its renew deadline, before any
+//! other replica can take the lease. On a clean shutdown the lease is released once
+//! they have stopped, so the next leader takes over at its next try.
+//!
+//! # Graceful shutdown
+//!
+//! Once the token given to [`Manager::start`] is cancelled, controllers stop leasing
+//! new items and the reconciles in flight get up to
+//! [`graceful_shutdown_timeout`](Manager::with_graceful_shutdown_timeout) (30 s by
+//! default) to finish. Those still running then are cancelled, logged and returned in
+//! [`Error::ShutdownTimedOut`]. A lost lease cuts them at once instead.
 //!
 //! # Engagement order
 //!
@@ -13,22 +32,32 @@
 //! the instances in one step, so work queued under the name carries over instead of
 //! being dropped while the name is briefly unknown.
 
+mod leader;
 mod runnable;
+mod shutdown;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cache::FieldIndex;
+use crate::cache::{FieldIndex, error_chain};
 use crate::cluster::engagement::{Engage, Engagements, Gates};
 use crate::cluster::{Cluster, ClusterName};
 use crate::error::{Error, Result};
 use crate::multicluster::{Aware, Provider};
 
+pub use leader::{LeaderElection, OnLeadershipLoss};
 pub use runnable::Runnable;
+pub use shutdown::CutShort;
+pub(crate) use shutdown::describe_cut_short;
+
+/// How long reconciles in flight may take to finish once the manager stops, unless
+/// [`Manager::with_graceful_shutdown_timeout`] says otherwise.
+pub const DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs controllers and other runnables across the local cluster and the clusters of
 /// a provider.
@@ -50,6 +79,16 @@ struct Inner {
     tasks: TaskTracker,
     /// Cancelled when `start` returns: ends whatever the manager still runs.
     stopped: CancellationToken,
+    options: Mutex<Options>,
+    /// Whether this replica leads (always, once started, without leader election).
+    leader: watch::Sender<bool>,
+}
+
+/// Settings read when the manager starts.
+#[derive(Clone)]
+struct Options {
+    leader_election: Option<LeaderElection>,
+    graceful_shutdown_timeout: Duration,
 }
 
 /// The engaged clusters and the components they are engaged into, under one lock so
@@ -67,8 +106,24 @@ enum Runnables {
     Running {
         token: CancellationToken,
         failures: mpsc::UnboundedSender<Error>,
+        /// Runnables that run on the leader only, when leader election is on.
+        leaders: Option<Leaders>,
     },
     Stopped,
+}
+
+/// The leader-only runnables, and the current term if this replica leads.
+#[derive(Default)]
+struct Leaders {
+    all: Vec<Arc<dyn Runnable>>,
+    term: Option<Term>,
+}
+
+/// One term of leadership: cancelled when it ends, and the runnables it started.
+#[derive(Clone)]
+struct Term {
+    token: CancellationToken,
+    tasks: TaskTracker,
 }
 
 impl std::fmt::Debug for Manager {
@@ -101,10 +156,69 @@ impl Manager {
             runnables: Mutex::new(Runnables::Pending(Vec::new())),
             tasks: TaskTracker::new(),
             stopped: CancellationToken::new(),
+            options: Mutex::new(Options {
+                leader_election: None,
+                graceful_shutdown_timeout: DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT,
+            }),
+            leader: watch::Sender::new(false),
         };
         Manager {
             inner: Arc::new(inner),
         }
+    }
+
+    /// Elect a leader among the replicas on a Lease in the local cluster (see
+    /// [Leader election](self#leader-election)). Read when the manager starts.
+    #[must_use]
+    pub fn with_leader_election(self, election: LeaderElection) -> Self {
+        lock(&self.inner.options).leader_election = Some(election);
+        self
+    }
+
+    /// How long reconciles in flight may take to finish once the manager stops
+    /// (default [`DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT`], 30 s); see
+    /// [Graceful shutdown](self#graceful-shutdown).
+    #[must_use]
+    pub fn with_graceful_shutdown_timeout(self, timeout: Duration) -> Self {
+        lock(&self.inner.options).graceful_shutdown_timeout = timeout;
+        self
+    }
+
+    /// The graceful shutdown timeout.
+    pub fn graceful_shutdown_timeout(&self) -> Duration {
+        lock(&self.inner.options).graceful_shutdown_timeout
+    }
+
+    /// Whether this replica leads now: it holds the lease, or the manager runs
+    /// without leader election. `false` before start and after it returned.
+    pub fn is_leader(&self) -> bool {
+        *self.inner.leader.borrow()
+    }
+
+    /// Follows [`is_leader`](Self::is_leader): the receiver sees every change.
+    pub fn leadership(&self) -> watch::Receiver<bool> {
+        self.inner.leader.subscribe()
+    }
+
+    /// Completes once this replica has lost a lease it held; never without leader
+    /// election. Leader-only work uses it to stop at once rather than drain.
+    pub(crate) async fn leadership_lost(&self) {
+        if lock(&self.inner.options).leader_election.is_none() {
+            return std::future::pending().await;
+        }
+        let mut leader = self.inner.leader.subscribe();
+        let _ = leader.wait_for(|leads| !*leads).await;
+    }
+
+    /// Whether leader-only work that stops now will be started again in this
+    /// manager's run: the lease was lost and the manager campaigns again.
+    pub(crate) fn campaigns_again(&self) -> bool {
+        let options = lock(&self.inner.options);
+        let campaign = options
+            .leader_election
+            .as_ref()
+            .is_some_and(|e| e.loss_policy() == OnLeadershipLoss::Campaign);
+        campaign && !self.is_leader() && !self.inner.stopped.is_cancelled()
     }
 
     /// The manager's own cluster.
@@ -121,6 +235,10 @@ impl Manager {
     ///
     /// # Errors
     /// [`Error::ClusterNotFound`] if neither the manager nor its provider knows it.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads (the provider's [`Provider::get`] should only read,
+    /// too).
     pub async fn get_cluster(&self, name: &ClusterName) -> Result<Arc<Cluster>> {
         if name.is_local() {
             return Ok(self.inner.local.clone());
@@ -143,7 +261,13 @@ impl Manager {
     /// now and later.
     ///
     /// # Errors
-    /// An index of that name for that type exists already.
+    /// [`Error::Cache`] with [`CacheError::IndexExists`](crate::cache::CacheError::IndexExists)
+    /// if an index of that name for that type exists already.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: the local cluster gets the index first, then the provider's
+    /// clusters; dropping the future in between leaves it on the local cluster only
+    /// (registering it again then fails with `IndexExists`).
     pub async fn index_field(&self, index: FieldIndex) -> Result<()> {
         index.apply(self.inner.local.cache())?;
         if let Some(provider) = &self.inner.provider {
@@ -152,13 +276,36 @@ impl Manager {
         Ok(())
     }
 
-    /// Adds a runnable; it starts with the manager, or at once if the manager runs.
+    /// Adds a runnable; it starts with the manager, or at once if the manager runs
+    /// (with leader election, once this replica leads if it
+    /// [needs leadership](Runnable::needs_leader_election)).
+    ///
+    /// # Panics
+    /// If the manager runs and this is called outside a Tokio runtime.
     pub fn add(&self, runnable: Arc<dyn Runnable>) {
         let mut runnables = self.runnables();
         match &mut *runnables {
             Runnables::Pending(pending) => pending.push(runnable),
-            Runnables::Running { token, failures } => {
-                self.spawn_runnable(runnable, token.child_token(), failures.clone());
+            Runnables::Running {
+                token,
+                failures,
+                leaders,
+            } => {
+                let failures = failures.clone();
+                match leaders {
+                    Some(leaders) if runnable.needs_leader_election() => {
+                        leaders.all.push(runnable.clone());
+                        if let Some(term) = &leaders.term {
+                            self.spawn_runnable(
+                                runnable,
+                                term.token.child_token(),
+                                failures,
+                                Some(&term.tasks),
+                            );
+                        }
+                    }
+                    _ => self.spawn_runnable(runnable, token.child_token(), failures, None),
+                }
             }
             Runnables::Stopped => tracing::warn!(
                 runnable = runnable.name(),
@@ -172,6 +319,11 @@ impl Manager {
     ///
     /// # Errors
     /// The first engagement that failed (the others are still made).
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: the component is added first and engaged with the clusters
+    /// one by one. If the future is dropped, the component stays added (clusters
+    /// engaged later reach it) but some clusters engaged earlier may never have.
     pub async fn add_aware(&self, component: Arc<dyn Aware>) -> Result<()> {
         let names = {
             let mut engaged = self.engaged();
@@ -204,45 +356,75 @@ impl Manager {
     ///
     /// # Errors
     /// As for [`add_aware`](Self::add_aware).
+    ///
+    /// # Cancel safety
+    /// As for [`add_aware`](Self::add_aware); the runnable is added before the future
+    /// first waits.
     pub async fn add_cluster_runnable<C: Runnable + Aware + 'static>(&self, component: Arc<C>) -> Result<()> {
         self.add(component.clone());
         self.add_aware(component).await
     }
 
     /// Runs everything until `token` is cancelled or something fails: engages the
-    /// local cluster, starts the runnables, and starts the provider if it runs.
+    /// local cluster, starts the runnables, and starts the provider if it runs. With
+    /// leader election, runnables that need leadership start once this replica
+    /// leads (see [Leader election](self#leader-election)).
     ///
     /// Returns only once every task the manager spawned has ended, on success and on
     /// every error path alike: every engagement is cancelled, every runnable and the
-    /// provider have returned, and the local cluster's cache is stopped. A runnable
+    /// provider have returned, the lease (if held) is released, and the local
+    /// cluster's cache is stopped. Reconciles in flight get the
+    /// [graceful shutdown timeout](Self::with_graceful_shutdown_timeout); a runnable
     /// that ignores its token keeps `start` from returning.
     ///
     /// # Errors
-    /// [`Error::Manager`] if started twice; otherwise the failure of the local
-    /// cluster's engagement, or the first runnable or provider failure.
+    /// [`Error::AlreadyStarted`] if started before; [`Error::LeaderElection`] for
+    /// unusable leader election options; [`Error::LeadershipLost`] once the lease is
+    /// lost (unless the manager [campaigns again](OnLeadershipLoss::Campaign));
+    /// otherwise the failure of the local cluster's engagement, or the first
+    /// runnable or provider failure; if none, [`Error::ShutdownTimedOut`] when
+    /// reconciles were cut short on the way out.
     ///
     /// # Cancel safety
     /// Not cancel safe: dropping the future cancels everything it started but does
     /// not wait for it. Cancel `token` and await the future instead.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime (it spawns its tasks there).
     pub async fn start(&self, token: CancellationToken) -> Result<()> {
+        let options = lock(&self.inner.options).clone();
+        if let Some(election) = &options.leader_election
+            && let Some(reason) = election.invalid()
+        {
+            return Err(Error::LeaderElection {
+                lease: election.lease(),
+                reason,
+            });
+        }
         let run = token.child_token();
         let _stop_on_drop = run.clone().drop_guard();
-        let (failures, failed) = mpsc::unbounded_channel();
+        let (failures, mut failed) = mpsc::unbounded_channel();
         let pending = {
             let mut runnables = self.runnables();
             let running = Runnables::Running {
                 token: run.clone(),
                 failures: failures.clone(),
+                leaders: options.leader_election.as_ref().map(|_| Leaders::default()),
             };
             match std::mem::replace(&mut *runnables, running) {
                 Runnables::Pending(pending) => pending,
                 other => {
                     *runnables = other;
-                    return Err(Error::Manager("start called twice".into()));
+                    return Err(Error::AlreadyStarted);
                 }
             }
         };
-        let outcome = self.run(&run, pending, failures, failed).await;
+        if options.leader_election.is_none() {
+            self.inner.leader.send_replace(true);
+        }
+        let outcome = self
+            .run(&run, pending, options.leader_election, failures, &mut failed)
+            .await;
         run.cancel();
         *self.runnables() = Runnables::Stopped;
         // Whatever a provider left engaged ends with the manager.
@@ -253,9 +435,10 @@ impl Manager {
         self.inner.stopped.cancel();
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
+        self.inner.leader.send_replace(false);
         // Nothing runs for the local cluster any more; its watches end with the manager.
         self.inner.local.stop();
-        outcome
+        outcome.and_then(|()| shutdown_outcome(&mut failed))
     }
 
     /// Engages the local cluster, starts the runnables and the provider, and waits
@@ -264,20 +447,27 @@ impl Manager {
         &self,
         run: &CancellationToken,
         pending: Vec<Arc<dyn Runnable>>,
+        election: Option<LeaderElection>,
         failures: mpsc::UnboundedSender<Error>,
-        mut failed: mpsc::UnboundedReceiver<Error>,
+        failed: &mut mpsc::UnboundedReceiver<Error>,
     ) -> Result<()> {
         self.engage(run.child_token(), ClusterName::local(), self.inner.local.clone())
             .await?;
         for runnable in pending {
-            self.spawn_runnable(runnable, run.child_token(), failures.clone());
+            self.add(runnable);
+        }
+        if let Some(election) = election {
+            let (this, run, failures) = (self.clone(), run.clone(), failures.clone());
+            self.inner
+                .tasks
+                .spawn(async move { this.elect(election, run, failures).await });
         }
         if let Some(provider) = self.inner.provider.clone().and_then(Provider::into_runnable) {
             let aware: Arc<dyn Aware> = Arc::new(self.clone());
             let (provider_token, failures) = (run.child_token(), failures.clone());
             self.inner.tasks.spawn(async move {
                 if let Err(err) = provider.start(provider_token, aware).await {
-                    tracing::error!(error = %err, "provider failed");
+                    tracing::error!(error = %error_chain(&err), "provider failed");
                     let _ = failures.send(err);
                 }
             });
@@ -294,13 +484,130 @@ impl Manager {
         runnable: Arc<dyn Runnable>,
         token: CancellationToken,
         failures: mpsc::UnboundedSender<Error>,
+        term: Option<&TaskTracker>,
     ) {
-        self.inner.tasks.spawn(async move {
+        let run = async move {
             if let Err(err) = runnable.run(token).await {
-                tracing::error!(runnable = runnable.name(), error = %err, "runnable failed");
+                tracing::error!(runnable = runnable.name(), error = %error_chain(&err), "runnable failed");
                 let _ = failures.send(err);
             }
-        });
+        };
+        match term {
+            Some(term) => drop(self.inner.tasks.spawn(term.track_future(run))),
+            None => drop(self.inner.tasks.spawn(run)),
+        }
+    }
+
+    /// Campaigns for the lease, runs the leader-only runnables while it is held, and
+    /// stops them at once when it is lost; on the way out (after `run` is
+    /// cancelled) keeps renewing until they have stopped, then releases the lease.
+    async fn elect(
+        &self,
+        election: LeaderElection,
+        run: CancellationToken,
+        failures: mpsc::UnboundedSender<Error>,
+    ) {
+        let (lease, identity) = (election.lease(), election.holder_identity().to_owned());
+        let policy = election.loss_policy();
+        let release_within = election.release_within();
+        let mut elector = leader::Elector::new(self.inner.local.client().clone(), election);
+        loop {
+            tracing::info!(lease, identity, "campaigning for leadership");
+            let Some(acquired) = elector.campaign(&run).await else {
+                return;
+            };
+            tracing::info!(lease, identity, "elected leader");
+            let term = Term {
+                token: run.child_token(),
+                tasks: TaskTracker::new(),
+            };
+            self.inner.leader.send_replace(true);
+            self.begin_term(&term);
+            // Once `run` is cancelled, the term's runnables drain; renewals go on
+            // meanwhile, so that nobody else leads while they finish.
+            let drained = CancellationToken::new();
+            let drain = {
+                let (run, tasks, drained) = (run.clone(), term.tasks.clone(), drained.clone());
+                async move {
+                    run.cancelled().await;
+                    tasks.close();
+                    tasks.wait().await;
+                    drained.cancel();
+                }
+            };
+            let held = tokio::select! {
+                held = elector.hold(&drained, acquired) => held,
+                () = async { drain.await; std::future::pending().await } => unreachable!(),
+            };
+            match held {
+                Ok(()) => {
+                    self.end_term();
+                    match tokio::time::timeout(release_within, elector.release()).await {
+                        Ok(Ok(())) => tracing::info!(lease, identity, "lease released"),
+                        Ok(Err(err)) => tracing::warn!(lease, identity, error = %err, "cannot release lease"),
+                        Err(_) => {
+                            tracing::warn!(lease, identity, "lease not released in time; it will expire")
+                        }
+                    }
+                    self.inner.leader.send_replace(false);
+                    return;
+                }
+                Err(reason) => {
+                    // Not leading first, then cancel: leader-only work sees the loss
+                    // and stops at once instead of draining.
+                    self.inner.leader.send_replace(false);
+                    term.token.cancel();
+                    self.end_term();
+                    term.tasks.close();
+                    term.tasks.wait().await;
+                    tracing::error!(
+                        lease,
+                        identity,
+                        reason,
+                        "leadership lost; leader-only work stopped"
+                    );
+                    if policy == OnLeadershipLoss::Fail || run.is_cancelled() {
+                        let _ = failures.send(Error::LeadershipLost {
+                            lease,
+                            identity,
+                            reason,
+                        });
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts every leader-only runnable in `term`.
+    fn begin_term(&self, term: &Term) {
+        let mut runnables = self.runnables();
+        if let Runnables::Running {
+            failures,
+            leaders: Some(leaders),
+            ..
+        } = &mut *runnables
+        {
+            leaders.term = Some(term.clone());
+            for runnable in leaders.all.clone() {
+                self.spawn_runnable(
+                    runnable,
+                    term.token.child_token(),
+                    failures.clone(),
+                    Some(&term.tasks),
+                );
+            }
+        }
+    }
+
+    fn end_term(&self) {
+        if let Runnables::Running {
+            leaders: Some(leaders),
+            ..
+        } = &mut *self.runnables()
+        {
+            leaders.term = None;
+        }
     }
 
     /// Removes the engagement `generation` of `name` once its token is cancelled.
@@ -327,6 +634,24 @@ impl Manager {
 
     fn runnables(&self) -> MutexGuard<'_, Runnables> {
         lock(&self.inner.runnables)
+    }
+}
+
+/// What the runnables reported while they stopped: their cut-short reconciles,
+/// gathered into one [`Error::ShutdownTimedOut`], or the first other failure.
+fn shutdown_outcome(failed: &mut mpsc::UnboundedReceiver<Error>) -> Result<()> {
+    let mut timed_out: Option<(Duration, Vec<CutShort>)> = None;
+    while let Ok(err) = failed.try_recv() {
+        match err {
+            Error::ShutdownTimedOut { timeout, cut_short } => {
+                timed_out.get_or_insert((timeout, Vec::new())).1.extend(cut_short);
+            }
+            other => return Err(other),
+        }
+    }
+    match timed_out {
+        Some((timeout, cut_short)) => Err(Error::ShutdownTimedOut { timeout, cut_short }),
+        None => Ok(()),
     }
 }
 
@@ -370,7 +695,7 @@ impl Aware for Manager {
                 .engage(own.child_token(), name.clone(), cluster.clone())
                 .await;
             if let Err(err) = result {
-                tracing::error!(cluster = %name, error = %err, "engage failed");
+                tracing::error!(cluster = %name, error = %error_chain(&err), "engage failed");
                 first_error.get_or_insert(err);
             }
         }

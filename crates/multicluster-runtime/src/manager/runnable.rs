@@ -17,6 +17,18 @@ pub trait Runnable: Send + Sync {
         std::any::type_name::<Self>().to_owned()
     }
 
+    /// Whether it runs only on the elected leader, when the manager has
+    /// [leader election](super::Manager::with_leader_election); without it, every
+    /// runnable runs.
+    ///
+    /// `true` by default, as in controller-runtime: controllers (and runnables that
+    /// do not say otherwise) must not act from two replicas at once. Return `false`
+    /// for work that should run on every replica, such as warming a cache, so that a
+    /// new leader starts warm. Caches and providers always run on every replica.
+    fn needs_leader_election(&self) -> bool {
+        true
+    }
+
     /// Runs until `token` is cancelled. Returning `Ok` early is fine (the work is
     /// done); returning an error stops the manager.
     ///

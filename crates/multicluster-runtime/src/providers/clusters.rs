@@ -30,7 +30,7 @@ use crate::multicluster::{Aware, Provider, ProviderRunnable};
 ///
 /// let provider = Arc::new(Clusters::new());
 /// let manager = Manager::with_provider(Arc::new(Cluster::new("", local)), provider.clone());
-/// provider.add("eu-1", Arc::new(Cluster::new("eu-1", other))).await?;
+/// provider.add(Arc::new(Cluster::new("eu-1", other))).await?;
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Default)]
@@ -70,34 +70,44 @@ impl Clusters {
         Self::default()
     }
 
-    /// Adds a cluster under a new name and, if the provider runs, engages it.
+    /// Adds `cluster` under its [name](Cluster::name) and, if the provider runs,
+    /// engages it.
     ///
     /// # Errors
-    /// [`Error::Provider`] if the name is taken (use [`replace`](Self::replace)), or
-    /// as for [`replace`](Self::replace).
-    pub async fn add(&self, name: impl Into<ClusterName>, cluster: Arc<Cluster>) -> Result<()> {
-        let name = name.into();
+    /// [`Error::ClusterExists`] if the name is taken (use [`replace`](Self::replace)),
+    /// or as for [`replace`](Self::replace).
+    ///
+    /// # Cancel safety
+    /// As for [`replace`](Self::replace).
+    pub async fn add(&self, cluster: Arc<Cluster>) -> Result<()> {
+        let name = cluster.name().clone();
         // Checked and installed under the name's gate: of two concurrent adds of one
         // name, the second fails.
         let _gate = self.gates.enter(&name).await;
         if self.lock().clusters.get_any(&name).is_some() {
-            let reason = format!("cluster {name} exists already; use replace to swap it");
-            return Err(Error::Provider {
-                provider: "clusters".into(),
-                source: reason.into(),
-            });
+            return Err(Error::ClusterExists { cluster: name });
         }
         self.install_gated(name, cluster, None).await
     }
 
-    /// Adds a cluster or replaces the one of the same name (whose token is cancelled
-    /// and cache stopped). The same instance again changes nothing.
+    /// Adds `cluster` under its [name](Cluster::name), or replaces the one of that
+    /// name (whose token is cancelled and cache stopped). The same instance again
+    /// changes nothing.
     ///
     /// # Errors
     /// A registered index could not be applied, or the engagement failed; the cluster
     /// stays registered either way, so [`Provider::get`] finds it.
-    pub async fn replace(&self, name: impl Into<ClusterName>, cluster: Arc<Cluster>) -> Result<()> {
-        self.install(name.into(), cluster, None).await
+    ///
+    /// # Cancel safety
+    /// Not cancel safe. The cluster is registered before the manager is told; if the
+    /// future is dropped after that, it stays registered (and [`Provider::get`] finds
+    /// it) but may have reached only some components, and the instance it replaced
+    /// may not have been retired. Registering the same instance again is a no-op, so
+    /// to recover, [`remove`](Self::remove) the name and add the cluster again.
+    pub async fn replace(&self, cluster: Arc<Cluster>) -> Result<()> {
+        let name = cluster.name().clone();
+        let _gate = self.gates.enter(&name).await;
+        self.install_gated(name, cluster, None).await
     }
 
     /// Adds or replaces `name` unless it is registered with the same `fingerprint`
@@ -106,9 +116,17 @@ impl Clusters {
     /// providers re-engage exactly the clusters whose connection settings changed.
     /// Returns whether the cluster was added or replaced.
     ///
+    /// `name` is needed before the cluster exists, to look the fingerprint up; the
+    /// cluster `build` returns must carry the same name.
+    ///
     /// # Errors
-    /// `build`'s error (the registered cluster, if any, stays), or as for
-    /// [`replace`](Self::replace).
+    /// `build`'s error (the registered cluster, if any, stays);
+    /// [`Error::ClusterNameMismatch`] if the built cluster has another name (it is
+    /// stopped and not registered); or as for [`replace`](Self::replace).
+    ///
+    /// # Cancel safety
+    /// Dropping the future while `build` runs registers nothing. Once `build` has
+    /// returned, as for [`replace`](Self::replace).
     pub async fn replace_if_changed<F>(
         &self,
         name: impl Into<ClusterName>,
@@ -124,19 +142,16 @@ impl Clusters {
             return Ok(false);
         }
         let cluster = build().await?;
+        if *cluster.name() != name {
+            cluster.stop();
+            return Err(Error::ClusterNameMismatch {
+                expected: name,
+                actual: cluster.name().clone(),
+            });
+        }
         self.install_gated(name, cluster, Some(fingerprint))
             .await
             .map(|()| true)
-    }
-
-    async fn install(
-        &self,
-        name: ClusterName,
-        cluster: Arc<Cluster>,
-        fingerprint: Fingerprint,
-    ) -> Result<()> {
-        let _gate = self.gates.enter(&name).await;
-        self.install_gated(name, cluster, fingerprint).await
     }
 
     /// Registers, indexes and engages `cluster`, then retires the instance it
@@ -269,7 +284,7 @@ impl ProviderRunnable for Clusters {
             if let Some((cluster, cluster_token)) = current
                 && let Err(err) = aware.engage(cluster_token, name.clone(), cluster).await
             {
-                tracing::error!(cluster = %name, error = %err, "cannot engage cluster");
+                tracing::error!(cluster = %name, error = %crate::cache::error_chain(&err), "cannot engage cluster");
             }
         }
         token.cancelled().await;

@@ -5,6 +5,19 @@
 //! providers stays two clusters. Providers can be added and removed while the manager
 //! runs: removing one disengages all its clusters.
 //!
+//! # Which name is the cluster's
+//!
+//! The engaged [`ClusterName`], `<provider>#<cluster>`, is the authoritative one: it
+//! is the name under which the manager and every controller know the cluster, the
+//! name [`Provider::get`] and [`Manager::get_cluster`](crate::Manager::get_cluster)
+//! take, and the cluster of every [`Request`](crate::controller::Request) for it
+//! ([`ReconcileRequest::cluster_name`](crate::controller::ReconcileRequest::cluster_name)).
+//! The engaged [`Cluster`] carries that name too ([`Cluster::name`] is `eu#prod`):
+//! it shares the member's client and cache under the prefixed name, one instance
+//! per instance of the member's, so that the same member instance engaged again
+//! is still a no-op and a new one still a replacement. Only the cache's own errors
+//! and logs name the member's inner name (`prod`), since the cache is the member's.
+//!
 //! ```no_run
 //! # async fn demo(local: kube::Client, eu: kube::Client, us: kube::Client) -> multicluster_runtime::Result<()> {
 //! use std::sync::Arc;
@@ -12,9 +25,9 @@
 //! use multicluster_runtime::{Cluster, Manager};
 //!
 //! let europe = Arc::new(Clusters::new());
-//! europe.add("prod", Arc::new(Cluster::new("prod", eu))).await?;
+//! europe.add(Arc::new(Cluster::new("prod", eu))).await?;
 //! let america = Arc::new(Clusters::new());
-//! america.add("prod", Arc::new(Cluster::new("prod", us))).await?;
+//! america.add(Arc::new(Cluster::new("prod", us))).await?;
 //!
 //! let multi = Arc::new(Multi::new());
 //! multi.add_provider("eu", europe).await?; // engages `eu#prod`
@@ -42,6 +55,52 @@ pub const DEFAULT_SEPARATOR: &str = "#";
 pub struct Multi {
     separator: Arc<str>,
     state: Arc<Mutex<State>>,
+    aliases: Aliases,
+}
+
+/// The engaged instances under prefixed names, each with the member's instance it
+/// stands for.
+#[derive(Clone, Default)]
+struct Aliases(Arc<Mutex<HashMap<ClusterName, Alias>>>);
+
+/// The member's instance, and the one engaged for it.
+type Alias = (Arc<Cluster>, Arc<Cluster>);
+
+impl Aliases {
+    /// The instance that stands for `inner` under `name`: the one made before for
+    /// the same instance, or a new one.
+    fn of(&self, name: &ClusterName, inner: &Arc<Cluster>) -> Arc<Cluster> {
+        let mut aliases = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match aliases.get(name) {
+            Some((known, alias)) if Arc::ptr_eq(known, inner) => alias.clone(),
+            _ => {
+                let alias = Arc::new(Cluster::alias(name.clone(), inner));
+                aliases.insert(name.clone(), (inner.clone(), alias.clone()));
+                alias
+            }
+        }
+    }
+
+    /// The instance that stands for `inner` under `name`, without remembering a
+    /// new one.
+    fn lookup(&self, name: &ClusterName, inner: &Arc<Cluster>) -> Arc<Cluster> {
+        let aliases = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match aliases.get(name) {
+            Some((known, alias)) if Arc::ptr_eq(known, inner) => alias.clone(),
+            _ => Arc::new(Cluster::alias(name.clone(), inner)),
+        }
+    }
+
+    /// Forgets `alias` once its engagement ended, unless a newer one replaced it.
+    fn forget(&self, name: &ClusterName, alias: &Arc<Cluster>) {
+        let mut aliases = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if aliases
+            .get(name)
+            .is_some_and(|(_, known)| Arc::ptr_eq(known, alias))
+        {
+            aliases.remove(name);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -90,6 +149,7 @@ impl Multi {
         Multi {
             separator: Arc::from(separator),
             state: Arc::default(),
+            aliases: Aliases::default(),
         }
     }
 
@@ -176,11 +236,12 @@ impl Multi {
             prefix: format!("{name}{}", self.separator),
             member: token.clone(),
             aware,
+            aliases: self.aliases.clone(),
         });
         tokio::spawn(async move {
             if let Err(err) = runnable.start(token.clone(), prefixed).await {
                 // One failing member must not take the others down: its clusters go.
-                tracing::error!(provider = name, error = %err, "provider failed; its clusters are disengaged");
+                tracing::error!(provider = name, error = %crate::cache::error_chain(&err), "provider failed; its clusters are disengaged");
             }
             token.cancel();
         });
@@ -217,13 +278,14 @@ impl Provider for Multi {
             .get(member)
             .map(|m| m.provider.clone())
             .ok_or_else(not_found)?;
-        provider
+        let cluster = provider
             .get(&ClusterName::from(inner))
             .await
             .map_err(|err| match err {
                 Error::ClusterNotFound(_) => not_found(),
                 other => other,
-            })
+            })?;
+        Ok(self.aliases.lookup(name, &cluster))
     }
 
     async fn index_field(&self, index: FieldIndex) -> Result<()> {
@@ -285,20 +347,24 @@ struct Prefixed {
     prefix: String,
     member: CancellationToken,
     aware: Arc<dyn Aware>,
+    aliases: Aliases,
 }
 
 #[async_trait]
 impl Aware for Prefixed {
     async fn engage(&self, token: CancellationToken, name: ClusterName, cluster: Arc<Cluster>) -> Result<()> {
+        let full = ClusterName::from(format!("{}{}", self.prefix, name.as_str()));
+        let alias = self.aliases.of(&full, &cluster);
         let tied = self.member.child_token();
         let watched = tied.clone();
+        let (aliases, ended, ended_alias) = (self.aliases.clone(), full.clone(), alias.clone());
         tokio::spawn(async move {
             tokio::select! {
                 () = token.cancelled() => watched.cancel(),
                 () = watched.cancelled() => {}
             }
+            aliases.forget(&ended, &ended_alias);
         });
-        let full = ClusterName::from(format!("{}{}", self.prefix, name.as_str()));
-        self.aware.engage(tied, full, cluster).await
+        self.aware.engage(tied, full, alias).await
     }
 }

@@ -46,7 +46,7 @@
 //! // share one cache.
 //! let manager = Manager::with_provider(host, provider);
 //! Controller::builder::<ConfigMap>(&manager)
-//!     .run(reconcile, |_: &Request, _: &kube::Error, _| Action::backoff(), Arc::new(()))
+//!     .register(reconcile, |_: &Request, _: &kube::Error, _| Action::backoff(), Arc::new(()))
 //!     .await?;
 //! manager.start(CancellationToken::new()).await?;
 //! # Ok(()) }

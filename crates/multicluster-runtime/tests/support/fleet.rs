@@ -62,10 +62,7 @@ impl Env {
 
     pub async fn add(&self, index: usize) -> Arc<Cluster> {
         let cluster = self.cluster(index);
-        self.provider
-            .add(format!("c{index}"), cluster.clone())
-            .await
-            .expect("add cluster");
+        self.provider.add(cluster.clone()).await.expect("add cluster");
         cluster
     }
 
@@ -155,7 +152,7 @@ where
 {
     let recorder = Arc::new(Recorder::default());
     let controller = builder
-        .run(reconcile, backoff_policy, recorder.clone())
+        .register(reconcile, backoff_policy, recorder.clone())
         .await
         .expect("controller");
     (controller, recorder)

@@ -50,6 +50,7 @@ mod config;
 mod delay;
 mod fair;
 mod state;
+mod view;
 
 #[cfg(test)]
 mod proptests;
@@ -67,6 +68,7 @@ use tokio::time::Instant;
 
 pub use self::config::QueueConfig;
 use self::state::{QueueState, Wake, deadline_after};
+pub use self::view::QueueView;
 
 /// A deduplicating, delaying, rate-limiting work queue, fair across clusters.
 ///
@@ -200,7 +202,11 @@ where
     /// Waits for a ready item and a free concurrency slot, and leases the item.
     ///
     /// Returns `None` once the queue is shut down, including to callers already
-    /// waiting. Cancel safe: dropping the future loses no item.
+    /// waiting.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: an item is taken from the queue only in the step that returns
+    /// its lease, so dropping the future loses no item and holds no slot.
     pub async fn next(&self) -> Option<Lease<C, K>> {
         // The slot comes first: taking an item and then waiting for a slot would hold
         // the item hostage while other workers could have run it.
