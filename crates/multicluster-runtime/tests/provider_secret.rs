@@ -8,7 +8,6 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -496,16 +495,6 @@ async fn psecret_exec_refused() {
     assert_eq!(log.count("token-file"), 0, "local files stay refused");
 }
 
-/// A subscriber writing everything at `filter` into `capture`.
-fn capturing(capture: &Capture, filter: &str) -> impl tracing::Subscriber + Send + Sync {
-    let writer = capture.clone();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish()
-}
-
 /// A provider that cannot list its Secrets logs an error naming the namespace after
 /// the sync timeout, keeps retrying without holding anything up, and syncs once it
 /// may; the documented namespaced Role is all it needs, Events included.
@@ -517,8 +506,8 @@ async fn psecret_sync_timeout() {
     let host = env.fleet.cluster(0);
     let late = host.create_user(UserSpec::new("late")).await.expect("user");
 
-    let capture = Capture::default();
-    let _guard = tracing::subscriber::set_default(capturing(&capture, "multicluster_runtime=debug"));
+    let capture = support::Capture::default();
+    let _guard = capture.set_default("multicluster_runtime=debug");
     let provider = Arc::new(Secrets::new(
         late.client().expect("client"),
         SecretsOptions::new(NS).sync_timeout(std::time::Duration::from_millis(300)),
@@ -559,27 +548,6 @@ async fn psecret_sync_timeout() {
     support::wait_until("synced", || provider.is_synced()).await;
     let note = env.wait_warning("broken", REASON_MISSING).await;
     assert!(note.contains("fleet/broken"), "{note}");
-}
-
-/// Captured log output.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Capture {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
 }
 
 /// The base64 text of `bytes`, as Kubernetes writes Secret data.
@@ -632,9 +600,9 @@ async fn psecret_no_secret_leak() {
     const FAIL_ERR: &str = "leak-canary-fail-stderr-e85a";
     let env = Env::new(2).await;
 
-    let capture = Capture::default();
+    let capture = support::Capture::default();
     let filter = "debug,multicluster_runtime=trace,kube=trace,kube_client=trace,kube_runtime=trace";
-    let guard = tracing::subscriber::set_default(capturing(&capture, filter));
+    let guard = capture.set_default(filter);
 
     let certs = env.kubeconfig(1);
     let token = with_user(env.kubeconfig(1), json!({ "token": TOKEN }));
