@@ -422,9 +422,14 @@ impl Runnable for Controller {
         for source in &self.local_sources {
             self.spawn(token.clone(), source.run(local.clone(), self.sink.clone()));
         }
+        // Trigger streams can be followed once: they run until the controller stops,
+        // not only for this term of leadership.
         let triggers = std::mem::take(&mut *self.triggers.lock().unwrap_or_else(|p| p.into_inner()));
         for trigger in triggers {
-            self.spawn(token.clone(), Controller::follow(self.me.clone(), trigger));
+            self.spawn(
+                self.stopping.child_token(),
+                Controller::follow(self.me.clone(), trigger),
+            );
         }
         let (reconciles, cut) = (TaskTracker::new(), CancellationToken::new());
         let in_flight: Arc<Mutex<HashMap<u64, Request>>> = Arc::default();
