@@ -1048,8 +1048,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_panicking_transform_is_logged_with_where_it_happened_and_no_content() {
         use watcher::Event::*;
-        let logs = Logs::default();
-        let _guard = tracing::subscriber::set_default(logs.subscriber());
+        let logs = Logs::capture();
         let informer = informer();
         let mut secret = poisoned("p", "1");
         secret.data = Some([("password".to_owned(), "hunter2".to_owned())].into());

@@ -837,8 +837,7 @@ mod tests {
 
     #[test]
     fn a_panicking_extractor_is_logged_with_where_it_happened_and_no_content() {
-        let logs = Logs::default();
-        let _guard = tracing::subscriber::set_default(logs.subscriber());
+        let logs = Logs::capture();
         let store = store::<ConfigMap>();
         store.add_index("fragile", fragile()).unwrap();
         let mut secret = poisoned(config_map("a", "one", "1", "web"));

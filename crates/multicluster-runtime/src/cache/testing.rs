@@ -1,7 +1,6 @@
 //! Test helpers shared by the cache's unit tests.
 
 use std::io;
-use std::sync::{Arc, Mutex};
 
 use futures::stream::{BoxStream, Stream, StreamExt};
 use kube::runtime::watcher;
@@ -15,24 +14,54 @@ pub(crate) fn once<K: Send + 'static>(
     move || first.take().unwrap_or_else(|| futures::stream::pending().boxed())
 }
 
-/// Collects what a `tracing` subscriber writes, for tests that check log lines.
-#[derive(Clone, Default)]
-pub(crate) struct Logs(Arc<Mutex<Vec<u8>>>);
+thread_local! {
+    /// What this crate logged on the current thread.
+    static LINES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Writes into the current thread's [`LINES`].
+struct ThreadLines;
+
+impl io::Write for ThreadLines {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        LINES.with(|lines| lines.borrow_mut().extend_from_slice(buf));
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What this crate logs on the current thread, for tests that check log lines.
+///
+/// One global subscriber serves every test of the binary and files each line under
+/// the thread that wrote it. A subscriber set per thread would depend on tracing's
+/// process-wide cache of enabled callsites, which tests running concurrently on
+/// other threads can leave disabled for it (seen as lost lines, repeatedly).
+pub(crate) struct Logs(());
 
 impl Logs {
-    /// A subscriber that writes every event of this crate, without colours, here.
-    pub(crate) fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync + use<> {
-        let logs = self.clone();
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("multicluster_runtime=debug"))
-            .with_writer(move || logs.clone())
-            .with_ansi(false)
-            .finish()
+    /// Starts capturing the current thread's lines, forgetting earlier ones.
+    pub(crate) fn capture() -> Logs {
+        static INSTALLED: std::sync::Once = std::sync::Once::new();
+        INSTALLED.call_once(|| {
+            let subscriber = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new("multicluster_runtime=debug"))
+                .with_writer(|| ThreadLines)
+                .with_ansi(false)
+                .finish();
+            // Fails only if a global subscriber exists already; it then captures nothing
+            // and the test's assertions say so.
+            let _ = tracing::subscriber::set_global_default(subscriber);
+        });
+        LINES.with(|lines| lines.borrow_mut().clear());
+        Logs(())
     }
 
     /// The lines written so far that contain `needle`.
     pub(crate) fn lines_with(&self, needle: &str) -> Vec<String> {
-        let text = String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned();
+        let text = LINES.with(|lines| String::from_utf8_lossy(&lines.borrow()).into_owned());
         text.lines()
             .filter(|line| line.contains(needle))
             .map(str::to_owned)
@@ -52,16 +81,5 @@ impl Logs {
         for secret in secrets {
             assert!(!line.contains(secret), "{secret} leaked into {line}");
         }
-    }
-}
-
-impl io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
