@@ -15,7 +15,7 @@ use kube_envtest::LocalCluster;
 use multicluster_runtime::Cluster;
 use multicluster_runtime::providers::capi::{ClusterApi, ClusterApiOptions, ClusterApiVersion};
 use serde_json::{Value, json};
-use support::host::{Logs, assert_not_found, assert_reaches, host_fleet, start};
+use support::host::{Logs, assert_not_found, assert_reaches, host_fleet, marked_kubeconfigs, start};
 use support::{EngagementLog, wait_until};
 use tokio_util::sync::CancellationToken;
 
@@ -278,25 +278,13 @@ async fn p06_capi_provider_leaks_no_credential() {
     let spec = support::rbac::user("capi-provider", "capi-provider.yaml", NS);
     let user = fleet.cluster(0).create_user(spec).await.expect("user");
 
-    let base: Value = serde_json::from_slice(&kubeconfig_of(fleet.cluster(1))).expect("JSON");
-    let with_user = |user: Value| {
-        let mut kubeconfig = base.clone();
-        kubeconfig["users"][0]["user"] = user;
-        serde_json::to_vec(&kubeconfig).expect("JSON")
-    };
-    let pem = format!("-----BEGIN PRIVATE KEY-----\n{KEY}\n-----END PRIVATE KEY-----\n");
-    let mut bad_key = base.clone();
-    bad_key["users"][0]["user"]["client-key-data"] = json!(k8s_openapi::ByteString(pem.into_bytes()));
-    let mut proxied = base.clone();
-    proxied["clusters"][0]["cluster"]["proxy-url"] = json!(format!("http://u:{PROXY}@proxy.example:3128"));
+    let [token, password, bad_key, proxied] =
+        marked_kubeconfigs(&kubeconfig_of(fleet.cluster(1)), TOKEN, PASSWORD, KEY, PROXY);
     let secrets: [(&str, Vec<u8>); 4] = [
-        ("token", with_user(json!({ "token": TOKEN }))),
-        (
-            "password",
-            with_user(json!({ "username": "admin", "password": PASSWORD })),
-        ),
-        ("badkey", serde_json::to_vec(&bad_key).expect("JSON")),
-        ("proxied", serde_json::to_vec(&proxied).expect("JSON")),
+        ("token", token),
+        ("password", password),
+        ("badkey", bad_key),
+        ("proxied", proxied),
     ];
     for (name, data) in &secrets {
         create_cluster(&host, name, initialized()).await;

@@ -22,7 +22,7 @@ use multicluster_runtime::providers::profile::{
     self, AccessProviders, ClusterProfiles, ClusterProfilesOptions,
 };
 use serde_json::{Value, json};
-use support::host::{Logs, assert_not_found, assert_reaches, host_fleet, start};
+use support::host::{Logs, assert_not_found, assert_reaches, host_fleet, marked_kubeconfigs, start};
 use support::{EngagementLog, wait_until};
 use tokio_util::sync::CancellationToken;
 
@@ -420,25 +420,13 @@ async fn p06_profile_provider_leaks_no_credential() {
     let spec = support::rbac::user("profile-provider", "profile-provider.yaml", NS);
     let user = fleet.cluster(0).create_user(spec).await.expect("user");
 
-    let base: Value = serde_json::from_slice(&kubeconfig_of(fleet.cluster(1))).expect("JSON");
-    let with_user = |user: Value| {
-        let mut kubeconfig = base.clone();
-        kubeconfig["users"][0]["user"] = user;
-        serde_json::to_vec(&kubeconfig).expect("JSON")
-    };
-    let pem = format!("-----BEGIN PRIVATE KEY-----\n{KEY}\n-----END PRIVATE KEY-----\n");
-    let mut bad_key = base.clone();
-    bad_key["users"][0]["user"]["client-key-data"] = json!(ByteString(pem.into_bytes()));
-    let mut proxied = base.clone();
-    proxied["clusters"][0]["cluster"]["proxy-url"] = json!(format!("http://u:{PROXY}@proxy.example:3128"));
+    let [token, password, bad_key, proxied] =
+        marked_kubeconfigs(&kubeconfig_of(fleet.cluster(1)), TOKEN, PASSWORD, KEY, PROXY);
     let secrets: [(&str, Vec<u8>); 4] = [
-        ("ptoken", with_user(json!({ "token": TOKEN }))),
-        (
-            "ppassword",
-            with_user(json!({ "username": "admin", "password": PASSWORD })),
-        ),
-        ("pkey", serde_json::to_vec(&bad_key).expect("JSON")),
-        ("pproxy", serde_json::to_vec(&proxied).expect("JSON")),
+        ("ptoken", token),
+        ("ppassword", password),
+        ("pkey", bad_key),
+        ("pproxy", proxied),
     ];
     for (name, data) in &secrets {
         create_profile(&host, name, json!({ "conditions": health(true) })).await;

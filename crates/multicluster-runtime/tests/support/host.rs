@@ -138,3 +138,31 @@ pub async fn host_fleet(fixture: &str, namespace: &str) -> (Fleet, Client) {
     }
     (fleet, host)
 }
+
+/// Kubeconfigs derived from `base` (a kubeconfig as JSON) that each hide a marker
+/// where a credential goes, for tests that no credential leaves the process: a
+/// token, a password, a client key (which cannot build a client) and the password of
+/// a proxy URL (refused by default), in that order.
+pub fn marked_kubeconfigs(base: &[u8], token: &str, password: &str, key: &str, proxy: &str) -> [Vec<u8>; 4] {
+    let base: serde_json::Value = serde_json::from_slice(base).expect("JSON");
+    let changed = |change: &dyn Fn(&mut serde_json::Value)| {
+        let mut kubeconfig = base.clone();
+        change(&mut kubeconfig);
+        serde_json::to_vec(&kubeconfig).expect("JSON")
+    };
+    let pem = format!("-----BEGIN PRIVATE KEY-----\n{key}\n-----END PRIVATE KEY-----\n");
+    [
+        changed(&|k| k["users"][0]["user"] = serde_json::json!({ "token": token })),
+        changed(&|k| {
+            k["users"][0]["user"] = serde_json::json!({ "username": "admin", "password": password })
+        }),
+        changed(&|k| {
+            k["users"][0]["user"]["client-key-data"] =
+                serde_json::json!(k8s_openapi::ByteString(pem.clone().into_bytes()))
+        }),
+        changed(&|k| {
+            k["clusters"][0]["cluster"]["proxy-url"] =
+                serde_json::json!(format!("http://u:{proxy}@proxy.example:3128"))
+        }),
+    ]
+}
