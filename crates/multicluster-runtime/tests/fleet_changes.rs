@@ -358,9 +358,12 @@ async fn l05_cluster_scoped_owner_gets_its_owned_children() {
     }
 }
 
-/// A source whose event channel holds one event misses most of a burst of deletions;
-/// every deleted object is still reconciled as absent.
-#[tokio::test]
+/// A source whose event channel holds one event misses a burst of deletions; every
+/// deleted object is still reconciled as absent.
+///
+/// The lag is made certain, not hoped for: a predicate holds the source task while
+/// the deletions reach the cache, then lets it go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn l06_deletions_are_not_lost_when_the_source_lags() {
     const ITEMS: usize = 200;
     let logs = Logs::capture();
@@ -369,9 +372,26 @@ async fn l06_deletions_are_not_lost_when_the_source_lags() {
         cache: CacheOptions::default().event_capacity(1),
     };
     let lagging = Arc::new(Cluster::with_options("lagging", env.client(0), options));
-    env.provider.add(lagging).await.expect("add");
+    env.provider.add(lagging.clone()).await.expect("add");
     create_many(&env.client(0), "l06", ITEMS).await;
-    let (_controller, recorder) = recording(Controller::builder(&env.manager)).await;
+    create_cm(env.client(0), "gate-l06", &[]).await;
+
+    let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let gate = Mutex::new((held_tx, release_rx));
+    let hold = move |_: Option<&ConfigMap>, new: &ConfigMap| {
+        let closed = new.data.as_ref().is_some_and(|data| data.contains_key("hold"));
+        if new.name_any() == "gate-l06" && closed {
+            let gate = gate.lock().unwrap();
+            let _ = gate.0.send(());
+            // Blocks this source task; `block_in_place` hands the worker's other tasks
+            // (the informer among them) to another thread meanwhile.
+            let _ = tokio::task::block_in_place(|| gate.1.recv_timeout(WAIT));
+        }
+        true
+    };
+    let builder = Controller::builder(&env.manager).with_predicate(Arc::new(hold));
+    let (_controller, recorder) = recording(builder).await;
     env.start();
     recorder
         .wait("every object reconciled once", |seen| {
@@ -381,7 +401,24 @@ async fn l06_deletions_are_not_lost_when_the_source_lags() {
                 >= ITEMS
         })
         .await;
+
+    let api: Api<ConfigMap> = Api::namespaced(env.client(0), "default");
+    let close = serde_json::json!({ "data": { "hold": "yes" } });
+    api.patch("gate-l06", &PatchParams::default(), &Patch::Merge(&close))
+        .await
+        .expect("close the gate");
+    tokio::task::spawn_blocking(move || held_rx.recv_timeout(WAIT))
+        .await
+        .unwrap()
+        .expect("the source reaches the gate");
     delete_many(&env.client(0), "l06").await;
+    wait_until("the cache has seen every deletion", || {
+        let cached = lagging.cache().informer::<ConfigMap>().store().list();
+        !cached.iter().any(|cm| cm.name_any().starts_with("l06-"))
+    })
+    .await;
+    release_tx.send(()).expect("release the source");
+
     recorder
         .wait("every object reconciled as absent", |seen| {
             let absent: BTreeSet<&str> = seen
