@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use examples::announce::Announcer;
 use examples::fleet::LocalFleet;
 use examples::uniform::{self, Progress};
 use multicluster_runtime::Manager;
@@ -44,7 +43,6 @@ async fn main() -> anyhow::Result<()> {
 
     let provider = Arc::new(Files::builder().path(&dir).build());
     let manager = Manager::with_provider(fleet.local()?, provider);
-    manager.add_aware(Announcer::new()).await?;
     uniform::controller(&manager)
         .register(uniform::reconcile, uniform::error_policy, Progress::new())
         .await?;

@@ -15,7 +15,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use examples::announce::Announcer;
 use examples::fleet::LocalFleet;
 use examples::uniform::{self, Progress};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -45,7 +44,6 @@ async fn main() -> anyhow::Result<()> {
 
     let provider = Arc::new(Secrets::new(host, SecretsOptions::new(NAMESPACE)));
     let manager = Manager::with_provider(fleet.local()?, provider);
-    manager.add_aware(Announcer::new()).await?;
     uniform::controller(&manager)
         .register(uniform::reconcile, uniform::error_policy, Progress::new())
         .await?;

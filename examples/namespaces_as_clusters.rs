@@ -13,7 +13,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use examples::announce::Announcer;
 use examples::fleet::LocalFleet;
 use examples::uniform::{self, Progress};
 use k8s_openapi::api::core::v1::Namespace;
@@ -34,7 +33,6 @@ async fn main() -> anyhow::Result<()> {
     let config = fleet.fleet().cluster(0).config();
     let provider = Arc::new(Namespaces::new(host.clone(), config).selector(&format!("{FLEET_LABEL}=true")));
     let manager = Manager::with_provider(host, provider);
-    manager.add_aware(Announcer::new()).await?;
     uniform::controller(&manager)
         .register(uniform::reconcile, uniform::error_policy, Progress::new())
         .await?;

@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use examples::announce::Announcer;
 use examples::fleet::LocalFleet;
 use examples::uniform::{self, Progress};
 use multicluster_runtime::providers::clusters::Clusters;
@@ -44,19 +43,21 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     examples::init_tracing();
     let args = Args::parse();
-    let progress = Progress::new();
     match args.kubeconfig {
-        Some(path) => real_fleet(path, progress).await,
-        None => local_fleet(args.clusters.max(2), progress).await,
+        Some(path) => real_fleet(path).await,
+        None => local_fleet(args.clusters.max(2)).await,
     }
 }
 
 /// The demo on a local fleet: apiserver 0 is the manager's, 1..=n the fleet, n+1 joins later.
-async fn local_fleet(clusters: usize, progress: Arc<Progress>) -> anyhow::Result<()> {
+async fn local_fleet(clusters: usize) -> anyhow::Result<()> {
     let fleet = LocalFleet::start(clusters + 2).await?;
+    // Times count from here: building and starting the control planes is not the
+    // controller's doing.
+    let progress = Progress::new();
+    println!("--- fleet ready; reconcile times below count from now");
     let provider = Arc::new(Clusters::new());
     let manager = Manager::with_provider(fleet.local()?, provider.clone());
-    manager.add_aware(Announcer::new()).await?;
     uniform::controller(&manager)
         .register(uniform::reconcile, uniform::error_policy, progress.clone())
         .await?;
@@ -95,11 +96,11 @@ async fn join(fleet: &LocalFleet, provider: &Clusters, index: usize) -> anyhow::
 }
 
 /// The demo on real clusters: every context of the kubeconfig(s) at `path`.
-async fn real_fleet(path: PathBuf, progress: Arc<Progress>) -> anyhow::Result<()> {
+async fn real_fleet(path: PathBuf) -> anyhow::Result<()> {
+    let progress = Progress::new();
     let local = Arc::new(Cluster::new("", kube::Client::try_default().await?));
     let provider = Arc::new(Files::builder().path(path).build());
     let manager = Manager::with_provider(local, provider);
-    manager.add_aware(Announcer::new()).await?;
     uniform::controller(&manager)
         .register(uniform::reconcile, uniform::error_policy, progress)
         .await?;

@@ -1,19 +1,20 @@
-//! Shared pieces of the examples: a local fleet to run against, readable logging,
-//! a component that announces engagements, and the two demo reconcilers.
+//! Shared pieces of the examples: a local fleet to run against, readable logging
+//! and the two demo reconcilers.
 //!
 //! Every example runs on its own: without arguments it starts a local fleet of real
 //! apiservers (building them the first time) and stops it on Ctrl-C.
 
-pub mod announce;
 pub mod fleet;
 pub mod sync;
 pub mod uniform;
 
 /// Logs to stderr: `info` for the examples and the library, quiet for the client's
-/// retries of a cluster that is still starting. `RUST_LOG` overrides it.
+/// retries of a cluster that is still starting, and for kube-envtest's own lines
+/// (the local fleet prints its progress once, plainly). `RUST_LOG` overrides it.
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_client=off,kube_runtime=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,kube_client=off,kube_runtime=warn,kube_envtest=warn")
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)

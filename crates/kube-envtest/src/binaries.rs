@@ -82,24 +82,32 @@ impl Binaries {
             return Err(missing);
         }
         eprintln!(
-            "control-plane binaries missing; running {} (several minutes the first time)",
+            "control-plane binaries missing; running {} to build kube-apiserver {KUBERNETES_VERSION} and etcd",
             crate::BUILD_COMMAND
         );
-        let status = std::process::Command::new("bash")
+        eprintln!("(the first time: about 11 minutes on 2 cores; cached afterwards)");
+        let started = std::time::Instant::now();
+        let mut child = std::process::Command::new("bash")
             .arg(build_script)
             .stdout(std::process::Stdio::null())
-            .status()
+            .spawn()
             .map_err(|source| Error::Spawn {
                 what: crate::BUILD_COMMAND.into(),
                 binary: build_script.into(),
                 source,
             })?;
+        let status = wait_reporting(&mut child, started).map_err(|source| Error::Spawn {
+            what: crate::BUILD_COMMAND.into(),
+            binary: build_script.into(),
+            source,
+        })?;
         if !status.success() {
             return Err(Error::Build {
                 script: build_script.into(),
                 status,
             });
         }
+        eprintln!("control plane built in {}", minutes(started.elapsed()));
         Self::find()
     }
 
@@ -137,6 +145,37 @@ fn is_executable(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Waits for the build, printing how long it has been running every
+/// [`PROGRESS_EVERY`]: a cold build is otherwise silent for minutes.
+fn wait_reporting(
+    child: &mut std::process::Child,
+    started: std::time::Instant,
+) -> std::io::Result<std::process::ExitStatus> {
+    let mut next_report = PROGRESS_EVERY;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if started.elapsed() >= next_report {
+            eprintln!(
+                "still building the control plane: {} so far",
+                minutes(started.elapsed())
+            );
+            next_report += PROGRESS_EVERY;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
+/// How often [`wait_reporting`] says that the build is still running.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `duration` as `3m05s`.
+fn minutes(duration: std::time::Duration) -> String {
+    let secs = duration.as_secs();
+    format!("{}m{:02}s", secs / 60, secs % 60)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,5 +203,21 @@ mod tests {
         assert!(text.contains("kube-apiserver not found at"), "{text}");
         assert!(text.contains(crate::BUILD_COMMAND), "{text}");
         assert!(text.contains(BIN_DIR_ENV), "{text}");
+    }
+
+    #[test]
+    fn build_progress_reads_as_minutes_and_seconds() {
+        assert_eq!(minutes(std::time::Duration::from_secs(5)), "0m05s");
+        assert_eq!(minutes(std::time::Duration::from_secs(706)), "11m46s");
+    }
+
+    #[test]
+    fn the_build_is_waited_for_with_its_status() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "exit 3"])
+            .spawn()
+            .expect("sh");
+        let status = wait_reporting(&mut child, std::time::Instant::now()).expect("wait");
+        assert_eq!(status.code(), Some(3));
     }
 }

@@ -259,7 +259,7 @@ impl Controller {
             // Under the lock, so that a re-engagement's pause cannot come in between.
             self.sink.queue.remove_cluster(name);
             drop(clusters);
-            tracing::info!(controller = self.name, cluster = %name, "cluster disengaged");
+            tracing::debug!(controller = self.name, cluster = %name, "cluster disengaged");
         }
     }
 
@@ -362,7 +362,7 @@ impl Aware for Controller {
                 }
             }
         };
-        tracing::info!(controller = self.name, cluster = %name, "cluster engaged");
+        tracing::debug!(controller = self.name, cluster = %name, "cluster engaged");
         for source in &self.sources {
             self.spawn(own.clone(), source.run(cluster.clone(), self.sink.clone()));
         }
