@@ -62,6 +62,14 @@ fn gauge(value: f64) -> ConstGauge<f64> {
     ConstGauge::new(value)
 }
 
+fn count(value: usize) -> ConstGauge<i64> {
+    ConstGauge::new(to_i64(value))
+}
+
+fn to_i64(value: usize) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
 impl Collector for StateCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let (Some(manager), Some(metrics)) = (self.manager.upgrade(), self.metrics.upgrade()) else {
@@ -78,20 +86,21 @@ impl Collector for StateCollector {
 
         // Controllers and their queues.
         let mut max_concurrent = Vec::new();
-        let mut per_queue: BTreeMap<(String, Labels), (f64, f64, f64, f64)> = BTreeMap::new();
+        // Per queue: depth, leases, their total age, the oldest's age.
+        let mut per_queue: BTreeMap<(String, Labels), (i64, i64, f64, f64)> = BTreeMap::new();
         for controller in metrics.controllers() {
             let name = controller.name().to_string();
             max_concurrent.push((
                 vec![("controller", name.clone())],
-                gauge(controller.max_concurrent() as f64),
+                count(controller.max_concurrent()),
             ));
             for queue in controller.queue_gauges() {
                 let mut labels = Vec::new();
                 cluster_label(&mut labels, &queue.cluster);
                 // Without the cluster label, clusters fold into one sample.
                 let entry = per_queue.entry((name.clone(), labels)).or_default();
-                entry.0 += queue.depth as f64;
-                entry.1 += queue.running.leases as f64;
+                entry.0 += to_i64(queue.depth);
+                entry.1 += to_i64(queue.running.leases);
                 entry.2 += queue.running.total.as_secs_f64();
                 entry.3 = entry.3.max(queue.running.longest.as_secs_f64());
             }
@@ -115,7 +124,7 @@ impl Collector for StateCollector {
             MetricType::Gauge,
             per_queue
                 .iter()
-                .map(|((name, labels), v)| (with("controller", name, labels), gauge(v.1))),
+                .map(|((name, labels), v)| (with("controller", name, labels), ConstGauge::new(v.1))),
         )?;
         family(
             &mut encoder,
@@ -124,7 +133,7 @@ impl Collector for StateCollector {
             MetricType::Gauge,
             per_queue
                 .iter()
-                .map(|((name, labels), v)| (with("name", name, labels), gauge(v.0))),
+                .map(|((name, labels), v)| (with("name", name, labels), ConstGauge::new(v.0))),
         )?;
         family(
             &mut encoder,
