@@ -116,7 +116,10 @@ pub fn parse(text: &str) -> Result<Exposition, String> {
             .last_mut()
             .filter(|f| belongs(&sample.name, f))
             .ok_or_else(|| at(format!("sample {} outside its family", sample.name)))?;
-        if family.kind == "counter" && sample.name.ends_with("_total") && !(sample.value >= 0.0) {
+        if family.kind == "counter"
+            && sample.name.ends_with("_total")
+            && (sample.value.is_nan() || sample.value < 0.0)
+        {
             return Err(at("negative or NaN counter".into()));
         }
         let series = format!("{}{:?}", sample.name, sample.labels);
@@ -242,7 +245,9 @@ fn parse_labels(mut text: &str) -> Result<(BTreeMap<String, String>, &str), Stri
 /// Buckets in increasing `le` order ending at `+Inf`, cumulative, and `_count`
 /// equal to the `+Inf` bucket, for every label set of the histogram.
 fn check_histogram(family: &MetricFamily) -> Result<(), String> {
-    let mut groups: BTreeMap<String, (Vec<(f64, f64)>, Option<f64>)> = BTreeMap::new();
+    // Per label set (without `le`): the buckets as (le, value), and `_count`.
+    type Group = (Vec<(f64, f64)>, Option<f64>);
+    let mut groups: BTreeMap<String, Group> = BTreeMap::new();
     for sample in &family.samples {
         let mut labels = sample.labels.clone();
         let le = labels.remove("le");
@@ -260,7 +265,8 @@ fn check_histogram(family: &MetricFamily) -> Result<(), String> {
             return Err(format!("{what}: no +Inf bucket last"));
         }
         for pair in buckets.windows(2) {
-            if !(pair[0].0 < pair[1].0) || pair[0].1 > pair[1].1 {
+            let increasing = pair[0].0.partial_cmp(&pair[1].0) == Some(std::cmp::Ordering::Less);
+            if !increasing || pair[0].1 > pair[1].1 {
                 return Err(format!("{what}: buckets out of order or not cumulative"));
             }
         }

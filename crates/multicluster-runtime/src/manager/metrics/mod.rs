@@ -59,12 +59,15 @@
 //! # use std::sync::Arc;
 //! use prometheus_client::metrics::counter::Counter;
 //!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
 //! # let client = kube::Client::try_from(kube::Config::new("https://127.0.0.1:9".parse().unwrap())).unwrap();
 //! # let manager = multicluster_runtime::Manager::new(Arc::new(multicluster_runtime::Cluster::new("", client)));
 //! let widgets: Counter = Counter::default();
 //! manager.metrics().register("widgets_made", "Widgets made by the reconciler", widgets.clone());
 //! widgets.inc();
 //! assert!(manager.metrics().encode().contains("widgets_made_total 1\n"));
+//! # }
 //! ```
 
 mod collector;
