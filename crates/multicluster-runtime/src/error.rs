@@ -152,6 +152,16 @@ pub enum Error {
         /// Every reconcile that was still running when it ran out.
         cut_short: Vec<crate::manager::CutShort>,
     },
+
+    /// The manager's HTTP endpoint cannot listen on its address.
+    #[error("cannot serve metrics and health checks on {address}: {source}")]
+    Endpoint {
+        /// The address asked for.
+        address: std::net::SocketAddr,
+        /// Why binding failed (e.g. the address is in use).
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl Error {

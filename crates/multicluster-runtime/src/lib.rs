@@ -32,6 +32,7 @@
 //! | [`controller::Action`] | `reconcile.Result` | `Action` |
 //! | [`Error::AlreadyStarted`], [`Error::ClusterExists`], [`Error::ClusterNameMismatch`] | — | — |
 //! | one [`cache::Cache`] per cluster, shared | one cache per cluster | one `Store` per controller |
+//! | [`Manager::metrics`], [`Manager::with_http_endpoint`], [`Manager::add_readyz_check`] | `metrics.Registry`, `HealthProbeBindAddress`, `AddReadyzCheck` | — |
 //!
 //! Providers ([`providers`]): `clusters` and `single` always; `file`, `secret`,
 //! `namespace`, `capi`, `profile`, `multi` and `nop` behind cargo features of those

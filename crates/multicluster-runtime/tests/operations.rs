@@ -1,5 +1,6 @@
-//! Running in production: leader election and graceful shutdown, against real
-//! apiservers (issue "Run it in production", tests o01 and o05).
+//! Running in production: leader election, graceful shutdown, metrics and
+//! readiness, against real apiservers (issue "Run it in production", tests o01,
+//! o02, o03a and o05).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -20,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 mod support;
 
 use support::WAIT;
+use support::fleet::{Env, create_cm};
+use support::openmetrics::{self, Exposition};
 
 /// The test's lease timings: short, so that a takeover is seconds, not 15.
 const LEASE: Duration = Duration::from_secs(4);
@@ -462,4 +465,437 @@ async fn o05_shutdown_drains_in_flight_reconciles_within_the_timeout() {
             .all(|s| s.end.is_some_and(|end| end - s.start < Duration::from_secs(2))),
         "the reconciles were cut short"
     );
+}
+
+/// What the o02 reconciler did, per cluster: every reconcile with its result.
+#[derive(Default)]
+struct Results {
+    seen: Mutex<Vec<(String, String, &'static str)>>,
+    failed_once: Mutex<std::collections::BTreeSet<(String, String)>>,
+}
+
+impl Results {
+    fn count(&self, cluster: &str, result: &str) -> usize {
+        let seen = self.seen.lock().unwrap();
+        seen.iter()
+            .filter(|(c, _, r)| c == cluster && *r == result)
+            .count()
+    }
+
+    fn reached(&self, cluster: &str, name: &str, result: &str) -> bool {
+        let seen = self.seen.lock().unwrap();
+        seen.iter()
+            .any(|(c, n, r)| c == cluster && n == name && *r == result)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("failing once on purpose")]
+struct OnPurpose;
+
+/// By object name: `o02-fail` fails once, `o02-again` asks for backoff once,
+/// `o02-later` asks to come back in an hour; everything else succeeds.
+async fn o02_reconcile(req: ReconcileRequest<ConfigMap>, results: Arc<Results>) -> Result<Action, OnPurpose> {
+    let (cluster, name) = (req.cluster_name().as_str().to_owned(), req.name().to_owned());
+    let first = results
+        .failed_once
+        .lock()
+        .unwrap()
+        .insert((cluster.clone(), name.clone()));
+    let (result, outcome) = match name.as_str() {
+        "o02-fail" if first => ("error", Err(OnPurpose)),
+        "o02-again" if first => ("requeue", Ok(Action::backoff())),
+        "o02-later" => ("requeue_after", Ok(Action::requeue(Duration::from_secs(3600)))),
+        _ => ("success", Ok(Action::await_change())),
+    };
+    results.seen.lock().unwrap().push((cluster, name, result));
+    outcome
+}
+
+async fn scrape(manager: &Manager) -> (String, Exposition) {
+    let address = manager.http_address().expect("endpoint listens");
+    let response = support::http::get(address, "/metrics").await;
+    assert_eq!(response.status, 200);
+    assert!(
+        response
+            .content_type
+            .starts_with("application/openmetrics-text; version=1.0.0"),
+        "{}",
+        response.content_type
+    );
+    let parsed = openmetrics::parse(&response.body)
+        .unwrap_or_else(|err| panic!("/metrics is not OpenMetrics: {err}\n{}", response.body));
+    (response.body, parsed)
+}
+
+async fn wait_http_address(manager: &Manager) {
+    support::wait_until("the endpoint listens", || manager.http_address().is_some()).await;
+}
+
+/// The strict parser used by o02 rejects what it must: otherwise o02's "parses as
+/// OpenMetrics" would prove nothing.
+#[test]
+fn o02_the_test_parser_rejects_malformed_expositions() {
+    let good = "# HELP a A.\n# TYPE a counter\na_total{x=\"1\"} 2\n# EOF\n";
+    let family = &openmetrics::parse(good).expect("valid").families[0];
+    assert_eq!((family.name.as_str(), family.samples[0].value), ("a", 2.0));
+    let bad = [
+        ("no EOF", "# TYPE a counter\na_total 1\n"),
+        (
+            "interleaved",
+            "# TYPE a gauge\na 1\n# TYPE b gauge\nb 1\n# TYPE a gauge\na{x=\"1\"} 1\n# EOF\n",
+        ),
+        (
+            "duplicate series",
+            "# TYPE a gauge\na{x=\"1\"} 1\na{x=\"1\"} 2\n# EOF\n",
+        ),
+        ("wrong suffix", "# TYPE a counter\na 1\n# EOF\n"),
+        ("unquoted", "# TYPE a gauge\na{x=1} 1\n# EOF\n"),
+        ("bad escape", "# TYPE a gauge\na{x=\"\\t\"} 1\n# EOF\n"),
+        ("trailing comma", "# TYPE a gauge\na{x=\"1\",} 1\n# EOF\n"),
+        ("negative counter", "# TYPE a counter\na_total -1\n# EOF\n"),
+        ("unit mismatch", "# TYPE a gauge\n# UNIT a seconds\na 1\n# EOF\n"),
+        ("text after EOF", "# TYPE a gauge\na 1\n# EOF\nb 1\n"),
+        (
+            "histogram not cumulative",
+            "# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\nh_count 1\nh_sum 0\n# EOF\n",
+        ),
+        (
+            "histogram count",
+            "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 1\nh_count 2\nh_sum 0\n# EOF\n",
+        ),
+    ];
+    for (what, text) in bad {
+        assert!(openmetrics::parse(text).is_err(), "accepted {what}");
+    }
+}
+
+/// After reconciles in 3 clusters, `/metrics` parses as OpenMetrics and shows, per
+/// cluster, `reconcile_total` by result with the counts the reconciler saw, the
+/// workqueue's depth, and the fleet's own metrics. Once a cluster is removed, none
+/// of its series is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn o02_metrics_per_cluster_and_removed_clusters_vanish() {
+    let env = Env::new(3).await;
+    let manager = env
+        .manager
+        .clone()
+        .with_http_endpoint("127.0.0.1:0".parse().unwrap());
+    let results = Arc::new(Results::default());
+    Controller::builder::<ConfigMap>(&manager)
+        .named("o02")
+        .register(
+            o02_reconcile,
+            |_: &Request, _: &OnPurpose, _| Action::backoff(),
+            results.clone(),
+        )
+        .await
+        .expect("controller");
+    create_cm(env.client(1), "o02-a", &[]).await;
+    create_cm(env.client(2), "o02-a", &[]).await;
+    create_cm(env.client(2), "o02-fail", &[]).await;
+    create_cm(env.client(3), "o02-a", &[]).await;
+    create_cm(env.client(3), "o02-later", &[]).await;
+    create_cm(env.client(3), "o02-again", &[]).await;
+    env.start();
+    wait_http_address(&manager).await;
+    support::wait_until("the o02 objects reconciled to their end", || {
+        results.reached("c1", "o02-a", "success")
+            && results.reached("c2", "o02-fail", "success")
+            && results.reached("c3", "o02-again", "success")
+            && results.reached("c3", "o02-later", "requeue_after")
+    })
+    .await;
+
+    // The metric catches up with the reconciler once each reconcile has returned.
+    let counts_match = |metrics: &Exposition| {
+        ["c1", "c2", "c3"].iter().all(|cluster| {
+            ["success", "error", "requeue", "requeue_after"]
+                .iter()
+                .all(|result| {
+                    let labels = [("controller", "o02"), ("cluster", *cluster), ("result", *result)];
+                    let value = metrics.value("controller_runtime_reconcile_total", &labels);
+                    value.unwrap_or(0.0) as usize == results.count(cluster, result)
+                })
+        })
+    };
+    let started = Instant::now();
+    let (text, metrics) = loop {
+        let (text, metrics) = scrape(&manager).await;
+        if counts_match(&metrics) {
+            break (text, metrics);
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "reconcile_total never matched the reconciles:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for cluster in ["c1", "c2", "c3"] {
+        eprintln!(
+            "o02: {cluster}: success={} error={} requeue={} requeue_after={}",
+            results.count(cluster, "success"),
+            results.count(cluster, "error"),
+            results.count(cluster, "requeue"),
+            results.count(cluster, "requeue_after")
+        );
+    }
+    let of = |name: &str, labels: &[(&str, &str)]| metrics.value(name, labels).unwrap_or(0.0);
+    assert_eq!(results.count("c2", "error"), 1);
+    assert_eq!(results.count("c3", "requeue"), 1);
+    assert_eq!(results.count("c3", "requeue_after"), 1);
+    assert_eq!(
+        of("controller_runtime_reconcile_errors_total", &[("cluster", "c2")]),
+        1.0
+    );
+    assert_eq!(
+        of("controller_runtime_reconcile_errors_total", &[("cluster", "c1")]),
+        0.0
+    );
+    assert!(
+        metrics
+            .samples("controller_runtime_reconcile_panics_total")
+            .is_empty()
+    );
+    for cluster in ["c1", "c2", "c3"] {
+        let total: usize = ["success", "error", "requeue", "requeue_after"]
+            .iter()
+            .map(|result| results.count(cluster, result))
+            .sum();
+        let labels = [("controller", "o02"), ("cluster", cluster)];
+        assert_eq!(
+            of("controller_runtime_reconcile_time_seconds_count", &labels),
+            total as f64,
+            "every reconcile of {cluster} is timed"
+        );
+    }
+    // Backoff was asked for once in c2 (the failure) and once in c3 (`o02-again`).
+    assert_eq!(
+        of("workqueue_retries_total", &[("name", "o02"), ("cluster", "c2")]),
+        1.0
+    );
+    assert_eq!(
+        of("workqueue_retries_total", &[("name", "o02"), ("cluster", "c3")]),
+        1.0
+    );
+    assert_eq!(
+        of("workqueue_retries_total", &[("name", "o02"), ("cluster", "c1")]),
+        0.0
+    );
+    // c3 holds `o02-later`, delayed for an hour; the others are empty.
+    assert_eq!(
+        metrics.value("workqueue_depth", &[("name", "o02"), ("cluster", "c3")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        metrics.value("workqueue_depth", &[("name", "o02"), ("cluster", "c1")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        metrics.value("workqueue_depth", &[("name", "o02"), ("cluster", "c2")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        metrics.value(
+            "controller_runtime_max_concurrent_reconciles",
+            &[("controller", "o02")]
+        ),
+        Some(1.0)
+    );
+    let fleet = |name: &str, labels: &[(&str, &str)]| metrics.value(name, labels);
+    assert_eq!(
+        fleet(
+            "multicluster_runtime_engaged_clusters",
+            &[("provider", "Clusters")]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        fleet("multicluster_runtime_engaged_clusters", &[("provider", "local")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        fleet(
+            "multicluster_runtime_cluster_engagements_total",
+            &[("provider", "Clusters"), ("result", "success")]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        fleet(
+            "multicluster_runtime_cache_synced",
+            &[("cluster", "c1"), ("resource", "ConfigMap (v1)")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(fleet("leader_election_master_status", &[("name", "")]), Some(1.0));
+    let lines = text
+        .lines()
+        .filter(|line| line.contains("cluster=\"c1\""))
+        .collect::<Vec<_>>();
+    let bytes: usize = lines.iter().map(|line| line.len() + 1).sum();
+    eprintln!(
+        "o02: series of cluster c1 (1 controller, 1 resource): {} samples, {bytes} bytes of exposition",
+        lines.len()
+    );
+
+    // Remove c2: every series of it goes; the others stay.
+    assert!(env.provider.remove(&"c2".into()));
+    let started = Instant::now();
+    let metrics = loop {
+        let (text, metrics) = scrape(&manager).await;
+        if metrics.with_label("cluster", "c2").is_empty() {
+            break metrics;
+        }
+        assert!(started.elapsed() < WAIT, "c2's series outlived it:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(manager.engaged_clusters().iter().all(|name| name != "c2"));
+    for cluster in ["c1", "c3"] {
+        let labels = [("controller", "o02"), ("cluster", cluster), ("result", "success")];
+        assert!(
+            metrics
+                .value("controller_runtime_reconcile_total", &labels)
+                .is_some_and(|v| v > 0.0),
+            "{cluster} keeps its series"
+        );
+    }
+    assert_eq!(
+        metrics.value(
+            "multicluster_runtime_engaged_clusters",
+            &[("provider", "Clusters")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        metrics.value(
+            "multicluster_runtime_cluster_disengagements_total",
+            &[("provider", "Clusters"), ("reason", "removed")]
+        ),
+        Some(1.0)
+    );
+}
+
+/// `/readyz?verbose` lists every check and every engaged cluster with its state.
+/// Readiness waits for the manager to run; a provider's cluster that cannot sync
+/// is listed as syncing without failing it (unless every cluster is required); a
+/// failing user check fails it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn o03a_readyz_verbose_lists_clusters() {
+    let env = Env::new(2).await;
+    let manager = env
+        .manager
+        .clone()
+        .with_http_endpoint("127.0.0.1:0".parse().unwrap());
+    let switched_on = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = switched_on.clone();
+    manager.add_readyz_check(multicluster_runtime::manager::HealthCheck::from_fn(
+        "flag",
+        move || {
+            if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err("switched off")
+            }
+        },
+    ));
+    manager.add_healthz_check(multicluster_runtime::manager::HealthCheck::new(
+        "alive",
+        || async { Ok::<(), String>(()) },
+    ));
+    Controller::builder::<ConfigMap>(&manager)
+        .named("o03a")
+        .register(
+            |_: ReconcileRequest<ConfigMap>, _: Arc<()>| async {
+                Ok::<_, Infallible>(Action::await_change())
+            },
+            |_: &Request, _: &Infallible, _| Action::backoff(),
+            Arc::new(()),
+        )
+        .await
+        .expect("controller");
+    let before = manager.readyz().await;
+    assert!(!before.passed(), "ready before start:\n{before}");
+    assert!(before.to_string().contains("[-]manager not running"), "{before}");
+
+    env.start();
+    wait_http_address(&manager).await;
+    let address = manager.http_address().expect("address");
+    let all_synced = "[+]manager running\n\
+                      [+]cluster \"\" synced\n\
+                      [+]cluster \"c1\" synced\n\
+                      [+]cluster \"c2\" synced\n\
+                      [+]flag ok\n\
+                      readyz check passed\n";
+    let started = Instant::now();
+    loop {
+        let response = support::http::get(address, "/readyz?verbose").await;
+        if response.body == all_synced {
+            assert_eq!(response.status, 200);
+            break;
+        }
+        assert!(started.elapsed() < WAIT, "never all synced: {response:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let terse = support::http::get(address, "/readyz").await;
+    assert_eq!((terse.status, terse.body.as_str()), (200, "ok\n"));
+    let health = support::http::get(address, "/healthz?verbose").await;
+    assert_eq!(
+        (health.status, health.body.as_str()),
+        (200, "[+]ping ok\n[+]alive ok\nhealthz check passed\n")
+    );
+    assert_eq!(support::http::get(address, "/nothing").await.status, 404);
+
+    // A cluster whose apiserver does not answer: listed as syncing, still ready.
+    let nowhere = kube::Config::new("https://127.0.0.1:9".parse().unwrap());
+    let dead = Arc::new(Cluster::new("dead", Client::try_from(nowhere).expect("client")));
+    env.provider.add(dead).await.expect("add dead cluster");
+    support::wait_until("the dead cluster engaged", || {
+        manager.engaged_clusters().iter().any(|name| name == "dead")
+    })
+    .await;
+    let response = support::http::get(address, "/readyz?verbose").await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    let dead_line = response
+        .body
+        .lines()
+        .find(|line| line.starts_with("[+]cluster \"dead\" syncing since "))
+        .unwrap_or_else(|| panic!("dead cluster not listed as syncing:\n{}", response.body));
+    assert!(
+        dead_line.ends_with("(controller o03a, ConfigMap (v1))"),
+        "{dead_line}"
+    );
+    assert!(
+        response.body.ends_with("readyz check passed\n"),
+        "{}",
+        response.body
+    );
+
+    // Requiring every cluster, the dead one fails readiness.
+    let strict = manager.clone().with_readiness_requiring_all_clusters(true);
+    let response = support::http::get(address, "/readyz?verbose").await;
+    assert_eq!(response.status, 503, "{}", response.body);
+    assert!(
+        response.body.contains("[-]cluster \"dead\" syncing since "),
+        "{}",
+        response.body
+    );
+    let _ = strict.with_readiness_requiring_all_clusters(false);
+    assert!(env.provider.remove(&"dead".into()));
+
+    // A failing user check fails readiness, and says why even without `?verbose`.
+    switched_on.store(false, std::sync::atomic::Ordering::SeqCst);
+    let response = support::http::get(address, "/readyz").await;
+    assert_eq!(response.status, 503);
+    assert!(
+        response.body.contains("[-]flag failed: switched off\n"),
+        "{}",
+        response.body
+    );
+    assert!(
+        response.body.ends_with("readyz check failed\n"),
+        "{}",
+        response.body
+    );
+    assert_eq!(support::http::get(address, "/healthz").await.status, 200);
 }

@@ -6,7 +6,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures::{Stream, StreamExt};
 use kube::Resource;
@@ -94,6 +94,8 @@ struct Core<K> {
     last_error: Mutex<Option<Arc<watcher::Error>>>,
     /// How many watches were dropped because a transform panicked.
     restarts: AtomicU64,
+    /// When the informer was made: it has been syncing since then until synced.
+    created: SystemTime,
 }
 
 /// Where events go: everything to `all`; each namespace's events also to that
@@ -178,6 +180,7 @@ impl<K> Informer<K> {
             namespace_capacity,
             last_error: Mutex::new(None),
             restarts: AtomicU64::new(0),
+            created: SystemTime::now(),
         };
         Informer {
             core: Arc::new(core),
@@ -251,6 +254,17 @@ impl<K> Informer<K> {
     /// cluster. Shared by every handle on the informer, scoped or not.
     pub fn restarts(&self) -> u64 {
         self.core.restarts.load(Ordering::Relaxed)
+    }
+
+    /// What the informer's watch is doing, for health reports and metrics.
+    pub fn status(&self) -> InformerStatus {
+        InformerStatus {
+            resource: self.core.resource.to_string(),
+            synced: self.is_synced(),
+            stopped: self.is_stopped(),
+            created: self.core.created,
+            restarts: self.restarts(),
+        }
     }
 
     /// Waits until the informer is synced, at most `timeout`.
@@ -443,6 +457,34 @@ impl<K: Resource + Send + Sync + 'static> Informer<K> {
             }
         }
     }
+}
+
+/// An informer of any type, as the cache's registry keeps it for status reports.
+pub(crate) trait AnyInformer: Send + Sync {
+    fn status(&self) -> InformerStatus;
+}
+
+impl<K: Send + Sync + 'static> AnyInformer for Informer<K> {
+    fn status(&self) -> InformerStatus {
+        Informer::status(self)
+    }
+}
+
+/// What one informer's watch is doing; see [`Informer::status`] and
+/// [`Cache::informer_statuses`](super::Cache::informer_statuses).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InformerStatus {
+    /// The resource type watched, e.g. `ConfigMap (v1)`.
+    pub resource: String,
+    /// Whether its first list is complete; see [`Informer::is_synced`].
+    pub synced: bool,
+    /// Whether it stopped; see [`Informer::is_stopped`].
+    pub stopped: bool,
+    /// When it was made: it has been syncing since then, until `synced`.
+    pub created: SystemTime,
+    /// Watches it dropped and started again; see [`Informer::restarts`].
+    pub restarts: u64,
 }
 
 /// Why the informer stopped following one watch.

@@ -127,7 +127,8 @@ pub use self::error::CacheError;
 pub(crate) use self::error::error_chain;
 pub use self::event::InformerEvent;
 pub use self::index::FieldIndex;
-pub use self::informer::Informer;
+use self::informer::AnyInformer;
+pub use self::informer::{Informer, InformerStatus};
 pub use self::key::ObjectKey;
 pub use self::options::{CacheOptions, WatchNamespaces, WatchSpec};
 pub use self::store::Store;
@@ -206,6 +207,8 @@ struct Registry {
     indexes: HashMap<TypeKey, Vec<(String, Erased)>>,
     /// `Transform<K>`s, applied by informers created after they were set.
     transforms: HashMap<TypeKey, Erased>,
+    /// The same informers as `informers`, for reports that need no type.
+    statuses: Vec<Arc<dyn AnyInformer>>,
 }
 
 type Erased = Arc<dyn Any + Send + Sync>;
@@ -319,6 +322,17 @@ impl Cache {
         self.inner.watches.load(Ordering::Relaxed)
     }
 
+    /// The status of every informer the cache started, in the order they were
+    /// started. A [namespace-scoped view](Self::scoped) reports its host's.
+    pub fn informer_statuses(&self) -> Vec<InformerStatus> {
+        self.inner
+            .registry()
+            .statuses
+            .iter()
+            .map(|i| i.status())
+            .collect()
+    }
+
     /// The informer of all objects of `K`, in the cache's
     /// [default namespaces](CacheOptions::default_namespaces) (all namespaces unless
     /// set); started on first use.
@@ -399,6 +413,7 @@ impl Cache {
         // seen here or applied by `register_index` to this informer, never lost.
         let informer = self.start_informer::<K>(dyntype, &key, &registry);
         registry.informers.insert(key, informer.clone());
+        registry.statuses.push(informer.clone());
         informer
     }
 

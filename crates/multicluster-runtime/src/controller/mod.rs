@@ -41,6 +41,7 @@ use crate::cache::ObjectKey;
 use crate::cluster::engagement::{Engage, Engagements};
 use crate::cluster::{Cluster, ClusterName};
 use crate::error::Result;
+use crate::manager::metrics::{ControllerMetrics, Reconciled};
 use crate::manager::{CutShort, Manager, Runnable};
 use crate::multicluster::Aware;
 
@@ -78,6 +79,7 @@ pub struct Controller {
     stopping: CancellationToken,
     /// The controller's own handle, for the tasks it spawns.
     me: Weak<Controller>,
+    metrics: Arc<ControllerMetrics>,
 }
 
 /// Whether an engaged cluster's cache of the primary type has synced.
@@ -115,10 +117,15 @@ impl std::fmt::Debug for Controller {
 
 impl Controller {
     fn new(manager: Manager, settings: Settings) -> Arc<Self> {
+        let max_concurrent = settings.queue.max_concurrency();
         let sink = Sink {
             queue: WorkQueue::with_config(settings.queue),
             clusters: Arc::new(RwLock::new(Arc::from(Vec::new()))),
         };
+        let metrics = manager
+            .metrics()
+            .controller(&settings.name, max_concurrent, sink.queue.view());
+        sink.queue.observe(metrics.queue_observer());
         Arc::new_cyclic(|me| Controller {
             name: settings.name,
             manager,
@@ -133,6 +140,7 @@ impl Controller {
             tasks: TaskTracker::new(),
             stopping: CancellationToken::new(),
             me: me.clone(),
+            metrics,
         })
     }
 
@@ -246,6 +254,7 @@ impl Controller {
             engaged.value = true;
             // Under the lock, so that a replacement's pause cannot come in between.
             self.sink.queue.resume_cluster(name);
+            self.metrics.cluster_synced(name);
             tracing::debug!(controller = self.name, cluster = %name, "cache synced; reconciling");
         }
     }
@@ -258,6 +267,7 @@ impl Controller {
             self.publish_clusters(&clusters);
             // Under the lock, so that a re-engagement's pause cannot come in between.
             self.sink.queue.remove_cluster(name);
+            self.metrics.cluster_disengaged(name);
             drop(clusters);
             tracing::debug!(controller = self.name, cluster = %name, "cluster disengaged");
         }
@@ -294,10 +304,13 @@ impl Controller {
             // Called inside the future, so a panic before its first await is caught too.
             async move { reconciler.reconcile(request, cluster).await }
         };
+        let started = std::time::Instant::now();
         let outcome = AssertUnwindSafe(attempt)
             .catch_unwind()
             .instrument(span.clone())
             .await;
+        self.metrics
+            .reconciled(&request.cluster, reconciled(&outcome), started.elapsed());
         let next = span.in_scope(|| match outcome {
             Ok(Outcome::Done(action)) => {
                 self.sink.queue.forget(&request.cluster, &request.key);
@@ -356,6 +369,8 @@ impl Aware for Controller {
                         old.token.cancel();
                     }
                     self.publish_clusters(&clusters);
+                    // Before the first add, so that the queue's metrics count it.
+                    self.metrics.cluster_engaged(&name);
                     // Nothing of the name is reconciled until the new cache has synced.
                     self.sink.queue.pause_cluster(&name);
                     generation
@@ -520,6 +535,19 @@ impl Runnable for Controller {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How a reconcile ended, for the metrics.
+fn reconciled(outcome: &std::thread::Result<Outcome>) -> Reconciled {
+    match outcome {
+        Ok(Outcome::Done(action)) => match action.0 {
+            Next::AwaitChange => Reconciled::Success,
+            Next::RequeueAfter(_) => Reconciled::RequeueAfter,
+            Next::Backoff => Reconciled::Requeue,
+        },
+        Ok(Outcome::Failed { .. }) => Reconciled::Error,
+        Err(_) => Reconciled::Panic,
+    }
 }
 
 fn next_reconcile_id() -> u64 {

@@ -2,8 +2,7 @@
 //!
 //! Providers engage clusters into the manager; the manager engages each into every
 //! cluster-aware component (controllers above all), including components added after
-//! the cluster appeared. Health probes and metrics will hang off the manager as
-//! further runnables.
+//! the cluster appeared.
 //!
 //! # Leader election
 //!
@@ -24,6 +23,46 @@
 //! default) to finish. Those still running then are cancelled, logged and returned in
 //! [`Error::ShutdownTimedOut`]. A lost lease cuts them at once instead.
 //!
+//! # Metrics, health and readiness
+//!
+//! Every manager keeps a Prometheus registry, [`Manager::metrics`], with
+//! controller-runtime's metrics per controller *and cluster*, its workqueue metrics,
+//! and the fleet's own (engaged clusters, engagements, caches synced, leadership);
+//! the [`metrics`] module lists them. Register your own metrics there too.
+//!
+//! [`Manager::with_http_endpoint`] serves, on one address, while the manager runs:
+//!
+//! - `/metrics`: the registry as OpenMetrics text;
+//! - `/healthz`: liveness, from the [healthz checks](Manager::add_healthz_check);
+//! - `/readyz`: readiness ([`Manager::readyz`]): the manager runs, its own cluster has
+//!   synced, and every [readyz check](Manager::add_readyz_check) passes. Clusters of
+//!   the provider are listed but do not count unless
+//!   [all are required](Manager::with_readiness_requiring_all_clusters): one
+//!   cluster that is slow or down must not take the process out of service for the
+//!   others.
+//!
+//! Add `?verbose` for one line per check and per engaged cluster with its
+//! [`ClusterState`], like kube-apiserver's:
+//!
+//! ```text
+//! [+]manager running
+//! [+]cluster "" synced
+//! [+]cluster "eu-1" synced
+//! [+]cluster "us-1" syncing since 2026-12-01T15:04:05Z (controller web, ConfigMap (v1))
+//! [-]database failed: connection refused
+//! readyz check failed
+//! ```
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! use multicluster_runtime::manager::HealthCheck;
+//! # async fn run(manager: multicluster_runtime::Manager) -> multicluster_runtime::Result<()> {
+//! let manager = manager.with_http_endpoint("0.0.0.0:8080".parse().unwrap());
+//! manager.add_readyz_check(HealthCheck::from_fn("config-loaded", || Ok::<(), String>(())));
+//! manager.start(tokio_util::sync::CancellationToken::new()).await
+//! # }
+//! ```
+//!
 //! # Engagement order
 //!
 //! Engagements of one cluster name pass through the manager one at a time (see
@@ -32,10 +71,14 @@
 //! the instances in one step, so work queued under the name carries over instead of
 //! being dropped while the name is briefly unknown.
 
+mod checks;
+mod endpoint;
 mod leader;
+pub mod metrics;
 mod runnable;
 mod shutdown;
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -50,7 +93,9 @@ use crate::cluster::{Cluster, ClusterName};
 use crate::error::{Error, Result};
 use crate::multicluster::{Aware, Provider};
 
+pub use checks::{CHECK_TIMEOUT, ClusterState, HealthCheck, Report, ReportLine};
 pub use leader::{LeaderElection, OnLeadershipLoss};
+pub use metrics::Metrics;
 pub use runnable::Runnable;
 pub use shutdown::CutShort;
 pub(crate) use shutdown::describe_cut_short;
@@ -82,6 +127,10 @@ struct Inner {
     options: Mutex<Options>,
     /// Whether this replica leads (always, once started, without leader election).
     leader: watch::Sender<bool>,
+    metrics: Metrics,
+    checks: Mutex<checks::Checks>,
+    /// Where the HTTP endpoint listens, once it does.
+    endpoint: Mutex<Option<SocketAddr>>,
 }
 
 /// Settings read when the manager starts.
@@ -89,6 +138,10 @@ struct Inner {
 struct Options {
     leader_election: Option<LeaderElection>,
     graceful_shutdown_timeout: Duration,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz`; nowhere if `None`.
+    http_endpoint: Option<SocketAddr>,
+    /// Whether every engaged cluster must have synced for readiness.
+    require_all_clusters: bool,
 }
 
 /// The engaged clusters and the components they are engaged into, under one lock so
@@ -144,7 +197,9 @@ impl Manager {
     /// A manager for the local cluster and the clusters of `provider`. If the
     /// provider runs ([`Provider::into_runnable`]), the manager starts it.
     pub fn with_provider<P: Provider + 'static>(local: Arc<Cluster>, provider: Arc<P>) -> Self {
-        Self::build(local, Some(provider))
+        let manager = Self::build(local, Some(provider));
+        manager.inner.metrics.set_provider(&type_label::<P>());
+        manager
     }
 
     fn build(local: Arc<Cluster>, provider: Option<Arc<dyn Provider>>) -> Self {
@@ -159,12 +214,91 @@ impl Manager {
             options: Mutex::new(Options {
                 leader_election: None,
                 graceful_shutdown_timeout: DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT,
+                http_endpoint: None,
+                require_all_clusters: false,
             }),
             leader: watch::Sender::new(false),
+            metrics: Metrics::new(),
+            checks: Mutex::default(),
+            endpoint: Mutex::new(None),
         };
-        Manager {
+        let manager = Manager {
             inner: Arc::new(inner),
-        }
+        };
+        let collector = metrics::StateCollector::new(&manager);
+        manager.inner.metrics.register_collector(Box::new(collector));
+        manager
+    }
+
+    /// Serves `/metrics`, `/healthz` and `/readyz` on `address` while the manager
+    /// runs (see [Metrics, health and readiness](self#metrics-health-and-readiness));
+    /// off unless set. Port 0 picks a free port: see
+    /// [`http_address`](Self::http_address). Read when the manager starts, which
+    /// fails with [`Error::Endpoint`] if the address cannot be bound.
+    #[must_use]
+    pub fn with_http_endpoint(self, address: SocketAddr) -> Self {
+        lock(&self.inner.options).http_endpoint = Some(address);
+        self
+    }
+
+    /// Where the HTTP endpoint listens, once the manager has started it.
+    pub fn http_address(&self) -> Option<SocketAddr> {
+        *lock(&self.inner.endpoint)
+    }
+
+    /// Whether metrics carry a `cluster` label (the default). Without it, every
+    /// metric is summed over the clusters, which bounds the number of series when
+    /// the fleet is large, at the cost of telling clusters apart (see
+    /// [Cardinality](metrics#cardinality)). Set it before controllers are built.
+    #[must_use]
+    pub fn with_cluster_label(self, on: bool) -> Self {
+        self.inner.metrics.set_cluster_label(on);
+        self
+    }
+
+    /// Whether readiness requires every engaged cluster to have synced, not only the
+    /// local one (default `false`; see [`readyz`](Self::readyz)).
+    #[must_use]
+    pub fn with_readiness_requiring_all_clusters(self, require: bool) -> Self {
+        lock(&self.inner.options).require_all_clusters = require;
+        self
+    }
+
+    /// The metrics registry; register your own metrics in it.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Adds a liveness check to `/healthz`.
+    pub fn add_healthz_check(&self, check: HealthCheck) {
+        lock(&self.inner.checks).healthz.push(check);
+    }
+
+    /// Adds a readiness check to `/readyz`.
+    pub fn add_readyz_check(&self, check: HealthCheck) {
+        lock(&self.inner.checks).readyz.push(check);
+    }
+
+    /// Whether the manager runs: started, and not stopped yet.
+    pub fn is_running(&self) -> bool {
+        matches!(*self.runnables(), Runnables::Running { .. }) && !self.inner.stopped.is_cancelled()
+    }
+
+    /// The engaged instances, by name.
+    pub(crate) fn engaged_instances(&self) -> Vec<(ClusterName, Arc<Cluster>)> {
+        self.engaged()
+            .clusters
+            .live()
+            .map(|(name, engaged)| (name.clone(), engaged.cluster.clone()))
+            .collect()
+    }
+
+    /// The lease of leader election, `namespace/name`, if it is on.
+    pub(crate) fn lease_name(&self) -> Option<String> {
+        lock(&self.inner.options)
+            .leader_election
+            .as_ref()
+            .map(LeaderElection::lease)
     }
 
     /// Elect a leader among the replicas on a Lease in the local cluster (see
@@ -401,6 +535,10 @@ impl Manager {
                 reason,
             });
         }
+        let listener = match options.http_endpoint {
+            Some(address) => Some(endpoint::bind(address).await?),
+            None => None,
+        };
         let run = token.child_token();
         let _stop_on_drop = run.clone().drop_guard();
         let (failures, mut failed) = mpsc::unbounded_channel();
@@ -421,6 +559,14 @@ impl Manager {
         };
         if options.leader_election.is_none() {
             self.inner.leader.send_replace(true);
+        }
+        if let Some(listener) = listener {
+            *lock(&self.inner.endpoint) = listener.local_addr().ok();
+            tracing::info!(address = ?self.http_address(), "serving /metrics, /healthz and /readyz");
+            let (this, token) = (self.clone(), run.clone());
+            self.inner
+                .tasks
+                .spawn(async move { endpoint::serve(this, listener, token).await });
         }
         let outcome = self
             .run(&run, pending, options.leader_election, failures, &mut failed)
@@ -623,6 +769,7 @@ impl Manager {
             };
             let removed = lock(&inner.engaged).clusters.disengage(&name, generation);
             if removed.is_some() {
+                inner.metrics.cluster_disengaged(&name, false);
                 tracing::info!(cluster = %name, "cluster disengaged");
             }
         });
@@ -657,6 +804,13 @@ fn shutdown_outcome(failed: &mut mpsc::UnboundedReceiver<Error>) -> Result<()> {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A type's name without its path and generics, e.g. `Clusters`, for labels.
+fn type_label<T: ?Sized>() -> String {
+    let full = std::any::type_name::<T>();
+    let base = full.split('<').next().unwrap_or(full);
+    base.rsplit("::").next().unwrap_or(base).to_owned()
 }
 
 #[async_trait]
@@ -700,8 +854,10 @@ impl Aware for Manager {
             }
         }
         if let Some(old) = replaced {
+            self.inner.metrics.cluster_disengaged(&name, true);
             old.token.cancel();
         }
+        self.inner.metrics.cluster_engaged(&name, first_error.is_none());
         first_error.map_or(Ok(()), Err)
     }
 }

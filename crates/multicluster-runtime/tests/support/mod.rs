@@ -5,6 +5,8 @@
 pub mod files;
 pub mod fleet;
 pub mod host;
+pub mod http;
+pub mod openmetrics;
 pub mod rbac;
 
 use std::collections::BTreeSet;

@@ -60,6 +60,11 @@ impl QueueConfig {
         self
     }
 
+    /// The global limit set by [`concurrency`](Self::concurrency); `0` for none.
+    pub(crate) fn max_concurrency(&self) -> usize {
+        self.concurrency
+    }
+
     /// The per-cluster cap in force: explicit, or derived from `concurrency`.
     pub(super) fn effective_cluster_cap(&self) -> usize {
         match (self.cluster_concurrency, self.concurrency) {

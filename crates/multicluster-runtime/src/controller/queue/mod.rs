@@ -67,6 +67,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 pub use self::config::QueueConfig;
+pub(crate) use self::state::{QueueObserver, Running};
 use self::state::{QueueState, Wake, deadline_after};
 pub use self::view::QueueView;
 
@@ -221,7 +222,7 @@ where
                 if state.is_shut_down() {
                     return None;
                 }
-                if let Some((cluster, key)) = state.lease_next() {
+                if let Some((cluster, key)) = state.lease_next(Instant::now()) {
                     if state.leasable_len() > 0 {
                         // Pass the baton: we may have consumed the only wake-up for a
                         // batch of items that became ready together.
@@ -288,6 +289,31 @@ where
     /// Outstanding leases.
     pub fn processing_len(&self) -> usize {
         self.lock().processing_len()
+    }
+
+    /// Reports every later transition of the queue to `observer` (for metrics).
+    pub(crate) fn observe(&self, observer: Arc<dyn QueueObserver<C>>) {
+        self.lock().observe(observer);
+    }
+
+    /// For each of `clusters`, under one lock: its queued items (ready or delayed)
+    /// and its outstanding leases with their ages.
+    pub(crate) fn cluster_stats<'a>(&self, clusters: impl IntoIterator<Item = &'a C>) -> Vec<(usize, Running)>
+    where
+        C: 'a,
+    {
+        let now = Instant::now();
+        let state = self.lock();
+        let running: std::collections::HashMap<C, Running> = state.running(now).into_iter().collect();
+        clusters
+            .into_iter()
+            .map(|cluster| {
+                (
+                    state.depth(cluster),
+                    running.get(cluster).copied().unwrap_or_default(),
+                )
+            })
+            .collect()
     }
 
     fn add_at(&self, cluster: C, key: K, delay: Option<Duration>) {

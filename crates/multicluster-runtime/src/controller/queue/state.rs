@@ -5,6 +5,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -17,13 +19,18 @@ use super::fair::FairQueue;
 enum Slot {
     /// Not queued; the entry only exists to remember its failure count.
     Idle,
-    /// In its cluster's lane of the [`FairQueue`].
-    Ready,
+    /// In its cluster's lane of the [`FairQueue`], since the instant it became ready
+    /// (for the time-in-queue metric).
+    Ready { since: Instant },
     /// Waiting in [`Timers`] until the key's instant.
     Delayed(TimerKey),
     /// Leased to a worker. `requeue_at` is the earliest time requested by adds that
     /// arrived meanwhile ("dirty"); the item is queued then, once the lease ends.
-    Processing { requeue_at: Option<Instant> },
+    /// `since` is when the lease began (for the work-duration metrics).
+    Processing {
+        requeue_at: Option<Instant>,
+        since: Instant,
+    },
 }
 
 #[derive(Debug)]
@@ -85,7 +92,30 @@ impl Wake {
     }
 }
 
-#[derive(Debug)]
+/// Receives the queue's transitions, for metrics. Called with the queue's lock held,
+/// so implementations must be quick and must not call back into the queue.
+pub(crate) trait QueueObserver<C>: Send + Sync {
+    /// An item became ready: a new add, an expired delay, or a requeue at lease end.
+    fn added(&self, cluster: &C);
+    /// [`add_rate_limited`](super::WorkQueue::add_rate_limited) was called.
+    fn retried(&self, cluster: &C);
+    /// An item was leased after waiting `waited` since it became ready.
+    fn leased(&self, cluster: &C, waited: Duration);
+    /// A lease ended after `worked`.
+    fn released(&self, cluster: &C, worked: Duration);
+}
+
+/// What is running for one cluster, as of one instant; see [`QueueState::running`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Running {
+    /// Leases outstanding.
+    pub leases: usize,
+    /// Their ages added up.
+    pub total: Duration,
+    /// The age of the oldest.
+    pub longest: Duration,
+}
+
 pub(crate) struct QueueState<C, K> {
     clusters: HashMap<C, ClusterItems<K>>,
     ready: FairQueue<C, K>,
@@ -99,6 +129,18 @@ pub(crate) struct QueueState<C, K> {
     /// Clusters whose items are not leased until resumed.
     paused: HashSet<C>,
     shut_down: bool,
+    observer: Option<Arc<dyn QueueObserver<C>>>,
+}
+
+impl<C: std::fmt::Debug, K: std::fmt::Debug> std::fmt::Debug for QueueState<C, K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueState")
+            .field("clusters", &self.clusters)
+            .field("processing", &self.processing)
+            .field("paused", &self.paused)
+            .field("shut_down", &self.shut_down)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<C, K> QueueState<C, K>
@@ -117,7 +159,13 @@ where
             cluster_cap,
             paused: HashSet::new(),
             shut_down: false,
+            observer: None,
         }
+    }
+
+    /// Reports every later transition to `observer`.
+    pub(crate) fn observe(&mut self, observer: Arc<dyn QueueObserver<C>>) {
+        self.observer = Some(observer);
     }
 
     /// Whether `cluster` holds as many leases as it may.
@@ -172,10 +220,13 @@ where
             .or_insert_with(ClusterItems::new);
         let item = items.items.entry(key.clone()).or_insert(NEW_ITEM);
         let at = match item.slot {
-            Slot::Ready => return Wake::Nothing,
-            Slot::Processing { requeue_at } => {
+            Slot::Ready { .. } => return Wake::Nothing,
+            Slot::Processing { requeue_at, since } => {
                 let at = requeue_at.map_or(at, |earlier| earlier.min(at));
-                item.slot = Slot::Processing { requeue_at: Some(at) };
+                item.slot = Slot::Processing {
+                    requeue_at: Some(at),
+                    since,
+                };
                 return Wake::Nothing;
             }
             Slot::Delayed(timer) if timer.at() <= at => return Wake::Nothing,
@@ -187,7 +238,10 @@ where
             Slot::Idle => at,
         };
         if at <= now {
-            item.slot = Slot::Ready;
+            item.slot = Slot::Ready { since: now };
+            if let Some(observer) = &self.observer {
+                observer.added(&cluster);
+            }
             self.ready.push(cluster, key);
             Wake::Ready
         } else {
@@ -216,6 +270,9 @@ where
             .or_insert(NEW_ITEM);
         item.failures = item.failures.saturating_add(1);
         let failures = item.failures;
+        if let Some(observer) = &self.observer {
+            observer.retried(&cluster);
+        }
         let at = deadline_after(now, self.backoff.delay(failures));
         self.enqueue(cluster, key, at, now)
     }
@@ -250,8 +307,16 @@ where
                 invariant_broken("timer without an item");
                 continue;
             };
-            item.slot = Slot::Ready;
+            // Ready since its deadline, even if this promotion comes later.
+            let since = match item.slot {
+                Slot::Delayed(timer) => timer.at(),
+                _ => now,
+            };
+            item.slot = Slot::Ready { since };
             items.delayed -= 1;
+            if let Some(observer) = &self.observer {
+                observer.added(&cluster);
+            }
             self.ready.push(cluster, key);
             promoted += 1;
         }
@@ -260,7 +325,7 @@ where
 
     /// Leases the next ready item, round-robin across the clusters that are neither
     /// paused nor at their cap.
-    pub(crate) fn lease_next(&mut self) -> Option<(C, K)> {
+    pub(crate) fn lease_next(&mut self, now: Instant) -> Option<(C, K)> {
         let (cluster, key) = self.ready.pop()?;
         *self.in_flight.entry(cluster.clone()).or_insert(0) += 1;
         if self.at_cap(&cluster) {
@@ -271,7 +336,13 @@ where
             .get_mut(&cluster)
             .and_then(|items| items.items.get_mut(&key))
         {
-            item.slot = Slot::Processing { requeue_at: None };
+            if let (Slot::Ready { since }, Some(observer)) = (item.slot, &self.observer) {
+                observer.leased(&cluster, now.saturating_duration_since(since));
+            }
+            item.slot = Slot::Processing {
+                requeue_at: None,
+                since: now,
+            };
         } else {
             invariant_broken("ready item without an entry");
         }
@@ -289,11 +360,14 @@ where
             invariant_broken("released an item that is not tracked");
             return Wake::Nothing;
         };
-        let Slot::Processing { requeue_at } = item.slot else {
+        let Slot::Processing { requeue_at, since } = item.slot else {
             invariant_broken("released an item that is not processing");
             return Wake::Nothing;
         };
         item.slot = Slot::Idle;
+        if let Some(observer) = &self.observer {
+            observer.released(cluster, now.saturating_duration_since(since));
+        }
         self.processing -= 1;
         let was_at_cap = self.at_cap(cluster);
         if let Some(count) = self.in_flight.get_mut(cluster) {
@@ -330,8 +404,11 @@ where
         self.ready.remove_cluster(cluster);
         let delayed = &mut self.delayed;
         items.items.retain(|_, item| match item.slot {
-            Slot::Processing { .. } => {
-                item.slot = Slot::Processing { requeue_at: None };
+            Slot::Processing { since, .. } => {
+                item.slot = Slot::Processing {
+                    requeue_at: None,
+                    since,
+                };
                 item.failures = 0;
                 true
             }
@@ -339,7 +416,7 @@ where
                 delayed.remove(&timer);
                 false
             }
-            Slot::Idle | Slot::Ready => false,
+            Slot::Idle | Slot::Ready { .. } => false,
         });
         items.delayed = 0;
         if items.items.is_empty() {
@@ -357,8 +434,11 @@ where
         self.clusters.retain(|_, items| {
             items.delayed = 0;
             items.items.retain(|_, item| match item.slot {
-                Slot::Processing { .. } => {
-                    item.slot = Slot::Processing { requeue_at: None };
+                Slot::Processing { since, .. } => {
+                    item.slot = Slot::Processing {
+                        requeue_at: None,
+                        since,
+                    };
                     true
                 }
                 _ => false,
@@ -398,6 +478,27 @@ where
 
     pub(crate) fn processing_len(&self) -> usize {
         self.processing
+    }
+
+    /// The outstanding leases of every cluster that has any, with their ages at
+    /// `now`. Scans the items of those clusters only.
+    pub(crate) fn running(&self, now: Instant) -> Vec<(C, Running)> {
+        self.in_flight
+            .keys()
+            .filter_map(|cluster| {
+                let items = self.clusters.get(cluster)?;
+                let mut running = Running::default();
+                for item in items.items.values() {
+                    if let Slot::Processing { since, .. } = item.slot {
+                        let age = now.saturating_duration_since(since);
+                        running.leases += 1;
+                        running.total += age;
+                        running.longest = running.longest.max(age);
+                    }
+                }
+                Some((cluster.clone(), running))
+            })
+            .collect()
     }
 
     fn drop_if_vacant(&mut self, cluster: &C, key: &K) {

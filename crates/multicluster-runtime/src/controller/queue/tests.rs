@@ -638,3 +638,94 @@ async fn removing_a_paused_cluster_forgets_the_pause() {
     queue.add("a", 2);
     assert_eq!(try_next(&queue).map(|l| *l.key()), Some(2));
 }
+
+/// Every transition the observer saw, in order.
+#[derive(Default)]
+struct Observed(Mutex<Vec<String>>);
+
+impl super::QueueObserver<&'static str> for Observed {
+    fn added(&self, cluster: &&'static str) {
+        self.0.lock().unwrap().push(format!("added {cluster}"));
+    }
+    fn retried(&self, cluster: &&'static str) {
+        self.0.lock().unwrap().push(format!("retried {cluster}"));
+    }
+    fn leased(&self, cluster: &&'static str, waited: Duration) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("leased {cluster} after {waited:?}"));
+    }
+    fn released(&self, cluster: &&'static str, worked: Duration) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("released {cluster} after {worked:?}"));
+    }
+}
+
+impl Observed {
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn observer_sees_adds_waits_work_and_retries() {
+    let queue = Queue::new();
+    let observed = Arc::new(Observed::default());
+    queue.observe(observed.clone());
+
+    queue.add("a", 1);
+    queue.add("a", 1); // deduplicated: not an add
+    tokio::time::advance(ms(30)).await;
+    let lease = queue.next().await.expect("lease");
+    tokio::time::advance(ms(50)).await;
+    queue.add("a", 1); // dirty while leased: counted when it becomes ready again
+    drop(lease);
+    assert_eq!(
+        observed.take(),
+        [
+            "added a",
+            "leased a after 30ms",
+            "released a after 50ms",
+            "added a"
+        ]
+    );
+
+    drop(queue.next().await.expect("a again"));
+    assert_eq!(observed.take(), ["leased a after 0ns", "released a after 0ns"]);
+
+    // A delayed item is ready from its deadline, even if nobody looks until later.
+    queue.add_after("b", 2, ms(10));
+    tokio::time::advance(ms(25)).await;
+    drop(queue.next().await.expect("b"));
+    assert_eq!(
+        observed.take(),
+        ["added b", "leased b after 15ms", "released b after 0ns"]
+    );
+
+    queue.add_rate_limited("c", 3);
+    assert_eq!(observed.take(), ["retried c"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cluster_stats_report_depth_and_running_leases() {
+    let queue = Queue::new();
+    queue.add("a", 1);
+    queue.add_after("a", 2, ms(1000));
+    queue.add("b", 3);
+    let lease = queue.next().await.expect("lease a");
+    tokio::time::advance(ms(40)).await;
+    let stats = queue.cluster_stats(&["a", "b", "c"]);
+    assert_eq!(stats[0].0, 1, "a: the delayed item");
+    assert_eq!(stats[1].0, 1, "b: the ready item");
+    assert_eq!(stats[2], (0, super::Running::default()), "c: nothing");
+    let running = stats[0].1;
+    assert_eq!(
+        (running.leases, running.total, running.longest),
+        (1, ms(40), ms(40))
+    );
+    drop(lease);
+    assert_eq!(queue.cluster_stats(&["a"])[0].1, super::Running::default());
+}

@@ -99,6 +99,17 @@ where
         self.queue.num_requeues(cluster, key)
     }
 
+    /// Depth and running leases of each of `clusters`; see `WorkQueue::cluster_stats`.
+    pub(crate) fn cluster_stats<'a>(
+        &self,
+        clusters: impl IntoIterator<Item = &'a C>,
+    ) -> Vec<(usize, super::Running)>
+    where
+        C: 'a,
+    {
+        self.queue.cluster_stats(clusters)
+    }
+
     /// Whether the queue has been shut down (its controller stopped).
     pub fn is_shut_down(&self) -> bool {
         self.queue.is_shut_down()

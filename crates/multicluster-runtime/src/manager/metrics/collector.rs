@@ -1,0 +1,214 @@
+//! The gauges, computed at every scrape from the live state of the manager.
+//!
+//! Why a collector rather than gauges set as things change: a gauge set on events
+//! must be reset on every path a cluster can leave by, and one forgotten path leaves
+//! a removed cluster's series behind for good. Read at scrape time, a cluster that is
+//! gone is simply not there.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+
+use super::{Inner, Metrics};
+use crate::cluster::ClusterName;
+use crate::manager::Manager;
+
+/// Reads the manager's state at scrape time. Holds both weakly: the registry that
+/// holds the collector belongs to the manager.
+pub(crate) struct StateCollector {
+    manager: Weak<crate::manager::Inner>,
+    metrics: Weak<Inner>,
+}
+
+impl std::fmt::Debug for StateCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateCollector").finish_non_exhaustive()
+    }
+}
+
+impl StateCollector {
+    pub(crate) fn new(manager: &Manager) -> Self {
+        StateCollector {
+            manager: Arc::downgrade(&manager.inner),
+            metrics: Arc::downgrade(&manager.inner.metrics.inner),
+        }
+    }
+}
+
+/// Label pairs of one sample.
+type Labels = Vec<(&'static str, String)>;
+
+/// Writes one metric family of `samples`.
+fn family<M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    samples: impl IntoIterator<Item = (Labels, M)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+    for (labels, sample) in samples {
+        sample.encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge(value: f64) -> ConstGauge<f64> {
+    ConstGauge::new(value)
+}
+
+fn count(value: usize) -> ConstGauge<i64> {
+    ConstGauge::new(to_i64(value))
+}
+
+fn to_i64(value: usize) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+impl Collector for StateCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let (Some(manager), Some(metrics)) = (self.manager.upgrade(), self.metrics.upgrade()) else {
+            return Ok(());
+        };
+        let manager = Manager { inner: manager };
+        let metrics = Metrics { inner: metrics };
+        let by_cluster = metrics.cluster_label();
+        let cluster_label = |labels: &mut Labels, cluster: &ClusterName| {
+            if by_cluster {
+                labels.push(("cluster", cluster.as_str().to_owned()));
+            }
+        };
+
+        // Controllers and their queues.
+        let mut max_concurrent = Vec::new();
+        // Per queue: depth, leases, their total age, the oldest's age.
+        let mut per_queue: BTreeMap<(String, Labels), (i64, i64, f64, f64)> = BTreeMap::new();
+        for controller in metrics.controllers() {
+            let name = controller.name().to_string();
+            max_concurrent.push((
+                vec![("controller", name.clone())],
+                count(controller.max_concurrent()),
+            ));
+            for queue in controller.queue_gauges() {
+                let mut labels = Vec::new();
+                cluster_label(&mut labels, &queue.cluster);
+                // Without the cluster label, clusters fold into one sample.
+                let entry = per_queue.entry((name.clone(), labels)).or_default();
+                entry.0 += to_i64(queue.depth);
+                entry.1 += to_i64(queue.running.leases);
+                entry.2 += queue.running.total.as_secs_f64();
+                entry.3 = entry.3.max(queue.running.longest.as_secs_f64());
+            }
+        }
+        let with = |key: &'static str, name: &str, labels: &Labels| {
+            let mut all = vec![(key, name.to_owned())];
+            all.extend(labels.iter().cloned());
+            all
+        };
+        family(
+            &mut encoder,
+            "controller_runtime_max_concurrent_reconciles",
+            "Maximum number of concurrent reconciles per controller (0: no limit)",
+            MetricType::Gauge,
+            max_concurrent,
+        )?;
+        family(
+            &mut encoder,
+            "controller_runtime_active_workers",
+            "Reconciles running now, per controller and cluster",
+            MetricType::Gauge,
+            per_queue
+                .iter()
+                .map(|((name, labels), v)| (with("controller", name, labels), ConstGauge::new(v.1))),
+        )?;
+        family(
+            &mut encoder,
+            "workqueue_depth",
+            "Items queued (ready or delayed), per controller queue and cluster",
+            MetricType::Gauge,
+            per_queue
+                .iter()
+                .map(|((name, labels), v)| (with("name", name, labels), ConstGauge::new(v.0))),
+        )?;
+        family(
+            &mut encoder,
+            "workqueue_unfinished_work_seconds",
+            "Seconds of work in progress not yet observed by work_duration; large values mean stuck workers",
+            MetricType::Gauge,
+            per_queue
+                .iter()
+                .map(|((name, labels), v)| (with("name", name, labels), gauge(v.2))),
+        )?;
+        family(
+            &mut encoder,
+            "workqueue_longest_running_processor_seconds",
+            "How long the longest-running worker of the queue has held its item",
+            MetricType::Gauge,
+            per_queue
+                .iter()
+                .map(|((name, labels), v)| (with("name", name, labels), gauge(v.3))),
+        )?;
+
+        // Clusters and their caches.
+        let engaged = manager.engaged_instances();
+        let mut per_provider: BTreeMap<String, u64> = BTreeMap::new();
+        let mut caches: BTreeMap<Labels, (bool, u64)> = BTreeMap::new();
+        for (name, cluster) in &engaged {
+            *per_provider
+                .entry(metrics.provider_of(name).to_string())
+                .or_default() += 1;
+            for informer in cluster.cache().informer_statuses() {
+                let mut labels = Vec::new();
+                cluster_label(&mut labels, name);
+                labels.push(("resource", informer.resource));
+                // Informers of one resource with different selections fold into one.
+                let entry = caches.entry(labels).or_insert((true, 0));
+                entry.0 &= informer.synced;
+                entry.1 += informer.restarts;
+            }
+        }
+        family(
+            &mut encoder,
+            "multicluster_runtime_engaged_clusters",
+            "Clusters engaged now, per provider (local: the manager's own cluster)",
+            MetricType::Gauge,
+            per_provider
+                .into_iter()
+                .map(|(provider, count)| (vec![("provider", provider)], ConstGauge::new(count as i64))),
+        )?;
+        family(
+            &mut encoder,
+            "multicluster_runtime_cache_synced",
+            "Whether the cache of a resource in a cluster has synced (1) or is still syncing (0)",
+            MetricType::Gauge,
+            caches
+                .iter()
+                .map(|(labels, (synced, _))| (labels.clone(), ConstGauge::new(i64::from(*synced)))),
+        )?;
+        family(
+            &mut encoder,
+            "multicluster_runtime_cache_watch_restarts",
+            "Watches of a cache dropped and started again, per cluster and resource",
+            MetricType::Counter,
+            caches
+                .into_iter()
+                .map(|(labels, (_, restarts))| (labels, ConstCounter::new(restarts))),
+        )?;
+        family(
+            &mut encoder,
+            "leader_election_master_status",
+            "Whether this replica leads (1) or not (0); name is the lease, empty without leader election",
+            MetricType::Gauge,
+            [(
+                vec![("name", manager.lease_name().unwrap_or_default())],
+                ConstGauge::new(i64::from(manager.is_leader())),
+            )],
+        )?;
+        Ok(())
+    }
+}
