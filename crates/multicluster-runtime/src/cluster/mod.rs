@@ -1,20 +1,57 @@
 //! Clusters: a name, a client and a shared cache.
 
+mod client;
 pub(crate) mod engagement;
 mod name;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::{Cache, CacheOptions};
-use crate::providers::kubeconfig::{self, KubeconfigError};
+use crate::providers::kubeconfig;
 
+pub(crate) use client::build_client;
+pub use client::{ClientOptions, InvalidRateLimit, RateLimit};
 pub use name::ClusterName;
 
 /// Settings for a [`Cluster`].
+///
+/// A provider applies the options it was given to every cluster it builds, so a
+/// cluster that replaces another (rotated credentials) keeps them.
 #[derive(Debug, Clone, Default)]
 pub struct ClusterOptions {
     /// Settings of the cluster's shared cache.
     pub cache: CacheOptions,
+    /// Settings of the cluster's client: request timeout, user agent, rate limit.
+    /// They take effect where the client is built from a `kube::Config` (by a
+    /// provider, [`Cluster::connect`] or [`Cluster::from_config`]); a client
+    /// handed to [`Cluster::with_options`] is used as it is.
+    pub client: ClientOptions,
+}
+
+impl ClusterOptions {
+    /// Sets [`cache`](Self::cache).
+    #[must_use]
+    pub fn cache(mut self, cache: CacheOptions) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// Sets [`client`](Self::client).
+    ///
+    /// ```
+    /// use multicluster_runtime::ClusterOptions;
+    /// use multicluster_runtime::cluster::{ClientOptions, RateLimit};
+    ///
+    /// // For a provider whose clusters are small: at most 5 requests a second each.
+    /// let options = ClusterOptions::default()
+    ///     .client(ClientOptions::default().rate_limit(RateLimit::new(5.0, 5).expect("valid")));
+    /// assert!(options.client.rate_limit.is_some());
+    /// ```
+    #[must_use]
+    pub fn client(mut self, client: ClientOptions) -> Self {
+        self.client = client;
+        self
+    }
 }
 
 /// One cluster of the fleet: its name, a client, and the cache that every controller
@@ -47,7 +84,9 @@ impl Cluster {
         Self::with_options(name, client, ClusterOptions::default())
     }
 
-    /// A cluster with the given options.
+    /// A cluster with the given options. The client is used as it is: its
+    /// [client options](ClusterOptions::client) apply only where this library builds
+    /// the client (see [`ClientOptions::build`]).
     pub fn with_options(name: impl Into<ClusterName>, client: kube::Client, options: ClusterOptions) -> Self {
         let name = name.into();
         let token = CancellationToken::new();
@@ -118,7 +157,7 @@ impl Cluster {
         options: ClusterOptions,
     ) -> crate::Result<Self> {
         let name = name.into();
-        let client = build_client(&name, config).await?;
+        let client = build_client(&name, config, &options.client).await?;
         Ok(Self::with_options(name, client, options))
     }
 
@@ -135,10 +174,13 @@ impl Cluster {
         options: ClusterOptions,
     ) -> crate::Result<Self> {
         let name = name.into();
-        let client = kube::Client::try_from(config).map_err(|source| crate::Error::Client {
-            cluster: name.clone(),
-            reason: kubeconfig::describe_kube_error(&source),
-        })?;
+        let client = options
+            .client
+            .build(config)
+            .map_err(|source| crate::Error::Client {
+                cluster: name.clone(),
+                reason: kubeconfig::describe_kube_error(&source),
+            })?;
         Ok(Self::with_options(name, client, options))
     }
 
@@ -167,24 +209,6 @@ impl Cluster {
     pub fn is_stopped(&self) -> bool {
         self.token.is_cancelled()
     }
-}
-
-/// Builds the client of the cluster `name` from `config` on a blocking thread,
-/// within [`BUILD_TIMEOUT`](kubeconfig::BUILD_TIMEOUT).
-///
-/// # Errors
-/// [`crate::Error::Client`], with a reason that quotes no credentials.
-pub(crate) async fn build_client(name: &ClusterName, config: kube::Config) -> crate::Result<kube::Client> {
-    let origin = format!("cluster {name}");
-    kubeconfig::build_client(config, kubeconfig::BUILD_TIMEOUT, &origin, "-")
-        .await
-        .map_err(|error| crate::Error::Client {
-            cluster: name.clone(),
-            reason: match error {
-                KubeconfigError::Client { reason, .. } => reason,
-                other => other.to_string(),
-            },
-        })
 }
 
 impl Drop for Cluster {
