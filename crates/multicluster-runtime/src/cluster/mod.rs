@@ -2,9 +2,13 @@
 
 mod client;
 pub(crate) mod engagement;
+mod events;
 mod name;
 
+use kube::runtime::events::{Recorder, Reporter};
 use tokio_util::sync::CancellationToken;
+
+use self::events::Recorders;
 
 use crate::cache::{Cache, CacheOptions};
 use crate::providers::kubeconfig;
@@ -67,6 +71,7 @@ pub struct Cluster {
     client: kube::Client,
     cache: Cache,
     token: CancellationToken,
+    recorders: Recorders,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -96,6 +101,7 @@ impl Cluster {
             client,
             cache,
             token,
+            recorders: Recorders::default(),
         }
     }
 
@@ -122,6 +128,7 @@ impl Cluster {
             cache,
             // Not the cache's parent: cancelling it stops nothing of the cache.
             token: CancellationToken::new(),
+            recorders: Recorders::default(),
         }
     }
 
@@ -129,7 +136,10 @@ impl Cluster {
     /// (whose errors still name `of`), owned by `of`. Stopping or dropping the alias
     /// leaves the cache running.
     pub(crate) fn alias(name: ClusterName, of: &Cluster) -> Self {
-        Self::with_cache(name, of.client(), of.cache().clone())
+        let mut alias = Self::with_cache(name, of.client(), of.cache().clone());
+        // One recorder per reporter for the client, whatever the name.
+        alias.recorders = of.recorders.clone();
+        alias
     }
 
     /// A cluster whose client is built from `config`, on a blocking thread.
@@ -197,6 +207,44 @@ impl Cluster {
     /// The cluster's shared cache.
     pub fn cache(&self) -> &Cache {
         &self.cache
+    }
+
+    /// The cluster's Event recorder for `reporter`: it writes Events into this
+    /// cluster, with the cluster's client (and so its
+    /// [client options](ClusterOptions::client)), into the namespace of the object
+    /// they are about (`default` for a cluster-scoped object).
+    ///
+    /// The recorder is made on first use and shared by every later call with the
+    /// same reporter, for the life of the cluster: an Event published again within
+    /// minutes counts up on the existing Event instead of adding one. In a
+    /// reconciler, [`ReconcileRequest::recorder`](crate::controller::ReconcileRequest::recorder)
+    /// gives the recorder of the request's cluster with the controller as reporter.
+    ///
+    /// An Event carries only what is published: its reason, note and references,
+    /// and the reporter's names. Keep credentials and Secret data out of notes:
+    /// anyone who may read Events in the namespace can read them.
+    ///
+    /// ```no_run
+    /// # async fn example(cluster: &multicluster_runtime::Cluster, config_map: &k8s_openapi::api::core::v1::ConfigMap) -> Result<(), kube::Error> {
+    /// use kube::Resource;
+    /// use kube::runtime::events::{Event, EventType, Reporter};
+    ///
+    /// let reporter = Reporter { controller: "settings-sync".into(), instance: Some("pod-0".into()) };
+    /// let event = Event {
+    ///     type_: EventType::Normal,
+    ///     reason: "Synced".into(),
+    ///     note: Some("copied to every cluster".into()),
+    ///     action: "Sync".into(),
+    ///     secondary: None,
+    /// };
+    /// cluster.recorder(&reporter).publish(&event, &config_map.object_ref(&())).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # RBAC
+    /// `create` and `patch` on `events` in the API group `events.k8s.io`.
+    pub fn recorder(&self, reporter: &Reporter) -> Recorder {
+        self.recorders.get(&self.client, reporter)
     }
 
     /// Stops every watch of the cluster's cache. Readers keep the last state. For a
