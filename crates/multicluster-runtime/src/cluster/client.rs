@@ -208,7 +208,7 @@ pub(crate) async fn build_client(
 }
 
 #[cfg(test)]
-mod tests {
+pub(in crate::cluster) mod tests {
     use std::sync::{Arc, Mutex};
     use std::time::Instant;
 
@@ -219,7 +219,7 @@ mod tests {
 
     /// A plain-HTTP server on a loopback port that records the head of every
     /// request and answers `/version`; with `answer` false it never answers.
-    async fn server(answer: bool) -> (kube::Config, Arc<Mutex<Vec<String>>>) {
+    pub(in crate::cluster) async fn server(answer: bool) -> (kube::Config, Arc<Mutex<Vec<String>>>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("address"));
         let heads = Arc::new(Mutex::new(Vec::new()));

@@ -142,7 +142,8 @@ impl Cluster {
         alias
     }
 
-    /// A cluster whose client is built from `config`, on a blocking thread.
+    /// A cluster whose client is built from `config` with the
+    /// [client options](ClusterOptions::client) of `options`, on a blocking thread.
     ///
     /// Building a client sets up TLS, and runs the exec credential plugin if the
     /// config has one; this keeps that work off the async worker threads and gives
@@ -171,7 +172,8 @@ impl Cluster {
         Ok(Self::with_options(name, client, options))
     }
 
-    /// A cluster whose client is built from `config`, on the calling thread.
+    /// A cluster whose client is built from `config` with the
+    /// [client options](ClusterOptions::client) of `options`, on the calling thread.
     ///
     /// This blocks the thread while TLS is set up (and an exec credential plugin,
     /// if any, runs): in async code use [`connect`](Self::connect) instead.
@@ -281,6 +283,27 @@ mod tests {
         assert_eq!(cluster.name(), "eu-1");
         assert_eq!(cluster.cache().cluster(), "eu-1");
         assert!(!cluster.is_stopped());
+    }
+
+    #[tokio::test]
+    async fn connect_and_from_config_apply_the_client_options() {
+        let options = ClusterOptions::default()
+            .client(ClientOptions::default().user_agent(http::HeaderValue::from_static("mcr-test/1")));
+        let (config, heads) = client::tests::server(true).await;
+        let connected = Cluster::connect("eu-1", config.clone(), options.clone())
+            .await
+            .expect("a client");
+        connected.client().apiserver_version().await.expect("version");
+        let built = Cluster::from_config("eu-2", config, options).expect("a client");
+        built.client().apiserver_version().await.expect("version");
+        let heads = heads.lock().unwrap().clone();
+        assert_eq!(heads.len(), 2);
+        assert!(
+            heads
+                .iter()
+                .all(|head| head.to_ascii_lowercase().contains("user-agent: mcr-test/1")),
+            "{heads:?}"
+        );
     }
 
     #[tokio::test]
