@@ -30,6 +30,8 @@
 //! | [`reconcile_on`](controller::ControllerBuilder::reconcile_on), [`reconcile_all_on`](controller::ControllerBuilder::reconcile_all_on) | `WatchesRawSource(source.Channel(…))` | `reconcile_on`, `reconcile_all_on` |
 //! | [`controller::predicate`]: `all`, `any`, `not`, `generation_changed`, … | `predicate.And`, `Or`, `Not`, `GenerationChangedPredicate` | `predicates::generation`, `WatchStreamExt::predicate_filter` |
 //! | [`controller::Action`] | `reconcile.Result` | `Action` |
+//! | [`ReconcileRequest::recorder`](controller::ReconcileRequest::recorder), [`Cluster::recorder`] (one per cluster and reporter) | `cluster.GetEventRecorderFor(name)` | `events::Recorder::new(client, reporter)` |
+//! | [`ClusterOptions::client`]: [`cluster::ClientOptions`] (timeout, user agent, [`cluster::RateLimit`]) | `rest.Config` `Timeout`, `UserAgent`, `QPS`/`Burst` | `Config`, `ClientBuilder::with_layer` |
 //! | [`Error::AlreadyStarted`], [`Error::ClusterExists`], [`Error::ClusterNameMismatch`] | — | — |
 //! | one [`cache::Cache`] per cluster, shared | one cache per cluster | one `Store` per controller |
 //! | [`Manager::metrics`], [`Manager::with_http_endpoint`], [`Manager::add_readyz_check`] | `metrics.Registry`, `HealthProbeBindAddress`, `AddReadyzCheck` | — |

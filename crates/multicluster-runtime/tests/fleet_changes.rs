@@ -370,6 +370,7 @@ async fn l06_deletions_are_not_lost_when_the_source_lags() {
     let env = Env::new(0).await;
     let options = ClusterOptions {
         cache: CacheOptions::default().event_capacity(1),
+        ..ClusterOptions::default()
     };
     let lagging = Arc::new(Cluster::with_options("lagging", env.client(0), options));
     env.provider.add(lagging.clone()).await.expect("add");

@@ -1,21 +1,27 @@
 //! Running in production: leader election, graceful shutdown, metrics and
-//! readiness, against real apiservers (issue "Run it in production", tests o01,
-//! o02, o03a and o05).
+//! readiness, cluster health, Events and client options, against real apiservers
+//! (issue "Run it in production", tests o01 to o07).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use http::HeaderValue;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::events;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use kube::Client;
 use kube::api::{Api, PostParams};
+use kube::config::Kubeconfig;
+use kube::runtime::events::{Event, EventType};
+use kube::{Client, Resource};
 use kube_envtest::Fleet;
+use multicluster_runtime::cluster::{ClientOptions, RateLimit};
 use multicluster_runtime::controller::{Action, Controller, ReconcileRequest, Request};
 use multicluster_runtime::manager::LeaderElection;
-use multicluster_runtime::{Cluster, Error, Manager};
+use multicluster_runtime::providers::file::Files;
+use multicluster_runtime::{Cluster, ClusterOptions, Error, Manager, Provider};
 use tokio_util::sync::CancellationToken;
 
 mod support;
@@ -898,4 +904,169 @@ async fn o03a_readyz_verbose_lists_clusters() {
         response.body
     );
     assert_eq!(support::http::get(address, "/healthz").await.status, 200);
+/// Publishes an Event on the reconciled ConfigMap, then asks for one more reconcile
+/// of it, so that the second Event is the same as the first.
+async fn publish_event(
+    req: ReconcileRequest<ConfigMap>,
+    seen: Arc<support::fleet::Recorder>,
+) -> Result<Action, Infallible> {
+    let Some(object) = &req.object else {
+        return Ok(Action::await_change());
+    };
+    let event = Event {
+        type_: EventType::Normal,
+        reason: "Seen".into(),
+        note: Some(format!("reconciled in {}", req.cluster_name())),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    let reference = object.object_ref(&());
+    req.recorder()
+        .publish(&event, &reference)
+        .await
+        .expect("publish the Event");
+    let again = seen.count(req.cluster_name().as_str(), req.name()) == 0;
+    seen.record(&req.request, true);
+    Ok(if again {
+        Action::requeue(Duration::from_millis(100))
+    } else {
+        Action::await_change()
+    })
+}
+
+/// The Events about ConfigMap `name` in the namespace `default` of a cluster.
+async fn events_about(client: &Client, name: &str) -> Vec<events::v1::Event> {
+    let api: Api<events::v1::Event> = Api::namespaced(client.clone(), "default");
+    let all = api.list(&Default::default()).await.expect("list Events");
+    all.items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .collect()
+}
+
+/// An Event recorded from a reconcile lands in the cluster of the reconciled object,
+/// about that object (its uid), and in no other cluster: not the manager's own, not
+/// the other fleet cluster that has an object of the same name. Both reconciles of an
+/// object share the cluster's recorder: the second Event counts up on the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn o06_an_event_lands_in_the_objects_own_cluster() {
+    let env = support::fleet::Env::new(2).await;
+    let builder = Controller::builder::<ConfigMap>(&env.manager).named("o06-events");
+    let (controller, seen) = support::fleet::with_reconciler(builder, publish_event).await;
+    env.start();
+    support::fleet::wait_engaged(&controller, &["c1", "c2"]).await;
+    let mut uids = BTreeMap::new();
+    for index in [1, 2] {
+        let object = support::fleet::create_cm(env.client(index), "o06", &[]).await;
+        uids.insert(index, object.metadata.uid.expect("a uid"));
+    }
+    // Each publish returned before its reconcile was recorded: the Events are written.
+    seen.wait_for("c1", "o06", 2).await;
+    seen.wait_for("c2", "o06", 2).await;
+
+    for (index, uid) in &uids {
+        let events = events_about(&env.client(*index), "o06").await;
+        assert_eq!(events.len(), 1, "one Event, counted up, in c{index}: {events:?}");
+        let event = &events[0];
+        let regarding = event.regarding.as_ref().expect("regarding");
+        assert_eq!(regarding.uid.as_ref(), Some(uid), "about c{index}'s own object");
+        assert_eq!(
+            event.note.as_deref(),
+            Some(format!("reconciled in c{index}").as_str())
+        );
+        assert_eq!(
+            event.series.as_ref().map(|s| s.count),
+            Some(2),
+            "one shared recorder"
+        );
+        assert_eq!(event.reporting_controller.as_deref(), Some("o06-events"));
+        assert!(event.reporting_instance.as_deref().is_some_and(|i| !i.is_empty()));
+    }
+    let local = events_about(&env.client(0), "o06").await;
+    assert!(
+        local.is_empty(),
+        "no Event in the manager's own cluster: {local:?}"
+    );
+}
+
+/// Writes `count` ConfigMaps named `<prefix>-<n>` into `default`, one after the
+/// other; how long that took.
+async fn timed_writes(client: Client, prefix: &str, count: usize) -> Duration {
+    let started = Instant::now();
+    create_configmaps(&client, prefix, count).await;
+    started.elapsed()
+}
+
+/// A file provider with `options` for the kubeconfig `kubeconfig` written to `path`,
+/// loaded; its one cluster.
+async fn file_cluster(files: &Files, path: &std::path::Path, kubeconfig: &Kubeconfig) -> Arc<Cluster> {
+    support::files::write_bytes(path, &serde_json::to_vec(kubeconfig).expect("JSON"));
+    let report = files.reload().await;
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let name = files.names().pop().expect("one cluster");
+    files.get(&name).await.expect("the cluster")
+}
+
+/// A cluster whose provider limits it to 5 requests a second: 100 writes take at
+/// least 19 s (20 windows of 5), while 100 writes to another cluster, at the same
+/// time, are not held back. The limit, and the user agent, hold for the cluster that
+/// replaces it when its kubeconfig changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn o07_a_rate_limited_cluster_is_throttled_and_its_neighbour_is_not() {
+    const WRITES: usize = 100;
+    let fleet = Fleet::start(2).await.expect("start fleet");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limited = ClientOptions::default()
+        .rate_limit(RateLimit::new(5.0, 5).expect("valid"))
+        .user_agent(HeaderValue::from_static("o07-throttled/1.0"));
+    let slow_path = dir.path().join("slow.kubeconfig");
+    let slow_files = Files::builder()
+        .path(&slow_path)
+        .cluster_options(ClusterOptions::default().client(limited))
+        .build();
+    let fast_files = Files::builder().path(dir.path().join("fast.kubeconfig")).build();
+    let mut kubeconfig = fleet.cluster(0).kubeconfig().clone();
+    let slow = file_cluster(&slow_files, &slow_path, &kubeconfig).await;
+    let fast_kubeconfig = fleet.cluster(1).kubeconfig();
+    let fast = file_cluster(&fast_files, &dir.path().join("fast.kubeconfig"), fast_kubeconfig).await;
+
+    let (slow_took, fast_took) = tokio::join!(
+        timed_writes(slow.client(), "o07", WRITES),
+        timed_writes(fast.client(), "o07", WRITES)
+    );
+    eprintln!("o07: {WRITES} writes took {slow_took:?} at 5 qps, {fast_took:?} unlimited");
+    assert!(slow_took >= Duration::from_secs(19), "limited: {slow_took:?}");
+    assert!(fast_took < Duration::from_secs(9), "not limited: {fast_took:?}");
+
+    // A changed kubeconfig (here its namespace) replaces the cluster; the
+    // provider's options apply to the new one too.
+    for context in &mut kubeconfig.contexts {
+        if let Some(context) = context.context.as_mut() {
+            context.namespace = Some("o07".into());
+        }
+    }
+    let replaced = file_cluster(&slow_files, &slow_path, &kubeconfig).await;
+    assert!(!Arc::ptr_eq(&slow, &replaced), "a new cluster instance");
+    let again_took = timed_writes(replaced.client(), "o07-again", 10).await;
+    eprintln!("o07: 10 writes took {again_took:?} after the replacement");
+    assert!(
+        again_took >= Duration::from_secs(1),
+        "limited after replacement: {again_took:?}"
+    );
+
+    // The user agent reached the apiserver: it names the field manager of writes.
+    let manager = |client: Client, name: &'static str| async move {
+        let api: Api<ConfigMap> = Api::namespaced(client, "default");
+        let object = api.get(name).await.expect("get");
+        let fields = object.metadata.managed_fields.unwrap_or_default();
+        fields.first().and_then(|f| f.manager.clone())
+    };
+    assert_eq!(
+        manager(replaced.client(), "o07-again-0").await.as_deref(),
+        Some("o07-throttled")
+    );
+    assert_ne!(
+        manager(fast.client(), "o07-0").await.as_deref(),
+        Some("o07-throttled")
+    );
 }

@@ -1,20 +1,61 @@
 //! Clusters: a name, a client and a shared cache.
 
+mod client;
 pub(crate) mod engagement;
+mod events;
 mod name;
 
+use kube::runtime::events::{Recorder, Reporter};
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::{Cache, CacheOptions};
-use crate::providers::kubeconfig::{self, KubeconfigError};
+use self::events::Recorders;
 
+use crate::cache::{Cache, CacheOptions};
+use crate::providers::kubeconfig;
+
+pub(crate) use client::build_client;
+pub use client::{ClientOptions, InvalidRateLimit, RateLimit};
 pub use name::ClusterName;
 
 /// Settings for a [`Cluster`].
+///
+/// A provider applies the options it was given to every cluster it builds, so a
+/// cluster that replaces another (rotated credentials) keeps them.
 #[derive(Debug, Clone, Default)]
 pub struct ClusterOptions {
     /// Settings of the cluster's shared cache.
     pub cache: CacheOptions,
+    /// Settings of the cluster's client: request timeout, user agent, rate limit.
+    /// They take effect where the client is built from a `kube::Config` (by a
+    /// provider, [`Cluster::connect`] or [`Cluster::from_config`]); a client
+    /// handed to [`Cluster::with_options`] is used as it is.
+    pub client: ClientOptions,
+}
+
+impl ClusterOptions {
+    /// Sets [`cache`](Self::cache).
+    #[must_use]
+    pub fn cache(mut self, cache: CacheOptions) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// Sets [`client`](Self::client).
+    ///
+    /// ```
+    /// use multicluster_runtime::ClusterOptions;
+    /// use multicluster_runtime::cluster::{ClientOptions, RateLimit};
+    ///
+    /// // For a provider whose clusters are small: at most 5 requests a second each.
+    /// let options = ClusterOptions::default()
+    ///     .client(ClientOptions::default().rate_limit(RateLimit::new(5.0, 5).expect("valid")));
+    /// assert!(options.client.rate_limit.is_some());
+    /// ```
+    #[must_use]
+    pub fn client(mut self, client: ClientOptions) -> Self {
+        self.client = client;
+        self
+    }
 }
 
 /// One cluster of the fleet: its name, a client, and the cache that every controller
@@ -30,6 +71,7 @@ pub struct Cluster {
     client: kube::Client,
     cache: Cache,
     token: CancellationToken,
+    recorders: Recorders,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -47,7 +89,9 @@ impl Cluster {
         Self::with_options(name, client, ClusterOptions::default())
     }
 
-    /// A cluster with the given options.
+    /// A cluster with the given options. The client is used as it is: its
+    /// [client options](ClusterOptions::client) apply only where this library builds
+    /// the client (see [`ClientOptions::build`]).
     pub fn with_options(name: impl Into<ClusterName>, client: kube::Client, options: ClusterOptions) -> Self {
         let name = name.into();
         let token = CancellationToken::new();
@@ -57,6 +101,7 @@ impl Cluster {
             client,
             cache,
             token,
+            recorders: Recorders::default(),
         }
     }
 
@@ -83,6 +128,7 @@ impl Cluster {
             cache,
             // Not the cache's parent: cancelling it stops nothing of the cache.
             token: CancellationToken::new(),
+            recorders: Recorders::default(),
         }
     }
 
@@ -90,10 +136,14 @@ impl Cluster {
     /// (whose errors still name `of`), owned by `of`. Stopping or dropping the alias
     /// leaves the cache running.
     pub(crate) fn alias(name: ClusterName, of: &Cluster) -> Self {
-        Self::with_cache(name, of.client(), of.cache().clone())
+        let mut alias = Self::with_cache(name, of.client(), of.cache().clone());
+        // One recorder per reporter for the client, whatever the name.
+        alias.recorders = of.recorders.clone();
+        alias
     }
 
-    /// A cluster whose client is built from `config`, on a blocking thread.
+    /// A cluster whose client is built from `config` with the
+    /// [client options](ClusterOptions::client) of `options`, on a blocking thread.
     ///
     /// Building a client sets up TLS, and runs the exec credential plugin if the
     /// config has one; this keeps that work off the async worker threads and gives
@@ -118,11 +168,12 @@ impl Cluster {
         options: ClusterOptions,
     ) -> crate::Result<Self> {
         let name = name.into();
-        let client = build_client(&name, config).await?;
+        let client = build_client(&name, config, &options.client).await?;
         Ok(Self::with_options(name, client, options))
     }
 
-    /// A cluster whose client is built from `config`, on the calling thread.
+    /// A cluster whose client is built from `config` with the
+    /// [client options](ClusterOptions::client) of `options`, on the calling thread.
     ///
     /// This blocks the thread while TLS is set up (and an exec credential plugin,
     /// if any, runs): in async code use [`connect`](Self::connect) instead.
@@ -135,10 +186,13 @@ impl Cluster {
         options: ClusterOptions,
     ) -> crate::Result<Self> {
         let name = name.into();
-        let client = kube::Client::try_from(config).map_err(|source| crate::Error::Client {
-            cluster: name.clone(),
-            reason: kubeconfig::describe_kube_error(&source),
-        })?;
+        let client = options
+            .client
+            .build(config)
+            .map_err(|source| crate::Error::Client {
+                cluster: name.clone(),
+                reason: kubeconfig::describe_kube_error(&source),
+            })?;
         Ok(Self::with_options(name, client, options))
     }
 
@@ -157,6 +211,44 @@ impl Cluster {
         &self.cache
     }
 
+    /// The cluster's Event recorder for `reporter`: it writes Events into this
+    /// cluster, with the cluster's client (and so its
+    /// [client options](ClusterOptions::client)), into the namespace of the object
+    /// they are about (`default` for a cluster-scoped object).
+    ///
+    /// The recorder is made on first use and shared by every later call with the
+    /// same reporter, for the life of the cluster: an Event published again within
+    /// minutes counts up on the existing Event instead of adding one. In a
+    /// reconciler, [`ReconcileRequest::recorder`](crate::controller::ReconcileRequest::recorder)
+    /// gives the recorder of the request's cluster with the controller as reporter.
+    ///
+    /// An Event carries only what is published: its reason, note and references,
+    /// and the reporter's names. Keep credentials and Secret data out of notes:
+    /// anyone who may read Events in the namespace can read them.
+    ///
+    /// ```no_run
+    /// # async fn example(cluster: &multicluster_runtime::Cluster, config_map: &k8s_openapi::api::core::v1::ConfigMap) -> Result<(), kube::Error> {
+    /// use kube::Resource;
+    /// use kube::runtime::events::{Event, EventType, Reporter};
+    ///
+    /// let reporter = Reporter { controller: "settings-sync".into(), instance: Some("pod-0".into()) };
+    /// let event = Event {
+    ///     type_: EventType::Normal,
+    ///     reason: "Synced".into(),
+    ///     note: Some("copied to every cluster".into()),
+    ///     action: "Sync".into(),
+    ///     secondary: None,
+    /// };
+    /// cluster.recorder(&reporter).publish(&event, &config_map.object_ref(&())).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # RBAC
+    /// `create` and `patch` on `events` in the API group `events.k8s.io`.
+    pub fn recorder(&self, reporter: &Reporter) -> Recorder {
+        self.recorders.get(&self.client, reporter)
+    }
+
     /// Stops every watch of the cluster's cache. Readers keep the last state. For a
     /// cluster made [`with_cache`](Self::with_cache), only marks the cluster stopped.
     pub fn stop(&self) {
@@ -167,24 +259,6 @@ impl Cluster {
     pub fn is_stopped(&self) -> bool {
         self.token.is_cancelled()
     }
-}
-
-/// Builds the client of the cluster `name` from `config` on a blocking thread,
-/// within [`BUILD_TIMEOUT`](kubeconfig::BUILD_TIMEOUT).
-///
-/// # Errors
-/// [`crate::Error::Client`], with a reason that quotes no credentials.
-pub(crate) async fn build_client(name: &ClusterName, config: kube::Config) -> crate::Result<kube::Client> {
-    let origin = format!("cluster {name}");
-    kubeconfig::build_client(config, kubeconfig::BUILD_TIMEOUT, &origin, "-")
-        .await
-        .map_err(|error| crate::Error::Client {
-            cluster: name.clone(),
-            reason: match error {
-                KubeconfigError::Client { reason, .. } => reason,
-                other => other.to_string(),
-            },
-        })
 }
 
 impl Drop for Cluster {
@@ -209,6 +283,27 @@ mod tests {
         assert_eq!(cluster.name(), "eu-1");
         assert_eq!(cluster.cache().cluster(), "eu-1");
         assert!(!cluster.is_stopped());
+    }
+
+    #[tokio::test]
+    async fn connect_and_from_config_apply_the_client_options() {
+        let options = ClusterOptions::default()
+            .client(ClientOptions::default().user_agent(http::HeaderValue::from_static("mcr-test/1")));
+        let (config, heads) = client::tests::server(true).await;
+        let connected = Cluster::connect("eu-1", config.clone(), options.clone())
+            .await
+            .expect("a client");
+        connected.client().apiserver_version().await.expect("version");
+        let built = Cluster::from_config("eu-2", config, options).expect("a client");
+        built.client().apiserver_version().await.expect("version");
+        let heads = heads.lock().unwrap().clone();
+        assert_eq!(heads.len(), 2);
+        assert!(
+            heads
+                .iter()
+                .all(|head| head.to_ascii_lowercase().contains("user-agent: mcr-test/1")),
+            "{heads:?}"
+        );
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
+use kube::runtime::events::Reporter;
 
 use super::engage::EngageOptions;
 use super::predicate::Predicate;
@@ -54,6 +55,7 @@ pub struct ControllerBuilder<K: CacheObject> {
     /// Whether `K` is namespaced, where the type does not say (dynamic types).
     namespaced: Option<bool>,
     triggers: Vec<Trigger>,
+    reporter: Option<Reporter>,
 }
 
 impl Controller {
@@ -84,6 +86,7 @@ impl<K: CacheObject> ControllerBuilder<K> {
             local_sources: Vec::new(),
             namespaced: None,
             triggers: Vec::new(),
+            reporter: None,
         }
     }
 
@@ -92,6 +95,29 @@ impl<K: CacheObject> ControllerBuilder<K> {
     #[must_use]
     pub fn named(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
+        self
+    }
+
+    /// Who the controller is in the Events it records through
+    /// [`ReconcileRequest::recorder`]: `reportingController` and
+    /// `reportingInstance`. Default: the controller's [name](Self::named), and the
+    /// host name as instance (the pod name, in a Deployment).
+    ///
+    /// ```no_run
+    /// # async fn example(manager: &multicluster_runtime::Manager) {
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kube::runtime::events::Reporter;
+    /// use multicluster_runtime::controller::Controller;
+    ///
+    /// let builder = Controller::builder::<ConfigMap>(manager).named("settings-sync").reporter(Reporter {
+    ///     controller: "example.com/settings-sync".into(),
+    ///     instance: std::env::var("POD_NAME").ok(),
+    /// });
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn reporter(mut self, reporter: Reporter) -> Self {
+        self.reporter = Some(reporter);
         self
     }
 
@@ -403,6 +429,9 @@ impl<K: CacheObject> ControllerBuilder<K> {
             reconcile,
             error_policy,
             context,
+            reporter: self
+                .reporter
+                .unwrap_or_else(|| Reporter::from(self.name.as_str())),
         };
         let settings = Settings {
             name: self.name,

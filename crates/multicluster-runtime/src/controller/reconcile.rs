@@ -7,6 +7,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use kube::Api;
 use kube::core::{NamespaceResourceScope, Resource};
+use kube::runtime::events::{Recorder, Reporter};
 
 use super::request::{Action, Request};
 use super::source::wait_synced_logged;
@@ -24,6 +25,9 @@ pub struct ReconcileRequest<K> {
     /// The cluster the object lives in: its client and cache. Its
     /// [`name`](Cluster::name) is [`cluster_name`](Self::cluster_name).
     pub cluster: Arc<Cluster>,
+    /// Who the controller is in the Events it records: its name and this
+    /// replica's instance (see [`ControllerBuilder::reporter`](super::ControllerBuilder::reporter)).
+    pub reporter: Reporter,
 }
 
 impl<K> ReconcileRequest<K> {
@@ -37,6 +41,36 @@ impl<K> ReconcileRequest<K> {
     /// prefix); the same as `req.cluster.name()`.
     pub fn cluster_name(&self) -> &ClusterName {
         &self.request.cluster
+    }
+
+    /// The Event recorder of the request's cluster, with the controller as
+    /// [reporter](Self::reporter): Events land in the cluster the object lives in,
+    /// next to the object. The recorder is the cluster's, shared by every
+    /// reconcile of the controller there ([`Cluster::recorder`]), so an Event
+    /// published again counts up on the existing one.
+    ///
+    /// ```no_run
+    /// # use std::{convert::Infallible, sync::Arc};
+    /// # use k8s_openapi::api::core::v1::ConfigMap;
+    /// # use multicluster_runtime::controller::{Action, ReconcileRequest};
+    /// use kube::Resource;
+    /// use kube::runtime::events::{Event, EventType};
+    ///
+    /// async fn reconcile(req: ReconcileRequest<ConfigMap>, _: Arc<()>) -> Result<Action, kube::Error> {
+    ///     let Some(config_map) = &req.object else { return Ok(Action::await_change()) };
+    ///     let event = Event {
+    ///         type_: EventType::Normal,
+    ///         reason: "Checked".into(),
+    ///         note: Some(format!("seen in cluster {}", req.cluster_name())),
+    ///         action: "Check".into(),
+    ///         secondary: None,
+    ///     };
+    ///     req.recorder().publish(&event, &config_map.object_ref(&())).await?;
+    ///     Ok(Action::await_change())
+    /// }
+    /// ```
+    pub fn recorder(&self) -> Recorder {
+        self.cluster.recorder(&self.reporter)
     }
 
     /// The object's name.
@@ -64,6 +98,7 @@ impl<K> ReconcileRequest<K> {
     /// #     request: Request::new("eu-1", Some("team-a"), "settings"),
     /// #     object: None,
     /// #     cluster: Arc::new(Cluster::new("eu-1", client)),
+    /// #     reporter: "settings-sync".into(),
     /// # };
     /// let namespaces = req.api::<Namespace>();
     /// assert_eq!(namespaces.resource_url(), "/api/v1/namespaces");
@@ -93,6 +128,7 @@ impl<K> ReconcileRequest<K> {
     /// #     request: Request::new("eu-1", Some("team-a"), "settings"),
     /// #     object: None,
     /// #     cluster: Arc::new(Cluster::new("eu-1", client)),
+    /// #     reporter: "settings-sync".into(),
     /// # };
     /// // In a reconciler of ConfigMaps: the Secrets next to the ConfigMap.
     /// let secrets = req.namespaced_api::<Secret>();
@@ -136,6 +172,7 @@ pub(crate) struct TypedReconciler<K: CacheObject, R, P, C> {
     pub reconcile: R,
     pub error_policy: P,
     pub context: Arc<C>,
+    pub reporter: Reporter,
 }
 
 impl<K, R, P, C, F, E> Reconciler for TypedReconciler<K, R, P, C>
@@ -174,6 +211,7 @@ where
             request: request.clone(),
             object,
             cluster,
+            reporter: self.reporter.clone(),
         };
         let attempt = (self.reconcile)(target, self.context.clone());
         let (policy, context) = (self.error_policy.clone(), self.context.clone());

@@ -122,7 +122,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::{CacheError, FieldIndex, Informer, InformerEvent, WatchSpec};
-use crate::cluster::{Cluster, ClusterName};
+use crate::cluster::{ClientOptions, Cluster, ClusterName};
 use crate::error::{Error, Result};
 use crate::multicluster::{Aware, Provider, ProviderRunnable};
 use crate::providers::clusters::Clusters;
@@ -157,6 +157,7 @@ pub struct Namespaces {
     selector: Option<String>,
     exclude: BTreeSet<String>,
     disengage_terminating: bool,
+    client_options: ClientOptions,
     clusters: Clusters,
 }
 
@@ -206,6 +207,7 @@ impl Namespaces {
             selector: None,
             exclude: SYSTEM_NAMESPACES.iter().map(|ns| (*ns).to_owned()).collect(),
             disengage_terminating: false,
+            client_options: ClientOptions::default(),
             clusters: Clusters::new(),
         }
     }
@@ -243,6 +245,17 @@ impl Namespaces {
     #[must_use]
     pub fn disengage_terminating(mut self, disengage: bool) -> Self {
         self.disengage_terminating = disengage;
+        self
+    }
+
+    /// Settings of the client of every namespace-cluster built from the host's
+    /// `kube::Config` (see [`new`](Self::new)): request timeout, user agent, rate
+    /// limit. Each namespace-cluster has a client, and so a rate limit, of its own.
+    /// Clients from a [`with_clients`](Self::with_clients) factory are used as the
+    /// factory builds them ([`ClientOptions::build`] gives them the options).
+    #[must_use]
+    pub fn client_options(mut self, options: ClientOptions) -> Self {
+        self.client_options = options;
         self
     }
 
@@ -403,7 +416,7 @@ impl Namespaces {
             Clients::Config(config) => {
                 let mut config = kube::Config::clone(config);
                 config.default_namespace = name.to_string();
-                return crate::cluster::build_client(name, config).await;
+                return crate::cluster::build_client(name, config, &self.client_options).await;
             }
             Clients::Factory(factory) => factory.clone(),
         };

@@ -472,7 +472,8 @@ impl<P: Planner> Engine<P> {
             origin,
         } = target;
         let config = kubeconfig::client_config(&parsed, Some(&context), &origin).await?;
-        let client = kubeconfig::build_client(config, BUILD_TIMEOUT, &origin, &context).await?;
+        let options = &self.options.client;
+        let client = kubeconfig::build_client(config, options, BUILD_TIMEOUT, &origin, &context).await?;
         Ok(Arc::new(Cluster::with_options(
             name.clone(),
             client,

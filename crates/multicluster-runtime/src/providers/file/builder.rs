@@ -173,7 +173,9 @@ impl FilesBuilder {
         self
     }
 
-    /// Settings for every cluster the provider builds.
+    /// Settings for every cluster the provider builds: of its cache and of its
+    /// client (request timeout, user agent, rate limit). A cluster rebuilt after a
+    /// change of its kubeconfig gets them again.
     pub fn cluster_options(mut self, options: ClusterOptions) -> Self {
         self.config.cluster_options = options;
         self

@@ -21,6 +21,8 @@ use std::time::Duration;
 
 use kube::config::{ExecInteractiveMode, KubeConfigOptions, Kubeconfig};
 
+use crate::cluster::ClientOptions;
+
 pub use self::endpoint::{EndpointPolicy, EndpointRefusal, EndpointRule, EndpointRuleError};
 
 /// What a kubeconfig may ask for, and where it may make the controller connect.
@@ -342,15 +344,19 @@ pub async fn client_config(
 /// client is built, and one that hangs must not hold a provider up forever.
 pub const BUILD_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Builds a client from `config` (of context `context` of `origin`) on a blocking
-/// thread, since kube runs an exec credential plugin, if any, while building it,
-/// and gives up after `timeout`.
+/// Builds a client from `config` (of context `context` of `origin`) with `options`
+/// on a blocking thread, since kube runs an exec credential plugin, if any, while
+/// building it, and gives up after `timeout`.
+///
+/// Every provider builds its clients here, so the [`ClientOptions`] it was given
+/// apply to each cluster it builds, and to each one that replaces another.
 ///
 /// # Errors
 /// [`KubeconfigError::Client`], described by [`describe_kube_error`]: never the
 /// plugin's command line or output.
 pub async fn build_client(
     config: kube::Config,
+    options: &ClientOptions,
     timeout: Duration,
     origin: &str,
     context: &str,
@@ -363,8 +369,9 @@ pub async fn build_client(
     // Logs of the plugin run belong to the caller's subscriber and span.
     let dispatch = tracing::dispatcher::get_default(Clone::clone);
     let span = tracing::Span::current();
+    let options = options.clone();
     let building = tokio::task::spawn_blocking(move || {
-        tracing::dispatcher::with_default(&dispatch, || span.in_scope(|| kube::Client::try_from(config)))
+        tracing::dispatcher::with_default(&dispatch, || span.in_scope(|| options.build(config)))
     });
     match tokio::time::timeout(timeout, building).await {
         Ok(Ok(Ok(client))) => Ok(client),

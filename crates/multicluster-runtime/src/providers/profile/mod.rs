@@ -263,7 +263,9 @@ impl ClusterProfilesOptions {
         self
     }
 
-    /// Settings of every engaged [`Cluster`] (e.g. of its cache).
+    /// Settings of every engaged [`Cluster`]: of its cache and of its client
+    /// (request timeout, user agent, rate limit). A cluster rebuilt after its
+    /// credentials rotate gets them again.
     #[must_use]
     pub fn cluster_options(mut self, options: ClusterOptions) -> Self {
         self.cluster_options = options;

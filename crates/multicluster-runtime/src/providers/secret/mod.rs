@@ -235,7 +235,9 @@ impl SecretsOptions {
         self
     }
 
-    /// Options of every cluster built (e.g. its cache settings).
+    /// Options of every cluster built: of its cache and of its client (request
+    /// timeout, user agent, rate limit). A cluster rebuilt after its Secret changes
+    /// gets them again.
     #[must_use]
     pub fn cluster_options(mut self, options: ClusterOptions) -> Self {
         self.cluster = options;
@@ -621,7 +623,8 @@ impl Inner {
     async fn build(&self, name: &str, plan: Plan, origin: &str) -> Result<Arc<Cluster>, Problem> {
         let config = kubeconfig::client_config(&plan.kubeconfig, Some(&plan.context), origin).await?;
         let timeout = self.options.build_timeout;
-        let client = kubeconfig::build_client(config, timeout, origin, &plan.context).await?;
+        let options = &self.options.cluster.client;
+        let client = kubeconfig::build_client(config, options, timeout, origin, &plan.context).await?;
         drop(plan);
         let cluster = Cluster::with_options(name, client, self.options.cluster.clone());
         Ok(Arc::new(cluster))

@@ -1,0 +1,350 @@
+//! How a cluster's client is built: the per-cluster [`ClientOptions`] (request
+//! timeout, user agent, client-side rate limit) and the one function every provider
+//! builds its clients with.
+//!
+//! The options belong to whoever builds the cluster: a provider applies its
+//! [`ClusterOptions::client`](super::ClusterOptions::client) to every cluster it
+//! builds, and so again to the cluster that replaces one (rotated credentials, a
+//! moved server). Where the user builds a cluster, [`Cluster::connect`] and
+//! [`Cluster::from_config`] apply the options given to them; a client built
+//! elsewhere can get them from [`ClientOptions::build`].
+//!
+//! The rate limit is a tower layer in the client's service stack, under kube's
+//! request buffer: every clone of the client, and so every controller, cache and
+//! Event recorder of the cluster, draws from one budget. See
+//! `docs/decisions/client-options.md` for the choice of limiter.
+//!
+//! [`Cluster::connect`]: super::Cluster::connect
+//! [`Cluster::from_config`]: super::Cluster::from_config
+
+use std::time::Duration;
+
+use http::HeaderValue;
+use http::header::USER_AGENT;
+use kube::client::ClientBuilder;
+use tower::limit::RateLimitLayer;
+use tower::timeout::TimeoutLayer;
+use tower::util::option_layer;
+
+use super::ClusterName;
+use crate::providers::kubeconfig::{self, KubeconfigError};
+
+/// Settings of the client of a cluster.
+///
+/// ```
+/// use std::time::Duration;
+/// use http::HeaderValue;
+/// use multicluster_runtime::cluster::{ClientOptions, RateLimit};
+///
+/// // At most 5 requests a second (10 at once after a quiet spell), each answered
+/// // within 30 s, and named in the apiserver's audit log and managedFields.
+/// let options = ClientOptions::default()
+///     .rate_limit(RateLimit::new(5.0, 10).expect("valid"))
+///     .timeout(Duration::from_secs(30))
+///     .user_agent(HeaderValue::from_static("fleet-controller/1.2"));
+/// assert_eq!(options.rate_limit.map(|r| r.qps()), Some(5.0));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct ClientOptions {
+    /// How long a request may wait for the server's answer (its status and
+    /// headers); the body then streams without a limit, so watches are not cut.
+    /// Time spent waiting for the [`rate_limit`](Self::rate_limit) does not count.
+    /// A request that takes longer fails with an error that says it timed out.
+    /// Default: `None`, no limit.
+    pub timeout: Option<Duration>,
+    /// The `User-Agent` header of every request, replacing any the
+    /// `kube::Config` sets. The apiserver names it in audit logs, and the part
+    /// before the first `/` becomes the field manager of writes that name none.
+    /// Default: `None`, kube's own (none).
+    pub user_agent: Option<HeaderValue>,
+    /// At most this many requests a second to the cluster, shared by every user of
+    /// the cluster's client: watches count once when they start. Default: `None`,
+    /// no limit.
+    pub rate_limit: Option<RateLimit>,
+}
+
+impl ClientOptions {
+    /// Sets [`timeout`](Self::timeout).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Sets [`user_agent`](Self::user_agent).
+    #[must_use]
+    pub fn user_agent(mut self, user_agent: HeaderValue) -> Self {
+        self.user_agent = Some(user_agent);
+        self
+    }
+
+    /// Sets [`rate_limit`](Self::rate_limit).
+    #[must_use]
+    pub fn rate_limit(mut self, rate_limit: RateLimit) -> Self {
+        self.rate_limit = Some(rate_limit);
+        self
+    }
+
+    /// The client configuration with the options that live in it (the user agent).
+    pub fn configure(&self, mut config: kube::Config) -> kube::Config {
+        if let Some(agent) = &self.user_agent {
+            config.headers.retain(|(name, _)| name != USER_AGENT);
+            config.headers.push((USER_AGENT, agent.clone()));
+        }
+        config
+    }
+
+    /// A client built from `config` with these options.
+    ///
+    /// This blocks the thread while TLS is set up and an exec credential plugin, if
+    /// any, runs; [`Cluster::connect`](super::Cluster::connect) does it on a
+    /// blocking thread.
+    ///
+    /// # Errors
+    /// kube's, if the client cannot be built (e.g. bad TLS material).
+    pub fn build(&self, config: kube::Config) -> Result<kube::Client, kube::Error> {
+        let builder = ClientBuilder::try_from(self.configure(config))?;
+        // The timeout sits inside the limiter, so waiting for a turn does not count.
+        let builder = builder.with_layer(&option_layer(self.timeout.map(TimeoutLayer::new)));
+        let limit = self
+            .rate_limit
+            .map(|limit| RateLimitLayer::new(u64::from(limit.burst.get()), limit.period));
+        Ok(builder.with_layer(&option_layer(limit)).build())
+    }
+}
+
+/// A client-side rate limit: `qps` requests a second on average, up to `burst` at
+/// once.
+///
+/// Requests are admitted `burst` at a time in windows of `burst / qps` seconds (a
+/// request over the budget waits for the next window), so over any stretch of time
+/// the rate stays at `qps`; right at the end of one window and the start of the
+/// next, up to twice `burst` can go out together. With the same `burst` and `qps`,
+/// e.g. `RateLimit::new(5.0, 5)`, that is 5 a second in one-second windows.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RateLimit {
+    qps: f64,
+    burst: std::num::NonZeroU32,
+    period: Duration,
+}
+
+impl RateLimit {
+    /// `qps` requests a second on average, up to `burst` at once.
+    ///
+    /// ```
+    /// use multicluster_runtime::cluster::RateLimit;
+    ///
+    /// assert!(RateLimit::new(0.5, 1).is_ok()); // one request every two seconds
+    /// assert!(RateLimit::new(0.0, 1).is_err());
+    /// assert!(RateLimit::new(5.0, 0).is_err());
+    /// ```
+    ///
+    /// # Errors
+    /// [`InvalidRateLimit`] unless `qps` is a finite number above 0, `burst` is at
+    /// least 1, and a window (`burst / qps` seconds) is between a nanosecond and
+    /// the longest [`Duration`].
+    pub fn new(qps: f64, burst: u32) -> Result<Self, InvalidRateLimit> {
+        let invalid = InvalidRateLimit { qps, burst };
+        let nonzero = std::num::NonZeroU32::new(burst).ok_or(invalid)?;
+        if !(qps.is_finite() && qps > 0.0) {
+            return Err(invalid);
+        }
+        let period = Duration::try_from_secs_f64(f64::from(burst) / qps).map_err(|_| invalid)?;
+        if period.is_zero() {
+            return Err(invalid);
+        }
+        Ok(RateLimit {
+            qps,
+            burst: nonzero,
+            period,
+        })
+    }
+
+    /// Requests a second, on average.
+    pub fn qps(&self) -> f64 {
+        self.qps
+    }
+
+    /// Requests at once.
+    pub fn burst(&self) -> u32 {
+        self.burst.get()
+    }
+}
+
+/// A [`RateLimit`] that cannot be: see [`RateLimit::new`].
+#[derive(Clone, Copy, Debug, PartialEq, thiserror::Error)]
+#[error(
+    "invalid client rate limit: qps must be a finite number above 0 and burst at least 1, \
+     with burst / qps seconds between 1 ns and the longest duration (got qps {qps}, burst {burst})"
+)]
+pub struct InvalidRateLimit {
+    /// The requested rate.
+    pub qps: f64,
+    /// The requested burst.
+    pub burst: u32,
+}
+
+/// Builds the client of the cluster `name` from `config` with `options`, on a
+/// blocking thread, within [`BUILD_TIMEOUT`](kubeconfig::BUILD_TIMEOUT).
+///
+/// # Errors
+/// [`crate::Error::Client`], with a reason that quotes no credentials.
+pub(crate) async fn build_client(
+    name: &ClusterName,
+    config: kube::Config,
+    options: &ClientOptions,
+) -> crate::Result<kube::Client> {
+    let origin = format!("cluster {name}");
+    kubeconfig::build_client(config, options, kubeconfig::BUILD_TIMEOUT, &origin, "-")
+        .await
+        .map_err(|error| crate::Error::Client {
+            cluster: name.clone(),
+            reason: match error {
+                KubeconfigError::Client { reason, .. } => reason,
+                other => other.to_string(),
+            },
+        })
+}
+
+#[cfg(test)]
+pub(in crate::cluster) mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A plain-HTTP server on a loopback port that records the head of every
+    /// request and answers `/version`; with `answer` false it never answers.
+    pub(in crate::cluster) async fn server(answer: bool) -> (kube::Config, Arc<Mutex<Vec<String>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let seen = heads.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut buffer = Vec::new();
+                    let mut chunk = [0; 4096];
+                    while let Ok(read) = socket.read(&mut chunk).await {
+                        if read == 0 {
+                            return;
+                        }
+                        buffer.extend_from_slice(&chunk[..read]);
+                        while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head: Vec<u8> = buffer.drain(..end + 4).collect();
+                            seen.lock()
+                                .unwrap()
+                                .push(String::from_utf8_lossy(&head).into_owned());
+                            if !answer {
+                                continue;
+                            }
+                            let body = r#"{"major":"1","minor":"37","gitVersion":"v1.37.0"}"#;
+                            let response = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                                body.len()
+                            );
+                            if socket.write_all(response.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (kube::Config::new(url.parse().expect("a URL")), heads)
+    }
+
+    #[tokio::test]
+    async fn the_user_agent_reaches_the_server_and_replaces_the_configs() {
+        let (mut config, heads) = server(true).await;
+        config
+            .headers
+            .push((USER_AGENT, HeaderValue::from_static("from-config/0")));
+        let options = ClientOptions::default().user_agent(HeaderValue::from_static("fleet-ctl/1.2"));
+        let client = options.build(config).expect("client");
+        client.apiserver_version().await.expect("version");
+        let heads = heads.lock().unwrap().join("");
+        let agents: Vec<&str> = heads
+            .lines()
+            .filter(|line| line.to_ascii_lowercase().starts_with("user-agent:"))
+            .collect();
+        assert_eq!(agents, ["user-agent: fleet-ctl/1.2"], "{heads}");
+    }
+
+    #[tokio::test]
+    async fn a_request_without_an_answer_fails_after_the_timeout() {
+        let (config, heads) = server(false).await;
+        let options = ClientOptions::default().timeout(Duration::from_millis(300));
+        let client = options.build(config).expect("client");
+        let started = Instant::now();
+        let error = tokio::time::timeout(Duration::from_secs(20), client.apiserver_version())
+            .await
+            .expect("the client gives up by itself")
+            .expect_err("no answer");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert!(error.to_string().contains("timed out"), "{error}");
+        assert_eq!(heads.lock().unwrap().len(), 1, "the request was sent");
+    }
+
+    #[tokio::test]
+    async fn requests_over_the_rate_wait_for_the_next_window() {
+        let (config, heads) = server(true).await;
+        // Two requests at once, then two more after a window of 2 / 10 = 200 ms.
+        let options = ClientOptions::default().rate_limit(RateLimit::new(10.0, 2).expect("valid"));
+        let client = options.build(config).expect("client");
+        let started = Instant::now();
+        for _ in 0..4 {
+            client.apiserver_version().await.expect("version");
+        }
+        assert!(
+            started.elapsed() >= Duration::from_millis(200),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(heads.lock().unwrap().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn the_clones_of_a_client_share_one_budget() {
+        let (config, _) = server(true).await;
+        let options = ClientOptions::default().rate_limit(RateLimit::new(10.0, 2).expect("valid"));
+        let client = options.build(config).expect("client");
+        let started = Instant::now();
+        let calls = (0..4).map(|_| {
+            let client = client.clone();
+            async move { client.apiserver_version().await.expect("version") }
+        });
+        futures::future::join_all(calls).await;
+        assert!(
+            started.elapsed() >= Duration::from_millis(200),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn rate_limits_that_cannot_be_are_refused_not_panicked_on() {
+        for (qps, burst) in [
+            (0.0, 1),
+            (-1.0, 1),
+            (f64::NAN, 1),
+            (f64::INFINITY, 1),
+            (1.0, 0),
+            (f64::MIN_POSITIVE, 1),
+            (f64::MAX, 1),
+        ] {
+            let error = RateLimit::new(qps, burst).expect_err("invalid");
+            assert!(error.to_string().contains("invalid client rate limit"), "{error}");
+        }
+        let limit = RateLimit::new(5.0, 10).expect("valid");
+        assert_eq!(
+            (limit.qps(), limit.burst(), limit.period),
+            (5.0, 10, Duration::from_secs(2))
+        );
+    }
+}
