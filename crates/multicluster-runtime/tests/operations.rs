@@ -904,6 +904,8 @@ async fn o03a_readyz_verbose_lists_clusters() {
         response.body
     );
     assert_eq!(support::http::get(address, "/healthz").await.status, 200);
+}
+
 /// Publishes an Event on the reconciled ConfigMap, then asks for one more reconcile
 /// of it, so that the second Event is the same as the first.
 async fn publish_event(
