@@ -13,7 +13,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -45,7 +45,11 @@ pub(crate) async fn serve(manager: Manager, listener: TcpListener, token: Cancel
                 let manager = this.clone();
                 async move { Ok::<_, Infallible>(respond(&manager, &request).await) }
             });
-            let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            // The timer arms hyper's header read timeout (30 s), so that a client that
+            // never finishes its request cannot hold a connection until shutdown.
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .serve_connection(TokioIo::new(stream), service);
             tokio::select! {
                 result = connection => if let Err(err) = result {
                     tracing::debug!(error = %err, "endpoint connection ended with an error");
