@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::HeaderValue;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -18,10 +18,11 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Client, Resource};
 use kube_envtest::Fleet;
 use multicluster_runtime::cluster::{ClientOptions, RateLimit};
+use multicluster_runtime::controller::queue::PauseReason;
 use multicluster_runtime::controller::{Action, Controller, ReconcileRequest, Request};
-use multicluster_runtime::manager::LeaderElection;
+use multicluster_runtime::manager::{HealthEvent, HealthProbes, HealthState, LeaderElection};
 use multicluster_runtime::providers::file::Files;
-use multicluster_runtime::{Cluster, ClusterOptions, Error, Manager, Provider};
+use multicluster_runtime::{Cluster, ClusterName, ClusterOptions, Error, Manager, Provider};
 use tokio_util::sync::CancellationToken;
 
 mod support;
@@ -1071,4 +1072,241 @@ async fn o07_a_rate_limited_cluster_is_throttled_and_its_neighbour_is_not() {
         manager(fast.client(), "o07-0").await.as_deref(),
         Some("o07-throttled")
     );
+}
+
+/// What the o04 reconciler saw: each reconcile's cluster, object and start.
+#[derive(Default)]
+struct Starts {
+    starts: Mutex<Vec<(String, String, Instant)>>,
+}
+
+impl Starts {
+    fn of(&self, cluster: &str, name: &str) -> Vec<Instant> {
+        let starts = self.starts.lock().unwrap();
+        starts
+            .iter()
+            .filter(|(c, n, _)| c == cluster && n == name)
+            .map(|(_, _, at)| *at)
+            .collect()
+    }
+
+    fn in_cluster_after(&self, cluster: &str, after: Instant) -> usize {
+        let starts = self.starts.lock().unwrap();
+        starts
+            .iter()
+            .filter(|(c, _, at)| c == cluster && *at > after)
+            .count()
+    }
+
+    /// Waits until `name` in `cluster` is reconciled after `after`; returns when.
+    async fn wait(&self, cluster: &str, name: &str, after: Instant) -> Instant {
+        loop {
+            if let Some(at) = self.of(cluster, name).into_iter().find(|at| *at >= after) {
+                return at;
+            }
+            assert!(after.elapsed() < WAIT, "{name} in {cluster:?} never reconciled");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Records the start; `o04-tick` comes back every 200 ms, so that a cluster always
+/// has work (reconciled from the cache, which works while the apiserver is away).
+async fn record_start(req: ReconcileRequest<ConfigMap>, starts: Arc<Starts>) -> Result<Action, Infallible> {
+    let (cluster, name) = (
+        req.request.cluster.as_str().to_owned(),
+        req.request.name().to_owned(),
+    );
+    let tick = name == "o04-tick";
+    starts
+        .starts
+        .lock()
+        .unwrap()
+        .push((cluster, name, Instant::now()));
+    Ok(if tick {
+        Action::requeue(Duration::from_millis(200))
+    } else {
+        Action::await_change()
+    })
+}
+
+/// The o04 probe timings: short, so that the test takes seconds, not minutes.
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+const FAILURES: u32 = 3;
+
+/// Waits for the next health event of `cluster` into `state`; returns it and when.
+async fn next_health(
+    events: &mut tokio::sync::broadcast::Receiver<HealthEvent>,
+    cluster: &str,
+    state: &str,
+) -> (HealthEvent, Instant) {
+    let wanted = async {
+        loop {
+            let event = events.recv().await.expect("health events");
+            if event.cluster == cluster && event.health.state.name() == state {
+                return (event, Instant::now());
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, wanted)
+        .await
+        .unwrap_or_else(|_| panic!("{cluster} never became {state}"))
+}
+
+/// o04 (and o03b, the health half of o03): a fleet of two apiservers, the local
+/// cluster and `c1`. `c1`'s apiserver stops: after exactly the failure threshold it
+/// is unhealthy, with its error in the snapshot, and its reconciles wait while the
+/// local cluster's go on as fast as before. After a 15 s outage it restarts: an
+/// object written right after is reconciled within one probe interval + 3 s (its
+/// watch reconnects on the probe's success instead of waiting out its backoff),
+/// and the snapshot says healthy again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn o03b_o04_an_unhealthy_cluster_waits_alone_and_recovers_within_a_probe_interval() {
+    let env = Env::new(1).await;
+    let probes = HealthProbes::default()
+        .interval(PROBE_INTERVAL)
+        .timeout(PROBE_TIMEOUT)
+        .failure_threshold(FAILURES);
+    let manager = env.manager.clone().with_health_probes(probes);
+    let starts = Arc::new(Starts::default());
+    // Two workers, so one cluster may hold at most one (the default cluster cap).
+    let controller = Controller::builder::<ConfigMap>(&manager)
+        .named("o04")
+        .engage_local(true)
+        .concurrency(2)
+        .register(
+            record_start,
+            |_: &Request, _: &Infallible, _| Action::backoff(),
+            starts.clone(),
+        )
+        .await
+        .expect("controller");
+    let (local, remote) = (env.client(0), env.client(1));
+    for client in [&local, &remote] {
+        create_named(client, "o04-tick").await;
+    }
+    let mut events = manager.health_events();
+    env.start();
+    let begun = Instant::now();
+    starts.wait("", "o04-tick", begun).await;
+    starts.wait("c1", "o04-tick", begun).await;
+    next_health(&mut events, "c1", "healthy").await;
+    let c1 = manager.get_cluster(&"c1".into()).await.expect("c1 engaged");
+
+    // The local cluster's latency before the outage.
+    let written = Instant::now();
+    create_named(&local, "o04-before").await;
+    let before = starts.wait("", "o04-before", written).await - written;
+
+    let stopping = Instant::now();
+    env.fleet.cluster(1).stop().await;
+    let stopped = Instant::now();
+    let (event, unhealthy_at) = next_health(&mut events, "c1", "unhealthy").await;
+    eprintln!(
+        "o04: c1 unhealthy {:?} after the stop began ({:?} after it ended): {:?}",
+        unhealthy_at - stopping,
+        unhealthy_at.saturating_duration_since(stopped),
+        event.health
+    );
+    assert_eq!(
+        event.health.consecutive_failures, FAILURES,
+        "marked at the threshold"
+    );
+    assert!(
+        unhealthy_at - stopped <= PROBE_INTERVAL * FAILURES + PROBE_TIMEOUT + SLACK,
+        "unhealthy {:?} after the apiserver stopped",
+        unhealthy_at - stopped
+    );
+    let queue = controller.queue();
+    let waited = Instant::now();
+    while !queue.pause_reasons(&"c1".into()).contains(PauseReason::Unhealthy) {
+        assert!(waited.elapsed() < WAIT, "c1 never paused");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let paused = Instant::now();
+
+    // o03b: the snapshot lists c1 unhealthy with its error, the local cluster healthy.
+    let snapshot = manager.cluster_health();
+    let health = &snapshot["c1"];
+    eprintln!("o03b: c1 while stopped: {health:?}");
+    match &health.state {
+        HealthState::Unhealthy { last_error, .. } => {
+            assert!(last_error.starts_with("GET /readyz"), "{last_error}");
+        }
+        other => panic!("c1 is {other:?}"),
+    }
+    assert!(snapshot[""].is_healthy());
+
+    // During the outage the local cluster reconciles as fast as before.
+    let mut during = Vec::new();
+    for n in 0..5 {
+        let written = Instant::now();
+        create_named(&local, &format!("o04-during-{n}")).await;
+        during.push(starts.wait("", &format!("o04-during-{n}"), written).await - written);
+    }
+    eprintln!("o04: local latency before the outage {before:?}, during {during:?}");
+    let worst = during.iter().max().copied().unwrap_or_default();
+    assert!(
+        worst < Duration::from_secs(3),
+        "local reconciles slowed down: {during:?} vs {before:?}"
+    );
+    assert!(queue.pause_reasons(&ClusterName::local()).is_empty());
+    assert!(starts.in_cluster_after("", paused) > 0, "the local tick goes on");
+
+    // The outage lasts 15 s: this sleep is the outage itself.
+    tokio::time::sleep(Duration::from_secs(15).saturating_sub(stopped.elapsed())).await;
+    // c1's tick would have run ~5 times a second from its cache; paused, it starts
+    // at most the one reconcile leased before the pause.
+    let c1_during = starts.in_cluster_after("c1", paused);
+    assert!(
+        c1_during <= 1,
+        "{c1_during} reconciles of c1 started while it was unhealthy"
+    );
+    assert!(manager.cluster_health()["c1"].consecutive_failures >= FAILURES + 2);
+
+    env.fleet.cluster(1).start().await.expect("restart c1");
+    let (written, written_at) = (Instant::now(), SystemTime::now());
+    create_named(&remote, "o04-after").await;
+    let reconciled = starts.wait("c1", "o04-after", written).await;
+    let (event, _) = next_health(&mut events, "c1", "healthy").await;
+    let HealthState::Healthy { since } = event.health.state else {
+        unreachable!("a healthy event")
+    };
+    // The apiserver is ready before `start` returns, so the probe may have seen it
+    // back before the write.
+    let healthy = match since.duration_since(written_at) {
+        Ok(after) => format!("{after:?} after the write"),
+        Err(before) => format!("{:?} before the write", before.duration()),
+    };
+    eprintln!(
+        "o04: c1 back: healthy {healthy}; o04-after reconciled {:?} after it was written",
+        reconciled - written
+    );
+    assert!(
+        reconciled - written <= PROBE_INTERVAL + Duration::from_secs(3),
+        "reconciled {:?} after the write",
+        reconciled - written
+    );
+    assert!(
+        c1.cache().informer::<ConfigMap>().reconnects() >= 1,
+        "the watch was reconnected"
+    );
+
+    // o03b: healthy again in the snapshot; unknown → healthy → unhealthy → healthy.
+    let health = manager.cluster_health()["c1"].clone();
+    assert!(matches!(health.state, HealthState::Healthy { .. }), "{health:?}");
+    assert_eq!(health.transitions, 3);
+    assert_eq!(manager.cluster_health()[""].transitions, 1);
+    assert!(queue.pause_reasons(&"c1".into()).is_empty());
+    starts.wait("c1", "o04-tick", reconciled).await;
+}
+
+async fn create_named(client: &Client, name: &str) {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some(name.to_owned());
+    api.create(&PostParams::default(), &cm)
+        .await
+        .expect("create configmap");
 }

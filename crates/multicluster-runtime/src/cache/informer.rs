@@ -96,6 +96,8 @@ struct Core<K> {
     restarts: AtomicU64,
     /// When the informer was made: it has been syncing since then until synced.
     created: SystemTime,
+    /// How many failing watches were dropped and replaced on request.
+    reconnects: AtomicU64,
 }
 
 /// Where events go: everything to `all`; each namespace's events also to that
@@ -181,6 +183,7 @@ impl<K> Informer<K> {
             last_error: Mutex::new(None),
             restarts: AtomicU64::new(0),
             created: SystemTime::now(),
+            reconnects: AtomicU64::new(0),
         };
         Informer {
             core: Arc::new(core),
@@ -265,6 +268,15 @@ impl<K> Informer<K> {
             created: self.core.created,
             restarts: self.restarts(),
         }
+    }
+
+    /// How many times a failing watch of the informer was dropped and started again
+    /// at once, instead of after its backoff, because
+    /// [`Cache::reconnect`](super::Cache::reconnect) asked for it (the manager does
+    /// when a cluster's health probes succeed again). Shared by every handle on the
+    /// informer.
+    pub fn reconnects(&self) -> u64 {
+        self.core.reconnects.load(Ordering::Relaxed)
     }
 
     /// Waits until the informer is synced, at most `timeout`.
@@ -421,11 +433,31 @@ impl<K: Resource + Send + Sync + 'static> Informer<K> {
     ///
     /// Marking the informer stopped is tied to dropping the future, so it also
     /// happens if the task panics or the runtime shuts down before running it.
+    #[cfg(test)]
     pub(crate) fn run<F, S>(
+        self: Arc<Self>,
+        watch: F,
+        prepare: Prepare<K>,
+        token: CancellationToken,
+    ) -> impl Future<Output = ()> + Send + 'static
+    where
+        F: FnMut() -> S + Send + 'static,
+        S: Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
+    {
+        // No sender: nothing ever asks this informer to reconnect.
+        let (_, reconnects) = watch::channel(0);
+        self.run_with(watch, prepare, token, reconnects)
+    }
+
+    /// [`run`](Self::run), and each change of `reconnects` asks a failing watch (its
+    /// last item was an error, so its backoff may be sleeping) to be dropped and
+    /// replaced at once; see [`Cache::reconnect`](super::Cache::reconnect).
+    pub(crate) fn run_with<F, S>(
         self: Arc<Self>,
         mut watch: F,
         prepare: Prepare<K>,
         token: CancellationToken,
+        reconnects: watch::Receiver<u64>,
     ) -> impl Future<Output = ()> + Send + 'static
     where
         F: FnMut() -> S + Send + 'static,
@@ -435,9 +467,23 @@ impl<K: Resource + Send + Sync + 'static> Informer<K> {
         async move {
             let core = &core.0;
             let mut panics_in_a_row = 0;
+            let mut reconnects = Some(reconnects);
             loop {
-                match core.follow(watch(), &prepare, &token, &mut panics_in_a_row).await {
+                let events = watch();
+                match core
+                    .follow(events, &prepare, &token, &mut panics_in_a_row, &mut reconnects)
+                    .await
+                {
                     WatchEnd::Cancelled | WatchEnd::Exhausted => return,
+                    WatchEnd::Reconnect => {
+                        core.reconnects.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(
+                            cluster = %core.cluster,
+                            resource = %core.resource,
+                            "failing watch dropped on request; watching again now"
+                        );
+                        continue;
+                    }
                     WatchEnd::TransformPanicked => {}
                 }
                 panics_in_a_row += 1;
@@ -495,6 +541,8 @@ enum WatchEnd {
     Exhausted,
     /// The transform panicked on an object: the watch must start over.
     TransformPanicked,
+    /// The watch was failing and a reconnect was asked for: start over now.
+    Reconnect,
 }
 
 /// What handling one watch event came to.
@@ -508,31 +556,50 @@ enum Handled {
 
 impl<K: Resource> Core<K> {
     /// Applies the events of one watch until it has to end. Resets
-    /// `panics_in_a_row` when a list completes.
+    /// `panics_in_a_row` when a list completes. A change of `reconnects` ends a
+    /// watch whose last item was an error (kube's backoff is then sleeping, or
+    /// about to); a working watch ignores it. `reconnects` becomes `None` once its
+    /// sender is gone.
     async fn follow<S>(
         &self,
         events: S,
         prepare: &Prepare<K>,
         token: &CancellationToken,
         panics_in_a_row: &mut u32,
+        reconnects: &mut Option<watch::Receiver<u64>>,
     ) -> WatchEnd
     where
         S: Stream<Item = watcher::Result<watcher::Event<K>>>,
     {
         let mut events = pin!(events);
+        let mut failing = false;
         loop {
             let next = tokio::select! {
                 biased;
                 () = token.cancelled() => return WatchEnd::Cancelled,
+                asked = async { reconnects.as_mut()?.changed().await.ok() }, if reconnects.is_some() => {
+                    match asked {
+                        Some(()) if failing => return WatchEnd::Reconnect,
+                        Some(()) => {}
+                        None => *reconnects = None,
+                    }
+                    continue;
+                }
                 next = events.next() => next,
             };
             match next {
-                Some(Ok(event)) => match self.handle(event, prepare) {
-                    Handled::Done => {}
-                    Handled::Listed => *panics_in_a_row = 0,
-                    Handled::TransformPanicked => return WatchEnd::TransformPanicked,
-                },
-                Some(Err(error)) => self.record_error(error),
+                Some(Ok(event)) => {
+                    failing = false;
+                    match self.handle(event, prepare) {
+                        Handled::Done => {}
+                        Handled::Listed => *panics_in_a_row = 0,
+                        Handled::TransformPanicked => return WatchEnd::TransformPanicked,
+                    }
+                }
+                Some(Err(error)) => {
+                    failing = true;
+                    self.record_error(error);
+                }
                 None => return WatchEnd::Exhausted,
             }
         }
@@ -989,6 +1056,71 @@ mod tests {
         })
         .await
         .expect("condition reached");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reconnect_restarts_a_failing_watch_at_once_and_leaves_a_working_one_alone() {
+        use watcher::Event::*;
+        let informer = informer();
+        let (first_tx, first_rx) = futures::channel::mpsc::unbounded();
+        let mut first = Some(first_rx);
+        let started = Arc::new(Mutex::new(Vec::new()));
+        let record = started.clone();
+        // The first watch is fed by hand; the next one lists "a" anew.
+        let watch = move || -> Events {
+            record.lock().unwrap().push(tokio::time::Instant::now());
+            match first.take() {
+                Some(first) => first.boxed(),
+                None => {
+                    futures::stream::iter(vec![Ok(Init), Ok(InitApply(config_map("a", "3"))), Ok(InitDone)])
+                        .chain(futures::stream::pending())
+                        .boxed()
+                }
+            }
+        };
+        let (ask, reconnects) = watch::channel(0u64);
+        let prepare = Prepare {
+            strip_managed_fields: false,
+            transform: None,
+        };
+        let token = CancellationToken::new();
+        let task = tokio::spawn(
+            informer
+                .clone()
+                .run_with(watch, prepare, token.clone(), reconnects),
+        );
+        for event in [Init, InitApply(config_map("a", "1")), InitDone] {
+            first_tx.unbounded_send(Ok(event)).unwrap();
+        }
+        until(|| informer.is_synced()).await;
+        let version = || {
+            let a = informer.store().get(Some("default"), "a");
+            a.and_then(|a| a.metadata.resource_version.clone())
+        };
+
+        // A working watch ignores the request. The request is seen before the event
+        // sent after it (the informer polls requests first), so once the event is
+        // stored the request has been handled.
+        ask.send_modify(|n| *n += 1);
+        first_tx.unbounded_send(Ok(Apply(config_map("a", "2")))).unwrap();
+        until(|| version().as_deref() == Some("2")).await;
+        assert_eq!((started.lock().unwrap().len(), informer.reconnects()), (1, 0));
+
+        // A failing watch (kube's backoff would now sleep up to 30 s) is replaced at
+        // once, without the restart delay of a panicking transform.
+        first_tx
+            .unbounded_send(Err(watcher::Error::NoResourceVersion))
+            .unwrap();
+        until(|| informer.last_error().is_some()).await;
+        let asked = tokio::time::Instant::now();
+        ask.send_modify(|n| *n += 1);
+        until(|| version().as_deref() == Some("3")).await;
+        let started = started.lock().unwrap().clone();
+        assert_eq!(started.len(), 2);
+        assert_eq!(started[1], asked, "no delay on the paused clock");
+        assert_eq!((informer.reconnects(), informer.restarts()), (1, 0));
+        token.cancel();
+        task.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]

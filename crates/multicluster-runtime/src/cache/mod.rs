@@ -121,6 +121,7 @@ use kube::core::{ClusterResourceScope, PartialObjectMeta};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use self::error::CacheError;
@@ -195,6 +196,8 @@ struct Inner {
     token: CancellationToken,
     registry: Mutex<Registry>,
     watches: AtomicUsize,
+    /// Bumped by [`Cache::reconnect`]; every informer follows it.
+    reconnects: watch::Sender<u64>,
 }
 
 /// What the cache knows by type. Values are type-erased because one cache holds
@@ -233,6 +236,7 @@ impl Cache {
                 token,
                 registry: Mutex::new(Registry::default()),
                 watches: AtomicUsize::new(0),
+                reconnects: watch::Sender::new(0),
             }),
             view: None,
         }
@@ -313,6 +317,24 @@ impl Cache {
     /// Whether the cache's token was cancelled.
     pub fn is_stopped(&self) -> bool {
         self.inner.token.is_cancelled()
+    }
+
+    /// Asks every watch of the cache that is failing to stop waiting out its backoff
+    /// and connect again now.
+    ///
+    /// A watch that fails retries with exponential backoff, up to 30 s between
+    /// attempts, so after an outage it may take that long to notice the cluster is
+    /// back. Call this when you know it is (the manager does when a cluster's
+    /// [health probes](crate::manager#cluster-health) succeed again): each watch whose last
+    /// attempt failed is dropped and started anew at once, with a full list (which
+    /// brings the store up to date, deletions included); its backoff starts over.
+    /// Watches that work are left alone. For a
+    /// [namespace-scoped view](Self::scoped), the host's watches are asked.
+    /// [`Informer::reconnects`] counts the watches this restarted.
+    pub fn reconnect(&self) {
+        self.inner
+            .reconnects
+            .send_modify(|asked| *asked = asked.wrapping_add(1));
     }
 
     /// How many watches the cache started: one per informer, or one per namespace
@@ -715,7 +737,12 @@ impl Cache {
                 (Box::new(watch), 1)
             }
         };
-        runtime.spawn(informer.clone().run(watch, prepare, inner.token.child_token()));
+        let reconnects = inner.reconnects.subscribe();
+        runtime.spawn(
+            informer
+                .clone()
+                .run_with(watch, prepare, inner.token.child_token(), reconnects),
+        );
         inner.watches.fetch_add(watches, Ordering::Relaxed);
         tracing::debug!(cluster = %inner.cluster, resource = %resource, spec = ?key.spec, "watch started");
         informer

@@ -15,6 +15,14 @@
 //! before the provider's removal returns), its queued items are dropped and its
 //! watches stop. A reconcile already running for it runs to its end; see
 //! `docs/decisions/cancellation.md`.
+//!
+//! While the manager's [health probes](crate::manager#cluster-health) find a cluster
+//! unhealthy, its items are held in the queue the same way, for a reason of their
+//! own ([`PauseReason::Unhealthy`](queue::PauseReason::Unhealthy)): they keep their
+//! delays and backoff, and no reconcile of the cluster starts (one already running
+//! runs to its end). Once the cluster is healthy again, they are let through and
+//! every cached object of the cluster is enqueued once, since watch events may have
+//! been missed meanwhile.
 
 mod builder;
 mod engage;
@@ -52,7 +60,7 @@ pub use reconcile::ReconcileRequest;
 pub use request::{Action, Request};
 pub use source::{MapContext, Mapper};
 
-use queue::{Lease, QueueConfig, QueueView, WorkQueue};
+use queue::{Lease, PauseReason, QueueConfig, QueueView, WorkQueue};
 use reconcile::{Outcome, Reconciler};
 use request::Next;
 use source::{Sink, Source};
@@ -253,9 +261,66 @@ impl Controller {
         {
             engaged.value = true;
             // Under the lock, so that a replacement's pause cannot come in between.
-            self.sink.queue.resume_cluster(name);
+            self.sink.queue.resume_cluster(name, PauseReason::Syncing);
             self.metrics.cluster_synced(name);
             tracing::debug!(controller = self.name, cluster = %name, "cache synced; reconciling");
+        }
+    }
+
+    /// Pauses or resumes `name` for being unhealthy. Called under the clusters lock,
+    /// so that an engagement of another instance cannot come in between.
+    fn hold_unhealthy(&self, name: &ClusterName, healthy: bool) {
+        if healthy {
+            self.sink.queue.resume_cluster(name, PauseReason::Unhealthy);
+        } else {
+            self.sink.queue.pause_cluster(name, PauseReason::Unhealthy);
+        }
+    }
+
+    /// Follows the health of engagement `generation` of `name` (its probes run in
+    /// the manager) until the engagement ends; `healthy` is what was applied at
+    /// engagement.
+    async fn follow_health(
+        me: Weak<Controller>,
+        name: ClusterName,
+        generation: u64,
+        mut health: tokio::sync::watch::Receiver<crate::manager::ClusterHealth>,
+        mut healthy: bool,
+    ) {
+        while health.changed().await.is_ok() {
+            let now = health.borrow_and_update().is_healthy();
+            if now == healthy {
+                continue;
+            }
+            healthy = now;
+            let Some(controller) = me.upgrade() else { return };
+            controller.health_changed(&name, generation, healthy);
+        }
+    }
+
+    /// Holds `name`'s items while engagement `generation` is unhealthy; on recovery
+    /// lets them through and enqueues every cached object of the cluster (a resync:
+    /// events may have been missed meanwhile). Ignored if another instance replaced
+    /// that engagement.
+    fn health_changed(&self, name: &ClusterName, generation: u64, healthy: bool) {
+        let resync = {
+            let clusters = self.lock();
+            let Some(engaged) = clusters.get(name).filter(|e| e.generation == generation) else {
+                return;
+            };
+            self.hold_unhealthy(name, healthy);
+            // A cache still syncing enqueues everything once it has synced.
+            (healthy && engaged.value).then(|| engaged.cluster.clone())
+        };
+        if healthy {
+            tracing::info!(controller = self.name, cluster = %name, "cluster healthy; reconciling again");
+        } else {
+            tracing::warn!(controller = self.name, cluster = %name, "cluster unhealthy; its reconciles wait");
+        }
+        if let Some(cluster) = resync {
+            for key in self.reconciler.cached_keys(&cluster) {
+                self.sink.queue.add(name.clone(), key);
+            }
         }
     }
 
@@ -359,7 +424,8 @@ impl Aware for Controller {
             return Ok(());
         }
         let own = token.child_token();
-        let generation = {
+        let mut health = self.manager.watch_instance_health(&name, &cluster);
+        let (generation, healthy) = {
             let mut clusters = self.lock();
             match clusters.engage(&name, cluster.clone(), own.clone(), false) {
                 Engage::Stale | Engage::Unchanged => return Ok(()),
@@ -372,12 +438,22 @@ impl Aware for Controller {
                     // Before the first add, so that the queue's metrics count it.
                     self.metrics.cluster_engaged(&name);
                     // Nothing of the name is reconciled until the new cache has synced.
-                    self.sink.queue.pause_cluster(&name);
-                    generation
+                    self.sink.queue.pause_cluster(&name, PauseReason::Syncing);
+                    // Nor while this instance is unhealthy; a replaced instance's
+                    // health does not carry over.
+                    let healthy = health.as_mut().is_none_or(|h| h.borrow_and_update().is_healthy());
+                    self.hold_unhealthy(&name, healthy);
+                    (generation, healthy)
                 }
             }
         };
         tracing::debug!(controller = self.name, cluster = %name, "cluster engaged");
+        if let Some(health) = health {
+            self.spawn(
+                own.clone(),
+                Controller::follow_health(self.me.clone(), name.clone(), generation, health, healthy),
+            );
+        }
         for source in &self.sources {
             self.spawn(own.clone(), source.run(cluster.clone(), self.sink.clone()));
         }

@@ -2,7 +2,7 @@
 //!
 //! Providers engage clusters into the manager; the manager engages each into every
 //! cluster-aware component (controllers above all), including components added after
-//! the cluster appeared.
+//! the cluster appeared. It also probes the health of each engaged cluster.
 //!
 //! # Leader election
 //!
@@ -63,6 +63,62 @@
 //! # }
 //! ```
 //!
+//! # Cluster health
+//!
+//! Every engaged cluster, the local one included, is probed with `GET /readyz`
+//! ([`PROBE_PATH`]) every [interval](HealthProbes::interval) (5 s by default), each
+//! probe given a [timeout](HealthProbes::timeout) (3 s). After
+//! [`failure_threshold`](HealthProbes::failure_threshold) failures in a row (3) the
+//! cluster is [unhealthy](HealthState::Unhealthy):
+//!
+//! - a warning is logged, and a [`HealthEvent`] goes to every
+//!   [`health_events`](Manager::health_events) receiver;
+//! - each controller holds the cluster's queued items (they keep their delays and
+//!   backoff, so an outage does not burn a retry budget) and starts no reconcile of
+//!   it; other clusters are not affected.
+//!
+//! After [`success_threshold`](HealthProbes::success_threshold) successes in a row
+//! (1) it is healthy again: its failing watches
+//! [reconnect at once](crate::cache::Cache::reconnect) instead of waiting out a
+//! backoff of up to 30 s, the controllers let its items through and enqueue every
+//! cached object of it, and an event and a log line say so. A recovered cluster is
+//! thus reconciling again within one probe interval of its return, plus a list.
+//!
+//! An answer of 403 or 404 counts as success (the apiserver is there, the path is
+//! not allowed or not served); 401 counts as failure (the credentials are
+//! rejected). Errors never quote credentials.
+//!
+//! Read the state with [`cluster_health`](Manager::cluster_health) (a snapshot of
+//! every engaged cluster), [`watch_cluster_health`](Manager::watch_cluster_health)
+//! (one cluster) or [`health_events`](Manager::health_events) (every change);
+//! [`health_transitions`](Manager::health_transitions) counts the changes. Tune or
+//! turn off probing with [`with_health_probes`](Manager::with_health_probes) and
+//! [`without_health_probes`](Manager::without_health_probes). See
+//! `docs/decisions/cluster-health.md`.
+//!
+//! ```
+//! # use std::sync::Arc;
+//! # use std::time::Duration;
+//! use multicluster_runtime::manager::{HealthProbes, HealthState};
+//! use multicluster_runtime::{Cluster, Manager};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! # let client = kube::Client::try_from(kube::Config::new("https://127.0.0.1:9".parse().unwrap())).unwrap();
+//! let manager = Manager::new(Arc::new(Cluster::new("", client)))
+//!     .with_health_probes(HealthProbes::default().interval(Duration::from_secs(10)).failure_threshold(5));
+//! let mut events = manager.health_events();
+//! tokio::spawn(async move {
+//!     while let Ok(event) = events.recv().await {
+//!         if let HealthState::Unhealthy { last_error, .. } = &event.health.state {
+//!             eprintln!("cluster {:?} is down: {last_error}", event.cluster);
+//!         }
+//!     }
+//! });
+//! # drop(manager);
+//! # }
+//! ```
+//!
 //! # Engagement order
 //!
 //! Engagements of one cluster name pass through the manager one at a time (see
@@ -73,17 +129,19 @@
 
 mod checks;
 mod endpoint;
+mod health;
 mod leader;
 pub mod metrics;
 mod runnable;
 mod shutdown;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -94,6 +152,7 @@ use crate::error::{Error, Result};
 use crate::multicluster::{Aware, Provider};
 
 pub use checks::{CHECK_TIMEOUT, ClusterState, HealthCheck, Report, ReportLine};
+pub use health::{ClusterHealth, HealthEvent, HealthProbes, HealthState, PROBE_PATH};
 pub use leader::{LeaderElection, OnLeadershipLoss};
 pub use metrics::Metrics;
 pub use runnable::Runnable;
@@ -131,6 +190,8 @@ struct Inner {
     checks: Mutex<checks::Checks>,
     /// Where the HTTP endpoint listens, once it does.
     endpoint: Mutex<Option<SocketAddr>>,
+    /// Health events of every cluster, and their count.
+    health: health::Hub,
 }
 
 /// Settings read when the manager starts.
@@ -142,14 +203,19 @@ struct Options {
     http_endpoint: Option<SocketAddr>,
     /// Whether every engaged cluster must have synced for readiness.
     require_all_clusters: bool,
+    /// `None`: clusters are not probed.
+    health_probes: Option<HealthProbes>,
 }
 
 /// The engaged clusters and the components they are engaged into, under one lock so
 /// that a cluster engaged while a component is being added reaches that component:
 /// whichever of the two takes the lock second sees the other.
+///
+/// Each engagement keeps its health channel, written by its prober only: the health
+/// of a cluster goes with its engagement.
 #[derive(Default)]
 struct Engaged {
-    clusters: Engagements<()>,
+    clusters: Engagements<watch::Sender<ClusterHealth>>,
     components: Vec<Arc<dyn Aware>>,
 }
 
@@ -216,11 +282,13 @@ impl Manager {
                 graceful_shutdown_timeout: DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT,
                 http_endpoint: None,
                 require_all_clusters: false,
+                health_probes: Some(HealthProbes::default()),
             }),
             leader: watch::Sender::new(false),
             metrics: Metrics::new(),
             checks: Mutex::default(),
             endpoint: Mutex::new(None),
+            health: health::Hub::default(),
         };
         let manager = Manager {
             inner: Arc::new(inner),
@@ -316,6 +384,86 @@ impl Manager {
     pub fn with_graceful_shutdown_timeout(self, timeout: Duration) -> Self {
         lock(&self.inner.options).graceful_shutdown_timeout = timeout;
         self
+    }
+
+    /// How to probe the health of each engaged cluster (see
+    /// [Cluster health](self#cluster-health)); on by default with
+    /// [`HealthProbes::default`]. Read as each cluster is engaged.
+    #[must_use]
+    pub fn with_health_probes(self, probes: HealthProbes) -> Self {
+        lock(&self.inner.options).health_probes = Some(probes);
+        self
+    }
+
+    /// Do not probe clusters: every cluster's health stays
+    /// [`Unknown`](HealthState::Unknown) and nothing is paused for it. Read as each
+    /// cluster is engaged.
+    #[must_use]
+    pub fn without_health_probes(self) -> Self {
+        lock(&self.inner.options).health_probes = None;
+        self
+    }
+
+    /// The health probe settings, `None` if probes are off.
+    pub fn health_probes(&self) -> Option<HealthProbes> {
+        lock(&self.inner.options).health_probes.clone()
+    }
+
+    /// The health of every engaged cluster (the local one under the empty name), as
+    /// its latest probe left it. A plain snapshot, cheap enough for every scrape of a
+    /// metrics or readiness endpoint.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # let client = kube::Client::try_from(kube::Config::new("https://127.0.0.1:9".parse().unwrap())).unwrap();
+    /// use multicluster_runtime::{Cluster, Manager};
+    ///
+    /// let manager = Manager::new(Arc::new(Cluster::new("", client)));
+    /// // Nothing is engaged before the manager starts.
+    /// assert!(manager.cluster_health().is_empty());
+    /// for (cluster, health) in manager.cluster_health() {
+    ///     println!("{cluster:?}: {} ({} transitions)", health.state.name(), health.transitions);
+    /// }
+    /// ```
+    pub fn cluster_health(&self) -> BTreeMap<ClusterName, ClusterHealth> {
+        self.engaged()
+            .clusters
+            .live()
+            .map(|(name, engaged)| (name.clone(), engaged.value.borrow().clone()))
+            .collect()
+    }
+
+    /// Follows the health of the engaged cluster `name`: the receiver sees its
+    /// current health and every change, and closes when this engagement of the
+    /// cluster ends. `None` if `name` is not engaged.
+    pub fn watch_cluster_health(&self, name: &ClusterName) -> Option<watch::Receiver<ClusterHealth>> {
+        self.engaged().clusters.get(name).map(|e| e.value.subscribe())
+    }
+
+    /// Follows the health of the engaged instance `cluster` of `name`: `None` if
+    /// another instance (or none) is engaged under the name.
+    pub(crate) fn watch_instance_health(
+        &self,
+        name: &ClusterName,
+        cluster: &Arc<Cluster>,
+    ) -> Option<watch::Receiver<ClusterHealth>> {
+        let engaged = self.engaged();
+        let entry = engaged.clusters.get(name)?;
+        Arc::ptr_eq(&entry.cluster, cluster).then(|| entry.value.subscribe())
+    }
+
+    /// Every change of a cluster's health [state](HealthState), of every cluster, from
+    /// now on. A receiver that falls more than 256 events behind gets
+    /// [`RecvError::Lagged`](broadcast::error::RecvError::Lagged) and should read
+    /// [`cluster_health`](Self::cluster_health) to catch up.
+    pub fn health_events(&self) -> broadcast::Receiver<HealthEvent> {
+        self.inner.health.subscribe()
+    }
+
+    /// How many changes of health state there were, of every cluster, since the
+    /// manager was made: a counter that only grows, for metrics.
+    pub fn health_transitions(&self) -> u64 {
+        self.inner.health.transitions()
     }
 
     /// The graceful shutdown timeout.
@@ -775,6 +923,28 @@ impl Manager {
         });
     }
 
+    /// Probes the engagement of `cluster` under `name` until `token` is cancelled,
+    /// if probes are on.
+    fn watch_health(
+        &self,
+        name: ClusterName,
+        cluster: Arc<Cluster>,
+        token: CancellationToken,
+        cell: watch::Sender<ClusterHealth>,
+    ) {
+        let Some(probes) = self.health_probes() else {
+            return;
+        };
+        let (hub, stopped) = (self.inner.health.clone(), self.inner.stopped.clone());
+        self.inner.tasks.spawn(async move {
+            tokio::select! {
+                () = token.cancelled() => {}
+                () = stopped.cancelled() => {}
+                () = health::probe(name, cluster, probes, cell, hub) => {}
+            }
+        });
+    }
+
     fn engaged(&self) -> MutexGuard<'_, Engaged> {
         lock(&self.inner.engaged)
     }
@@ -829,20 +999,27 @@ impl Aware for Manager {
             return Ok(());
         }
         let own = token.child_token();
-        let (generation, replaced, components) = {
+        let (generation, replaced, components, health) = {
             let mut engaged = self.engaged();
-            match engaged.clusters.engage(&name, cluster.clone(), own.clone(), ()) {
+            let health = watch::Sender::new(ClusterHealth::unknown());
+            match engaged
+                .clusters
+                .engage(&name, cluster.clone(), own.clone(), health.clone())
+            {
                 Engage::Stale => {
                     tracing::debug!(cluster = %name, "engagement ended before it arrived; ignored");
                     return Ok(());
                 }
                 Engage::Unchanged => return Ok(()),
-                Engage::New { generation, replaced } => (generation, replaced, engaged.components.clone()),
+                Engage::New { generation, replaced } => {
+                    (generation, replaced, engaged.components.clone(), health)
+                }
             }
         };
         let replacing = replaced.is_some();
         tracing::info!(cluster = %name, replacing, "cluster engaged");
         self.watch_disengage(name.clone(), own.clone(), generation);
+        self.watch_health(name.clone(), cluster.clone(), own.clone(), health);
         let mut first_error = None;
         for component in components {
             let result = component

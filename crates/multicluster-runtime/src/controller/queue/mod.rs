@@ -21,8 +21,10 @@
 //!   cluster's item by at most one item of each other cluster with ready items.
 //! - **Pausing.** A [paused](WorkQueue::pause_cluster) cluster keeps its items, delays
 //!   and backoff, but none of them is leased until it is
-//!   [resumed](WorkQueue::resume_cluster); a controller pauses a cluster until its
-//!   cache has synced.
+//!   [resumed](WorkQueue::resume_cluster). A pause has a [`PauseReason`], and the
+//!   reasons are independent: a controller pauses a cluster until its cache has
+//!   synced, and while its health probes fail; the cluster runs again once both
+//!   reasons are cleared, in whichever order.
 //!
 //! ```
 //! use std::time::Duration;
@@ -49,6 +51,7 @@ pub(crate) mod backoff;
 mod config;
 mod delay;
 mod fair;
+mod pause;
 mod state;
 mod view;
 
@@ -67,6 +70,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 pub use self::config::QueueConfig;
+pub use self::pause::{PauseReason, PauseReasons};
 pub(crate) use self::state::{QueueObserver, Running};
 use self::state::{QueueState, Wake, deadline_after};
 pub use self::view::QueueView;
@@ -171,29 +175,35 @@ where
         self.lock().failures(cluster, key)
     }
 
-    /// Holds back every item of `cluster`, queued now or later, until
-    /// [`resume_cluster`](Self::resume_cluster). Items keep their delays and backoff
-    /// (a delay that expires while paused leaves the item ready, not lost); leases
-    /// already out are not affected.
-    pub fn pause_cluster(&self, cluster: &C) {
-        self.lock().pause(cluster);
+    /// Holds back every item of `cluster`, queued now or later, for `reason`, until
+    /// that reason is [cleared](Self::resume_cluster) and no other is left. Items keep
+    /// their delays and backoff (a delay that expires while paused leaves the item
+    /// ready, not lost); leases already out are not affected. Pausing again for a
+    /// reason already set is a no-op.
+    pub fn pause_cluster(&self, cluster: &C, reason: PauseReason) {
+        self.lock().pause(cluster, reason);
     }
 
-    /// Lets the items of a paused cluster be leased again; a no-op for a cluster that
-    /// is not paused.
-    pub fn resume_cluster(&self, cluster: &C) {
+    /// Clears `reason`: once no reason is left, the cluster's items are leased again.
+    /// A no-op for a reason that is not set.
+    pub fn resume_cluster(&self, cluster: &C, reason: PauseReason) {
         let mut state = self.lock();
-        let wake = state.resume(cluster);
+        let wake = state.resume(cluster, reason);
         drop(state);
         self.wake(wake);
     }
 
-    /// Whether `cluster` is paused.
+    /// Whether `cluster` is paused, for any reason.
     pub fn is_paused(&self, cluster: &C) -> bool {
-        self.lock().is_paused(cluster)
+        !self.pause_reasons(cluster).is_empty()
     }
 
-    /// Drops the cluster's queued items, backoff state and pause; see
+    /// The reasons `cluster` is paused for; empty if it is not.
+    pub fn pause_reasons(&self, cluster: &C) -> PauseReasons {
+        self.lock().pause_reasons(cluster)
+    }
+
+    /// Drops the cluster's queued items, backoff state and every pause reason; see
     /// [Removing a cluster](Self#removing-a-cluster).
     pub fn remove_cluster(&self, cluster: &C) {
         self.lock().remove_cluster(cluster);

@@ -1,13 +1,13 @@
 //! Random operation sequences checked against a reference model of the contract.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use futures::FutureExt;
 use proptest::prelude::*;
 use tokio::time::Instant;
 
-use super::{Lease, QueueConfig, WorkQueue};
+use super::{Lease, PauseReason, QueueConfig, WorkQueue};
 
 type Item = (u8, u8);
 type Queue = WorkQueue<u8, u8>;
@@ -24,13 +24,17 @@ enum Op {
     Next,
     Release(usize),
     RemoveCluster(u8),
-    Pause(u8),
-    Resume(u8),
+    Pause(u8, PauseReason),
+    Resume(u8, PauseReason),
     Advance(u64),
 }
 
 fn item() -> impl Strategy<Value = Item> {
     (0..CLUSTERS, 0..KEYS)
+}
+
+fn reason() -> impl Strategy<Value = PauseReason> {
+    prop::sample::select(PauseReason::ALL.to_vec())
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -42,8 +46,8 @@ fn op() -> impl Strategy<Value = Op> {
         5 => Just(Op::Next),
         3 => any::<usize>().prop_map(Op::Release),
         1 => (0..CLUSTERS).prop_map(Op::RemoveCluster),
-        1 => (0..CLUSTERS).prop_map(Op::Pause),
-        2 => (0..CLUSTERS).prop_map(Op::Resume),
+        1 => (0..CLUSTERS, reason()).prop_map(|(c, r)| Op::Pause(c, r)),
+        2 => (0..CLUSTERS, reason()).prop_map(|(c, r)| Op::Resume(c, r)),
         2 => (0..40u64).prop_map(Op::Advance),
     ]
 }
@@ -62,7 +66,8 @@ struct ModelItem {
 #[derive(Debug, Default)]
 struct Model {
     items: HashMap<Item, ModelItem>,
-    paused: BTreeSet<u8>,
+    /// The reasons each paused cluster is paused for; never an empty set.
+    paused: BTreeMap<u8, BTreeSet<PauseReason>>,
     /// Leases per cluster may not exceed this; `0`: no cap.
     cluster_cap: usize,
     /// For each cluster with a due item: how many leases each other cluster got
@@ -101,7 +106,7 @@ impl Model {
             .iter()
             .filter(|((c, _), i)| *c == cluster && i.leased)
             .count();
-        !self.paused.contains(&cluster) && (self.cluster_cap == 0 || leased < self.cluster_cap)
+        !self.paused.contains_key(&cluster) && (self.cluster_cap == 0 || leased < self.cluster_cap)
     }
 
     /// Due items the queue may lease now.
@@ -242,19 +247,35 @@ async fn run(concurrency: usize, cluster_cap: Option<usize>, ops: Vec<Op>) -> Re
                 queue.remove_cluster(&cluster);
                 model.remove_cluster(cluster);
             }
-            Op::Pause(cluster) => {
-                queue.pause_cluster(&cluster);
-                model.paused.insert(cluster);
+            Op::Pause(cluster, reason) => {
+                queue.pause_cluster(&cluster, reason);
+                model.paused.entry(cluster).or_default().insert(reason);
                 // It stops waiting; resumed, it queues up again behind the others.
                 model.bypassed.remove(&cluster);
             }
-            Op::Resume(cluster) => {
-                queue.resume_cluster(&cluster);
-                model.paused.remove(&cluster);
+            Op::Resume(cluster, reason) => {
+                queue.resume_cluster(&cluster, reason);
+                if let Some(reasons) = model.paused.get_mut(&cluster) {
+                    reasons.remove(&reason);
+                    if reasons.is_empty() {
+                        model.paused.remove(&cluster);
+                    }
+                }
             }
             Op::Advance(millis) => tokio::time::advance(Duration::from_millis(millis)).await,
         }
         check_counts(&queue, &model, leases.len())?;
+        for cluster in 0..CLUSTERS {
+            let want: Vec<PauseReason> = model
+                .paused
+                .get(&cluster)
+                .into_iter()
+                .flatten()
+                .copied()
+                .collect();
+            let have: Vec<PauseReason> = queue.pause_reasons(&cluster).iter().collect();
+            prop_assert_eq!(have, want, "pause reasons of {}", cluster);
+        }
     }
 
     // No lost item: once every lease ends and every delay passes, each queued item of
@@ -263,8 +284,10 @@ async fn run(concurrency: usize, cluster_cap: Option<usize>, ops: Vec<Op>) -> Re
         model.release((*lease.cluster(), *lease.key()));
     }
     for cluster in 0..CLUSTERS {
-        prop_assert_eq!(queue.is_paused(&cluster), model.paused.contains(&cluster));
-        queue.resume_cluster(&cluster);
+        prop_assert_eq!(queue.is_paused(&cluster), model.paused.contains_key(&cluster));
+        for reason in PauseReason::ALL {
+            queue.resume_cluster(&cluster, reason);
+        }
     }
     model.paused.clear();
     tokio::time::advance(Duration::from_secs(2_000)).await;

@@ -3,7 +3,7 @@
 //! Every operation takes `now` explicitly; [`super::WorkQueue`] wraps this in a mutex
 //! and turns the returned [`Wake`] into notifications.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::backoff::Backoff;
 use super::delay::{TimerKey, Timers};
 use super::fair::FairQueue;
+use super::pause::{PauseReason, PauseReasons};
 
 /// Where an item is in its life cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,8 +127,9 @@ pub(crate) struct QueueState<C, K> {
     in_flight: HashMap<C, usize>,
     /// At most this many leases per cluster; `0` means no cap.
     cluster_cap: usize,
-    /// Clusters whose items are not leased until resumed.
-    paused: HashSet<C>,
+    /// Clusters whose items are not leased until every reason is cleared; clusters
+    /// without a reason have no entry.
+    paused: HashMap<C, PauseReasons>,
     shut_down: bool,
     observer: Option<Arc<dyn QueueObserver<C>>>,
 }
@@ -157,7 +159,7 @@ where
             processing: 0,
             in_flight: HashMap::new(),
             cluster_cap,
-            paused: HashSet::new(),
+            paused: HashMap::new(),
             shut_down: false,
             observer: None,
         }
@@ -180,32 +182,38 @@ where
     /// Serves `cluster` again if nothing holds it back; `Wake::Ready` if that made
     /// items leasable.
     fn unpark_if_free(&mut self, cluster: &C) -> Wake {
-        if self.paused.contains(cluster) || self.at_cap(cluster) || !self.ready.unpark(cluster) {
+        if self.paused.contains_key(cluster) || self.at_cap(cluster) || !self.ready.unpark(cluster) {
             Wake::Nothing
         } else {
             Wake::Ready
         }
     }
 
-    /// Holds back the items of `cluster` until [`resume`](Self::resume).
-    pub(crate) fn pause(&mut self, cluster: &C) {
+    /// Holds back the items of `cluster` for `reason`, until that reason and every
+    /// other one is cleared by [`resume`](Self::resume).
+    pub(crate) fn pause(&mut self, cluster: &C, reason: PauseReason) {
         if self.shut_down {
             return;
         }
-        self.paused.insert(cluster.clone());
+        self.paused.entry(cluster.clone()).or_default().insert(reason);
         self.ready.park(cluster);
     }
 
-    /// Lets the items of a paused cluster be leased again.
-    pub(crate) fn resume(&mut self, cluster: &C) -> Wake {
-        if !self.paused.remove(cluster) {
+    /// Clears `reason`; the cluster's items are leased again once no reason is left.
+    pub(crate) fn resume(&mut self, cluster: &C, reason: PauseReason) -> Wake {
+        let Some(reasons) = self.paused.get_mut(cluster) else {
+            return Wake::Nothing;
+        };
+        reasons.remove(reason);
+        if !reasons.is_empty() {
             return Wake::Nothing;
         }
+        self.paused.remove(cluster);
         self.unpark_if_free(cluster)
     }
 
-    pub(crate) fn is_paused(&self, cluster: &C) -> bool {
-        self.paused.contains(cluster)
+    pub(crate) fn pause_reasons(&self, cluster: &C) -> PauseReasons {
+        self.paused.get(cluster).copied().unwrap_or_default()
     }
 
     /// Asks for the item to be ready at `at`; the earlier of this and any pending
@@ -391,11 +399,11 @@ where
         freed.and(requeued)
     }
 
-    /// Forgets every queued item, failure count and pause of `cluster`. Leased items
+    /// Forgets every queued item, failure count and pause reason of `cluster`. Leased items
     /// stay tracked as processing (so a fresh add cannot lease them twice) but lose
     /// any pending requeue.
     pub(crate) fn remove_cluster(&mut self, cluster: &C) {
-        if self.paused.remove(cluster) {
+        if self.paused.remove(cluster).is_some() {
             let _ = self.unpark_if_free(cluster); // nothing queued is left to wake for
         }
         let Some(items) = self.clusters.get_mut(cluster) else {

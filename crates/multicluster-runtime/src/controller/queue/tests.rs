@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use tokio::time::Instant;
 
-use super::{Lease, QueueConfig, WorkQueue};
+use super::{Lease, PauseReason, QueueConfig, WorkQueue};
 
 type Queue = WorkQueue<&'static str, u32>;
 
@@ -600,7 +600,7 @@ async fn cluster_cap_is_configurable_and_zero_means_none() {
 #[tokio::test(start_paused = true)]
 async fn paused_cluster_keeps_items_delays_and_backoff_until_resumed() {
     let queue = Queue::with_config(QueueConfig::default().concurrency(0));
-    queue.pause_cluster(&"a");
+    queue.pause_cluster(&"a", PauseReason::Syncing);
     queue.add("a", 1);
     queue.add_after("a", 2, ms(10));
     queue.add_rate_limited("a", 3);
@@ -619,7 +619,7 @@ async fn paused_cluster_keeps_items_delays_and_backoff_until_resumed() {
     };
     tokio::task::yield_now().await;
     assert!(!waiter.is_finished());
-    queue.resume_cluster(&"a");
+    queue.resume_cluster(&"a", PauseReason::Syncing);
     assert!(!queue.is_paused(&"a"));
     let (cluster, _) = waiter.await.unwrap().expect("an item of a");
     assert_eq!(cluster, "a");
@@ -630,7 +630,8 @@ async fn paused_cluster_keeps_items_delays_and_backoff_until_resumed() {
 #[tokio::test(start_paused = true)]
 async fn removing_a_paused_cluster_forgets_the_pause() {
     let queue = Queue::new();
-    queue.pause_cluster(&"a");
+    queue.pause_cluster(&"a", PauseReason::Syncing);
+    queue.pause_cluster(&"a", PauseReason::Unhealthy);
     queue.add("a", 1);
     queue.remove_cluster(&"a");
     assert!(!queue.is_paused(&"a"));
@@ -728,4 +729,25 @@ async fn cluster_stats_report_depth_and_running_leases() {
     );
     drop(lease);
     assert_eq!(queue.cluster_stats(&["a"])[0].1, super::Running::default());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cluster_paused_for_two_reasons_runs_only_once_both_are_cleared() {
+    let queue = Queue::new();
+    queue.pause_cluster(&"a", PauseReason::Syncing);
+    queue.pause_cluster(&"a", PauseReason::Unhealthy);
+    queue.add("a", 1);
+    // The cache syncs while the cluster is unhealthy: still held.
+    queue.resume_cluster(&"a", PauseReason::Syncing);
+    assert!(try_next(&queue).is_none(), "still unhealthy");
+    let reasons = queue.pause_reasons(&"a");
+    assert!(reasons.contains(PauseReason::Unhealthy) && !reasons.contains(PauseReason::Syncing));
+    // Clearing a reason that is not set changes nothing.
+    queue.resume_cluster(&"a", PauseReason::Syncing);
+    assert!(queue.is_paused(&"a"));
+    // Pausing again for a set reason needs one resume only.
+    queue.pause_cluster(&"a", PauseReason::Unhealthy);
+    queue.resume_cluster(&"a", PauseReason::Unhealthy);
+    assert!(queue.pause_reasons(&"a").is_empty());
+    assert_eq!(try_next(&queue).map(|l| *l.key()), Some(1));
 }

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::hash::Hash;
 
-use super::WorkQueue;
+use super::{PauseReasons, WorkQueue};
 
 /// What a [`WorkQueue`] holds, without the means to change it: no adds, no leases,
 /// no pausing, no shutdown. [`Controller::queue`](crate::controller::Controller::queue)
@@ -89,9 +89,15 @@ where
         self.queue.processing_len_of(cluster)
     }
 
-    /// Whether `cluster` is paused (for a controller: its cache has not synced yet).
+    /// Whether `cluster` is paused (for a controller: its cache has not synced yet,
+    /// or its health probes fail).
     pub fn is_paused(&self, cluster: &C) -> bool {
         self.queue.is_paused(cluster)
+    }
+
+    /// Why `cluster` is paused; empty if it is not.
+    pub fn pause_reasons(&self, cluster: &C) -> PauseReasons {
+        self.queue.pause_reasons(cluster)
     }
 
     /// How many times in a row the item has been backed off.

@@ -1,0 +1,654 @@
+//! Cluster health probes: is each engaged cluster's apiserver answering?
+//!
+//! For every engagement, the manager runs one prober task (ended by the engagement's
+//! token). It sends `GET /readyz` every [interval](HealthProbes::interval), gives
+//! up on an attempt after the [timeout](HealthProbes::timeout), and feeds the
+//! outcome to a [`Tracker`], the pure state machine behind [`ClusterHealth`]:
+//!
+//! - [`failure_threshold`](HealthProbes::failure_threshold) failures in a row make
+//!   the cluster [`Unhealthy`](HealthState::Unhealthy);
+//! - once unhealthy, [`success_threshold`](HealthProbes::success_threshold)
+//!   successes in a row make it [`Healthy`](HealthState::Healthy) again;
+//! - before the first success or the failure threshold, its health is
+//!   [`Unknown`](HealthState::Unknown), which counts as healthy.
+//!
+//! Owners: the prober is the only writer of its engagement's health, a
+//! `watch` channel kept in the manager's engagement entry, so the health of a
+//! cluster disappears with its engagement and a replaced instance starts afresh.
+//! Controllers follow that channel to pause the cluster's queue; user code reads
+//! snapshots or follows the [`HealthEvent`] stream.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use http::StatusCode;
+use tokio::sync::{broadcast, watch};
+use tokio::time::MissedTickBehavior;
+
+use crate::cache::error_chain;
+use crate::cluster::{Cluster, ClusterName};
+use crate::providers::kubeconfig::{describe_kube_error, redact_userinfo};
+
+/// The path probed on each cluster's apiserver. Kubernetes grants it to every user,
+/// authenticated or not (ClusterRole `system:public-info-viewer`).
+pub const PROBE_PATH: &str = "/readyz";
+
+/// How many [`HealthEvent`]s a subscriber may fall behind before it
+/// [lags](broadcast::error::RecvError::Lagged).
+const EVENT_CAPACITY: usize = 256;
+
+/// How often, how patiently and how strictly the manager probes each engaged
+/// cluster; given to [`Manager::with_health_probes`](super::Manager::with_health_probes).
+///
+/// The defaults (every 5 s, 3 s timeout, unhealthy after 3 failures, healthy again
+/// after 1 success) mark a dead apiserver unhealthy within about 15 s and notice its
+/// return within 5 s. See `docs/decisions/cluster-health.md` for how they compare
+/// with Cluster API's (10 s, 5 s, 5).
+///
+/// ```
+/// use std::time::Duration;
+/// use multicluster_runtime::manager::HealthProbes;
+///
+/// let probes = HealthProbes::default()
+///     .interval(Duration::from_secs(2))
+///     .timeout(Duration::from_secs(1))
+///     .failure_threshold(5)
+///     .success_threshold(2);
+/// assert_eq!(probes, HealthProbes::default()
+///     .failure_threshold(5)
+///     .success_threshold(2)
+///     .interval(Duration::from_secs(2))
+///     .timeout(Duration::from_secs(1)));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthProbes {
+    pub(crate) interval: Duration,
+    pub(crate) timeout: Duration,
+    pub(crate) failure_threshold: u32,
+    pub(crate) success_threshold: u32,
+}
+
+impl HealthProbes {
+    /// The default time between two probes of a cluster.
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+    /// The default time a probe may take.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
+    /// The default number of failures in a row that make a cluster unhealthy.
+    pub const DEFAULT_FAILURE_THRESHOLD: u32 = 3;
+    /// The default number of successes in a row that make an unhealthy cluster
+    /// healthy again.
+    pub const DEFAULT_SUCCESS_THRESHOLD: u32 = 1;
+    /// The shortest interval: shorter ones are raised to it.
+    pub const MIN_INTERVAL: Duration = Duration::from_millis(10);
+
+    /// Time between the starts of two probes of a cluster (default 5 s, at least
+    /// [`MIN_INTERVAL`](Self::MIN_INTERVAL)). A probe that takes longer delays the
+    /// next; probes of one cluster never overlap. It is also the longest a
+    /// recovered cluster waits before its reconciles resume and its watches
+    /// reconnect.
+    #[must_use]
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval.max(Self::MIN_INTERVAL);
+        self
+    }
+
+    /// How long a probe may take before it counts as failed (default 3 s). A hung
+    /// apiserver accepts connections but never answers; this is what catches it.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Failures in a row that make a cluster unhealthy (default 3; 0 counts as 1).
+    #[must_use]
+    pub fn failure_threshold(mut self, failures: u32) -> Self {
+        self.failure_threshold = failures.max(1);
+        self
+    }
+
+    /// Successes in a row that make an unhealthy cluster healthy again (default 1;
+    /// 0 counts as 1). A cluster whose health is still unknown needs one.
+    #[must_use]
+    pub fn success_threshold(mut self, successes: u32) -> Self {
+        self.success_threshold = successes.max(1);
+        self
+    }
+}
+
+impl Default for HealthProbes {
+    fn default() -> Self {
+        HealthProbes {
+            interval: Self::DEFAULT_INTERVAL,
+            timeout: Self::DEFAULT_TIMEOUT,
+            failure_threshold: Self::DEFAULT_FAILURE_THRESHOLD,
+            success_threshold: Self::DEFAULT_SUCCESS_THRESHOLD,
+        }
+    }
+}
+
+/// Whether a cluster's apiserver answers its probes; see [`ClusterHealth`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthState {
+    /// Not probed successfully yet, and not failed often enough to be unhealthy (or
+    /// probes are off). Counts as healthy: nothing is paused.
+    Unknown,
+    /// Answering, since `since`.
+    Healthy {
+        /// When the cluster became healthy.
+        since: SystemTime,
+    },
+    /// Failed [`failure_threshold`](HealthProbes::failure_threshold) probes in a row
+    /// and has not recovered since. Its reconciles wait.
+    Unhealthy {
+        /// When the cluster was marked unhealthy (at the last failure of the
+        /// threshold, not the first).
+        since: SystemTime,
+        /// What the latest probe ran into; it never quotes credentials.
+        last_error: String,
+    },
+}
+
+impl HealthState {
+    /// Whether the cluster counts as healthy: anything but
+    /// [`Unhealthy`](Self::Unhealthy).
+    pub fn is_healthy(&self) -> bool {
+        !matches!(self, HealthState::Unhealthy { .. })
+    }
+
+    /// `unknown`, `healthy` or `unhealthy`, e.g. for a metric label.
+    pub fn name(&self) -> &'static str {
+        match self {
+            HealthState::Unknown => "unknown",
+            HealthState::Healthy { .. } => "healthy",
+            HealthState::Unhealthy { .. } => "unhealthy",
+        }
+    }
+
+    fn same_kind(&self, other: &HealthState) -> bool {
+        self.name() == other.name()
+    }
+}
+
+/// The health of one engaged cluster, as its latest probe left it.
+///
+/// Read a snapshot of the fleet with
+/// [`Manager::cluster_health`](super::Manager::cluster_health), follow one cluster
+/// with [`Manager::watch_cluster_health`](super::Manager::watch_cluster_health), or
+/// every change of state with [`Manager::health_events`](super::Manager::health_events).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClusterHealth {
+    /// The state.
+    pub state: HealthState,
+    /// Probes failed in a row up to now: below the threshold, a cluster that is
+    /// degraded but not yet unhealthy.
+    pub consecutive_failures: u32,
+    /// The error of the latest probe if it failed; `None` once one succeeds.
+    pub last_error: Option<String>,
+    /// How many times [`state`](Self::state) changed kind (unknown, healthy,
+    /// unhealthy) for this engagement of the cluster.
+    pub transitions: u64,
+}
+
+impl ClusterHealth {
+    /// The health of a cluster that has not been probed.
+    pub fn unknown() -> Self {
+        ClusterHealth {
+            state: HealthState::Unknown,
+            consecutive_failures: 0,
+            last_error: None,
+            transitions: 0,
+        }
+    }
+
+    /// Whether the cluster counts as healthy (see [`HealthState::is_healthy`]).
+    pub fn is_healthy(&self) -> bool {
+        self.state.is_healthy()
+    }
+}
+
+/// A cluster's health changed state: sent by
+/// [`Manager::health_events`](super::Manager::health_events).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HealthEvent {
+    /// The cluster (empty for the local cluster).
+    pub cluster: ClusterName,
+    /// Its health right after the change.
+    pub health: ClusterHealth,
+}
+
+/// What every prober of one manager shares: the event stream and the count of
+/// transitions.
+#[derive(Clone)]
+pub(crate) struct Hub {
+    events: broadcast::Sender<HealthEvent>,
+    transitions: Arc<AtomicU64>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub {
+            events: broadcast::Sender::new(EVENT_CAPACITY),
+            transitions: Arc::default(),
+        }
+    }
+}
+
+impl Hub {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<HealthEvent> {
+        self.events.subscribe()
+    }
+
+    pub(crate) fn transitions(&self) -> u64 {
+        self.transitions.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts probe outcomes into a [`ClusterHealth`]; see the [module docs](self).
+#[derive(Debug)]
+pub(crate) struct Tracker {
+    failure_threshold: u32,
+    success_threshold: u32,
+    successes: u32,
+    health: ClusterHealth,
+}
+
+impl Tracker {
+    pub(crate) fn new(probes: &HealthProbes) -> Self {
+        Tracker {
+            failure_threshold: probes.failure_threshold.max(1),
+            success_threshold: probes.success_threshold.max(1),
+            successes: 0,
+            health: ClusterHealth::unknown(),
+        }
+    }
+
+    pub(crate) fn health(&self) -> &ClusterHealth {
+        &self.health
+    }
+
+    /// Records one probe's outcome at `now`; the previous state if it changed.
+    pub(crate) fn record(&mut self, outcome: Result<(), String>, now: SystemTime) -> Option<HealthState> {
+        let health = &mut self.health;
+        let next = match outcome {
+            Ok(()) => {
+                health.consecutive_failures = 0;
+                health.last_error = None;
+                self.successes = self.successes.saturating_add(1);
+                match health.state {
+                    HealthState::Unknown => Some(HealthState::Healthy { since: now }),
+                    HealthState::Unhealthy { .. } if self.successes >= self.success_threshold => {
+                        Some(HealthState::Healthy { since: now })
+                    }
+                    _ => None,
+                }
+            }
+            Err(error) => {
+                self.successes = 0;
+                health.consecutive_failures = health.consecutive_failures.saturating_add(1);
+                health.last_error = Some(error.clone());
+                match &mut health.state {
+                    HealthState::Unhealthy { last_error, .. } => {
+                        *last_error = error;
+                        None
+                    }
+                    _ if health.consecutive_failures >= self.failure_threshold => {
+                        Some(HealthState::Unhealthy {
+                            since: now,
+                            last_error: error,
+                        })
+                    }
+                    _ => None,
+                }
+            }
+        };
+        let next = next.filter(|next| !next.same_kind(&health.state))?;
+        health.transitions += 1;
+        Some(std::mem::replace(&mut health.state, next))
+    }
+}
+
+/// Probes `cluster` until the future is dropped (the manager ends it with the
+/// engagement), publishing its health to `cell` and changes of state to `hub`.
+///
+/// On recovery the cluster's failing watches are asked to
+/// [reconnect](crate::cache::Cache::reconnect) at once, before the controllers hear
+/// of it and resume.
+pub(crate) async fn probe(
+    name: ClusterName,
+    cluster: Arc<Cluster>,
+    probes: HealthProbes,
+    cell: watch::Sender<ClusterHealth>,
+    hub: Hub,
+) {
+    let client = cluster.client();
+    let mut tracker = Tracker::new(&probes);
+    let mut ticks = tokio::time::interval(probes.interval);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let outcome = probe_once(&client, probes.timeout).await;
+        let Some(previous) = tracker.record(outcome, SystemTime::now()) else {
+            cell.send_if_modified(|published| update(published, tracker.health()));
+            continue;
+        };
+        let health = tracker.health().clone();
+        match (&previous, &health.state) {
+            (_, HealthState::Unhealthy { last_error, .. }) => tracing::warn!(
+                cluster = %name,
+                failures = health.consecutive_failures,
+                error = last_error.as_str(),
+                "cluster unhealthy: its probes fail; its reconciles wait until it recovers"
+            ),
+            (HealthState::Unhealthy { since, .. }, _) => {
+                cluster.cache().reconnect();
+                let down = since.elapsed().unwrap_or_default();
+                tracing::info!(
+                    cluster = %name,
+                    unhealthy_for = ?down,
+                    "cluster healthy again: reconnecting its watches, resuming its reconciles"
+                );
+            }
+            _ => tracing::debug!(cluster = %name, state = health.state.name(), "cluster health known"),
+        }
+        hub.transitions.fetch_add(1, Ordering::Relaxed);
+        cell.send_replace(health.clone());
+        // Nobody listening is fine.
+        let _ = hub.events.send(HealthEvent {
+            cluster: name.clone(),
+            health,
+        });
+    }
+}
+
+/// Replaces `published` by `current` if they differ; whether it did.
+fn update(published: &mut ClusterHealth, current: &ClusterHealth) -> bool {
+    if published == current {
+        return false;
+    }
+    published.clone_from(current);
+    true
+}
+
+/// One `GET /readyz`, within `timeout`. The apiserver answered and is ready (2xx),
+/// or answered and is reachable with these credentials but may not or cannot
+/// serve the path (403, 404): success. Anything else is a failure, described
+/// without credentials.
+pub(crate) async fn probe_once(client: &kube::Client, timeout: Duration) -> Result<(), String> {
+    let request = http::Request::get(PROBE_PATH)
+        .body(Vec::new().into())
+        .map_err(|error| format!("cannot build the probe request: {error}"))?;
+    let answer = tokio::time::timeout(timeout, async {
+        let response = client.send(request).await?;
+        let status = response.status();
+        // Read to the end, so that the connection can be used again.
+        let body = response.into_body().collect_bytes().await?;
+        Ok::<_, kube::Error>((status, body))
+    })
+    .await;
+    match answer {
+        Err(_) => Err(format!("GET {PROBE_PATH}: no answer within {timeout:?}")),
+        Ok(Err(error)) => Err(format!("GET {PROBE_PATH}: {}", describe(&error))),
+        Ok(Ok((status, _)))
+            if status.is_success() || status == StatusCode::FORBIDDEN || status == StatusCode::NOT_FOUND =>
+        {
+            Ok(())
+        }
+        Ok(Ok((status, body))) => Err(describe_answer(status, &body)),
+    }
+}
+
+/// A transport or client error, without what may hold credentials.
+fn describe(error: &kube::Error) -> String {
+    match error {
+        // Exec plugin output and command lines stay out.
+        kube::Error::Auth(_) => describe_kube_error(error),
+        other => redact_userinfo(&error_chain(other)),
+    }
+}
+
+/// An unwelcome answer: its status, and for a failed readiness check the checks
+/// that failed (`[-]etcd failed: reason withheld`), which name no secrets.
+fn describe_answer(status: StatusCode, body: &[u8]) -> String {
+    let mut text = format!("GET {PROBE_PATH} answered {status}");
+    if status == StatusCode::UNAUTHORIZED {
+        text.push_str(" (the cluster's credentials were rejected)");
+        return text;
+    }
+    let failed: Vec<&str> = std::str::from_utf8(body)
+        .unwrap_or("")
+        .lines()
+        .map(str::trim)
+        .filter(|line| line.starts_with("[-]"))
+        .take(5)
+        .collect();
+    if !failed.is_empty() {
+        text.push_str(": ");
+        text.push_str(&failed.join(", "));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    fn at(second: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(second)
+    }
+
+    fn failed(error: &str) -> Result<(), String> {
+        Err(error.to_owned())
+    }
+
+    #[test]
+    fn unhealthy_after_the_failure_threshold_healthy_after_the_success_threshold() {
+        let probes = HealthProbes::default().failure_threshold(3).success_threshold(2);
+        let mut tracker = Tracker::new(&probes);
+        assert_eq!(tracker.record(failed("a"), at(1)), None);
+        assert_eq!(tracker.record(failed("b"), at(2)), None);
+        assert_eq!(tracker.health().state, HealthState::Unknown);
+        assert_eq!(tracker.health().consecutive_failures, 2);
+        assert_eq!(tracker.record(failed("c"), at(3)), Some(HealthState::Unknown));
+        let unhealthy = HealthState::Unhealthy {
+            since: at(3),
+            last_error: "c".into(),
+        };
+        assert_eq!(tracker.health().state, unhealthy);
+        // Later failures keep the time it became unhealthy, and update the error.
+        assert_eq!(tracker.record(failed("d"), at(4)), None);
+        assert!(
+            matches!(&tracker.health().state, HealthState::Unhealthy { since, last_error } if *since == at(3) && last_error == "d")
+        );
+        // One success is not enough; a failure in between starts the count over.
+        assert_eq!(tracker.record(Ok(()), at(5)), None);
+        assert_eq!(tracker.record(failed("e"), at(6)), None);
+        assert_eq!(tracker.record(Ok(()), at(7)), None);
+        assert!(tracker.record(Ok(()), at(8)).is_some());
+        assert_eq!(tracker.health().state, HealthState::Healthy { since: at(8) });
+        assert_eq!(
+            (tracker.health().transitions, tracker.health().last_error.clone()),
+            (2, None)
+        );
+    }
+
+    #[test]
+    fn the_first_success_makes_an_unknown_cluster_healthy_whatever_the_threshold() {
+        let mut tracker = Tracker::new(&HealthProbes::default().success_threshold(5));
+        assert_eq!(tracker.record(Ok(()), at(1)), Some(HealthState::Unknown));
+        assert_eq!(tracker.health().state, HealthState::Healthy { since: at(1) });
+        assert_eq!(tracker.record(Ok(()), at(2)), None);
+    }
+
+    /// Serves one connection: reads the request, answers `response` (or never, if
+    /// `None`), and hands back what the request said.
+    async fn serve_once(response: Option<&'static str>) -> (String, tokio::task::JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !request.ends_with(b"\r\n\r\n") {
+                let n = stream.read(&mut buf).await.unwrap();
+                assert!(n > 0, "connection closed mid-request");
+                request.extend_from_slice(&buf[..n]);
+            }
+            match response {
+                Some(response) => stream.write_all(response.as_bytes()).await.unwrap(),
+                None => std::future::pending().await,
+            }
+            String::from_utf8_lossy(&request).into_owned()
+        });
+        (url, task)
+    }
+
+    fn client_with_token(url: &str, token: &str) -> kube::Client {
+        let mut config = kube::Config::new(url.parse().unwrap());
+        config.auth_info = serde_json::from_value(serde_json::json!({ "token": token })).unwrap();
+        kube::Client::try_from(config).unwrap()
+    }
+
+    const TOKEN: &str = "s3cret-probe-token";
+
+    #[tokio::test]
+    async fn a_rejected_probe_names_the_status_but_not_the_token() {
+        let (url, server) = serve_once(Some(
+            "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
+        ))
+        .await;
+        let error = probe_once(&client_with_token(&url, TOKEN), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        let request = server.await.unwrap();
+        assert!(request.starts_with("GET /readyz "), "{request}");
+        assert!(request.contains(TOKEN), "the token was sent: {request}");
+        assert_eq!(
+            error,
+            "GET /readyz answered 401 Unauthorized (the cluster's credentials were rejected)"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_readiness_check_is_named_and_forbidden_counts_as_reachable() {
+        let body = "[+]ping ok\n[-]etcd failed: reason withheld\nreadyz check failed\n";
+        let response: &'static str = Box::leak(
+            format!(
+                "HTTP/1.1 500 Internal Server Error\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_boxed_str(),
+        );
+        let (url, _server) = serve_once(Some(response)).await;
+        let error = probe_once(&client_with_token(&url, TOKEN), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error,
+            "GET /readyz answered 500 Internal Server Error: [-]etcd failed: reason withheld"
+        );
+        let (url, _server) = serve_once(Some("HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")).await;
+        assert_eq!(
+            probe_once(&client_with_token(&url, TOKEN), Duration::from_secs(5)).await,
+            Ok(())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_hung_or_absent_apiserver_fails_without_quoting_credentials() {
+        let (url, _server) = serve_once(None).await;
+        let error = probe_once(&client_with_token(&url, TOKEN), Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert_eq!(error, "GET /readyz: no answer within 200ms");
+        // Nothing listens on the port any more once the listener is dropped.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://user:{TOKEN}@127.0.0.1:{port}");
+        let error = probe_once(&client_with_token(&url, TOKEN), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(error.starts_with("GET /readyz: "), "{error}");
+        assert!(!error.contains(TOKEN), "{error}");
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use std::time::UNIX_EPOCH;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The state after `history` (true = probe succeeded), written from the
+    /// definition rather than by counting: unhealthy iff some run of `f` failures
+    /// ended after the last run of `s` successes; else healthy iff any probe
+    /// succeeded, or the cluster was ever unhealthy; else unknown.
+    fn model_state(history: &[bool], f: usize, s: usize) -> &'static str {
+        let ends_run = |i: usize, ok: bool, len: usize| {
+            i + 1 >= len && history[i + 1 - len..=i].iter().all(|h| *h == ok)
+        };
+        let last_failure_run = (0..history.len()).rev().find(|&i| ends_run(i, false, f));
+        let last_success_run = (0..history.len()).rev().find(|&i| ends_run(i, true, s));
+        match (last_failure_run, last_success_run) {
+            (Some(u), r) if r.is_none_or(|r| r < u) => "unhealthy",
+            (Some(_), _) => "healthy",
+            (None, _) if history.contains(&true) => "healthy",
+            (None, _) => "unknown",
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn the_tracker_matches_the_definition(
+            f in 1..5usize,
+            s in 1..4usize,
+            history in proptest::collection::vec(any::<bool>(), 0..60),
+        ) {
+            let probes = HealthProbes::default().failure_threshold(f as u32).success_threshold(s as u32);
+            let mut tracker = Tracker::new(&probes);
+            let mut transitions = 0;
+            let mut since = None;
+            for (i, ok) in history.iter().enumerate() {
+                let now = UNIX_EPOCH + Duration::from_secs(i as u64);
+                let before = model_state(&history[..i], f, s);
+                let after = model_state(&history[..=i], f, s);
+                let outcome = if *ok { Ok(()) } else { Err(format!("failure {i}")) };
+                let changed = tracker.record(outcome, now);
+                let health = tracker.health();
+                prop_assert_eq!(health.state.name(), after, "after {:?}", &history[..=i]);
+                prop_assert_eq!(changed.as_ref().map(HealthState::name), (before != after).then_some(before));
+                if before != after {
+                    transitions += 1;
+                    since = Some(now);
+                }
+                prop_assert_eq!(health.transitions, transitions);
+                let trailing = history[..=i].iter().rev().take_while(|ok| !**ok).count();
+                prop_assert_eq!(health.consecutive_failures as usize, trailing);
+                prop_assert_eq!(health.last_error.is_some(), trailing > 0);
+                match &health.state {
+                    HealthState::Unknown => {}
+                    HealthState::Healthy { since: at } => prop_assert_eq!(Some(*at), since),
+                    HealthState::Unhealthy { since: at, last_error } => {
+                        prop_assert_eq!(Some(*at), since);
+                        let latest = history[..=i].iter().rposition(|ok| !*ok).unwrap();
+                        prop_assert_eq!(last_error, &format!("failure {latest}"));
+                    }
+                }
+            }
+        }
+    }
+}
