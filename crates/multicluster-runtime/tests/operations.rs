@@ -1168,7 +1168,11 @@ async fn o03b_o04_an_unhealthy_cluster_waits_alone_and_recovers_within_a_probe_i
         .interval(PROBE_INTERVAL)
         .timeout(PROBE_TIMEOUT)
         .failure_threshold(FAILURES);
-    let manager = env.manager.clone().with_health_probes(probes);
+    let manager = env
+        .manager
+        .clone()
+        .with_health_probes(probes)
+        .with_http_endpoint("127.0.0.1:0".parse().unwrap());
     let starts = Arc::new(Starts::default());
     // Two workers, so one cluster may hold at most one (the default cluster cap).
     let controller = Controller::builder::<ConfigMap>(&manager)
@@ -1237,6 +1241,27 @@ async fn o03b_o04_an_unhealthy_cluster_waits_alone_and_recovers_within_a_probe_i
         other => panic!("c1 is {other:?}"),
     }
     assert!(snapshot[""].is_healthy());
+    // o03: the endpoint says the same, and the process stays ready.
+    let address = manager.http_address().expect("endpoint listens");
+    let verbose = support::http::get(address, "/readyz?verbose").await;
+    eprintln!("o03: /readyz?verbose while c1 is stopped:\n{}", verbose.body);
+    assert_eq!(
+        verbose.status, 200,
+        "one unhealthy cluster keeps the process ready"
+    );
+    assert!(
+        verbose
+            .body
+            .lines()
+            .any(|l| l.contains("cluster \"c1\" unhealthy since") && l.contains("GET /readyz")),
+        "{}",
+        verbose.body
+    );
+    let metrics = support::http::get(address, "/metrics").await.body;
+    assert!(
+        metrics.contains("multicluster_runtime_cluster_healthy{cluster=\"c1\"} 0"),
+        "{metrics}"
+    );
 
     // During the outage the local cluster reconciles as fast as before.
     let mut during = Vec::new();
@@ -1300,6 +1325,20 @@ async fn o03b_o04_an_unhealthy_cluster_waits_alone_and_recovers_within_a_probe_i
     assert_eq!(manager.cluster_health()[""].transitions, 1);
     assert!(queue.pause_reasons(&"c1".into()).is_empty());
     starts.wait("c1", "o04-tick", reconciled).await;
+    // o03: listed synced again.
+    let synced = Instant::now();
+    loop {
+        let verbose = support::http::get(address, "/readyz?verbose").await;
+        if verbose.body.lines().any(|l| l.contains("cluster \"c1\" synced")) {
+            break;
+        }
+        assert!(
+            synced.elapsed() < WAIT,
+            "c1 never listed synced:\n{}",
+            verbose.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn create_named(client: &Client, name: &str) {

@@ -266,7 +266,7 @@ impl<K> Informer<K> {
             synced: self.is_synced(),
             stopped: self.is_stopped(),
             created: self.core.created,
-            restarts: self.restarts(),
+            restarts: self.restarts() + self.reconnects(),
         }
     }
 
@@ -529,7 +529,9 @@ pub struct InformerStatus {
     pub stopped: bool,
     /// When it was made: it has been syncing since then, until `synced`.
     pub created: SystemTime,
-    /// Watches it dropped and started again; see [`Informer::restarts`].
+    /// Watches it dropped and started again: after a panic
+    /// ([`Informer::restarts`]) or to reconnect at once
+    /// ([`Informer::reconnects`]).
     pub restarts: u64,
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
 
-use super::Manager;
+use super::{HealthState, Manager};
 use crate::cluster::{Cluster, ClusterName};
 
 /// How long one check may take before it counts as failed.
@@ -107,6 +107,14 @@ pub enum ClusterState {
         /// What is still syncing: controllers (`controller <name>`) and resources.
         waiting_for: Vec<String>,
     },
+    /// Its health probes fail (see [`HealthState::Unhealthy`]); whatever else it is
+    /// doing, it cannot do it now.
+    Unhealthy {
+        /// When it was marked unhealthy.
+        since: SystemTime,
+        /// What the latest probe ran into.
+        last_error: String,
+    },
 }
 
 impl ClusterState {
@@ -128,6 +136,9 @@ impl fmt::Display for ClusterState {
                     waiting_for.join(", ")
                 )
             }
+            ClusterState::Unhealthy { since, last_error } => {
+                write!(f, "unhealthy since {}: {last_error}", timestamp(*since))
+            }
         }
     }
 }
@@ -144,7 +155,16 @@ fn timestamp(at: SystemTime) -> String {
 
 /// The state of `cluster`, engaged as `name`. The single place where a cluster's
 /// state is decided: cluster health probes merge what they found here.
-pub(crate) fn cluster_state(manager: &Manager, name: &ClusterName, cluster: &Cluster) -> ClusterState {
+pub(crate) fn cluster_state(manager: &Manager, name: &ClusterName, cluster: &Arc<Cluster>) -> ClusterState {
+    let health = manager.watch_instance_health(name, cluster);
+    if let Some(health) = health {
+        if let HealthState::Unhealthy { since, last_error } = &health.borrow().state {
+            return ClusterState::Unhealthy {
+                since: *since,
+                last_error: last_error.clone(),
+            };
+        }
+    }
     let mut since: Option<SystemTime> = None;
     let mut waiting_for = Vec::new();
     let mut waiting = |what: String, from: SystemTime| {

@@ -199,6 +199,44 @@ impl Collector for StateCollector {
                 .into_iter()
                 .map(|(labels, (_, restarts))| (labels, ConstCounter::new(restarts))),
         )?;
+        // Cluster health, from the probes.
+        let health = manager.cluster_health();
+        let mut by_state: BTreeMap<&'static str, i64> = [("healthy", 0), ("unhealthy", 0), ("unknown", 0)]
+            .into_iter()
+            .collect();
+        for state in health.values() {
+            *by_state.entry(state.state.name()).or_default() += 1;
+        }
+        family(
+            &mut encoder,
+            "multicluster_runtime_clusters",
+            "Engaged clusters by the state of their health probes (healthy, unhealthy, unknown)",
+            MetricType::Gauge,
+            by_state
+                .into_iter()
+                .map(|(state, count)| (vec![("health", state.to_owned())], ConstGauge::new(count))),
+        )?;
+        if by_cluster {
+            family(
+                &mut encoder,
+                "multicluster_runtime_cluster_healthy",
+                "Whether a cluster's health probes pass (1; also before the first probe) or it is unhealthy (0)",
+                MetricType::Gauge,
+                health.iter().map(|(name, health)| {
+                    (
+                        vec![("cluster", name.as_str().to_owned())],
+                        ConstGauge::new(i64::from(health.is_healthy())),
+                    )
+                }),
+            )?;
+        }
+        family(
+            &mut encoder,
+            "multicluster_runtime_cluster_health_transitions",
+            "Changes of health state (unknown, healthy, unhealthy) of every cluster since the manager was made",
+            MetricType::Counter,
+            [(Labels::new(), ConstCounter::new(manager.health_transitions()))],
+        )?;
         family(
             &mut encoder,
             "leader_election_master_status",
