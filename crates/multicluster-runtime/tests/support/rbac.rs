@@ -1,7 +1,7 @@
 //! The RBAC of `deploy/rbac/`, read from the files, so that tests run with exactly
 //! what the documentation tells operators to grant.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::rbac::v1::PolicyRule;
 use kube_envtest::UserSpec;
@@ -9,15 +9,34 @@ use serde_json::Value;
 
 /// The path of `deploy/rbac/<file>`.
 pub fn path(file: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../deploy/rbac")
-        .join(file)
+    repository_root().join("deploy/rbac").join(file)
+}
+
+/// The repository's root: the first directory above this crate with `deploy/`
+/// (this file also serves the examples' tests, from another crate).
+fn repository_root() -> PathBuf {
+    let crate_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    crate_dir
+        .ancestors()
+        .find(|dir| dir.join("deploy").is_dir())
+        .expect("the repository's deploy/ directory")
+        .to_path_buf()
 }
 
 /// The rules of the Role or ClusterRole in `deploy/rbac/<file>`, and whether it is a
 /// (namespaced) Role.
 pub fn rules(file: &str) -> (Vec<PolicyRule>, bool) {
-    let text = std::fs::read_to_string(path(file)).expect("read the RBAC file");
+    rules_at(&path(file))
+}
+
+/// The rules of the Role or ClusterRole in `deploy/<relative>`, and whether it is a
+/// (namespaced) Role.
+pub fn deploy_rules(relative: &str) -> (Vec<PolicyRule>, bool) {
+    rules_at(&repository_root().join("deploy").join(relative))
+}
+
+fn rules_at(path: &Path) -> (Vec<PolicyRule>, bool) {
+    let text = std::fs::read_to_string(path).expect("read the RBAC file");
     let documents: Vec<Value> = serde_saphyr::from_str_multiple(&text).expect("RBAC YAML");
     let role = documents
         .into_iter()
@@ -51,6 +70,10 @@ fn every_rbac_file_parses() {
         "namespace-provider.yaml",
     ] {
         let (rules, _) = rules(file);
+        assert!(!rules.is_empty(), "{file}");
+    }
+    for file in ["operator/rbac.yaml", "operator/fleet-member-rbac.yaml"] {
+        let (rules, _) = deploy_rules(file);
         assert!(!rules.is_empty(), "{file}");
     }
 }

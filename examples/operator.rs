@@ -1,0 +1,213 @@
+//! A production-shaped fleet operator: what `deploy/operator/` runs.
+//!
+//! It discovers the fleet from kubeconfig Secrets in its own namespace, elects a
+//! leader among its replicas, serves `/metrics`, `/healthz` and `/readyz`, probes the
+//! health of every cluster, records an Event in the cluster of each object it
+//! changes, and drains its reconciles on SIGTERM. Its reconciler annotates every
+//! ConfigMap labelled `example.com/managed=true` with the name of its cluster, as in
+//! the other examples.
+//!
+//! In a cluster (see `deploy/operator/README.md`):
+//!
+//!     operator --secrets-namespace fleet-system --bind-address 0.0.0.0:8080 --leader-elect
+//!
+//! On this machine, against a local fleet of real apiservers whose kubeconfig
+//! Secrets it writes into the first one:
+//!
+//!     cargo run -p examples --example operator -- --local-fleet 3
+//!
+//! then, while it runs: `curl 'localhost:8080/readyz?verbose'`,
+//! `curl localhost:8080/metrics`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use examples::fleet::LocalFleet;
+use examples::uniform::{self, MANAGED, RECONCILED_IN};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::config::Kubeconfig;
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use kube_envtest::Fleet;
+use multicluster_runtime::cache::WatchSpec;
+use multicluster_runtime::controller::{Action, Controller, ReconcileRequest, Request};
+use multicluster_runtime::manager::LeaderElection;
+use multicluster_runtime::providers::secret::{Secrets, SecretsOptions, kubeconfig_secret};
+use multicluster_runtime::{Cluster, Manager};
+use tokio_util::sync::CancellationToken;
+
+/// The operator's command line.
+#[derive(Parser, Debug, Clone)]
+#[command(about = "A fleet operator with leader election, metrics, probes and Events")]
+pub struct Args {
+    /// Namespace of the manager's cluster that holds the fleet's kubeconfig Secrets.
+    #[arg(long, default_value = "fleet-system")]
+    pub secrets_namespace: String,
+    /// Where to serve /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub bind_address: SocketAddr,
+    /// Elect a leader among the replicas on the Lease `fleet-operator`.
+    #[arg(long)]
+    pub leader_elect: bool,
+    /// Namespace of the leader-election Lease [default: $POD_NAMESPACE, else the
+    /// Secrets' namespace].
+    #[arg(long)]
+    pub leader_election_namespace: Option<String>,
+    /// Seconds that reconciles in flight get to finish on SIGTERM.
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_timeout: u64,
+    /// Start a local fleet of this many apiservers (plus the manager's own) and
+    /// write their kubeconfig Secrets, instead of running in a cluster.
+    #[arg(long)]
+    pub local_fleet: Option<usize>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    examples::init_tracing();
+    let args = Args::parse();
+    let token = CancellationToken::new();
+    tokio::spawn({
+        let token = token.clone();
+        async move {
+            examples::shutdown_signal().await;
+            tracing::info!("shutdown signal: draining reconciles");
+            token.cancel();
+        }
+    });
+    let _fleet; // a local fleet must outlive the manager
+    let host = match args.local_fleet {
+        Some(clusters) => {
+            let fleet = LocalFleet::start(clusters + 1).await?;
+            let host = fleet.client(0)?;
+            let members = local_members(fleet.fleet(), clusters)?;
+            seed(&host, &args.secrets_namespace, &members).await?;
+            _fleet = fleet;
+            host
+        }
+        None => kube::Client::try_default().await?,
+    };
+    let manager = build(&args, host).await?;
+    println!(
+        "--- serving http://{0}/metrics, http://{0}/healthz and http://{0}/readyz?verbose",
+        args.bind_address
+    );
+    manager.start(token).await?;
+    println!("--- stopped cleanly");
+    Ok(())
+}
+
+/// The manager: the Secret provider on the cluster `host`, the HTTP endpoint,
+/// leader election if asked for, and the controller. Health probes are on by
+/// default.
+///
+/// # Errors
+/// The controller cannot be registered.
+pub async fn build(args: &Args, host: kube::Client) -> anyhow::Result<Manager> {
+    let options = SecretsOptions::new(args.secrets_namespace.as_str());
+    let provider = Arc::new(Secrets::new(host.clone(), options));
+    let mut manager = Manager::with_provider(Arc::new(Cluster::new("", host)), provider)
+        .with_http_endpoint(args.bind_address)
+        .with_graceful_shutdown_timeout(Duration::from_secs(args.shutdown_timeout));
+    if args.leader_elect {
+        let namespace = args
+            .leader_election_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| args.secrets_namespace.clone());
+        let mut election = LeaderElection::new("fleet-operator").namespace(namespace);
+        if let Ok(pod) = std::env::var("POD_NAME") {
+            election = election.identity(pod);
+        }
+        manager = manager.with_leader_election(election);
+    }
+    Controller::builder::<ConfigMap>(&manager)
+        .named("fleet-operator")
+        .watch_spec(WatchSpec::default().labels(&format!("{MANAGED}=true")))
+        .register(reconcile, error_policy, Arc::new(()))
+        .await?;
+    Ok(manager)
+}
+
+/// Annotates the ConfigMap with its cluster's name, and records an Event on it in
+/// that cluster when it did.
+async fn reconcile(req: ReconcileRequest<ConfigMap>, _: Arc<()>) -> Result<Action, kube::Error> {
+    let Some(cm) = &req.object else {
+        return Ok(Action::await_change());
+    };
+    let cluster = req.cluster_name().as_str();
+    if cm.annotations().get(RECONCILED_IN).map(String::as_str) == Some(cluster) {
+        return Ok(Action::await_change());
+    }
+    let patch = serde_json::json!({ "metadata": { "annotations": { RECONCILED_IN: cluster } } });
+    let api: Api<ConfigMap> = req.namespaced_api();
+    api.patch(req.name(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    let event = Event {
+        type_: EventType::Normal,
+        reason: "Annotated".into(),
+        note: Some(format!("annotated {RECONCILED_IN}={cluster}")),
+        action: "Annotate".into(),
+        secondary: None,
+    };
+    req.recorder().publish(&event, &cm.object_ref(&())).await?;
+    tracing::info!(request = %req.request, "annotated");
+    Ok(Action::await_change())
+}
+
+fn error_policy(request: &Request, error: &kube::Error, _: Arc<()>) -> Action {
+    tracing::warn!(%request, %error, "reconcile failed; backing off");
+    Action::backoff()
+}
+
+/// A fleet cluster to register: its name, an admin client to seed it, and the
+/// kubeconfig the operator is to use for it.
+pub struct Member {
+    /// The cluster's name, and its Secret's.
+    pub name: String,
+    /// A client that may create the managed ConfigMap.
+    pub admin: kube::Client,
+    /// What goes into the Secret.
+    pub kubeconfig: Kubeconfig,
+}
+
+/// Creates `namespace` in `host` and, for each member, a managed ConfigMap in it and
+/// its kubeconfig Secret in `namespace`.
+///
+/// # Errors
+/// A write fails.
+pub async fn seed(host: &kube::Client, namespace: &str, members: &[Member]) -> anyhow::Result<()> {
+    let mut ns = Namespace::default();
+    ns.metadata.name = Some(namespace.to_owned());
+    match Api::<Namespace>::all(host.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(err) => return Err(err.into()),
+    }
+    let secrets: Api<Secret> = Api::namespaced(host.clone(), namespace);
+    for member in members {
+        uniform::create_managed(member.admin.clone(), "app-settings").await?;
+        let secret = kubeconfig_secret(&member.name, namespace, &member.kubeconfig);
+        secrets.create(&PostParams::default(), &secret).await?;
+    }
+    Ok(())
+}
+
+/// The members `1..=clusters` of a local fleet, with admin credentials.
+fn local_members(fleet: &Fleet, clusters: usize) -> anyhow::Result<Vec<Member>> {
+    (1..=clusters)
+        .map(|index| {
+            Ok(Member {
+                name: LocalFleet::name(index),
+                admin: fleet.cluster(index).client()?,
+                kubeconfig: fleet.cluster(index).kubeconfig().clone(),
+            })
+        })
+        .collect()
+}
