@@ -18,9 +18,8 @@
 //!
 //! While the manager's [health probes](crate::manager#cluster-health) find a cluster
 //! unhealthy, its items are held in the queue the same way, for a reason of their
-//! own ([`PauseReason::Unhealthy`](queue::PauseReason::Unhealthy)): they keep their
-//! delays and backoff, and no reconcile of the cluster starts (one already running
-//! runs to its end). Once the cluster is healthy again, they are let through and
+//! own ([`PauseReason::Unhealthy`]): they keep their delays and backoff, and no
+//! reconcile of the cluster starts (one already running runs to its end). Once the cluster is healthy again, they are let through and
 //! every cached object of the cluster is enqueued once, since watch events may have
 //! been missed meanwhile.
 
