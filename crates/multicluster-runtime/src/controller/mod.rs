@@ -302,10 +302,11 @@ impl Controller {
             // A cache still syncing enqueues everything once it has synced.
             (healthy && engaged.value).then(|| engaged.cluster.clone())
         };
+        // The manager logs the change once; this is the controller's share of it.
         if healthy {
-            tracing::info!(controller = self.name, cluster = %name, "cluster healthy; reconciling again");
+            tracing::debug!(controller = self.name, cluster = %name, "cluster healthy; reconciling again");
         } else {
-            tracing::warn!(controller = self.name, cluster = %name, "cluster unhealthy; its reconciles wait");
+            tracing::debug!(controller = self.name, cluster = %name, "cluster unhealthy; its reconciles wait");
         }
         if let Some(cluster) = resync {
             for key in self.reconciler.cached_keys(&cluster) {
