@@ -1349,3 +1349,70 @@ async fn create_named(client: &Client, name: &str) {
         .await
         .expect("create configmap");
 }
+
+/// o04, replacement: `c1` is unhealthy and paused; the provider replaces it by an
+/// instance on another, working apiserver. The new instance inherits the queued
+/// items but not the old instance's health: once its cache has synced it is
+/// reconciled, while the old instance's prober, ended with its engagement, can no
+/// longer pause it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn o04_a_replaced_unhealthy_cluster_does_not_pass_its_health_on() {
+    let env = Env::with_spare(1, 1).await;
+    let probes = HealthProbes::default()
+        .interval(Duration::from_millis(500))
+        .timeout(PROBE_TIMEOUT)
+        .failure_threshold(2);
+    let manager = env.manager.clone().with_health_probes(probes);
+    let starts = Arc::new(Starts::default());
+    let controller = Controller::builder::<ConfigMap>(&manager)
+        .named("o04b")
+        .register(
+            record_start,
+            |_: &Request, _: &Infallible, _| Action::backoff(),
+            starts.clone(),
+        )
+        .await
+        .expect("controller");
+    for index in [1, 2] {
+        create_named(&env.client(index), "o04-tick").await;
+    }
+    let mut events = manager.health_events();
+    env.start();
+    starts.wait("c1", "o04-tick", Instant::now()).await;
+
+    env.fleet.cluster(1).stop().await;
+    next_health(&mut events, "c1", "unhealthy").await;
+    let queue = controller.queue();
+    let waited = Instant::now();
+    while !queue.pause_reasons(&"c1".into()).contains(PauseReason::Unhealthy) {
+        assert!(waited.elapsed() < WAIT, "c1 never paused");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // The old instance's health, to see its prober end.
+    let mut old = manager.watch_cluster_health(&"c1".into()).expect("engaged");
+    // The same name, now served by fleet cluster 2.
+    let replacement = Arc::new(Cluster::new("c1", env.client(2)));
+    let replaced = Instant::now();
+    env.provider.replace(replacement.clone()).await.expect("replace");
+    let health = manager.cluster_health()["c1"].clone();
+    assert_eq!(
+        health.transitions, 0,
+        "a fresh health for the new instance: {health:?}"
+    );
+    starts.wait("c1", "o04-tick", replaced).await;
+    assert!(
+        !queue.pause_reasons(&"c1".into()).contains(PauseReason::Unhealthy),
+        "the old instance's health was passed on"
+    );
+    let (event, _) = next_health(&mut events, "c1", "healthy").await;
+    assert_eq!(event.health.transitions, 1, "the new instance's first transition");
+    // The old instance's prober has ended with its engagement (its health channel
+    // closes once the prober's sender is gone), so nothing can pause c1 for it.
+    tokio::time::timeout(WAIT, async { while old.changed().await.is_ok() {} })
+        .await
+        .expect("the old prober ended");
+    assert!(manager.cluster_health()["c1"].is_healthy());
+    assert!(queue.pause_reasons(&"c1".into()).is_empty(), "c1 paused again");
+    starts.wait("c1", "o04-tick", Instant::now()).await;
+}

@@ -424,15 +424,7 @@ impl<K: Resource> Core<K> {
 }
 
 impl<K: Resource + Send + Sync + 'static> Informer<K> {
-    /// The informer's task: follows a watch from `watch` until `token` is cancelled.
-    ///
-    /// `watch` makes a new watch, which starts with a full list. It is called once at
-    /// the start, and again each time the transform panics: that watch is dropped
-    /// and, after [`RESTART_BACKOFF`], replaced. The backoff starts over once a list
-    /// completes.
-    ///
-    /// Marking the informer stopped is tied to dropping the future, so it also
-    /// happens if the task panics or the runtime shuts down before running it.
+    /// [`run_with`](Self::run_with), never asked to reconnect.
     #[cfg(test)]
     pub(crate) fn run<F, S>(
         self: Arc<Self>,
@@ -449,9 +441,17 @@ impl<K: Resource + Send + Sync + 'static> Informer<K> {
         self.run_with(watch, prepare, token, reconnects)
     }
 
-    /// [`run`](Self::run), and each change of `reconnects` asks a failing watch (its
-    /// last item was an error, so its backoff may be sleeping) to be dropped and
-    /// replaced at once; see [`Cache::reconnect`](super::Cache::reconnect).
+    /// The informer's task: follows a watch from `watch` until `token` is cancelled.
+    ///
+    /// `watch` makes a new watch, which starts with a full list. It is called once at
+    /// the start, and again each time the transform panics: that watch is dropped
+    /// and, after [`RESTART_BACKOFF`], replaced. The backoff starts over once a list
+    /// completes. Each change of `reconnects` asks a failing watch (its last item was
+    /// an error, so kube's backoff may be sleeping) to be replaced at once, with no
+    /// delay; see [`Cache::reconnect`](super::Cache::reconnect).
+    ///
+    /// Marking the informer stopped is tied to dropping the future, so it also
+    /// happens if the task panics or the runtime shuts down before running it.
     pub(crate) fn run_with<F, S>(
         self: Arc<Self>,
         mut watch: F,

@@ -18,9 +18,8 @@
 //!
 //! While the manager's [health probes](crate::manager#cluster-health) find a cluster
 //! unhealthy, its items are held in the queue the same way, for a reason of their
-//! own ([`PauseReason::Unhealthy`](queue::PauseReason::Unhealthy)): they keep their
-//! delays and backoff, and no reconcile of the cluster starts (one already running
-//! runs to its end). Once the cluster is healthy again, they are let through and
+//! own ([`PauseReason::Unhealthy`]): they keep their delays and backoff, and no
+//! reconcile of the cluster starts (one already running runs to its end). Once the cluster is healthy again, they are let through and
 //! every cached object of the cluster is enqueued once, since watch events may have
 //! been missed meanwhile.
 
@@ -312,10 +311,11 @@ impl Controller {
             // A cache still syncing enqueues everything once it has synced.
             (healthy && engaged.value).then(|| engaged.cluster.clone())
         };
+        // The manager logs the change once; this is the controller's share of it.
         if healthy {
-            tracing::info!(controller = self.name, cluster = %name, "cluster healthy; reconciling again");
+            tracing::debug!(controller = self.name, cluster = %name, "cluster healthy; reconciling again");
         } else {
-            tracing::warn!(controller = self.name, cluster = %name, "cluster unhealthy; its reconciles wait");
+            tracing::debug!(controller = self.name, cluster = %name, "cluster unhealthy; its reconciles wait");
         }
         if let Some(cluster) = resync {
             for key in self.reconciler.cached_keys(&cluster) {

@@ -50,16 +50,15 @@ const EVENT_CAPACITY: usize = 256;
 /// use std::time::Duration;
 /// use multicluster_runtime::manager::HealthProbes;
 ///
+/// // A slow, flaky network: probe less often, wait longer, tolerate more.
 /// let probes = HealthProbes::default()
-///     .interval(Duration::from_secs(2))
-///     .timeout(Duration::from_secs(1))
+///     .interval(Duration::from_secs(10))
+///     .timeout(Duration::from_secs(5))
 ///     .failure_threshold(5)
 ///     .success_threshold(2);
-/// assert_eq!(probes, HealthProbes::default()
-///     .failure_threshold(5)
-///     .success_threshold(2)
-///     .interval(Duration::from_secs(2))
-///     .timeout(Duration::from_secs(1)));
+/// assert_ne!(probes, HealthProbes::default());
+/// // Thresholds of 0 count as 1.
+/// assert_eq!(HealthProbes::default().failure_threshold(0), HealthProbes::default().failure_threshold(1));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthProbes {

@@ -415,15 +415,18 @@ impl Manager {
     ///
     /// ```
     /// # use std::sync::Arc;
-    /// # let client = kube::Client::try_from(kube::Config::new("https://127.0.0.1:9".parse().unwrap())).unwrap();
     /// use multicluster_runtime::{Cluster, Manager};
     ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # let client = kube::Client::try_from(kube::Config::new("https://127.0.0.1:9".parse().unwrap())).unwrap();
     /// let manager = Manager::new(Arc::new(Cluster::new("", client)));
     /// // Nothing is engaged before the manager starts.
     /// assert!(manager.cluster_health().is_empty());
     /// for (cluster, health) in manager.cluster_health() {
     ///     println!("{cluster:?}: {} ({} transitions)", health.state.name(), health.transitions);
     /// }
+    /// # }
     /// ```
     pub fn cluster_health(&self) -> BTreeMap<ClusterName, ClusterHealth> {
         self.engaged()
