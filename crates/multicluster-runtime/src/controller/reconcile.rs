@@ -50,7 +50,7 @@ impl<K> ReconcileRequest<K> {
     /// published again counts up on the existing one.
     ///
     /// ```no_run
-    /// # use std::{convert::Infallible, sync::Arc};
+    /// # use std::sync::Arc;
     /// # use k8s_openapi::api::core::v1::ConfigMap;
     /// # use multicluster_runtime::controller::{Action, ReconcileRequest};
     /// use kube::Resource;
