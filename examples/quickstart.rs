@@ -57,12 +57,16 @@ async fn local_fleet(clusters: usize) -> anyhow::Result<()> {
     let progress = Progress::new();
     println!("--- fleet ready; reconcile times below count from now");
     let provider = Arc::new(Clusters::new());
-    let manager = Manager::with_provider(fleet.local()?, provider.clone());
+    // Metrics and readiness on a free local port, printed once it listens.
+    let manager = Manager::with_provider(fleet.local()?, provider.clone())
+        .with_http_endpoint(([127, 0, 0, 1], 0).into());
     uniform::controller(&manager)
         .register(uniform::reconcile, uniform::error_policy, progress.clone())
         .await?;
 
+    let endpoint = manager.clone();
     let script = async {
+        print_endpoint(&endpoint).await;
         for index in 1..=clusters {
             join(&fleet, &provider, index).await?;
         }
@@ -75,6 +79,19 @@ async fn local_fleet(clusters: usize) -> anyhow::Result<()> {
         Ok(())
     };
     examples::run_demo(manager, script).await
+}
+
+/// Prints where the manager serves its metrics and readiness, once it does (it
+/// binds as it starts; if it cannot, `start` fails and says why).
+async fn print_endpoint(manager: &Manager) {
+    for _ in 0..200 {
+        if let Some(address) = manager.http_address() {
+            println!("--- metrics: curl http://{address}/metrics");
+            println!("--- readiness of every cluster: curl 'http://{address}/readyz?verbose'");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Adds fleet apiserver `index` to the provider, with a managed ConfigMap in it.
