@@ -156,14 +156,13 @@ fn timestamp(at: SystemTime) -> String {
 /// The state of `cluster`, engaged as `name`. The single place where a cluster's
 /// state is decided: cluster health probes merge what they found here.
 pub(crate) fn cluster_state(manager: &Manager, name: &ClusterName, cluster: &Arc<Cluster>) -> ClusterState {
-    let health = manager.watch_instance_health(name, cluster);
-    if let Some(health) = health {
-        if let HealthState::Unhealthy { since, last_error } = &health.borrow().state {
-            return ClusterState::Unhealthy {
-                since: *since,
-                last_error: last_error.clone(),
-            };
-        }
+    if let Some(health) = manager.watch_instance_health(name, cluster)
+        && let HealthState::Unhealthy { since, last_error } = &health.borrow().state
+    {
+        return ClusterState::Unhealthy {
+            since: *since,
+            last_error: last_error.clone(),
+        };
     }
     let mut since: Option<SystemTime> = None;
     let mut waiting_for = Vec::new();
