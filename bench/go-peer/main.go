@@ -206,12 +206,15 @@ func run(start time.Time, o options) (*result, error) {
 		return nil, fmt.Errorf("controller: %w", err)
 	}
 
-	go func() { _ = provider.Start(ctx, mgr) }()
-	go func() { _ = mgr.Start(ctx) }()
+	// The manager starts the provider itself (it is a ProviderRunnable).
+	failed := make(chan error, 1)
+	go func() { failed <- mgr.Start(ctx) }()
 
 	res := &result{Peer: "go", Clusters: len(paths), Objects: o.expected, Updates: o.updates}
 	select {
 	case <-t.allSeen:
+	case err := <-failed:
+		return res, fmt.Errorf("manager stopped: %v", err)
 	case <-ctx.Done():
 		t.mu.Lock()
 		seen := len(t.seen)
