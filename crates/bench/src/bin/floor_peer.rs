@@ -32,7 +32,8 @@ async fn run(args: PeerArgs, start: Instant, wall_start: SystemTime) -> Result<m
     if !args.selector.is_empty() {
         config = config.labels(&args.selector);
     }
-    for (name, path) in files.iter().cloned() {
+    let clusters = files.len();
+    for (name, path) in files {
         let client =
             kube::Client::try_from(mcr_bench::load_config(&path).await?).map_err(|e| e.to_string())?;
         let (tally, config) = (tally.clone(), config.clone());
@@ -50,5 +51,5 @@ async fn run(args: PeerArgs, start: Instant, wall_start: SystemTime) -> Result<m
             }
         });
     }
-    Ok(mcr_bench::measure("floor", &args, files.len(), start, &tally).await)
+    Ok(mcr_bench::measure("floor", &args, clusters, start, &tally).await)
 }
