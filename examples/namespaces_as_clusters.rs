@@ -30,8 +30,7 @@ async fn main() -> anyhow::Result<()> {
     for name in ["team-a", "team-b"] {
         join(fleet.client(0)?, name).await?;
     }
-    let config = fleet.fleet().cluster(0).config();
-    let provider = Arc::new(Namespaces::new(host.clone(), config).selector(&format!("{FLEET_LABEL}=true")));
+    let provider = Arc::new(Namespaces::new(host.clone()).selector(&format!("{FLEET_LABEL}=true")));
     let manager = Manager::with_provider(host, provider);
     uniform::controller(&manager)
         .register(uniform::reconcile, uniform::error_policy, Progress::new())

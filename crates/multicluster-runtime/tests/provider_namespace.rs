@@ -46,7 +46,7 @@ impl Env {
     }
 
     fn provider(&self) -> Namespaces {
-        Namespaces::new(self.host.clone(), self.fleet.cluster(0).config())
+        Namespaces::new(self.host.clone())
     }
 
     /// Runs `provider` into an engagement log until the test ends.
@@ -231,7 +231,7 @@ async fn pnamespace_bad_input_is_reported_and_the_others_carry_on() {
     let env = Env::new().await;
 
     // An invalid selector fails the provider with the apiserver's reason.
-    let bad = Namespaces::new(env.host.clone(), env.fleet.cluster(0).config()).selector("tier in (web");
+    let bad = Namespaces::new(env.host.clone()).selector("tier in (web");
     let error = tokio::time::timeout(WAIT, bad.start(env.token.child_token(), EngagementLog::new()))
         .await
         .expect("fails promptly")
@@ -497,7 +497,7 @@ async fn pnamespace_runs_with_the_documented_cluster_role() {
     let spec = support::rbac::user("namespace-provider", "namespace-provider.yaml", "");
     let user = env.fleet.cluster(0).create_user(spec).await.expect("user");
     let host = Arc::new(Cluster::new("", user.client().expect("client")));
-    let provider = Arc::new(Namespaces::new(host, user.config()));
+    let provider = Arc::new(Namespaces::new(host));
     let log = env.start(&provider);
     log.wait_live(&["default", "ns-a"]).await;
     env.create_namespace("ns-b", &[]).await;

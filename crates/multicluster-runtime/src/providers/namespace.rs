@@ -39,9 +39,9 @@
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let config = kube::Config::infer().await?;
-//! let host = Arc::new(Cluster::connect("", config.clone(), Default::default()).await?);
+//! let host = Arc::new(Cluster::connect("", config, Default::default()).await?);
 //! // Every namespace labelled `tenant`, except the system ones.
-//! let provider = Arc::new(Namespaces::new(host.clone(), config).selector("tenant"));
+//! let provider = Arc::new(Namespaces::new(host.clone()).selector("tenant"));
 //! // The host is also the local cluster: the manager and the namespace-clusters
 //! // share one cache.
 //! let manager = Manager::with_provider(host, provider);
@@ -93,13 +93,14 @@
 //! others), every index.
 //!
 //! Per namespace-cluster: a [`Cluster`] with its cancellation token, the cache view
-//! (a small allocation, plus one handle per type read through it), and a client.
-//! Clients are the largest part: [`Namespaces::new`] builds one per namespace from
-//! the host's `kube::Config`, each with its own connection pool and TLS
-//! configuration (some tens of KB, and a connection once used). With thousands of
-//! namespaces, prefer [`Namespaces::with_clients`] and a factory that wraps one
-//! shared client's service (`kube::Client::new(service, namespace)`), so that every
-//! namespace-cluster shares the host's connections.
+//! (a small allocation, plus one handle per type read through it), and a client. By
+//! default ([`Namespaces::new`]) that client is a thin handle on the host's own
+//! client: the namespace as its default namespace, and every request sent through
+//! the host's connection pool, so a thousand namespaces cost no more connections or
+//! TLS setups than one. [`Namespaces::with_config`] builds one client per namespace
+//! instead (its own connection pool and TLS configuration, some tens of KB each),
+//! and [`Namespaces::with_clients`] takes any client, e.g. one with the
+//! namespace's own credentials.
 //!
 //! Per namespace and type with a subscriber (e.g. a controller engaged with the
 //! namespace-cluster): one event channel of
@@ -140,6 +141,9 @@ type ClientFactory = Arc<dyn Fn(&str) -> Result<kube::Client, kube::Error> + Sen
 
 /// Where the namespace-clusters' clients come from.
 enum Clients {
+    /// The host's client, shared: its connection pool, the namespace as default
+    /// namespace.
+    Shared,
     /// The host's connection settings, with the namespace as default namespace.
     Config(Box<kube::Config>),
     /// The user's factory.
@@ -174,14 +178,26 @@ impl fmt::Debug for Namespaces {
 }
 
 impl Namespaces {
-    /// A provider of the namespaces of `host`, whose namespace-clusters get clients
-    /// built from `config` (the host's connection settings) with the namespace as
-    /// default namespace.
+    /// A provider of the namespaces of `host`, whose namespace-clusters share the
+    /// host's client: its credentials and connection pool, with the namespace as
+    /// default namespace (so `Api::default_namespaced` addresses it).
     ///
-    /// Each client has its own connection pool; see the
-    /// [module docs](self#scale-what-is-shared-what-each-namespace-costs) and
-    /// [`with_clients`](Self::with_clients) for fleets of thousands.
-    pub fn new(host: Arc<Cluster>, config: kube::Config) -> Self {
+    /// This is the cheap way for fleets of thousands; see the
+    /// [module docs](self#scale-what-is-shared-what-each-namespace-costs).
+    /// [`with_config`](Self::with_config) and [`with_clients`](Self::with_clients)
+    /// give each namespace a client of its own.
+    pub fn new(host: Arc<Cluster>) -> Self {
+        Self::with(host, Clients::Shared)
+    }
+
+    /// A provider of the namespaces of `host`, whose namespace-clusters get one
+    /// client each, built from `config` with the namespace as default namespace.
+    ///
+    /// Each client has its own connection pool and TLS configuration, which costs
+    /// some tens of KB per namespace; prefer [`new`](Self::new) unless the
+    /// namespace-clusters must not share connections (e.g. `config` differs from the
+    /// host's, or each should have its own request flow to the apiserver).
+    pub fn with_config(host: Arc<Cluster>, config: kube::Config) -> Self {
         Self::with(host, Clients::Config(Box::new(config)))
     }
 
@@ -403,7 +419,7 @@ impl Namespaces {
         removed
     }
 
-    /// The cluster of the namespace `name`: its own client, a view of the host cache.
+    /// The cluster of the namespace `name`: its client, a view of the host cache.
     async fn build(&self, name: &str) -> Result<Arc<Cluster>> {
         let client = self.client(&ClusterName::from(name)).await?;
         let cache = self.host.cache().scoped(name, name);
@@ -413,6 +429,7 @@ impl Namespaces {
     /// The client of the namespace `name`, built on a blocking thread.
     async fn client(&self, name: &ClusterName) -> Result<kube::Client> {
         let factory = match &self.clients {
+            Clients::Shared => return Ok(shared_client(self.host.client(), name.as_str())),
             Clients::Config(config) => {
                 let mut config = kube::Config::clone(config);
                 config.default_namespace = name.to_string();
@@ -432,6 +449,36 @@ impl Namespaces {
             cluster: name.clone(),
             reason,
         })
+    }
+}
+
+/// A client that sends every request through `host` (its connection pool and
+/// credentials) with `namespace` as its default namespace.
+///
+/// Costs one small request buffer and its task (kube's `Client` is a buffered
+/// service), not a connection pool or a TLS configuration.
+fn shared_client(host: kube::Client, namespace: &str) -> kube::Client {
+    let valid_until = *host.valid_until();
+    kube::Client::new(ThroughHost(host), namespace).with_valid_until(valid_until)
+}
+
+/// A `tower` service that forwards each request to a shared client.
+#[derive(Clone)]
+struct ThroughHost(kube::Client);
+
+impl tower_service::Service<http::Request<kube::client::Body>> for ThroughHost {
+    type Response = http::Response<kube::client::Body>;
+    type Error = kube::Error;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, kube::Error>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), kube::Error>> {
+        // The host client's own buffer applies back-pressure in `send`.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<kube::client::Body>) -> Self::Future {
+        let host = self.0.clone();
+        Box::pin(async move { host.send(request).await })
     }
 }
 
@@ -499,7 +546,11 @@ mod tests {
                 .await
                 .expect("host"),
         );
-        let from_config = Namespaces::new(host.clone(), config());
+        let shared = Namespaces::new(host.clone());
+        let client = shared.client(&"team-s".into()).await.expect("client");
+        assert_eq!(client.default_namespace(), "team-s");
+
+        let from_config = Namespaces::with_config(host.clone(), config());
         let client = from_config.client(&"team-a".into()).await.expect("client");
         assert_eq!(client.default_namespace(), "team-a");
 

@@ -1,0 +1,654 @@
+//! The benchmark driver behind `bench/run`: starts a local fleet with kube-envtest,
+//! seeds it with labelled ConfigMaps, runs the peers one after another for several
+//! rounds on that same fleet (the order rotates each round), drives the update
+//! workload while each peer runs, and writes a Markdown table of medians and ratios.
+//! See `bench/README.md`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use clap::Parser;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use mcr_bench::{MEMBER_LABEL, Report, WRITTEN_AT};
+use tokio::io::AsyncBufReadExt;
+
+/// The namespace the ConfigMaps live in, in every cluster.
+const NAMESPACE: &str = "bench";
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "Runs the Rust, Go and floor peers alternately on one local fleet")]
+struct Args {
+    /// The quick size: 4 clusters × 250 ConfigMaps, 1 round, 3 s of updates.
+    #[arg(long)]
+    quick: bool,
+    /// Clusters in the fleet.
+    #[arg(long, default_value_t = 8)]
+    clusters: usize,
+    /// ConfigMaps per cluster.
+    #[arg(long, default_value_t = 1000)]
+    objects: usize,
+    /// Rounds; each runs every peer once.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Updates per second during each peer's update phase (P3).
+    #[arg(long, default_value_t = 200)]
+    rate: u32,
+    /// How long the update phase lasts, in seconds.
+    #[arg(long, default_value_t = 30)]
+    update_secs: u64,
+    /// Concurrent reconciles for the controllers.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Peers to run, in the first round's order.
+    #[arg(long, value_delimiter = ',', default_value = "rust,go,floor")]
+    peers: Vec<String>,
+    /// Directory with the `rust-peer` and `floor-peer` binaries (default: beside this one).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// The Go peer's binary.
+    #[arg(long)]
+    go_peer: Option<PathBuf>,
+    /// Where to write the Markdown results (default: only print them).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// P6 instead of P1–P3: this many namespaces-as-clusters on one apiserver, each
+    /// with `--objects` ConfigMaps, for the Rust peer with shared and with
+    /// per-namespace clients.
+    #[arg(long)]
+    namespace_clusters: Option<usize>,
+    /// The command line to record in the results.
+    #[arg(long, default_value = "bench/run")]
+    command: String,
+}
+
+impl Args {
+    fn apply_quick(&mut self) {
+        if self.quick {
+            (self.clusters, self.objects, self.rounds, self.update_secs) = (4, 250, 1, 3);
+        }
+    }
+
+    fn updates(&self) -> usize {
+        self.rate as usize * self.update_secs as usize
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let mut args = Args::parse();
+    args.apply_quick();
+    if let Err(message) = run(args).await {
+        eprintln!("bench-driver: {message}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    if let Some(namespaces) = args.namespace_clusters {
+        return namespace_scale(&args, namespaces).await;
+    }
+    let total = args.clusters * args.objects;
+    if args.updates() > total {
+        return Err(format!(
+            "{} updates would touch some of the {total} objects twice; lower --rate or --update-secs",
+            args.updates()
+        ));
+    }
+    let binaries = peer_binaries(&args)?;
+    eprintln!("starting {} clusters ...", args.clusters);
+    let started = Instant::now();
+    let fleet = kube_envtest::Fleet::builder()
+        .clusters(args.clusters)
+        .parallelism(2)
+        .start()
+        .await
+        .map_err(|e| e.to_string())?;
+    let kubeconfigs = tempfile::tempdir().map_err(|e| e.to_string())?;
+    fleet
+        .write_kubeconfigs(kubeconfigs.path())
+        .map_err(|e| e.to_string())?;
+    eprintln!(
+        "fleet ready in {:.1} s; seeding {total} ConfigMaps ...",
+        started.elapsed().as_secs_f64()
+    );
+    let clients: Vec<kube::Client> = fleet
+        .clusters()
+        .iter()
+        .map(|c| c.client().map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    let seeding = Instant::now();
+    futures::future::try_join_all(clients.iter().map(|client| seed(client.clone(), args.objects))).await?;
+    eprintln!("seeded in {:.1} s", seeding.elapsed().as_secs_f64());
+
+    let mut results: Vec<Run> = Vec::new();
+    for round in 0..args.rounds {
+        let mut order = args.peers.clone();
+        let turn = round % order.len().max(1);
+        order.rotate_left(turn);
+        for peer in &order {
+            let binary = binaries
+                .get(peer.as_str())
+                .ok_or_else(|| format!("unknown peer {peer:?} (rust, go, floor)"))?;
+            let load_before = load_average();
+            let report = run_peer(peer, binary, kubeconfigs.path(), &args, &clients).await?;
+            let load_after = load_average();
+            eprintln!(
+                "round {} {peer:<5} all reconciled in {:.2} s, VmHWM {:.1} MiB, p50/p99/max {:.1}/{:.1}/{:.1} ms, load {load_before}→{load_after}",
+                round + 1,
+                report.time_to_all_s,
+                mib(report.vmhwm_synced_kib),
+                report.lat_p50_ms,
+                report.lat_p99_ms,
+                report.lat_max_ms
+            );
+            results.push(Run {
+                round: round + 1,
+                report,
+                load: (load_before, load_after),
+            });
+        }
+    }
+    let markdown = render(&args, &results);
+    drop(fleet);
+    publish(&args, &markdown)
+}
+
+/// Prints the results and writes them to `--out`, if given.
+fn publish(args: &Args, markdown: &str) -> Result<(), String> {
+    println!("{markdown}");
+    if let Some(out) = &args.out {
+        if let Some(parent) = out.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        }
+        std::fs::write(out, markdown).map_err(|e| format!("{}: {e}", out.display()))?;
+        eprintln!("wrote {}", out.display());
+    }
+    Ok(())
+}
+
+/// P6: `namespaces` labelled namespaces of one apiserver, each with `--objects`
+/// ConfigMaps, reconciled by the Rust peer as namespace-clusters, alternately with
+/// the shared client and a client per namespace.
+async fn namespace_scale(args: &Args, namespaces: usize) -> Result<(), String> {
+    use std::fmt::Write;
+    let binaries = peer_binaries(&Args {
+        peers: vec!["rust".into()],
+        ..args.clone()
+    })?;
+    let fleet = kube_envtest::Fleet::builder()
+        .clusters(1)
+        .start()
+        .await
+        .map_err(|e| e.to_string())?;
+    let kubeconfigs = tempfile::tempdir().map_err(|e| e.to_string())?;
+    fleet
+        .write_kubeconfigs(kubeconfigs.path())
+        .map_err(|e| e.to_string())?;
+    let client = fleet.cluster(0).client().map_err(|e| e.to_string())?;
+    let seeding = Instant::now();
+    eprintln!(
+        "creating {namespaces} namespaces × {} ConfigMaps ...",
+        args.objects
+    );
+    futures::stream::iter(0..namespaces)
+        .map(|index| seed_namespace(client.clone(), format!("ns-{index:05}"), args.objects))
+        .buffer_unordered(16)
+        .try_collect::<()>()
+        .await?;
+    eprintln!("seeded in {:.1} s", seeding.elapsed().as_secs_f64());
+    let expected = namespaces * args.objects;
+    let mut md = String::new();
+    let _ = writeln!(md, "- command: `{}`", args.command);
+    let _ = writeln!(md, "- date: {}", date());
+    let _ = writeln!(md, "- machine: {}", machine());
+    let _ = writeln!(
+        md,
+        "- one apiserver, {namespaces} labelled namespaces × {} ConfigMaps = {expected} objects; {} round(s)\n",
+        args.objects, args.rounds
+    );
+    let _ = writeln!(
+        md,
+        "| round | clients | clusters engaged | all reconciled s | RSS sync MiB | KiB per cluster | load before→after |"
+    );
+    let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|---|");
+    for round in 0..args.rounds {
+        let mut modes = ["shared", "per-namespace"];
+        modes.rotate_left(round % 2);
+        for mode in modes {
+            let load_before = load_average();
+            let report = run_peer_with(
+                "rust",
+                &binaries["rust"],
+                kubeconfigs.path(),
+                expected,
+                0,
+                args,
+                &["--namespaces-as-clusters", mode],
+            )
+            .await?;
+            let load_after = load_average();
+            eprintln!(
+                "round {} {mode:<13} {expected} objects in {:.2} s, VmHWM {:.1} MiB",
+                round + 1,
+                report.time_to_all_s,
+                mib(report.vmhwm_synced_kib)
+            );
+            let _ = writeln!(
+                md,
+                "| {} | {mode} | {} | {:.2} | {:.1} | {:.1} | {load_before}→{load_after} |",
+                round + 1,
+                report.clusters,
+                report.time_to_all_s,
+                mib(report.vmhwm_synced_kib),
+                report.vmhwm_synced_kib as f64 / namespaces as f64
+            );
+        }
+    }
+    drop(fleet);
+    publish(args, &md)
+}
+
+/// Creates the labelled namespace `name` with `objects` labelled ConfigMaps.
+async fn seed_namespace(client: kube::Client, name: String, objects: usize) -> Result<(), String> {
+    let mut ns = Namespace::default();
+    ns.metadata.name = Some(name.clone());
+    ns.metadata.labels = Some([(MEMBER_LABEL.to_owned(), "yes".to_owned())].into());
+    match Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(error) => return Err(format!("creating namespace {name}: {error}")),
+    }
+    seed_configmaps(Api::namespaced(client, &name), objects, 1).await
+}
+
+/// One peer's run in one round.
+struct Run {
+    round: usize,
+    report: Report,
+    load: (String, String),
+}
+
+fn peer_binaries(args: &Args) -> Result<BTreeMap<&'static str, PathBuf>, String> {
+    let bin_dir = match &args.bin_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
+    };
+    let mut binaries = BTreeMap::from([
+        ("rust", bin_dir.join("rust-peer")),
+        ("floor", bin_dir.join("floor-peer")),
+    ]);
+    if let Some(go) = &args.go_peer {
+        binaries.insert("go", go.clone());
+    }
+    for peer in &args.peers {
+        match binaries.get(peer.as_str()) {
+            Some(path) if path.is_file() => {}
+            Some(path) => return Err(format!("the {peer} peer is not at {}", path.display())),
+            None if peer == "go" => return Err("the go peer needs --go-peer PATH".into()),
+            None => return Err(format!("unknown peer {peer:?} (rust, go, floor)")),
+        }
+    }
+    Ok(binaries)
+}
+
+/// Creates the namespace and `objects` labelled ConfigMaps in one cluster (existing
+/// ones are kept, so a re-run on a live fleet is fine).
+async fn seed(client: kube::Client, objects: usize) -> Result<(), String> {
+    let mut ns = Namespace::default();
+    ns.metadata.name = Some(NAMESPACE.into());
+    match Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(error) => return Err(format!("creating namespace {NAMESPACE}: {error}")),
+    }
+    seed_configmaps(Api::namespaced(client, NAMESPACE), objects, 16).await
+}
+
+/// Creates `objects` labelled ConfigMaps through `api`, `parallel` at a time.
+async fn seed_configmaps(api: Api<ConfigMap>, objects: usize, parallel: usize) -> Result<(), String> {
+    futures::stream::iter(0..objects)
+        .map(|index| {
+            let api = api.clone();
+            async move {
+                let mut cm = ConfigMap::default();
+                cm.metadata.name = Some(object_name(index));
+                cm.metadata.labels = Some([(MEMBER_LABEL.to_owned(), "yes".to_owned())].into());
+                cm.data = Some([("index".to_owned(), index.to_string())].into());
+                match api.create(&PostParams::default(), &cm).await {
+                    Ok(_) => Ok(()),
+                    Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+                    Err(error) => Err(format!("creating ConfigMap {index}: {error}")),
+                }
+            }
+        })
+        .buffer_unordered(parallel)
+        .try_collect::<()>()
+        .await
+}
+
+fn object_name(index: usize) -> String {
+    format!("cm-{index:06}")
+}
+
+/// Runs one peer to the end: waits for its ready file, drives the updates, and reads
+/// its JSON line. A peer that fails, times out or misses an object or update is an
+/// error.
+async fn run_peer(
+    peer: &str,
+    binary: &Path,
+    kubeconfigs: &Path,
+    args: &Args,
+    clients: &[kube::Client],
+) -> Result<Report, String> {
+    let expected = args.clusters * args.objects;
+    let driving = async {
+        if args.updates() > 0 {
+            drive_updates(clients, args).await?;
+        }
+        Ok(())
+    };
+    run_peer_driving(
+        peer,
+        binary,
+        kubeconfigs,
+        expected,
+        args.updates(),
+        args,
+        &[],
+        driving,
+    )
+    .await
+}
+
+/// [`run_peer`] with no updates and extra peer arguments.
+async fn run_peer_with(
+    peer: &str,
+    binary: &Path,
+    kubeconfigs: &Path,
+    expected: usize,
+    updates: usize,
+    args: &Args,
+    extra: &[&str],
+) -> Result<Report, String> {
+    run_peer_driving(peer, binary, kubeconfigs, expected, updates, args, extra, async {
+        Ok(())
+    })
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_peer_driving(
+    peer: &str,
+    binary: &Path,
+    kubeconfigs: &Path,
+    expected: usize,
+    updates: usize,
+    args: &Args,
+    extra: &[&str],
+    driving: impl std::future::Future<Output = Result<(), String>>,
+) -> Result<Report, String> {
+    let ready = tempfile::NamedTempFile::new()
+        .map_err(|e| e.to_string())?
+        .into_temp_path();
+    std::fs::remove_file(&ready).map_err(|e| e.to_string())?;
+    let timeout = Duration::from_secs(240 + args.update_secs);
+    let mut child = tokio::process::Command::new(binary)
+        .arg("--kubeconfigs")
+        .arg(kubeconfigs)
+        .args(["--expected", &expected.to_string()])
+        .args(["--selector", &format!("{MEMBER_LABEL}=yes")])
+        .args(["--concurrency", &args.concurrency.to_string()])
+        .args(["--updates", &updates.to_string()])
+        .arg("--ready-file")
+        .arg(&ready)
+        .args(["--timeout", &format!("{}s", timeout.as_secs())])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start the {peer} peer ({}): {e}", binary.display()))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let reading = tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let mut last = None;
+        while let Ok(Some(line)) = lines.next_line().await {
+            last = Some(line);
+        }
+        last
+    });
+    let deadline = tokio::time::Instant::now() + timeout + Duration::from_secs(30);
+    // Wait for the sync (or an early exit).
+    loop {
+        if ready.exists() {
+            break;
+        }
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            let line = reading.await.ok().flatten().unwrap_or_default();
+            return Err(format!(
+                "the {peer} peer exited ({status}) before it was ready: {line}"
+            ));
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!(
+                "the {peer} peer was not ready in {} s",
+                timeout.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    driving.await?;
+    let status = tokio::time::timeout_at(deadline, child.wait())
+        .await
+        .map_err(|_| format!("the {peer} peer did not finish in time"))?
+        .map_err(|e| e.to_string())?;
+    let line = reading.await.ok().flatten().unwrap_or_default();
+    let report: Report = serde_json::from_str(&line)
+        .map_err(|e| format!("the {peer} peer ({status}) printed no report ({e}): {line:?}"))?;
+    if !status.success() || !report.complete {
+        return Err(format!("the {peer} peer failed ({status}): {line}"));
+    }
+    Ok(report)
+}
+
+/// Patches `rate` distinct ConfigMaps a second for `update_secs`, round-robin over
+/// the clusters; each patch stamps [`WRITTEN_AT`] with the time it is sent.
+async fn drive_updates(clients: &[kube::Client], args: &Args) -> Result<(), String> {
+    let apis: Arc<Vec<Api<ConfigMap>>> = Arc::new(
+        clients
+            .iter()
+            .map(|c| Api::namespaced(c.clone(), NAMESPACE))
+            .collect(),
+    );
+    let mut ticks = tokio::time::interval(Duration::from_secs(1) / args.rate);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = tokio::task::JoinSet::new();
+    for index in 0..args.updates() {
+        ticks.tick().await;
+        let apis = apis.clone();
+        let api_index = index % apis.len();
+        let name = object_name(index / apis.len());
+        tasks.spawn(async move {
+            let stamp = mcr_bench::nanos(SystemTime::now()).to_string();
+            let patch = serde_json::json!({ "metadata": { "annotations": { WRITTEN_AT: stamp } } });
+            apis[api_index]
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map(drop)
+                .map_err(|e| format!("updating {name}: {e}"))
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.map_err(|e| e.to_string())??;
+    }
+    Ok(())
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    Some(if values.len().is_multiple_of(2) {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    })
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_kib: u64 = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().find_map(|l| {
+                l.strip_prefix("MemTotal:")?
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+        })
+        .unwrap_or(0);
+    format!(
+        "{cores} cores, {:.0} GiB memory",
+        mem_kib as f64 / 1024.0 / 1024.0
+    )
+}
+
+fn date() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// The results as Markdown: the setting, medians with ratios, then every run.
+fn render(args: &Args, runs: &[Run]) -> String {
+    use std::fmt::Write;
+    type Metric = (&'static str, fn(&Report) -> f64);
+    let metrics: [Metric; 6] = [
+        ("P1 time to all reconciled (s)", |r| r.time_to_all_s),
+        ("P2 peak RSS at sync (MiB)", |r| mib(r.vmhwm_synced_kib)),
+        ("P2 peak RSS at exit (MiB)", |r| mib(r.vmhwm_kib)),
+        ("P3 update latency p50 (ms)", |r| r.lat_p50_ms),
+        ("P3 update latency p99 (ms)", |r| r.lat_p99_ms),
+        ("P3 update latency max (ms)", |r| r.lat_max_ms),
+    ];
+    let med = |peer: &str, f: fn(&Report) -> f64| {
+        median(
+            runs.iter()
+                .filter(|r| r.report.peer == peer)
+                .map(|r| f(&r.report))
+                .collect(),
+        )
+    };
+    let cell = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.2}"));
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "–".to_owned(),
+    };
+    let mut md = String::new();
+    let _ = writeln!(md, "- command: `{}`", args.command);
+    let _ = writeln!(md, "- date: {}", date());
+    let _ = writeln!(md, "- machine: {}", machine());
+    let _ = writeln!(
+        md,
+        "- fleet: {} clusters × {} ConfigMaps = {} objects; {} round(s), peer order rotating; concurrency {}",
+        args.clusters,
+        args.objects,
+        args.clusters * args.objects,
+        args.rounds,
+        args.concurrency
+    );
+    let _ = writeln!(
+        md,
+        "- updates: {}/s for {} s = {} per peer run, each on a distinct object",
+        args.rate,
+        args.update_secs,
+        args.updates()
+    );
+    let _ = writeln!(md, "\nMedians over the rounds:\n");
+    let _ = writeln!(md, "| metric | rust | go | floor | rust/go | rust/floor |");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
+    for (label, f) in metrics {
+        let (rust, go, floor) = (med("rust", f), med("go", f), med("floor", f));
+        let _ = writeln!(
+            md,
+            "| {label} | {} | {} | {} | {} | {} |",
+            cell(rust),
+            cell(go),
+            cell(floor),
+            ratio(rust, go),
+            ratio(rust, floor)
+        );
+    }
+    let above = |peer: &str| {
+        let synced = |r: &Report| mib(r.vmhwm_synced_kib);
+        Some(med(peer, synced)? - med("floor", synced)?)
+    };
+    let _ = writeln!(
+        md,
+        "\nPeak RSS at sync above the floor: rust {} MiB, go {} MiB, ratio rust/go {}.",
+        cell(above("rust")),
+        cell(above("go")),
+        ratio(above("rust"), above("go"))
+    );
+    let _ = writeln!(md, "\nEvery run:\n");
+    let _ = writeln!(
+        md,
+        "| round | peer | P1 s | RSS sync MiB | RSS exit MiB | p50 ms | p99 ms | max ms | updates seen | load before→after |"
+    );
+    let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    for run in runs {
+        let r = &run.report;
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {}/{} | {}→{} |",
+            run.round,
+            r.peer,
+            r.time_to_all_s,
+            mib(r.vmhwm_synced_kib),
+            mib(r.vmhwm_kib),
+            r.lat_p50_ms,
+            r.lat_p99_ms,
+            r.lat_max_ms,
+            r.updates_seen,
+            r.updates,
+            run.load.0,
+            run.load.1
+        );
+    }
+    md
+}

@@ -1,0 +1,55 @@
+//! The floor: kube's plain `watcher` per cluster, counting the objects it sees. No
+//! queue, no cache, no controller: the least any controller must do to see the same
+//! objects and updates. See `bench/README.md`.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use clap::Parser;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, ResourceExt};
+use mcr_bench::{PeerArgs, Tally, WRITTEN_AT};
+
+#[tokio::main]
+async fn main() {
+    let (start, wall_start) = (Instant::now(), SystemTime::now());
+    let args = PeerArgs::parse();
+    match run(args, start, wall_start).await {
+        Ok(report) => mcr_bench::finish(&report),
+        Err(message) => {
+            eprintln!("floor-peer: {message}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run(args: PeerArgs, start: Instant, wall_start: SystemTime) -> Result<mcr_bench::Report, String> {
+    let files = mcr_bench::kubeconfig_files(&args.kubeconfigs)?;
+    let tally = Arc::new(Tally::new(wall_start, args.expected, args.updates));
+    let mut config = watcher::Config::default();
+    if !args.selector.is_empty() {
+        config = config.labels(&args.selector);
+    }
+    let clusters = files.len();
+    for (name, path) in files {
+        let client =
+            kube::Client::try_from(mcr_bench::load_config(&path).await?).map_err(|e| e.to_string())?;
+        let (tally, config) = (tally.clone(), config.clone());
+        tokio::spawn(async move {
+            let mut events = std::pin::pin!(watcher::watcher(Api::<ConfigMap>::all(client), config));
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(Event::Apply(cm) | Event::InitApply(cm)) => {
+                        let key = mcr_bench::object_key(&name, cm.namespace().as_deref(), &cm.name_any());
+                        tally.record(key, cm.annotations().get(WRITTEN_AT).map(String::as_str));
+                    }
+                    Ok(_) => {}
+                    Err(error) => eprintln!("floor-peer: {name}: {error}"),
+                }
+            }
+        });
+    }
+    Ok(mcr_bench::measure("floor", &args, clusters, start, &tally).await)
+}

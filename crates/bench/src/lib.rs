@@ -1,0 +1,379 @@
+//! Shared pieces of the benchmark peers and driver in `bench/` (see `bench/README.md`).
+//!
+//! Every peer — the Rust one on this library, the floor (a bare kube `watcher` per
+//! cluster) and the Go one on `sigs.k8s.io/multicluster-runtime` — takes the same
+//! [`PeerArgs`], counts each labelled ConfigMap of the fleet once, measures the
+//! write→reconcile latency of the driver's updates, and prints one [`Report`] as a
+//! JSON line. The Go peer mirrors these names and fields in `bench/go-peer/main.go`.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+/// The annotation each update of the driver carries: its write time in Unix
+/// nanoseconds.
+pub const WRITTEN_AT: &str = "bench.multicluster-runtime.rs/written-at";
+
+/// The label that marks the benchmark's ConfigMaps (and, for P6, its namespaces).
+pub const MEMBER_LABEL: &str = "bench.multicluster-runtime.rs/member";
+
+/// The arguments every peer takes (the Go peer has the same flags).
+#[derive(Debug, Clone, clap::Parser)]
+pub struct PeerArgs {
+    /// Directory of `<cluster>.kubeconfig` files: one cluster each.
+    #[arg(long)]
+    pub kubeconfigs: PathBuf,
+    /// Objects to reconcile across the fleet before the sync counts as done.
+    #[arg(long)]
+    pub expected: usize,
+    /// Label selector of the ConfigMaps to watch.
+    #[arg(long, default_value = "")]
+    pub selector: String,
+    /// Concurrent reconciles (ignored by the floor, which has no queue).
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Updates to wait for after the sync (each one carries [`WRITTEN_AT`]).
+    #[arg(long, default_value_t = 0)]
+    pub updates: usize,
+    /// A file created once every expected object is reconciled.
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Namespaces as clusters (P6, Rust peer only): the first kubeconfig is the
+    /// host, each namespace labelled `bench.multicluster-runtime.rs/member=yes` a
+    /// cluster, sharing the host's client (`shared`) or with a client each
+    /// (`per-namespace`).
+    #[arg(long, value_enum)]
+    pub namespaces_as_clusters: Option<NamespaceClients>,
+}
+
+/// How namespace-clusters get their clients (see [`PeerArgs::namespaces_as_clusters`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NamespaceClients {
+    /// `Namespaces::new`: every namespace-cluster sends through the host's client.
+    Shared,
+    /// `Namespaces::with_config`: one client (connection pool) per namespace.
+    PerNamespace,
+}
+
+/// Parses `90s`, `5m` or plain seconds (the Go peer's `time.ParseDuration` takes the
+/// first two forms too).
+///
+/// # Errors
+/// A value that is none of those forms.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let value: f64 = number.parse().map_err(|_| format!("not a duration: {text:?}"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("not a duration: {text:?} (use ms, s or m)")),
+    };
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// One peer's results: the JSON line it prints last.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// `rust`, `floor` or `go`.
+    pub peer: String,
+    /// Clusters in the fleet.
+    pub clusters: usize,
+    /// Objects expected (and, when `complete`, reconciled).
+    pub objects: usize,
+    /// From process start to every object reconciled once, in seconds (P1).
+    pub time_to_all_s: f64,
+    /// Peak RSS when every object was reconciled, in KiB (P2).
+    pub vmhwm_synced_kib: u64,
+    /// Peak RSS at exit, after the updates, in KiB.
+    pub vmhwm_kib: u64,
+    /// Updates the peer waited for.
+    pub updates: usize,
+    /// Updates it saw.
+    pub updates_seen: usize,
+    /// Write→reconcile latency of the updates (P3), in milliseconds.
+    pub lat_p50_ms: f64,
+    /// 99th percentile of the same.
+    pub lat_p99_ms: f64,
+    /// Maximum of the same.
+    pub lat_max_ms: f64,
+    /// Every object and every update was seen in time.
+    pub complete: bool,
+}
+
+/// Counts distinct objects and the latency of each observed update, and wakes the
+/// peer when the counts are reached.
+#[derive(Debug)]
+pub struct Tally {
+    start_nanos: u128,
+    expected: usize,
+    updates: usize,
+    inner: Mutex<TallyState>,
+    all_seen: Notify,
+    all_updates: Notify,
+}
+
+#[derive(Debug, Default)]
+struct TallyState {
+    seen: HashSet<String>,
+    latencies: Vec<Duration>,
+}
+
+impl Tally {
+    /// A tally for `expected` objects and `updates` updates, counting only stamps
+    /// written after `start` (older ones belong to an earlier peer's run).
+    pub fn new(start: SystemTime, expected: usize, updates: usize) -> Self {
+        Tally {
+            start_nanos: nanos(start),
+            expected,
+            updates,
+            inner: Mutex::new(TallyState {
+                seen: HashSet::with_capacity(expected),
+                latencies: Vec::with_capacity(updates),
+            }),
+            all_seen: Notify::new(),
+            all_updates: Notify::new(),
+        }
+    }
+
+    /// Records that the object `key` was reconciled with the annotation value
+    /// `written_at` (if any).
+    pub fn record(&self, key: String, written_at: Option<&str>) {
+        let now = nanos(SystemTime::now());
+        let mut state = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if state.seen.insert(key) && state.seen.len() == self.expected {
+            self.all_seen.notify_one();
+        }
+        let Some(stamp) = written_at.and_then(|s| s.parse::<u128>().ok()) else {
+            return;
+        };
+        if self.updates == 0 || stamp < self.start_nanos {
+            return;
+        }
+        let latency = Duration::from_nanos(u64::try_from(now.saturating_sub(stamp)).unwrap_or(u64::MAX));
+        state.latencies.push(latency);
+        if state.latencies.len() == self.updates {
+            self.all_updates.notify_one();
+        }
+    }
+
+    /// Distinct objects seen so far.
+    pub fn seen(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).seen.len()
+    }
+
+    /// Waits until every expected object was seen.
+    pub async fn all_seen(&self) {
+        if self.seen() < self.expected {
+            self.all_seen.notified().await;
+        }
+    }
+
+    /// Waits until every expected update was seen.
+    pub async fn all_updates(&self) {
+        let seen = self
+            .inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .latencies
+            .len();
+        if seen < self.updates {
+            self.all_updates.notified().await;
+        }
+    }
+
+    /// The latencies seen so far.
+    pub fn latencies(&self) -> Vec<Duration> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .latencies
+            .clone()
+    }
+}
+
+/// The key a peer counts an object under: `<cluster>/<namespace>/<name>`.
+pub fn object_key(cluster: &str, namespace: Option<&str>, name: &str) -> String {
+    format!("{cluster}/{}/{name}", namespace.unwrap_or_default())
+}
+
+/// Runs a peer: waits for the sync, creates the ready file, waits for the updates,
+/// and returns the report (`complete` false on a time-out).
+pub async fn measure(
+    peer: &str,
+    args: &PeerArgs,
+    clusters: usize,
+    start: std::time::Instant,
+    tally: &Tally,
+) -> Report {
+    let mut report = Report {
+        peer: peer.to_owned(),
+        clusters,
+        objects: args.expected,
+        updates: args.updates,
+        ..Report::default()
+    };
+    let deadline = tokio::time::Instant::from_std(start) + args.timeout;
+    if tokio::time::timeout_at(deadline, tally.all_seen()).await.is_err() {
+        eprintln!(
+            "{peer}-peer: timed out with {} of {} objects reconciled",
+            tally.seen(),
+            args.expected
+        );
+        return report;
+    }
+    report.time_to_all_s = start.elapsed().as_secs_f64();
+    report.vmhwm_synced_kib = vm_hwm_kib();
+    if let Some(path) = &args.ready_file
+        && let Err(error) = std::fs::write(path, b"")
+    {
+        eprintln!("{peer}-peer: cannot create {}: {error}", path.display());
+        return report;
+    }
+    let updates_in_time = tokio::time::timeout_at(deadline, tally.all_updates())
+        .await
+        .is_ok();
+    let mut latencies = tally.latencies();
+    report.updates_seen = latencies.len();
+    (report.lat_p50_ms, report.lat_p99_ms, report.lat_max_ms) = percentiles(&mut latencies);
+    report.vmhwm_kib = vm_hwm_kib();
+    report.complete = updates_in_time;
+    if !updates_in_time {
+        eprintln!(
+            "{peer}-peer: timed out with {} of {} updates seen",
+            report.updates_seen, args.updates
+        );
+    }
+    report
+}
+
+/// Prints the report as one JSON line and exits: 0 when complete, 1 otherwise.
+pub fn finish(report: &Report) -> ! {
+    match serde_json::to_string(report) {
+        Ok(line) => println!("{line}"),
+        Err(error) => eprintln!("cannot encode the report: {error}"),
+    }
+    std::process::exit(if report.complete { 0 } else { 1 })
+}
+
+/// p50, p99 and the maximum in milliseconds (nearest rank); zeros when empty.
+pub fn percentiles(latencies: &mut [Duration]) -> (f64, f64, f64) {
+    if latencies.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    latencies.sort_unstable();
+    let rank = |q: f64| {
+        // Nearest rank: the smallest value with at least q of the samples at or below it.
+        let index = ((q * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len());
+        millis(latencies[index - 1])
+    };
+    (rank(0.50), rank(0.99), millis(latencies[latencies.len() - 1]))
+}
+
+fn millis(d: Duration) -> f64 {
+    (d.as_micros() as f64) / 1000.0
+}
+
+/// Nanoseconds since the Unix epoch.
+pub fn nanos(at: SystemTime) -> u128 {
+    at.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
+}
+
+/// The peak resident set size of this process in KiB (`VmHWM` of
+/// `/proc/self/status`), or 0 where that is not available.
+pub fn vm_hwm_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status.lines().find_map(|line| {
+                let rest = line.strip_prefix("VmHWM:")?;
+                rest.trim().trim_end_matches("kB").trim().parse().ok()
+            })
+        })
+        .unwrap_or(0)
+}
+
+/// The kubeconfig files of `dir` (`*.kubeconfig`), sorted, each with its cluster name
+/// (the file name without the extension).
+///
+/// # Errors
+/// The directory cannot be read or holds no kubeconfig.
+pub fn kubeconfig_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut found: Vec<(String, PathBuf)> = entries
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            let name = path
+                .file_name()?
+                .to_str()?
+                .strip_suffix(".kubeconfig")?
+                .to_owned();
+            Some((name, path))
+        })
+        .collect();
+    found.sort();
+    if found.is_empty() {
+        return Err(format!("{}: no *.kubeconfig files", dir.display()));
+    }
+    Ok(found)
+}
+
+/// A kube config from a kubeconfig file.
+///
+/// # Errors
+/// The file cannot be read or parsed.
+pub async fn load_config(path: &Path) -> Result<kube::Config, String> {
+    let kubeconfig =
+        kube::config::Kubeconfig::read_from(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let mut samples: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(percentiles(&mut samples), (50.0, 99.0, 100.0));
+        assert_eq!(percentiles(&mut []), (0.0, 0.0, 0.0));
+    }
+
+    #[test]
+    fn durations_parse_like_go() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("5h").is_err());
+    }
+
+    #[test]
+    fn tally_counts_objects_once_and_only_fresh_stamps() {
+        let start = SystemTime::now();
+        let tally = Tally::new(start, 2, 1);
+        tally.record("a/ns/x".into(), Some("1"));
+        tally.record("a/ns/x".into(), None);
+        assert_eq!(tally.seen(), 1);
+        assert!(
+            tally.latencies().is_empty(),
+            "a stamp older than the start is not an update"
+        );
+        let fresh = nanos(SystemTime::now()).to_string();
+        tally.record("b/ns/y".into(), Some(&fresh));
+        assert_eq!((tally.seen(), tally.latencies().len()), (2, 1));
+    }
+}
