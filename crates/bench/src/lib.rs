@@ -9,8 +9,9 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use clap::Parser;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
@@ -264,6 +265,25 @@ pub fn finish(report: &Report) -> ! {
         Err(error) => eprintln!("cannot encode the report: {error}"),
     }
     std::process::exit(if report.complete { 0 } else { 1 })
+}
+
+/// A peer's `main`: parses the common arguments, runs `run` with the moments the
+/// process started (monotonic and wall clock), and [finishes](finish) with its
+/// report, or exits 1 with `peer: <message>`.
+pub async fn run_peer<F, Fut>(peer: &str, run: F) -> !
+where
+    F: FnOnce(PeerArgs, Instant, SystemTime) -> Fut,
+    Fut: std::future::Future<Output = Result<Report, String>>,
+{
+    let (start, wall_start) = (Instant::now(), SystemTime::now());
+    let args = PeerArgs::parse();
+    match run(args, start, wall_start).await {
+        Ok(report) => finish(&report),
+        Err(message) => {
+            eprintln!("{peer}: {message}");
+            std::process::exit(1);
+        }
+    }
 }
 
 /// p50, p99 and the maximum in milliseconds (nearest rank); zeros when empty.

@@ -102,16 +102,7 @@ async fn run(args: Args) -> Result<(), String> {
     let binaries = peer_binaries(&args)?;
     eprintln!("starting {} clusters ...", args.clusters);
     let started = Instant::now();
-    let fleet = kube_envtest::Fleet::builder()
-        .clusters(args.clusters)
-        .parallelism(2)
-        .start()
-        .await
-        .map_err(|e| e.to_string())?;
-    let kubeconfigs = tempfile::tempdir().map_err(|e| e.to_string())?;
-    fleet
-        .write_kubeconfigs(kubeconfigs.path())
-        .map_err(|e| e.to_string())?;
+    let (fleet, kubeconfigs) = start_fleet(args.clusters).await?;
     eprintln!(
         "fleet ready in {:.1} s; seeding {total} ConfigMaps ...",
         started.elapsed().as_secs_f64()
@@ -158,6 +149,22 @@ async fn run(args: Args) -> Result<(), String> {
     publish(&args, &markdown)
 }
 
+/// Starts `clusters` apiservers (two at a time: the machine may have two cores) and
+/// writes one kubeconfig per cluster into a temporary directory, the peers' input.
+async fn start_fleet(clusters: usize) -> Result<(kube_envtest::Fleet, tempfile::TempDir), String> {
+    let fleet = kube_envtest::Fleet::builder()
+        .clusters(clusters)
+        .parallelism(2)
+        .start()
+        .await
+        .map_err(|e| e.to_string())?;
+    let kubeconfigs = tempfile::tempdir().map_err(|e| e.to_string())?;
+    fleet
+        .write_kubeconfigs(kubeconfigs.path())
+        .map_err(|e| e.to_string())?;
+    Ok((fleet, kubeconfigs))
+}
+
 /// Prints the results and writes them to `--out`, if given.
 fn publish(args: &Args, markdown: &str) -> Result<(), String> {
     println!("{markdown}");
@@ -180,15 +187,7 @@ async fn namespace_scale(args: &Args, namespaces: usize) -> Result<(), String> {
         peers: vec!["rust".into()],
         ..args.clone()
     })?;
-    let fleet = kube_envtest::Fleet::builder()
-        .clusters(1)
-        .start()
-        .await
-        .map_err(|e| e.to_string())?;
-    let kubeconfigs = tempfile::tempdir().map_err(|e| e.to_string())?;
-    fleet
-        .write_kubeconfigs(kubeconfigs.path())
-        .map_err(|e| e.to_string())?;
+    let (fleet, kubeconfigs) = start_fleet(1).await?;
     let client = fleet.cluster(0).client().map_err(|e| e.to_string())?;
     let seeding = Instant::now();
     eprintln!(

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use clap::Parser;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::watcher::{self, Event};
@@ -14,15 +13,7 @@ use mcr_bench::{PeerArgs, Tally, WRITTEN_AT};
 
 #[tokio::main]
 async fn main() {
-    let (start, wall_start) = (Instant::now(), SystemTime::now());
-    let args = PeerArgs::parse();
-    match run(args, start, wall_start).await {
-        Ok(report) => mcr_bench::finish(&report),
-        Err(message) => {
-            eprintln!("floor-peer: {message}");
-            std::process::exit(1);
-        }
-    }
+    mcr_bench::run_peer("floor-peer", run).await
 }
 
 async fn run(args: PeerArgs, start: Instant, wall_start: SystemTime) -> Result<mcr_bench::Report, String> {

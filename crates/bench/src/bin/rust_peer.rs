@@ -8,7 +8,6 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use clap::Parser;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
 use mcr_bench::{NamespaceClients, PeerArgs, Tally, WRITTEN_AT};
@@ -21,15 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() {
-    let (start, wall_start) = (Instant::now(), SystemTime::now());
-    let args = PeerArgs::parse();
-    match run(args, start, wall_start).await {
-        Ok(report) => mcr_bench::finish(&report),
-        Err(message) => {
-            eprintln!("rust-peer: {message}");
-            std::process::exit(1);
-        }
-    }
+    mcr_bench::run_peer("rust-peer", run).await
 }
 
 async fn run(args: PeerArgs, start: Instant, wall_start: SystemTime) -> Result<mcr_bench::Report, String> {
