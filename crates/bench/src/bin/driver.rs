@@ -149,6 +149,16 @@ async fn run(args: Args) -> Result<(), String> {
     publish(&args, &markdown)
 }
 
+/// The first lines of every report: the command, the date and the machine.
+fn report_header(args: &Args) -> String {
+    use std::fmt::Write;
+    let mut md = String::new();
+    let _ = writeln!(md, "- command: `{}`", args.command);
+    let _ = writeln!(md, "- date: {}", date());
+    let _ = writeln!(md, "- machine: {}", machine());
+    md
+}
+
 /// Starts `clusters` apiservers (two at a time: the machine may have two cores) and
 /// writes one kubeconfig per cluster into a temporary directory, the peers' input.
 async fn start_fleet(clusters: usize) -> Result<(kube_envtest::Fleet, tempfile::TempDir), String> {
@@ -201,10 +211,7 @@ async fn namespace_scale(args: &Args, namespaces: usize) -> Result<(), String> {
         .await?;
     eprintln!("seeded in {:.1} s", seeding.elapsed().as_secs_f64());
     let expected = namespaces * args.objects;
-    let mut md = String::new();
-    let _ = writeln!(md, "- command: `{}`", args.command);
-    let _ = writeln!(md, "- date: {}", date());
-    let _ = writeln!(md, "- machine: {}", machine());
+    let mut md = report_header(args);
     let _ = writeln!(
         md,
         "- one apiserver, {namespaces} labelled namespaces × {} ConfigMaps = {expected} objects; {} round(s)\n",
@@ -578,10 +585,7 @@ fn render(args: &Args, runs: &[Run]) -> String {
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
         _ => "–".to_owned(),
     };
-    let mut md = String::new();
-    let _ = writeln!(md, "- command: `{}`", args.command);
-    let _ = writeln!(md, "- date: {}", date());
-    let _ = writeln!(md, "- machine: {}", machine());
+    let mut md = report_header(args);
     let _ = writeln!(
         md,
         "- fleet: {} clusters × {} ConfigMaps = {} objects; {} round(s), peer order rotating; concurrency {}",
