@@ -128,6 +128,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// The sharding options cannot work (e.g. a prefix that is not a valid name, or
+    /// a renew deadline not shorter than the lease duration).
+    #[error("sharding on leases {leases}: {reason}")]
+    Sharding {
+        /// `namespace/prefix` of the Leases.
+        leases: String,
+        /// Why.
+        reason: String,
+    },
+
     /// The manager lost its lease; its leader-only runnables had stopped before it
     /// returned this (see [`OnLeadershipLoss`](crate::manager::OnLeadershipLoss)).
     #[error("leadership of lease {lease} lost by {identity}: {reason}")]

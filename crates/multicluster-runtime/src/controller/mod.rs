@@ -355,6 +355,12 @@ impl Controller {
                 return;
             }
         };
+        // With sharding: leave to work on the cluster, which a hand-over waits for.
+        let Some(work) = self.manager.enter_work(&request.cluster) else {
+            tracing::debug!(controller = self.name, %request, "cluster not owned here; request dropped");
+            self.sink.queue.forget(&request.cluster, &request.key);
+            return;
+        };
         let span = tracing::info_span!(
             "reconcile",
             controller = self.name,
@@ -370,10 +376,16 @@ impl Controller {
             async move { reconciler.reconcile(request, cluster).await }
         };
         let started = std::time::Instant::now();
-        let outcome = AssertUnwindSafe(attempt)
-            .catch_unwind()
-            .instrument(span.clone())
-            .await;
+        let outcome = tokio::select! {
+            biased;
+            outcome = AssertUnwindSafe(attempt).catch_unwind().instrument(span.clone()) => outcome,
+            () = work.cut() => {
+                // The fence was lost: another replica may own the cluster soon.
+                span.in_scope(|| tracing::warn!("cluster's shard lost; reconcile cancelled"));
+                return;
+            }
+        };
+        drop(work);
         self.metrics
             .reconciled(&request.cluster, reconciled(&outcome), started.elapsed());
         let next = span.in_scope(|| match outcome {

@@ -115,12 +115,18 @@ pub enum ClusterState {
         /// What the latest probe ran into.
         last_error: String,
     },
+    /// With [sharding](super::Sharding), another replica owns it: nothing of it runs
+    /// here. Does not hold readiness back.
+    NotOwned {
+        /// The replica that should own it, as this replica sees the peers.
+        owner: Option<String>,
+    },
 }
 
 impl ClusterState {
     /// Whether the cluster is ready for work.
     pub fn is_ready(&self) -> bool {
-        matches!(self, ClusterState::Synced)
+        matches!(self, ClusterState::Synced | ClusterState::NotOwned { .. })
     }
 }
 
@@ -139,6 +145,8 @@ impl fmt::Display for ClusterState {
             ClusterState::Unhealthy { since, last_error } => {
                 write!(f, "unhealthy since {}: {last_error}", timestamp(*since))
             }
+            ClusterState::NotOwned { owner: Some(owner) } => write!(f, "not owned here (owner {owner})"),
+            ClusterState::NotOwned { owner: None } => f.write_str("not owned here (no live owner)"),
         }
     }
 }
@@ -156,6 +164,14 @@ fn timestamp(at: SystemTime) -> String {
 /// The state of `cluster`, engaged as `name`. The single place where a cluster's
 /// state is decided: cluster health probes merge what they found here.
 pub(crate) fn cluster_state(manager: &Manager, name: &ClusterName, cluster: &Arc<Cluster>) -> ClusterState {
+    if let Some(coordinator) = manager.coordinator()
+        && !name.is_local()
+        && !manager.owns(name)
+    {
+        return ClusterState::NotOwned {
+            owner: coordinator.owner_of(name),
+        };
+    }
     if let Some(health) = manager.watch_instance_health(name, cluster)
         && let HealthState::Unhealthy { since, last_error } = &health.borrow().state
     {
@@ -290,6 +306,19 @@ impl Manager {
                 name: format!("cluster {:?}", name.as_str()),
                 ok: state.is_ready() || !required,
                 detail: state.to_string(),
+            });
+        }
+        if let Some(coordinator) = self.coordinator() {
+            let view = coordinator.view();
+            let options = coordinator.options();
+            lines.push(ReportLine {
+                name: format!("shard {:?}", options.holder_identity()),
+                ok: true,
+                detail: format!(
+                    "owns {} cluster(s); peers: {}",
+                    view.owned.len(),
+                    view.peers.iter().map(|p| p.identity.as_str()).collect::<Vec<_>>().join(", ")
+                ),
             });
         }
         let checks = super::lock(&self.inner.checks).readyz.clone();

@@ -128,16 +128,18 @@
 //! being dropped while the name is briefly unknown.
 
 mod checks;
+mod coordination;
 mod endpoint;
 mod health;
 mod leader;
+mod lease;
 pub mod metrics;
 mod runnable;
 mod shutdown;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -152,6 +154,8 @@ use crate::error::{Error, Result};
 use crate::multicluster::{Aware, Provider};
 
 pub use checks::{CHECK_TIMEOUT, ClusterState, HealthCheck, Report, ReportLine};
+pub use coordination::{CLUSTER_ANNOTATION, FENCE_LABEL, PEER_LABEL, Sharding};
+pub(crate) use coordination::Work;
 pub use health::{ClusterHealth, HealthEvent, HealthProbes, HealthState, PROBE_PATH};
 pub use leader::{LeaderElection, OnLeadershipLoss};
 pub use metrics::Metrics;
@@ -192,6 +196,8 @@ struct Inner {
     endpoint: Mutex<Option<SocketAddr>>,
     /// Health events of every cluster, and their count.
     health: health::Hub,
+    /// Decides which clusters are engaged into the components, if sharding is on.
+    coordinator: OnceLock<Arc<coordination::Coordinator>>,
 }
 
 /// Settings read when the manager starts.
@@ -205,18 +211,31 @@ struct Options {
     require_all_clusters: bool,
     /// `None`: clusters are not probed.
     health_probes: Option<HealthProbes>,
+    /// `None`: every engaged cluster is engaged into the components.
+    sharding: Option<Sharding>,
 }
 
 /// The engaged clusters and the components they are engaged into, under one lock so
 /// that a cluster engaged while a component is being added reaches that component:
 /// whichever of the two takes the lock second sees the other.
 ///
-/// Each engagement keeps its health channel, written by its prober only: the health
-/// of a cluster goes with its engagement.
+/// With sharding, `shards` holds the term of each cluster this replica owns: only
+/// those are engaged into the components.
 #[derive(Default)]
 struct Engaged {
-    clusters: Engagements<watch::Sender<ClusterHealth>>,
+    clusters: Engagements<Instance>,
     components: Vec<Arc<dyn Aware>>,
+    shards: HashMap<ClusterName, coordination::Term>,
+}
+
+/// What the manager keeps beside each engaged instance.
+struct Instance {
+    /// Written by the instance's prober only: the health of a cluster goes with its
+    /// engagement.
+    health: watch::Sender<ClusterHealth>,
+    /// Ends the instance's engagement into the components; `None` while it is not
+    /// engaged into them (a cluster another replica owns).
+    components: Option<CancellationToken>,
 }
 
 /// Runnables waiting for start, or the means to run them once started.
@@ -283,12 +302,14 @@ impl Manager {
                 http_endpoint: None,
                 require_all_clusters: false,
                 health_probes: Some(HealthProbes::default()),
+                sharding: None,
             }),
             leader: watch::Sender::new(false),
             metrics: Metrics::new(),
             checks: Mutex::default(),
             endpoint: Mutex::new(None),
             health: health::Hub::default(),
+            coordinator: OnceLock::new(),
         };
         let manager = Manager {
             inner: Arc::new(inner),
@@ -377,6 +398,48 @@ impl Manager {
         self
     }
 
+    /// Split the provider's clusters between the replicas of this program (see
+    /// [Sharding](self#sharding)): this replica engages into its components only the
+    /// clusters it owns. Read when the manager starts.
+    #[must_use]
+    pub fn with_sharding(self, sharding: Sharding) -> Self {
+        lock(&self.inner.options).sharding = Some(sharding);
+        self
+    }
+
+    /// The clusters this replica works on: every engaged cluster without sharding,
+    /// the owned ones with it (the local cluster included, under the empty name).
+    pub fn owned_clusters(&self) -> Vec<ClusterName> {
+        let mut owned = self.engaged_clusters();
+        owned.retain(|name| self.owns(name));
+        owned.sort();
+        owned
+    }
+
+    /// Whether this replica works on `name` now (see
+    /// [`owned_clusters`](Self::owned_clusters)).
+    pub(crate) fn owns(&self, name: &ClusterName) -> bool {
+        self.engaged()
+            .clusters
+            .get(name)
+            .is_some_and(|e| e.value.components.as_ref().is_some_and(|t| !t.is_cancelled()))
+    }
+
+    /// The sharded coordinator, once started with sharding.
+    pub(crate) fn coordinator(&self) -> Option<&Arc<coordination::Coordinator>> {
+        self.inner.coordinator.get()
+    }
+
+    /// Leave to work on cluster `name` now, held for the length of the work (a
+    /// reconcile). `None` if this replica does not own `name` (any more). Without
+    /// sharding, and for the local cluster, always granted and free of cost.
+    pub(crate) fn enter_work(&self, name: &ClusterName) -> Option<Work> {
+        if self.inner.coordinator.get().is_none() || name.is_local() {
+            return Some(Work::free());
+        }
+        self.engaged().shards.get(name)?.enter()
+    }
+
     /// How long reconciles in flight may take to finish once the manager stops
     /// (default [`DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT`], 30 s); see
     /// [Graceful shutdown](self#graceful-shutdown).
@@ -432,7 +495,7 @@ impl Manager {
         self.engaged()
             .clusters
             .live()
-            .map(|(name, engaged)| (name.clone(), engaged.value.borrow().clone()))
+            .map(|(name, engaged)| (name.clone(), engaged.value.health.borrow().clone()))
             .collect()
     }
 
@@ -440,7 +503,7 @@ impl Manager {
     /// current health and every change, and closes when this engagement of the
     /// cluster ends. `None` if `name` is not engaged.
     pub fn watch_cluster_health(&self, name: &ClusterName) -> Option<watch::Receiver<ClusterHealth>> {
-        self.engaged().clusters.get(name).map(|e| e.value.subscribe())
+        self.engaged().clusters.get(name).map(|e| e.value.health.subscribe())
     }
 
     /// Follows the health of the engaged instance `cluster` of `name`: `None` if
@@ -452,7 +515,7 @@ impl Manager {
     ) -> Option<watch::Receiver<ClusterHealth>> {
         let engaged = self.engaged();
         let entry = engaged.clusters.get(name)?;
-        Arc::ptr_eq(&entry.cluster, cluster).then(|| entry.value.subscribe())
+        Arc::ptr_eq(&entry.cluster, cluster).then(|| entry.value.health.subscribe())
     }
 
     /// Every change of a cluster's health [state](HealthState), of every cluster, from
@@ -621,11 +684,12 @@ impl Manager {
             // replaced or removed the listed instance meanwhile has already passed
             // through and reached this component, which is in the list.
             let _gate = self.inner.gates.enter(&name).await;
-            let current = self
-                .engaged()
-                .clusters
-                .get(&name)
-                .map(|e| (e.cluster.clone(), e.token.child_token()));
+            // Only where the instance is engaged into the components (with sharding,
+            // the clusters this replica owns).
+            let current = self.engaged().clusters.get(&name).and_then(|e| {
+                let components = e.value.components.as_ref().filter(|t| !t.is_cancelled())?;
+                Some((e.cluster.clone(), components.child_token()))
+            });
             let Some((cluster, token)) = current else {
                 continue;
             };
@@ -686,6 +750,14 @@ impl Manager {
                 reason,
             });
         }
+        if let Some(sharding) = &options.sharding
+            && let Some(reason) = sharding.invalid()
+        {
+            return Err(Error::Sharding {
+                leases: sharding.describe(),
+                reason,
+            });
+        }
         let listener = match options.http_endpoint {
             Some(address) => Some(endpoint::bind(address).await?),
             None => None,
@@ -720,7 +792,7 @@ impl Manager {
                 .spawn(async move { endpoint::serve(this, listener, token).await });
         }
         let outcome = self
-            .run(&run, pending, options.leader_election, failures, &mut failed)
+            .run(&run, pending, options.leader_election, options.sharding, failures, &mut failed)
             .await;
         run.cancel();
         *self.runnables() = Runnables::Stopped;
@@ -745,11 +817,20 @@ impl Manager {
         run: &CancellationToken,
         pending: Vec<Arc<dyn Runnable>>,
         election: Option<LeaderElection>,
+        sharding: Option<Sharding>,
         failures: mpsc::UnboundedSender<Error>,
         failed: &mut mpsc::UnboundedReceiver<Error>,
     ) -> Result<()> {
         self.engage(run.child_token(), ClusterName::local(), self.inner.local.clone())
             .await?;
+        if let Some(sharding) = sharding {
+            // Before the provider starts, so that every cluster it engages is seen.
+            let store = lease::KubeLeases::new(self.inner.local.clone(), sharding.namespace_name());
+            let host = Arc::new(ManagerHost(Arc::downgrade(&self.inner)));
+            let coordinator = coordination::Coordinator::new(sharding, Arc::new(store), host);
+            let _ = self.inner.coordinator.set(coordinator.clone());
+            self.inner.tasks.spawn(coordinator.run(run.child_token()));
+        }
         for runnable in pending {
             self.add(runnable);
         }
@@ -807,7 +888,8 @@ impl Manager {
         let (lease, identity) = (election.lease(), election.holder_identity().to_owned());
         let policy = election.loss_policy();
         let release_within = election.release_within();
-        let mut elector = leader::Elector::new(self.inner.local.client().clone(), election);
+        let store = lease::KubeLeases::new(self.inner.local.clone(), election.namespace_name());
+        let mut elector = lease::Elector::new(Arc::new(store), election.claim());
         loop {
             tracing::info!(lease, identity, "campaigning for leadership");
             let Some(acquired) = elector.campaign(&run).await else {
@@ -921,6 +1003,9 @@ impl Manager {
             let removed = lock(&inner.engaged).clusters.disengage(&name, generation);
             if removed.is_some() {
                 inner.metrics.cluster_disengaged(&name, false);
+                if let Some(coordinator) = inner.coordinator.get() {
+                    coordinator.gone(&name);
+                }
                 tracing::info!(cluster = %name, "cluster disengaged");
             }
         });
@@ -988,7 +1073,8 @@ fn type_label<T: ?Sized>() -> String {
 
 #[async_trait]
 impl Aware for Manager {
-    /// Engages `cluster` into every cluster-aware component.
+    /// Engages `cluster` into every cluster-aware component (with
+    /// [sharding](Manager::with_sharding), once this replica owns it).
     ///
     /// The same instance again is a no-op, and so is an engagement whose token is
     /// cancelled already (it was replaced or removed on its way here). A new instance
@@ -1002,42 +1088,135 @@ impl Aware for Manager {
             return Ok(());
         }
         let own = token.child_token();
-        let (generation, replaced, components, health) = {
+        let coordinator = self.coordinator().filter(|_| !name.is_local());
+        let (generation, replaced, owned) = {
             let mut engaged = self.engaged();
-            let health = watch::Sender::new(ClusterHealth::unknown());
-            match engaged
-                .clusters
-                .engage(&name, cluster.clone(), own.clone(), health.clone())
-            {
+            let instance = Instance {
+                health: watch::Sender::new(ClusterHealth::unknown()),
+                components: None,
+            };
+            match engaged.clusters.engage(&name, cluster.clone(), own.clone(), instance) {
                 Engage::Stale => {
                     tracing::debug!(cluster = %name, "engagement ended before it arrived; ignored");
                     return Ok(());
                 }
                 Engage::Unchanged => return Ok(()),
                 Engage::New { generation, replaced } => {
-                    (generation, replaced, engaged.components.clone(), health)
+                    let owned = coordinator.is_none() || engaged.shards.contains_key(&name);
+                    (generation, replaced, owned)
                 }
             }
         };
         let replacing = replaced.is_some();
         tracing::info!(cluster = %name, replacing, "cluster engaged");
         self.watch_disengage(name.clone(), own.clone(), generation);
-        self.watch_health(name.clone(), cluster.clone(), own.clone(), health);
+        let result = if owned {
+            self.engage_components(&name, &cluster, &own, generation).await
+        } else {
+            Ok(())
+        };
+        if let Some(coordinator) = coordinator {
+            coordinator.known(&name);
+        }
+        if let Some(old) = replaced {
+            self.inner.metrics.cluster_disengaged(&name, true);
+            old.token.cancel();
+        }
+        self.inner.metrics.cluster_engaged(&name, result.is_ok());
+        result
+    }
+}
+
+impl Manager {
+    /// Engages the instance `generation` of `name` into every component, under a
+    /// token of its own (a child of the instance's `own`), and probes its health
+    /// while it is engaged there. Called through the name's gate.
+    async fn engage_components(
+        &self,
+        name: &ClusterName,
+        cluster: &Arc<Cluster>,
+        own: &CancellationToken,
+        generation: u64,
+    ) -> Result<()> {
+        let engagement = own.child_token();
+        let (components, health) = {
+            let mut engaged = self.engaged();
+            let Some(entry) = engaged
+                .clusters
+                .get_any_mut(name)
+                .filter(|e| e.generation == generation)
+            else {
+                return Ok(());
+            };
+            entry.value.components = Some(engagement.clone());
+            let health = entry.value.health.clone();
+            (engaged.components.clone(), health)
+        };
+        self.watch_health(name.clone(), cluster.clone(), engagement.clone(), health);
         let mut first_error = None;
         for component in components {
             let result = component
-                .engage(own.child_token(), name.clone(), cluster.clone())
+                .engage(engagement.child_token(), name.clone(), cluster.clone())
                 .await;
             if let Err(err) = result {
                 tracing::error!(cluster = %name, error = %error_chain(&err), "engage failed");
                 first_error.get_or_insert(err);
             }
         }
-        if let Some(old) = replaced {
-            self.inner.metrics.cluster_disengaged(&name, true);
-            old.token.cancel();
-        }
-        self.inner.metrics.cluster_engaged(&name, first_error.is_none());
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// The manager as the coordinator sees it: weak, since the manager owns the
+/// coordinator.
+struct ManagerHost(Weak<Inner>);
+
+impl ManagerHost {
+    fn manager(&self) -> Option<Manager> {
+        self.0.upgrade().map(|inner| Manager { inner })
+    }
+}
+
+#[async_trait]
+impl coordination::Host for ManagerHost {
+    async fn start(&self, name: &ClusterName, term: &coordination::Term) -> bool {
+        let Some(manager) = self.manager() else {
+            return false;
+        };
+        let _gate = manager.inner.gates.enter(name).await;
+        let current = {
+            let mut engaged = manager.engaged();
+            if manager.inner.stopped.is_cancelled() {
+                return false;
+            }
+            let Some(entry) = engaged.clusters.get(name) else {
+                return false;
+            };
+            let current = (entry.cluster.clone(), entry.token.clone(), entry.generation);
+            engaged.shards.insert(name.clone(), term.clone());
+            current
+        };
+        let (cluster, own, generation) = current;
+        // A component that fails to engage has logged it; the cluster stays owned,
+        // as it would stay engaged without sharding.
+        let _ = manager.engage_components(name, &cluster, &own, generation).await;
+        true
+    }
+
+    async fn stop(&self, name: &ClusterName, term: &coordination::Term) {
+        let Some(manager) = self.manager() else {
+            return;
+        };
+        let _gate = manager.inner.gates.enter(name).await;
+        let mut engaged = manager.engaged();
+        if !engaged.shards.get(name).is_some_and(|t| t.same(term)) {
+            return;
+        }
+        engaged.shards.remove(name);
+        if let Some(entry) = engaged.clusters.get_any_mut(name)
+            && let Some(components) = entry.value.components.take()
+        {
+            components.cancel();
+        }
     }
 }

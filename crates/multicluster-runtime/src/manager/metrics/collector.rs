@@ -247,6 +247,44 @@ impl Collector for StateCollector {
                 ConstGauge::new(i64::from(manager.is_leader())),
             )],
         )?;
+        if let Some(coordinator) = manager.coordinator() {
+            shard_families(&mut encoder, coordinator)?;
+        }
         Ok(())
     }
+}
+
+/// The sharded coordinator's view: peers, owned clusters, changes of ownership.
+fn shard_families(
+    encoder: &mut DescriptorEncoder,
+    coordinator: &crate::manager::coordination::Coordinator,
+) -> Result<(), std::fmt::Error> {
+    let view = coordinator.view();
+    let changes = coordinator.changes();
+    family(
+        encoder,
+        "multicluster_runtime_shard_peers",
+        "Replicas this replica sees alive in its shard group, itself included",
+        MetricType::Gauge,
+        [(Labels::new(), ConstGauge::new(view.peers.len() as i64))],
+    )?;
+    family(
+        encoder,
+        "multicluster_runtime_shard_owned_clusters",
+        "Clusters this replica owns and works on",
+        MetricType::Gauge,
+        [(Labels::new(), ConstGauge::new(view.owned.len() as i64))],
+    )?;
+    family(
+        encoder,
+        "multicluster_runtime_shard_ownership_changes",
+        "Changes of ownership of clusters on this replica: acquired, handed over (released), or lost with the fence",
+        MetricType::Counter,
+        [
+            ("acquired", changes.acquired),
+            ("released", changes.released),
+            ("lost", changes.lost),
+        ]
+        .map(|(change, count)| (vec![("change", change.to_owned())], ConstCounter::new(count))),
+    )
 }

@@ -1,0 +1,512 @@
+//! Which of the engaged clusters this replica works on.
+//!
+//! Providers engage every cluster into the manager; the coordinator decides which of
+//! them the manager engages into its components (controllers, above all). Without
+//! [sharding](Sharding) that is all of them. With it, replicas of one program split
+//! the fleet between them on `coordination.k8s.io` Leases in the manager's cluster:
+//!
+//! - each replica keeps a **peer Lease** `<prefix>-peer-<identity>` with its weight,
+//!   and reads every replica's from one watch;
+//! - a cluster belongs to the live peer that [rendezvous hashing](hrw) ranks first,
+//!   so a join or a leave moves only about 1/N of the clusters;
+//! - before it works on a cluster, the owner takes the cluster's **fence Lease**
+//!   `<prefix>-shard-<hash of the name>` and renews it while it works; a replica
+//!   that hands a cluster over first stops working on it, then releases the fence.
+//!   No cluster is worked on by two replicas at once, and a dead replica's clusters
+//!   move once its fences expire.
+//!
+//! A cluster not owned here has no informer, no watch, no health probe and no queue
+//! entry on this replica. See `docs/decisions/sharding.md` for the protocol and its
+//! failure cases.
+
+pub(crate) mod hrw;
+mod peers;
+mod shard;
+pub(crate) mod term;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::lease::{Claim, Elector, LeaseStore};
+use crate::cluster::ClusterName;
+pub(crate) use peers::Peer;
+use peers::{Peers, WEIGHT_ANNOTATION};
+pub(crate) use term::{Term, Work};
+
+#[cfg(test)]
+mod simulation;
+
+/// The label that marks a peer Lease, with the prefix as its value.
+pub const PEER_LABEL: &str = "multicluster-runtime.io/shard-peer-of";
+/// The label that marks a fence Lease, with the prefix as its value.
+pub const FENCE_LABEL: &str = "multicluster-runtime.io/shard-fence-of";
+/// The annotation of a fence Lease that names its cluster.
+pub const CLUSTER_ANNOTATION: &str = "multicluster-runtime.io/cluster";
+
+/// Sharding settings for a [`Manager`](super::Manager): replicas of one program split
+/// the fleet between them (see [Sharding](super#sharding)).
+///
+/// Defaults are those of Go's multicluster-runtime sharded coordinator: lease
+/// duration 20 s, renew period 10 s, probe interval 5 s; the renew deadline is
+/// 15 s. The Leases live in the manager's own cluster, in namespace `default` unless
+/// set; the manager needs `get`, `list`, `watch`, `create`, `update` and `delete` on
+/// `leases` there.
+///
+/// ```
+/// use std::time::Duration;
+/// use multicluster_runtime::manager::Sharding;
+///
+/// let sharding = Sharding::new("fleet-operator")
+///     .namespace("operators")
+///     .identity("replica-0")
+///     .weight(2)
+///     .lease_duration(Duration::from_secs(20))
+///     .renew_period(Duration::from_secs(10))
+///     .probe_interval(Duration::from_secs(5));
+/// assert_eq!(sharding.peer_lease(), "fleet-operator-peer-replica-0");
+/// assert!(sharding.fence_lease(&"eu-1".into()).starts_with("fleet-operator-shard-"));
+/// ```
+#[derive(Clone, Debug)]
+pub struct Sharding {
+    prefix: String,
+    namespace: String,
+    identity: String,
+    weight: u32,
+    lease_duration: Duration,
+    renew_period: Duration,
+    renew_deadline: Duration,
+    probe_interval: Duration,
+}
+
+impl Sharding {
+    /// Shard on Leases named after `prefix` (a DNS label of at most 40 characters,
+    /// e.g. the program's name), with an identity of the host name and a random
+    /// suffix, weight 1, and the default timings.
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Sharding {
+            prefix: prefix.into(),
+            namespace: "default".into(),
+            identity: super::leader::default_identity().to_lowercase().replace('_', "-"),
+            weight: 1,
+            lease_duration: Duration::from_secs(20),
+            renew_period: Duration::from_secs(10),
+            renew_deadline: Duration::from_secs(15),
+            probe_interval: Duration::from_secs(5),
+        }
+    }
+
+    /// The namespace of the Leases (default `default`).
+    #[must_use]
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// This replica's identity, unique among the replicas (default: host name and a
+    /// random suffix). Used in its peer Lease's name when it is a valid name part.
+    #[must_use]
+    pub fn identity(mut self, identity: impl Into<String>) -> Self {
+        self.identity = identity.into();
+        self
+    }
+
+    /// This replica's share of the clusters relative to the others (default 1); 0
+    /// takes none.
+    #[must_use]
+    pub fn weight(mut self, weight: u32) -> Self {
+        self.weight = weight;
+        self
+    }
+
+    /// How long a peer or fence Lease lives after its holder last renewed it, as
+    /// observed by the others (default 20 s). A dead replica's clusters move about
+    /// this long after it died.
+    #[must_use]
+    pub fn lease_duration(mut self, duration: Duration) -> Self {
+        self.lease_duration = duration;
+        self
+    }
+
+    /// How often each Lease is renewed (default 10 s): per renew period, one write
+    /// per owned cluster and one for the peer Lease.
+    #[must_use]
+    pub fn renew_period(mut self, period: Duration) -> Self {
+        self.renew_period = period;
+        self
+    }
+
+    /// How long a holder keeps retrying a failed renewal before it stops working on
+    /// the cluster (default 15 s); between the renew period and the lease duration.
+    #[must_use]
+    pub fn renew_deadline(mut self, deadline: Duration) -> Self {
+        self.renew_deadline = deadline;
+        self
+    }
+
+    /// How often peers' liveness is re-checked and a fence held by another is tried
+    /// again (default 5 s).
+    #[must_use]
+    pub fn probe_interval(mut self, interval: Duration) -> Self {
+        self.probe_interval = interval;
+        self
+    }
+
+    /// This replica's identity.
+    pub fn holder_identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// The name of this replica's peer Lease: `<prefix>-peer-<identity>`, or with a
+    /// hash of the identity if the identity is not a valid name part.
+    pub fn peer_lease(&self) -> String {
+        let valid = self.identity.len() <= 200
+            && !self.identity.is_empty()
+            && self
+                .identity
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !self.identity.starts_with('-')
+            && !self.identity.ends_with('-');
+        if valid {
+            format!("{}-peer-{}", self.prefix, self.identity)
+        } else {
+            format!("{}-peer-{:016x}", self.prefix, hrw::hash(&[&self.identity]))
+        }
+    }
+
+    /// The name of the fence Lease of `cluster`: `<prefix>-shard-<hash of the name>`,
+    /// a valid name whatever the cluster's.
+    pub fn fence_lease(&self, cluster: &ClusterName) -> String {
+        format!("{}-shard-{:016x}", self.prefix, hrw::hash(&[cluster.as_str()]))
+    }
+
+    /// `namespace/prefix`, for errors.
+    pub(crate) fn describe(&self) -> String {
+        format!("{}/{}", self.namespace, self.prefix)
+    }
+
+    pub(crate) fn namespace_name(&self) -> &str {
+        &self.namespace
+    }
+
+    /// Why these settings cannot work, if they cannot.
+    pub(crate) fn invalid(&self) -> Option<String> {
+        let prefix_ok = !self.prefix.is_empty()
+            && self.prefix.len() <= 40
+            && self
+                .prefix
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !self.prefix.starts_with('-')
+            && !self.prefix.ends_with('-');
+        if !prefix_ok {
+            return Some(format!(
+                "prefix {:?} must be a DNS label of at most 40 characters (a-z, 0-9, '-')",
+                self.prefix
+            ));
+        }
+        if self.probe_interval.is_zero() {
+            return Some("probe interval is zero".into());
+        }
+        self.claim(String::new(), 0.0).invalid()
+    }
+
+    fn claim(&self, name: String, phase: f64) -> Claim {
+        Claim {
+            name,
+            identity: self.identity.clone(),
+            lease_duration: self.lease_duration,
+            renew_deadline: self.renew_deadline,
+            renew_period: self.renew_period,
+            retry_period: self.probe_interval,
+            phase,
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+        }
+    }
+}
+
+/// What the coordinator drives: the manager, or a stand-in in the simulation.
+#[async_trait]
+pub(crate) trait Host: Send + Sync + 'static {
+    /// Engages the cluster `name` into the components under `term`; `false` if it is
+    /// not engaged (any more).
+    async fn start(&self, name: &ClusterName, term: &Term) -> bool;
+    /// Disengages `name` from the components if `term` is its current term. The
+    /// caller then [ends](Term::end) the term, which waits for the work inside.
+    async fn stop(&self, name: &ClusterName, term: &Term);
+}
+
+/// A change of ownership, for logs and metrics.
+pub(crate) enum Ownership {
+    Acquired,
+    Released,
+    Lost(String),
+}
+
+/// What the coordinator learns from the manager and from its shards.
+enum Change {
+    Known(ClusterName),
+    Gone(ClusterName),
+    /// A shard's task ended.
+    Finished(ClusterName),
+}
+
+/// Counts of ownership changes since start.
+#[derive(Default, Debug, Clone, Copy)]
+pub(crate) struct Changes {
+    pub acquired: u64,
+    pub released: u64,
+    pub lost: u64,
+}
+
+/// What the coordinator sees, for readiness and metrics.
+#[derive(Default, Clone)]
+pub(crate) struct View {
+    /// Live peers, this replica included once its own record is seen.
+    pub peers: Vec<Peer>,
+    /// Clusters this replica works on now.
+    pub owned: HashSet<ClusterName>,
+}
+
+/// The sharded coordinator of one manager.
+pub(crate) struct Coordinator {
+    options: Sharding,
+    store: Arc<dyn LeaseStore>,
+    host: Arc<dyn Host>,
+    changes: mpsc::UnboundedSender<Change>,
+    receiver: Mutex<Option<mpsc::UnboundedReceiver<Change>>>,
+    view: Mutex<View>,
+    acquired: AtomicU64,
+    released: AtomicU64,
+    lost: AtomicU64,
+}
+
+impl Coordinator {
+    pub(crate) fn new(options: Sharding, store: Arc<dyn LeaseStore>, host: Arc<dyn Host>) -> Arc<Self> {
+        let (changes, receiver) = mpsc::unbounded_channel();
+        Arc::new(Coordinator {
+            options,
+            store,
+            host,
+            changes,
+            receiver: Mutex::new(Some(receiver)),
+            view: Mutex::default(),
+            acquired: AtomicU64::new(0),
+            released: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+        })
+    }
+
+    /// The cluster `name` is engaged in the manager.
+    pub(crate) fn known(&self, name: &ClusterName) {
+        let _ = self.changes.send(Change::Known(name.clone()));
+    }
+
+    /// The cluster `name` is no longer engaged in the manager.
+    pub(crate) fn gone(&self, name: &ClusterName) {
+        let _ = self.changes.send(Change::Gone(name.clone()));
+    }
+
+    pub(crate) fn options(&self) -> &Sharding {
+        &self.options
+    }
+
+    /// Live peers and owned clusters, as of now.
+    pub(crate) fn view(&self) -> View {
+        lock(&self.view).clone()
+    }
+
+    /// Ownership changes so far.
+    pub(crate) fn changes(&self) -> Changes {
+        Changes {
+            acquired: self.acquired.load(Ordering::Relaxed),
+            released: self.released.load(Ordering::Relaxed),
+            lost: self.lost.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The live peer that should own `name`, by this replica's view.
+    pub(crate) fn owner_of(&self, name: &ClusterName) -> Option<String> {
+        let view = lock(&self.view);
+        hrw::owner(name.as_str(), view.peers.iter().map(|p| (p.identity.as_str(), p.weight))).map(str::to_owned)
+    }
+
+    fn fence_claim(&self, name: &ClusterName) -> Claim {
+        // Spread the renewals of fences acquired together over the renew period, in
+        // 64 steps: fences of one step renew together, which lets timers coalesce.
+        let phase = (hrw::hash(&[name.as_str(), "phase"]) % 64) as f64 / 64.0;
+        let mut claim = self.options.claim(self.options.fence_lease(name), phase);
+        claim.labels.insert(FENCE_LABEL.into(), self.options.prefix.clone());
+        claim
+            .annotations
+            .insert(CLUSTER_ANNOTATION.into(), name.as_str().to_owned());
+        claim
+    }
+
+    fn peer_claim(&self) -> Claim {
+        let mut claim = self.options.claim(self.options.peer_lease(), 1.0);
+        claim.labels.insert(PEER_LABEL.into(), self.options.prefix.clone());
+        claim
+            .annotations
+            .insert(WEIGHT_ANNOTATION.into(), self.options.weight.to_string());
+        claim
+    }
+
+    fn changed(&self, name: &ClusterName, change: Ownership) {
+        let identity = &self.options.identity;
+        match change {
+            Ownership::Acquired => {
+                self.acquired.fetch_add(1, Ordering::Relaxed);
+                lock(&self.view).owned.insert(name.clone());
+                tracing::info!(cluster = %name, identity, "shard acquired");
+            }
+            Ownership::Released => {
+                self.released.fetch_add(1, Ordering::Relaxed);
+                lock(&self.view).owned.remove(name);
+                tracing::info!(cluster = %name, identity, "shard handed over");
+            }
+            Ownership::Lost(reason) => {
+                self.lost.fetch_add(1, Ordering::Relaxed);
+                lock(&self.view).owned.remove(name);
+                tracing::warn!(cluster = %name, identity, reason, "shard lost; its work was cut short");
+            }
+        }
+    }
+
+    /// Runs until `stop` is cancelled, then hands every owned cluster back and
+    /// deletes this replica's peer Lease.
+    ///
+    /// # Panics
+    /// If run twice.
+    pub(crate) async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let mut changes = lock(&self.receiver).take().expect("the coordinator runs once");
+        let record_stop = CancellationToken::new();
+        let record = tokio::spawn(self.clone().keep_peer_record(record_stop.clone()));
+        let mut snapshots = self
+            .store
+            .watch(&format!("{PEER_LABEL}={}", self.options.prefix));
+        let mut state = State::default();
+        let shards = TaskTracker::new();
+        let mut wake = Instant::now() + self.options.probe_interval;
+        loop {
+            let mut touched = Vec::new();
+            tokio::select! {
+                () = stop.cancelled() => break,
+                Some(snapshot) = snapshots.next() => state.peers.observe(&snapshot, Instant::now()),
+                Some(change) = changes.recv() => touched.push(state.apply(change)),
+                () = tokio::time::sleep_until(wake) => {}
+            }
+            while let Ok(change) = changes.try_recv() {
+                touched.push(state.apply(change));
+            }
+            let now = Instant::now();
+            let live = state.peers.live(now);
+            if live != state.live {
+                state.live = live;
+                lock(&self.view).peers = state.live.clone();
+                tracing::info!(
+                    identity = self.options.identity,
+                    peers = ?state.live.iter().map(|p| &p.identity).collect::<Vec<_>>(),
+                    "shard peers changed"
+                );
+                touched = state.known.iter().chain(state.running.keys()).cloned().collect();
+            }
+            for name in touched {
+                self.decide(&name, &mut state, &shards);
+            }
+            // Re-check when a peer record would expire, and at every probe interval.
+            let probe = now + self.options.probe_interval;
+            wake = state.peers.next_expiry(now).map_or(probe, |at| at.min(probe));
+        }
+        for wanted in state.running.values() {
+            wanted.cancel();
+        }
+        shards.close();
+        shards.wait().await;
+        record_stop.cancel();
+        let _ = record.await;
+    }
+
+    /// Starts or stops owning `name` as the current view wants.
+    fn decide(self: &Arc<Self>, name: &ClusterName, state: &mut State, shards: &TaskTracker) {
+        let me = self.options.identity.as_str();
+        let mine = state.known.contains(name)
+            && hrw::owner(name.as_str(), state.live.iter().map(|p| (p.identity.as_str(), p.weight))) == Some(me);
+        match state.running.get(name) {
+            Some(wanted) if !mine => wanted.cancel(),
+            // Running, or handing over: a new shard waits for the old one's end.
+            Some(_) => {}
+            None if mine => {
+                let wanted = CancellationToken::new();
+                state.running.insert(name.clone(), wanted.clone());
+                let (this, name) = (self.clone(), name.clone());
+                shards.spawn(async move {
+                    this.clone().own(name.clone(), wanted).await;
+                    let _ = this.changes.send(Change::Finished(name));
+                });
+            }
+            None => {}
+        }
+    }
+
+    /// Keeps this replica's peer Lease until `stop`, then deletes it.
+    async fn keep_peer_record(self: Arc<Self>, stop: CancellationToken) {
+        let claim = self.peer_claim();
+        let name = claim.name.clone();
+        let mut record = Elector::new(self.store.clone(), claim);
+        while let Some(acquired) = record.campaign(&stop).await {
+            if let Err(reason) = record.hold(&stop, acquired).await {
+                tracing::warn!(lease = record.lease(), reason, "peer lease not renewed; renewing again");
+            }
+        }
+        if let Err(err) = self.store.delete(&name).await {
+            tracing::warn!(lease = record.lease(), error = %err, "cannot delete peer lease; it will expire");
+        }
+    }
+}
+
+/// The run loop's state.
+#[derive(Default)]
+struct State {
+    peers: Peers,
+    /// The live peers as last acted on.
+    live: Vec<Peer>,
+    /// Clusters engaged in the manager.
+    known: HashSet<ClusterName>,
+    /// Clusters with a running shard task, and the token that says it is wanted.
+    running: HashMap<ClusterName, CancellationToken>,
+}
+
+impl State {
+    /// Applies `change`; returns the cluster it is about.
+    fn apply(&mut self, change: Change) -> ClusterName {
+        match change {
+            Change::Known(name) => {
+                self.known.insert(name.clone());
+                name
+            }
+            Change::Gone(name) => {
+                self.known.remove(&name);
+                name
+            }
+            Change::Finished(name) => {
+                self.running.remove(&name);
+                name
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}

@@ -1,0 +1,319 @@
+//! sh04: the sharding protocol at scale, on a simulated Lease store and clock.
+//!
+//! 10,000 clusters and about 10 replicas, each a real [`Coordinator`] with its shard
+//! tasks and fences, over one in-memory Lease store; time is tokio's paused clock, so
+//! lease durations pass in no time. A hundred changes of membership (joins, clean
+//! leaves, crashes, partitions and their healing) are applied one after another;
+//! after each the fleet must settle with every cluster owned by its rendezvous
+//! owner. Throughout, a stand-in for the manager's components records who works on
+//! each cluster and counts any start while another replica still works on it.
+//!
+//! Run it with its report: `cargo test -p multicluster-runtime --all-features --lib
+//! sh04 -- --nocapture`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{Coordinator, Host, Sharding, Term, Work, hrw};
+use crate::cluster::ClusterName;
+use crate::manager::lease::memory::{MemoryLeases, Records};
+
+const CLUSTERS: usize = 10_000;
+const EVENTS: usize = 100;
+
+/// Who works on each cluster, across the replicas; and every violation.
+#[derive(Default)]
+struct Fleet {
+    working: Mutex<HashMap<ClusterName, (String, Work)>>,
+    /// Starts while another replica was still working on the cluster.
+    double: AtomicU64,
+}
+
+/// A replica's components: they work on a cluster from `start` to `stop`, holding
+/// the term's [`Work`] meanwhile, as a reconcile would.
+struct Components {
+    identity: String,
+    fleet: Arc<Fleet>,
+    alive: AtomicBool,
+}
+
+#[async_trait]
+impl Host for Components {
+    async fn start(&self, name: &ClusterName, term: &Term) -> bool {
+        if !self.alive.load(Ordering::Relaxed) {
+            return false;
+        }
+        let Some(work) = term.enter() else { return false };
+        let mut working = self.fleet.working.lock().unwrap();
+        if working.get(name).is_some_and(|(other, _)| *other != self.identity) {
+            self.fleet.double.fetch_add(1, Ordering::Relaxed);
+        }
+        working.insert(name.clone(), (self.identity.clone(), work));
+        true
+    }
+
+    async fn stop(&self, name: &ClusterName, _term: &Term) {
+        let mut working = self.fleet.working.lock().unwrap();
+        if working.get(name).is_some_and(|(owner, _)| *owner == self.identity) {
+            working.remove(name);
+        }
+    }
+}
+
+struct Replica {
+    identity: String,
+    store: Arc<MemoryLeases>,
+    components: Arc<Components>,
+    stop: CancellationToken,
+    run: JoinHandle<()>,
+}
+
+impl Replica {
+    /// Whether the others can see it: neither crashed nor cut off.
+    fn reachable(&self) -> bool {
+        self.store.reachable.load(Ordering::Relaxed)
+    }
+
+    fn writes(&self) -> u64 {
+        self.store.writes.load(Ordering::Relaxed)
+    }
+}
+
+struct World {
+    records: Arc<Records>,
+    fleet: Arc<Fleet>,
+    names: Vec<ClusterName>,
+    replicas: Vec<Replica>,
+    next: usize,
+}
+
+impl World {
+    fn join(&mut self) {
+        let identity = format!("r{:02}", self.next);
+        self.next += 1;
+        let store = Arc::new(MemoryLeases::new(self.records.clone()));
+        let components = Arc::new(Components {
+            identity: identity.clone(),
+            fleet: self.fleet.clone(),
+            alive: AtomicBool::new(true),
+        });
+        let coordinator = Coordinator::new(
+            Sharding::new("sim").identity(identity.clone()),
+            store.clone(),
+            components.clone(),
+        );
+        for name in &self.names {
+            coordinator.known(name);
+        }
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(coordinator.run(stop.clone()));
+        self.replicas.push(Replica {
+            identity,
+            store,
+            components,
+            stop,
+            run,
+        });
+    }
+
+    /// A clean stop: hands everything over and deletes its peer Lease.
+    async fn leave(&mut self, index: usize) {
+        let replica = self.replicas.remove(index);
+        replica.stop.cancel();
+        replica.run.await.expect("coordinator ran");
+    }
+
+    /// Dies at once: nothing of it reaches the store any more, and it works on
+    /// nothing. Its leases expire.
+    fn crash(&mut self, index: usize) {
+        let replica = self.replicas.remove(index);
+        replica.store.reachable.store(false, Ordering::Relaxed);
+        replica.components.alive.store(false, Ordering::Relaxed);
+        let identity = replica.identity.clone();
+        self.fleet.working.lock().unwrap().retain(|_, (owner, _)| *owner != identity);
+        // Its tasks end without reaching anyone.
+        replica.stop.cancel();
+    }
+
+    /// Cut off from the store, alive: it must stop working on its clusters by
+    /// itself, before anyone takes them over.
+    fn partition(&mut self, index: usize) {
+        self.replicas[index].store.reachable.store(false, Ordering::Relaxed);
+    }
+
+    fn heal(&mut self, index: usize) {
+        self.replicas[index].store.reachable.store(true, Ordering::Relaxed);
+    }
+
+    /// The owner of each cluster the protocol should settle on.
+    fn expected(&self) -> HashMap<&ClusterName, &str> {
+        let peers: Vec<(&str, u32)> = self
+            .replicas
+            .iter()
+            .filter(|r| r.reachable())
+            .map(|r| (r.identity.as_str(), 1))
+            .collect();
+        self.names
+            .iter()
+            .map(|name| (name, hrw::owner(name.as_str(), peers.iter().copied()).expect("a peer")))
+            .collect()
+    }
+
+    fn owners(&self) -> HashMap<ClusterName, String> {
+        let working = self.fleet.working.lock().unwrap();
+        working
+            .iter()
+            .map(|(name, (owner, _))| (name.clone(), owner.clone()))
+            .collect()
+    }
+
+    /// Waits until every cluster is worked on by its expected owner; how long it took.
+    async fn settle(&self) -> Duration {
+        let started = Instant::now();
+        let expected = self.expected();
+        loop {
+            let settled = {
+                let working = self.fleet.working.lock().unwrap();
+                working.len() == expected.len()
+                    && expected
+                        .iter()
+                        .all(|(name, owner)| working.get(*name).is_some_and(|(o, _)| o == owner))
+            };
+            if settled {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(300),
+                "not settled after 300 s of simulated time"
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Lease writes during one renew period, in all and per replica (with the
+    /// clusters it owned at the start).
+    async fn writes_per_period(&self) -> (u64, Vec<(u64, usize)>) {
+        let period = Duration::from_secs(10);
+        let owners = self.owners();
+        let before: Vec<u64> = self.replicas.iter().map(Replica::writes).collect();
+        let total = self.records.writes();
+        tokio::time::sleep(period).await;
+        let each = self
+            .replicas
+            .iter()
+            .zip(before)
+            .map(|(r, b)| {
+                let owned = owners.values().filter(|o| **o == r.identity).count();
+                (r.writes() - b, owned)
+            })
+            .collect();
+        (self.records.writes() - total, each)
+    }
+}
+
+/// A small deterministic generator, so that a failure replays.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        ((self.0 >> 33) % n as u64) as usize
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn sh04_ten_thousand_clusters_ten_replicas_hundred_changes() {
+    let mut world = World {
+        records: Arc::default(),
+        fleet: Arc::default(),
+        names: (0..CLUSTERS).map(|i| ClusterName::from(format!("cluster-{i:05}"))).collect(),
+        replicas: Vec::new(),
+        next: 0,
+    };
+    for _ in 0..10 {
+        world.join();
+    }
+    let first = world.settle().await;
+    println!("sh04: 10 replicas took {CLUSTERS} clusters in {first:?} (simulated)");
+
+    let mut rng = Lcg(4);
+    let mut partitioned: Option<String> = None;
+    let mut ratios = Vec::new();
+    let mut worst_settle = Duration::ZERO;
+    let mut periods = Vec::new();
+    for event in 0..EVENTS {
+        let before = world.owners();
+        let reachable = world.replicas.iter().filter(|r| r.reachable()).count();
+        let what = match (partitioned.clone(), rng.below(4)) {
+            (Some(identity), _) => {
+                let index = world.replicas.iter().position(|r| r.identity == identity).expect("there");
+                world.heal(index);
+                partitioned = None;
+                "heal"
+            }
+            (None, 0) if reachable < 12 => {
+                world.join();
+                "join"
+            }
+            (None, 1) if reachable > 8 => {
+                world.leave(rng.below(world.replicas.len())).await;
+                "leave"
+            }
+            (None, 2) if reachable > 8 => {
+                world.crash(rng.below(world.replicas.len()));
+                "crash"
+            }
+            (None, 3) if reachable > 8 => {
+                let index = rng.below(world.replicas.len());
+                partitioned = Some(world.replicas[index].identity.clone());
+                world.partition(index);
+                "partition"
+            }
+            _ => {
+                world.join();
+                "join"
+            }
+        };
+        let took = world.settle().await;
+        worst_settle = worst_settle.max(took);
+        let after = world.owners();
+        let moved = after.iter().filter(|(name, owner)| before.get(*name) != Some(owner)).count();
+        let peers = reachable.max(world.replicas.iter().filter(|r| r.reachable()).count());
+        let ideal = CLUSTERS as f64 / peers as f64;
+        ratios.push(moved as f64 / ideal);
+        println!(
+            "sh04: event {event:3} {what:9} moved {moved:5} ({:.3} of the clusters, optimum 1/{peers} = {:.3}) settled in {took:?}",
+            moved as f64 / CLUSTERS as f64,
+            1.0 / peers as f64
+        );
+        if event % 10 == 0 && partitioned.is_none() {
+            periods.push(world.writes_per_period().await);
+        }
+    }
+    let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
+    let double = world.fleet.double.load(Ordering::Relaxed);
+    println!("sh04: moved fraction / optimum, mean over {EVENTS} events: {mean:.3}; slowest settling {worst_settle:?}");
+    println!("sh04: starts while another replica still worked on the cluster: {double}");
+    for (total, each) in &periods {
+        let peers = each.len() as u64;
+        println!("sh04: lease writes in one renew period: {total} (clusters {CLUSTERS} + peers {peers})");
+        assert!(*total <= CLUSTERS as u64 + peers, "{total} writes in one period");
+        for (writes, owned) in each {
+            assert!(*writes <= *owned as u64 + 1, "a replica owning {owned} wrote {writes}");
+        }
+    }
+    assert_eq!(double, 0, "a cluster was worked on by two replicas at once");
+    assert!(mean <= 1.2, "moved {mean:.3}× the optimum on average");
+    assert!(periods.len() >= 5, "write rates measured {} times", periods.len());
+    for replica in world.replicas.drain(..) {
+        replica.stop.cancel();
+        let _ = replica.run.await;
+    }
+}

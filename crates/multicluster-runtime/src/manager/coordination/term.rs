@@ -1,0 +1,138 @@
+//! A term of ownership of one cluster, and the work done under it.
+//!
+//! A replica may hand a cluster over only once nothing of it runs here any more. The
+//! controllers enter the term for each reconcile ([`Term::enter`]); ending the term
+//! refuses new entries and waits until those inside have left. A term ended because
+//! its fence was lost is also *cut*: reconciles inside it are cancelled at once,
+//! since another replica may take over as soon as the fence expires.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// One term of ownership; cheap to clone.
+#[derive(Clone, Default)]
+pub(crate) struct Term {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    state: watch::Sender<State>,
+    cut: CancellationToken,
+}
+
+#[derive(Default, Clone, Copy)]
+struct State {
+    ended: bool,
+    inside: usize,
+}
+
+/// Leave to do work for a cluster, until dropped.
+pub(crate) struct Work {
+    /// `None`: the cluster is not sharded; nothing waits for this work.
+    term: Option<Term>,
+}
+
+impl Term {
+    pub(crate) fn new() -> Self {
+        Term::default()
+    }
+
+    /// Enters the term; `None` once it is ending.
+    pub(crate) fn enter(&self) -> Option<Work> {
+        let mut entered = false;
+        self.inner.state.send_if_modified(|state| {
+            entered = !state.ended;
+            state.inside += usize::from(entered);
+            entered
+        });
+        entered.then(|| Work {
+            term: Some(self.clone()),
+        })
+    }
+
+    /// Ends the term: no one enters any more; with `cut`, the work inside is told to
+    /// stop at once. Returns when nothing is inside.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the term stays ended; waiting again picks up where it was.
+    pub(crate) async fn end(&self, cut: bool) {
+        self.inner.state.send_if_modified(|state| !std::mem::replace(&mut state.ended, true));
+        if cut {
+            self.inner.cut.cancel();
+        }
+        let mut state = self.inner.state.subscribe();
+        // The sender lives in `self`: the wait cannot fail.
+        let _ = state.wait_for(|state| state.inside == 0).await;
+    }
+
+    pub(crate) fn same(&self, other: &Term) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+impl Work {
+    /// Work on a cluster that is not sharded.
+    pub(crate) fn free() -> Self {
+        Work { term: None }
+    }
+
+    /// Completes once the work must stop at once (its term's fence was lost); never
+    /// for unsharded work.
+    pub(crate) async fn cut(&self) {
+        match &self.term {
+            Some(term) => term.inner.cut.cancelled().await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        if let Some(term) = &self.term {
+            term.inner.state.send_modify(|state| state.inside -= 1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn ending_waits_for_work_inside_and_refuses_new_work() {
+        let term = Term::new();
+        let work = term.enter().expect("open");
+        let ending = tokio::spawn({
+            let term = term.clone();
+            async move { term.end(false).await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!ending.is_finished(), "work is inside");
+        assert!(term.enter().is_none(), "no entry once ending");
+        drop(work);
+        ending.await.unwrap();
+        assert!(term.enter().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cut_term_tells_its_work_to_stop() {
+        let term = Term::new();
+        let work = term.enter().expect("open");
+        let cut = tokio::time::timeout(Duration::from_secs(1), work.cut()).await;
+        assert!(cut.is_err(), "not cut while the term lasts");
+        let ending = tokio::spawn({
+            let term = term.clone();
+            async move { term.end(true).await }
+        });
+        work.cut().await;
+        drop(work);
+        ending.await.unwrap();
+        let free = Work::free();
+        assert!(tokio::time::timeout(Duration::from_secs(1), free.cut()).await.is_err());
+    }
+}
