@@ -30,6 +30,7 @@ mod support;
 use support::WAIT;
 use support::fleet::{Env, create_cm};
 use support::openmetrics::{self, Exposition};
+use support::replicas::{Killable, Spans};
 
 /// The test's lease timings: short, so that a takeover is seconds, not 15.
 const LEASE: Duration = Duration::from_secs(4);
@@ -47,65 +48,6 @@ async fn create_configmaps(client: &Client, prefix: &str, count: usize) {
         api.create(&PostParams::default(), &cm)
             .await
             .expect("create configmap");
-    }
-}
-
-/// Every reconcile of every replica: who, the request, when it started and ended.
-#[derive(Default)]
-struct Spans {
-    spans: Mutex<Vec<Span>>,
-}
-
-#[derive(Clone, Debug)]
-struct Span {
-    replica: String,
-    request: Request,
-    start: Instant,
-    end: Option<Instant>,
-}
-
-/// Ends its span when dropped: when the reconcile returns or is cancelled, and
-/// when a killed replica's runtime drops it.
-struct Running {
-    spans: Arc<Spans>,
-    index: usize,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.spans.spans.lock().unwrap()[self.index].end = Some(Instant::now());
-    }
-}
-
-impl Spans {
-    fn begin(self: &Arc<Self>, replica: &str, request: &Request) -> Running {
-        let mut spans = self.spans.lock().unwrap();
-        spans.push(Span {
-            replica: replica.to_owned(),
-            request: request.clone(),
-            start: Instant::now(),
-            end: None,
-        });
-        Running {
-            spans: self.clone(),
-            index: spans.len() - 1,
-        }
-    }
-
-    fn all(&self) -> Vec<Span> {
-        self.spans.lock().unwrap().clone()
-    }
-
-    fn count(&self, replica: &str) -> usize {
-        self.all().iter().filter(|s| s.replica == replica).count()
-    }
-
-    fn replicas(&self) -> Vec<String> {
-        let mut replicas: Vec<_> = self.all().into_iter().map(|s| s.replica).collect();
-        replicas.dedup();
-        replicas.sort();
-        replicas.dedup();
-        replicas
     }
 }
 
@@ -162,61 +104,6 @@ async fn replica_with(
     manager
 }
 
-/// A replica on a runtime of its own, so that it can be killed: the runtime is
-/// dropped with every task in it, and nothing runs afterwards, no lease release either.
-struct Killable {
-    manager: Manager,
-    kill: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Killable {
-    fn start(config: kube::Config, identity: &str, spans: &Arc<Spans>) -> Self {
-        let (identity, spans) = (identity.to_owned(), spans.clone());
-        let (kill, killed) = tokio::sync::oneshot::channel();
-        let (started, manager) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let client = Client::try_from(config).expect("client");
-                let manager = replica(client, &identity, &spans).await;
-                started.send(manager.clone()).expect("send manager");
-                tokio::select! {
-                    _ = killed => {}
-                    result = manager.start(CancellationToken::new()) => panic!("killable replica returned {result:?}"),
-                }
-            });
-            // Every task of the replica is dropped here, unpolled.
-            drop(runtime);
-        });
-        Killable {
-            manager: manager.recv().expect("replica started"),
-            kill: Some(kill),
-            thread: Some(thread),
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.kill.take().expect("killed once").send(());
-        self.thread
-            .take()
-            .expect("thread")
-            .join()
-            .expect("replica thread");
-    }
-}
-
-impl Drop for Killable {
-    fn drop(&mut self) {
-        if self.kill.is_some() {
-            self.kill();
-        }
-    }
-}
-
 /// Waits until `manager` leads; returns when it did.
 async fn wait_leader(manager: &Manager, who: &str) -> Instant {
     let mut leadership = manager.leadership();
@@ -252,7 +139,13 @@ async fn o01_one_leader_reconciles_and_a_successor_takes_over() {
     let spans = Arc::new(Spans::default());
 
     // a leads; b follows and does nothing.
-    let mut a = Killable::start(fleet.cluster(0).config(), "a", &spans);
+    let mut a = {
+        let (config, spans) = (fleet.cluster(0).config(), spans.clone());
+        Killable::start(move || async move {
+            let client = Client::try_from(config).expect("client");
+            replica(client, "a", &spans).await
+        })
+    };
     wait_leader(&a.manager, "a").await;
     let b = replica(client.clone(), "b", &spans).await;
     let (b_token, b_run) = start(&b);

@@ -212,6 +212,8 @@ struct Registry {
     transforms: HashMap<TypeKey, Erased>,
     /// The same informers as `informers`, for reports that need no type.
     statuses: Vec<Arc<dyn AnyInformer>>,
+    /// What stops each informer's task, and how many watches it runs.
+    running: Vec<(CancellationToken, usize)>,
 }
 
 type Erased = Arc<dyn Any + Send + Sync>;
@@ -337,7 +339,28 @@ impl Cache {
             .send_modify(|asked| *asked = asked.wrapping_add(1));
     }
 
-    /// How many watches the cache started: one per informer, or one per namespace
+    /// Stops every informer the cache has started and forgets them: their watches
+    /// end, their stores are dropped with the last handle, and the next request for
+    /// a type starts a new informer, with a new list. Field indexes and transforms
+    /// stay registered. For a [namespace-scoped view](Self::scoped), nothing: the
+    /// watches are the host's, shared with other views.
+    ///
+    /// The manager calls it when a [sharded](crate::manager::Sharding) replica hands
+    /// a cluster over: a cluster it does not own costs it no watch and no memory.
+    pub fn stop_informers(&self) {
+        if self.view.is_some() {
+            return;
+        }
+        let mut registry = self.inner.registry();
+        registry.informers.clear();
+        registry.statuses.clear();
+        for (token, watches) in registry.running.drain(..) {
+            token.cancel();
+            self.inner.watches.fetch_sub(watches, Ordering::Relaxed);
+        }
+    }
+
+    /// How many watches the cache runs: one per informer, or one per namespace
     /// for an informer [limited to namespaces](WatchNamespaces::Only). A
     /// [namespace-scoped view](Self::scoped) reports its host's.
     pub fn watch_count(&self) -> usize {
@@ -433,7 +456,7 @@ impl Cache {
         }
         // Under the registry lock, so that an index registered concurrently is either
         // seen here or applied by `register_index` to this informer, never lost.
-        let informer = self.start_informer::<K>(dyntype, &key, &registry);
+        let informer = self.start_informer::<K>(dyntype, &key, &mut registry);
         registry.informers.insert(key, informer.clone());
         registry.statuses.push(informer.clone());
         informer
@@ -665,7 +688,7 @@ impl Cache {
         &self,
         dyntype: &K::DynamicType,
         key: &InformerKey,
-        registry: &Registry,
+        registry: &mut Registry,
     ) -> Arc<Informer<K>> {
         let inner = &self.inner;
         let resource: Arc<str> = Arc::from(key.ty.resource.to_string());
@@ -738,11 +761,9 @@ impl Cache {
             }
         };
         let reconnects = inner.reconnects.subscribe();
-        runtime.spawn(
-            informer
-                .clone()
-                .run_with(watch, prepare, inner.token.child_token(), reconnects),
-        );
+        let stop = inner.token.child_token();
+        runtime.spawn(informer.clone().run_with(watch, prepare, stop.clone(), reconnects));
+        registry.running.push((stop, watches));
         inner.watches.fetch_add(watches, Ordering::Relaxed);
         tracing::debug!(cluster = %inner.cluster, resource = %resource, spec = ?key.spec, "watch started");
         informer

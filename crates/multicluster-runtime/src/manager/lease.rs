@@ -31,7 +31,7 @@ use futures::stream::BoxStream;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -61,8 +61,9 @@ pub(crate) trait LeaseStore: Send + Sync + 'static {
     async fn create(&self, lease: Lease) -> Result<Lease, LeaseError>;
     /// [`LeaseError::Conflict`] if its `resourceVersion` is not the stored one.
     async fn replace(&self, lease: Lease) -> Result<Lease, LeaseError>;
-    /// Deletes `name`; absent is fine.
-    async fn delete(&self, name: &str) -> Result<(), LeaseError>;
+    /// Deletes `name`, if its `resourceVersion` is still `version` when given
+    /// ([`LeaseError::Conflict`] if not); absent is fine.
+    async fn delete(&self, name: &str, version: Option<&str>) -> Result<(), LeaseError>;
     /// Every Lease whose labels match `selector`, once now and again after each
     /// change: each item is the whole current set.
     fn watch(&self, selector: &str) -> BoxStream<'static, Vec<Arc<Lease>>>;
@@ -114,8 +115,15 @@ impl LeaseStore for KubeLeases {
             .map_err(from_kube)
     }
 
-    async fn delete(&self, name: &str) -> Result<(), LeaseError> {
-        match self.api.delete(name, &DeleteParams::default()).await {
+    async fn delete(&self, name: &str, version: Option<&str>) -> Result<(), LeaseError> {
+        let params = DeleteParams {
+            preconditions: version.map(|v| Preconditions {
+                resource_version: Some(v.to_owned()),
+                uid: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match self.api.delete(name, &params).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
             Err(err) => Err(from_kube(err)),
@@ -560,9 +568,12 @@ pub(crate) mod memory {
             Ok(stored.expect("written"))
         }
 
-        async fn delete(&self, name: &str) -> Result<(), LeaseError> {
+        async fn delete(&self, name: &str, version: Option<&str>) -> Result<(), LeaseError> {
             self.reach()?;
-            self.write(name, None, |_| true).map(drop)
+            let matches = |stored: Option<&Arc<Lease>>| {
+                version.is_none_or(|v| stored.is_none_or(|s| s.metadata.resource_version.as_deref() == Some(v)))
+            };
+            self.write(name, None, matches).map(drop)
         }
 
         fn watch(&self, selector: &str) -> BoxStream<'static, Vec<Arc<Lease>>> {

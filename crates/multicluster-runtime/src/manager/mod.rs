@@ -1219,4 +1219,18 @@ impl coordination::Host for ManagerHost {
             components.cancel();
         }
     }
+
+    async fn forget(&self, name: &ClusterName) {
+        let Some(manager) = self.manager() else {
+            return;
+        };
+        let _gate = manager.inner.gates.enter(name).await;
+        let engaged = manager.engaged();
+        if engaged.shards.contains_key(name) {
+            return;
+        }
+        if let Some(entry) = engaged.clusters.get_any(name) {
+            entry.cluster.cache().stop_informers();
+        }
+    }
 }

@@ -8,6 +8,7 @@ pub mod host;
 pub mod http;
 pub mod openmetrics;
 pub mod rbac;
+pub mod replicas;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};

@@ -10,10 +10,12 @@
 //! - a cluster belongs to the live peer that [rendezvous hashing](hrw) ranks first,
 //!   so a join or a leave moves only about 1/N of the clusters;
 //! - before it works on a cluster, the owner takes the cluster's **fence Lease**
-//!   `<prefix>-shard-<hash of the name>` and renews it while it works; a replica
-//!   that hands a cluster over first stops working on it, then releases the fence.
-//!   No cluster is worked on by two replicas at once, and a dead replica's clusters
-//!   move once its fences expire.
+//!   `<prefix>-shard-<hash of the name>`; a fence is valid while its holder's peer
+//!   Lease is, so a replica renews one Lease however many clusters it owns. A
+//!   replica that hands a cluster over first stops working on it, then releases
+//!   the fence; one that cannot renew its peer Lease stops working on every cluster
+//!   before the others may take them. No cluster is worked on by two replicas at
+//!   once, and a dead replica's clusters move once its peer Lease expires.
 //!
 //! A cluster not owned here has no informer, no watch, no health probe and no queue
 //! entry on this replica. See `docs/decisions/sharding.md` for the protocol and its
@@ -31,7 +33,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -136,24 +138,25 @@ impl Sharding {
         self
     }
 
-    /// How often each Lease is renewed (default 10 s): per renew period, one write
-    /// per owned cluster and one for the peer Lease.
+    /// How often the peer Lease is renewed (default 10 s): one write per replica per
+    /// renew period, however many clusters it owns.
     #[must_use]
     pub fn renew_period(mut self, period: Duration) -> Self {
         self.renew_period = period;
         self
     }
 
-    /// How long a holder keeps retrying a failed renewal before it stops working on
-    /// the cluster (default 15 s); between the renew period and the lease duration.
+    /// How long a replica keeps retrying a failed renewal of its peer Lease before it
+    /// stops working on all its clusters (default 15 s); between the renew period and
+    /// the lease duration.
     #[must_use]
     pub fn renew_deadline(mut self, deadline: Duration) -> Self {
         self.renew_deadline = deadline;
         self
     }
 
-    /// How often peers' liveness is re-checked and a fence held by another is tried
-    /// again (default 5 s).
+    /// How often a fence held by another is tried again (default 5 s); peers'
+    /// liveness is re-checked as their Leases would expire.
     #[must_use]
     pub fn probe_interval(mut self, interval: Duration) -> Self {
         self.probe_interval = interval;
@@ -181,6 +184,15 @@ impl Sharding {
         } else {
             format!("{}-peer-{:016x}", self.prefix, hrw::hash(&[&self.identity]))
         }
+    }
+
+    /// The name of the peer Lease of the replica `identity` (of this prefix).
+    pub(crate) fn peer_lease_of(&self, identity: &str) -> String {
+        Sharding {
+            identity: identity.to_owned(),
+            ..self.clone()
+        }
+        .peer_lease()
     }
 
     /// The name of the fence Lease of `cluster`: `<prefix>-shard-<hash of the name>`,
@@ -244,6 +256,9 @@ pub(crate) trait Host: Send + Sync + 'static {
     /// Disengages `name` from the components if `term` is its current term. The
     /// caller then [ends](Term::end) the term, which waits for the work inside.
     async fn stop(&self, name: &ClusterName, term: &Term);
+    /// Frees what `name` holds here now that its work has ended (the watches of its
+    /// caches), unless it is owned again meanwhile.
+    async fn forget(&self, name: &ClusterName);
 }
 
 /// A change of ownership, for logs and metrics.
@@ -286,6 +301,10 @@ pub(crate) struct Coordinator {
     changes: mpsc::UnboundedSender<Change>,
     receiver: Mutex<Option<mpsc::UnboundedReceiver<Change>>>,
     view: Mutex<View>,
+    /// Peer Leases as this replica has seen them, from its watch.
+    peers: Mutex<Peers>,
+    /// While this replica holds its peer Lease: the term, cancelled when it ends.
+    peer_term: watch::Sender<Option<CancellationToken>>,
     acquired: AtomicU64,
     released: AtomicU64,
     lost: AtomicU64,
@@ -301,6 +320,8 @@ impl Coordinator {
             changes,
             receiver: Mutex::new(Some(receiver)),
             view: Mutex::default(),
+            peers: Mutex::default(),
+            peer_term: watch::Sender::new(None),
             acquired: AtomicU64::new(0),
             released: AtomicU64::new(0),
             lost: AtomicU64::new(0),
@@ -342,10 +363,7 @@ impl Coordinator {
     }
 
     fn fence_claim(&self, name: &ClusterName) -> Claim {
-        // Spread the renewals of fences acquired together over the renew period, in
-        // 64 steps: fences of one step renew together, which lets timers coalesce.
-        let phase = (hrw::hash(&[name.as_str(), "phase"]) % 64) as f64 / 64.0;
-        let mut claim = self.options.claim(self.options.fence_lease(name), phase);
+        let mut claim = self.options.claim(self.options.fence_lease(name), 0.0);
         claim.labels.insert(FENCE_LABEL.into(), self.options.prefix.clone());
         claim
             .annotations
@@ -354,7 +372,9 @@ impl Coordinator {
     }
 
     fn peer_claim(&self) -> Claim {
-        let mut claim = self.options.claim(self.options.peer_lease(), 1.0);
+        // Replicas started together do not all renew at once.
+        let phase = (hrw::hash(&[&self.options.identity, "phase"]) % 64) as f64 / 64.0;
+        let mut claim = self.options.claim(self.options.peer_lease(), phase);
         claim.labels.insert(PEER_LABEL.into(), self.options.prefix.clone());
         claim
             .annotations
@@ -396,13 +416,14 @@ impl Coordinator {
             .store
             .watch(&format!("{PEER_LABEL}={}", self.options.prefix));
         let mut state = State::default();
+        let mut swept = HashSet::new();
         let shards = TaskTracker::new();
         let mut wake = Instant::now() + self.options.probe_interval;
         loop {
             let mut touched = Vec::new();
             tokio::select! {
                 () = stop.cancelled() => break,
-                Some(snapshot) = snapshots.next() => state.peers.observe(&snapshot, Instant::now()),
+                Some(snapshot) = snapshots.next() => lock(&self.peers).observe(&snapshot, Instant::now()),
                 Some(change) = changes.recv() => touched.push(state.apply(change)),
                 () = tokio::time::sleep_until(wake) => {}
             }
@@ -410,7 +431,12 @@ impl Coordinator {
                 touched.push(state.apply(change));
             }
             let now = Instant::now();
-            let live = state.peers.live(now);
+            let (live, next_expiry, sweep) = {
+                let peers = lock(&self.peers);
+                let sweep = peers.sweep(&self.options.identity, now, self.options.lease_duration);
+                (peers.live(now), peers.next_expiry(now), sweep)
+            };
+            self.sweep(sweep, &mut swept, &shards);
             if live != state.live {
                 state.live = live;
                 lock(&self.view).peers = state.live.clone();
@@ -426,7 +452,7 @@ impl Coordinator {
             }
             // Re-check when a peer record would expire, and at every probe interval.
             let probe = now + self.options.probe_interval;
-            wake = state.peers.next_expiry(now).map_or(probe, |at| at.min(probe));
+            wake = next_expiry.map_or(probe, |at| at.min(probe));
         }
         for wanted in state.running.values() {
             wanted.cancel();
@@ -435,6 +461,43 @@ impl Coordinator {
         shards.wait().await;
         record_stop.cancel();
         let _ = record.await;
+    }
+
+    /// Marks dead peers and deletes long-dead records (see `peers`), each version
+    /// once; another replica doing the same first is a harmless conflict.
+    fn sweep(self: &Arc<Self>, sweep: peers::Sweep, swept: &mut HashSet<(String, String)>, tasks: &TaskTracker) {
+        let key = |name: &Option<String>, version: &Option<String>| {
+            (name.clone().unwrap_or_default(), version.clone().unwrap_or_default())
+        };
+        let mark: Vec<_> = sweep
+            .mark
+            .into_iter()
+            .filter(|l| swept.insert(key(&l.metadata.name, &l.metadata.resource_version)))
+            .collect();
+        let delete: Vec<_> = sweep
+            .delete
+            .into_iter()
+            .filter(|(name, version)| swept.insert((name.clone(), version.clone())))
+            .collect();
+        if mark.is_empty() && delete.is_empty() {
+            return;
+        }
+        let this = self.clone();
+        tasks.spawn(async move {
+            for lease in mark {
+                let holder = lease.spec.as_ref().and_then(|s| s.holder_identity.clone());
+                let mut dead = (*lease).clone();
+                if let Some(spec) = dead.spec.as_mut() {
+                    spec.holder_identity = None;
+                }
+                if this.store.replace(dead).await.is_ok() {
+                    tracing::info!(identity = this.options.identity, peer = holder, "peer lease expired; marked dead");
+                }
+            }
+            for (name, version) in delete {
+                let _ = this.store.delete(&name, Some(&version)).await;
+            }
+        });
     }
 
     /// Starts or stops owning `name` as the current view wants.
@@ -459,17 +522,35 @@ impl Coordinator {
         }
     }
 
-    /// Keeps this replica's peer Lease until `stop`, then deletes it.
+    /// The current peer term, once there is one; `None` if `wanted` is cancelled
+    /// first.
+    async fn peer_term(&self, wanted: &CancellationToken) -> Option<CancellationToken> {
+        let mut terms = self.peer_term.subscribe();
+        let term = tokio::select! {
+            () = wanted.cancelled() => return None,
+            term = terms.wait_for(|t| t.as_ref().is_some_and(|t| !t.is_cancelled())) => term.ok()?.clone(),
+        };
+        term
+    }
+
+    /// Keeps this replica's peer Lease until `stop`, then deletes it. Each time it
+    /// is held is a peer term; a renewal that does not succeed within the renew
+    /// deadline ends the term, and with it the work on every owned cluster.
     async fn keep_peer_record(self: Arc<Self>, stop: CancellationToken) {
         let claim = self.peer_claim();
         let name = claim.name.clone();
         let mut record = Elector::new(self.store.clone(), claim);
         while let Some(acquired) = record.campaign(&stop).await {
-            if let Err(reason) = record.hold(&stop, acquired).await {
-                tracing::warn!(lease = record.lease(), reason, "peer lease not renewed; renewing again");
+            let term = CancellationToken::new();
+            self.peer_term.send_replace(Some(term.clone()));
+            let held = record.hold(&stop, acquired).await;
+            self.peer_term.send_replace(None);
+            term.cancel();
+            if let Err(reason) = held {
+                tracing::error!(lease = record.lease(), reason, "peer lease lost; work on every owned cluster cut");
             }
         }
-        if let Err(err) = self.store.delete(&name).await {
+        if let Err(err) = self.store.delete(&name, None).await {
             tracing::warn!(lease = record.lease(), error = %err, "cannot delete peer lease; it will expire");
         }
     }
@@ -478,7 +559,6 @@ impl Coordinator {
 /// The run loop's state.
 #[derive(Default)]
 struct State {
-    peers: Peers,
     /// The live peers as last acted on.
     live: Vec<Peer>,
     /// Clusters engaged in the manager.

@@ -5,6 +5,12 @@
 //! for its lease duration after *this* replica first saw it, on this replica's
 //! clock: a peer that stops renewing drops out once its last record has been
 //! unchanged that long, whatever the clocks of the two machines say.
+//!
+//! The first replica to see a peer's record expire marks it dead: it writes the
+//! record with no holder (only if it is still the version it saw expire). A replica
+//! that joins later then does not count the dead peer as alive for a lease duration
+//! of its own, and a fence held by the dead peer can be taken at once. A record
+//! left without a holder for a lease duration is deleted.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,8 +32,18 @@ pub(crate) struct Peer {
 /// Peer records as this replica has seen them.
 #[derive(Default)]
 pub(crate) struct Peers {
-    /// By Lease name: the record and when it was first seen unchanged.
+    /// By Lease name: the record, its weight and when it was first seen unchanged.
     seen: HashMap<String, (LeaseSpec, u32, Instant)>,
+    /// The records themselves, for their `resourceVersion`.
+    leases: HashMap<String, Arc<Lease>>,
+}
+
+/// What to write about records seen expired: dead peers to mark, and long-dead
+/// records to delete, each with the `resourceVersion` seen.
+#[derive(Default, Debug)]
+pub(crate) struct Sweep {
+    pub mark: Vec<Arc<Lease>>,
+    pub delete: Vec<(String, String)>,
 }
 
 impl Peers {
@@ -42,9 +58,37 @@ impl Peers {
                 Some((old, _, since)) if old == spec => since,
                 _ => now,
             };
-            seen.insert(name, (spec, weight, since));
+            seen.insert(name.clone(), (spec, weight, since));
+            self.leases.insert(name, lease.clone());
         }
+        self.leases.retain(|name, _| seen.contains_key(name));
         self.seen = seen;
+    }
+
+    /// The records expired at `now` that are not `me`'s: to mark if they still name
+    /// a holder, to delete if they have named none for a lease duration.
+    pub(crate) fn sweep(&self, me: &str, now: Instant, duration: Duration) -> Sweep {
+        let mut sweep = Sweep::default();
+        for (name, (spec, _, since)) in &self.seen {
+            let Some(lease) = self.leases.get(name) else { continue };
+            let Some(version) = lease.metadata.resource_version.clone() else {
+                continue;
+            };
+            match spec.holder_identity.as_deref().filter(|h| !h.is_empty()) {
+                Some(holder) if holder != me => {
+                    let ttl = spec
+                        .lease_duration_seconds
+                        .map_or(duration, |s| Duration::from_secs(s.max(0) as u64));
+                    if now >= *since + ttl {
+                        sweep.mark.push(lease.clone());
+                    }
+                }
+                Some(_) => {}
+                None if now >= *since + duration => sweep.delete.push((name.clone(), version)),
+                None => {}
+            }
+        }
+        sweep
     }
 
     /// The replicas live at `now`, sorted by identity.
@@ -64,6 +108,15 @@ impl Peers {
         live.sort_by(|a, b| a.identity.cmp(&b.identity));
         live.dedup_by(|a, b| a.identity == b.identity);
         live
+    }
+
+    /// The record of the replica `identity` and since when it has been seen
+    /// unchanged, if the watch has it.
+    pub(crate) fn record_of(&self, identity: &str) -> Option<(LeaseSpec, Instant)> {
+        self.seen
+            .values()
+            .find(|(spec, _, _)| spec.holder_identity.as_deref() == Some(identity))
+            .map(|(spec, _, since)| (spec.clone(), *since))
     }
 
     /// When the next live record expires, if any: the set of live peers can change

@@ -1,34 +1,69 @@
 //! One cluster's share of a sharded replica: take its fence, work on it, hand it
 //! back.
 //!
+//! A fence Lease names the replica that works on its cluster. It is *not* renewed on
+//! its own: it is valid while its holder's peer Lease is, so that a replica writes
+//! one Lease per renew period however many clusters it owns. A replica works on
+//! clusters only within a *peer term*, while it holds its own peer Lease; once a
+//! renewal of that Lease has not succeeded within the renew deadline, the term ends
+//! and every cluster's work is cut at once.
+//!
 //! Runs while the coordinator wants this replica to own the cluster:
 //!
-//! 1. **Acquire** the cluster's fence Lease (free, ours, or expired on our clock).
+//! 1. **Acquire** the fence, within a peer term. It is free (no holder), ours, or
+//!    held by a replica that is gone: its peer Lease has been unchanged for the lease
+//!    duration as this replica observed it (its watch, confirmed by a fresh read
+//!    just before taking), or has been absent that long. The write carries the
+//!    fence's `resourceVersion`, so of two replicas racing, one wins.
 //! 2. **Start**: engage the cluster into the manager's components under a new
-//!    [`Term`]; renew the fence every renew period meanwhile.
-//! 3. **Hand over** when the coordinator no longer wants it here (a peer joined or
-//!    left, or the cluster is gone): disengage, wait until nothing of the cluster
-//!    runs any more (renewals go on meanwhile, so that no one else starts), then
-//!    release the fence so that the new owner takes it at its next try.
-//! 4. **Lose**: if a renewal does not succeed within the renew deadline, or the
-//!    fence shows another holder, disengage and *cut* the work in flight at once:
-//!    another replica may take the fence once it expires, `lease duration - renew
-//!    deadline` later at the earliest. Then try to acquire it again, while wanted.
+//!    [`Term`].
+//! 3. **Hand over** when the coordinator no longer wants it here: disengage, wait
+//!    until nothing of the cluster runs any more, then release the fence so that the
+//!    new owner takes it at its next try.
+//! 4. **Lose** when the peer term ends: disengage and *cut* the work in flight. The
+//!    holder stopped at most `renew deadline` after the start of its last successful
+//!    renewal, while others wait `lease duration` from when they saw it. Then try to
+//!    acquire it again in the next peer term, while wanted.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::term::Term;
 use super::{Coordinator, Ownership};
 use crate::cluster::ClusterName;
-use crate::manager::lease::Elector;
+use crate::manager::lease::{Claim, LeaseError, LeaseStore, whole_seconds};
+
+/// Why acquiring stopped without the fence.
+enum Missed {
+    /// The cluster is no longer wanted here.
+    NotWanted,
+    /// The peer term ended.
+    PeerLost,
+}
+
+/// What a replica saw of a fence holder's peer Lease by its own reads, when its
+/// watch has no record of it: the record (`None`: absent) and since when.
+type OwnObservation = Option<(Option<LeaseSpec>, Instant)>;
 
 impl Coordinator {
     /// Owns `name` while `wanted` is not cancelled (see the [module docs](self)).
     pub(super) async fn own(self: Arc<Self>, name: ClusterName, wanted: CancellationToken) {
-        let mut fence = Elector::new(self.store.clone(), self.fence_claim(&name));
-        while let Some(acquired) = fence.campaign(&wanted).await {
+        let mut fence = Fence::new(self.store.clone(), self.fence_claim(&name));
+        loop {
+            let Some(peer) = self.peer_term(&wanted).await else {
+                return;
+            };
+            match self.acquire(&mut fence, &wanted, &peer).await {
+                Ok(()) => {}
+                Err(Missed::NotWanted) => return,
+                Err(Missed::PeerLost) => continue,
+            }
             let term = Term::new();
             if !self.host.start(&name, &term).await {
                 // Gone meanwhile: nothing to work on.
@@ -36,40 +71,215 @@ impl Coordinator {
                 return;
             }
             self.changed(&name, Ownership::Acquired);
-            let handed_over = CancellationToken::new();
-            let hand_over = async {
-                wanted.cancelled().await;
-                self.host.stop(&name, &term).await;
-                term.end(false).await;
-                handed_over.cancel();
-                std::future::pending::<()>().await;
+            let cut = tokio::select! {
+                () = wanted.cancelled() => {
+                    self.host.stop(&name, &term).await;
+                    tokio::select! {
+                        () = term.end(false) => false,
+                        () = peer.cancelled() => true,
+                    }
+                }
+                () = peer.cancelled() => {
+                    self.host.stop(&name, &term).await;
+                    true
+                }
             };
-            let held = tokio::select! {
-                held = fence.hold(&handed_over, acquired) => held,
-                () = hand_over => unreachable!("handing over never completes"),
-            };
-            match held {
-                Ok(()) => {
-                    self.release(&name, &mut fence).await;
-                    self.changed(&name, Ownership::Released);
+            if cut {
+                term.end(true).await;
+                self.host.forget(&name).await;
+                let reason = "peer lease not renewed within the renew deadline".to_owned();
+                self.changed(&name, Ownership::Lost(reason));
+                if wanted.is_cancelled() {
                     return;
                 }
-                Err(reason) => {
-                    self.host.stop(&name, &term).await;
-                    term.end(true).await;
-                    self.changed(&name, Ownership::Lost(reason));
+                continue;
+            }
+            self.host.forget(&name).await;
+            self.release(&name, &mut fence).await;
+            self.changed(&name, Ownership::Released);
+            return;
+        }
+    }
+
+    /// Takes the fence, trying every probe interval (or when its holder would
+    /// expire, if sooner), while wanted and within `peer`.
+    async fn acquire(&self, fence: &mut Fence, wanted: &CancellationToken, peer: &CancellationToken) -> Result<(), Missed> {
+        let probe = self.options.probe_interval;
+        let mut seen: OwnObservation = None;
+        loop {
+            let wait = match self.try_acquire(fence, &mut seen).await {
+                Ok(None) => return Ok(()),
+                Ok(Some(wait)) => wait,
+                Err(err) => {
+                    tracing::warn!(lease = fence.lease(), error = %err, "cannot acquire fence");
+                    probe
+                }
+            };
+            tokio::select! {
+                () = wanted.cancelled() => return Err(Missed::NotWanted),
+                () = peer.cancelled() => return Err(Missed::PeerLost),
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// One attempt: `None` once the fence is ours, else how long to wait.
+    async fn try_acquire(&self, fence: &mut Fence, seen: &mut OwnObservation) -> Result<Option<Duration>, LeaseError> {
+        let probe = self.options.probe_interval;
+        let current = fence.read().await?;
+        let holder = current
+            .as_ref()
+            .and_then(|l| l.spec.as_ref()?.holder_identity.clone())
+            .filter(|h| !h.is_empty());
+        if let Some(holder) = holder.filter(|h| *h != self.options.identity)
+            && let Some(wait) = self.holder_works(&holder, seen).await?
+        {
+            return Ok(Some(wait.min(probe)));
+        }
+        Ok((!fence.take(current).await?).then_some(probe))
+    }
+
+    /// Whether `holder` may still work on its clusters: `Some(wait)` if it may
+    /// (look again after `wait`), `None` if it is gone.
+    async fn holder_works(&self, holder: &str, seen: &mut OwnObservation) -> Result<Option<Duration>, LeaseError> {
+        let now = Instant::now();
+        let default = self.options.lease_duration;
+        let watched = super::lock(&self.peers).record_of(holder);
+        if let Some((spec, since)) = &watched {
+            let expires = *since + lease_duration(spec, default);
+            if now < expires {
+                return Ok(Some(expires - now));
+            }
+        }
+        // Expired as the watch saw it, or not seen by it: a fresh read decides.
+        let fresh = self.store.get(&self.options.peer_lease_of(holder)).await?.and_then(|l| l.spec);
+        match fresh {
+            // Marked dead by a peer (no holder), or the name is another's now.
+            Some(spec) if spec.holder_identity.as_deref() != Some(holder) => Ok(None),
+            // The record the watch saw expire, unchanged since.
+            Some(spec) if watched.as_ref().is_some_and(|(w, _)| *w == spec) => Ok(None),
+            // Changed, absent, or never watched: observe it ourselves, on our clock.
+            fresh => {
+                let duration = fresh.as_ref().map_or(default, |s| lease_duration(s, default));
+                match seen {
+                    Some((before, since)) if *before == fresh => {
+                        Ok((now < *since + duration).then(|| *since + duration - now))
+                    }
+                    _ => {
+                        *seen = Some((fresh, now));
+                        Ok(Some(duration))
+                    }
                 }
             }
         }
     }
 
-    async fn release(&self, name: &ClusterName, fence: &mut Elector) {
+    async fn release(&self, name: &ClusterName, fence: &mut Fence) {
         match tokio::time::timeout(self.options.renew_deadline, fence.release()).await {
             Ok(Ok(())) => {}
             Ok(Err(err)) => {
-                tracing::warn!(cluster = %name, lease = fence.lease(), error = %err, "cannot release fence; it will expire")
+                tracing::warn!(cluster = %name, lease = fence.lease(), error = %err, "cannot release fence; it lapses with this replica's peer lease")
             }
-            Err(_) => tracing::warn!(cluster = %name, lease = fence.lease(), "fence not released in time; it will expire"),
+            Err(_) => tracing::warn!(cluster = %name, lease = fence.lease(), "fence not released in time; it lapses with this replica's peer lease"),
+        }
+    }
+}
+
+fn lease_duration(spec: &LeaseSpec, default: Duration) -> Duration {
+    spec.lease_duration_seconds
+        .map_or(default, |s| Duration::from_secs(s.max(0) as u64))
+}
+
+/// One cluster's fence Lease, as its claimant writes it.
+struct Fence {
+    store: Arc<dyn LeaseStore>,
+    claim: Claim,
+    /// The record as we last wrote it, while it is ours.
+    written: Option<Lease>,
+}
+
+impl Fence {
+    fn new(store: Arc<dyn LeaseStore>, claim: Claim) -> Self {
+        Fence {
+            store,
+            claim,
+            written: None,
+        }
+    }
+
+    fn lease(&self) -> String {
+        format!("{}/{}", self.store.namespace(), self.claim.name)
+    }
+
+    async fn read(&self) -> Result<Option<Lease>, LeaseError> {
+        self.store.get(&self.claim.name).await
+    }
+
+    /// Writes us as holder over `current` (as read); `false` if another write came
+    /// first.
+    async fn take(&mut self, current: Option<Lease>) -> Result<bool, LeaseError> {
+        let now = Some(MicroTime(Timestamp::now()));
+        let transitions = current
+            .as_ref()
+            .and_then(|l| l.spec.as_ref()?.lease_transitions)
+            .unwrap_or(-1)
+            + 1;
+        let spec = LeaseSpec {
+            holder_identity: Some(self.claim.identity.clone()),
+            lease_duration_seconds: Some(whole_seconds(self.claim.lease_duration)),
+            acquire_time: now.clone(),
+            renew_time: now,
+            lease_transitions: Some(transitions),
+            ..LeaseSpec::default()
+        };
+        let written = match current {
+            Some(mut lease) => {
+                lease.spec = Some(spec);
+                self.store.replace(lease).await
+            }
+            None => {
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(self.claim.name.clone()),
+                        namespace: Some(self.store.namespace().to_owned()),
+                        labels: Some(self.claim.labels.clone()),
+                        annotations: Some(self.claim.annotations.clone()),
+                        ..ObjectMeta::default()
+                    },
+                    spec: Some(spec),
+                };
+                self.store.create(lease).await
+            }
+        };
+        match written {
+            Ok(lease) => {
+                self.written = Some(lease);
+                Ok(true)
+            }
+            Err(LeaseError::Conflict) => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// No holder, if it is still ours: the next owner takes it at its next try.
+    async fn release(&mut self) -> Result<(), LeaseError> {
+        let mut lease = match self.written.take() {
+            Some(lease) => lease,
+            None => match self.read().await? {
+                Some(lease) => lease,
+                None => return Ok(()),
+            },
+        };
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        if spec.holder_identity.as_deref() != Some(self.claim.identity.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
+        match self.store.replace(lease).await {
+            // Changed since we wrote it: read it and release it if it is still ours.
+            Err(LeaseError::Conflict) => Box::pin(self.release()).await,
+            other => other.map(drop),
         }
     }
 }

@@ -25,8 +25,11 @@ use super::{Coordinator, Host, Sharding, Term, Work, hrw};
 use crate::cluster::ClusterName;
 use crate::manager::lease::memory::{MemoryLeases, Records};
 
-const CLUSTERS: usize = 10_000;
-const EVENTS: usize = 100;
+/// The sizes the issue asks for; `SH04_CLUSTERS` and `SH04_EVENTS` override them for
+/// a quick look.
+fn size(var: &str, default: usize) -> usize {
+    std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
 
 /// Who works on each cluster, across the replicas; and every violation.
 #[derive(Default)]
@@ -58,6 +61,8 @@ impl Host for Components {
         working.insert(name.clone(), (self.identity.clone(), work));
         true
     }
+
+    async fn forget(&self, _name: &ClusterName) {}
 
     async fn stop(&self, name: &ClusterName, _term: &Term) {
         let mut working = self.fleet.working.lock().unwrap();
@@ -230,10 +235,12 @@ impl Lcg {
 
 #[tokio::test(start_paused = true)]
 async fn sh04_ten_thousand_clusters_ten_replicas_hundred_changes() {
+    let (clusters, events) = (size("SH04_CLUSTERS", 10_000), size("SH04_EVENTS", 100));
+    let wall = std::time::Instant::now();
     let mut world = World {
         records: Arc::default(),
         fleet: Arc::default(),
-        names: (0..CLUSTERS).map(|i| ClusterName::from(format!("cluster-{i:05}"))).collect(),
+        names: (0..clusters).map(|i| ClusterName::from(format!("cluster-{i:05}"))).collect(),
         replicas: Vec::new(),
         next: 0,
     };
@@ -241,14 +248,14 @@ async fn sh04_ten_thousand_clusters_ten_replicas_hundred_changes() {
         world.join();
     }
     let first = world.settle().await;
-    println!("sh04: 10 replicas took {CLUSTERS} clusters in {first:?} (simulated)");
+    println!("sh04: 10 replicas took {clusters} clusters in {first:?} (simulated)");
 
     let mut rng = Lcg(4);
     let mut partitioned: Option<String> = None;
     let mut ratios = Vec::new();
     let mut worst_settle = Duration::ZERO;
     let mut periods = Vec::new();
-    for event in 0..EVENTS {
+    for event in 0..events {
         let before = world.owners();
         let reachable = world.replicas.iter().filter(|r| r.reachable()).count();
         let what = match (partitioned.clone(), rng.below(4)) {
@@ -286,11 +293,11 @@ async fn sh04_ten_thousand_clusters_ten_replicas_hundred_changes() {
         let after = world.owners();
         let moved = after.iter().filter(|(name, owner)| before.get(*name) != Some(owner)).count();
         let peers = reachable.max(world.replicas.iter().filter(|r| r.reachable()).count());
-        let ideal = CLUSTERS as f64 / peers as f64;
+        let ideal = clusters as f64 / peers as f64;
         ratios.push(moved as f64 / ideal);
         println!(
             "sh04: event {event:3} {what:9} moved {moved:5} ({:.3} of the clusters, optimum 1/{peers} = {:.3}) settled in {took:?}",
-            moved as f64 / CLUSTERS as f64,
+            moved as f64 / clusters as f64,
             1.0 / peers as f64
         );
         if event % 10 == 0 && partitioned.is_none() {
@@ -299,19 +306,20 @@ async fn sh04_ten_thousand_clusters_ten_replicas_hundred_changes() {
     }
     let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
     let double = world.fleet.double.load(Ordering::Relaxed);
-    println!("sh04: moved fraction / optimum, mean over {EVENTS} events: {mean:.3}; slowest settling {worst_settle:?}");
+    println!("sh04: moved fraction / optimum, mean over {events} events: {mean:.3}; slowest settling {worst_settle:?}");
     println!("sh04: starts while another replica still worked on the cluster: {double}");
+    println!("sh04: {clusters} clusters, {events} events, {:?} of wall-clock time", wall.elapsed());
     for (total, each) in &periods {
         let peers = each.len() as u64;
-        println!("sh04: lease writes in one renew period: {total} (clusters {CLUSTERS} + peers {peers})");
-        assert!(*total <= CLUSTERS as u64 + peers, "{total} writes in one period");
+        println!("sh04: lease writes in one renew period: {total} (clusters {clusters} + peers {peers})");
+        assert!(*total <= clusters as u64 + peers, "{total} writes in one period");
         for (writes, owned) in each {
             assert!(*writes <= *owned as u64 + 1, "a replica owning {owned} wrote {writes}");
         }
     }
     assert_eq!(double, 0, "a cluster was worked on by two replicas at once");
     assert!(mean <= 1.2, "moved {mean:.3}× the optimum on average");
-    assert!(periods.len() >= 5, "write rates measured {} times", periods.len());
+    assert!(periods.len() >= (events / 20).max(1), "write rates measured {} times", periods.len());
     for replica in world.replicas.drain(..) {
         replica.stop.cancel();
         let _ = replica.run.await;

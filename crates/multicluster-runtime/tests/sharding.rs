@@ -1,0 +1,263 @@
+//! Replicas that split the fleet between them on Leases, against real apiservers
+//! (issue "Beyond one replica", tests sh01 to sh03; sh04 is the simulation in the
+//! library's unit tests).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::Client;
+use kube::api::{Api, PostParams};
+use kube_envtest::Fleet;
+use multicluster_runtime::cache::CacheOptions;
+use multicluster_runtime::controller::{Action, Controller, ReconcileRequest, Request};
+use multicluster_runtime::manager::Sharding;
+use multicluster_runtime::providers::clusters::Clusters;
+use multicluster_runtime::{Cluster, ClusterName, ClusterOptions, Manager};
+
+mod support;
+
+use support::WAIT;
+use support::replicas::{Killable, Spans};
+
+/// Member clusters, each a namespace of one of two apiservers seen through a
+/// client and cache of its own (its watches cover its namespace only), so that
+/// every cluster costs its owner one watch, as a real cluster would.
+const CLUSTERS: usize = 30;
+/// Short timings, so that a takeover takes seconds.
+const LEASE: Duration = Duration::from_secs(4);
+const RENEW: Duration = Duration::from_secs(1);
+const DEADLINE: Duration = Duration::from_secs(3);
+const PROBE: Duration = Duration::from_secs(1);
+/// What engaging, listing and one reconcile may add to a bound made of timings.
+const SLACK: Duration = Duration::from_millis(1500);
+
+fn member(index: usize) -> String {
+    format!("m{index:02}")
+}
+
+/// Each member namespace on its apiserver (1 or 2), with two ConfigMaps.
+async fn seed(fleet: &Fleet) {
+    for index in 0..CLUSTERS {
+        let client = fleet.cluster(1 + index % 2).client().expect("client");
+        let name = member(index);
+        let mut namespace = Namespace::default();
+        namespace.metadata.name = Some(name.clone());
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await
+            .expect("create namespace");
+        let api: Api<ConfigMap> = Api::namespaced(client, &name);
+        for n in 0..2 {
+            let mut cm = ConfigMap::default();
+            cm.metadata.name = Some(format!("cm-{n}"));
+            api.create(&PostParams::default(), &cm).await.expect("create configmap");
+        }
+    }
+}
+
+struct Ctx {
+    replica: String,
+    spans: Arc<Spans>,
+}
+
+/// Takes 50 ms and comes back after 300 ms: every owned cluster is reconciled all
+/// the time, so that two owners at once could not go unseen.
+async fn reconcile(req: ReconcileRequest<ConfigMap>, ctx: Arc<Ctx>) -> Result<Action, Infallible> {
+    let _running = ctx.spans.begin(&ctx.replica, &req.request);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    Ok(Action::requeue(Duration::from_millis(300)))
+}
+
+/// A replica and its identity.
+struct Replica {
+    identity: String,
+    process: Killable,
+}
+
+impl Replica {
+    fn manager(&self) -> &Manager {
+        &self.process.manager
+    }
+}
+
+/// A replica on a runtime of its own: the 30 members from a `Clusters` provider,
+/// sharded, one controller.
+fn replica(fleet: &Fleet, identity: &str, spans: &Arc<Spans>) -> Replica {
+    let configs: Vec<kube::Config> = (0..3).map(|i| fleet.cluster(i).config()).collect();
+    let (name, spans) = (identity.to_owned(), spans.clone());
+    let process = Killable::start(move || async move {
+        let identity = name;
+        let client = |i: usize| Client::try_from(configs[i].clone()).expect("client");
+        let provider = Arc::new(Clusters::new());
+        for index in 0..CLUSTERS {
+            let name = member(index);
+            let options = ClusterOptions::default().cache(CacheOptions::default().default_namespaces([name.clone()]));
+            let cluster = Cluster::with_options(name, client(1 + index % 2), options);
+            provider.add(Arc::new(cluster)).await.expect("add member");
+        }
+        let sharding = Sharding::new("sh")
+            .identity(identity.clone())
+            .lease_duration(LEASE)
+            .renew_period(RENEW)
+            .renew_deadline(DEADLINE)
+            .probe_interval(PROBE);
+        let manager = Manager::with_provider(Arc::new(Cluster::new("", client(0))), provider)
+            .with_sharding(sharding)
+            .without_health_probes();
+        let ctx = Arc::new(Ctx { replica: identity, spans });
+        Controller::builder::<ConfigMap>(&manager)
+            .named("sh")
+            .register(reconcile, |_: &Request, _: &Infallible, _| Action::backoff(), ctx)
+            .await
+            .expect("controller");
+        manager
+    });
+    Replica {
+        identity: identity.to_owned(),
+        process,
+    }
+}
+
+/// The provider clusters `manager` owns now.
+fn owned(manager: &Manager) -> BTreeSet<String> {
+    manager
+        .owned_clusters()
+        .into_iter()
+        .filter(|name| !name.is_local())
+        .map(|name| name.as_str().to_owned())
+        .collect()
+}
+
+/// The provider clusters of `manager` whose caches run informers.
+async fn with_informers(manager: &Manager) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for index in 0..CLUSTERS {
+        let name = ClusterName::from(member(index));
+        let cluster = manager.get_cluster(&name).await.expect("member known");
+        if !cluster.cache().informer_statuses().is_empty() {
+            names.insert(member(index));
+        }
+    }
+    names
+}
+
+/// Waits until the replicas' owned sets split the members between them, each
+/// owner with its informers on exactly the clusters it owns, stable for a second.
+/// Returns the owner of each member.
+async fn wait_split(replicas: &[&Replica]) -> BTreeMap<String, String> {
+    let started = Instant::now();
+    let mut stable_since: Option<(BTreeMap<String, String>, Instant)> = None;
+    loop {
+        assert!(started.elapsed() < WAIT, "the members were never split: {stable_since:?}");
+        let mut owners = BTreeMap::new();
+        let mut disjoint = true;
+        for replica in replicas {
+            for name in owned(replica.manager()) {
+                disjoint &= owners.insert(name, replica.identity.clone()).is_none();
+            }
+        }
+        let mut informers_match = true;
+        for replica in replicas {
+            informers_match &= with_informers(replica.manager()).await == owned(replica.manager());
+        }
+        let split = disjoint && owners.len() == CLUSTERS && informers_match;
+        match &stable_since {
+            Some((seen, since)) if split && *seen == owners => {
+                if since.elapsed() >= Duration::from_secs(1) {
+                    return owners;
+                }
+            }
+            _ => stable_since = split.then(|| (owners, Instant::now())),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The replicas that reconciled `cluster` after `since`.
+fn reconcilers_since(spans: &Spans, cluster: &str, since: Instant) -> BTreeSet<String> {
+    spans
+        .all()
+        .into_iter()
+        .filter(|s| s.request.cluster == cluster && s.start >= since)
+        .map(|s| s.replica)
+        .collect()
+}
+
+/// sh01: three managers split 30 clusters; each is reconciled by its owner only, and
+/// each manager runs informers for exactly the clusters it owns.
+/// sh03: a fourth joins; only the clusters that now hash to it move (about 1/4),
+/// and the old owners' informers of those are stopped.
+/// sh02: one is killed without releasing anything; its clusters are reconciled
+/// elsewhere within the lease duration and the probe interval.
+/// Throughout, no cluster is reconciled by two replicas at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sh01_sh02_sh03_replicas_split_the_fleet_and_hand_it_over() {
+    let fleet = Fleet::start(3).await.expect("start fleet");
+    seed(&fleet).await;
+    let spans = Arc::new(Spans::default());
+
+    // sh01
+    let a = replica(&fleet, "a", &spans);
+    let b = replica(&fleet, "b", &spans);
+    let mut c = replica(&fleet, "c", &spans);
+    let before = wait_split(&[&a, &b, &c]).await;
+    let counts: BTreeMap<&String, usize> = before.values().fold(BTreeMap::new(), |mut m, o| {
+        *m.entry(o).or_default() += 1;
+        m
+    });
+    eprintln!("sh01: owners per replica: {counts:?}");
+    assert_eq!(counts.len(), 3, "every replica owns some clusters: {counts:?}");
+    let window = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (cluster, owner) in &before {
+        let seen = reconcilers_since(&spans, cluster, window);
+        assert_eq!(seen, BTreeSet::from([owner.clone()]), "cluster {cluster} reconciled by {seen:?}");
+    }
+
+    // sh03
+    let d = replica(&fleet, "d", &spans);
+    let after = wait_split(&[&a, &b, &c, &d]).await;
+    let moved: Vec<&String> = after.keys().filter(|name| before[*name] != after[*name]).collect();
+    eprintln!("sh03: {} of {CLUSTERS} clusters moved to the new replica: {moved:?}", moved.len());
+    assert!(moved.iter().all(|name| after[*name] == "d"), "only clusters of the new replica move");
+    assert!(
+        moved.len() as f64 <= CLUSTERS as f64 / 4.0 * 1.3,
+        "{} clusters moved",
+        moved.len()
+    );
+    for name in &moved {
+        let old = [&a, &b, &c].into_iter().find(|r| r.identity == before[*name]).expect("old owner");
+        let cluster = old.manager().get_cluster(&ClusterName::from(name.as_str())).await.expect("known");
+        assert!(
+            cluster.cache().informer_statuses().is_empty(),
+            "{name}'s old owner still runs informers"
+        );
+    }
+
+    // sh02
+    let lost: BTreeSet<String> = owned(c.manager());
+    let killed = Instant::now();
+    c.process.kill();
+    let after_kill = wait_split(&[&a, &b, &d]).await;
+    let mut slowest = Duration::ZERO;
+    for name in &lost {
+        let taken = spans
+            .all()
+            .into_iter()
+            .filter(|s| s.request.cluster == name.as_str() && s.replica != "c" && s.start >= killed)
+            .map(|s| s.start)
+            .min()
+            .expect("reconciled elsewhere");
+        slowest = slowest.max(taken - killed);
+        assert_ne!(after_kill[name], "c");
+    }
+    eprintln!("sh02: {} clusters of the killed replica reconciled elsewhere after at most {slowest:?}", lost.len());
+    assert!(slowest <= LEASE + PROBE + SLACK, "takeover took {slowest:?}");
+
+    let overlaps = spans.overlaps_across_replicas();
+    assert!(overlaps.is_empty(), "two replicas reconciled one cluster at once: {:?}", overlaps.first());
+    eprintln!("sh: {} reconciles, no overlap across replicas", spans.all().len());
+}
