@@ -53,7 +53,9 @@ async fn seed(fleet: &Fleet) {
         for n in 0..2 {
             let mut cm = ConfigMap::default();
             cm.metadata.name = Some(format!("cm-{n}"));
-            api.create(&PostParams::default(), &cm).await.expect("create configmap");
+            api.create(&PostParams::default(), &cm)
+                .await
+                .expect("create configmap");
         }
     }
 }
@@ -94,7 +96,8 @@ fn replica(fleet: &Fleet, identity: &str, spans: &Arc<Spans>) -> Replica {
         let provider = Arc::new(Clusters::new());
         for index in 0..CLUSTERS {
             let name = member(index);
-            let options = ClusterOptions::default().cache(CacheOptions::default().default_namespaces([name.clone()]));
+            let options =
+                ClusterOptions::default().cache(CacheOptions::default().default_namespaces([name.clone()]));
             let cluster = Cluster::with_options(name, client(1 + index % 2), options);
             provider.add(Arc::new(cluster)).await.expect("add member");
         }
@@ -107,7 +110,10 @@ fn replica(fleet: &Fleet, identity: &str, spans: &Arc<Spans>) -> Replica {
         let manager = Manager::with_provider(Arc::new(Cluster::new("", client(0))), provider)
             .with_sharding(sharding)
             .without_health_probes();
-        let ctx = Arc::new(Ctx { replica: identity, spans });
+        let ctx = Arc::new(Ctx {
+            replica: identity,
+            spans,
+        });
         Controller::builder::<ConfigMap>(&manager)
             .named("sh")
             .register(reconcile, |_: &Request, _: &Infallible, _| Action::backoff(), ctx)
@@ -151,7 +157,10 @@ async fn wait_split(replicas: &[&Replica]) -> BTreeMap<String, String> {
     let started = Instant::now();
     let mut stable_since: Option<(BTreeMap<String, String>, Instant)> = None;
     loop {
-        assert!(started.elapsed() < WAIT, "the members were never split: {stable_since:?}");
+        assert!(
+            started.elapsed() < WAIT,
+            "the members were never split: {stable_since:?}"
+        );
         let mut owners = BTreeMap::new();
         let mut disjoint = true;
         for replica in replicas {
@@ -214,23 +223,43 @@ async fn sh01_sh02_sh03_replicas_split_the_fleet_and_hand_it_over() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     for (cluster, owner) in &before {
         let seen = reconcilers_since(&spans, cluster, window);
-        assert_eq!(seen, BTreeSet::from([owner.clone()]), "cluster {cluster} reconciled by {seen:?}");
+        assert_eq!(
+            seen,
+            BTreeSet::from([owner.clone()]),
+            "cluster {cluster} reconciled by {seen:?}"
+        );
     }
 
     // sh03
     let d = replica(&fleet, "d", &spans);
     let after = wait_split(&[&a, &b, &c, &d]).await;
-    let moved: Vec<&String> = after.keys().filter(|name| before[*name] != after[*name]).collect();
-    eprintln!("sh03: {} of {CLUSTERS} clusters moved to the new replica: {moved:?}", moved.len());
-    assert!(moved.iter().all(|name| after[*name] == "d"), "only clusters of the new replica move");
+    let moved: Vec<&String> = after
+        .keys()
+        .filter(|name| before[*name] != after[*name])
+        .collect();
+    eprintln!(
+        "sh03: {} of {CLUSTERS} clusters moved to the new replica: {moved:?}",
+        moved.len()
+    );
+    assert!(
+        moved.iter().all(|name| after[*name] == "d"),
+        "only clusters of the new replica move"
+    );
     assert!(
         moved.len() as f64 <= CLUSTERS as f64 / 4.0 * 1.3,
         "{} clusters moved",
         moved.len()
     );
     for name in &moved {
-        let old = [&a, &b, &c].into_iter().find(|r| r.identity == before[*name]).expect("old owner");
-        let cluster = old.manager().get_cluster(&ClusterName::from(name.as_str())).await.expect("known");
+        let old = [&a, &b, &c]
+            .into_iter()
+            .find(|r| r.identity == before[*name])
+            .expect("old owner");
+        let cluster = old
+            .manager()
+            .get_cluster(&ClusterName::from(name.as_str()))
+            .await
+            .expect("known");
         assert!(
             cluster.cache().informer_statuses().is_empty(),
             "{name}'s old owner still runs informers"
@@ -254,10 +283,17 @@ async fn sh01_sh02_sh03_replicas_split_the_fleet_and_hand_it_over() {
         slowest = slowest.max(taken - killed);
         assert_ne!(after_kill[name], "c");
     }
-    eprintln!("sh02: {} clusters of the killed replica reconciled elsewhere after at most {slowest:?}", lost.len());
+    eprintln!(
+        "sh02: {} clusters of the killed replica reconciled elsewhere after at most {slowest:?}",
+        lost.len()
+    );
     assert!(slowest <= LEASE + PROBE + SLACK, "takeover took {slowest:?}");
 
     let overlaps = spans.overlaps_across_replicas();
-    assert!(overlaps.is_empty(), "two replicas reconciled one cluster at once: {:?}", overlaps.first());
+    assert!(
+        overlaps.is_empty(),
+        "two replicas reconciled one cluster at once: {:?}",
+        overlaps.first()
+    );
     eprintln!("sh: {} reconciles, no overlap across replicas", spans.all().len());
 }

@@ -762,7 +762,11 @@ impl Cache {
         };
         let reconnects = inner.reconnects.subscribe();
         let stop = inner.token.child_token();
-        runtime.spawn(informer.clone().run_with(watch, prepare, stop.clone(), reconnects));
+        runtime.spawn(
+            informer
+                .clone()
+                .run_with(watch, prepare, stop.clone(), reconnects),
+        );
         registry.running.push((stop, watches));
         inner.watches.fetch_add(watches, Ordering::Relaxed);
         tracing::debug!(cluster = %inner.cluster, resource = %resource, spec = ?key.spec, "watch started");

@@ -317,7 +317,11 @@ impl Manager {
                 detail: format!(
                     "owns {} cluster(s); peers: {}",
                     view.owned.len(),
-                    view.peers.iter().map(|p| p.identity.as_str()).collect::<Vec<_>>().join(", ")
+                    view.peers
+                        .iter()
+                        .map(|p| p.identity.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             });
         }

@@ -177,4 +177,3 @@ pub(crate) fn default_identity() -> String {
     hasher.write_u128(std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_nanos()));
     format!("{host}_{:016x}", hasher.finish())
 }
-

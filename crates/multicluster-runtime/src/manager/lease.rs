@@ -104,7 +104,10 @@ impl LeaseStore for KubeLeases {
     }
 
     async fn create(&self, lease: Lease) -> Result<Lease, LeaseError> {
-        self.api.create(&PostParams::default(), &lease).await.map_err(from_kube)
+        self.api
+            .create(&PostParams::default(), &lease)
+            .await
+            .map_err(from_kube)
     }
 
     async fn replace(&self, lease: Lease) -> Result<Lease, LeaseError> {
@@ -421,7 +424,10 @@ impl Elector {
         spec.holder_identity.as_deref().filter(|h| !h.is_empty())?;
         let duration = spec
             .lease_duration_seconds
-            .map_or(self.claim.lease_duration, |s| Duration::from_secs(s.max(0) as u64));
+            .map_or(
+                self.claim.lease_duration,
+                |s| Duration::from_secs(s.max(0) as u64),
+            );
         Some((*seen + duration).saturating_duration_since(Instant::now()))
     }
 
@@ -548,7 +554,13 @@ pub(crate) mod memory {
 
         async fn get(&self, name: &str) -> Result<Option<Lease>, LeaseError> {
             self.reach()?;
-            Ok(self.records.leases.lock().unwrap().get(name).map(|l| (**l).clone()))
+            Ok(self
+                .records
+                .leases
+                .lock()
+                .unwrap()
+                .get(name)
+                .map(|l| (**l).clone()))
         }
 
         async fn create(&self, lease: Lease) -> Result<Lease, LeaseError> {
@@ -571,7 +583,8 @@ pub(crate) mod memory {
         async fn delete(&self, name: &str, version: Option<&str>) -> Result<(), LeaseError> {
             self.reach()?;
             let matches = |stored: Option<&Arc<Lease>>| {
-                version.is_none_or(|v| stored.is_none_or(|s| s.metadata.resource_version.as_deref() == Some(v)))
+                version
+                    .is_none_or(|v| stored.is_none_or(|s| s.metadata.resource_version.as_deref() == Some(v)))
             };
             self.write(name, None, matches).map(drop)
         }
@@ -582,7 +595,11 @@ pub(crate) mod memory {
             let (records, reachable) = (self.records.clone(), self.reachable.clone());
             let changed = watch::Sender::new(0);
             let changes = tokio_stream_watch(changed.subscribe());
-            records.watched.lock().unwrap().push((key.clone(), value.clone(), changed));
+            records
+                .watched
+                .lock()
+                .unwrap()
+                .push((key.clone(), value.clone(), changed));
             changes
                 .filter_map(move |()| {
                     // A partitioned replica's watch sees nothing new.
@@ -590,9 +607,7 @@ pub(crate) mod memory {
                         records
                             .all()
                             .into_iter()
-                            .filter(|l| {
-                                l.metadata.labels.as_ref().and_then(|m| m.get(&key)) == Some(&value)
-                            })
+                            .filter(|l| l.metadata.labels.as_ref().and_then(|m| m.get(&key)) == Some(&value))
                             .collect()
                     });
                     std::future::ready(snapshot)

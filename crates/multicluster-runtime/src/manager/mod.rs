@@ -23,6 +23,33 @@
 //! default) to finish. Those still running then are cancelled, logged and returned in
 //! [`Error::ShutdownTimedOut`]. A lost lease cuts them at once instead.
 //!
+//! # Sharding
+//!
+//! With [`Manager::with_sharding`], replicas of one program split the provider's
+//! clusters between them on Leases in the local cluster: every replica's provider
+//! still discovers every cluster, but each replica engages into its components
+//! (controllers) only the clusters it owns, so a cluster owned elsewhere costs it no
+//! watch, no cache, no probe and no queue entry. Ownership is rendezvous hashing
+//! over the live replicas (a join or a leave moves about 1/N of the clusters), each
+//! owned cluster is fenced by a Lease, and a replica hands a cluster over only once
+//! its reconciles of it have finished, so **no cluster is reconciled by two replicas
+//! at once**. A replica that dies loses its clusters to the others one lease
+//! duration (20 s) after its last renewal. See [`Sharding`] and
+//! `docs/decisions/sharding.md`.
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! use multicluster_runtime::manager::Sharding;
+//! # async fn run(local: Arc<multicluster_runtime::Cluster>, provider: Arc<multicluster_runtime::providers::clusters::Clusters>) -> multicluster_runtime::Result<()> {
+//! let manager = multicluster_runtime::Manager::with_provider(local, provider)
+//!     // Each replica: a unique identity, e.g. the pod name.
+//!     .with_sharding(Sharding::new("fleet-operator").namespace("operators").identity("fleet-operator-0"));
+//! manager.start(tokio_util::sync::CancellationToken::new()).await?;
+//! println!("owned here: {:?}", manager.owned_clusters());
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Metrics, health and readiness
 //!
 //! Every manager keeps a Prometheus registry, [`Manager::metrics`], with
@@ -154,8 +181,8 @@ use crate::error::{Error, Result};
 use crate::multicluster::{Aware, Provider};
 
 pub use checks::{CHECK_TIMEOUT, ClusterState, HealthCheck, Report, ReportLine};
-pub use coordination::{CLUSTER_ANNOTATION, FENCE_LABEL, PEER_LABEL, Sharding};
 pub(crate) use coordination::Work;
+pub use coordination::{CLUSTER_ANNOTATION, FENCE_LABEL, PEER_LABEL, Sharding};
 pub use health::{ClusterHealth, HealthEvent, HealthProbes, HealthState, PROBE_PATH};
 pub use leader::{LeaderElection, OnLeadershipLoss};
 pub use metrics::Metrics;
@@ -503,7 +530,10 @@ impl Manager {
     /// current health and every change, and closes when this engagement of the
     /// cluster ends. `None` if `name` is not engaged.
     pub fn watch_cluster_health(&self, name: &ClusterName) -> Option<watch::Receiver<ClusterHealth>> {
-        self.engaged().clusters.get(name).map(|e| e.value.health.subscribe())
+        self.engaged()
+            .clusters
+            .get(name)
+            .map(|e| e.value.health.subscribe())
     }
 
     /// Follows the health of the engaged instance `cluster` of `name`: `None` if
@@ -792,7 +822,14 @@ impl Manager {
                 .spawn(async move { endpoint::serve(this, listener, token).await });
         }
         let outcome = self
-            .run(&run, pending, options.leader_election, options.sharding, failures, &mut failed)
+            .run(
+                &run,
+                pending,
+                options.leader_election,
+                options.sharding,
+                failures,
+                &mut failed,
+            )
             .await;
         run.cancel();
         *self.runnables() = Runnables::Stopped;
@@ -1095,7 +1132,10 @@ impl Aware for Manager {
                 health: watch::Sender::new(ClusterHealth::unknown()),
                 components: None,
             };
-            match engaged.clusters.engage(&name, cluster.clone(), own.clone(), instance) {
+            match engaged
+                .clusters
+                .engage(&name, cluster.clone(), own.clone(), instance)
+            {
                 Engage::Stale => {
                     tracing::debug!(cluster = %name, "engagement ended before it arrived; ignored");
                     return Ok(());

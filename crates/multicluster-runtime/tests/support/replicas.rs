@@ -73,7 +73,8 @@ impl Spans {
         let mut found = Vec::new();
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {
-                let apart = a.end.is_some_and(|end| end <= b.start) || b.end.is_some_and(|end| end <= a.start);
+                let apart =
+                    a.end.is_some_and(|end| end <= b.start) || b.end.is_some_and(|end| end <= a.start);
                 if a.replica != b.replica && a.request.cluster == b.request.cluster && !apart {
                     found.push((a.clone(), b.clone()));
                 }

@@ -359,12 +359,17 @@ impl Coordinator {
     /// The live peer that should own `name`, by this replica's view.
     pub(crate) fn owner_of(&self, name: &ClusterName) -> Option<String> {
         let view = lock(&self.view);
-        hrw::owner(name.as_str(), view.peers.iter().map(|p| (p.identity.as_str(), p.weight))).map(str::to_owned)
+        hrw::owner(
+            name.as_str(),
+            view.peers.iter().map(|p| (p.identity.as_str(), p.weight)),
+        )
     }
 
     fn fence_claim(&self, name: &ClusterName) -> Claim {
         let mut claim = self.options.claim(self.options.fence_lease(name), 0.0);
-        claim.labels.insert(FENCE_LABEL.into(), self.options.prefix.clone());
+        claim
+            .labels
+            .insert(FENCE_LABEL.into(), self.options.prefix.clone());
         claim
             .annotations
             .insert(CLUSTER_ANNOTATION.into(), name.as_str().to_owned());
@@ -375,7 +380,9 @@ impl Coordinator {
         // Replicas started together do not all renew at once.
         let phase = (hrw::hash(&[&self.options.identity, "phase"]) % 64) as f64 / 64.0;
         let mut claim = self.options.claim(self.options.peer_lease(), phase);
-        claim.labels.insert(PEER_LABEL.into(), self.options.prefix.clone());
+        claim
+            .labels
+            .insert(PEER_LABEL.into(), self.options.prefix.clone());
         claim
             .annotations
             .insert(WEIGHT_ANNOTATION.into(), self.options.weight.to_string());
@@ -412,9 +419,7 @@ impl Coordinator {
         let mut changes = lock(&self.receiver).take().expect("the coordinator runs once");
         let record_stop = CancellationToken::new();
         let record = tokio::spawn(self.clone().keep_peer_record(record_stop.clone()));
-        let mut snapshots = self
-            .store
-            .watch(&format!("{PEER_LABEL}={}", self.options.prefix));
+        let mut snapshots = self.store.watch(&format!("{PEER_LABEL}={}", self.options.prefix));
         let mut state = State::default();
         let mut swept = HashSet::new();
         let shards = TaskTracker::new();
@@ -438,6 +443,7 @@ impl Coordinator {
             };
             self.sweep(sweep, &mut swept, &shards);
             if live != state.live {
+                state.ring = hrw::Ring::new(live.iter().map(|p| (p.identity.as_str(), p.weight)));
                 state.live = live;
                 lock(&self.view).peers = state.live.clone();
                 tracing::info!(
@@ -465,9 +471,17 @@ impl Coordinator {
 
     /// Marks dead peers and deletes long-dead records (see `peers`), each version
     /// once; another replica doing the same first is a harmless conflict.
-    fn sweep(self: &Arc<Self>, sweep: peers::Sweep, swept: &mut HashSet<(String, String)>, tasks: &TaskTracker) {
+    fn sweep(
+        self: &Arc<Self>,
+        sweep: peers::Sweep,
+        swept: &mut HashSet<(String, String)>,
+        tasks: &TaskTracker,
+    ) {
         let key = |name: &Option<String>, version: &Option<String>| {
-            (name.clone().unwrap_or_default(), version.clone().unwrap_or_default())
+            (
+                name.clone().unwrap_or_default(),
+                version.clone().unwrap_or_default(),
+            )
         };
         let mark: Vec<_> = sweep
             .mark
@@ -491,7 +505,11 @@ impl Coordinator {
                     spec.holder_identity = None;
                 }
                 if this.store.replace(dead).await.is_ok() {
-                    tracing::info!(identity = this.options.identity, peer = holder, "peer lease expired; marked dead");
+                    tracing::info!(
+                        identity = this.options.identity,
+                        peer = holder,
+                        "peer lease expired; marked dead"
+                    );
                 }
             }
             for (name, version) in delete {
@@ -503,8 +521,7 @@ impl Coordinator {
     /// Starts or stops owning `name` as the current view wants.
     fn decide(self: &Arc<Self>, name: &ClusterName, state: &mut State, shards: &TaskTracker) {
         let me = self.options.identity.as_str();
-        let mine = state.known.contains(name)
-            && hrw::owner(name.as_str(), state.live.iter().map(|p| (p.identity.as_str(), p.weight))) == Some(me);
+        let mine = state.known.contains(name) && state.ring.owner(name.as_str()) == Some(me);
         match state.running.get(name) {
             Some(wanted) if !mine => wanted.cancel(),
             // Running, or handing over: a new shard waits for the old one's end.
@@ -527,6 +544,7 @@ impl Coordinator {
     async fn peer_term(&self, wanted: &CancellationToken) -> Option<CancellationToken> {
         let mut terms = self.peer_term.subscribe();
         let term = tokio::select! {
+            biased;
             () = wanted.cancelled() => return None,
             term = terms.wait_for(|t| t.as_ref().is_some_and(|t| !t.is_cancelled())) => term.ok()?.clone(),
         };
@@ -547,7 +565,11 @@ impl Coordinator {
             self.peer_term.send_replace(None);
             term.cancel();
             if let Err(reason) = held {
-                tracing::error!(lease = record.lease(), reason, "peer lease lost; work on every owned cluster cut");
+                tracing::error!(
+                    lease = record.lease(),
+                    reason,
+                    "peer lease lost; work on every owned cluster cut"
+                );
             }
         }
         if let Err(err) = self.store.delete(&name, None).await {
@@ -559,8 +581,9 @@ impl Coordinator {
 /// The run loop's state.
 #[derive(Default)]
 struct State {
-    /// The live peers as last acted on.
+    /// The live peers as last acted on, and their ring.
     live: Vec<Peer>,
+    ring: hrw::Ring,
     /// Clusters engaged in the manager.
     known: HashSet<ClusterName>,
     /// Clusters with a running shard task, and the token that says it is wanted.

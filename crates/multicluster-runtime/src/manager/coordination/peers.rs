@@ -51,7 +51,9 @@ impl Peers {
     pub(crate) fn observe(&mut self, leases: &[Arc<Lease>], now: Instant) {
         let mut seen = HashMap::with_capacity(leases.len());
         for lease in leases {
-            let Some(name) = lease.metadata.name.clone() else { continue };
+            let Some(name) = lease.metadata.name.clone() else {
+                continue;
+            };
             let spec = lease.spec.clone().unwrap_or_default();
             let weight = weight(lease);
             let since = match self.seen.remove(&name) {
@@ -70,7 +72,9 @@ impl Peers {
     pub(crate) fn sweep(&self, me: &str, now: Instant, duration: Duration) -> Sweep {
         let mut sweep = Sweep::default();
         for (name, (spec, _, since)) in &self.seen {
-            let Some(lease) = self.leases.get(name) else { continue };
+            let Some(lease) = self.leases.get(name) else {
+                continue;
+            };
             let Some(version) = lease.metadata.resource_version.clone() else {
                 continue;
             };

@@ -64,6 +64,12 @@ impl Coordinator {
                 Err(Missed::NotWanted) => return,
                 Err(Missed::PeerLost) => continue,
             }
+            // No longer wanted while the write was on its way: hand it straight back,
+            // before anything starts, so that its rightful owner need not wait.
+            if wanted.is_cancelled() {
+                self.release(&name, &mut fence).await;
+                return;
+            }
             let term = Term::new();
             if !self.host.start(&name, &term).await {
                 // Gone meanwhile: nothing to work on.
@@ -103,10 +109,21 @@ impl Coordinator {
 
     /// Takes the fence, trying every probe interval (or when its holder would
     /// expire, if sooner), while wanted and within `peer`.
-    async fn acquire(&self, fence: &mut Fence, wanted: &CancellationToken, peer: &CancellationToken) -> Result<(), Missed> {
+    async fn acquire(
+        &self,
+        fence: &mut Fence,
+        wanted: &CancellationToken,
+        peer: &CancellationToken,
+    ) -> Result<(), Missed> {
         let probe = self.options.probe_interval;
         let mut seen: OwnObservation = None;
         loop {
+            if wanted.is_cancelled() {
+                return Err(Missed::NotWanted);
+            }
+            if peer.is_cancelled() {
+                return Err(Missed::PeerLost);
+            }
             let wait = match self.try_acquire(fence, &mut seen).await {
                 Ok(None) => return Ok(()),
                 Ok(Some(wait)) => wait,
@@ -124,7 +141,11 @@ impl Coordinator {
     }
 
     /// One attempt: `None` once the fence is ours, else how long to wait.
-    async fn try_acquire(&self, fence: &mut Fence, seen: &mut OwnObservation) -> Result<Option<Duration>, LeaseError> {
+    async fn try_acquire(
+        &self,
+        fence: &mut Fence,
+        seen: &mut OwnObservation,
+    ) -> Result<Option<Duration>, LeaseError> {
         let probe = self.options.probe_interval;
         let current = fence.read().await?;
         let holder = current
@@ -141,7 +162,11 @@ impl Coordinator {
 
     /// Whether `holder` may still work on its clusters: `Some(wait)` if it may
     /// (look again after `wait`), `None` if it is gone.
-    async fn holder_works(&self, holder: &str, seen: &mut OwnObservation) -> Result<Option<Duration>, LeaseError> {
+    async fn holder_works(
+        &self,
+        holder: &str,
+        seen: &mut OwnObservation,
+    ) -> Result<Option<Duration>, LeaseError> {
         let now = Instant::now();
         let default = self.options.lease_duration;
         let watched = super::lock(&self.peers).record_of(holder);
@@ -152,7 +177,11 @@ impl Coordinator {
             }
         }
         // Expired as the watch saw it, or not seen by it: a fresh read decides.
-        let fresh = self.store.get(&self.options.peer_lease_of(holder)).await?.and_then(|l| l.spec);
+        let fresh = self
+            .store
+            .get(&self.options.peer_lease_of(holder))
+            .await?
+            .and_then(|l| l.spec);
         match fresh {
             // Marked dead by a peer (no holder), or the name is another's now.
             Some(spec) if spec.holder_identity.as_deref() != Some(holder) => Ok(None),
@@ -180,7 +209,9 @@ impl Coordinator {
             Ok(Err(err)) => {
                 tracing::warn!(cluster = %name, lease = fence.lease(), error = %err, "cannot release fence; it lapses with this replica's peer lease")
             }
-            Err(_) => tracing::warn!(cluster = %name, lease = fence.lease(), "fence not released in time; it lapses with this replica's peer lease"),
+            Err(_) => {
+                tracing::warn!(cluster = %name, lease = fence.lease(), "fence not released in time; it lapses with this replica's peer lease")
+            }
         }
     }
 }

@@ -28,7 +28,10 @@ use crate::manager::lease::memory::{MemoryLeases, Records};
 /// The sizes the issue asks for; `SH04_CLUSTERS` and `SH04_EVENTS` override them for
 /// a quick look.
 fn size(var: &str, default: usize) -> usize {
-    std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Who works on each cluster, across the replicas; and every violation.
@@ -55,7 +58,10 @@ impl Host for Components {
         }
         let Some(work) = term.enter() else { return false };
         let mut working = self.fleet.working.lock().unwrap();
-        if working.get(name).is_some_and(|(other, _)| *other != self.identity) {
+        if working
+            .get(name)
+            .is_some_and(|(other, _)| *other != self.identity)
+        {
             self.fleet.double.fetch_add(1, Ordering::Relaxed);
         }
         working.insert(name.clone(), (self.identity.clone(), work));
@@ -66,7 +72,10 @@ impl Host for Components {
 
     async fn stop(&self, name: &ClusterName, _term: &Term) {
         let mut working = self.fleet.working.lock().unwrap();
-        if working.get(name).is_some_and(|(owner, _)| *owner == self.identity) {
+        if working
+            .get(name)
+            .is_some_and(|(owner, _)| *owner == self.identity)
+        {
             working.remove(name);
         }
     }
@@ -142,7 +151,11 @@ impl World {
         replica.store.reachable.store(false, Ordering::Relaxed);
         replica.components.alive.store(false, Ordering::Relaxed);
         let identity = replica.identity.clone();
-        self.fleet.working.lock().unwrap().retain(|_, (owner, _)| *owner != identity);
+        self.fleet
+            .working
+            .lock()
+            .unwrap()
+            .retain(|_, (owner, _)| *owner != identity);
         // Its tasks end without reaching anyone.
         replica.stop.cancel();
     }
@@ -150,24 +163,31 @@ impl World {
     /// Cut off from the store, alive: it must stop working on its clusters by
     /// itself, before anyone takes them over.
     fn partition(&mut self, index: usize) {
-        self.replicas[index].store.reachable.store(false, Ordering::Relaxed);
+        self.replicas[index]
+            .store
+            .reachable
+            .store(false, Ordering::Relaxed);
     }
 
     fn heal(&mut self, index: usize) {
-        self.replicas[index].store.reachable.store(true, Ordering::Relaxed);
+        self.replicas[index]
+            .store
+            .reachable
+            .store(true, Ordering::Relaxed);
     }
 
     /// The owner of each cluster the protocol should settle on.
-    fn expected(&self) -> HashMap<&ClusterName, &str> {
+    fn expected(&self) -> HashMap<&ClusterName, String> {
         let peers: Vec<(&str, u32)> = self
             .replicas
             .iter()
             .filter(|r| r.reachable())
             .map(|r| (r.identity.as_str(), 1))
             .collect();
+        let ring = hrw::Ring::new(peers);
         self.names
             .iter()
-            .map(|name| (name, hrw::owner(name.as_str(), peers.iter().copied()).expect("a peer")))
+            .map(|name| (name, ring.owner(name.as_str()).expect("a peer").to_owned()))
             .collect()
     }
 
@@ -228,7 +248,10 @@ struct Lcg(u64);
 
 impl Lcg {
     fn below(&mut self, n: usize) -> usize {
-        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
         ((self.0 >> 33) % n as u64) as usize
     }
 }
@@ -240,7 +263,9 @@ async fn sh04_ten_thousand_clusters_ten_replicas_hundred_changes() {
     let mut world = World {
         records: Arc::default(),
         fleet: Arc::default(),
-        names: (0..clusters).map(|i| ClusterName::from(format!("cluster-{i:05}"))).collect(),
+        names: (0..clusters)
+            .map(|i| ClusterName::from(format!("cluster-{i:05}")))
+            .collect(),
         replicas: Vec::new(),
         next: 0,
     };
@@ -260,7 +285,11 @@ async fn sh04_ten_thousand_clusters_ten_replicas_hundred_changes() {
         let reachable = world.replicas.iter().filter(|r| r.reachable()).count();
         let what = match (partitioned.clone(), rng.below(4)) {
             (Some(identity), _) => {
-                let index = world.replicas.iter().position(|r| r.identity == identity).expect("there");
+                let index = world
+                    .replicas
+                    .iter()
+                    .position(|r| r.identity == identity)
+                    .expect("there");
                 world.heal(index);
                 partitioned = None;
                 "heal"
@@ -291,7 +320,10 @@ async fn sh04_ten_thousand_clusters_ten_replicas_hundred_changes() {
         let took = world.settle().await;
         worst_settle = worst_settle.max(took);
         let after = world.owners();
-        let moved = after.iter().filter(|(name, owner)| before.get(*name) != Some(owner)).count();
+        let moved = after
+            .iter()
+            .filter(|(name, owner)| before.get(*name) != Some(owner))
+            .count();
         let peers = reachable.max(world.replicas.iter().filter(|r| r.reachable()).count());
         let ideal = clusters as f64 / peers as f64;
         ratios.push(moved as f64 / ideal);
@@ -306,20 +338,32 @@ async fn sh04_ten_thousand_clusters_ten_replicas_hundred_changes() {
     }
     let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
     let double = world.fleet.double.load(Ordering::Relaxed);
-    println!("sh04: moved fraction / optimum, mean over {events} events: {mean:.3}; slowest settling {worst_settle:?}");
+    println!(
+        "sh04: moved fraction / optimum, mean over {events} events: {mean:.3}; slowest settling {worst_settle:?}"
+    );
     println!("sh04: starts while another replica still worked on the cluster: {double}");
-    println!("sh04: {clusters} clusters, {events} events, {:?} of wall-clock time", wall.elapsed());
+    println!(
+        "sh04: {clusters} clusters, {events} events, {:?} of wall-clock time",
+        wall.elapsed()
+    );
     for (total, each) in &periods {
         let peers = each.len() as u64;
         println!("sh04: lease writes in one renew period: {total} (clusters {clusters} + peers {peers})");
         assert!(*total <= clusters as u64 + peers, "{total} writes in one period");
         for (writes, owned) in each {
-            assert!(*writes <= *owned as u64 + 1, "a replica owning {owned} wrote {writes}");
+            assert!(
+                *writes <= *owned as u64 + 1,
+                "a replica owning {owned} wrote {writes}"
+            );
         }
     }
     assert_eq!(double, 0, "a cluster was worked on by two replicas at once");
     assert!(mean <= 1.2, "moved {mean:.3}× the optimum on average");
-    assert!(periods.len() >= (events / 20).max(1), "write rates measured {} times", periods.len());
+    assert!(
+        periods.len() >= (events / 20).max(1),
+        "write rates measured {} times",
+        periods.len()
+    );
     for replica in world.replicas.drain(..) {
         replica.stop.cancel();
         let _ = replica.run.await;

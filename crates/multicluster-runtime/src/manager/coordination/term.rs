@@ -59,7 +59,9 @@ impl Term {
     /// # Cancel safety
     /// Cancel safe: the term stays ended; waiting again picks up where it was.
     pub(crate) async fn end(&self, cut: bool) {
-        self.inner.state.send_if_modified(|state| !std::mem::replace(&mut state.ended, true));
+        self.inner
+            .state
+            .send_if_modified(|state| !std::mem::replace(&mut state.ended, true));
         if cut {
             self.inner.cut.cancel();
         }
@@ -133,6 +135,10 @@ mod tests {
         drop(work);
         ending.await.unwrap();
         let free = Work::free();
-        assert!(tokio::time::timeout(Duration::from_secs(1), free.cut()).await.is_err());
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), free.cut())
+                .await
+                .is_err()
+        );
     }
 }
