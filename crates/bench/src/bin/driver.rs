@@ -198,7 +198,42 @@ async fn run(args: Args) -> Result<(), String> {
             });
         }
     }
-    let markdown = render(&args, &results);
+    let mut markdown = render(&args, &results);
+    if args.quick && args.clusters > 1 {
+        // A smoke test of P4 and P5 on the same fleet (cluster 0 the host or A):
+        // one Secret per other cluster; the quick fleet's objects as the backlog.
+        let quick = Args {
+            rounds: 1,
+            fair_probes: 1,
+            ..args.clone()
+        };
+        let peers = Args {
+            peers: quick.controller_peers(),
+            ..quick.clone()
+        };
+        let binaries = peer_binaries(&peers)?;
+        let engage = engage_rounds(&peers, &binaries, &fleet, args.clusters - 1).await?;
+        markdown += &format!(
+            "\n## P4 (quick)\n\n{}",
+            render_engage(&peers, args.clusters - 1, args.clusters - 1, &engage)
+        );
+        let fair = fair_rounds(
+            &peers,
+            &binaries,
+            kubeconfigs.path(),
+            clients[1].clone(),
+            total,
+            args.objects,
+        )
+        .await?;
+        let setting = format!(
+            "the fleet's {total} ConfigMaps queued at start; the probe is one of cluster 1's (a smoke test: the backlog is spread over all clusters)"
+        );
+        markdown += &format!(
+            "\n## P5 (quick)\n\n{}",
+            render_fairness(&peers, &setting, args.objects, 1, &fair)
+        );
+    }
     drop(fleet);
     publish(&args, &markdown)
 }
@@ -446,7 +481,6 @@ const SECRETS_NAMESPACE: &str = "bench-secrets";
 /// and naming one target round-robin. The peer reports, per cluster, Secret written
 /// → first reconcile of an object in it.
 async fn engage_latency(args: &Args, secrets: usize) -> Result<(), String> {
-    use std::fmt::Write;
     let peers = args.controller_peers();
     let binaries = peer_binaries(&Args {
         peers: peers.clone(),
@@ -455,6 +489,25 @@ async fn engage_latency(args: &Args, secrets: usize) -> Result<(), String> {
     let targets = args.clusters.max(1);
     eprintln!("starting a host and {targets} target clusters ...");
     let (fleet, _) = start_fleet(1 + targets).await?;
+    let target_clients: Vec<kube::Client> = fleet.clusters()[1..]
+        .iter()
+        .map(|c| c.client().map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    futures::future::try_join_all(target_clients.iter().map(|c| seed(c.clone(), args.objects))).await?;
+    let runs = engage_rounds(args, &binaries, &fleet, secrets).await?;
+    drop(fleet);
+    let md = report_header(args) + &render_engage(args, targets, secrets, &runs);
+    publish(args, &md)
+}
+
+/// The P4 rounds on `fleet`: cluster 0 is the host, the others (seeded) the
+/// targets of the `secrets` Secrets.
+async fn engage_rounds(
+    args: &Args,
+    binaries: &BTreeMap<&'static str, PathBuf>,
+    fleet: &kube_envtest::Fleet,
+    secrets: usize,
+) -> Result<Vec<ModeRun>, String> {
     // The peers see the host only; the targets come from the Secrets.
     let host_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     std::fs::copy(
@@ -464,17 +517,16 @@ async fn engage_latency(args: &Args, secrets: usize) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let host = fleet.cluster(0).client().map_err(|e| e.to_string())?;
     create_namespace(host.clone(), SECRETS_NAMESPACE).await?;
-    let target_clients: Vec<kube::Client> = fleet.clusters()[1..]
-        .iter()
-        .map(|c| c.client().map_err(|e| e.to_string()))
-        .collect::<Result<_, _>>()?;
-    futures::future::try_join_all(target_clients.iter().map(|c| seed(c.clone(), args.objects))).await?;
     let kubeconfigs: Vec<kube::config::Kubeconfig> = fleet.clusters()[1..]
         .iter()
         .map(|c| c.kubeconfig().clone())
         .collect();
+    if kubeconfigs.is_empty() {
+        return Err("P4 needs at least one target cluster besides the host".into());
+    }
     let secrets_api: Api<Secret> = Api::namespaced(host, SECRETS_NAMESPACE);
-    let modes: Vec<(String, String, Vec<String>)> = peers
+    let modes: Vec<(String, String, Vec<String>)> = args
+        .controller_peers()
         .iter()
         .map(|peer| (peer.clone(), peer.clone(), Vec::new()))
         .collect();
@@ -525,11 +577,16 @@ async fn engage_latency(args: &Args, secrets: usize) -> Result<(), String> {
     })
     .await?;
     delete_kubeconfig_secrets(&secrets_api).await?;
-    drop(fleet);
-    let mut header = report_header(args);
+    Ok(runs)
+}
+
+/// The P4 results as Markdown (without the command, date and machine lines).
+fn render_engage(args: &Args, targets: usize, secrets: usize, runs: &[ModeRun]) -> String {
+    use std::fmt::Write;
+    let mut header = String::new();
     let _ = writeln!(
         header,
-        "- a host and {targets} target apiservers × {} ConfigMaps; {secrets} kubeconfig Secrets, {} ms apart, round-robin over the targets (each Secret its own cluster); {} round(s), order rotating; concurrency {}",
+        "- P4: a host and {targets} target apiservers × {} ConfigMaps; {secrets} kubeconfig Secrets, {} ms apart, round-robin over the targets (each Secret its own cluster); {} round(s), order rotating; concurrency {}",
         args.objects, args.engage_interval_ms, args.rounds, args.concurrency
     );
     let _ = writeln!(
@@ -541,7 +598,7 @@ async fn engage_latency(args: &Args, secrets: usize) -> Result<(), String> {
         ("engage latency max (ms)", Box::new(|r| r.engage_max_ms)),
         ("peak RSS (MiB)", Box::new(|r| mib(r.vmhwm_kib))),
     ];
-    publish(args, &render_modes(&header, &runs, &metrics))
+    render_modes(&header, runs, &metrics)
 }
 
 /// Deletes every kubeconfig Secret of the benchmark and waits until none is left.
@@ -573,7 +630,6 @@ async fn delete_kubeconfig_secrets(api: &Api<Secret>) -> Result<(), String> {
 /// queued), the driver writes the probes in B one after another, each stamped, and
 /// the peer reports their wait (write → reconcile) as its update latency.
 async fn fairness(args: &Args, backlog: usize) -> Result<(), String> {
-    use std::fmt::Write;
     let peers = args.controller_peers();
     let binaries = peer_binaries(&Args {
         peers: peers.clone(),
@@ -588,25 +644,43 @@ async fn fairness(args: &Args, backlog: usize) -> Result<(), String> {
     eprintln!("seeding {backlog} ConfigMaps in A and {probes} in B ...");
     futures::future::try_join(seed(a, backlog), seed(b.clone(), probes)).await?;
     eprintln!("seeded in {:.1} s", seeding.elapsed().as_secs_f64());
-    let expected = backlog + probes;
+    let runs = fair_rounds(args, &binaries, kubeconfigs.path(), b, backlog + probes, backlog).await?;
+    drop(fleet);
+    let setting = format!("cluster A: {backlog} ConfigMaps (the backlog); cluster B: {probes}, the probes");
+    let md = report_header(args) + &render_fairness(args, &setting, backlog, probes, &runs);
+    publish(args, &md)
+}
+
+/// The P5 rounds on the fleet of `kubeconfigs` with `expected` objects in all;
+/// `backlog` of them in cluster A, the probes in the cluster of `b`.
+async fn fair_rounds(
+    args: &Args,
+    binaries: &BTreeMap<&'static str, PathBuf>,
+    kubeconfigs: &Path,
+    b: kube::Client,
+    expected: usize,
+    backlog: usize,
+) -> Result<Vec<ModeRun>, String> {
+    let probes = args.fair_probes.max(1);
     let ready_after = (backlog / 20).max(1);
-    let sleep = args.sleep_args(2);
-    let modes: Vec<(String, String, Vec<String>)> = peers
+    let extra: Vec<String> = ["--ready-after".to_owned(), ready_after.to_string()]
+        .into_iter()
+        .chain(args.sleep_args(2))
+        .collect();
+    let modes: Vec<(String, String, Vec<String>)> = args
+        .controller_peers()
         .iter()
-        .map(|peer| (peer.clone(), peer.clone(), Vec::new()))
+        .map(|peer| (peer.clone(), peer.clone(), extra.clone()))
         .collect();
     let b_api: Api<ConfigMap> = Api::namespaced(b, NAMESPACE);
-    let runs = run_modes(args, &modes, |peer, _| {
+    run_modes(args, &modes, |peer, extra| {
         let run = PeerRun {
             peer,
             binary: &binaries[peer],
-            kubeconfigs: kubeconfigs.path(),
+            kubeconfigs,
             expected,
             updates: probes,
-            extra: ["--ready-after".to_owned(), ready_after.to_string()]
-                .into_iter()
-                .chain(sleep.iter().cloned())
-                .collect(),
+            extra: extra.to_vec(),
         };
         let api = b_api.clone();
         async move {
@@ -625,31 +699,36 @@ async fn fairness(args: &Args, backlog: usize) -> Result<(), String> {
             run.run(args, driving).await
         }
     })
-    .await?;
-    drop(fleet);
-    let mut header = report_header(args);
+    .await
+}
+
+/// The P5 results as Markdown (without the command, date and machine lines).
+fn render_fairness(args: &Args, setting: &str, backlog: usize, probes: usize, runs: &[ModeRun]) -> String {
+    use std::fmt::Write;
+    let mut header = String::new();
     let _ = writeln!(
         header,
-        "- cluster A: {backlog} ConfigMaps (the backlog); cluster B: {probes}; {} round(s), order rotating",
+        "- P5: {setting}; {} round(s), order rotating",
         args.rounds
     );
     let _ = writeln!(
         header,
-        "- both peers: concurrency {}, every reconcile sleeps {} ms; once {ready_after} objects are reconciled, {probes} probes in B are written {} ms apart",
+        "- both peers: concurrency {}, every reconcile sleeps {} ms; once {} objects are reconciled, {probes} probes in B are written {} ms apart",
         args.concurrency,
         args.reconcile_sleep_ms.unwrap_or(2),
+        (backlog / 20).max(1),
         args.fair_interval_ms
     );
     let _ = writeln!(
         header,
-        "- wait = probe written → reconciled; backlog drained = process start → every object reconciled"
+        "- wait = probe written → reconciled; all reconciled = process start → every object reconciled"
     );
     let metrics: [Metric; 3] = [
         ("probe wait p50 (ms)", Box::new(|r| r.lat_p50_ms)),
         ("probe wait max (ms)", Box::new(|r| r.lat_max_ms)),
-        ("backlog drained (s)", Box::new(|r| r.time_to_all_s)),
+        ("all reconciled (s)", Box::new(|r| r.time_to_all_s)),
     ];
-    publish(args, &render_modes(&header, &runs, &metrics))
+    render_modes(&header, runs, &metrics)
 }
 
 /// Creates namespace `name` (an existing one is fine).
