@@ -67,6 +67,10 @@ pub struct PeerArgs {
     /// of them (P5: the rest is still queued when the driver writes its probes).
     #[arg(long)]
     pub ready_after: Option<usize>,
+    /// Turn off the manager's health probes of every engaged cluster (Rust peer
+    /// only; the Go library has none), to see what they cost.
+    #[arg(long)]
+    pub no_health_probes: bool,
 }
 
 /// How namespace-clusters get their clients (see [`PeerArgs::namespaces_as_clusters`]).

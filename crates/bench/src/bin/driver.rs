@@ -91,6 +91,9 @@ struct Args {
     /// defaults to 2; other modes to 0).
     #[arg(long)]
     reconcile_sleep_ms: Option<u64>,
+    /// Run the Rust peer without the manager's health probes (`--no-health-probes`).
+    #[arg(long)]
+    no_health_probes: bool,
     /// How long a peer may take before the run fails, in seconds (plus the update
     /// phase).
     #[arg(long, default_value_t = 240)]
@@ -894,6 +897,7 @@ impl PeerRun<'_> {
             .arg(&ready)
             .args(["--timeout", &format!("{}s", timeout.as_secs())])
             .args(&self.extra)
+            .args((args.no_health_probes && peer == "rust").then_some("--no-health-probes"))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)

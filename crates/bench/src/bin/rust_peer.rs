@@ -46,6 +46,11 @@ async fn run(args: PeerArgs, start: Instant, wall_start: SystemTime) -> Result<m
         }
         (None, None) => fleet_manager(&files).await?,
     };
+    let manager = if args.no_health_probes {
+        manager.without_health_probes()
+    } else {
+        manager
+    };
 
     let context = Arc::new(Context {
         tally: Tally::new(wall_start, args.expected, args.updates),
