@@ -458,6 +458,12 @@ async fn namespace_scale(args: &Args, namespaces: usize) -> Result<(), String> {
             ""
         }
     );
+    if args.no_health_probes {
+        let _ = writeln!(
+            header,
+            "- the Rust peer ran without the manager's health probes (`--no-health-probes`)"
+        );
+    }
     let _ = writeln!(
         header,
         "- KiB per namespace = peak RSS (VmHWM) when every object was reconciled ÷ {namespaces}"
