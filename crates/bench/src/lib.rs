@@ -6,7 +6,7 @@
 //! write→reconcile latency of the driver's updates, and prints one [`Report`] as a
 //! JSON line. The Go peer mirrors these names and fields in `bench/go-peer/main.go`.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -52,6 +52,25 @@ pub struct PeerArgs {
     /// (`per-namespace`).
     #[arg(long, value_enum)]
     pub namespaces_as_clusters: Option<NamespaceClients>,
+    /// Clusters from kubeconfig Secrets (P4): the first kubeconfig is the host, and
+    /// each Secret of this namespace of the host labelled
+    /// `sigs.k8s.io/multicluster-runtime-kubeconfig=true` a cluster named after it.
+    /// The ready file is created once the provider has listed the Secrets, and the
+    /// report gives, per cluster, the time from the Secret's [`WRITTEN_AT`] stamp to
+    /// the first reconcile of an object in that cluster.
+    #[arg(long)]
+    pub kubeconfig_secrets: Option<String>,
+    /// Artificial cost of each reconcile (P5): the reconciler sleeps this long.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub reconcile_sleep: Duration,
+    /// Create the ready file once this many objects are reconciled rather than all
+    /// of them (P5: the rest is still queued when the driver writes its probes).
+    #[arg(long)]
+    pub ready_after: Option<usize>,
+    /// Turn off the manager's health probes of every engaged cluster (Rust peer
+    /// only; the Go library has none), to see what they cost.
+    #[arg(long)]
+    pub no_health_probes: bool,
 }
 
 /// How namespace-clusters get their clients (see [`PeerArgs::namespaces_as_clusters`]).
@@ -108,26 +127,44 @@ pub struct Report {
     pub lat_p99_ms: f64,
     /// Maximum of the same.
     pub lat_max_ms: f64,
+    /// Clusters engaged from kubeconfig Secrets whose first reconcile was timed (P4).
+    #[serde(default)]
+    pub engaged: usize,
+    /// Secret written → first reconcile in its cluster (P4): median, in milliseconds.
+    #[serde(default)]
+    pub engage_p50_ms: f64,
+    /// Maximum of the same.
+    #[serde(default)]
+    pub engage_max_ms: f64,
     /// Every object and every update was seen in time.
     pub complete: bool,
 }
 
-/// Counts distinct objects and the latency of each observed update, and wakes the
-/// peer when the counts are reached.
+/// Counts distinct objects, the latency of each observed update and the first
+/// reconcile in each cluster, and wakes the peer when the counts are reached.
+///
+/// An update counts once per object and stamp: a reconcile that sees a stamp no
+/// newer than the last one counted for that object (a second reconcile of the same
+/// write, from a duplicate event or a relist) adds no latency sample.
 #[derive(Debug)]
 pub struct Tally {
     start_nanos: u128,
     expected: usize,
     updates: usize,
     inner: Mutex<TallyState>,
-    all_seen: Notify,
+    seen_changed: Notify,
     all_updates: Notify,
 }
 
 #[derive(Debug, Default)]
 struct TallyState {
-    seen: HashSet<String>,
+    /// Per object key, the newest stamp counted (0: none yet).
+    last_stamp: HashMap<String, u128>,
+    /// Per cluster, the wall-clock time of its first reconcile (Unix nanoseconds).
+    first_in_cluster: HashMap<String, u128>,
     latencies: Vec<Duration>,
+    /// When the last expected object was first reconciled.
+    all_seen_at: Option<Instant>,
 }
 
 impl Tally {
@@ -139,28 +176,42 @@ impl Tally {
             expected,
             updates,
             inner: Mutex::new(TallyState {
-                seen: HashSet::with_capacity(expected),
+                last_stamp: HashMap::with_capacity(expected),
                 latencies: Vec::with_capacity(updates),
+                ..TallyState::default()
             }),
-            all_seen: Notify::new(),
+            seen_changed: Notify::new(),
             all_updates: Notify::new(),
         }
     }
 
-    /// Records that the object `key` was reconciled with the annotation value
-    /// `written_at` (if any).
-    pub fn record(&self, key: String, written_at: Option<&str>) {
+    /// Records that the object `namespace/name` of `cluster` was reconciled with the
+    /// annotation value `written_at` (if any).
+    pub fn record(&self, cluster: &str, namespace: Option<&str>, name: &str, written_at: Option<&str>) {
         let now = nanos(SystemTime::now());
+        let key = object_key(cluster, namespace, name);
         let mut state = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if state.seen.insert(key) && state.seen.len() == self.expected {
-            self.all_seen.notify_one();
+        if !state.first_in_cluster.contains_key(cluster) {
+            state.first_in_cluster.insert(cluster.to_owned(), now);
         }
-        let Some(stamp) = written_at.and_then(|s| s.parse::<u128>().ok()) else {
+        let stamp = written_at
+            .and_then(|s| s.parse::<u128>().ok())
+            .filter(|&stamp| self.updates > 0 && stamp >= self.start_nanos);
+        let objects_before = state.last_stamp.len();
+        let last = state.last_stamp.entry(key).or_insert(0);
+        let fresh = stamp.filter(|&stamp| stamp > *last);
+        if let Some(stamp) = fresh {
+            *last = stamp;
+        }
+        if state.last_stamp.len() > objects_before {
+            if state.last_stamp.len() == self.expected {
+                state.all_seen_at = Some(Instant::now());
+            }
+            self.seen_changed.notify_waiters();
+        }
+        let Some(stamp) = fresh else {
             return;
         };
-        if self.updates == 0 || stamp < self.start_nanos {
-            return;
-        }
         let latency = Duration::from_nanos(u64::try_from(now.saturating_sub(stamp)).unwrap_or(u64::MAX));
         state.latencies.push(latency);
         if state.latencies.len() == self.updates {
@@ -170,36 +221,44 @@ impl Tally {
 
     /// Distinct objects seen so far.
     pub fn seen(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).seen.len()
+        self.state().last_stamp.len()
     }
 
-    /// Waits until every expected object was seen.
-    pub async fn all_seen(&self) {
-        if self.seen() < self.expected {
-            self.all_seen.notified().await;
+    fn state(&self) -> std::sync::MutexGuard<'_, TallyState> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until at least `count` distinct objects were seen.
+    pub async fn seen_at_least(&self, count: usize) {
+        loop {
+            let changed = self.seen_changed.notified();
+            if self.seen() >= count {
+                return;
+            }
+            changed.await;
         }
+    }
+
+    /// When the last expected object was first reconciled, if it was.
+    pub fn all_seen_at(&self) -> Option<Instant> {
+        self.state().all_seen_at
     }
 
     /// Waits until every expected update was seen.
     pub async fn all_updates(&self) {
-        let seen = self
-            .inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .latencies
-            .len();
-        if seen < self.updates {
+        if self.state().latencies.len() < self.updates {
             self.all_updates.notified().await;
         }
     }
 
     /// The latencies seen so far.
     pub fn latencies(&self) -> Vec<Duration> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .latencies
-            .clone()
+        self.state().latencies.clone()
+    }
+
+    /// Per cluster, the wall-clock time of its first reconcile in Unix nanoseconds.
+    pub fn first_reconciles(&self) -> HashMap<String, u128> {
+        self.state().first_in_cluster.clone()
     }
 }
 
@@ -208,14 +267,21 @@ pub fn object_key(cluster: &str, namespace: Option<&str>, name: &str) -> String 
     format!("{cluster}/{}/{name}", namespace.unwrap_or_default())
 }
 
-/// Runs a peer: waits for the sync, creates the ready file, waits for the updates,
-/// and returns the report (`complete` false on a time-out).
+/// Runs a peer's measurement and returns its report (`complete` false on a
+/// time-out):
+///
+/// 1. waits for `ready` (the peer's own readiness, e.g. its provider has listed the
+///    Secrets) and for [`PeerArgs::ready_after`] objects (default: all), then
+///    creates the ready file, on which the driver starts writing;
+/// 2. waits for every expected object (P1: the time from `start` to the first
+///    reconcile of the last of them) and every expected update (P3, P5).
 pub async fn measure(
     peer: &str,
     args: &PeerArgs,
     clusters: usize,
     start: std::time::Instant,
     tally: &Tally,
+    ready: impl std::future::Future<Output = ()>,
 ) -> Report {
     let mut report = Report {
         peer: peer.to_owned(),
@@ -225,7 +291,28 @@ pub async fn measure(
         ..Report::default()
     };
     let deadline = tokio::time::Instant::from_std(start) + args.timeout;
-    if tokio::time::timeout_at(deadline, tally.all_seen()).await.is_err() {
+    let ready_after = args.ready_after.unwrap_or(args.expected).min(args.expected);
+    let gate = async {
+        ready.await;
+        tally.seen_at_least(ready_after).await;
+    };
+    if tokio::time::timeout_at(deadline, gate).await.is_err() {
+        eprintln!(
+            "{peer}-peer: not ready in time ({} of {ready_after} objects reconciled)",
+            tally.seen(),
+        );
+        return report;
+    }
+    if let Some(path) = &args.ready_file
+        && let Err(error) = std::fs::write(path, b"")
+    {
+        eprintln!("{peer}-peer: cannot create {}: {error}", path.display());
+        return report;
+    }
+    if tokio::time::timeout_at(deadline, tally.seen_at_least(args.expected))
+        .await
+        .is_err()
+    {
         eprintln!(
             "{peer}-peer: timed out with {} of {} objects reconciled",
             tally.seen(),
@@ -233,14 +320,9 @@ pub async fn measure(
         );
         return report;
     }
-    report.time_to_all_s = start.elapsed().as_secs_f64();
+    let all_seen_at = tally.all_seen_at().unwrap_or_else(Instant::now);
+    report.time_to_all_s = all_seen_at.duration_since(start).as_secs_f64();
     report.vmhwm_synced_kib = vm_hwm_kib();
-    if let Some(path) = &args.ready_file
-        && let Err(error) = std::fs::write(path, b"")
-    {
-        eprintln!("{peer}-peer: cannot create {}: {error}", path.display());
-        return report;
-    }
     let updates_in_time = tokio::time::timeout_at(deadline, tally.all_updates())
         .await
         .is_ok();
@@ -256,6 +338,28 @@ pub async fn measure(
         );
     }
     report
+}
+
+/// P4: per cluster with both a stamp and a first reconcile, the time from the
+/// stamp (`stamps`: cluster → Unix nanoseconds of the Secret's write) to the first
+/// reconcile in it (`firsts`, from [`Tally::first_reconciles`]).
+pub fn engage_latencies(stamps: &HashMap<String, u128>, firsts: &HashMap<String, u128>) -> Vec<Duration> {
+    stamps
+        .iter()
+        .filter_map(|(cluster, &stamp)| {
+            let first = *firsts.get(cluster)?;
+            Some(Duration::from_nanos(
+                u64::try_from(first.saturating_sub(stamp)).unwrap_or(u64::MAX),
+            ))
+        })
+        .collect()
+}
+
+/// Fills the P4 fields of `report` from the engage latencies of its clusters.
+pub fn report_engagements(report: &mut Report, mut latencies: Vec<Duration>) {
+    report.engaged = latencies.len();
+    let (p50, _, max) = percentiles(&mut latencies);
+    (report.engage_p50_ms, report.engage_max_ms) = (p50, max);
 }
 
 /// Prints the report as one JSON line and exits: 0 when complete, 1 otherwise.
@@ -384,16 +488,42 @@ mod tests {
     #[test]
     fn tally_counts_objects_once_and_only_fresh_stamps() {
         let start = SystemTime::now();
-        let tally = Tally::new(start, 2, 1);
-        tally.record("a/ns/x".into(), Some("1"));
-        tally.record("a/ns/x".into(), None);
+        let tally = Tally::new(start, 2, 2);
+        tally.record("a", Some("ns"), "x", Some("1"));
+        tally.record("a", Some("ns"), "x", None);
         assert_eq!(tally.seen(), 1);
         assert!(
             tally.latencies().is_empty(),
             "a stamp older than the start is not an update"
         );
         let fresh = nanos(SystemTime::now()).to_string();
-        tally.record("b/ns/y".into(), Some(&fresh));
+        tally.record("b", Some("ns"), "y", Some(&fresh));
         assert_eq!((tally.seen(), tally.latencies().len()), (2, 1));
+        assert!(tally.all_seen_at().is_some());
+        assert_eq!(tally.first_reconciles().len(), 2);
+    }
+
+    #[test]
+    fn a_second_reconcile_of_one_write_is_not_a_second_update() {
+        let tally = Tally::new(SystemTime::now(), 1, 2);
+        let first = nanos(SystemTime::now()).to_string();
+        tally.record("a", Some("ns"), "x", Some(&first));
+        tally.record("a", Some("ns"), "x", Some(&first));
+        assert_eq!(tally.latencies().len(), 1, "the same stamp twice counts once");
+        let second = (nanos(SystemTime::now()) + 1).to_string();
+        tally.record("a", Some("ns"), "x", Some(&second));
+        tally.record("a", Some("ns"), "x", Some(&first));
+        assert_eq!(
+            tally.latencies().len(),
+            2,
+            "an older stamp after a newer one does not count"
+        );
+    }
+
+    #[test]
+    fn engage_latency_runs_from_the_stamp_to_the_first_reconcile() {
+        let stamps = HashMap::from([("a".to_owned(), 1_000_000u128), ("gone".to_owned(), 5)]);
+        let firsts = HashMap::from([("a".to_owned(), 3_000_000u128), ("other".to_owned(), 9)]);
+        assert_eq!(engage_latencies(&stamps, &firsts), vec![Duration::from_millis(2)]);
     }
 }

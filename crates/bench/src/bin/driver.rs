@@ -2,7 +2,9 @@
 //! seeds it with labelled ConfigMaps, runs the peers one after another for several
 //! rounds on that same fleet (the order rotates each round), drives the update
 //! workload while each peer runs, and writes a Markdown table of medians and ratios.
-//! See `bench/README.md`.
+//! Other modes run P4 (engage latency, `--engage-secrets`), P5 (fairness,
+//! `--fair-backlog`) and P6 (namespaces as clusters, `--namespace-clusters`). See
+//! `bench/README.md`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,8 +14,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use mcr_bench::{MEMBER_LABEL, Report, WRITTEN_AT};
 use tokio::io::AsyncBufReadExt;
 
@@ -57,10 +59,45 @@ struct Args {
     #[arg(long)]
     out: Option<PathBuf>,
     /// P6 instead of P1–P3: this many namespaces-as-clusters on one apiserver, each
-    /// with `--objects` ConfigMaps, for the Rust peer with shared and with
-    /// per-namespace clients.
+    /// with `--objects` ConfigMaps, for the Rust peer (shared clients) and the Go
+    /// peer (its namespace provider).
     #[arg(long)]
     namespace_clusters: Option<usize>,
+    /// P6: also run the Rust peer with a client per namespace.
+    #[arg(long)]
+    per_namespace: bool,
+    /// P4 instead of P1–P3: a host apiserver and `--clusters` target apiservers
+    /// with `--objects` ConfigMaps each; this many kubeconfig Secrets, one after
+    /// another, each naming one target (round-robin), created in the host while a
+    /// peer runs its Secret provider.
+    #[arg(long)]
+    engage_secrets: Option<usize>,
+    /// P4: the pause between two Secrets, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    engage_interval_ms: u64,
+    /// P5 instead of P1–P3: two apiservers, this many ConfigMaps in cluster A (the
+    /// backlog) and `--fair-probes` in cluster B; once a twentieth of the backlog is
+    /// reconciled, the probes in B are written, one after another, and their wait
+    /// (write → reconcile) is measured.
+    #[arg(long)]
+    fair_backlog: Option<usize>,
+    /// P5: probes written in cluster B.
+    #[arg(long, default_value_t = 5)]
+    fair_probes: usize,
+    /// P5: the pause between two probes, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    fair_interval_ms: u64,
+    /// The artificial cost of each reconcile in both peers, in milliseconds (P5
+    /// defaults to 2; other modes to 0).
+    #[arg(long)]
+    reconcile_sleep_ms: Option<u64>,
+    /// Run the Rust peer without the manager's health probes (`--no-health-probes`).
+    #[arg(long)]
+    no_health_probes: bool,
+    /// How long a peer may take before the run fails, in seconds (plus the update
+    /// phase).
+    #[arg(long, default_value_t = 240)]
+    peer_timeout: u64,
     /// The command line to record in the results.
     #[arg(long, default_value = "bench/run")]
     command: String,
@@ -75,6 +112,20 @@ impl Args {
 
     fn updates(&self) -> usize {
         self.rate as usize * self.update_secs as usize
+    }
+
+    /// The peers of a P4, P5 or P6 run: those of `--peers` that have the provider
+    /// or the queue the workload measures (not the floor).
+    fn controller_peers(&self) -> Vec<String> {
+        self.peers.iter().filter(|p| *p != "floor").cloned().collect()
+    }
+
+    /// The peer arguments every mode passes: the reconcile cost, if any.
+    fn sleep_args(&self, default_ms: u64) -> Vec<String> {
+        match self.reconcile_sleep_ms.unwrap_or(default_ms) {
+            0 => Vec::new(),
+            ms => vec!["--reconcile-sleep".into(), format!("{ms}ms")],
+        }
     }
 }
 
@@ -91,6 +142,12 @@ async fn main() {
 async fn run(args: Args) -> Result<(), String> {
     if let Some(namespaces) = args.namespace_clusters {
         return namespace_scale(&args, namespaces).await;
+    }
+    if let Some(secrets) = args.engage_secrets {
+        return engage_latency(&args, secrets).await;
+    }
+    if let Some(backlog) = args.fair_backlog {
+        return fairness(&args, backlog).await;
     }
     let total = args.clusters * args.objects;
     if args.updates() > total {
@@ -144,7 +201,42 @@ async fn run(args: Args) -> Result<(), String> {
             });
         }
     }
-    let markdown = render(&args, &results);
+    let mut markdown = render(&args, &results);
+    if args.quick && args.clusters > 1 {
+        // A smoke test of P4 and P5 on the same fleet (cluster 0 the host or A):
+        // one Secret per other cluster; the quick fleet's objects as the backlog.
+        let quick = Args {
+            rounds: 1,
+            fair_probes: 1,
+            ..args.clone()
+        };
+        let peers = Args {
+            peers: quick.controller_peers(),
+            ..quick.clone()
+        };
+        let binaries = peer_binaries(&peers)?;
+        let engage = engage_rounds(&peers, &binaries, &fleet, args.clusters - 1).await?;
+        markdown += &format!(
+            "\n## P4 (quick)\n\n{}",
+            render_engage(&peers, args.clusters - 1, args.clusters - 1, &engage)
+        );
+        let fair = fair_rounds(
+            &peers,
+            &binaries,
+            kubeconfigs.path(),
+            clients[1].clone(),
+            total,
+            args.objects,
+        )
+        .await?;
+        let setting = format!(
+            "the fleet's {total} ConfigMaps queued at start; the probe is one of cluster 1's (a smoke test: the backlog is spread over all clusters)"
+        );
+        markdown += &format!(
+            "\n## P5 (quick)\n\n{}",
+            render_fairness(&peers, &setting, args.objects, 1, &fair)
+        );
+    }
     drop(fleet);
     publish(&args, &markdown)
 }
@@ -188,13 +280,130 @@ fn publish(args: &Args, markdown: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// One run of a P4, P5 or P6 mode: which peer, how it was set up, its report and
+/// the load average around it.
+struct ModeRun {
+    round: usize,
+    /// `rust`, `go`, or `rust per-namespace` (P6).
+    label: String,
+    report: Report,
+    load: (String, String),
+}
+
+/// A metric of a mode's report, with its column label.
+type Metric = (&'static str, Box<dyn Fn(&Report) -> f64>);
+
+/// Runs `modes` (label, peer, extra arguments) for `args.rounds` rounds, the order
+/// rotating each round; `start` runs one of them and returns its report.
+async fn run_modes<'a, F, Fut>(
+    args: &Args,
+    modes: &'a [(String, String, Vec<String>)],
+    mut start: F,
+) -> Result<Vec<ModeRun>, String>
+where
+    F: FnMut(&'a str, &'a [String]) -> Fut,
+    Fut: std::future::Future<Output = Result<Report, String>>,
+{
+    let mut runs = Vec::new();
+    for round in 0..args.rounds {
+        let mut order: Vec<&(String, String, Vec<String>)> = modes.iter().collect();
+        let turn = round % order.len().max(1);
+        order.rotate_left(turn);
+        for (label, peer, extra) in order {
+            let load_before = load_average();
+            let report = start(peer, extra).await?;
+            let load_after = load_average();
+            eprintln!(
+                "round {} {label:<20} all in {:.2} s, VmHWM {:.1} MiB, wait p50/max {:.1}/{:.1} ms, engage p50/max {:.1}/{:.1} ms, load {load_before}→{load_after}",
+                round + 1,
+                report.time_to_all_s,
+                mib(report.vmhwm_synced_kib),
+                report.lat_p50_ms,
+                report.lat_max_ms,
+                report.engage_p50_ms,
+                report.engage_max_ms,
+            );
+            runs.push(ModeRun {
+                round: round + 1,
+                label: label.clone(),
+                report,
+                load: (load_before, load_after),
+            });
+        }
+    }
+    Ok(runs)
+}
+
+/// A mode's results as Markdown: medians per label with the Rust/Go ratio, then
+/// every run with the load average around it.
+fn render_modes(header: &str, runs: &[ModeRun], metrics: &[Metric]) -> String {
+    use std::fmt::Write;
+    let mut labels: Vec<&str> = Vec::new();
+    for run in runs {
+        if !labels.contains(&run.label.as_str()) {
+            labels.push(&run.label);
+        }
+    }
+    labels.sort_unstable();
+    let med = |label: &str, f: &dyn Fn(&Report) -> f64| {
+        median(
+            runs.iter()
+                .filter(|r| r.label == label)
+                .map(|r| f(&r.report))
+                .collect(),
+        )
+    };
+    let mut md = header.to_owned();
+    let _ = writeln!(md, "\nMedians over the rounds:\n");
+    let _ = writeln!(md, "| metric | {} | rust/go |", labels.join(" | "));
+    let _ = writeln!(md, "|---|{}---:|", "---:|".repeat(labels.len()));
+    for (name, f) in metrics {
+        let cells: Vec<String> = labels
+            .iter()
+            .map(|label| med(label, f.as_ref()).map_or("–".into(), |v| format!("{v:.2}")))
+            .collect();
+        let ratio = match (med("rust", f.as_ref()), med("go", f.as_ref())) {
+            (Some(rust), Some(go)) if go > 0.0 => format!("{:.4}", rust / go),
+            _ => "–".into(),
+        };
+        let _ = writeln!(md, "| {name} | {} | {ratio} |", cells.join(" | "));
+    }
+    let _ = writeln!(md, "\nEvery run:\n");
+    let names: Vec<&str> = metrics.iter().map(|(name, _)| *name).collect();
+    let _ = writeln!(
+        md,
+        "| round | peer | clusters | {} | load before→after |",
+        names.join(" | ")
+    );
+    let _ = writeln!(md, "|---:|---|---:|{}---|", "---:|".repeat(names.len()));
+    for run in runs {
+        let cells: Vec<String> = metrics
+            .iter()
+            .map(|(_, f)| format!("{:.2}", f(&run.report)))
+            .collect();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {}→{} |",
+            run.round,
+            run.label,
+            run.report.clusters,
+            cells.join(" | "),
+            run.load.0,
+            run.load.1
+        );
+    }
+    md
+}
+
 /// P6: `namespaces` labelled namespaces of one apiserver, each with `--objects`
-/// ConfigMaps, reconciled by the Rust peer as namespace-clusters, alternately with
-/// the shared client and a client per namespace.
+/// ConfigMaps, reconciled as namespace-clusters by the Rust peer (shared clients;
+/// with `--per-namespace` also a client each) and by the Go peer (Go's namespace
+/// provider).
 async fn namespace_scale(args: &Args, namespaces: usize) -> Result<(), String> {
     use std::fmt::Write;
+    let peers = args.controller_peers();
     let binaries = peer_binaries(&Args {
-        peers: vec!["rust".into()],
+        peers: peers.clone(),
         ..args.clone()
     })?;
     let (fleet, kubeconfigs) = start_fleet(1).await?;
@@ -211,52 +420,338 @@ async fn namespace_scale(args: &Args, namespaces: usize) -> Result<(), String> {
         .await?;
     eprintln!("seeded in {:.1} s", seeding.elapsed().as_secs_f64());
     let expected = namespaces * args.objects;
-    let mut md = report_header(args);
-    let _ = writeln!(
-        md,
-        "- one apiserver, {namespaces} labelled namespaces × {} ConfigMaps = {expected} objects; {} round(s)\n",
-        args.objects, args.rounds
-    );
-    let _ = writeln!(
-        md,
-        "| round | clients | clusters engaged | all reconciled s | RSS sync MiB | KiB per cluster | load before→after |"
-    );
-    let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|---|");
-    for round in 0..args.rounds {
-        let mut modes = ["shared", "per-namespace"];
-        modes.rotate_left(round % 2);
-        for mode in modes {
-            let load_before = load_average();
-            let report = run_peer_with(
-                "rust",
-                &binaries["rust"],
-                kubeconfigs.path(),
-                expected,
-                0,
-                args,
-                &["--namespaces-as-clusters", mode],
-            )
-            .await?;
-            let load_after = load_average();
-            eprintln!(
-                "round {} {mode:<13} {expected} objects in {:.2} s, VmHWM {:.1} MiB",
-                round + 1,
-                report.time_to_all_s,
-                mib(report.vmhwm_synced_kib)
-            );
-            let _ = writeln!(
-                md,
-                "| {} | {mode} | {} | {:.2} | {:.1} | {:.1} | {load_before}→{load_after} |",
-                round + 1,
-                report.clusters,
-                report.time_to_all_s,
-                mib(report.vmhwm_synced_kib),
-                report.vmhwm_synced_kib as f64 / namespaces as f64
-            );
+    let mut modes: Vec<(String, String, Vec<String>)> = Vec::new();
+    for peer in &peers {
+        let shared = vec!["--namespaces-as-clusters".to_owned(), "shared".to_owned()];
+        modes.push((peer.clone(), peer.clone(), shared));
+        if peer == "rust" && args.per_namespace {
+            let own = vec!["--namespaces-as-clusters".to_owned(), "per-namespace".to_owned()];
+            modes.push(("rust per-namespace".into(), peer.clone(), own));
         }
     }
+    let runs = run_modes(args, &modes, |peer, extra| {
+        let run = PeerRun {
+            peer,
+            binary: &binaries[peer],
+            kubeconfigs: kubeconfigs.path(),
+            expected,
+            updates: 0,
+            extra: extra.iter().cloned().chain(args.sleep_args(0)).collect(),
+        };
+        async move { run.run(args, async { Ok(()) }).await }
+    })
+    .await?;
     drop(fleet);
+    let mut header = report_header(args);
+    let _ = writeln!(
+        header,
+        "- one apiserver, {namespaces} labelled namespaces × {} ConfigMaps = {expected} objects; {} round(s), order rotating; concurrency {}",
+        args.objects, args.rounds, args.concurrency
+    );
+    let _ = writeln!(
+        header,
+        "- rust: `Namespaces::new` (clients shared with the host){}; go: `providers/namespace` (engages every namespace, the 4 system ones too); \
+         clusters = namespace-clusters engaged (rust counts the manager's own cluster too)",
+        if args.per_namespace {
+            ", and `Namespaces::with_config` (a client each)"
+        } else {
+            ""
+        }
+    );
+    if args.no_health_probes {
+        let _ = writeln!(
+            header,
+            "- the Rust peer ran without the manager's health probes (`--no-health-probes`)"
+        );
+    }
+    let _ = writeln!(
+        header,
+        "- KiB per namespace = peak RSS (VmHWM) when every object was reconciled ÷ {namespaces}"
+    );
+    let metrics: [Metric; 3] = [
+        ("all engaged and reconciled (s)", Box::new(|r| r.time_to_all_s)),
+        ("peak RSS at sync (MiB)", Box::new(|r| mib(r.vmhwm_synced_kib))),
+        (
+            "KiB per namespace",
+            Box::new(move |r| r.vmhwm_synced_kib as f64 / namespaces.max(1) as f64),
+        ),
+    ];
+    publish(args, &render_modes(&header, &runs, &metrics))
+}
+
+/// The namespace of the host that holds the kubeconfig Secrets (P4).
+const SECRETS_NAMESPACE: &str = "bench-secrets";
+
+/// P4: a host and `--clusters` target apiservers with `--objects` ConfigMaps each.
+/// For each peer run, the driver deletes the kubeconfig Secrets, starts the peer on
+/// the host's kubeconfig with its Secret provider, waits until the provider has
+/// listed the (no) Secrets and one more second, then creates `secrets` Secrets one
+/// after another, `--engage-interval-ms` apart, each stamped with its write time
+/// and naming one target round-robin. The peer reports, per cluster, Secret written
+/// → first reconcile of an object in it.
+async fn engage_latency(args: &Args, secrets: usize) -> Result<(), String> {
+    let peers = args.controller_peers();
+    let binaries = peer_binaries(&Args {
+        peers: peers.clone(),
+        ..args.clone()
+    })?;
+    let targets = args.clusters.max(1);
+    eprintln!("starting a host and {targets} target clusters ...");
+    let (fleet, _) = start_fleet(1 + targets).await?;
+    let target_clients: Vec<kube::Client> = fleet.clusters()[1..]
+        .iter()
+        .map(|c| c.client().map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    futures::future::try_join_all(target_clients.iter().map(|c| seed(c.clone(), args.objects))).await?;
+    let runs = engage_rounds(args, &binaries, &fleet, secrets).await?;
+    drop(fleet);
+    let md = report_header(args) + &render_engage(args, targets, secrets, &runs);
     publish(args, &md)
+}
+
+/// The P4 rounds on `fleet`: cluster 0 is the host, the others (seeded) the
+/// targets of the `secrets` Secrets.
+async fn engage_rounds(
+    args: &Args,
+    binaries: &BTreeMap<&'static str, PathBuf>,
+    fleet: &kube_envtest::Fleet,
+    secrets: usize,
+) -> Result<Vec<ModeRun>, String> {
+    // The peers see the host only; the targets come from the Secrets.
+    let host_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    std::fs::copy(
+        fleet.cluster(0).kubeconfig_path(),
+        host_dir.path().join("host.kubeconfig"),
+    )
+    .map_err(|e| e.to_string())?;
+    let host = fleet.cluster(0).client().map_err(|e| e.to_string())?;
+    create_namespace(host.clone(), SECRETS_NAMESPACE).await?;
+    let kubeconfigs: Vec<kube::config::Kubeconfig> = fleet.clusters()[1..]
+        .iter()
+        .map(|c| c.kubeconfig().clone())
+        .collect();
+    if kubeconfigs.is_empty() {
+        return Err("P4 needs at least one target cluster besides the host".into());
+    }
+    let secrets_api: Api<Secret> = Api::namespaced(host, SECRETS_NAMESPACE);
+    let modes: Vec<(String, String, Vec<String>)> = args
+        .controller_peers()
+        .iter()
+        .map(|peer| (peer.clone(), peer.clone(), Vec::new()))
+        .collect();
+    let expected = secrets * args.objects;
+    let runs = run_modes(args, &modes, |peer, _| {
+        let run = PeerRun {
+            peer,
+            binary: &binaries[peer],
+            kubeconfigs: host_dir.path(),
+            expected,
+            updates: 0,
+            extra: ["--kubeconfig-secrets", SECRETS_NAMESPACE, "--ready-after", "0"]
+                .map(str::to_owned)
+                .into_iter()
+                .chain(args.sleep_args(0))
+                .collect(),
+        };
+        let (api, kubeconfigs) = (secrets_api.clone(), &kubeconfigs);
+        async move {
+            delete_kubeconfig_secrets(&api).await?;
+            let driving = async {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                for index in 0..secrets {
+                    let name = format!("engage-{index:04}");
+                    let mut secret = multicluster_runtime::providers::secret::kubeconfig_secret(
+                        &name,
+                        SECRETS_NAMESPACE,
+                        &kubeconfigs[index % kubeconfigs.len()],
+                    );
+                    let stamp = mcr_bench::nanos(SystemTime::now()).to_string();
+                    secret.metadata.annotations = Some([(WRITTEN_AT.to_owned(), stamp)].into());
+                    api.create(&PostParams::default(), &secret)
+                        .await
+                        .map_err(|e| format!("creating Secret {name}: {e}"))?;
+                    tokio::time::sleep(Duration::from_millis(args.engage_interval_ms)).await;
+                }
+                Ok(())
+            };
+            let report = run.run(args, driving).await?;
+            if report.engaged != secrets {
+                return Err(format!(
+                    "the {peer} peer timed {} of {secrets} engagements",
+                    report.engaged
+                ));
+            }
+            Ok(report)
+        }
+    })
+    .await?;
+    delete_kubeconfig_secrets(&secrets_api).await?;
+    Ok(runs)
+}
+
+/// The P4 results as Markdown (without the command, date and machine lines).
+fn render_engage(args: &Args, targets: usize, secrets: usize, runs: &[ModeRun]) -> String {
+    use std::fmt::Write;
+    let mut header = String::new();
+    let _ = writeln!(
+        header,
+        "- P4: a host and {targets} target apiservers × {} ConfigMaps; {secrets} kubeconfig Secrets, {} ms apart, round-robin over the targets (each Secret its own cluster); {} round(s), order rotating; concurrency {}",
+        args.objects, args.engage_interval_ms, args.rounds, args.concurrency
+    );
+    let _ = writeln!(
+        header,
+        "- rust: `providers::secret::Secrets`; go: `providers/kubeconfig` of multicluster-runtime v0.24.1; engage latency = Secret stamped and created → first reconcile of an object in its cluster"
+    );
+    let metrics: [Metric; 3] = [
+        ("engage latency p50 (ms)", Box::new(|r| r.engage_p50_ms)),
+        ("engage latency max (ms)", Box::new(|r| r.engage_max_ms)),
+        ("peak RSS (MiB)", Box::new(|r| mib(r.vmhwm_kib))),
+    ];
+    render_modes(&header, runs, &metrics)
+}
+
+/// Deletes every kubeconfig Secret of the benchmark and waits until none is left.
+async fn delete_kubeconfig_secrets(api: &Api<Secret>) -> Result<(), String> {
+    let selector = ListParams::default().labels(&format!(
+        "{}={}",
+        multicluster_runtime::providers::secret::DEFAULT_LABEL_KEY,
+        multicluster_runtime::providers::secret::DEFAULT_LABEL_VALUE
+    ));
+    api.delete_collection(&DeleteParams::default(), &selector)
+        .await
+        .map_err(|e| format!("deleting the kubeconfig Secrets: {e}"))?;
+    for _ in 0..100 {
+        let left = api
+            .list(&selector)
+            .await
+            .map_err(|e| format!("listing the kubeconfig Secrets: {e}"))?;
+        if left.items.is_empty() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err("the kubeconfig Secrets were not deleted in 10 s".into())
+}
+
+/// P5: cluster A with `backlog` ConfigMaps, cluster B with `--fair-probes`. Each
+/// peer reconciles with the same concurrency and the same sleep in each reconcile;
+/// once it has reconciled a twentieth of the objects (the rest of A is still
+/// queued), the driver writes the probes in B one after another, each stamped, and
+/// the peer reports their wait (write → reconcile) as its update latency.
+async fn fairness(args: &Args, backlog: usize) -> Result<(), String> {
+    let peers = args.controller_peers();
+    let binaries = peer_binaries(&Args {
+        peers: peers.clone(),
+        ..args.clone()
+    })?;
+    let probes = args.fair_probes.max(1);
+    eprintln!("starting clusters A and B ...");
+    let (fleet, kubeconfigs) = start_fleet(2).await?;
+    let a = fleet.cluster(0).client().map_err(|e| e.to_string())?;
+    let b = fleet.cluster(1).client().map_err(|e| e.to_string())?;
+    let seeding = Instant::now();
+    eprintln!("seeding {backlog} ConfigMaps in A and {probes} in B ...");
+    futures::future::try_join(seed(a, backlog), seed(b.clone(), probes)).await?;
+    eprintln!("seeded in {:.1} s", seeding.elapsed().as_secs_f64());
+    let runs = fair_rounds(args, &binaries, kubeconfigs.path(), b, backlog + probes, backlog).await?;
+    drop(fleet);
+    let setting = format!("cluster A: {backlog} ConfigMaps (the backlog); cluster B: {probes}, the probes");
+    let md = report_header(args) + &render_fairness(args, &setting, backlog, probes, &runs);
+    publish(args, &md)
+}
+
+/// The P5 rounds on the fleet of `kubeconfigs` with `expected` objects in all;
+/// `backlog` of them in cluster A, the probes in the cluster of `b`.
+async fn fair_rounds(
+    args: &Args,
+    binaries: &BTreeMap<&'static str, PathBuf>,
+    kubeconfigs: &Path,
+    b: kube::Client,
+    expected: usize,
+    backlog: usize,
+) -> Result<Vec<ModeRun>, String> {
+    let probes = args.fair_probes.max(1);
+    let ready_after = (backlog / 20).max(1);
+    let extra: Vec<String> = ["--ready-after".to_owned(), ready_after.to_string()]
+        .into_iter()
+        .chain(args.sleep_args(2))
+        .collect();
+    let modes: Vec<(String, String, Vec<String>)> = args
+        .controller_peers()
+        .iter()
+        .map(|peer| (peer.clone(), peer.clone(), extra.clone()))
+        .collect();
+    let b_api: Api<ConfigMap> = Api::namespaced(b, NAMESPACE);
+    run_modes(args, &modes, |peer, extra| {
+        let run = PeerRun {
+            peer,
+            binary: &binaries[peer],
+            kubeconfigs,
+            expected,
+            updates: probes,
+            extra: extra.to_vec(),
+        };
+        let api = b_api.clone();
+        async move {
+            let driving = async {
+                for index in 0..probes {
+                    let name = object_name(index);
+                    let stamp = mcr_bench::nanos(SystemTime::now()).to_string();
+                    let patch = serde_json::json!({ "metadata": { "annotations": { WRITTEN_AT: stamp } } });
+                    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                        .map_err(|e| format!("updating {name} in B: {e}"))?;
+                    tokio::time::sleep(Duration::from_millis(args.fair_interval_ms)).await;
+                }
+                Ok(())
+            };
+            run.run(args, driving).await
+        }
+    })
+    .await
+}
+
+/// The P5 results as Markdown (without the command, date and machine lines).
+fn render_fairness(args: &Args, setting: &str, backlog: usize, probes: usize, runs: &[ModeRun]) -> String {
+    use std::fmt::Write;
+    let mut header = String::new();
+    let _ = writeln!(
+        header,
+        "- P5: {setting}; {} round(s), order rotating",
+        args.rounds
+    );
+    let _ = writeln!(
+        header,
+        "- both peers: concurrency {}, every reconcile sleeps {} ms; once {} objects are reconciled, {probes} probes in B are written {} ms apart",
+        args.concurrency,
+        args.reconcile_sleep_ms.unwrap_or(2),
+        (backlog / 20).max(1),
+        args.fair_interval_ms
+    );
+    let _ = writeln!(
+        header,
+        "- wait = probe written → reconciled; all reconciled = process start → every object reconciled"
+    );
+    let metrics: [Metric; 3] = [
+        ("probe wait p50 (ms)", Box::new(|r| r.lat_p50_ms)),
+        ("probe wait max (ms)", Box::new(|r| r.lat_max_ms)),
+        ("all reconciled (s)", Box::new(|r| r.time_to_all_s)),
+    ];
+    render_modes(&header, runs, &metrics)
+}
+
+/// Creates namespace `name` (an existing one is fine).
+async fn create_namespace(client: kube::Client, name: &str) -> Result<(), String> {
+    let mut ns = Namespace::default();
+    ns.metadata.name = Some(name.into());
+    match Api::<Namespace>::all(client)
+        .create(&PostParams::default(), &ns)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(error) => Err(format!("creating namespace {name}: {error}")),
+    }
 }
 
 /// Creates the labelled namespace `name` with `objects` labelled ConfigMaps.
@@ -312,16 +807,7 @@ fn peer_binaries(args: &Args) -> Result<BTreeMap<&'static str, PathBuf>, String>
 /// Creates the namespace and `objects` labelled ConfigMaps in one cluster (existing
 /// ones are kept, so a re-run on a live fleet is fine).
 async fn seed(client: kube::Client, objects: usize) -> Result<(), String> {
-    let mut ns = Namespace::default();
-    ns.metadata.name = Some(NAMESPACE.into());
-    match Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(status)) if status.code == 409 => {}
-        Err(error) => return Err(format!("creating namespace {NAMESPACE}: {error}")),
-    }
+    create_namespace(client.clone(), NAMESPACE).await?;
     seed_configmaps(Api::namespaced(client, NAMESPACE), objects, 16).await
 }
 
@@ -351,9 +837,9 @@ fn object_name(index: usize) -> String {
     format!("cm-{index:06}")
 }
 
-/// Runs one peer to the end: waits for its ready file, drives the updates, and reads
-/// its JSON line. A peer that fails, times out or misses an object or update is an
-/// error.
+/// Runs one peer of P1–P3 to the end: waits for its ready file, drives the
+/// updates, and reads its JSON line. A peer that fails, times out or misses an
+/// object or update is an error.
 async fn run_peer(
     peer: &str,
     binary: &Path,
@@ -361,115 +847,110 @@ async fn run_peer(
     args: &Args,
     clients: &[kube::Client],
 ) -> Result<Report, String> {
-    let expected = args.clusters * args.objects;
-    let driving = async {
-        if args.updates() > 0 {
-            drive_updates(clients, args).await?;
-        }
-        Ok(())
-    };
-    run_peer_driving(
+    let run = PeerRun {
         peer,
         binary,
         kubeconfigs,
-        expected,
-        args.updates(),
-        args,
-        &[],
-        driving,
-    )
-    .await
-}
-
-/// [`run_peer`] with no updates and extra peer arguments.
-async fn run_peer_with(
-    peer: &str,
-    binary: &Path,
-    kubeconfigs: &Path,
-    expected: usize,
-    updates: usize,
-    args: &Args,
-    extra: &[&str],
-) -> Result<Report, String> {
-    run_peer_driving(peer, binary, kubeconfigs, expected, updates, args, extra, async {
+        expected: args.clusters * args.objects,
+        updates: args.updates(),
+        extra: args.sleep_args(0),
+    };
+    run.run(args, async {
+        if args.updates() > 0 {
+            drive_updates(clients, args).await?;
+        }
         Ok(())
     })
     .await
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_peer_driving(
-    peer: &str,
-    binary: &Path,
-    kubeconfigs: &Path,
+/// One start of one peer.
+struct PeerRun<'a> {
+    peer: &'a str,
+    binary: &'a Path,
+    kubeconfigs: &'a Path,
+    /// Objects the peer must reconcile.
     expected: usize,
+    /// Updates it must see.
     updates: usize,
-    args: &Args,
-    extra: &[&str],
-    driving: impl std::future::Future<Output = Result<(), String>>,
-) -> Result<Report, String> {
-    let ready = tempfile::NamedTempFile::new()
-        .map_err(|e| e.to_string())?
-        .into_temp_path();
-    std::fs::remove_file(&ready).map_err(|e| e.to_string())?;
-    let timeout = Duration::from_secs(240 + args.update_secs);
-    let mut child = tokio::process::Command::new(binary)
-        .arg("--kubeconfigs")
-        .arg(kubeconfigs)
-        .args(["--expected", &expected.to_string()])
-        .args(["--selector", &format!("{MEMBER_LABEL}=yes")])
-        .args(["--concurrency", &args.concurrency.to_string()])
-        .args(["--updates", &updates.to_string()])
-        .arg("--ready-file")
-        .arg(&ready)
-        .args(["--timeout", &format!("{}s", timeout.as_secs())])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot start the {peer} peer ({}): {e}", binary.display()))?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let reading = tokio::spawn(async move {
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let mut last = None;
-        while let Ok(Some(line)) = lines.next_line().await {
-            last = Some(line);
+    /// Further peer arguments.
+    extra: Vec<String>,
+}
+
+impl PeerRun<'_> {
+    /// Starts the peer, waits for its ready file, runs `driving` (the writes of the
+    /// workload), waits for the peer to exit and reads its JSON line. A peer that
+    /// fails, times out or misses an object or update is an error.
+    async fn run(
+        &self,
+        args: &Args,
+        driving: impl std::future::Future<Output = Result<(), String>>,
+    ) -> Result<Report, String> {
+        let peer = self.peer;
+        let ready = tempfile::NamedTempFile::new()
+            .map_err(|e| e.to_string())?
+            .into_temp_path();
+        std::fs::remove_file(&ready).map_err(|e| e.to_string())?;
+        let timeout = Duration::from_secs(args.peer_timeout + args.update_secs);
+        let mut child = tokio::process::Command::new(self.binary)
+            .arg("--kubeconfigs")
+            .arg(self.kubeconfigs)
+            .args(["--expected", &self.expected.to_string()])
+            .args(["--selector", &format!("{MEMBER_LABEL}=yes")])
+            .args(["--concurrency", &args.concurrency.to_string()])
+            .args(["--updates", &self.updates.to_string()])
+            .arg("--ready-file")
+            .arg(&ready)
+            .args(["--timeout", &format!("{}s", timeout.as_secs())])
+            .args(&self.extra)
+            .args((args.no_health_probes && peer == "rust").then_some("--no-health-probes"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start the {peer} peer ({}): {e}", self.binary.display()))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let reading = tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            let mut last = None;
+            while let Ok(Some(line)) = lines.next_line().await {
+                last = Some(line);
+            }
+            last
+        });
+        let deadline = tokio::time::Instant::now() + timeout + Duration::from_secs(30);
+        // Wait for the peer to be ready (or an early exit).
+        loop {
+            if ready.exists() {
+                break;
+            }
+            if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+                let line = reading.await.ok().flatten().unwrap_or_default();
+                return Err(format!(
+                    "the {peer} peer exited ({status}) before it was ready: {line}"
+                ));
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!(
+                    "the {peer} peer was not ready in {} s",
+                    timeout.as_secs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        last
-    });
-    let deadline = tokio::time::Instant::now() + timeout + Duration::from_secs(30);
-    // Wait for the sync (or an early exit).
-    loop {
-        if ready.exists() {
-            break;
+        driving.await?;
+        let status = tokio::time::timeout_at(deadline, child.wait())
+            .await
+            .map_err(|_| format!("the {peer} peer did not finish in time"))?
+            .map_err(|e| e.to_string())?;
+        let line = reading.await.ok().flatten().unwrap_or_default();
+        let report: Report = serde_json::from_str(&line)
+            .map_err(|e| format!("the {peer} peer ({status}) printed no report ({e}): {line:?}"))?;
+        if !status.success() || !report.complete {
+            return Err(format!("the {peer} peer failed ({status}): {line}"));
         }
-        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-            let line = reading.await.ok().flatten().unwrap_or_default();
-            return Err(format!(
-                "the {peer} peer exited ({status}) before it was ready: {line}"
-            ));
-        }
-        if tokio::time::Instant::now() > deadline {
-            return Err(format!(
-                "the {peer} peer was not ready in {} s",
-                timeout.as_secs()
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        Ok(report)
     }
-    driving.await?;
-    let status = tokio::time::timeout_at(deadline, child.wait())
-        .await
-        .map_err(|_| format!("the {peer} peer did not finish in time"))?
-        .map_err(|e| e.to_string())?;
-    let line = reading.await.ok().flatten().unwrap_or_default();
-    let report: Report = serde_json::from_str(&line)
-        .map_err(|e| format!("the {peer} peer ({status}) printed no report ({e}): {line:?}"))?;
-    if !status.success() || !report.complete {
-        return Err(format!("the {peer} peer failed ({status}): {line}"));
-    }
-    Ok(report)
 }
 
 /// Patches `rate` distinct ConfigMaps a second for `update_secs`, round-robin over

@@ -33,8 +33,12 @@ async fn run(args: PeerArgs, start: Instant, wall_start: SystemTime) -> Result<m
             while let Some(event) = events.next().await {
                 match event {
                     Ok(Event::Apply(cm) | Event::InitApply(cm)) => {
-                        let key = mcr_bench::object_key(&name, cm.namespace().as_deref(), &cm.name_any());
-                        tally.record(key, cm.annotations().get(WRITTEN_AT).map(String::as_str));
+                        tally.record(
+                            &name,
+                            cm.namespace().as_deref(),
+                            &cm.name_any(),
+                            cm.annotations().get(WRITTEN_AT).map(String::as_str),
+                        );
                     }
                     Ok(_) => {}
                     Err(error) => eprintln!("floor-peer: {name}: {error}"),
@@ -42,5 +46,5 @@ async fn run(args: PeerArgs, start: Instant, wall_start: SystemTime) -> Result<m
             }
         });
     }
-    Ok(mcr_bench::measure("floor", &args, clusters, start, &tally).await)
+    Ok(mcr_bench::measure("floor", &args, clusters, start, &tally, std::future::ready(())).await)
 }

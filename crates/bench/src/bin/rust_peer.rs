@@ -2,19 +2,24 @@
 //! ConfigMap of the fleet, reading each from its cluster's shared cache.
 //!
 //! Clusters come from a directory of kubeconfigs through the programmatic
-//! [`Clusters`] provider (the counterpart of Go's `providers/clusters`). See
-//! `bench/README.md` for the arguments and the JSON line it prints.
+//! [`Clusters`] provider (the counterpart of Go's `providers/clusters`), from
+//! kubeconfig Secrets through [`Secrets`] (P4), or from the namespaces of one
+//! cluster through [`Namespaces`] (P6). See `bench/README.md` for the arguments and
+//! the JSON line it prints.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::ResourceExt;
+use kube::api::{Api, ListParams};
 use mcr_bench::{NamespaceClients, PeerArgs, Tally, WRITTEN_AT};
 use multicluster_runtime::cache::WatchSpec;
 use multicluster_runtime::controller::{Action, Controller, ReconcileRequest, Request};
 use multicluster_runtime::providers::clusters::Clusters;
 use multicluster_runtime::providers::namespace::Namespaces;
+use multicluster_runtime::providers::secret::{Secrets, SecretsOptions};
 use multicluster_runtime::{Cluster, ClusterOptions, Manager};
 use tokio_util::sync::CancellationToken;
 
@@ -23,19 +28,39 @@ async fn main() {
     mcr_bench::run_peer("rust-peer", run).await
 }
 
+/// What each reconcile needs: the tally and the artificial cost (P5).
+struct Context {
+    tally: Tally,
+    sleep: Duration,
+}
+
 async fn run(args: PeerArgs, start: Instant, wall_start: SystemTime) -> Result<mcr_bench::Report, String> {
     let files = mcr_bench::kubeconfig_files(&args.kubeconfigs)?;
-    let manager = match args.namespaces_as_clusters {
-        None => fleet_manager(&files).await?,
-        Some(clients) => namespace_manager(&files, clients).await?,
+    let mut secrets = None;
+    let manager = match (&args.namespaces_as_clusters, &args.kubeconfig_secrets) {
+        (Some(clients), _) => namespace_manager(&files, *clients).await?,
+        (None, Some(namespace)) => {
+            let (manager, provider, host) = secret_manager(&files, namespace).await?;
+            secrets = Some((provider, host, namespace.clone()));
+            manager
+        }
+        (None, None) => fleet_manager(&files).await?,
+    };
+    let manager = if args.no_health_probes {
+        manager.without_health_probes()
+    } else {
+        manager
     };
 
-    let tally = Arc::new(Tally::new(wall_start, args.expected, args.updates));
+    let context = Arc::new(Context {
+        tally: Tally::new(wall_start, args.expected, args.updates),
+        sleep: args.reconcile_sleep,
+    });
     Controller::builder::<ConfigMap>(&manager)
         .named("bench-configmaps")
         .watch_spec(WatchSpec::default().labels(&args.selector))
         .concurrency(args.concurrency)
-        .register(reconcile, error_policy, tally.clone())
+        .register(reconcile, error_policy, context.clone())
         .await
         .map_err(|e| e.to_string())?;
 
@@ -44,9 +69,24 @@ async fn run(args: PeerArgs, start: Instant, wall_start: SystemTime) -> Result<m
         let (manager, token) = (manager.clone(), token.clone());
         async move { manager.start(token).await }
     });
-    let mut report = mcr_bench::measure("rust", &args, files.len(), start, &tally).await;
+    // P4 starts its clock once the provider has listed the (absent) Secrets.
+    let provider = secrets.as_ref().map(|(provider, _, _)| provider.clone());
+    let ready = async move {
+        while let Some(provider) = &provider
+            && !provider.is_synced()
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let mut report = mcr_bench::measure("rust", &args, files.len(), start, &context.tally, ready).await;
     if args.namespaces_as_clusters.is_some() {
         report.clusters = manager.engaged_clusters().len();
+    }
+    if let Some((_, host, namespace)) = &secrets {
+        let stamps = secret_stamps(host.clone(), namespace).await?;
+        report.clusters = stamps.len();
+        let latencies = mcr_bench::engage_latencies(&stamps, &context.tally.first_reconciles());
+        mcr_bench::report_engagements(&mut report, latencies);
     }
     token.cancel();
     drop(running);
@@ -92,21 +132,56 @@ async fn namespace_manager(
     Ok(Manager::with_provider(host, Arc::new(provider)))
 }
 
+/// A manager whose clusters come from the kubeconfig Secrets of `namespace` on the
+/// first kubeconfig's cluster, which is also the manager's own.
+async fn secret_manager(
+    files: &[(String, std::path::PathBuf)],
+    namespace: &str,
+) -> Result<(Manager, Arc<Secrets>, kube::Client), String> {
+    let config = mcr_bench::load_config(&files[0].1).await?;
+    let host = Cluster::connect("", config, ClusterOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let client = host.client();
+    let provider = Arc::new(Secrets::new(client.clone(), SecretsOptions::new(namespace)));
+    let manager = Manager::with_provider(Arc::new(host), provider.clone());
+    Ok((manager, provider, client))
+}
+
+/// Per kubeconfig Secret of `namespace`, the write time the driver stamped on it.
+async fn secret_stamps(host: kube::Client, namespace: &str) -> Result<HashMap<String, u128>, String> {
+    let list = Api::<Secret>::namespaced(host, namespace)
+        .list(&ListParams::default().labels(&SecretsOptions::new(namespace).label_selector()))
+        .await
+        .map_err(|e| format!("listing the kubeconfig Secrets: {e}"))?;
+    Ok(list
+        .items
+        .iter()
+        .filter_map(|secret| {
+            let stamp = secret.annotations().get(WRITTEN_AT)?.parse().ok()?;
+            Some((secret.name_any(), stamp))
+        })
+        .collect())
+}
+
 async fn reconcile(
     req: ReconcileRequest<ConfigMap>,
-    tally: Arc<Tally>,
+    context: Arc<Context>,
 ) -> Result<Action, std::convert::Infallible> {
+    if !context.sleep.is_zero() {
+        tokio::time::sleep(context.sleep).await;
+    }
     if let Some(cm) = &req.object {
-        let key = mcr_bench::object_key(
+        context.tally.record(
             req.request.cluster.as_str(),
             cm.namespace().as_deref(),
             &cm.name_any(),
+            cm.annotations().get(WRITTEN_AT).map(String::as_str),
         );
-        tally.record(key, cm.annotations().get(WRITTEN_AT).map(String::as_str));
     }
     Ok(Action::await_change())
 }
 
-fn error_policy(_: &Request, _: &std::convert::Infallible, _: Arc<Tally>) -> Action {
+fn error_policy(_: &Request, _: &std::convert::Infallible, _: Arc<Context>) -> Action {
     Action::backoff()
 }
