@@ -21,6 +21,9 @@ mod operator;
 #[path = "../../crates/multicluster-runtime/tests/support/rbac.rs"]
 mod rbac;
 #[allow(dead_code)]
+#[path = "../sharded.rs"]
+mod sharded;
+#[allow(dead_code)]
 #[path = "../sync_local_to_fleet.rs"]
 mod sync_local_to_fleet;
 #[allow(dead_code)]
@@ -239,4 +242,91 @@ async fn o08_operator_example_answers_readyz_and_reconciles_the_fleet() {
 
     token.cancel();
     running.await.expect("join").expect("the operator stops cleanly");
+}
+
+/// The arguments of a replica started by sh05, one per line: set only in the
+/// replica processes, which run [`sharded_replica_child`].
+const SHARDED_REPLICA_ARGS: &str = "SHARDED_REPLICA_ARGS";
+
+/// A replica of the `sharded` example, as a process of this test binary: sh05
+/// starts it with `sharded_replica_child --exact --ignored` and its arguments in
+/// `SHARDED_REPLICA_ARGS` (the example's own binary is not built for this test).
+#[test]
+#[ignore = "a replica process of sh05, started by it"]
+fn sharded_replica_child() {
+    use clap::Parser;
+    let Ok(args) = std::env::var(SHARDED_REPLICA_ARGS) else {
+        return;
+    };
+    examples::init_tracing();
+    let args = sharded::Args::parse_from(std::iter::once("sharded").chain(args.lines()));
+    let identity = args.replica.expect("--replica");
+    let dir = args.fleet_dir.expect("--fleet-dir");
+    tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(sharded::run_replica(&identity, &dir, args.bind_address))
+        .expect("the replica stops cleanly");
+}
+
+/// sh05: the `sharded` example's supervisor, with its three replicas as separate
+/// processes, over 12 namespaces-as-clusters of two apiservers: every member is
+/// owned by exactly one replica; after the busiest one is killed with SIGKILL, its
+/// clusters are owned by the survivors within lease duration + probe interval + a
+/// little slack, and only its clusters moved; the survivors exit 0 on SIGTERM and
+/// leave no Lease held.
+#[tokio::test]
+async fn sh05_sharded_example_moves_a_killed_replicas_clusters() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().expect("fleet directory");
+    let this_binary = std::env::current_exe().expect("test binary");
+    let demo = sharded::supervise(dir.path(), |args| {
+        let mut command = std::process::Command::new(&this_binary);
+        command
+            .args(["sharded_replica_child", "--exact", "--ignored", "--nocapture"])
+            .env(SHARDED_REPLICA_ARGS, args.join("\n"));
+        command
+    })
+    .await
+    .expect("the example runs");
+
+    let members: Vec<String> = (0..sharded::MEMBERS).map(sharded::member).collect();
+    // A map has one owner per cluster; the supervisor only accepts a split in which
+    // no two replicas report the same cluster.
+    assert_eq!(demo.before.keys().cloned().collect::<Vec<_>>(), members);
+    assert!(
+        demo.before
+            .values()
+            .all(|o| sharded::REPLICAS.contains(&o.as_str()))
+    );
+    let lost = sharded::owned_by(&demo.before, &demo.killed);
+    assert!(!lost.is_empty(), "the killed replica owned clusters: {demo:?}");
+
+    assert_eq!(demo.after.keys().cloned().collect::<Vec<_>>(), members);
+    for (cluster, owner) in &demo.after {
+        assert_ne!(*owner, demo.killed, "{cluster} still owned by the killed replica");
+        if !lost.contains(cluster) {
+            assert_eq!(
+                *owner, demo.before[cluster],
+                "{cluster} moved though its owner lives"
+            );
+        }
+    }
+    let slack = Duration::from_secs(3);
+    assert!(
+        demo.moved_in <= sharded::LEASE + sharded::PROBE + slack,
+        "the move took {:?}",
+        demo.moved_in
+    );
+    assert_eq!(demo.survivors_exit.len(), 2);
+    for (identity, status) in &demo.survivors_exit {
+        assert!(status.success(), "replica {identity} exited with {status}");
+    }
+    assert_eq!(demo.leases_held_after_stop, 0, "Leases left held");
+    eprintln!(
+        "sh05: {} clusters of replica {} moved in {:.1} s; test took {:.1} s",
+        lost.len(),
+        demo.killed,
+        demo.moved_in.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
 }
