@@ -466,8 +466,22 @@ pub(crate) mod memory {
         leases: Mutex<HashMap<String, Arc<Lease>>>,
         version: AtomicU64,
         /// Watched `key=value` selectors, each told of writes to Leases it matches.
-        watched: Mutex<Vec<(String, String, watch::Sender<u64>)>>,
+        watched: Mutex<Vec<Arc<Watched>>>,
         writes: AtomicU64,
+    }
+
+    /// One watch: its selector, the names of the Leases it matches, and a signal.
+    struct Watched {
+        key: String,
+        value: String,
+        members: Mutex<std::collections::BTreeSet<String>>,
+        changed: watch::Sender<u64>,
+    }
+
+    impl Watched {
+        fn matches(&self, lease: &Lease) -> bool {
+            lease.metadata.labels.as_ref().and_then(|m| m.get(&self.key)) == Some(&self.value)
+        }
     }
 
     impl Records {
@@ -519,8 +533,6 @@ pub(crate) mod memory {
             if !allowed(leases.get(name)) {
                 return Err(LeaseError::Conflict);
             }
-            let labels = |l: &Lease| l.metadata.labels.clone().unwrap_or_default();
-            let touched = leases.get(name).map(|l| labels(l)).unwrap_or_default();
             let stored = match lease {
                 Some(mut lease) => {
                     let version = records.version.fetch_add(1, Ordering::Relaxed) + 1;
@@ -536,10 +548,17 @@ pub(crate) mod memory {
             drop(leases);
             records.writes.fetch_add(1, Ordering::Relaxed);
             self.writes.fetch_add(1, Ordering::Relaxed);
-            let now = stored.as_ref().map(labels).unwrap_or_default();
-            for (key, value, changed) in records.watched.lock().unwrap().iter() {
-                if [&touched, &now].iter().any(|l| l.get(key) == Some(value)) {
-                    changed.send_modify(|n| *n += 1);
+            for watched in records.watched.lock().unwrap().iter() {
+                let mut members = watched.members.lock().unwrap();
+                let was = members.contains(name);
+                let is = stored.as_ref().is_some_and(|l| watched.matches(l));
+                if is {
+                    members.insert(name.to_owned());
+                } else {
+                    members.remove(name);
+                }
+                if was || is {
+                    watched.changed.send_modify(|n| *n += 1);
                 }
             }
             Ok(stored)
@@ -593,22 +612,27 @@ pub(crate) mod memory {
             let (key, value) = selector.split_once('=').expect("key=value selector");
             let (key, value) = (key.to_owned(), value.to_owned());
             let (records, reachable) = (self.records.clone(), self.reachable.clone());
-            let changed = watch::Sender::new(0);
-            let changes = tokio_stream_watch(changed.subscribe());
-            records
-                .watched
-                .lock()
-                .unwrap()
-                .push((key.clone(), value.clone(), changed));
+            let watched = Arc::new(Watched {
+                key,
+                value,
+                members: Mutex::default(),
+                changed: watch::Sender::new(0),
+            });
+            let changes = tokio_stream_watch(watched.changed.subscribe());
+            {
+                // Registered and filled under the records' lock: no write in between.
+                let leases = records.leases.lock().unwrap();
+                let mut members = watched.members.lock().unwrap();
+                members.extend(leases.iter().filter(|(_, l)| watched.matches(l)).map(|(n, _)| n.clone()));
+                records.watched.lock().unwrap().push(watched.clone());
+            }
             changes
                 .filter_map(move |()| {
                     // A partitioned replica's watch sees nothing new.
                     let snapshot = reachable.load(Ordering::Relaxed).then(|| {
-                        records
-                            .all()
-                            .into_iter()
-                            .filter(|l| l.metadata.labels.as_ref().and_then(|m| m.get(&key)) == Some(&value))
-                            .collect()
+                        let leases = records.leases.lock().unwrap();
+                        let members = watched.members.lock().unwrap();
+                        members.iter().filter_map(|n| leases.get(n).cloned()).collect()
                     });
                     std::future::ready(snapshot)
                 })
