@@ -489,10 +489,6 @@ pub(crate) mod memory {
         pub(crate) fn writes(&self) -> u64 {
             self.writes.load(Ordering::Relaxed)
         }
-
-        pub(crate) fn all(&self) -> Vec<Arc<Lease>> {
-            self.leases.lock().unwrap().values().cloned().collect()
-        }
     }
 
     /// One replica's view of [`Records`]; cut off while `reachable` is false.
@@ -623,7 +619,12 @@ pub(crate) mod memory {
                 // Registered and filled under the records' lock: no write in between.
                 let leases = records.leases.lock().unwrap();
                 let mut members = watched.members.lock().unwrap();
-                members.extend(leases.iter().filter(|(_, l)| watched.matches(l)).map(|(n, _)| n.clone()));
+                members.extend(
+                    leases
+                        .iter()
+                        .filter(|(_, l)| watched.matches(l))
+                        .map(|(n, _)| n.clone()),
+                );
                 records.watched.lock().unwrap().push(watched.clone());
             }
             changes
