@@ -354,15 +354,8 @@ impl Elector {
                 metadata: self.metadata(),
                 spec: Some(self.ours(now, Some(MicroTime(now)), Some(0))),
             };
-            return match self.store.create(lease).await {
-                Ok(created) => {
-                    self.observe(created.spec.clone().unwrap_or_default());
-                    self.written = Some(created);
-                    Ok(true)
-                }
-                Err(LeaseError::Conflict) => Ok(false),
-                Err(err) => Err(err),
-            };
+            let created = self.store.create(lease).await;
+            return self.wrote(created);
         };
         let spec = lease.spec.clone().unwrap_or_default();
         self.observe(spec.clone());
@@ -377,10 +370,16 @@ impl Elector {
             let transitions = spec.lease_transitions.unwrap_or(0) + 1;
             self.ours(now, Some(MicroTime(now)), Some(transitions))
         });
-        match self.store.replace(lease).await {
-            Ok(replaced) => {
-                self.observe(replaced.spec.clone().unwrap_or_default());
-                self.written = Some(replaced);
+        let replaced = self.store.replace(lease).await;
+        self.wrote(replaced)
+    }
+
+    /// Takes in the outcome of writing us as holder: whether the lease is ours.
+    fn wrote(&mut self, written: Result<Lease, LeaseError>) -> Result<bool, LeaseError> {
+        match written {
+            Ok(lease) => {
+                self.observe(lease.spec.clone().unwrap_or_default());
+                self.written = Some(lease);
                 Ok(true)
             }
             Err(LeaseError::Conflict) => Ok(false),

@@ -171,15 +171,7 @@ impl Sharding {
     /// The name of this replica's peer Lease: `<prefix>-peer-<identity>`, or with a
     /// hash of the identity if the identity is not a valid name part.
     pub fn peer_lease(&self) -> String {
-        let valid = self.identity.len() <= 200
-            && !self.identity.is_empty()
-            && self
-                .identity
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !self.identity.starts_with('-')
-            && !self.identity.ends_with('-');
-        if valid {
+        if is_name_part(&self.identity, 200) {
             format!("{}-peer-{}", self.prefix, self.identity)
         } else {
             format!("{}-peer-{:016x}", self.prefix, hrw::hash(&[&self.identity]))
@@ -212,14 +204,7 @@ impl Sharding {
 
     /// Why these settings cannot work, if they cannot.
     pub(crate) fn invalid(&self) -> Option<String> {
-        let prefix_ok = !self.prefix.is_empty()
-            && self.prefix.len() <= 40
-            && self
-                .prefix
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !self.prefix.starts_with('-')
-            && !self.prefix.ends_with('-');
+        let prefix_ok = is_name_part(&self.prefix, 40);
         if !prefix_ok {
             return Some(format!(
                 "prefix {:?} must be a DNS label of at most 40 characters (a-z, 0-9, '-')",
@@ -608,6 +593,18 @@ impl State {
             }
         }
     }
+}
+
+/// Whether `part` can go into a Lease name (and a label value): lowercase letters,
+/// digits and `-`, neither first nor last, at most `max` long.
+fn is_name_part(part: &str, max: usize) -> bool {
+    !part.is_empty()
+        && part.len() <= max
+        && part
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !part.starts_with('-')
+        && !part.ends_with('-')
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
