@@ -265,6 +265,13 @@ struct Instance {
     components: Option<CancellationToken>,
 }
 
+impl Instance {
+    /// The token of the instance's engagement into the components, while it lasts.
+    fn engagement(&self) -> Option<&CancellationToken> {
+        self.components.as_ref().filter(|t| !t.is_cancelled())
+    }
+}
+
 /// Runnables waiting for start, or the means to run them once started.
 enum Runnables {
     Pending(Vec<Arc<dyn Runnable>>),
@@ -437,8 +444,13 @@ impl Manager {
     /// The clusters this replica works on: every engaged cluster without sharding,
     /// the owned ones with it (the local cluster included, under the empty name).
     pub fn owned_clusters(&self) -> Vec<ClusterName> {
-        let mut owned = self.engaged_clusters();
-        owned.retain(|name| self.owns(name));
+        let mut owned: Vec<_> = self
+            .engaged()
+            .clusters
+            .live()
+            .filter(|(_, e)| e.value.engagement().is_some())
+            .map(|(name, _)| name.clone())
+            .collect();
         owned.sort();
         owned
     }
@@ -449,7 +461,7 @@ impl Manager {
         self.engaged()
             .clusters
             .get(name)
-            .is_some_and(|e| e.value.components.as_ref().is_some_and(|t| !t.is_cancelled()))
+            .is_some_and(|e| e.value.engagement().is_some())
     }
 
     /// The sharded coordinator, once started with sharding.
@@ -716,10 +728,11 @@ impl Manager {
             let _gate = self.inner.gates.enter(&name).await;
             // Only where the instance is engaged into the components (with sharding,
             // the clusters this replica owns).
-            let current = self.engaged().clusters.get(&name).and_then(|e| {
-                let components = e.value.components.as_ref().filter(|t| !t.is_cancelled())?;
-                Some((e.cluster.clone(), components.child_token()))
-            });
+            let current = self
+                .engaged()
+                .clusters
+                .get(&name)
+                .and_then(|e| Some((e.cluster.clone(), e.value.engagement()?.child_token())));
             let Some((cluster, token)) = current else {
                 continue;
             };
