@@ -13,10 +13,10 @@ use self::events::Recorders;
 use crate::cache::{Cache, CacheOptions};
 use crate::providers::kubeconfig;
 
+use client::ClusterClient;
 pub(crate) use client::build_client;
 #[cfg(feature = "namespace")]
 pub(crate) use client::shared_client;
-use client::ClusterClient;
 pub use client::{ClientOptions, InvalidRateLimit, RateLimit};
 pub use name::ClusterName;
 
