@@ -32,8 +32,8 @@ use std::time::{Duration, Instant, SystemTime};
 use clap::Parser;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
-use kube::api::{Api, PostParams};
 use kube::ResourceExt;
+use kube::api::{Api, PostParams};
 use mcr_bench::{MEMBER_LABEL, Tally};
 use multicluster_runtime::cache::{Cache, CacheOptions, WatchSpec};
 use multicluster_runtime::controller::{Action, Controller, ReconcileRequest, Request};
@@ -149,7 +149,14 @@ async fn objects(args: &Args, client: kube::Client) -> Result<Option<RunningCach
     let seeding = Instant::now();
     eprintln!("creating {} ConfigMaps ...", sizes.iter().sum::<usize>());
     for &objects in &sizes {
-        seed_namespace(client.clone(), &p2_namespace(objects), objects, false, args.parallel).await?;
+        seed_namespace(
+            client.clone(),
+            &p2_namespace(objects),
+            objects,
+            false,
+            args.parallel,
+        )
+        .await?;
     }
     eprintln!("seeded in {:.1} s", seeding.elapsed().as_secs_f64());
 
@@ -269,8 +276,9 @@ fn deep_size(objects: &[Arc<ConfigMap>]) -> (Heap, u64) {
 }
 
 /// P6: the heap of a manager with one controller over `namespaces`
-/// namespace-clusters, per cluster and beyond the cached objects. Returns what must
-/// stay alive for the profile.
+/// namespace-clusters, per cluster and beyond the cached objects (whose own heap is
+/// measured on a plain list of them, before the manager starts, while nothing else
+/// allocates). Returns what must stay alive for the profile.
 async fn namespace_clusters(
     args: &Args,
     client: kube::Client,
@@ -293,6 +301,23 @@ async fn namespace_clusters(
     seeded.into_iter().collect::<Result<(), String>>()?;
     eprintln!("seeded in {:.1} s", seeding.elapsed().as_secs_f64());
 
+    // The objects' own heap, measured before anything else runs: each as the cache
+    // stores it (a plain list, managedFields dropped).
+    let mut listed: Vec<Arc<ConfigMap>> = Api::<ConfigMap>::all(client.clone())
+        .list(&kube::api::ListParams::default().labels(&format!("{MEMBER_LABEL}=yes")))
+        .await
+        .map_err(|e| e.to_string())?
+        .items
+        .into_iter()
+        .map(|mut cm| {
+            cm.metadata.managed_fields = None;
+            Arc::new(cm)
+        })
+        .collect();
+    listed.retain(|cm| cm.namespace().is_some_and(|ns| ns.starts_with("ns-")));
+    let (object, _) = deep_size(&listed);
+    drop(listed);
+
     let before = Heap::now();
     let started = Instant::now();
     let host = Arc::new(
@@ -303,10 +328,9 @@ async fn namespace_clusters(
     let provider = Namespaces::new(host.clone()).selector(&format!("{MEMBER_LABEL}=yes"));
     let manager = Manager::with_provider(host.clone(), Arc::new(provider));
     let tally = Arc::new(Tally::new(SystemTime::now(), expected, 0));
-    let spec = WatchSpec::default().labels(&format!("{MEMBER_LABEL}=yes"));
     Controller::builder::<ConfigMap>(&manager)
         .named("heap-configmaps")
-        .watch_spec(spec.clone())
+        .watch_spec(WatchSpec::default().labels(&format!("{MEMBER_LABEL}=yes")))
         .register(reconcile, error_policy, tally.clone())
         .await
         .map_err(|e| e.to_string())?;
@@ -324,9 +348,6 @@ async fn namespace_clusters(
     let total = Heap::now().since(before);
     let engaged = manager.engaged_clusters().len();
 
-    let listed = host.cache().informer_with::<ConfigMap>(&(), spec).store().list();
-    let (object, _) = deep_size(&listed);
-    drop(listed);
     let beyond = Heap {
         bytes: total.bytes.saturating_sub(object.bytes),
         blocks: total.blocks.saturating_sub(object.blocks),
