@@ -97,7 +97,9 @@
 //! default ([`Namespaces::new`]) that client is a thin handle on the host's own
 //! client: the namespace as its default namespace, and every request sent through
 //! the host's connection pool, so a thousand namespaces cost no more connections or
-//! TLS setups than one. [`Namespaces::with_config`] builds one client per namespace
+//! TLS setups than one; it is made on the cluster's first use of it
+//! ([`Cluster::client`]), since a reconciler that reads only the cache never sends a
+//! request, and health probes go through the host's client. [`Namespaces::with_config`] builds one client per namespace
 //! instead (its own connection pool and TLS configuration, some tens of KB each),
 //! and [`Namespaces::with_clients`] takes any client, e.g. one with the
 //! namespace's own credentials.
