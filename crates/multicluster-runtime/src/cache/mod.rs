@@ -184,9 +184,22 @@ pub struct Cache {
 
 /// What a namespace-scoped view adds to its host: the scope, and its handles on the
 /// host's informers, so that asking twice gives the same handle.
+///
+/// A view reads a type or two, and there may be thousands of views: its handles are
+/// a list, searched in order, which holds exactly what it was given where a map
+/// would start with room for several keys.
 struct View {
     scope: Scope,
-    informers: Mutex<HashMap<InformerKey, Erased>>,
+    informers: Mutex<Vec<(InformerKey, Erased)>>,
+}
+
+/// The handle filed under `key` in a view's list, if it is an `Informer<K>`.
+fn view_handle<K: Send + Sync + 'static>(
+    informers: &[(InformerKey, Erased)],
+    key: &InformerKey,
+) -> Option<Arc<Informer<K>>> {
+    let (_, existing) = informers.iter().find(|(known, _)| known == key)?;
+    existing.clone().downcast::<Informer<K>>().ok()
 }
 
 struct Inner {
@@ -287,7 +300,7 @@ impl Cache {
                     cluster: cluster.into(),
                     namespace: Arc::from(namespace),
                 },
-                informers: Mutex::new(HashMap::new()),
+                informers: Mutex::new(Vec::new()),
             })),
         }
     }
@@ -428,21 +441,24 @@ impl Cache {
         let Some(view) = &self.view else {
             return self.host_informer::<K>(dyntype, key);
         };
-        if let Some(existing) = lock(&view.informers).get(&key)
-            && let Ok(informer) = existing.clone().downcast::<Informer<K>>()
-        {
+        if let Some(informer) = view_handle::<K>(&lock(&view.informers), &key) {
             return informer;
         }
         let host = self.host_informer::<K>(dyntype, key.clone());
         let mut informers = lock(&view.informers);
         // Another thread may have made the handle meanwhile: keep the first.
-        if let Some(existing) = informers.get(&key)
-            && let Ok(informer) = existing.clone().downcast::<Informer<K>>()
-        {
+        if let Some(informer) = view_handle::<K>(&informers, &key) {
             return informer;
         }
         let informer = Arc::new(host.scoped(view.scope.clone()));
-        informers.insert(key, informer.clone());
+        match informers.iter_mut().find(|(known, _)| *known == key) {
+            Some((_, slot)) => *slot = informer.clone(),
+            None => {
+                // Room for this handle only: a first push would make room for four.
+                informers.reserve_exact(1);
+                informers.push((key, informer.clone()));
+            }
+        }
         informer
     }
 

@@ -39,8 +39,10 @@ pub struct CacheOptions {
     /// read (see [`Informer::subscribe`](super::Informer::subscribe)). A namespace
     /// sees a fraction of a cluster's events and there may be thousands of views, so
     /// this is smaller than [`event_capacity`](Self::event_capacity); a subscriber
-    /// further behind gets `Lagged` and re-reads its namespace. Clamped like
-    /// `event_capacity`. Default: 128.
+    /// further behind gets `Lagged` and re-reads its namespace. Each channel's
+    /// buffer is allocated when it is made, about 48 bytes per event, once per
+    /// namespace-cluster a controller watches. Clamped like `event_capacity`.
+    /// Default: 32.
     pub namespace_event_capacity: usize,
     /// The namespaces that watches of namespaced types cover when their
     /// [`WatchSpec`] does not say ([`WatchNamespaces::CacheDefault`]): one watch per
@@ -126,7 +128,7 @@ impl Default for CacheOptions {
             sync_timeout: Duration::from_secs(30),
             strip_managed_fields: true,
             event_capacity: 1024,
-            namespace_event_capacity: 128,
+            namespace_event_capacity: 32,
             default_namespaces: BTreeSet::new(),
         }
     }

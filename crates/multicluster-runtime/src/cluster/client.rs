@@ -17,6 +17,7 @@
 //! [`Cluster::connect`]: super::Cluster::connect
 //! [`Cluster::from_config`]: super::Cluster::from_config
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -205,6 +206,109 @@ pub(crate) async fn build_client(
                 other => other.to_string(),
             },
         })
+}
+
+/// The client of a cluster: built, or to be built on first use.
+///
+/// A namespace-cluster that sends through its host's client needs a
+/// [`kube::Client`] of its own only for its default namespace, and kube's client is
+/// a buffered service: each one spawns a task and allocates its request queue
+/// (about 11 KiB) when made. With thousands of namespace-clusters whose reconcilers
+/// read only the cache, most of those clients would never send a request, so they
+/// are made on first use (see `docs/decisions/memory.md`).
+#[derive(Clone)]
+pub(crate) enum ClusterClient {
+    /// Built when the cluster was.
+    Ready(kube::Client),
+    /// Built on first use.
+    ThroughHost(Arc<ThroughHostClient>),
+}
+
+/// A client that sends through a host cluster's client, with another default
+/// namespace, made on first use.
+pub(crate) struct ThroughHostClient {
+    host: kube::Client,
+    namespace: String,
+    /// Where the client's request buffer spawns its task, whichever thread asks.
+    runtime: tokio::runtime::Handle,
+    made: OnceLock<kube::Client>,
+}
+
+impl ClusterClient {
+    /// A client that sends every request through `host` (its connection pool and
+    /// credentials) with `namespace` as its default namespace. Inside a Tokio
+    /// runtime it is made on first use; outside one, at once.
+    pub(crate) fn through_host(host: kube::Client, namespace: &str) -> Self {
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => ClusterClient::ThroughHost(Arc::new(ThroughHostClient {
+                host,
+                namespace: namespace.to_owned(),
+                runtime,
+                made: OnceLock::new(),
+            })),
+            Err(_) => ClusterClient::Ready(shared_client(host, namespace)),
+        }
+    }
+
+    /// The client, made now if it was not yet.
+    pub(crate) fn get(&self) -> &kube::Client {
+        match self {
+            ClusterClient::Ready(client) => client,
+            ClusterClient::ThroughHost(deferred) => deferred.made.get_or_init(|| {
+                let _entered = deferred.runtime.enter();
+                shared_client(deferred.host.clone(), &deferred.namespace)
+            }),
+        }
+    }
+
+    /// A client for requests that name no namespace, such as health probes: for a
+    /// client through a host, the host's own, which sends the same request over the
+    /// same connections without making this cluster's client.
+    pub(crate) fn unnamespaced(&self) -> &kube::Client {
+        match self {
+            ClusterClient::Ready(client) => client,
+            ClusterClient::ThroughHost(deferred) => &deferred.host,
+        }
+    }
+
+    /// Whether the client was made (always, unless it is made on first use).
+    #[cfg(test)]
+    pub(crate) fn is_made(&self) -> bool {
+        match self {
+            ClusterClient::Ready(_) => true,
+            ClusterClient::ThroughHost(deferred) => deferred.made.get().is_some(),
+        }
+    }
+}
+
+/// A client that sends every request through `host` (its connection pool and
+/// credentials) with `namespace` as its default namespace.
+///
+/// Costs one small request buffer and its task (kube's `Client` is a buffered
+/// service), not a connection pool or a TLS configuration.
+pub(crate) fn shared_client(host: kube::Client, namespace: &str) -> kube::Client {
+    let valid_until = *host.valid_until();
+    kube::Client::new(ThroughHost(host), namespace).with_valid_until(valid_until)
+}
+
+/// A `tower` service that forwards each request to a shared client.
+#[derive(Clone)]
+struct ThroughHost(kube::Client);
+
+impl tower_service::Service<http::Request<kube::client::Body>> for ThroughHost {
+    type Response = http::Response<kube::client::Body>;
+    type Error = kube::Error;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, kube::Error>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), kube::Error>> {
+        // The host client's own buffer applies back-pressure in `send`.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<kube::client::Body>) -> Self::Future {
+        let host = self.0.clone();
+        Box::pin(async move { host.send(request).await })
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,10 @@ use self::events::Recorders;
 use crate::cache::{Cache, CacheOptions};
 use crate::providers::kubeconfig;
 
+use client::ClusterClient;
 pub(crate) use client::build_client;
+#[cfg(feature = "namespace")]
+pub(crate) use client::shared_client;
 pub use client::{ClientOptions, InvalidRateLimit, RateLimit};
 pub use name::ClusterName;
 
@@ -68,7 +71,7 @@ impl ClusterOptions {
 /// [`Cluster::with_cache`] does not own its cache and leaves it running.
 pub struct Cluster {
     name: ClusterName,
-    client: kube::Client,
+    client: ClusterClient,
     cache: Cache,
     token: CancellationToken,
     recorders: Recorders,
@@ -98,7 +101,7 @@ impl Cluster {
         let cache = Cache::new(name.clone(), client.clone(), options.cache, token.child_token());
         Cluster {
             name,
-            client,
+            client: ClusterClient::Ready(client),
             cache,
             token,
             recorders: Recorders::default(),
@@ -122,8 +125,22 @@ impl Cluster {
     /// # }
     /// ```
     pub fn with_cache(name: impl Into<ClusterName>, client: kube::Client, cache: Cache) -> Self {
+        Self::with_client(name.into(), ClusterClient::Ready(client), cache)
+    }
+
+    /// Like [`with_cache`](Self::with_cache), with a client that sends through
+    /// `host` and has the cluster's name as its default namespace, made on the
+    /// cluster's first use of it (what the namespace provider's clusters use).
+    #[cfg(feature = "namespace")]
+    pub(crate) fn through_host(name: impl Into<ClusterName>, host: kube::Client, cache: Cache) -> Self {
+        let name = name.into();
+        let client = ClusterClient::through_host(host, name.as_str());
+        Self::with_client(name, client, cache)
+    }
+
+    fn with_client(name: ClusterName, client: ClusterClient, cache: Cache) -> Self {
         Cluster {
-            name: name.into(),
+            name,
             client,
             cache,
             // Not the cache's parent: cancelling it stops nothing of the cache.
@@ -136,7 +153,8 @@ impl Cluster {
     /// (whose errors still name `of`), owned by `of`. Stopping or dropping the alias
     /// leaves the cache running.
     pub(crate) fn alias(name: ClusterName, of: &Cluster) -> Self {
-        let mut alias = Self::with_cache(name, of.client(), of.cache().clone());
+        // The same client, made or not: an alias does not make it.
+        let mut alias = Self::with_client(name, of.client.clone(), of.cache().clone());
         // One recorder per reporter for the client, whatever the name.
         alias.recorders = of.recorders.clone();
         alias
@@ -203,7 +221,20 @@ impl Cluster {
 
     /// A client for the cluster (cheap to clone).
     pub fn client(&self) -> kube::Client {
-        self.client.clone()
+        self.client.get().clone()
+    }
+
+    /// A client for requests that name no namespace (health probes): the cluster's
+    /// own, or, for a cluster that sends through a host's client, the host's, so
+    /// that probing does not make a client the cluster may never need.
+    pub(crate) fn unnamespaced_client(&self) -> kube::Client {
+        self.client.unnamespaced().clone()
+    }
+
+    /// Whether the cluster's client was made yet.
+    #[cfg(test)]
+    pub(crate) fn client_is_made(&self) -> bool {
+        self.client.is_made()
     }
 
     /// The cluster's shared cache.
@@ -246,7 +277,7 @@ impl Cluster {
     /// # RBAC
     /// `create` and `patch` on `events` in the API group `events.k8s.io`.
     pub fn recorder(&self, reporter: &Reporter) -> Recorder {
-        self.recorders.get(&self.client, reporter)
+        self.recorders.get(self.client.get(), reporter)
     }
 
     /// Stops every watch of the cluster's cache. Readers keep the last state. For a

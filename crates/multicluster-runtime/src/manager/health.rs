@@ -323,7 +323,7 @@ pub(crate) async fn probe(
     cell: watch::Sender<ClusterHealth>,
     hub: Hub,
 ) {
-    let client = cluster.client();
+    let client = cluster.unnamespaced_client();
     let mut tracker = Tracker::new(&probes);
     let mut ticks = tokio::time::interval(probes.interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);

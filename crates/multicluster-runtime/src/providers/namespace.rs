@@ -97,7 +97,9 @@
 //! default ([`Namespaces::new`]) that client is a thin handle on the host's own
 //! client: the namespace as its default namespace, and every request sent through
 //! the host's connection pool, so a thousand namespaces cost no more connections or
-//! TLS setups than one. [`Namespaces::with_config`] builds one client per namespace
+//! TLS setups than one; it is made on the cluster's first use of it
+//! ([`Cluster::client`]), since a reconciler that reads only the cache never sends a
+//! request, and health probes go through the host's client. [`Namespaces::with_config`] builds one client per namespace
 //! instead (its own connection pool and TLS configuration, some tens of KB each),
 //! and [`Namespaces::with_clients`] takes any client, e.g. one with the
 //! namespace's own credentials.
@@ -420,16 +422,20 @@ impl Namespaces {
     }
 
     /// The cluster of the namespace `name`: its client, a view of the host cache.
+    /// A client through the host is made on the cluster's first use of it.
     async fn build(&self, name: &str) -> Result<Arc<Cluster>> {
-        let client = self.client(&ClusterName::from(name)).await?;
         let cache = self.host.cache().scoped(name, name);
+        if let Clients::Shared = &self.clients {
+            return Ok(Arc::new(Cluster::through_host(name, self.host.client(), cache)));
+        }
+        let client = self.client(&ClusterName::from(name)).await?;
         Ok(Arc::new(Cluster::with_cache(name, client, cache)))
     }
 
     /// The client of the namespace `name`, built on a blocking thread.
     async fn client(&self, name: &ClusterName) -> Result<kube::Client> {
         let factory = match &self.clients {
-            Clients::Shared => return Ok(shared_client(self.host.client(), name.as_str())),
+            Clients::Shared => return Ok(crate::cluster::shared_client(self.host.client(), name.as_str())),
             Clients::Config(config) => {
                 let mut config = kube::Config::clone(config);
                 config.default_namespace = name.to_string();
@@ -449,36 +455,6 @@ impl Namespaces {
             cluster: name.clone(),
             reason,
         })
-    }
-}
-
-/// A client that sends every request through `host` (its connection pool and
-/// credentials) with `namespace` as its default namespace.
-///
-/// Costs one small request buffer and its task (kube's `Client` is a buffered
-/// service), not a connection pool or a TLS configuration.
-fn shared_client(host: kube::Client, namespace: &str) -> kube::Client {
-    let valid_until = *host.valid_until();
-    kube::Client::new(ThroughHost(host), namespace).with_valid_until(valid_until)
-}
-
-/// A `tower` service that forwards each request to a shared client.
-#[derive(Clone)]
-struct ThroughHost(kube::Client);
-
-impl tower_service::Service<http::Request<kube::client::Body>> for ThroughHost {
-    type Response = http::Response<kube::client::Body>;
-    type Error = kube::Error;
-    type Future = futures::future::BoxFuture<'static, Result<Self::Response, kube::Error>>;
-
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), kube::Error>> {
-        // The host client's own buffer applies back-pressure in `send`.
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<kube::client::Body>) -> Self::Future {
-        let host = self.0.clone();
-        Box::pin(async move { host.send(request).await })
     }
 }
 
@@ -569,6 +545,29 @@ mod tests {
             error.to_string(),
             "cannot build a client for cluster bad: the client factory panicked"
         );
+    }
+
+    #[tokio::test]
+    async fn a_shared_client_is_made_on_first_use_from_any_thread() {
+        let host = Arc::new(
+            Cluster::connect("host", config(), Default::default())
+                .await
+                .expect("host"),
+        );
+        let cluster = Namespaces::new(host).build("team-s").await.expect("cluster");
+        assert!(!cluster.client_is_made());
+        // Probes and aliases do not make it.
+        let _ = cluster.unnamespaced_client();
+        let alias = Cluster::alias("alias".into(), &cluster);
+        assert!(!cluster.client_is_made());
+        // First used outside the runtime's threads: its buffer's task still has a
+        // runtime to run on.
+        let namespace = std::thread::spawn(move || alias.client().default_namespace().to_owned())
+            .join()
+            .expect("no panic");
+        assert_eq!(namespace, "team-s");
+        assert!(cluster.client_is_made(), "the alias made the same client");
+        assert_eq!(cluster.client().default_namespace(), "team-s");
     }
 
     #[test]
