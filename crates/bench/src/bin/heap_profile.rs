@@ -339,7 +339,7 @@ async fn namespace_clusters(
         let (manager, token) = (manager.clone(), token.clone());
         async move { manager.start(token).await }
     });
-    tokio::time::timeout(Duration::from_secs(600), tally.all_seen())
+    tokio::time::timeout(Duration::from_secs(600), tally.seen_at_least(expected))
         .await
         .map_err(|_| format!("only {} of {expected} objects reconciled", tally.seen()))?;
     let reconciled_s = started.elapsed().as_secs_f64();
@@ -381,12 +381,12 @@ async fn reconcile(
     tally: Arc<Tally>,
 ) -> Result<Action, std::convert::Infallible> {
     if let Some(cm) = &req.object {
-        let key = mcr_bench::object_key(
+        tally.record(
             req.request.cluster.as_str(),
             cm.namespace().as_deref(),
             &cm.name_any(),
+            None,
         );
-        tally.record(key, None);
     }
     Ok(Action::await_change())
 }
