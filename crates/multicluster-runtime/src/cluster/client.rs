@@ -208,6 +208,25 @@ pub(crate) async fn build_client(
         })
 }
 
+/// Identifies the client (and so the apiserver and credentials) that answers a
+/// cluster's requests that name no namespace.
+///
+/// Each cluster built with a client of its own gets a new one. A cluster that sends
+/// through a host's client shares the host's, and an alias its member's: the manager
+/// probes the health of each endpoint once, however many clusters share it (a
+/// thousand namespace-clusters of one apiserver are one `GET /readyz` per interval,
+/// not a thousand).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Endpoint(u64);
+
+impl Endpoint {
+    /// An endpoint no other cluster has (numbers are never reused).
+    pub(crate) fn new() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Endpoint(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
 /// The client of a cluster: built, or to be built on first use.
 ///
 /// A namespace-cluster that sends through its host's client needs a

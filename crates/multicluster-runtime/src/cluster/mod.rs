@@ -14,6 +14,7 @@ use crate::cache::{Cache, CacheOptions};
 use crate::providers::kubeconfig;
 
 use client::ClusterClient;
+pub(crate) use client::Endpoint;
 pub(crate) use client::build_client;
 #[cfg(feature = "namespace")]
 pub(crate) use client::shared_client;
@@ -72,6 +73,7 @@ impl ClusterOptions {
 pub struct Cluster {
     name: ClusterName,
     client: ClusterClient,
+    endpoint: Endpoint,
     cache: Cache,
     token: CancellationToken,
     recorders: Recorders,
@@ -102,6 +104,7 @@ impl Cluster {
         Cluster {
             name,
             client: ClusterClient::Ready(client),
+            endpoint: Endpoint::new(),
             cache,
             token,
             recorders: Recorders::default(),
@@ -125,23 +128,25 @@ impl Cluster {
     /// # }
     /// ```
     pub fn with_cache(name: impl Into<ClusterName>, client: kube::Client, cache: Cache) -> Self {
-        Self::with_client(name.into(), ClusterClient::Ready(client), cache)
+        Self::with_client(name.into(), ClusterClient::Ready(client), Endpoint::new(), cache)
     }
 
     /// Like [`with_cache`](Self::with_cache), with a client that sends through
-    /// `host` and has the cluster's name as its default namespace, made on the
-    /// cluster's first use of it (what the namespace provider's clusters use).
+    /// `host`'s client and has the cluster's name as its default namespace, made on
+    /// the cluster's first use of it (what the namespace provider's clusters use).
+    /// It shares `host`'s [`Endpoint`], so the manager probes the two once.
     #[cfg(feature = "namespace")]
-    pub(crate) fn through_host(name: impl Into<ClusterName>, host: kube::Client, cache: Cache) -> Self {
+    pub(crate) fn through_host(name: impl Into<ClusterName>, host: &Cluster, cache: Cache) -> Self {
         let name = name.into();
-        let client = ClusterClient::through_host(host, name.as_str());
-        Self::with_client(name, client, cache)
+        let client = ClusterClient::through_host(host.client(), name.as_str());
+        Self::with_client(name, client, host.endpoint, cache)
     }
 
-    fn with_client(name: ClusterName, client: ClusterClient, cache: Cache) -> Self {
+    fn with_client(name: ClusterName, client: ClusterClient, endpoint: Endpoint, cache: Cache) -> Self {
         Cluster {
             name,
             client,
+            endpoint,
             cache,
             // Not the cache's parent: cancelling it stops nothing of the cache.
             token: CancellationToken::new(),
@@ -154,7 +159,7 @@ impl Cluster {
     /// leaves the cache running.
     pub(crate) fn alias(name: ClusterName, of: &Cluster) -> Self {
         // The same client, made or not: an alias does not make it.
-        let mut alias = Self::with_client(name, of.client.clone(), of.cache().clone());
+        let mut alias = Self::with_client(name, of.client.clone(), of.endpoint, of.cache().clone());
         // One recorder per reporter for the client, whatever the name.
         alias.recorders = of.recorders.clone();
         alias
@@ -229,6 +234,13 @@ impl Cluster {
     /// that probing does not make a client the cluster may never need.
     pub(crate) fn unnamespaced_client(&self) -> kube::Client {
         self.client.unnamespaced().clone()
+    }
+
+    /// Which client and apiserver answer [`unnamespaced_client`](Self::unnamespaced_client):
+    /// the same for clusters that send through one host's client, and for a cluster
+    /// and its aliases.
+    pub(crate) fn endpoint(&self) -> Endpoint {
+        self.endpoint
     }
 
     /// Whether the cluster's client was made yet.

@@ -1,9 +1,16 @@
 //! Cluster health probes: is each engaged cluster's apiserver answering?
 //!
-//! For every engagement, the manager runs one prober task (ended by the engagement's
-//! token). It sends `GET /readyz` every [interval](HealthProbes::interval), gives
-//! up on an attempt after the [timeout](HealthProbes::timeout), and feeds the
-//! outcome to a [`Tracker`], the pure state machine behind [`ClusterHealth`]:
+//! The manager probes each [`Endpoint`] (a client and the apiserver behind it) once:
+//! one task per endpoint sends `GET /readyz` every [interval](HealthProbes::interval)
+//! and gives up on an attempt after the [timeout](HealthProbes::timeout). Clusters
+//! that share a client, such as the namespace provider's clusters and their host,
+//! share that task, so a thousand namespace-clusters of one apiserver cost one
+//! request per interval, not a thousand. The endpoint's task runs while some
+//! engagement follows it, and ends with the last one.
+//!
+//! For every engagement, a follower task (ended by the engagement's token) feeds each
+//! outcome of its endpoint to a [`Tracker`] of its own, the pure state machine behind
+//! [`ClusterHealth`]:
 //!
 //! - [`failure_threshold`](HealthProbes::failure_threshold) failures in a row make
 //!   the cluster [`Unhealthy`](HealthState::Unhealthy);
@@ -12,22 +19,26 @@
 //! - before the first success or the failure threshold, its health is
 //!   [`Unknown`](HealthState::Unknown), which counts as healthy.
 //!
-//! Owners: the prober is the only writer of its engagement's health, a
+//! Owners: the follower is the only writer of its engagement's health, a
 //! `watch` channel kept in the manager's engagement entry, so the health of a
 //! cluster disappears with its engagement and a replaced instance starts afresh.
 //! Controllers follow that channel to pause the cluster's queue; user code reads
 //! snapshots or follows the [`HealthEvent`] stream.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
 use tokio::sync::{broadcast, watch};
 use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use super::lock;
 use crate::cache::error_chain;
-use crate::cluster::{Cluster, ClusterName};
+use crate::cluster::{Cluster, ClusterName, Endpoint};
 use crate::providers::kubeconfig::{describe_kube_error, redact_userinfo};
 
 /// The path probed on each cluster's apiserver. Kubernetes grants it to every user,
@@ -219,12 +230,13 @@ pub struct HealthEvent {
     pub health: ClusterHealth,
 }
 
-/// What every prober of one manager shares: the event stream and the count of
-/// transitions.
+/// What every prober of one manager shares: the event stream, the count of
+/// transitions and the probe task of each endpoint.
 #[derive(Clone)]
 pub(crate) struct Hub {
     events: broadcast::Sender<HealthEvent>,
     transitions: Arc<AtomicU64>,
+    endpoints: Arc<Endpoints>,
 }
 
 impl Default for Hub {
@@ -232,7 +244,111 @@ impl Default for Hub {
         Hub {
             events: broadcast::Sender::new(EVENT_CAPACITY),
             transitions: Arc::default(),
+            endpoints: Arc::default(),
         }
+    }
+}
+
+/// The latest probe outcome of an endpoint; `None` before the first.
+type Outcome = Option<Result<(), String>>;
+
+/// The probe task of each endpoint that some engagement follows: its channel of
+/// outcomes, under one lock that both joining and leaving take, so that a task
+/// never ends while an engagement joins it.
+#[derive(Default)]
+struct Endpoints(Mutex<HashMap<Endpoint, watch::Sender<Outcome>>>);
+
+impl Endpoints {
+    /// Follows the probes of `cluster`'s endpoint: joins its task, or starts one on
+    /// the manager's tasks. A follower that joins a running task gets its latest
+    /// outcome at once, if there is one.
+    fn follow(
+        self: &Arc<Self>,
+        cluster: &Cluster,
+        probes: &HealthProbes,
+        runtime: &Runtime<'_>,
+    ) -> watch::Receiver<Outcome> {
+        let endpoint = cluster.endpoint();
+        let mut running = lock(&self.0);
+        if let Some(outcomes) = running.get(&endpoint) {
+            let mut follower = outcomes.subscribe();
+            if follower.borrow().is_some() {
+                follower.mark_changed();
+            }
+            return follower;
+        }
+        let (outcomes, follower) = watch::channel(None);
+        running.insert(endpoint, outcomes.clone());
+        let client = cluster.unnamespaced_client();
+        let (endpoints, probes, stopped) = (self.clone(), probes.clone(), runtime.stopped.clone());
+        runtime.tasks.spawn(async move {
+            tokio::select! {
+                () = probe_endpoint(&endpoints, endpoint, &client, &probes, &outcomes) => {}
+                () = stopped.cancelled() => endpoints.forget(endpoint, &outcomes),
+            }
+        });
+        follower
+    }
+
+    /// Forgets the task of `endpoint` if nobody follows it any more: whether it did
+    /// (then the task ends). Under the lock that [`follow`](Self::follow) takes, so
+    /// nobody can join in between.
+    fn leave(&self, endpoint: Endpoint, outcomes: &watch::Sender<Outcome>) -> bool {
+        let mut running = lock(&self.0);
+        if outcomes.receiver_count() > 0 {
+            return false;
+        }
+        remove_if_same(&mut running, endpoint, outcomes);
+        true
+    }
+
+    fn forget(&self, endpoint: Endpoint, outcomes: &watch::Sender<Outcome>) {
+        remove_if_same(&mut lock(&self.0), endpoint, outcomes);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        lock(&self.0).len()
+    }
+}
+
+fn remove_if_same(
+    running: &mut HashMap<Endpoint, watch::Sender<Outcome>>,
+    endpoint: Endpoint,
+    outcomes: &watch::Sender<Outcome>,
+) {
+    if running
+        .get(&endpoint)
+        .is_some_and(|known| known.same_channel(outcomes))
+    {
+        running.remove(&endpoint);
+    }
+}
+
+/// Probes `endpoint` through `client` every interval and publishes each outcome to
+/// `outcomes`, until nobody follows them.
+async fn probe_endpoint(
+    endpoints: &Endpoints,
+    endpoint: Endpoint,
+    client: &kube::Client,
+    probes: &HealthProbes,
+    outcomes: &watch::Sender<Outcome>,
+) {
+    let mut ticks = tokio::time::interval(probes.interval);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = outcomes.closed() => {
+                if endpoints.leave(endpoint, outcomes) {
+                    return;
+                }
+                // Someone joined meanwhile.
+                continue;
+            }
+        }
+        let outcome = probe_once(client, probes.timeout).await;
+        outcomes.send_replace(Some(outcome));
     }
 }
 
@@ -310,8 +426,15 @@ impl Tracker {
     }
 }
 
-/// Probes `cluster` until the future is dropped (the manager ends it with the
-/// engagement), publishing its health to `cell` and changes of state to `hub`.
+/// Where probe tasks run: the manager's tasks, and its token for stopping.
+pub(crate) struct Runtime<'a> {
+    pub(crate) tasks: &'a TaskTracker,
+    pub(crate) stopped: &'a CancellationToken,
+}
+
+/// Follows the probes of `cluster`'s endpoint until the future is dropped (the
+/// manager ends it with the engagement), publishing its health to `cell` and
+/// changes of state to `hub`.
 ///
 /// On recovery the cluster's failing watches are asked to
 /// [reconnect](crate::cache::Cache::reconnect) at once, before the controllers hear
@@ -322,14 +445,15 @@ pub(crate) async fn probe(
     probes: HealthProbes,
     cell: watch::Sender<ClusterHealth>,
     hub: Hub,
+    runtime: Runtime<'_>,
 ) {
-    let client = cluster.unnamespaced_client();
+    let mut outcomes = hub.endpoints.follow(&cluster, &probes, &runtime);
     let mut tracker = Tracker::new(&probes);
-    let mut ticks = tokio::time::interval(probes.interval);
-    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        let outcome = probe_once(&client, probes.timeout).await;
+    // Ends only when the endpoint's task does, as the manager stops.
+    while outcomes.changed().await.is_ok() {
+        let Some(outcome) = outcomes.borrow_and_update().clone() else {
+            continue;
+        };
         let Some(previous) = tracker.record(outcome, SystemTime::now()) else {
             cell.send_if_modified(|published| update(published, tracker.health()));
             continue;
@@ -517,6 +641,114 @@ mod tests {
     }
 
     const TOKEN: &str = "s3cret-probe-token";
+
+    /// A server that answers every request with 200 and counts the requests.
+    async fn serve_counting() -> (String, Arc<AtomicU64>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let requests = Arc::new(AtomicU64::new(0));
+        let counted = requests.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        while !request.ends_with(b"\r\n\r\n") {
+                            match stream.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => request.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        request.clear();
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        let answer = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, requests)
+    }
+
+    /// Follows the health of `cluster` on `tasks` until `token` is cancelled.
+    fn follow(
+        cluster: Arc<Cluster>,
+        hub: &Hub,
+        tasks: &TaskTracker,
+        stopped: &CancellationToken,
+        token: CancellationToken,
+    ) -> watch::Receiver<ClusterHealth> {
+        // Only the first tick of an endpoint's task comes during the test.
+        let probes = HealthProbes::default().interval(Duration::from_secs(3600));
+        let (cell, health) = watch::channel(ClusterHealth::unknown());
+        let (hub, tasks_, stopped) = (hub.clone(), tasks.clone(), stopped.clone());
+        tasks.spawn(async move {
+            let runtime = Runtime {
+                tasks: &tasks_,
+                stopped: &stopped,
+            };
+            tokio::select! {
+                () = token.cancelled() => {}
+                () = probe(cluster.name().clone(), cluster, probes, cell, hub, runtime) => {}
+            }
+        });
+        health
+    }
+
+    async fn healthy(mut health: watch::Receiver<ClusterHealth>) {
+        let known = health.wait_for(|h| h.state != HealthState::Unknown);
+        let state = tokio::time::timeout(Duration::from_secs(10), known)
+            .await
+            .expect("probed within 10 s")
+            .expect("follower running")
+            .state
+            .clone();
+        assert_eq!(state.name(), "healthy");
+    }
+
+    #[tokio::test]
+    async fn clusters_that_share_an_endpoint_share_one_probe_task_which_ends_with_its_last_follower() {
+        let (url, requests) = serve_counting().await;
+        let host = Arc::new(Cluster::new("host", client_with_token(&url, TOKEN)));
+        let other = Arc::new(Cluster::new("other", client_with_token(&url, TOKEN)));
+        let (hub, tasks, stopped) = (Hub::default(), TaskTracker::new(), CancellationToken::new());
+        let followers = CancellationToken::new();
+        let mut shared = vec![host.clone()];
+        shared.extend((0..50).map(|i| Arc::new(Cluster::alias(format!("alias-{i}").into(), &host))));
+        for cluster in shared.iter().chain([&other]) {
+            healthy(follow(
+                cluster.clone(),
+                &hub,
+                &tasks,
+                &stopped,
+                followers.child_token(),
+            ))
+            .await;
+        }
+        // One probe per endpoint, whatever the number of clusters behind it; the
+        // second tick is an hour away.
+        assert_eq!(hub.endpoints.len(), 2);
+        assert_eq!(requests.load(Ordering::SeqCst), 2);
+        // A late follower gets the endpoint's latest outcome without a new probe.
+        let late = Arc::new(Cluster::alias("late".into(), &host));
+        healthy(follow(late, &hub, &tasks, &stopped, followers.child_token())).await;
+        assert_eq!(requests.load(Ordering::SeqCst), 2);
+
+        // When the last follower of an endpoint leaves, its task ends: every task
+        // ends without the manager's token.
+        followers.cancel();
+        tasks.close();
+        tokio::time::timeout(Duration::from_secs(10), tasks.wait())
+            .await
+            .expect("the endpoints' tasks end with their last followers");
+        assert_eq!(hub.endpoints.len(), 0);
+        assert!(!stopped.is_cancelled());
+    }
 
     #[tokio::test]
     async fn a_rejected_probe_names_the_status_but_not_the_token() {

@@ -1073,12 +1073,20 @@ impl Manager {
         let Some(probes) = self.health_probes() else {
             return;
         };
-        let (hub, stopped) = (self.inner.health.clone(), self.inner.stopped.clone());
+        let (hub, stopped, tasks) = (
+            self.inner.health.clone(),
+            self.inner.stopped.clone(),
+            self.inner.tasks.clone(),
+        );
         self.inner.tasks.spawn(async move {
+            let runtime = health::Runtime {
+                tasks: &tasks,
+                stopped: &stopped,
+            };
             tokio::select! {
                 () = token.cancelled() => {}
                 () = stopped.cancelled() => {}
-                () = health::probe(name, cluster, probes, cell, hub) => {}
+                () = health::probe(name, cluster, probes, cell, hub, runtime) => {}
             }
         });
     }

@@ -426,7 +426,7 @@ impl Namespaces {
     async fn build(&self, name: &str) -> Result<Arc<Cluster>> {
         let cache = self.host.cache().scoped(name, name);
         if let Clients::Shared = &self.clients {
-            return Ok(Arc::new(Cluster::through_host(name, self.host.client(), cache)));
+            return Ok(Arc::new(Cluster::through_host(name, &self.host, cache)));
         }
         let client = self.client(&ClusterName::from(name)).await?;
         Ok(Arc::new(Cluster::with_cache(name, client, cache)))
