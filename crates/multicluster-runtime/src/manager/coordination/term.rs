@@ -141,4 +141,55 @@ mod tests {
                 .is_err()
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Reconciles entering and leaving on other threads while the term ends:
+        /// once `end` returns, no work is inside and none can enter, whatever the
+        /// interleaving; work that entered before the end was waited for.
+        #[test]
+        fn no_work_is_inside_once_the_term_has_ended(
+            threads in 1usize..4,
+            rounds in 1usize..200,
+            end_after in 0usize..300,
+        ) {
+            use std::sync::atomic::{AtomicUsize, Ordering};
+
+            let term = Term::new();
+            let inside = Arc::new(AtomicUsize::new(0));
+            let entered = Arc::new(AtomicUsize::new(0));
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    let (term, inside, entered) = (term.clone(), inside.clone(), entered.clone());
+                    std::thread::spawn(move || {
+                        for _ in 0..rounds {
+                            let Some(work) = term.enter() else {
+                                return;
+                            };
+                            inside.fetch_add(1, Ordering::SeqCst);
+                            entered.fetch_add(1, Ordering::SeqCst);
+                            std::thread::yield_now();
+                            inside.fetch_sub(1, Ordering::SeqCst);
+                            drop(work);
+                        }
+                    })
+                })
+                .collect();
+            while entered.load(Ordering::SeqCst) < end_after.min(threads * rounds)
+                && workers.iter().any(|w| !w.is_finished())
+            {
+                std::thread::yield_now();
+            }
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            runtime.block_on(term.end(false));
+            proptest::prop_assert_eq!(inside.load(Ordering::SeqCst), 0, "work inside an ended term");
+            proptest::prop_assert!(term.enter().is_none(), "entered an ended term");
+            let before = entered.load(Ordering::SeqCst);
+            for worker in workers {
+                worker.join().unwrap();
+            }
+            proptest::prop_assert_eq!(entered.load(Ordering::SeqCst), before, "entered after the end");
+        }
+    }
 }
