@@ -107,7 +107,7 @@
 //! Per namespace and type with a subscriber (e.g. a controller engaged with the
 //! namespace-cluster): one event channel of
 //! [`CacheOptions::namespace_event_capacity`](crate::cache::CacheOptions::namespace_event_capacity)
-//! slots (128 by default, ≈50 bytes each). The informer sends each event to the
+//! slots (32 by default, ≈50 bytes each). The informer sends each event to the
 //! channel of the object's namespace only, so an event wakes the subscribers of one
 //! namespace, not of all; an event about a cluster-scoped object goes to every
 //! namespace's channel.
