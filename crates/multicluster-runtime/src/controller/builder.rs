@@ -346,13 +346,22 @@ impl<K: CacheObject> ControllerBuilder<K> {
         self
     }
 
-    /// At most `limit` reconciles at once in any one cluster (default: half of
-    /// [`concurrency`](Self::concurrency), at least 1), so that a cluster whose
-    /// reconciles hang cannot take every slot; see
+    /// At most `limit` reconciles at once in any one cluster while other clusters
+    /// have work (default: half of [`concurrency`](Self::concurrency), at least 1),
+    /// so that a cluster whose reconciles hang cannot take every slot; see
     /// [`QueueConfig::cluster_concurrency`].
     #[must_use]
     pub fn cluster_concurrency(mut self, limit: usize) -> Self {
         self.queue = self.queue.cluster_concurrency(limit);
+        self
+    }
+
+    /// Whether a cluster at its [cap](Self::cluster_concurrency) may borrow idle
+    /// slots, all but one, while no other cluster has work (default: yes); see
+    /// [`QueueConfig::borrow_idle_slots`].
+    #[must_use]
+    pub fn borrow_idle_slots(mut self, borrow: bool) -> Self {
+        self.queue = self.queue.borrow_idle_slots(borrow);
         self
     }
 

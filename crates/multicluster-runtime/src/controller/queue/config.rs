@@ -20,6 +20,7 @@ pub struct QueueConfig {
     pub(super) concurrency: usize,
     /// `None`: derived from `concurrency`, see [`QueueConfig::cluster_concurrency`].
     pub(super) cluster_concurrency: Option<usize>,
+    pub(super) borrow_idle_slots: bool,
     pub(super) backoff: Backoff,
 }
 
@@ -36,6 +37,7 @@ impl QueueConfig {
         Self {
             concurrency: Self::DEFAULT_CONCURRENCY,
             cluster_concurrency: None,
+            borrow_idle_slots: true,
             backoff: Backoff::new(Self::DEFAULT_BACKOFF_BASE, Self::DEFAULT_BACKOFF_MAX),
         }
     }
@@ -47,16 +49,42 @@ impl QueueConfig {
         self
     }
 
-    /// At most `limit` leases outstanding at once for any one cluster; `0` means no
-    /// cap beyond [`concurrency`](Self::concurrency).
+    /// At most `limit` leases outstanding at once for any one cluster, beyond those
+    /// it [borrows](Self::borrow_idle_slots) while no other cluster has work; `0`
+    /// means no cap beyond [`concurrency`](Self::concurrency).
     ///
     /// The default is half of `concurrency`, at least 1 (no cap when `concurrency`
     /// is unlimited): a cluster whose reconciles hang (timeouts against an apiserver
-    /// that stopped answering) can then hold at most half of the slots, and the other
-    /// clusters keep the rest. A controller that serves a single cluster and wants
-    /// every slot for it sets this to its `concurrency`.
+    /// that stopped answering) then holds at most half of the slots while other
+    /// clusters have work, and never the last free one. With `concurrency(4)` a
+    /// cluster with a backlog runs 2 reconciles at once while another cluster has
+    /// ready items, and 3 while it is alone. A controller that serves a single
+    /// cluster and wants every slot for it sets this to its `concurrency`.
     pub fn cluster_concurrency(mut self, limit: usize) -> Self {
         self.cluster_concurrency = Some(limit);
+        self
+    }
+
+    /// Whether a cluster at its [cap](Self::cluster_concurrency) may borrow idle
+    /// slots (default: yes), whether the cap is the default one or set explicitly.
+    ///
+    /// A cluster at its cap gets one more lease only while no other cluster has an
+    /// item it could lease (ready, not paused, below its own cap), and only if a slot
+    /// stays free after it. That reserved slot is what the cap protects: the next
+    /// item of another cluster starts at once even if every reconcile of the
+    /// borrower hangs. Borrowing stops as soon as another cluster has a ready item;
+    /// borrowed leases are not revoked, they end as usual, and the slots they free
+    /// go to the other clusters first. Clusters at their cap borrow in turns.
+    ///
+    /// As a cluster borrows up to `concurrency - 1` leases, nothing is borrowed when
+    /// its cap is already that high (with the default cap: `concurrency` below 3).
+    /// Nor with unlimited `concurrency` (`0`): no slot is ever short there, so a cap
+    /// only limits the load per cluster.
+    ///
+    /// Turn it off to make the cap a hard limit per cluster, for instance to bound
+    /// the load a controller puts on each cluster's apiserver.
+    pub fn borrow_idle_slots(mut self, borrow: bool) -> Self {
+        self.borrow_idle_slots = borrow;
         self
     }
 
@@ -71,6 +99,18 @@ impl QueueConfig {
             (Some(limit), _) => limit,
             (None, 0) => 0,
             (None, limit) => (limit / 2).max(1),
+        }
+    }
+
+    /// Leases may be borrowed beyond the cluster cap only while fewer than this many
+    /// are out, so that one slot stays free; `0` when nothing is ever borrowed.
+    pub(super) fn borrow_below(&self) -> usize {
+        let cap = self.effective_cluster_cap();
+        // A cap of `concurrency - 1` or more never binds before the last free slot.
+        if self.borrow_idle_slots && cap > 0 && cap < self.concurrency.saturating_sub(1) {
+            self.concurrency - 1
+        } else {
+            0
         }
     }
 

@@ -16,7 +16,9 @@ use std::hash::Hash;
 /// A *parked* cluster keeps its ready items but gets no turn: [`pop`](Self::pop) drops
 /// its turn when it comes round, and [`unpark`](Self::unpark) gives it a new one at the
 /// back of the ring. The queue parks clusters that must not be served right now
-/// (paused, or at their concurrency cap).
+/// (paused, or at their concurrency cap). A cluster at its cap may still borrow an
+/// idle slot; the queue then takes its item out of turn with
+/// [`pop_from`](Self::pop_from), and it stays parked.
 #[derive(Debug)]
 pub(crate) struct FairQueue<C, K> {
     lanes: HashMap<C, Lane<K>>,
@@ -106,6 +108,24 @@ where
             return Some((cluster, key));
         }
         None
+    }
+
+    /// Takes the oldest item of `cluster`, whether or not it is parked and whoever's
+    /// turn it is.
+    pub(crate) fn pop_from(&mut self, cluster: &C) -> Option<K> {
+        let lane = self.lanes.get_mut(cluster)?;
+        let key = lane.items.pop_front()?;
+        let emptied = lane.items.is_empty();
+        self.len -= 1;
+        if self.parked.contains(cluster) {
+            self.parked_len -= 1;
+        }
+        if emptied {
+            // A turn it may still hold in the ring is orphaned, as after a removal.
+            self.lanes.remove(cluster);
+            self.compact_ring();
+        }
+        Some(key)
     }
 
     /// Drops every ready item of `cluster`, returning them.
@@ -286,6 +306,26 @@ mod tests {
         queue.remove_cluster(&"x");
         assert_eq!(queue.leasable_len(), 0);
         assert_eq!(queue.len(), 0);
+    }
+
+    #[test]
+    fn pop_from_takes_a_parked_clusters_item_out_of_turn() {
+        let mut queue = FairQueue::new();
+        queue.push("a", 0);
+        queue.push("a", 1);
+        queue.push("b", 0);
+        queue.park(&"a");
+        assert_eq!(queue.pop_from(&"a"), Some(0));
+        assert_eq!((queue.len(), queue.leasable_len()), (2, 1));
+        assert_eq!(queue.pop_from(&"a"), Some(1));
+        assert_eq!(queue.pop_from(&"a"), None);
+        assert_eq!(queue.cluster_len(&"a"), 0);
+        // Its old turn is orphaned: a new item of "a" gets one turn, behind "b".
+        queue.push("a", 2);
+        assert!(queue.unpark(&"a"));
+        assert_eq!(drain(&mut queue), [("b", 0), ("a", 2)]);
+        assert_eq!(queue.ring_len(), 0);
+        assert_eq!(queue.pop_from(&"zzz"), None);
     }
 
     #[test]

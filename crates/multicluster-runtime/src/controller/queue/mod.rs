@@ -15,7 +15,9 @@
 //! - **Global concurrency.** At most [`QueueConfig::concurrency`] leases exist at once.
 //! - **Per-cluster concurrency.** At most [`QueueConfig::cluster_concurrency`] of them
 //!   belong to one cluster (by default half of the slots), so a cluster whose
-//!   reconciles hang cannot hold every slot.
+//!   reconciles hang cannot hold every slot. While no other cluster has work, a
+//!   cluster at its cap [borrows](QueueConfig::borrow_idle_slots) idle slots, all
+//!   but one: that one stays free for the next item of another cluster.
 //! - **Fairness.** Ready items wait in one FIFO lane per cluster and are leased
 //!   round-robin, one per cluster per turn, so a cluster flooding events delays a quiet
 //!   cluster's item by at most one item of each other cluster with ready items.
@@ -131,7 +133,11 @@ where
         };
         Self {
             shared: Arc::new(Shared {
-                state: Mutex::new(QueueState::new(config.backoff, config.effective_cluster_cap())),
+                state: Mutex::new(QueueState::new(
+                    config.backoff,
+                    config.effective_cluster_cap(),
+                    config.borrow_below(),
+                )),
                 notify: Notify::new(),
                 permits: Arc::new(Semaphore::new(permits)),
             }),
@@ -181,7 +187,10 @@ where
     /// ready, not lost); leases already out are not affected. Pausing again for a
     /// reason already set is a no-op.
     pub fn pause_cluster(&self, cluster: &C, reason: PauseReason) {
-        self.lock().pause(cluster, reason);
+        let mut state = self.lock();
+        let wake = state.pause(cluster, reason);
+        drop(state);
+        self.wake(wake);
     }
 
     /// Clears `reason`: once no reason is left, the cluster's items are leased again.
@@ -206,7 +215,10 @@ where
     /// Drops the cluster's queued items, backoff state and every pause reason; see
     /// [Removing a cluster](Self#removing-a-cluster).
     pub fn remove_cluster(&self, cluster: &C) {
-        self.lock().remove_cluster(cluster);
+        let mut state = self.lock();
+        let wake = state.remove_cluster(cluster);
+        drop(state);
+        self.wake(wake);
         tracing::debug!(?cluster, "removed cluster from work queue");
     }
 

@@ -68,8 +68,12 @@ struct Model {
     items: HashMap<Item, ModelItem>,
     /// The reasons each paused cluster is paused for; never an empty set.
     paused: BTreeMap<u8, BTreeSet<PauseReason>>,
-    /// Leases per cluster may not exceed this; `0`: no cap.
+    /// Leases per cluster may not exceed this, unless borrowed; `0`: no cap.
     cluster_cap: usize,
+    /// Global limit on leases; `0`: none.
+    concurrency: usize,
+    /// Whether a cluster at its cap may borrow idle slots.
+    borrow: bool,
     /// For each cluster with a due item: how many leases each other cluster got
     /// since then. Round-robin allows at most one.
     bypassed: HashMap<u8, HashMap<u8, usize>>,
@@ -99,22 +103,33 @@ impl Model {
             .collect()
     }
 
-    /// Whether the queue may lease an item of `cluster` now.
-    fn eligible(&self, cluster: u8) -> bool {
-        let leased = self
-            .items
+    /// Leases of `cluster`, or of every cluster.
+    fn leased(&self, cluster: Option<u8>) -> usize {
+        self.items
             .iter()
-            .filter(|((c, _), i)| *c == cluster && i.leased)
-            .count();
-        !self.paused.contains_key(&cluster) && (self.cluster_cap == 0 || leased < self.cluster_cap)
+            .filter(|((c, _), i)| i.leased && cluster.is_none_or(|cluster| cluster == *c))
+            .count()
     }
 
-    /// Due items the queue may lease now.
+    fn at_cap(&self, cluster: u8) -> bool {
+        self.cluster_cap > 0 && self.leased(Some(cluster)) >= self.cluster_cap
+    }
+
+    /// Due items the queue may lease now, given a free slot. Clusters below their cap
+    /// come first; only if none of them has a due item may a cluster at its cap
+    /// borrow, and only if a slot stays free after the lease.
     fn leasable(&self, now: Instant) -> BTreeSet<Item> {
-        self.due(now)
+        let (capped, below): (BTreeSet<Item>, BTreeSet<Item>) = self
+            .due(now)
             .into_iter()
-            .filter(|&(c, _)| self.eligible(c))
-            .collect()
+            .filter(|(c, _)| !self.paused.contains_key(c))
+            .partition(|&(c, _)| self.at_cap(c));
+        let spare_slot = self.concurrency > 0 && self.leased(None) + 1 < self.concurrency;
+        if below.is_empty() && self.borrow && spare_slot {
+            capped
+        } else {
+            below
+        }
     }
 
     fn queued(&self) -> impl Iterator<Item = (&Item, &ModelItem)> {
@@ -187,13 +202,22 @@ fn check_counts(queue: &Queue, model: &Model, leases: usize) -> Result<(), TestC
     Ok(())
 }
 
-async fn run(concurrency: usize, cluster_cap: Option<usize>, ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let mut config = QueueConfig::default().concurrency(concurrency);
+async fn run(
+    concurrency: usize,
+    cluster_cap: Option<usize>,
+    borrow: bool,
+    ops: Vec<Op>,
+) -> Result<(), TestCaseError> {
+    let mut config = QueueConfig::default()
+        .concurrency(concurrency)
+        .borrow_idle_slots(borrow);
     if let Some(cap) = cluster_cap {
         config = config.cluster_concurrency(cap);
     }
     let mut model = Model {
         cluster_cap: config.effective_cluster_cap(),
+        concurrency,
+        borrow,
         ..Model::default()
     };
     let queue = Queue::with_config(config);
@@ -318,8 +342,9 @@ proptest! {
 
     #[test]
     fn s13_queue_matches_the_model(
-        concurrency in 0..=3usize,
+        concurrency in 0..=4usize,
         cluster_cap in proptest::option::of(0..=2usize),
+        borrow in any::<bool>(),
         ops in proptest::collection::vec(op(), 0..120),
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -327,6 +352,6 @@ proptest! {
             .start_paused(true)
             .build()
             .expect("runtime");
-        runtime.block_on(run(concurrency, cluster_cap, ops))?;
+        runtime.block_on(run(concurrency, cluster_cap, borrow, ops))?;
     }
 }

@@ -3,7 +3,7 @@
 //! Every operation takes `now` explicitly; [`super::WorkQueue`] wraps this in a mutex
 //! and turns the returned [`Wake`] into notifications.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
@@ -125,8 +125,14 @@ pub(crate) struct QueueState<C, K> {
     processing: usize,
     /// Leases outstanding per cluster; clusters without leases have no entry.
     in_flight: HashMap<C, usize>,
-    /// At most this many leases per cluster; `0` means no cap.
+    /// At most this many leases per cluster, unless borrowed; `0` means no cap.
     cluster_cap: usize,
+    /// A cluster at its cap may borrow a lease while fewer than this many are out
+    /// and no cluster below its cap has a leasable item; `0`: never.
+    borrow_below: usize,
+    /// The clusters at their cap, in the order they take turns borrowing. Kept only
+    /// when `borrow_below > 0`, so it never holds more than `concurrency` clusters.
+    capped: VecDeque<C>,
     /// Clusters whose items are not leased until every reason is cleared; clusters
     /// without a reason have no entry.
     paused: HashMap<C, PauseReasons>,
@@ -150,7 +156,8 @@ where
     C: Clone + Eq + Hash,
     K: Clone + Eq + Hash,
 {
-    pub(crate) fn new(backoff: Backoff, cluster_cap: usize) -> Self {
+    /// `cluster_cap` and `borrow_below` as in the fields of the same name.
+    pub(crate) fn new(backoff: Backoff, cluster_cap: usize, borrow_below: usize) -> Self {
         Self {
             clusters: HashMap::new(),
             ready: FairQueue::new(),
@@ -159,6 +166,8 @@ where
             processing: 0,
             in_flight: HashMap::new(),
             cluster_cap,
+            borrow_below,
+            capped: VecDeque::new(),
             paused: HashMap::new(),
             shut_down: false,
             observer: None,
@@ -179,6 +188,34 @@ where
                 .is_some_and(|n| *n >= self.cluster_cap)
     }
 
+    /// Whether a cluster at its cap may borrow a lease now, slots permitting: one
+    /// slot must stay free after the lease.
+    fn may_borrow(&self) -> bool {
+        self.processing < self.borrow_below
+    }
+
+    /// Ready items that clusters at their cap could borrow now. None while a cluster
+    /// below its cap has leasable items: those come first.
+    fn borrowable_len(&self) -> usize {
+        if !self.may_borrow() || self.ready.leasable_len() > 0 {
+            return 0;
+        }
+        self.capped
+            .iter()
+            .filter(|cluster| !self.paused.contains_key(*cluster))
+            .map(|cluster| self.ready.cluster_len(cluster))
+            .sum()
+    }
+
+    /// `Wake::Ready` if items became borrowable that were not (`could_borrow`).
+    fn borrow_wake(&self, could_borrow: bool) -> Wake {
+        if !could_borrow && self.borrowable_len() > 0 {
+            Wake::Ready
+        } else {
+            Wake::Nothing
+        }
+    }
+
     /// Serves `cluster` again if nothing holds it back; `Wake::Ready` if that made
     /// items leasable.
     fn unpark_if_free(&mut self, cluster: &C) -> Wake {
@@ -191,12 +228,15 @@ where
 
     /// Holds back the items of `cluster` for `reason`, until that reason and every
     /// other one is cleared by [`resume`](Self::resume).
-    pub(crate) fn pause(&mut self, cluster: &C, reason: PauseReason) {
+    /// `Wake::Ready` if that lets a cluster at its cap borrow.
+    pub(crate) fn pause(&mut self, cluster: &C, reason: PauseReason) -> Wake {
         if self.shut_down {
-            return;
+            return Wake::Nothing;
         }
+        let could_borrow = self.borrowable_len() > 0;
         self.paused.entry(cluster.clone()).or_default().insert(reason);
         self.ready.park(cluster);
+        self.borrow_wake(could_borrow)
     }
 
     /// Clears `reason`; the cluster's items are leased again once no reason is left.
@@ -208,8 +248,10 @@ where
         if !reasons.is_empty() {
             return Wake::Nothing;
         }
+        let could_borrow = self.borrowable_len() > 0;
         self.paused.remove(cluster);
-        self.unpark_if_free(cluster)
+        // At its cap, it stays parked but may borrow.
+        self.unpark_if_free(cluster).and(self.borrow_wake(could_borrow))
     }
 
     pub(crate) fn pause_reasons(&self, cluster: &C) -> PauseReasons {
@@ -332,12 +374,20 @@ where
     }
 
     /// Leases the next ready item, round-robin across the clusters that are neither
-    /// paused nor at their cap.
+    /// paused nor at their cap; if none of them has one, lets a cluster at its cap
+    /// borrow, if allowed.
     pub(crate) fn lease_next(&mut self, now: Instant) -> Option<(C, K)> {
-        let (cluster, key) = self.ready.pop()?;
-        *self.in_flight.entry(cluster.clone()).or_insert(0) += 1;
-        if self.at_cap(&cluster) {
+        let (cluster, key) = match self.ready.pop() {
+            Some(next) => next,
+            None => self.pop_borrowed()?,
+        };
+        let leases = self.in_flight.entry(cluster.clone()).or_insert(0);
+        *leases += 1;
+        if self.cluster_cap > 0 && *leases == self.cluster_cap {
             self.ready.park(&cluster);
+            if self.borrow_below > 0 {
+                self.capped.push_back(cluster.clone());
+            }
         }
         if let Some(item) = self
             .clusters
@@ -358,6 +408,27 @@ where
         Some((cluster, key))
     }
 
+    /// An item of a cluster at its cap, if one may borrow now. The clusters at their
+    /// cap take turns, so that two of them share the idle slots.
+    fn pop_borrowed(&mut self) -> Option<(C, K)> {
+        if !self.may_borrow() {
+            return None;
+        }
+        for _ in 0..self.capped.len() {
+            let cluster = self.capped.pop_front()?;
+            let key = if self.paused.contains_key(&cluster) {
+                None
+            } else {
+                self.ready.pop_from(&cluster)
+            };
+            self.capped.push_back(cluster.clone());
+            if let Some(key) = key {
+                return Some((cluster, key));
+            }
+        }
+        None
+    }
+
     /// Ends a lease; a dirty item is queued at the time it was asked for.
     pub(crate) fn release(&mut self, cluster: &C, key: &K, now: Instant) -> Wake {
         let Some(item) = self
@@ -376,6 +447,7 @@ where
         if let Some(observer) = &self.observer {
             observer.released(cluster, now.saturating_duration_since(since));
         }
+        let could_borrow = self.borrowable_len() > 0;
         self.processing -= 1;
         let was_at_cap = self.at_cap(cluster);
         if let Some(count) = self.in_flight.get_mut(cluster) {
@@ -384,7 +456,9 @@ where
                 self.in_flight.remove(cluster);
             }
         }
-        let freed = if was_at_cap {
+        // A borrower that is still at its cap stays parked.
+        let freed = if was_at_cap && !self.at_cap(cluster) {
+            self.capped.retain(|capped| capped != cluster);
             self.unpark_if_free(cluster)
         } else {
             Wake::Nothing
@@ -396,18 +470,20 @@ where
                 Wake::Nothing
             }
         };
-        freed.and(requeued)
+        // The freed slot may be one a cluster at its cap can now borrow.
+        freed.and(requeued).and(self.borrow_wake(could_borrow))
     }
 
     /// Forgets every queued item, failure count and pause reason of `cluster`. Leased items
     /// stay tracked as processing (so a fresh add cannot lease them twice) but lose
-    /// any pending requeue.
-    pub(crate) fn remove_cluster(&mut self, cluster: &C) {
+    /// any pending requeue. `Wake::Ready` if that lets a cluster at its cap borrow.
+    pub(crate) fn remove_cluster(&mut self, cluster: &C) -> Wake {
+        let could_borrow = self.borrowable_len() > 0;
         if self.paused.remove(cluster).is_some() {
             let _ = self.unpark_if_free(cluster); // nothing queued is left to wake for
         }
         let Some(items) = self.clusters.get_mut(cluster) else {
-            return;
+            return Wake::Nothing;
         };
         self.ready.remove_cluster(cluster);
         let delayed = &mut self.delayed;
@@ -430,6 +506,7 @@ where
         if items.items.is_empty() {
             self.clusters.remove(cluster);
         }
+        self.borrow_wake(could_borrow)
     }
 
     /// Stops queueing: drops every queued item, and makes later adds and requeues
@@ -471,8 +548,9 @@ where
         self.ready.len()
     }
 
+    /// Ready items a consumer with a free slot could lease now, borrowed or not.
     pub(crate) fn leasable_len(&self) -> usize {
-        self.ready.leasable_len()
+        self.ready.leasable_len() + self.borrowable_len()
     }
 
     pub(crate) fn in_flight(&self, cluster: &C) -> usize {
@@ -525,7 +603,8 @@ where
     #[cfg(test)]
     pub(crate) fn tracked(&self) -> (usize, usize) {
         let items = self.clusters.values().map(|items| items.items.len()).sum();
-        let clusters = self.clusters.len() + self.in_flight.len() + self.ready.parked_count();
+        let clusters =
+            self.clusters.len() + self.in_flight.len() + self.ready.parked_count() + self.capped.len();
         (clusters, items)
     }
 

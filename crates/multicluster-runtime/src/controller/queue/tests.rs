@@ -559,25 +559,142 @@ async fn concurrent_producers_and_workers() {
     assert_eq!(distinct.len(), 3 * 17);
 }
 
+/// Leases `queue` hands out right now, and the clusters they belong to.
+fn take_all(queue: &Queue) -> (Vec<Lease<&'static str, u32>>, Vec<&'static str>) {
+    let leases: Vec<_> = std::iter::from_fn(|| try_next(queue)).collect();
+    let clusters = leases.iter().map(|lease| *lease.cluster()).collect();
+    (leases, clusters)
+}
+
 #[tokio::test(start_paused = true)]
-async fn one_cluster_holds_at_most_half_of_the_slots_by_default() {
+async fn a_lone_cluster_borrows_every_slot_but_one() {
     let queue = Queue::with_config(QueueConfig::default().concurrency(4));
     for key in 0..10 {
         queue.add("hanging", key);
     }
-    let held: Vec<_> = std::iter::from_fn(|| try_next(&queue)).collect();
-    assert_eq!(held.len(), 2, "the default cap is half of 4");
-    assert_eq!(queue.processing_len_of(&"hanging"), 2);
-    // Another cluster's item gets a free slot while the first cluster's leases hang.
+    let (mut held, _) = take_all(&queue);
+    assert_eq!(held.len(), 3, "the cap of 2, and 1 borrowed; 1 slot stays free");
+    assert_eq!(queue.processing_len_of(&"hanging"), 3);
+    // Another cluster's item gets the reserved slot at once, though every lease of
+    // the first cluster hangs.
     queue.add("quiet", 0);
-    let lease = try_next(&queue).expect("a slot for the quiet cluster");
+    let lease = try_next(&queue).expect("the reserved slot");
     assert_eq!((*lease.cluster(), *lease.key()), ("quiet", 0));
-    assert!(try_next(&queue).is_none());
-    // A lease of the capped cluster ends: one more of its items may go.
-    drop(held);
-    let more: Vec<_> = std::iter::from_fn(|| try_next(&queue)).collect();
-    assert_eq!(more.len(), 2);
-    assert!(more.iter().all(|lease| *lease.cluster() == "hanging"));
+    assert!(try_next(&queue).is_none(), "every slot is taken");
+    // The quiet cluster goes idle: the borrower still holds its 3, and may not take
+    // the slot that frees up, the reserved one.
+    drop(lease);
+    assert!(try_next(&queue).is_none(), "the reserve is not lent");
+    // A lease of the borrower ends: it may borrow the slot again.
+    held.pop();
+    let again = try_next(&queue).expect("borrowed again");
+    assert_eq!(*again.cluster(), "hanging");
+    assert_eq!(queue.processing_len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_borrower_gets_no_new_slot_while_another_cluster_has_ready_items() {
+    // Cap 4; alone, "a" holds 7 of the 8 slots.
+    let queue = Queue::with_config(QueueConfig::default().concurrency(8));
+    for key in 0..20 {
+        queue.add("a", key);
+    }
+    let (mut a_leases, _) = take_all(&queue);
+    assert_eq!(a_leases.len(), 7);
+    for key in 0..5 {
+        queue.add("b", key);
+    }
+    let (mut b_leases, clusters) = take_all(&queue);
+    assert_eq!(clusters, ["b"], "b gets the reserved slot");
+    // Three of a's leases end, so a is back at its cap with three slots free: all of
+    // them go to b, which has ready items and is below its cap. Leases a borrowed
+    // earlier were not revoked; they ended as usual.
+    a_leases.truncate(4);
+    let (more, clusters) = take_all(&queue);
+    assert_eq!(clusters, ["b", "b", "b"]);
+    b_leases.extend(more);
+    assert_eq!(
+        (queue.processing_len_of(&"a"), queue.processing_len_of(&"b")),
+        (4, 4)
+    );
+    // b's leases end with one item of b left: it goes first, then a borrows again,
+    // up to 7 leases in all.
+    drop(b_leases);
+    let (_more, clusters) = take_all(&queue);
+    assert_eq!(clusters, ["b", "a", "a"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn clusters_at_their_cap_take_turns_borrowing() {
+    let config = QueueConfig::default().concurrency(6).cluster_concurrency(1);
+    let queue = Queue::with_config(config);
+    for key in 0..5 {
+        queue.add("a", key);
+        queue.add("b", key);
+    }
+    let (_leases, clusters) = take_all(&queue);
+    assert_eq!(clusters, ["a", "b", "a", "b", "a"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn small_or_unlimited_concurrency_never_borrows() {
+    // (concurrency, explicit cap, leases a lone cluster gets)
+    let cases = [
+        (1, None, 1),
+        (2, None, 1),
+        (3, None, 2),
+        (4, Some(3), 3),
+        (0, Some(2), 2),
+    ];
+    for (concurrency, cap, expected) in cases {
+        let mut config = QueueConfig::default().concurrency(concurrency);
+        if let Some(cap) = cap {
+            config = config.cluster_concurrency(cap);
+        }
+        let queue = Queue::with_config(config);
+        for key in 0..10 {
+            queue.add("a", key);
+        }
+        let (leases, _) = take_all(&queue);
+        assert_eq!(leases.len(), expected, "concurrency {concurrency}, cap {cap:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn borrowing_can_be_turned_off() {
+    let config = QueueConfig::default().concurrency(4).borrow_idle_slots(false);
+    let queue = Queue::with_config(config);
+    for key in 0..10 {
+        queue.add("a", key);
+    }
+    let (leases, _) = take_all(&queue);
+    assert_eq!(leases.len(), 2, "a hard cap of half the slots");
+    queue.add("b", 0);
+    queue.add("b", 1);
+    let (_more, clusters) = take_all(&queue);
+    assert_eq!(clusters, ["b", "b"]);
+    drop(leases);
+}
+
+/// A consumer that holds a slot but found nothing it may lease sleeps; a lease that
+/// ends without freeing a slot it could use would leave it asleep.
+#[tokio::test(start_paused = true)]
+async fn a_lease_that_ends_wakes_a_consumer_that_may_now_borrow() {
+    let queue = Queue::with_config(QueueConfig::default().concurrency(4));
+    for key in 0..10 {
+        queue.add("a", key);
+    }
+    let (mut held, _) = take_all(&queue);
+    assert_eq!(held.len(), 3);
+    let consumer = tokio::spawn({
+        let queue = queue.clone();
+        async move { next_timed(&queue).await }
+    });
+    tokio::time::sleep(ms(5)).await;
+    assert!(!consumer.is_finished(), "the last slot is not lent");
+    held.pop();
+    let (cluster, _, waited) = consumer.await.expect("consumer");
+    assert_eq!((cluster, waited), ("a", ms(5)));
 }
 
 #[tokio::test(start_paused = true)]
