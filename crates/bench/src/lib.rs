@@ -127,6 +127,14 @@ pub struct Report {
     pub lat_p99_ms: f64,
     /// Maximum of the same.
     pub lat_max_ms: f64,
+    /// Rust peer, P1–P3 only: write → the update's event at the cache informer's
+    /// subscribers (the watch and the store, before the source, the queue and the
+    /// reconcile task): median, in milliseconds. 0 where not measured.
+    #[serde(default)]
+    pub stage_p50_ms: f64,
+    /// 99th percentile of the same.
+    #[serde(default)]
+    pub stage_p99_ms: f64,
     /// Clusters engaged from kubeconfig Secrets whose first reconcile was timed (P4).
     #[serde(default)]
     pub engaged: usize,

@@ -94,6 +94,11 @@ struct Args {
     /// Run the Rust peer without the manager's health probes (`--no-health-probes`).
     #[arg(long)]
     no_health_probes: bool,
+    /// P1–P3 under contention: this many threads of the driver spin on the CPUs for
+    /// the whole of each peer run (its start, its updates), competing with the peer
+    /// and the apiservers. `0`: none.
+    #[arg(long, default_value_t = 0)]
+    saturate: usize,
     /// How long a peer may take before the run fails, in seconds (plus the update
     /// phase).
     #[arg(long, default_value_t = 240)]
@@ -183,7 +188,10 @@ async fn run(args: Args) -> Result<(), String> {
                 .get(peer.as_str())
                 .ok_or_else(|| format!("unknown peer {peer:?} (rust, go, floor)"))?;
             let load_before = load_average();
-            let report = run_peer(peer, binary, kubeconfigs.path(), &args, &clients).await?;
+            let burner = Burner::start(args.saturate);
+            let report = run_peer(peer, binary, kubeconfigs.path(), &args, &clients).await;
+            drop(burner);
+            let report = report?;
             let load_after = load_average();
             eprintln!(
                 "round {} {peer:<5} all reconciled in {:.2} s, VmHWM {:.1} MiB, p50/p99/max {:.1}/{:.1}/{:.1} ms, load {load_before}→{load_after}",
@@ -986,6 +994,40 @@ async fn drive_updates(clients: &[kube::Client], args: &Args) -> Result<(), Stri
     Ok(())
 }
 
+/// Threads that keep the CPUs busy until dropped (`--saturate`).
+struct Burner {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Burner {
+    fn start(threads: usize) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..threads)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut x = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        // Work the optimizer cannot drop.
+                        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                    }
+                })
+            })
+            .collect();
+        Burner { stop, threads }
+    }
+}
+
+impl Drop for Burner {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
@@ -1045,19 +1087,27 @@ fn date() -> String {
 fn render(args: &Args, runs: &[Run]) -> String {
     use std::fmt::Write;
     type Metric = (&'static str, fn(&Report) -> f64);
-    let metrics: [Metric; 6] = [
+    let metrics: [Metric; 8] = [
         ("P1 time to all reconciled (s)", |r| r.time_to_all_s),
         ("P2 peak RSS at sync (MiB)", |r| mib(r.vmhwm_synced_kib)),
         ("P2 peak RSS at exit (MiB)", |r| mib(r.vmhwm_kib)),
         ("P3 update latency p50 (ms)", |r| r.lat_p50_ms),
         ("P3 update latency p99 (ms)", |r| r.lat_p99_ms),
         ("P3 update latency max (ms)", |r| r.lat_max_ms),
+        ("P3 stage: write → informer event p50 (ms, rust only)", |r| {
+            r.stage_p50_ms
+        }),
+        ("P3 stage: write → informer event p99 (ms, rust only)", |r| {
+            r.stage_p99_ms
+        }),
     ];
     let med = |peer: &str, f: fn(&Report) -> f64| {
         median(
             runs.iter()
                 .filter(|r| r.report.peer == peer)
                 .map(|r| f(&r.report))
+                // 0: not measured by this peer (the stage rows).
+                .filter(|v| *v > 0.0)
                 .collect(),
         )
     };
@@ -1083,6 +1133,13 @@ fn render(args: &Args, runs: &[Run]) -> String {
         args.update_secs,
         args.updates()
     );
+    if args.saturate > 0 {
+        let _ = writeln!(
+            md,
+            "- contention: {} threads of the driver spin on the CPUs during each peer run (`--saturate`)",
+            args.saturate
+        );
+    }
     let _ = writeln!(md, "\nMedians over the rounds:\n");
     let _ = writeln!(md, "| metric | rust | go | floor | rust/go | rust/floor |");
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
@@ -1112,14 +1169,19 @@ fn render(args: &Args, runs: &[Run]) -> String {
     let _ = writeln!(md, "\nEvery run:\n");
     let _ = writeln!(
         md,
-        "| round | peer | P1 s | RSS sync MiB | RSS exit MiB | p50 ms | p99 ms | max ms | updates seen | load before→after |"
+        "| round | peer | P1 s | RSS sync MiB | RSS exit MiB | p50 ms | p99 ms | max ms | informer event p99 ms | updates seen | load before→after |"
     );
-    let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for run in runs {
         let r = &run.report;
+        let stage = if r.stage_p99_ms > 0.0 {
+            format!("{:.1}", r.stage_p99_ms)
+        } else {
+            "–".to_owned()
+        };
         let _ = writeln!(
             md,
-            "| {} | {} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {}/{} | {}→{} |",
+            "| {} | {} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {stage} | {}/{} | {}→{} |",
             run.round,
             r.peer,
             r.time_to_all_s,

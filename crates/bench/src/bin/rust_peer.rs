@@ -15,12 +15,13 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use mcr_bench::{NamespaceClients, PeerArgs, Tally, WRITTEN_AT};
-use multicluster_runtime::cache::WatchSpec;
+use multicluster_runtime::cache::{InformerEvent, WatchSpec};
 use multicluster_runtime::controller::{Action, Controller, ReconcileRequest, Request};
 use multicluster_runtime::providers::clusters::Clusters;
 use multicluster_runtime::providers::namespace::Namespaces;
 use multicluster_runtime::providers::secret::{Secrets, SecretsOptions};
 use multicluster_runtime::{Cluster, ClusterOptions, Manager};
+use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -37,6 +38,7 @@ struct Context {
 async fn run(args: PeerArgs, start: Instant, wall_start: SystemTime) -> Result<mcr_bench::Report, String> {
     let files = mcr_bench::kubeconfig_files(&args.kubeconfigs)?;
     let mut secrets = None;
+    let mut fleet = Vec::new();
     let manager = match (&args.namespaces_as_clusters, &args.kubeconfig_secrets) {
         (Some(clients), _) => namespace_manager(&files, *clients).await?,
         (None, Some(namespace)) => {
@@ -44,7 +46,11 @@ async fn run(args: PeerArgs, start: Instant, wall_start: SystemTime) -> Result<m
             secrets = Some((provider, host, namespace.clone()));
             manager
         }
-        (None, None) => fleet_manager(&files).await?,
+        (None, None) => {
+            let (manager, clusters) = fleet_manager(&files).await?;
+            fleet = clusters;
+            manager
+        }
     };
     let manager = if args.no_health_probes {
         manager.without_health_probes()
@@ -65,6 +71,34 @@ async fn run(args: PeerArgs, start: Instant, wall_start: SystemTime) -> Result<m
         .map_err(|e| e.to_string())?;
 
     let token = CancellationToken::new();
+    // Where an update's time goes: the same updates, timed where the informer hands
+    // them to its subscribers (the controller's source among them).
+    let stage = Arc::new(Tally::new(wall_start, args.expected, args.updates));
+    for cluster in &fleet {
+        let informer = cluster
+            .cache()
+            .informer_with::<ConfigMap>(&(), WatchSpec::default().labels(&args.selector));
+        let (stage, name, token) = (stage.clone(), cluster.name().to_string(), token.clone());
+        let mut events = informer.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    () = token.cancelled() => return,
+                    event = events.recv() => event,
+                };
+                match event {
+                    Ok(InformerEvent::Applied { new, .. }) => stage.record(
+                        &name,
+                        new.namespace().as_deref(),
+                        &new.name_any(),
+                        new.annotations().get(WRITTEN_AT).map(String::as_str),
+                    ),
+                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+    }
     let running = tokio::spawn({
         let (manager, token) = (manager.clone(), token.clone());
         async move { manager.start(token).await }
@@ -79,6 +113,10 @@ async fn run(args: PeerArgs, start: Instant, wall_start: SystemTime) -> Result<m
         }
     };
     let mut report = mcr_bench::measure("rust", &args, files.len(), start, &context.tally, ready).await;
+    if !fleet.is_empty() {
+        let mut latencies = stage.latencies();
+        (report.stage_p50_ms, report.stage_p99_ms, _) = mcr_bench::percentiles(&mut latencies);
+    }
     if args.namespaces_as_clusters.is_some() {
         report.clusters = manager.engaged_clusters().len();
     }
@@ -93,15 +131,21 @@ async fn run(args: PeerArgs, start: Instant, wall_start: SystemTime) -> Result<m
     Ok(report)
 }
 
-/// A manager over the fleet of kubeconfigs through the programmatic provider.
-async fn fleet_manager(files: &[(String, std::path::PathBuf)]) -> Result<Manager, String> {
+/// A manager over the fleet of kubeconfigs through the programmatic provider, and
+/// the provider's clusters.
+async fn fleet_manager(
+    files: &[(String, std::path::PathBuf)],
+) -> Result<(Manager, Vec<Arc<Cluster>>), String> {
     let provider = Arc::new(Clusters::new());
+    let mut clusters = Vec::new();
     for (name, path) in files {
         let config = mcr_bench::load_config(path).await?;
         let cluster = Cluster::connect(name.as_str(), config, ClusterOptions::default())
             .await
             .map_err(|e| e.to_string())?;
-        provider.add(Arc::new(cluster)).await.map_err(|e| e.to_string())?;
+        let cluster = Arc::new(cluster);
+        provider.add(cluster.clone()).await.map_err(|e| e.to_string())?;
+        clusters.push(cluster);
     }
     // The manager's own cluster: the first of the fleet, as for the Go peer. The
     // controller engages only the provider's clusters.
@@ -109,7 +153,7 @@ async fn fleet_manager(files: &[(String, std::path::PathBuf)]) -> Result<Manager
     let local = Cluster::connect("", local_config, ClusterOptions::default())
         .await
         .map_err(|e| e.to_string())?;
-    Ok(Manager::with_provider(Arc::new(local), provider))
+    Ok((Manager::with_provider(Arc::new(local), provider), clusters))
 }
 
 /// A manager whose clusters are the labelled namespaces of the first kubeconfig's
