@@ -266,7 +266,7 @@ impl Endpoints {
         self: &Arc<Self>,
         cluster: &Cluster,
         probes: &HealthProbes,
-        runtime: &Runtime<'_>,
+        tasks: &ProbeTasks<'_>,
     ) -> watch::Receiver<Outcome> {
         let endpoint = cluster.endpoint();
         let mut running = lock(&self.0);
@@ -280,8 +280,8 @@ impl Endpoints {
         let (outcomes, follower) = watch::channel(None);
         running.insert(endpoint, outcomes.clone());
         let client = cluster.unnamespaced_client();
-        let (endpoints, probes, stopped) = (self.clone(), probes.clone(), runtime.stopped.clone());
-        runtime.tasks.spawn(async move {
+        let (endpoints, probes, stopped) = (self.clone(), probes.clone(), tasks.stopped.clone());
+        tasks.tasks.spawn(async move {
             tokio::select! {
                 () = probe_endpoint(&endpoints, endpoint, &client, &probes, &outcomes) => {}
                 () = stopped.cancelled() => endpoints.forget(endpoint, &outcomes),
@@ -426,8 +426,9 @@ impl Tracker {
     }
 }
 
-/// Where probe tasks run: the manager's tasks, and its token for stopping.
-pub(crate) struct Runtime<'a> {
+/// Where the endpoints' probe tasks run: the manager's tasks, and its token for
+/// stopping.
+pub(crate) struct ProbeTasks<'a> {
     pub(crate) tasks: &'a TaskTracker,
     pub(crate) stopped: &'a CancellationToken,
 }
@@ -445,9 +446,9 @@ pub(crate) async fn probe(
     probes: HealthProbes,
     cell: watch::Sender<ClusterHealth>,
     hub: Hub,
-    runtime: Runtime<'_>,
+    tasks: ProbeTasks<'_>,
 ) {
-    let mut outcomes = hub.endpoints.follow(&cluster, &probes, &runtime);
+    let mut outcomes = hub.endpoints.follow(&cluster, &probes, &tasks);
     let mut tracker = Tracker::new(&probes);
     // Ends only when the endpoint's task does, as the manager stops.
     while outcomes.changed().await.is_ok() {
@@ -686,15 +687,15 @@ mod tests {
         // Only the first tick of an endpoint's task comes during the test.
         let probes = HealthProbes::default().interval(Duration::from_secs(3600));
         let (cell, health) = watch::channel(ClusterHealth::unknown());
-        let (hub, tasks_, stopped) = (hub.clone(), tasks.clone(), stopped.clone());
+        let (hub, tracker, stopped) = (hub.clone(), tasks.clone(), stopped.clone());
         tasks.spawn(async move {
-            let runtime = Runtime {
-                tasks: &tasks_,
+            let probe_tasks = ProbeTasks {
+                tasks: &tracker,
                 stopped: &stopped,
             };
             tokio::select! {
                 () = token.cancelled() => {}
-                () = probe(cluster.name().clone(), cluster, probes, cell, hub, runtime) => {}
+                () = probe(cluster.name().clone(), cluster, probes, cell, hub, probe_tasks) => {}
             }
         });
         health

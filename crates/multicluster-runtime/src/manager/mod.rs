@@ -94,7 +94,9 @@
 //!
 //! Every engaged cluster, the local one included, is probed with `GET /readyz`
 //! ([`PROBE_PATH`]) every [interval](HealthProbes::interval) (5 s by default), each
-//! probe given a [timeout](HealthProbes::timeout) (3 s). After
+//! probe given a [timeout](HealthProbes::timeout) (3 s). Clusters that send through
+//! one client (a host and its namespace-clusters) share one probe per interval; each
+//! still has a health of its own. After
 //! [`failure_threshold`](HealthProbes::failure_threshold) failures in a row (3) the
 //! cluster is [unhealthy](HealthState::Unhealthy):
 //!
@@ -1079,14 +1081,14 @@ impl Manager {
             self.inner.tasks.clone(),
         );
         self.inner.tasks.spawn(async move {
-            let runtime = health::Runtime {
+            let probe_tasks = health::ProbeTasks {
                 tasks: &tasks,
                 stopped: &stopped,
             };
             tokio::select! {
                 () = token.cancelled() => {}
                 () = stopped.cancelled() => {}
-                () = health::probe(name, cluster, probes, cell, hub, runtime) => {}
+                () = health::probe(name, cluster, probes, cell, hub, probe_tasks) => {}
             }
         });
     }
