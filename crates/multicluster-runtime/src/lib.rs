@@ -93,6 +93,7 @@ mod error;
 pub mod manager;
 pub mod multicluster;
 pub mod providers;
+pub mod redact;
 
 pub use cluster::{Cluster, ClusterName, ClusterOptions};
 pub use error::{BoxError, Error, Result};

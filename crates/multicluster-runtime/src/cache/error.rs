@@ -3,8 +3,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::runtime::watcher;
-
 use crate::ClusterName;
 
 /// An error of a [`Cache`](super::Cache), an [`Informer`](super::Informer) or a
@@ -26,7 +24,8 @@ pub enum CacheError {
         /// How long the caller waited.
         waited: Duration,
         /// The informer's most recent watch error, if any: usually why it is not synced.
-        last_error: Option<Arc<watcher::Error>>,
+        /// Described by [`redact::describe`](crate::redact::describe): never a credential.
+        last_error: Option<Arc<str>>,
     },
 
     /// No index of that name is registered for the resource type.
@@ -82,32 +81,17 @@ pub enum CacheError {
     },
 }
 
-fn last_error_suffix(error: Option<&watcher::Error>) -> String {
+fn last_error_suffix(error: Option<&str>) -> String {
     match error {
-        Some(error) => format!("; last watch error: {}", error_chain(error)),
+        Some(error) => format!("; last watch error: {error}"),
         None => String::new(),
     }
 }
 
-/// The error and its sources, `: `-separated. A watcher error alone says "failed to
-/// perform initial object list"; the reason ("connection refused") is further down.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        // Many errors already include their source's text; print it once.
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
+    use kube::runtime::watcher;
+
     use super::*;
 
     #[test]
@@ -116,7 +100,7 @@ mod tests {
             cluster: ClusterName::from("eu-1"),
             resource: "ConfigMap (v1)".into(),
             waited: Duration::from_secs(10),
-            last_error: Some(Arc::new(watcher::Error::NoResourceVersion)),
+            last_error: Some(crate::redact::describe(&watcher::Error::NoResourceVersion).into()),
         };
         assert_eq!(
             error.to_string(),

@@ -125,7 +125,6 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use self::error::CacheError;
-pub(crate) use self::error::error_chain;
 pub use self::event::InformerEvent;
 pub use self::index::FieldIndex;
 use self::informer::AnyInformer;

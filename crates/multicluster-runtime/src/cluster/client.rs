@@ -25,10 +25,11 @@ use http::header::USER_AGENT;
 use kube::client::ClientBuilder;
 use tower::limit::RateLimitLayer;
 use tower::timeout::TimeoutLayer;
-use tower::util::option_layer;
+use tower::util::{MapErrLayer, option_layer};
 
 use super::ClusterName;
 use crate::providers::kubeconfig::{self, KubeconfigError};
+use crate::redact;
 
 /// Settings of the client of a cluster.
 ///
@@ -111,7 +112,25 @@ impl ClientOptions {
         let limit = self
             .rate_limit
             .map(|limit| RateLimitLayer::new(u64::from(limit.burst.get()), limit.period));
-        Ok(builder.with_layer(&option_layer(limit)).build())
+        let builder = builder.with_layer(&option_layer(limit));
+        // Outermost: whatever fails below, no caller (nor kube's own logs of the
+        // error) sees an auth error's text.
+        Ok(builder.with_layer(&MapErrLayer::new(withhold_auth_error)).build())
+    }
+}
+
+/// An authentication error of a request (an exec plugin's token refresh failing,
+/// above all) as [`redact::AuthFailed`]: kube's own text of it quotes the plugin's
+/// command line, environment and output, and kube logs it as it is.
+fn withhold_auth_error(error: tower::BoxError) -> tower::BoxError {
+    let error = match error.downcast::<kube::client::AuthError>() {
+        Ok(auth) => return Box::new(redact::AuthFailed::from_error(&*auth)),
+        Err(other) => other,
+    };
+    match error.downcast::<kube::Error>() {
+        Ok(kube) if matches!(*kube, kube::Error::Auth(_)) => Box::new(redact::AuthFailed::from_error(&*kube)),
+        Ok(kube) => kube,
+        Err(other) => other,
     }
 }
 

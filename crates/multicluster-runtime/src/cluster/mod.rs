@@ -11,7 +11,6 @@ use tokio_util::sync::CancellationToken;
 use self::events::Recorders;
 
 use crate::cache::{Cache, CacheOptions};
-use crate::providers::kubeconfig;
 
 use client::ClusterClient;
 pub(crate) use client::Endpoint;
@@ -214,7 +213,7 @@ impl Cluster {
             .build(config)
             .map_err(|source| crate::Error::Client {
                 cluster: name.clone(),
-                reason: kubeconfig::describe_kube_error(&source),
+                reason: crate::redact::describe(&source),
             })?;
         Ok(Self::with_options(name, client, options))
     }

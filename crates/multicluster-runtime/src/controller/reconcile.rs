@@ -11,7 +11,7 @@ use kube::runtime::events::{Recorder, Reporter};
 
 use super::request::{Action, Request};
 use super::source::wait_synced_logged;
-use crate::cache::{CacheObject, ObjectKey, WatchSpec, error_chain};
+use crate::cache::{CacheObject, ObjectKey, WatchSpec};
 use crate::cluster::{Cluster, ClusterName};
 
 /// One request as the reconciler sees it: which object, in which cluster, and the
@@ -220,7 +220,7 @@ where
                 Ok(action) => Outcome::Done(action),
                 Err(error) => Outcome::Failed {
                     action: policy(&request, &error, context),
-                    error: error_chain(&error),
+                    error: crate::redact::describe(&error),
                 },
             }
         })

@@ -37,9 +37,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::lock;
-use crate::cache::error_chain;
 use crate::cluster::{Cluster, ClusterName, Endpoint};
-use crate::providers::kubeconfig::{describe_kube_error, redact_userinfo};
+use crate::redact;
 
 /// The path probed on each cluster's apiserver. Kubernetes grants it to every user,
 /// authenticated or not (ClusterRole `system:public-info-viewer`).
@@ -515,22 +514,13 @@ pub(crate) async fn probe_once(client: &kube::Client, timeout: Duration) -> Resu
     .await;
     match answer {
         Err(_) => Err(format!("GET {PROBE_PATH}: no answer within {timeout:?}")),
-        Ok(Err(error)) => Err(format!("GET {PROBE_PATH}: {}", describe(&error))),
+        Ok(Err(error)) => Err(format!("GET {PROBE_PATH}: {}", redact::describe(&error))),
         Ok(Ok((status, _)))
             if status.is_success() || status == StatusCode::FORBIDDEN || status == StatusCode::NOT_FOUND =>
         {
             Ok(())
         }
         Ok(Ok((status, body))) => Err(describe_answer(status, &body)),
-    }
-}
-
-/// A transport or client error, without what may hold credentials.
-fn describe(error: &kube::Error) -> String {
-    match error {
-        // Exec plugin output and command lines stay out.
-        kube::Error::Auth(_) => describe_kube_error(error),
-        other => redact_userinfo(&error_chain(other)),
     }
 }
 

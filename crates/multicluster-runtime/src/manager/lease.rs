@@ -36,7 +36,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::{WatchSpec, error_chain};
+use crate::cache::WatchSpec;
 use crate::cluster::Cluster;
 
 /// Why a Lease operation failed.
@@ -89,7 +89,7 @@ impl KubeLeases {
 fn from_kube(err: kube::Error) -> LeaseError {
     match &err {
         kube::Error::Api(status) if status.code == 409 => LeaseError::Conflict,
-        _ => LeaseError::Failed(error_chain(&err)),
+        _ => LeaseError::Failed(crate::redact::describe(&err)),
     }
 }
 

@@ -241,7 +241,7 @@ impl Multi {
         tokio::spawn(async move {
             if let Err(err) = runnable.start(token.clone(), prefixed).await {
                 // One failing member must not take the others down: its clusters go.
-                tracing::error!(provider = name, error = %crate::cache::error_chain(&err), "provider failed; its clusters are disengaged");
+                tracing::error!(provider = name, error = %crate::redact::describe(&err), "provider failed; its clusters are disengaged");
             }
             token.cancel();
         });

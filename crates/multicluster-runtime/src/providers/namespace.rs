@@ -129,7 +129,7 @@ use crate::cluster::{ClientOptions, Cluster, ClusterName};
 use crate::error::{Error, Result};
 use crate::multicluster::{Aware, Provider, ProviderRunnable};
 use crate::providers::clusters::Clusters;
-use crate::providers::kubeconfig::{self, BUILD_TIMEOUT};
+use crate::providers::kubeconfig::BUILD_TIMEOUT;
 
 /// Namespaces that are not clusters unless [`Namespaces::exclude`] says otherwise:
 /// those Kubernetes itself uses.
@@ -337,7 +337,9 @@ impl Namespaces {
             match synced {
                 Ok(()) => break,
                 Err(CacheError::Stopped { .. }) => return Err(self.host_stopped()),
-                Err(error) => tracing::error!(error = %error, "namespaces not listed yet; still waiting"),
+                Err(error) => {
+                    tracing::error!(error = %crate::redact::describe(&error), "namespaces not listed yet; still waiting")
+                }
             }
         }
         // Subscribe, then read the store: every change is in one or the other.
@@ -404,7 +406,7 @@ impl Namespaces {
             Ok(true) => tracing::info!(cluster = name, uid = ?meta.uid, "namespace engaged as a cluster"),
             Ok(false) => {}
             Err(error) => {
-                tracing::error!(cluster = name, error = %error, "cannot engage namespace as a cluster")
+                tracing::error!(cluster = name, error = %crate::redact::describe(&error), "cannot engage namespace as a cluster")
             }
         }
     }
@@ -447,7 +449,7 @@ impl Namespaces {
         let building = tokio::task::spawn_blocking(move || factory(&namespace));
         let reason = match tokio::time::timeout(BUILD_TIMEOUT, building).await {
             Ok(Ok(Ok(client))) => return Ok(client),
-            Ok(Ok(Err(error))) => kubeconfig::describe_kube_error(&error),
+            Ok(Ok(Err(error))) => crate::redact::describe(&error),
             Ok(Err(_)) => "the client factory panicked".into(),
             Err(_) => format!("the client factory took longer than {BUILD_TIMEOUT:?}"),
         };

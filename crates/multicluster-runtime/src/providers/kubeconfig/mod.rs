@@ -22,6 +22,7 @@ use std::time::Duration;
 use kube::config::{ExecInteractiveMode, KubeConfigOptions, Kubeconfig};
 
 use crate::cluster::ClientOptions;
+use crate::redact::describe;
 
 pub use self::endpoint::{EndpointPolicy, EndpointRefusal, EndpointRule, EndpointRuleError};
 
@@ -336,7 +337,7 @@ pub async fn client_config(
         .map_err(|e| KubeconfigError::Client {
             origin: origin.to_owned(),
             context: name,
-            reason: redact_userinfo(&e.to_string()),
+            reason: describe(&e),
         })
 }
 
@@ -352,7 +353,7 @@ pub const BUILD_TIMEOUT: Duration = Duration::from_secs(30);
 /// apply to each cluster it builds, and to each one that replaces another.
 ///
 /// # Errors
-/// [`KubeconfigError::Client`], described by [`describe_kube_error`]: never the
+/// [`KubeconfigError::Client`], described by [`describe`](crate::redact::describe): never the
 /// plugin's command line or output.
 pub async fn build_client(
     config: kube::Config,
@@ -375,74 +376,12 @@ pub async fn build_client(
     });
     match tokio::time::timeout(timeout, building).await {
         Ok(Ok(Ok(client))) => Ok(client),
-        Ok(Ok(Err(err))) => Err(failed(describe_kube_error(&err))),
+        Ok(Ok(Err(err))) => Err(failed(describe(&err))),
         Ok(Err(_)) => Err(failed("building the client panicked".into())),
         Err(_) => Err(failed(format!(
             "building the client took longer than {timeout:?} (is an exec credential plugin stuck?)"
         ))),
     }
-}
-
-/// Describes a kube error without quoting what may hold credentials: an exec
-/// credential plugin's command line (arguments and environment), its output, or a
-/// fragment of a document that failed to decode.
-pub fn describe_kube_error(error: &kube::Error) -> String {
-    use kube::client::AuthError;
-    match error {
-        kube::Error::Auth(AuthError::AuthExecRun { out, .. }) => {
-            format!("the exec credential plugin failed ({})", out.status)
-        }
-        kube::Error::Auth(AuthError::AuthExecParse(_)) => {
-            "the output of the exec credential plugin is not an ExecCredential".into()
-        }
-        kube::Error::Auth(AuthError::AuthExec(_)) => "the exec credential plugin failed".into(),
-        kube::Error::Auth(AuthError::ParseTokenKey(_)) => "a token cannot be parsed".into(),
-        kube::Error::SerdeError(e) => format!(
-            "a response could not be decoded at line {}, column {} ({:?})",
-            e.line(),
-            e.column(),
-            e.classify()
-        ),
-        // kube quotes URLs in some errors (e.g. a proxy URL it cannot use), and a
-        // URL may carry a user name and password.
-        other => redact_userinfo(&other.to_string()),
-    }
-}
-
-/// `text` with the user information of every URL in it (`scheme://user:password@`)
-/// replaced by `***`.
-///
-/// ```
-/// use multicluster_runtime::providers::kubeconfig::redact_userinfo;
-///
-/// assert_eq!(
-///     redact_userinfo("proxy http://u:s3cret@proxy:3128/ is not supported"),
-///     "proxy http://***@proxy:3128/ is not supported"
-/// );
-/// ```
-pub fn redact_userinfo(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find("://") {
-        let (head, tail) = rest.split_at(at + 3);
-        out.push_str(head);
-        let end = tail
-            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace() || "\"'<>`".contains(c))
-            .unwrap_or(tail.len());
-        let authority = &tail[..end];
-        match authority.rfind('@') {
-            Some(user_end) => {
-                out.push_str("***");
-                out.push_str(&authority[user_end..]);
-                rest = &tail[end..];
-            }
-            // Nothing to hide here; scan on from the separator, since another URL
-            // may begin inside what looked like this one's authority (`a://b://u:p@h`).
-            None => rest = tail,
-        }
-    }
-    out.push_str(rest);
-    out
 }
 
 /// A fingerprint of everything that decides how `context` connects: its cluster, its
@@ -637,39 +576,6 @@ mod tests {
         vet(&mut local, &KubeconfigPolicy::untrusted(), "s").expect("any server by default");
     }
 
-    #[test]
-    fn user_information_is_redacted_from_urls() {
-        assert_eq!(redact_userinfo("no url"), "no url");
-        assert_eq!(
-            redact_userinfo("a https://x:y@h/p and socks5://only@h, then http://h:1/"),
-            "a https://***@h/p and socks5://***@h, then http://h:1/"
-        );
-        assert_eq!(redact_userinfo("cut http://u:p@"), "cut http://***@");
-        assert_eq!(redact_userinfo("\"http://u:p@h\""), "\"http://***@h\"");
-    }
-
-    proptest::proptest! {
-        #![proptest_config(crate::providers::fuzz::config())]
-
-        #[test]
-        fn p05_fuzz_userinfo_redaction(
-            before in "\\PC{0,20}",
-            scheme in "[a-z0-9+]{1,8}",
-            user in "[^@/?#\\s\"'<>`]{0,10}",
-            after in "\\PC{0,20}",
-        ) {
-            let password = "MARKERpassword91c2";
-            let text = format!("{before}{scheme}://{user}:{password}@host.example/x{after}");
-            proptest::prop_assert!(!redact_userinfo(&text).contains(password));
-        }
-    }
-
-    #[test]
-    fn a_url_starting_inside_another_is_redacted_too() {
-        let text = "://+://:MARKERpassword91c2@host.example/x";
-        assert_eq!(redact_userinfo(text), "://+://***@host.example/x");
-    }
-
     #[tokio::test]
     async fn client_config_of_a_context() {
         let parsed = parse(kubeconfig(&token_user()).as_bytes(), "t").expect("valid");
@@ -723,7 +629,7 @@ mod tests {
                 Ok(_) if has_exec => {}
                 Ok(config) => {
                     if let Err(error) = kube::Client::try_from(config) {
-                        assert_no_marker("client", &describe_kube_error(&error));
+                        assert_no_marker("client", &crate::redact::describe(&error));
                     }
                 }
             }

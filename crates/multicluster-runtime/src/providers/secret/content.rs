@@ -105,20 +105,6 @@ pub(super) fn plan(
     })
 }
 
-/// Describes a watch error like [`kubeconfig::describe_kube_error`].
-pub(super) fn describe_watch_error(error: &kube::runtime::watcher::Error) -> String {
-    use kube::runtime::watcher::Error;
-    match error {
-        Error::InitialListFailed(e) => format!("listing failed: {}", kubeconfig::describe_kube_error(e)),
-        Error::WatchStartFailed(e) => format!(
-            "starting the watch failed: {}",
-            kubeconfig::describe_kube_error(e)
-        ),
-        Error::WatchFailed(e) => format!("the watch failed: {}", kubeconfig::describe_kube_error(e)),
-        other => other.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
