@@ -45,6 +45,15 @@ pub enum Error {
     #[error("cluster {0} not found")]
     ClusterNotFound(ClusterName),
 
+    /// The cluster exists, but with [sharding](crate::Manager::with_sharding)
+    /// another replica owns it: this replica must neither read nor write it, or two
+    /// replicas would work on one cluster at once.
+    #[error("cluster {cluster} is owned by another replica; this one does not work on it")]
+    NotOwned {
+        /// The cluster.
+        cluster: ClusterName,
+    },
+
     /// A component could not start work for a cluster.
     #[error("cannot engage cluster {cluster} in {component}: {source}")]
     Engage {
@@ -63,7 +72,7 @@ pub enum Error {
         cluster: ClusterName,
         /// kube's error, described without what may hold credentials (an exec
         /// plugin's command line or output): see
-        /// [`describe_kube_error`](crate::providers::kubeconfig::describe_kube_error).
+        /// [`redact::describe`](crate::redact::describe).
         reason: String,
     },
 

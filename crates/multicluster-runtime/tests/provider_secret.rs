@@ -328,6 +328,91 @@ async fn psecret_lifecycle() {
     assert!(err.is_cluster_not_found(), "{err}");
 }
 
+/// r02: a provider stopped and started again (a new manager after a lost
+/// leadership, a `Multi` member removed and added back) engages its clusters again,
+/// the unchanged ones included, as new instances: the old ones were retired on stop.
+#[tokio::test]
+async fn r02_a_restarted_provider_engages_its_unchanged_clusters() {
+    let env = Env::new(2).await;
+    env.put_json("c1", &env.kubeconfig(1)).await;
+    let (provider, log, token) = env.start(SecretsOptions::new(NS));
+    log.wait_live(&["c1"]).await;
+    let first = log.current("c1").expect("c1 engaged");
+    token.cancel();
+    env.stopped().await;
+    assert!(first.token.is_cancelled() && first.cluster.is_stopped());
+    assert!(
+        provider.names().is_empty(),
+        "a stopped provider forgets its clusters"
+    );
+
+    let (log, _token) = env.run(&provider);
+    log.wait_live(&["c1"]).await;
+    let again = log.current("c1").expect("c1 engaged again");
+    assert!(!Arc::ptr_eq(&again.cluster, &first.cluster), "a new instance");
+    assert!(sees(again.cluster.client(), "marker-1").await);
+    let got = provider.get(&ClusterName::from("c1")).await.expect("get c1");
+    assert!(Arc::ptr_eq(&got, &again.cluster));
+}
+
+/// r04: a controller whose cluster filter panics on one cluster costs only that
+/// cluster: the panic fails its engagement (logged with the callback kind) instead of
+/// killing the provider's worker for its Secret, so the Secret's deletion still
+/// disengages it, and clusters added later are reconciled.
+#[tokio::test]
+async fn r04_a_panicking_cluster_filter_costs_only_its_cluster() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use multicluster_runtime::controller::{Action, Controller, ReconcileRequest, Request};
+    use multicluster_runtime::{Cluster, Manager};
+
+    let env = Env::new(3).await;
+    env.put_json("bad", &env.kubeconfig(1)).await;
+    let provider = Arc::new(Secrets::new(env.host.clone(), SecretsOptions::new(NS)));
+    let local = Arc::new(Cluster::new("", env.host.clone()));
+    let manager = Manager::with_provider(local, provider).without_health_probes();
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    Controller::builder::<ConfigMap>(&manager)
+        .named("r04")
+        .cluster_filter(|name| {
+            assert_ne!(name.as_str(), "bad", "r04: this filter panics on cluster bad");
+            true
+        })
+        .register(
+            |req: ReconcileRequest<ConfigMap>, seen: Arc<Mutex<Vec<String>>>| async move {
+                seen.lock().unwrap().push(req.cluster_name().as_str().to_owned());
+                Ok::<_, std::convert::Infallible>(Action::await_change())
+            },
+            |_: &Request, _: &std::convert::Infallible, _| Action::await_change(),
+            seen.clone(),
+        )
+        .await
+        .expect("register");
+    let token = env.token.child_token();
+    let (runs, stop) = (manager.clone(), token.clone());
+    let running = tokio::spawn(async move { runs.start(stop).await });
+    let engaged = |name: &str| manager.engaged_clusters().iter().any(|n| n.as_str() == name);
+    support::wait_until("bad engaged into the manager", || engaged("bad")).await;
+
+    env.delete("bad").await;
+    support::wait_until("bad disengaged after its Secret's deletion", || !engaged("bad")).await;
+    let configmaps: Api<ConfigMap> =
+        Api::namespaced(env.fleet.cluster(2).client().expect("client"), "marker-2");
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some("r04".into());
+    configmaps
+        .create(&PostParams::default(), &cm)
+        .await
+        .expect("create");
+    env.put_json("good", &env.kubeconfig(2)).await;
+    support::wait_until("good reconciled", || {
+        seen.lock().unwrap().iter().any(|c| c == "good")
+    })
+    .await;
+    assert!(!seen.lock().unwrap().iter().any(|c| c == "bad"));
+    token.cancel();
+    running.await.expect("joined").expect("manager ran");
+}
+
 /// A change of what a Secret's kubeconfig connects with re-engages only that
 /// cluster; changes that do not (metadata, unrelated contexts, formatting) do not.
 #[tokio::test]

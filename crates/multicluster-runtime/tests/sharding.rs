@@ -297,3 +297,80 @@ async fn sh01_sh02_sh03_replicas_split_the_fleet_and_hand_it_over() {
     );
     eprintln!("sh: {} reconciles, no overlap across replicas", spans.all().len());
 }
+
+/// r05: ownership gates `Manager::get_cluster` too. Two sharded replicas split eight
+/// clusters; each hands out the clusters it owns and refuses the others with
+/// `Error::NotOwned`, so a reconciler cannot write to a cluster another replica
+/// works on; a name nobody knows is still `ClusterNotFound`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r05_a_replica_refuses_the_clusters_another_owns() {
+    let fleet = Fleet::start(2).await.expect("start fleet");
+    let names: BTreeSet<String> = (0..8).map(|i| format!("r05-{i}")).collect();
+    let token = tokio_util::sync::CancellationToken::new();
+    let mut managers = Vec::new();
+    for identity in ["a", "b"] {
+        let provider = Arc::new(Clusters::new());
+        for name in &names {
+            let member = Cluster::new(name.clone(), fleet.cluster(1).client().expect("client"));
+            provider.add(Arc::new(member)).await.expect("add");
+        }
+        let sharding = Sharding::new("r05")
+            .identity(identity)
+            .lease_duration(LEASE)
+            .renew_period(RENEW)
+            .renew_deadline(DEADLINE)
+            .probe_interval(PROBE);
+        let local = Arc::new(Cluster::new("", fleet.cluster(0).client().expect("client")));
+        let manager = Manager::with_provider(local, provider)
+            .with_sharding(sharding)
+            .without_health_probes();
+        let (runs, stop) = (manager.clone(), token.clone());
+        tokio::spawn(async move { runs.start(stop).await });
+        managers.push(manager);
+    }
+    let owned = |m: &Manager| -> BTreeSet<String> {
+        m.owned_clusters()
+            .into_iter()
+            .filter(|n| !n.is_local())
+            .map(|n| n.as_str().to_owned())
+            .collect()
+    };
+    let started = Instant::now();
+    loop {
+        let (a, b) = (owned(&managers[0]), owned(&managers[1]));
+        if !a.is_empty()
+            && !b.is_empty()
+            && a.is_disjoint(&b)
+            && a.union(&b).cloned().collect::<BTreeSet<_>>() == names
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "the replicas did not split the clusters: {a:?} {b:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (index, manager) in managers.iter().enumerate() {
+        let mine = owned(manager);
+        for name in &names {
+            let got = manager.get_cluster(&ClusterName::from(name.as_str())).await;
+            if mine.contains(name) {
+                assert_eq!(got.expect("owned here").name().as_str(), name);
+            } else {
+                match got {
+                    Err(multicluster_runtime::Error::NotOwned { cluster }) => {
+                        assert_eq!(cluster.as_str(), name)
+                    }
+                    other => panic!(
+                        "replica {index}: {name} is owned elsewhere, got {:?}",
+                        other.map(|c| c.name().clone())
+                    ),
+                }
+            }
+        }
+        let unknown = manager.get_cluster(&ClusterName::from("nowhere")).await;
+        assert!(unknown.expect_err("unknown").is_cluster_not_found());
+    }
+    token.cancel();
+}

@@ -84,8 +84,12 @@ impl HealthCheck {
 
     /// Runs the check, at most [`CHECK_TIMEOUT`].
     async fn run(&self) -> Result<(), String> {
-        // A panicking check fails instead of taking the endpoint's task down.
-        let check = std::panic::AssertUnwindSafe((self.run)());
+        // A panicking check fails instead of taking the endpoint's task down, in its
+        // synchronous part (which makes the future) as in the future itself.
+        let Ok(check) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.run)())) else {
+            return Err("check panicked".into());
+        };
+        let check = std::panic::AssertUnwindSafe(check);
         match tokio::time::timeout(CHECK_TIMEOUT, futures::FutureExt::catch_unwind(check)).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err("check panicked".into()),
@@ -353,4 +357,27 @@ impl Manager {
 pub(crate) struct Checks {
     pub healthz: Vec<HealthCheck>,
     pub readyz: Vec<HealthCheck>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// r04: a check that panics while it makes its future, or a plain function
+    /// check that panics, fails like one that panics in its future.
+    #[tokio::test]
+    async fn r04_a_check_panicking_in_its_synchronous_part_fails_instead_of_unwinding() {
+        let making = HealthCheck::new("making", || -> std::future::Ready<Result<(), String>> {
+            panic!("r04: before the future")
+        });
+        assert_eq!(making.run().await, Err("check panicked".to_owned()));
+        let plain = HealthCheck::from_fn("plain", || -> Result<(), String> { panic!("r04: plain") });
+        assert_eq!(plain.run().await, Err("check panicked".to_owned()));
+        let awaited = HealthCheck::new("awaited", || async {
+            panic!("r04: in the future") as Result<(), String>
+        });
+        assert_eq!(awaited.run().await, Err("check panicked".to_owned()));
+        let fine = HealthCheck::from_fn("fine", || Ok::<(), String>(()));
+        assert_eq!(fine.run().await, Ok(()));
+    }
 }

@@ -168,19 +168,22 @@ mod shutdown;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::FutureExt;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cache::{FieldIndex, error_chain};
+use crate::cache::FieldIndex;
 use crate::cluster::engagement::{Engage, Engagements, Gates};
 use crate::cluster::{Cluster, ClusterName};
 use crate::error::{Error, Result};
 use crate::multicluster::{Aware, Provider};
+use crate::redact;
 
 pub use checks::{CHECK_TIMEOUT, ClusterState, HealthCheck, Report, ReportLine};
 pub(crate) use coordination::Work;
@@ -625,8 +628,14 @@ impl Manager {
 
     /// The cluster called `name`; the empty name is the local cluster.
     ///
+    /// With [sharding](Self::with_sharding), only a cluster this replica owns (see
+    /// [`owned_clusters`](Self::owned_clusters)): a reconciler that reaches into
+    /// another cluster must not write to one that another replica works on.
+    ///
     /// # Errors
-    /// [`Error::ClusterNotFound`] if neither the manager nor its provider knows it.
+    /// [`Error::ClusterNotFound`] if neither the manager nor its provider knows it;
+    /// [`Error::NotOwned`] if it is known, sharding is on and another replica owns it
+    /// (or this one has not taken it yet).
     ///
     /// # Cancel safety
     /// Cancel safe: it only reads (the provider's [`Provider::get`] should only read,
@@ -635,12 +644,24 @@ impl Manager {
         if name.is_local() {
             return Ok(self.inner.local.clone());
         }
+        let sharded = lock(&self.inner.options).sharding.is_some();
+        let not_owned = || Error::NotOwned {
+            cluster: name.clone(),
+        };
         if let Some(engaged) = self.engaged().clusters.get(name) {
+            if sharded && engaged.value.engagement().is_none() {
+                return Err(not_owned());
+            }
             return Ok(engaged.cluster.clone());
         }
-        match &self.inner.provider {
+        let found = match &self.inner.provider {
             Some(provider) => provider.get(name).await,
             None => Err(Error::ClusterNotFound(name.clone())),
+        };
+        // Known to the provider, but not engaged here: with sharding, not ours.
+        match found {
+            Ok(_) if sharded => Err(not_owned()),
+            other => other,
         }
     }
 
@@ -738,7 +759,7 @@ impl Manager {
             let Some((cluster, token)) = current else {
                 continue;
             };
-            if let Err(err) = component.engage(token, name, cluster).await {
+            if let Err(err) = engage_component(&component, token, name, cluster).await {
                 first_error.get_or_insert(err);
             }
         }
@@ -897,7 +918,7 @@ impl Manager {
             let (provider_token, failures) = (run.child_token(), failures.clone());
             self.inner.tasks.spawn(async move {
                 if let Err(err) = provider.start(provider_token, aware).await {
-                    tracing::error!(error = %error_chain(&err), "provider failed");
+                    tracing::error!(error = %redact::describe(&err), "provider failed");
                     let _ = failures.send(err);
                 }
             });
@@ -918,7 +939,7 @@ impl Manager {
     ) {
         let run = async move {
             if let Err(err) = runnable.run(token).await {
-                tracing::error!(runnable = runnable.name(), error = %error_chain(&err), "runnable failed");
+                tracing::error!(runnable = runnable.name(), error = %redact::describe(&err), "runnable failed");
                 let _ = failures.send(err);
             }
         };
@@ -1218,15 +1239,45 @@ impl Manager {
         self.watch_health(name.clone(), cluster.clone(), engagement.clone(), health);
         let mut first_error = None;
         for component in components {
-            let result = component
-                .engage(engagement.child_token(), name.clone(), cluster.clone())
-                .await;
+            let result = engage_component(
+                &component,
+                engagement.child_token(),
+                name.clone(),
+                cluster.clone(),
+            )
+            .await;
             if let Err(err) = result {
-                tracing::error!(cluster = %name, error = %error_chain(&err), "engage failed");
+                tracing::error!(cluster = %name, error = %redact::describe(&err), "engage failed");
                 first_error.get_or_insert(err);
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Engages one component, containing a panic of its `engage` (a user's component, a
+/// controller's cluster filter): it fails that engagement only, instead of unwinding
+/// into the provider's task that engages the cluster (which would then stop
+/// following that cluster) or the coordinator's.
+async fn engage_component(
+    component: &Arc<dyn Aware>,
+    token: CancellationToken,
+    name: ClusterName,
+    cluster: Arc<Cluster>,
+) -> Result<()> {
+    let engaging = AssertUnwindSafe(component.engage(token, name.clone(), cluster));
+    match engaging.catch_unwind().await {
+        Ok(result) => result,
+        Err(_) => {
+            // The payload is not logged: it may quote anything; the panic hook has
+            // reported it already.
+            tracing::error!(cluster = %name, callback = "Aware::engage", "a component panicked while engaging the cluster; it does not work on it");
+            Err(Error::Engage {
+                cluster: name,
+                component: "a cluster-aware component".into(),
+                source: "it panicked while engaging the cluster".into(),
+            })
+        }
     }
 }
 

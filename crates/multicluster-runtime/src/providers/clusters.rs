@@ -262,7 +262,9 @@ impl Provider for Clusters {
 #[async_trait]
 impl ProviderRunnable for Clusters {
     /// Engages every cluster added so far, then those added later, until `token` is
-    /// cancelled.
+    /// cancelled. Then every cluster is retired (its token cancelled, its cache
+    /// stopped) and forgotten: a provider that discovers its clusters finds them again
+    /// when started anew; clusters added by code must be added again.
     async fn start(&self, token: CancellationToken, aware: Arc<dyn Aware>) -> Result<()> {
         let names = {
             let mut state = self.lock();
@@ -284,18 +286,20 @@ impl ProviderRunnable for Clusters {
             if let Some((cluster, cluster_token)) = current
                 && let Err(err) = aware.engage(cluster_token, name.clone(), cluster).await
             {
-                tracing::error!(cluster = %name, error = %crate::cache::error_chain(&err), "cannot engage cluster");
+                tracing::error!(cluster = %name, error = %crate::redact::describe(&err), "cannot engage cluster");
             }
         }
         token.cancelled().await;
-        // The provider stops with the manager: every engagement ends, and the
-        // clusters' watches stop.
-        let mut state = self.lock();
-        state.running = None;
-        for (_, entry) in state.clusters.all() {
-            entry.token.cancel();
-            entry.cluster.stop();
-        }
+        // The provider stops with the manager: every engagement ends, the clusters'
+        // watches stop, and the registry forgets them. A retired instance cannot
+        // serve again (its cache is stopped), so keeping it would only make a
+        // restarted provider take it for current and never engage the cluster.
+        let retired: Vec<_> = {
+            let mut state = self.lock();
+            state.running = None;
+            state.clusters.drain().map(|(_, entry)| entry).collect()
+        };
+        retired.into_iter().for_each(retire);
         Ok(())
     }
 }

@@ -197,6 +197,9 @@ impl<P: Planner> Engine<P> {
         token: CancellationToken,
         aware: Arc<dyn Aware>,
     ) -> Result<()> {
+        // A run starts from nothing: the registry forgot its clusters when the last
+        // run stopped, and so does the bookkeeping about them.
+        *self.state() = State::default();
         let inner = token.child_token();
         let registry = self.clusters.clone();
         let follow = {
@@ -293,7 +296,7 @@ impl<P: Planner> Engine<P> {
                     Ok(()) => return Ok(true),
                     Err(err @ CacheError::SyncTimeout { .. }) => tracing::warn!(
                         provider = self.planner.provider(),
-                        error = %err,
+                        error = %crate::redact::describe(&err),
                         "still waiting for the host cluster's first list (is the CRD installed, may we list it?)"
                     ),
                     Err(err) => return Err(err.into()),
@@ -337,7 +340,7 @@ impl<P: Planner> Engine<P> {
         let (id, outcome) = match done {
             Ok((id, outcome)) => (id, Some(outcome)),
             Err(err) => {
-                tracing::error!(provider = self.planner.provider(), error = %err, "a reconcile task failed");
+                tracing::error!(provider = self.planner.provider(), error = %crate::redact::describe(&err), "a reconcile task failed");
                 (err.id(), None)
             }
         };
@@ -457,7 +460,12 @@ impl<P: Planner> Engine<P> {
                 if self.clusters.names().contains(&name) {
                     self.state().known.insert(key.clone());
                 }
-                self.note(key, &name, true, format!("{err}; retrying"));
+                self.note(
+                    key,
+                    &name,
+                    true,
+                    format!("{}; retrying", crate::redact::describe(&err)),
+                );
                 Outcome::Failed
             }
         }

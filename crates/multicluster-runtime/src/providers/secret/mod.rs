@@ -488,7 +488,7 @@ impl Inner {
                     namespace = %options.namespace,
                     selector = %options.label_selector(),
                     timeout = ?options.sync_timeout,
-                    error = last_error.as_deref().map(content::describe_watch_error),
+                    error = last_error.as_deref(),
                     "kubeconfig Secrets not listed within the sync timeout; still retrying"
                 ),
                 // Stopped: the token was cancelled meanwhile.
@@ -522,8 +522,7 @@ impl Inner {
 
     /// Makes the clusters follow the informer's store: each Secret is handled again
     /// (an unchanged one changes nothing), and a registered cluster whose Secret is
-    /// gone, also from before a restart of the provider (its clusters stay
-    /// registered across restarts), is removed.
+    /// gone is removed.
     fn resync(self: &Arc<Self>, informer: &Informer<Secret>, token: &CancellationToken) {
         let secrets = informer.store().list();
         let present: HashSet<String> = secrets.iter().map(|secret| secret.name_any()).collect();
@@ -612,7 +611,7 @@ impl Inner {
             (Err(err), None) => tracing::error!(
                 namespace = %options.namespace,
                 secret = %name,
-                error = %err,
+                error = %crate::redact::describe(&err),
                 "cluster from kubeconfig Secret registered, but engaging it failed"
             ),
         }
@@ -685,7 +684,7 @@ impl Inner {
                     tracing::warn!(
                         namespace = %namespace,
                         secret = ?reference.name,
-                        error = %kubeconfig::describe_kube_error(&err),
+                        error = %crate::redact::describe(&err),
                         "cannot publish an Event on the kubeconfig Secret"
                     );
                 }
