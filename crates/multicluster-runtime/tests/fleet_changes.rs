@@ -637,3 +637,60 @@ async fn a05_reconcile_errors_reach_the_policy_typed_and_the_log_with_their_caus
         vec![std::io::ErrorKind::PermissionDenied]
     );
 }
+
+/// r07: a cluster removed and added back before the controller's disengage task
+/// has run starts fresh. On one current-thread runtime nothing else runs between
+/// the removal and the add, so the controller meets the removed instance's entry:
+/// its failure count and queued items must not carry over to the new instance,
+/// and the manager counts a removal, not a replacement.
+#[tokio::test(flavor = "current_thread")]
+async fn r07_a_removal_then_an_add_is_a_fresh_start() {
+    let env = Env::new(1).await;
+    create_cm(env.client(1), "r07", &[]).await;
+    let recorder = Arc::new(Recorder::default());
+    let controller = Controller::builder::<ConfigMap>(&env.manager)
+        .named("r07")
+        .backoff(Duration::from_millis(20), Duration::from_millis(40))
+        .register(
+            |req: ReconcileRequest<ConfigMap>, recorder: Arc<Recorder>| async move {
+                recorder.record(&req.request, req.object.is_some());
+                Err::<Action, _>(std::io::Error::other("r07: always fails"))
+            },
+            |_: &Request, _: &std::io::Error, _| Action::backoff(),
+            recorder.clone(),
+        )
+        .await
+        .expect("controller");
+    env.start();
+    recorder.wait_for("c1", "r07", 3).await;
+    let (c1, key) = (
+        ClusterName::from("c1"),
+        multicluster_runtime::cache::ObjectKey::new(Some("default"), "r07"),
+    );
+    let queue = controller.queue();
+    assert!(queue.num_requeues(&c1, &key) >= 2, "the key has failed before");
+
+    assert!(env.provider.remove(&c1));
+    env.add(1).await;
+    assert_eq!(
+        queue.num_requeues(&c1, &key),
+        0,
+        "the removed instance's failures are gone"
+    );
+    assert_eq!(queue.depth(&c1), 0, "and so are its queued items");
+    let metrics = env.manager.metrics().encode();
+    let counted = |reason: &str| {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("multicluster_runtime_cluster_disengagements_total")
+                    && l.contains(&format!("reason=\"{reason}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    assert_eq!((counted("removed"), counted("replaced")), (1.0, 0.0), "{metrics}");
+    // The new instance is reconciled, from a fresh count.
+    let before = recorder.count("c1", "r07");
+    recorder.wait_for("c1", "r07", before + 1).await;
+}

@@ -442,9 +442,17 @@ impl Aware for Controller {
             match clusters.engage(&name, cluster.clone(), own.clone(), false) {
                 Engage::Stale | Engage::Unchanged => return Ok(()),
                 Engage::New { generation, replaced } => {
-                    if let Some(old) = replaced {
-                        // Its disengage finds a newer generation and keeps the queue.
-                        old.token.cancel();
+                    match replaced {
+                        // A removed instance whose disengage has not run yet: this is a
+                        // fresh start, so nothing of the removed one carries over.
+                        Some(old) if old.token.is_cancelled() => {
+                            self.sink.queue.remove_cluster(&name);
+                            self.metrics.cluster_disengaged(&name);
+                        }
+                        // A live instance replaced: its disengage finds a newer
+                        // generation and keeps the queue for the new one.
+                        Some(old) => old.token.cancel(),
+                        None => {}
                     }
                     self.publish_clusters(&clusters);
                     // Before the first add, so that the queue's metrics count it.

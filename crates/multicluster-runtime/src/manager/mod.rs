@@ -1191,6 +1191,12 @@ impl Aware for Manager {
                 }
             }
         };
+        // An instance removed (its token cancelled) whose disengage has not run yet
+        // is not replaced: this is a removal followed by a fresh engagement.
+        let (replaced, removed) = match replaced {
+            Some(old) if old.token.is_cancelled() => (None, Some(old)),
+            other => (other, None),
+        };
         let replacing = replaced.is_some();
         tracing::info!(cluster = %name, replacing, "cluster engaged");
         self.watch_disengage(name.clone(), own.clone(), generation);
@@ -1205,6 +1211,10 @@ impl Aware for Manager {
         if let Some(old) = replaced {
             self.inner.metrics.cluster_disengaged(&name, true);
             old.token.cancel();
+        }
+        if removed.is_some() {
+            tracing::info!(cluster = %name, "removed instance disengaged before its successor");
+            self.inner.metrics.cluster_disengaged(&name, false);
         }
         self.inner.metrics.cluster_engaged(&name, result.is_ok());
         result

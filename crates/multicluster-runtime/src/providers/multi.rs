@@ -355,16 +355,79 @@ impl Aware for Prefixed {
     async fn engage(&self, token: CancellationToken, name: ClusterName, cluster: Arc<Cluster>) -> Result<()> {
         let full = ClusterName::from(format!("{}{}", self.prefix, name.as_str()));
         let alias = self.aliases.of(&full, &cluster);
-        let tied = self.member.child_token();
-        let watched = tied.clone();
+        // A child of the cluster's token, so that an engagement that has ended
+        // already arrives ended (and is ignored) instead of live until the task
+        // below notices; the member's end reaches it through that task.
+        let tied = token.child_token();
+        let (watched, member) = (tied.clone(), self.member.clone());
         let (aliases, ended, ended_alias) = (self.aliases.clone(), full.clone(), alias.clone());
         tokio::spawn(async move {
             tokio::select! {
-                () = token.cancelled() => watched.cancel(),
+                () = member.cancelled() => watched.cancel(),
                 () = watched.cancelled() => {}
             }
             aliases.forget(&ended, &ended_alias);
         });
         self.aware.engage(tied, full, alias).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Records the token of every engagement it receives.
+    #[derive(Default)]
+    struct Tokens(Mutex<Vec<CancellationToken>>);
+
+    #[async_trait]
+    impl Aware for Tokens {
+        async fn engage(&self, token: CancellationToken, _: ClusterName, _: Arc<Cluster>) -> Result<()> {
+            self.0.lock().unwrap().push(token);
+            Ok(())
+        }
+    }
+
+    /// r07: an engagement whose token was cancelled on its way reaches the manager
+    /// ended, not under a fresh live token, so the manager ignores it (rule 1 of
+    /// the engagement registry) instead of engaging a removed cluster; a live one
+    /// ends with its own token and with the member's.
+    #[tokio::test]
+    async fn r07_a_cancelled_engagement_stays_cancelled_through_the_prefix() {
+        let client =
+            kube::Client::try_from(kube::Config::new("https://127.0.0.1:9".parse().unwrap())).unwrap();
+        let cluster = Arc::new(Cluster::new("c", client));
+        let tokens = Arc::new(Tokens::default());
+        let member = CancellationToken::new();
+        let prefixed = Prefixed {
+            prefix: "m#".into(),
+            member: member.clone(),
+            aware: tokens.clone(),
+            aliases: Aliases::default(),
+        };
+        let ended = CancellationToken::new();
+        ended.cancel();
+        prefixed.engage(ended, "c".into(), cluster.clone()).await.unwrap();
+        assert!(tokens.0.lock().unwrap()[0].is_cancelled(), "arrives ended");
+
+        let live = CancellationToken::new();
+        prefixed
+            .engage(live.clone(), "c".into(), cluster.clone())
+            .await
+            .unwrap();
+        let engaged = tokens.0.lock().unwrap()[1].clone();
+        assert!(!engaged.is_cancelled());
+        live.cancel();
+        assert!(engaged.is_cancelled(), "ends with its own token at once");
+
+        let other = CancellationToken::new();
+        prefixed.engage(other, "c".into(), cluster).await.unwrap();
+        let engaged = tokens.0.lock().unwrap()[2].clone();
+        member.cancel();
+        tokio::time::timeout(std::time::Duration::from_secs(5), engaged.cancelled())
+            .await
+            .expect("ends with the member");
     }
 }
