@@ -670,3 +670,62 @@ async fn l08_a_panicking_transform_restarts_that_watch_with_backoff_and_recovers
     assert_eq!(in_a.restarts(), restarts);
     token.cancel();
 }
+
+/// r08: registering an index backfills it over the stored objects without holding
+/// the cache's registry: while an extractor is stuck on an object, another type's
+/// informer can still be started and read (before, it waited for the backfill).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r08_index_backfill_runs_outside_the_registry_lock() {
+    use std::sync::Mutex;
+    use std::sync::mpsc;
+
+    let fleet = Fleet::start(1).await.expect("start fleet");
+    let client = fleet.cluster(0).client().expect("client");
+    create_config_map(&client, "default", "r08", Some("a")).await;
+    let token = CancellationToken::new();
+    let cache = Cache::new(
+        ClusterName::from("r08"),
+        client,
+        CacheOptions::default(),
+        token.clone(),
+    );
+    cache
+        .informer::<ConfigMap>()
+        .wait_synced(SYNC)
+        .await
+        .expect("synced");
+
+    let (entered, inside) = mpsc::channel::<()>();
+    let (release, released) = mpsc::channel::<()>();
+    let (entered, released) = (Mutex::new(entered), Mutex::new(released));
+    let indexing = {
+        let cache = cache.clone();
+        tokio::task::spawn_blocking(move || {
+            cache.index_field::<ConfigMap>("stuck", move |cm| {
+                let _ = entered.lock().unwrap().send(());
+                let _ = released.lock().unwrap().recv_timeout(Duration::from_secs(30));
+                app_label(cm)
+            })
+        })
+    };
+    inside
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the extractor runs");
+    let other = {
+        let cache = cache.clone();
+        tokio::task::spawn_blocking(move || cache.informer::<Namespace>().resource().to_owned())
+    };
+    let started = tokio::time::timeout(Duration::from_secs(10), other).await;
+    release.send(()).expect("release the extractor");
+    assert!(
+        matches!(started, Ok(Ok(_))),
+        "another informer started while the index was being backfilled: {started:?}"
+    );
+    indexing.await.expect("joined").expect("index registered");
+    let filed = cache
+        .list_by_index::<ConfigMap>("stuck", "a")
+        .await
+        .expect("index");
+    assert_eq!(keys(&filed), ["default/r08"]);
+    token.cancel();
+}

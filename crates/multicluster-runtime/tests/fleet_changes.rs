@@ -694,3 +694,73 @@ async fn r07_a_removal_then_an_add_is_a_fresh_start() {
     let before = recorder.count("c1", "r07");
     recorder.wait_for("c1", "r07", before + 1).await;
 }
+
+/// r08: `cluster_scoped(true)` works after `owns()` as well as before. A dynamic
+/// primary type (Namespace as a `DynamicObject`) declared cluster-scoped only after
+/// its `owns::<ConfigMap>()`: a child's change reconciles the owner under no
+/// namespace, with the cached object.
+#[tokio::test]
+async fn r08_cluster_scoped_after_owns_still_applies() {
+    use kube::api::{ApiResource, DynamicObject};
+    let env = Env::new(1).await;
+    let client = env.client(1);
+    let mut ns = Namespace::default();
+    ns.metadata.name = Some("r08".into());
+    let ns = Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("namespace");
+    let resource = ApiResource::erase::<Namespace>(&());
+    let seen: Arc<Mutex<Vec<(Request, bool)>>> = Arc::default();
+    let _controller = multicluster_runtime::controller::ControllerBuilder::<DynamicObject>::new_with(
+        &env.manager,
+        resource,
+    )
+    .owns::<ConfigMap>()
+    .cluster_scoped(true)
+    .register(
+        |req: ReconcileRequest<DynamicObject>, seen: Arc<Mutex<Vec<(Request, bool)>>>| async move {
+            seen.lock()
+                .unwrap()
+                .push((req.request.clone(), req.object.is_some()));
+            Ok::<_, Infallible>(Action::await_change())
+        },
+        |_, _, _| Action::backoff(),
+        seen.clone(),
+    )
+    .await
+    .expect("controller");
+    env.start();
+    let of_r08 = |seen: &Mutex<Vec<(Request, bool)>>| -> Vec<(Request, bool)> {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|(r, _)| r.name() == "r08")
+            .cloned()
+            .collect()
+    };
+    wait_until("the namespace reconciled", || !of_r08(&seen).is_empty()).await;
+    let before = of_r08(&seen).len();
+    let mut child = ConfigMap::default();
+    child.metadata.name = Some("child".into());
+    child.metadata.owner_references = Some(vec![OwnerReference {
+        api_version: "v1".into(),
+        kind: "Namespace".into(),
+        name: "r08".into(),
+        uid: ns.uid().expect("uid"),
+        controller: Some(true),
+        block_owner_deletion: None,
+    }]);
+    Api::<ConfigMap>::namespaced(client, "r08")
+        .create(&PostParams::default(), &child)
+        .await
+        .expect("child");
+    wait_until("the owner reconciled for its child", || {
+        of_r08(&seen).len() > before
+    })
+    .await;
+    for (request, exists) in of_r08(&seen) {
+        assert_eq!(request.namespace(), None, "{request}");
+        assert!(exists, "the cached Namespace is delivered: {request}");
+    }
+}

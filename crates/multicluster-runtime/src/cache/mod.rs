@@ -597,30 +597,40 @@ impl Cache {
         extractor: Extractor<K>,
     ) -> Result<(), CacheError> {
         let ty = TypeKey::of::<K>(dyntype);
-        let mut registry = self.inner.registry();
-        let exists = registry
-            .indexes
-            .get(&ty)
-            .is_some_and(|names| names.iter().any(|(n, _)| n == name));
-        if exists {
-            return Err(CacheError::IndexExists {
-                cluster: self.cluster().clone(),
-                resource: ty.resource.to_string(),
-                index: name.to_owned(),
-            });
-        }
-        for (key, informer) in &registry.informers {
-            if key.ty == ty
-                && let Ok(informer) = informer.clone().downcast::<Informer<K>>()
-            {
-                informer.store().add_index(name, extractor.clone())?;
+        // Recorded and the running informers listed in one step under the registry's
+        // lock: an informer started later files its objects in the index itself, one
+        // listed here gets the index below. The backfill, which runs the extractor
+        // over every stored object, happens after the lock is released, so that
+        // other types' informers and readers of this cache do not wait for it.
+        let informers: Vec<Arc<Informer<K>>> = {
+            let mut registry = self.inner.registry();
+            let exists = registry
+                .indexes
+                .get(&ty)
+                .is_some_and(|names| names.iter().any(|(n, _)| n == name));
+            if exists {
+                return Err(CacheError::IndexExists {
+                    cluster: self.cluster().clone(),
+                    resource: ty.resource.to_string(),
+                    index: name.to_owned(),
+                });
             }
+            let informers = registry
+                .informers
+                .iter()
+                .filter(|(key, _)| key.ty == ty)
+                .filter_map(|(_, informer)| informer.clone().downcast::<Informer<K>>().ok())
+                .collect();
+            registry
+                .indexes
+                .entry(ty)
+                .or_default()
+                .push((name.to_owned(), Arc::new(extractor.clone())));
+            informers
+        };
+        for informer in informers {
+            informer.store().add_index(name, extractor.clone())?;
         }
-        registry
-            .indexes
-            .entry(ty)
-            .or_default()
-            .push((name.to_owned(), Arc::new(extractor)));
         Ok(())
     }
 

@@ -50,12 +50,24 @@ pub struct ControllerBuilder<K: CacheObject> {
     engage: EngageOptions,
     queue: QueueConfig,
     sync_wait: Duration,
-    sources: Vec<Arc<dyn Source>>,
-    local_sources: Vec<Arc<dyn Source>>,
+    sources: Vec<PendingSource>,
+    local_sources: Vec<PendingSource>,
     /// Whether `K` is namespaced, where the type does not say (dynamic types).
     namespaced: Option<bool>,
     triggers: Vec<Trigger>,
     reporter: Option<Reporter>,
+}
+
+/// A secondary watch, made when the controller is registered: by then every setting
+/// it depends on (the primary type's scope, the sync wait) is final, whatever order
+/// the setters were called in.
+type PendingSource = Box<dyn FnOnce(&Final) -> Arc<dyn Source> + Send>;
+
+/// The settings a secondary watch depends on, as they are at registration.
+struct Final {
+    /// Whether the primary type is namespaced.
+    namespaced: bool,
+    sync_timeout: Duration,
 }
 
 impl Controller {
@@ -155,18 +167,17 @@ impl<K: CacheObject> ControllerBuilder<K> {
     /// (default: namespaced).
     #[must_use]
     pub fn owns_with<C: CacheObject>(mut self, dyntype: C::DynamicType, spec: WatchSpec) -> Self {
-        let namespaced = self
-            .namespaced
-            .unwrap_or_else(|| static_scope::<K>().unwrap_or(true));
-        let mapper = map_owner::<K, C>(&self.dyntype, namespaced);
-        self.sources.push(self.source(dyntype, spec, mapper));
+        let owner = self.dyntype.clone();
+        self.sources.push(Box::new(move |settings: &Final| {
+            let mapper = map_owner::<K, C>(&owner, settings.namespaced);
+            source(dyntype, spec, mapper, settings)
+        }));
         self
     }
 
     /// Declares that the primary type is cluster-scoped (`true`) or namespaced. Only
     /// needed for dynamic types, whose scope the type does not tell, and only for
-    /// [`owns`](Self::owns) (set it before calling `owns`): static types know their
-    /// scope.
+    /// [`owns`](Self::owns) (before or after it): static types know their scope.
     #[must_use]
     pub fn cluster_scoped(mut self, cluster_scoped: bool) -> Self {
         self.namespaced = Some(!cluster_scoped);
@@ -194,7 +205,10 @@ impl<K: CacheObject> ControllerBuilder<K> {
         spec: WatchSpec,
         mapper: impl Fn(&MapContext, &T) -> Vec<Request> + Send + Sync + 'static,
     ) -> Self {
-        self.sources.push(self.source(dyntype, spec, Arc::new(mapper)));
+        let mapper: Mapper<T> = Arc::new(mapper);
+        self.sources.push(Box::new(move |settings: &Final| {
+            source(dyntype, spec, mapper, settings)
+        }));
         self
     }
 
@@ -244,8 +258,10 @@ impl<K: CacheObject> ControllerBuilder<K> {
         spec: WatchSpec,
         mapper: impl Fn(&MapContext, &T) -> Vec<Request> + Send + Sync + 'static,
     ) -> Self {
-        let source = self.source(dyntype, spec, Arc::new(mapper));
-        self.local_sources.push(source);
+        let mapper: Mapper<T> = Arc::new(mapper);
+        self.local_sources.push(Box::new(move |settings: &Final| {
+            source(dyntype, spec, mapper, settings)
+        }));
         self
     }
 
@@ -430,8 +446,19 @@ impl<K: CacheObject> ControllerBuilder<K> {
             mapper: map_self::<K>(),
             sync_timeout: self.sync_wait,
         };
+        let settings = Final {
+            namespaced: self
+                .namespaced
+                .unwrap_or_else(|| static_scope::<K>().unwrap_or(true)),
+            sync_timeout: self.sync_wait,
+        };
         let mut sources: Vec<Arc<dyn Source>> = vec![Arc::new(primary)];
-        sources.extend(self.sources);
+        sources.extend(self.sources.into_iter().map(|make| make(&settings)));
+        let local_sources = self
+            .local_sources
+            .into_iter()
+            .map(|make| make(&settings))
+            .collect();
         let reconciler = TypedReconciler {
             dyntype: self.dyntype,
             spec: self.spec,
@@ -447,7 +474,7 @@ impl<K: CacheObject> ControllerBuilder<K> {
             engage: self.engage,
             queue: self.queue,
             sources,
-            local_sources: self.local_sources,
+            local_sources,
             reconciler: Arc::new(reconciler),
             sync_timeout: self.sync_wait,
             triggers: self.triggers,
@@ -456,21 +483,22 @@ impl<K: CacheObject> ControllerBuilder<K> {
         self.manager.add_cluster_runnable(controller.clone()).await?;
         Ok(controller)
     }
+}
 
-    fn source<T: CacheObject>(
-        &self,
-        dyntype: T::DynamicType,
-        spec: WatchSpec,
-        mapper: Mapper<T>,
-    ) -> Arc<dyn Source> {
-        Arc::new(TypedSource {
-            dyntype,
-            spec,
-            predicates: Vec::new(),
-            mapper,
-            sync_timeout: self.sync_wait,
-        })
-    }
+/// A secondary watch of `T` through `mapper`.
+fn source<T: CacheObject>(
+    dyntype: T::DynamicType,
+    spec: WatchSpec,
+    mapper: Mapper<T>,
+    settings: &Final,
+) -> Arc<dyn Source> {
+    Arc::new(TypedSource {
+        dyntype,
+        spec,
+        predicates: Vec::new(),
+        mapper,
+        sync_timeout: settings.sync_timeout,
+    })
 }
 
 /// Whether `K` is namespaced, as far as its type says: `None` for dynamic types.
