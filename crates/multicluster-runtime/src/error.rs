@@ -1,5 +1,6 @@
 //! The error type of the multicluster contract and the manager.
 
+use crate::cache::ObjectKey;
 use crate::cluster::ClusterName;
 
 /// A boxed error from user code or a provider.
@@ -78,7 +79,7 @@ pub enum Error {
 
     /// A kubeconfig could not be used.
     #[error(transparent)]
-    Kubeconfig(#[from] crate::providers::kubeconfig::KubeconfigError),
+    Kubeconfig(#[from] crate::cluster::kubeconfig::KubeconfigError),
 
     /// A cache operation failed.
     #[error(transparent)]
@@ -163,13 +164,13 @@ pub enum Error {
     #[error(
         "graceful shutdown timed out after {timeout:?}; {} reconcile(s) cut short: {}",
         cut_short.len(),
-        crate::manager::describe_cut_short(cut_short)
+        describe_cut_short(cut_short)
     )]
     ShutdownTimedOut {
         /// The graceful shutdown timeout.
         timeout: std::time::Duration,
         /// Every reconcile that was still running when it ran out.
-        cut_short: Vec<crate::manager::CutShort>,
+        cut_short: Vec<CutShort>,
     },
 
     /// The manager's HTTP endpoint cannot listen on its address.
@@ -188,6 +189,55 @@ impl Error {
     pub fn is_cluster_not_found(&self) -> bool {
         matches!(self, Error::ClusterNotFound(_))
     }
+}
+
+/// A reconcile that was still running when graceful shutdown ran out of time, and
+/// was cancelled; listed by [`Error::ShutdownTimedOut`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CutShort {
+    /// The controller's name.
+    pub controller: String,
+    /// The cluster of the object it was reconciling.
+    pub cluster: ClusterName,
+    /// The object it was reconciling.
+    pub object: ObjectKey,
+}
+
+impl CutShort {
+    /// The reconcile of `object` in `cluster` by `controller`.
+    pub fn new(controller: impl Into<String>, cluster: ClusterName, object: ObjectKey) -> Self {
+        CutShort {
+            controller: controller.into(),
+            cluster,
+            object,
+        }
+    }
+}
+
+impl std::fmt::Display for CutShort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{} in controller {}",
+            self.cluster, self.object, self.controller
+        )
+    }
+}
+
+/// `a, b, c`; the first ten, then how many more.
+fn describe_cut_short(cut: &[CutShort]) -> String {
+    const SHOWN: usize = 10;
+    let mut text = cut
+        .iter()
+        .take(SHOWN)
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if cut.len() > SHOWN {
+        text.push_str(&format!(" and {} more", cut.len() - SHOWN));
+    }
+    text
 }
 
 /// Shorthand for results of this crate.

@@ -86,6 +86,7 @@
 
 #![warn(missing_docs)]
 
+mod backoff;
 pub mod cache;
 pub mod cluster;
 pub mod controller;
@@ -96,6 +97,6 @@ pub mod providers;
 pub mod redact;
 
 pub use cluster::{Cluster, ClusterName, ClusterOptions};
-pub use error::{BoxError, Error, Result};
+pub use error::{BoxError, CutShort, Error, Result};
 pub use manager::{Manager, Runnable};
 pub use multicluster::{Aware, Provider, ProviderRunnable};

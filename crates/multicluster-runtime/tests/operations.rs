@@ -351,8 +351,11 @@ async fn o05_shutdown_drains_in_flight_reconciles_within_the_timeout() {
     match result {
         Err(Error::ShutdownTimedOut { timeout, cut_short }) => {
             assert_eq!(timeout, Duration::from_secs(1));
-            let mut cut: Vec<Request> = cut_short.iter().map(|c| c.request.clone()).collect();
-            let mut running: Vec<Request> = all.iter().map(|s| s.request.clone()).collect();
+            let mut cut: Vec<String> = cut_short
+                .iter()
+                .map(|c| format!("{}/{}", c.cluster, c.object))
+                .collect();
+            let mut running: Vec<String> = all.iter().map(|s| s.request.to_string()).collect();
             cut.sort();
             running.sort();
             assert_eq!(cut, running, "the report names exactly the reconciles in flight");

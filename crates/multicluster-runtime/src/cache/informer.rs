@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::store::Scope;
 use super::{CacheError, InformerEvent, Store, WatchSpec};
 use crate::ClusterName;
-use crate::controller::queue::backoff::Backoff;
+use crate::backoff::Backoff;
 use crate::redact;
 
 /// How long the informer waits before it watches again after a transform panicked:

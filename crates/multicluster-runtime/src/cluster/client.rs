@@ -28,7 +28,7 @@ use tower::timeout::TimeoutLayer;
 use tower::util::{MapErrLayer, option_layer};
 
 use super::ClusterName;
-use crate::providers::kubeconfig::{self, KubeconfigError};
+use crate::cluster::kubeconfig::{self, KubeconfigError};
 use crate::redact;
 
 /// Settings of the client of a cluster.
@@ -205,20 +205,40 @@ pub struct InvalidRateLimit {
     pub burst: u32,
 }
 
+/// A client could not be built for a cluster (bad TLS material, an exec credential
+/// plugin that failed or hung). Converts into [`crate::Error::Client`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot build a client for cluster {cluster}: {reason}")]
+pub struct ClientError {
+    /// The cluster.
+    pub cluster: ClusterName,
+    /// Why, described without credentials (see [`redact::describe`]).
+    pub reason: String,
+}
+
+impl From<ClientError> for crate::Error {
+    fn from(error: ClientError) -> Self {
+        crate::Error::Client {
+            cluster: error.cluster,
+            reason: error.reason,
+        }
+    }
+}
+
 /// Builds the client of the cluster `name` from `config` with `options`, on a
 /// blocking thread, within [`BUILD_TIMEOUT`](kubeconfig::BUILD_TIMEOUT).
 ///
 /// # Errors
-/// [`crate::Error::Client`], with a reason that quotes no credentials.
+/// [`ClientError`], with a reason that quotes no credentials.
 pub(crate) async fn build_client(
     name: &ClusterName,
     config: kube::Config,
     options: &ClientOptions,
-) -> crate::Result<kube::Client> {
+) -> Result<kube::Client, ClientError> {
     let origin = format!("cluster {name}");
     kubeconfig::build_client(config, options, kubeconfig::BUILD_TIMEOUT, &origin, "-")
         .await
-        .map_err(|error| crate::Error::Client {
+        .map_err(|error| ClientError {
             cluster: name.clone(),
             reason: match error {
                 KubeconfigError::Client { reason, .. } => reason,

@@ -3,6 +3,7 @@
 mod client;
 pub(crate) mod engagement;
 mod events;
+pub mod kubeconfig;
 mod name;
 
 use kube::runtime::events::{Recorder, Reporter};
@@ -17,7 +18,7 @@ pub(crate) use client::Endpoint;
 pub(crate) use client::build_client;
 #[cfg(feature = "namespace")]
 pub(crate) use client::shared_client;
-pub use client::{ClientOptions, InvalidRateLimit, RateLimit};
+pub use client::{ClientError, ClientOptions, InvalidRateLimit, RateLimit};
 pub use name::ClusterName;
 
 /// Settings for a [`Cluster`].
@@ -169,7 +170,7 @@ impl Cluster {
     ///
     /// Building a client sets up TLS, and runs the exec credential plugin if the
     /// config has one; this keeps that work off the async worker threads and gives
-    /// up after [`BUILD_TIMEOUT`](crate::providers::kubeconfig::BUILD_TIMEOUT).
+    /// up after [`BUILD_TIMEOUT`](crate::cluster::kubeconfig::BUILD_TIMEOUT).
     ///
     /// ```no_run
     /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -182,13 +183,14 @@ impl Cluster {
     /// ```
     ///
     /// # Errors
-    /// [`crate::Error::Client`] if the client cannot be built (e.g. bad TLS material)
-    /// or building it takes too long; the reason never quotes credentials.
+    /// [`ClientError`] if the client cannot be built (e.g. bad TLS material) or
+    /// building it takes too long; the reason never quotes credentials. It converts
+    /// into [`crate::Error::Client`] with `?`.
     pub async fn connect(
         name: impl Into<ClusterName>,
         config: kube::Config,
         options: ClusterOptions,
-    ) -> crate::Result<Self> {
+    ) -> Result<Self, ClientError> {
         let name = name.into();
         let client = build_client(&name, config, &options.client).await?;
         Ok(Self::with_options(name, client, options))
@@ -201,20 +203,18 @@ impl Cluster {
     /// if any, runs): in async code use [`connect`](Self::connect) instead.
     ///
     /// # Errors
-    /// [`crate::Error::Client`] if the client cannot be built (e.g. bad TLS material).
+    /// [`ClientError`] if the client cannot be built (e.g. bad TLS material); it
+    /// converts into [`crate::Error::Client`] with `?`.
     pub fn from_config(
         name: impl Into<ClusterName>,
         config: kube::Config,
         options: ClusterOptions,
-    ) -> crate::Result<Self> {
+    ) -> Result<Self, ClientError> {
         let name = name.into();
-        let client = options
-            .client
-            .build(config)
-            .map_err(|source| crate::Error::Client {
-                cluster: name.clone(),
-                reason: crate::redact::describe(&source),
-            })?;
+        let client = options.client.build(config).map_err(|source| ClientError {
+            cluster: name.clone(),
+            reason: crate::redact::describe(&source),
+        })?;
         Ok(Self::with_options(name, client, options))
     }
 
@@ -355,7 +355,7 @@ mod tests {
         let error = Cluster::connect("eu-1", config, ClusterOptions::default())
             .await
             .expect_err("bad TLS material");
-        assert!(matches!(error, crate::Error::Client { .. }), "{error}");
+        assert_eq!(error.cluster, "eu-1", "{error}");
         assert!(error.to_string().contains("eu-1"), "{error}");
     }
 }

@@ -47,9 +47,10 @@ use tracing::Instrument;
 use crate::cache::ObjectKey;
 use crate::cluster::engagement::{Engage, Engagements};
 use crate::cluster::{Cluster, ClusterName};
+use crate::error::CutShort;
 use crate::error::Result;
 use crate::manager::metrics::{ControllerMetrics, Reconciled};
-use crate::manager::{CutShort, Manager, Runnable};
+use crate::manager::{Manager, Runnable};
 use crate::multicluster::Aware;
 
 pub use builder::ControllerBuilder;
@@ -613,10 +614,7 @@ impl Runnable for Controller {
                     timeout,
                     cut_short: cut_short
                         .into_iter()
-                        .map(|request| CutShort {
-                            controller: self.name.clone(),
-                            request,
-                        })
+                        .map(|request| CutShort::new(self.name.clone(), request.cluster, request.key))
                         .collect(),
                 });
             }

@@ -164,7 +164,6 @@ mod leader;
 mod lease;
 pub mod metrics;
 mod runnable;
-mod shutdown;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -192,8 +191,6 @@ pub use health::{ClusterHealth, HealthEvent, HealthProbes, HealthState, PROBE_PA
 pub use leader::{LeaderElection, OnLeadershipLoss};
 pub use metrics::Metrics;
 pub use runnable::Runnable;
-pub use shutdown::CutShort;
-pub(crate) use shutdown::describe_cut_short;
 
 /// How long reconciles in flight may take to finish once the manager stops, unless
 /// [`Manager::with_graceful_shutdown_timeout`] says otherwise.
@@ -1126,7 +1123,7 @@ impl Manager {
 /// What the runnables reported while they stopped: their cut-short reconciles,
 /// gathered into one [`Error::ShutdownTimedOut`], or the first other failure.
 fn shutdown_outcome(failed: &mut mpsc::UnboundedReceiver<Error>) -> Result<()> {
-    let mut timed_out: Option<(Duration, Vec<CutShort>)> = None;
+    let mut timed_out: Option<(Duration, Vec<crate::error::CutShort>)> = None;
     while let Ok(err) = failed.try_recv() {
         match err {
             Error::ShutdownTimedOut { timeout, cut_short } => {

@@ -22,7 +22,10 @@ pub mod clusters;
 pub mod file;
 #[cfg(test)]
 pub(crate) mod fuzz;
-pub mod kubeconfig;
+/// Kubeconfigs from outside the program, vetted before they are used: lives in
+/// [`cluster::kubeconfig`](crate::cluster::kubeconfig) (how a cluster is connected
+/// to), named here too because the providers that read kubeconfigs use it.
+pub use crate::cluster::kubeconfig;
 #[cfg(feature = "multi")]
 pub mod multi;
 #[cfg(feature = "namespace")]

@@ -125,11 +125,11 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::{CacheError, FieldIndex, Informer, InformerEvent, WatchSpec};
+use crate::cluster::kubeconfig::BUILD_TIMEOUT;
 use crate::cluster::{ClientOptions, Cluster, ClusterName};
 use crate::error::{Error, Result};
 use crate::multicluster::{Aware, Provider, ProviderRunnable};
 use crate::providers::clusters::Clusters;
-use crate::providers::kubeconfig::BUILD_TIMEOUT;
 
 /// Namespaces that are not clusters unless [`Namespaces::exclude`] says otherwise:
 /// those Kubernetes itself uses.
@@ -441,7 +441,7 @@ impl Namespaces {
             Clients::Config(config) => {
                 let mut config = kube::Config::clone(config);
                 config.default_namespace = name.to_string();
-                return crate::cluster::build_client(name, config, &self.client_options).await;
+                return Ok(crate::cluster::build_client(name, config, &self.client_options).await?);
             }
             Clients::Factory(factory) => factory.clone(),
         };

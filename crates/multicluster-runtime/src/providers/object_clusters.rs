@@ -12,7 +12,7 @@
 //!   lagging subscriber) is repaired by marking every key dirty.
 //! - Per key, one task at a time, latest state wins; keys are independent, so a slow
 //!   client build (an exec credential plugin that hangs) delays only its own key.
-//! - A cluster is rebuilt only when its [fingerprint](crate::providers::kubeconfig::fingerprint)
+//! - A cluster is rebuilt only when its [fingerprint](crate::cluster::kubeconfig::fingerprint)
 //!   changes, or when the client certificate an exec plugin issued is about to
 //!   expire. A build or engagement that fails (e.g. the exec plugin fails for a
 //!   while) is retried with exponential backoff (5 s doubling up to 5 min), and
@@ -35,11 +35,11 @@ use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::{CacheError, Informer, InformerEvent, ObjectKey};
+use crate::cluster::kubeconfig;
 use crate::cluster::{Cluster, ClusterName, ClusterOptions};
 use crate::error::{Error, Result};
 use crate::multicluster::{Aware, ProviderRunnable};
 use crate::providers::clusters::Clusters;
-use crate::providers::kubeconfig;
 
 /// How long building one client may take (exec credential plugins run then).
 pub(crate) const BUILD_TIMEOUT: Duration = Duration::from_secs(60);

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::backoff::Backoff;
+use crate::backoff::Backoff;
 
 /// Configuration of a [`WorkQueue`](super::WorkQueue), built with chained setters.
 ///

@@ -49,7 +49,6 @@
 //! # }
 //! ```
 
-pub(crate) mod backoff;
 mod config;
 mod delay;
 mod fair;

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::backoff::Backoff;
 use super::delay::{TimerKey, Timers};
 use super::fair::FairQueue;
 use super::pause::{PauseReason, PauseReasons};
+use crate::backoff::Backoff;
 
 /// Where an item is in its life cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

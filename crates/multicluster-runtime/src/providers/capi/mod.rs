@@ -36,7 +36,7 @@
 //! Kubeconfigs from Cluster API use embedded client certificates, which that policy
 //! allows. Relax it with [`ClusterApiOptions::kubeconfig_policy`] only when Secret
 //! writers are trusted (e.g. a provider that writes exec-based kubeconfigs), or
-//! tighten it with an [`EndpointPolicy`](crate::providers::kubeconfig::EndpointPolicy)
+//! tighten it with an [`EndpointPolicy`](crate::cluster::kubeconfig::EndpointPolicy)
 //! that holds servers to the fleet's address ranges.
 //!
 //! # RBAC
@@ -87,11 +87,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::object_clusters::{self, Engine, Plan, Planner, Watches};
 use crate::cache::{Cache, FieldIndex, Informer, ObjectKey, WatchSpec};
+use crate::cluster::kubeconfig::KubeconfigPolicy;
 use crate::cluster::{Cluster, ClusterName, ClusterOptions};
 use crate::error::Result;
 use crate::multicluster::{Aware, Provider, ProviderRunnable};
 use crate::providers::clusters::Clusters;
-use crate::providers::kubeconfig::KubeconfigPolicy;
 
 /// The API group of Cluster API's core types.
 pub const GROUP: &str = "cluster.x-k8s.io";

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use super::Files;
 use super::scan::Source;
+use crate::cluster::kubeconfig::KubeconfigPolicy;
 use crate::cluster::{ClusterName, ClusterOptions};
-use crate::providers::kubeconfig::KubeconfigPolicy;
 
 /// The file names a directory is searched for, unless
 /// [`patterns`](FilesBuilder::patterns) says otherwise: names that say "kubeconfig",

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::cluster::ClusterName;
-use crate::providers::kubeconfig::KubeconfigError;
+use crate::cluster::kubeconfig::KubeconfigError;
 
 /// A path, pattern or kubeconfig file that cannot be used, and why.
 ///

@@ -11,9 +11,9 @@ use kube::config::Kubeconfig;
 use super::Files;
 use super::error::FileError;
 use super::scan::Scan;
+use crate::cluster::kubeconfig::{self, KubeconfigError, KubeconfigPolicy};
 use crate::cluster::{Cluster, ClusterName};
 use crate::error::Error;
-use crate::providers::kubeconfig::{self, KubeconfigError, KubeconfigPolicy};
 
 /// The clusters each file provided at the last reload.
 pub(super) type Loaded = HashMap<PathBuf, Vec<ClusterName>>;

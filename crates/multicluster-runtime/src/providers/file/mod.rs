@@ -83,7 +83,7 @@ pub use error::FileError;
 pub use load::ReloadReport;
 
 #[cfg(doc)]
-use crate::providers::kubeconfig::KubeconfigPolicy;
+use crate::cluster::kubeconfig::KubeconfigPolicy;
 
 use builder::Config;
 use load::Loaded;

@@ -50,7 +50,7 @@
 //! `disable-compression` and `extensions`; it refuses a `certificate-authority`
 //! file path, and `insecure-skip-tls-verify: true` and `proxy-url` unless the
 //! operator allows them, and holds the server to the operator's
-//! [`EndpointPolicy`](crate::providers::kubeconfig::EndpointPolicy) (see
+//! [`EndpointPolicy`](crate::cluster::kubeconfig::EndpointPolicy) (see
 //! `ClusterProfilesOptions::kubeconfig_policy`).
 //! Whoever can write a profile's status can point the plugin's credentials at a
 //! server of their choice: restrict who may write `clusterprofiles/status`.
@@ -67,8 +67,8 @@ use kube::config::{
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::cluster::kubeconfig::{self, KubeconfigPolicy};
 use crate::error::{Error, Result};
-use crate::providers::kubeconfig::{self, KubeconfigPolicy};
 use crate::providers::object_clusters::Target;
 
 /// The cluster extension with extra plugin arguments (KEP-5339).

@@ -90,11 +90,11 @@ use tokio_util::sync::CancellationToken;
 pub use self::access::{AccessProvider, AccessProviders, CliArgsPolicy, EnvVarsPolicy};
 use super::object_clusters::{self, Engine, Plan, Planner, Watches};
 use crate::cache::{Cache, FieldIndex, Informer, ObjectKey, WatchSpec};
+use crate::cluster::kubeconfig::KubeconfigPolicy;
 use crate::cluster::{Cluster, ClusterName, ClusterOptions};
 use crate::error::{Error, Result};
 use crate::multicluster::{Aware, Provider, ProviderRunnable};
 use crate::providers::clusters::Clusters;
-use crate::providers::kubeconfig::KubeconfigPolicy;
 
 /// The API group of the cluster inventory API.
 pub const GROUP: &str = "multicluster.x-k8s.io";

@@ -3,7 +3,7 @@
 
 use kube::config::Kubeconfig;
 
-use crate::providers::kubeconfig::{self, KubeconfigError, KubeconfigPolicy};
+use crate::cluster::kubeconfig::{self, KubeconfigError, KubeconfigPolicy};
 
 /// Why a Secret gives no cluster; the reason of its Warning Event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -191,7 +191,7 @@ mod tests {
         ) {
             let mut policy = KubeconfigPolicy::untrusted();
             if fenced {
-                policy = policy.endpoints(crate::providers::kubeconfig::EndpointPolicy::deny_local());
+                policy = policy.endpoints(crate::cluster::kubeconfig::EndpointPolicy::deny_local());
             }
             match plan(data.as_deref(), "kubeconfig", context.as_deref(), &policy, "Secret ns/s") {
                 Ok(plan) => {

@@ -117,13 +117,13 @@ use tracing::Instrument;
 use self::content::{Plan, Problem};
 use self::queue::KeyedQueue;
 use crate::cache::{Cache, CacheError, CacheOptions, FieldIndex, Informer, InformerEvent, WatchSpec};
+#[cfg(doc)]
+use crate::cluster::kubeconfig::EndpointPolicy;
+use crate::cluster::kubeconfig::{self, KubeconfigPolicy};
 use crate::cluster::{Cluster, ClusterName, ClusterOptions};
 use crate::error::{Error, Result};
 use crate::multicluster::{Aware, Provider, ProviderRunnable};
 use crate::providers::clusters::Clusters;
-#[cfg(doc)]
-use crate::providers::kubeconfig::EndpointPolicy;
-use crate::providers::kubeconfig::{self, KubeconfigPolicy};
 
 /// The label key that marks a Secret as a kubeconfig for this provider.
 pub const DEFAULT_LABEL_KEY: &str = "sigs.k8s.io/multicluster-runtime-kubeconfig";

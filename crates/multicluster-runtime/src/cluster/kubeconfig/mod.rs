@@ -353,7 +353,7 @@ pub const BUILD_TIMEOUT: Duration = Duration::from_secs(30);
 /// apply to each cluster it builds, and to each one that replaces another.
 ///
 /// # Errors
-/// [`KubeconfigError::Client`], described by [`describe`](crate::redact::describe): never the
+/// [`KubeconfigError::Client`], described by [`describe`]: never the
 /// plugin's command line or output.
 pub async fn build_client(
     config: kube::Config,

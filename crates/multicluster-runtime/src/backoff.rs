@@ -1,4 +1,5 @@
-//! Per-item exponential backoff.
+//! Per-item exponential backoff: the one formula behind the work queue's retries
+//! and an informer's restarts.
 
 use std::time::Duration;
 
