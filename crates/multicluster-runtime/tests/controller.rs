@@ -12,6 +12,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use kube_envtest::Fleet;
 use multicluster_runtime::cache::FieldIndex;
+use multicluster_runtime::controller::queue::PauseReason;
 use multicluster_runtime::controller::{Action, Controller, ReconcileRequest, Request};
 use multicluster_runtime::providers::clusters::Clusters;
 use multicluster_runtime::{Cluster, ClusterName, Manager, Provider};
@@ -682,4 +683,109 @@ async fn a02_reconcile_all_on_reconciles_every_cached_object_of_every_engaged_cl
     reload.unbounded_send(()).expect("controller runs");
     recorder.wait_for("c3", "a02-all", 2).await;
     recorder.wait_for("c1", "a02-all", 3).await;
+}
+
+/// What a fan-out reconciler found when it read the hub's copy of a Secret.
+struct HubReads {
+    hub: Arc<Cluster>,
+    /// Reconciles that found the hub's Secret.
+    found: Mutex<Vec<Request>>,
+    /// Reconciles that did not: a copier would have deleted the copy.
+    missing: AtomicUsize,
+}
+
+const R09_SECRETS: [&str; 3] = ["r09-tls", "r09-token", "r09-registry"];
+
+/// A copier of hub Secrets: the copy `req` stays only if the hub still has its
+/// Secret, which it reads from the hub's cache as it would any cached object.
+async fn copy_from_hub(req: ReconcileRequest<Secret>, reads: Arc<HubReads>) -> Result<Action, Infallible> {
+    if req.namespace() == Some("default") && R09_SECRETS.contains(&req.name()) {
+        let hub = reads.hub.cache().informer::<Secret>();
+        match hub.store().get(req.namespace(), req.name()) {
+            Some(_) => reads.found.lock().unwrap().push(req.request.clone()),
+            None => {
+                reads.missing.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+    Ok(Action::await_change())
+}
+
+async fn plain_secret(client: Client, name: &str) {
+    let api: Api<Secret> = Api::namespaced(client, "default");
+    let mut secret = Secret::default();
+    secret.metadata.name = Some(name.to_owned());
+    api.create(&PostParams::default(), &secret)
+        .await
+        .expect("create secret");
+}
+
+#[tokio::test]
+async fn r09_fan_out_reconciles_wait_for_the_hub_cache_they_read() {
+    let env = Env::new(2).await;
+    // As after a restart: the hub's Secrets and every member's copies exist.
+    for name in R09_SECRETS {
+        for index in 0..=2 {
+            plain_secret(env.client(index), name).await;
+        }
+    }
+    // The hub's Secret informer cannot finish a list until the gate opens: its
+    // transform panics, and the informer retries with backoff.
+    let gate = Arc::new(AtomicBool::new(false));
+    let hub = env.manager.local_cluster().clone();
+    let open = gate.clone();
+    hub.cache()
+        .set_transform::<Secret>(move |_| assert!(open.load(Ordering::SeqCst), "r09: hub cache held back"));
+    let reads = Arc::new(HubReads {
+        hub: hub.clone(),
+        found: Mutex::default(),
+        missing: AtomicUsize::new(0),
+    });
+    let controller = Controller::builder::<Secret>(&env.manager)
+        .named("r09-copier")
+        .watches_local(|context, secret: &Secret| {
+            let (namespace, name) = (secret.namespace(), secret.name_any());
+            let clusters = context.clusters.iter();
+            clusters
+                .map(|cluster| Request::new(cluster.clone(), namespace.as_deref(), name.clone()))
+                .collect()
+        })
+        .register(copy_from_hub, |_, _, _| Action::backoff(), reads.clone())
+        .await
+        .expect("controller");
+    env.start();
+    let mut members = Vec::new();
+    for name in ["c1", "c2"] {
+        members.push(env.provider.get(&name.into()).await.expect("member"));
+    }
+    // Barrier: a copy was reconciled already, or each member has listed its copies,
+    // queued them, and is still held.
+    let queue = controller.queue();
+    let reconciled = || reads.missing.load(Ordering::SeqCst) + reads.found.lock().unwrap().len();
+    support::wait_until("a reconcile, or every member's copies held", || {
+        reconciled() > 0
+            || members.iter().all(|member| {
+                member.cache().informer::<Secret>().is_synced()
+                    && queue.depth(member.name()) >= R09_SECRETS.len()
+                    && queue.pause_reasons(member.name()).contains(PauseReason::Syncing)
+            })
+    })
+    .await;
+    gate.store(true, Ordering::SeqCst);
+    support::wait_until("every copy reconciled with its hub Secret", || {
+        let found = reads.found.lock().unwrap();
+        members.iter().all(|member| {
+            R09_SECRETS.iter().all(|name| {
+                found
+                    .iter()
+                    .any(|r| r.cluster == *member.name() && r.name() == *name)
+            })
+        })
+    })
+    .await;
+    assert_eq!(
+        reads.missing.load(Ordering::SeqCst),
+        0,
+        "a copy was reconciled before the hub's cache had listed: a copier would have deleted it"
+    );
 }

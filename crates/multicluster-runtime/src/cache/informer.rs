@@ -227,7 +227,8 @@ impl<K> Informer<K> {
     }
 
     /// The objects. Complete once the informer [is synced](Self::is_synced); before,
-    /// it may hold part of the first list.
+    /// it holds part of the first list or nothing, and reads do not wait (see
+    /// [`Store`'s docs](Store#before-the-first-list) for the reads that do).
     pub fn store(&self) -> &Store<K> {
         &self.store
     }

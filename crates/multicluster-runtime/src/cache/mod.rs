@@ -637,6 +637,13 @@ impl Cache {
     /// The object `name` in `namespace` (`None` for cluster-scoped objects), from the
     /// [`informer::<K>`](Self::informer), once it is synced.
     ///
+    /// This read, [`list`](Self::list) and [`list_by_index`](Self::list_by_index)
+    /// never answer from an informer that has not finished its first list: they wait
+    /// for it, so `Ok(None)` means the object is not in the cluster (as of the
+    /// informer's last event), not that it was not listed yet. Use them for any
+    /// informer nothing else has made sync, such as another cluster's cache read
+    /// from a reconcile. A [`Store`] answers at once instead; see its docs.
+    ///
     /// # Errors
     /// [`CacheError::NamespaceNotWatched`] if the informer watches some namespaces
     /// and `namespace` is not one of them: the object may exist, the cache cannot

@@ -39,6 +39,18 @@ impl Scope {
 /// as `Arc`s shared with the store, never copied. An object read may be replaced by
 /// the informer a moment later: the store is a recent view, not a transaction.
 ///
+/// # Before the first list
+///
+/// A store answers at once, whatever its informer is doing. Until the informer
+/// [is synced](super::Informer::is_synced) it holds part of the first list or
+/// nothing, and [`get`](Self::get) returns `None` for objects that exist. Read
+/// through [`Cache::get`](super::Cache::get), [`list`](super::Cache::list) or
+/// [`list_by_index`](super::Cache::list_by_index), which wait for the sync, or
+/// wait with [`Informer::wait_synced`](super::Informer::wait_synced) first. A
+/// controller's reconciler may read the stores of the controller's own watches
+/// directly: its requests are held until those have synced (see
+/// [`ReconcileRequest`](crate::controller::ReconcileRequest#reading-caches)).
+///
 /// # Namespace-scoped stores
 ///
 /// The store of an informer obtained from a [scoped cache](super::Cache::scoped) is a

@@ -150,7 +150,9 @@ impl<K: CacheObject> ControllerBuilder<K> {
     }
 
     /// Reconciles the controlling owner (of type `K`) when a child of type `C`
-    /// changes, in the child's cluster and namespace.
+    /// changes, in the child's cluster and namespace. A cluster's reconciles wait
+    /// until its informer of `C` has synced, so the reconciler can read the
+    /// children from it.
     #[must_use]
     pub fn owns<C: CacheObject>(self) -> Self
     where
@@ -186,6 +188,11 @@ impl<K: CacheObject> ControllerBuilder<K> {
 
     /// Watches `T` in every engaged cluster and reconciles what `mapper` returns;
     /// requests may name any cluster.
+    ///
+    /// A cluster's reconciles wait until its own informer of `T` has synced. A
+    /// request for another cluster waits for that cluster's informers only: a
+    /// reconciler reading `T` in the cluster the object came from should read it
+    /// through [`Cache::get`](crate::cache::Cache::get), which waits for the sync.
     #[must_use]
     pub fn watches<T: CacheObject>(
         self,
@@ -216,6 +223,13 @@ impl<K: CacheObject> ControllerBuilder<K> {
     /// and reconciles what `mapper` returns: typically one request per fleet cluster
     /// (`context.clusters`), to fan a local object out. A cluster engaged later gets
     /// the requests that the local objects map to it.
+    ///
+    /// No cluster is reconciled before the local informer of `T` has synced, so a
+    /// reconciler can read the local object behind a request from it and take
+    /// `None` for "deleted" (a copier deleting copies whose original is gone would
+    /// otherwise delete them all at every restart). Every cluster waits for the
+    /// local cluster here: a local watch that cannot sync holds them all, and is
+    /// logged every [`sync_timeout`](Self::sync_timeout).
     #[must_use]
     pub fn watches_local<T: CacheObject>(
         self,
@@ -389,10 +403,12 @@ impl<K: CacheObject> ControllerBuilder<K> {
         self
     }
 
-    /// How long a cluster's cache may take to sync before the controller logs an
-    /// error about it; it keeps waiting, and other clusters are not affected. No
-    /// object of a cluster is reconciled before its cache of the primary type has
-    /// synced. Default 30 s.
+    /// How long an informer may take to sync before the controller logs an error
+    /// about it; it keeps waiting, and other clusters are not affected. No object
+    /// of a cluster is reconciled before every informer the controller follows for
+    /// it has synced: the primary type's, those of [`owns`](Self::owns) and
+    /// [`watches`](Self::watches) in the cluster, and those of
+    /// [`watches_local`](Self::watches_local) in the local cluster. Default 30 s.
     #[must_use]
     pub fn sync_timeout(mut self, timeout: Duration) -> Self {
         self.sync_wait = timeout;
@@ -476,7 +492,6 @@ impl<K: CacheObject> ControllerBuilder<K> {
             sources,
             local_sources,
             reconciler: Arc::new(reconciler),
-            sync_timeout: self.sync_wait,
             triggers: self.triggers,
         };
         let controller = Controller::new(self.manager.clone(), settings);

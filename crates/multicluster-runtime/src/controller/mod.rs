@@ -6,11 +6,17 @@
 //! noisy cluster from starving the others, and what guarantees that a key is never
 //! reconciled twice at once.
 //!
-//! When a cluster is engaged, its items are held in the queue until the cluster's
-//! cache of the primary type has synced, so a reconciler never mistakes "not listed
-//! yet" for "absent". When a cluster is replaced by a new instance, its queued items,
-//! delays and backoff carry over to the new instance (held until the new cache has
-//! synced). When it is disengaged, no reconcile for it starts any more (the check is
+//! When a cluster is engaged, its items are held in the queue until every informer
+//! the controller follows for it has synced: the primary type's and those of its
+//! [`owns`](ControllerBuilder::owns) and [`watches`](ControllerBuilder::watches) in
+//! the cluster, and those of its [`watches_local`](ControllerBuilder::watches_local)
+//! in the local cluster. A reconciler reading any of them, even through the raw
+//! [`Store`](crate::cache::Store), never mistakes "not listed yet" for "absent";
+//! see [`ReconcileRequest`] for the reads this does not cover.
+//!
+//! When a cluster is replaced by a new instance, its queued items, delays and
+//! backoff carry over to the new instance (held until the new caches have synced).
+//! When it is disengaged, no reconcile for it starts any more (the check is
 //! made when an item is leased, against the cluster's token, which is cancelled
 //! before the provider's removal returns), its queued items are dropped and its
 //! watches stop. A reconcile already running for it runs to its end; see
@@ -35,7 +41,6 @@ use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -71,16 +76,16 @@ pub struct Controller {
     name: String,
     manager: Manager,
     engage: EngageOptions,
+    /// The watches run in each engaged cluster, the primary type's first.
     sources: Vec<Arc<dyn Source>>,
+    /// The watches run in the local cluster only (`watches_local`).
     local_sources: Vec<Arc<dyn Source>>,
     reconciler: Arc<dyn Reconciler>,
     sink: Sink,
     /// Outside triggers (`reconcile_on`, `reconcile_all_on`), started by `run`.
     triggers: Mutex<Vec<Trigger>>,
-    /// The engaged clusters, each with whether its primary cache has synced.
+    /// The engaged clusters, each with whether the caches it waits for have synced.
     clusters: Mutex<Engagements<Synced>>,
-    /// How long a cluster's cache may take to sync before that is logged as an error.
-    sync_timeout: Duration,
     /// Every task the controller spawns; `run` returns once they have all ended.
     tasks: TaskTracker,
     /// Cancelled when `run` ends: stops every task the controller spawned.
@@ -90,7 +95,8 @@ pub struct Controller {
     metrics: Arc<ControllerMetrics>,
 }
 
-/// Whether an engaged cluster's cache of the primary type has synced.
+/// Whether every informer an engaged cluster's reconciles wait for has synced: its
+/// sources' in the cluster and the local sources'.
 type Synced = bool;
 
 /// Everything the builder decided.
@@ -101,7 +107,6 @@ pub(crate) struct Settings {
     pub sources: Vec<Arc<dyn Source>>,
     pub local_sources: Vec<Arc<dyn Source>>,
     pub reconciler: Arc<dyn Reconciler>,
-    pub sync_timeout: Duration,
     pub triggers: Vec<Trigger>,
 }
 
@@ -144,7 +149,6 @@ impl Controller {
             sink,
             triggers: Mutex::new(settings.triggers),
             clusters: Mutex::default(),
-            sync_timeout: settings.sync_timeout,
             tasks: TaskTracker::new(),
             stopping: CancellationToken::new(),
             me: me.clone(),
@@ -187,8 +191,8 @@ impl Controller {
         self.sink.queue.view()
     }
 
-    /// Enqueues every cached primary object of every engaged cluster whose cache has
-    /// synced; a cluster still syncing enqueues all of its objects when it has.
+    /// Enqueues every cached primary object of every engaged cluster whose caches
+    /// have synced; a cluster still syncing enqueues all of its objects when they have.
     fn enqueue_all(&self) {
         let synced: Vec<(ClusterName, Arc<Cluster>)> = self
             .lock()
@@ -223,7 +227,8 @@ impl Controller {
         }
     }
 
-    /// Whether `name` is engaged, and its instance if its primary cache has synced.
+    /// Whether `name` is engaged, and its instance if the caches it waits for have
+    /// synced.
     fn engaged(&self, name: &ClusterName) -> Option<Option<Arc<Cluster>>> {
         self.lock().get(name).map(|e| e.value.then(|| e.cluster.clone()))
     }
@@ -427,7 +432,8 @@ impl Controller {
 #[async_trait]
 impl Aware for Controller {
     /// Starts the controller's watches in `cluster` and reconciles its objects once
-    /// its cache of the primary type has synced.
+    /// every informer the controller follows for it has synced (its watches there
+    /// and the local watches that fan out to it).
     ///
     /// A new instance under an engaged name takes over the name's queued items,
     /// delays and backoff; the old instance's watches stop. An engagement whose
@@ -478,17 +484,29 @@ impl Aware for Controller {
         for source in &self.sources {
             self.spawn(own.clone(), source.run(cluster.clone(), self.sink.clone()));
         }
-        let (me, primary, timeout) = (self.me.clone(), self.reconciler.clone(), self.sync_timeout);
-        let (synced_name, synced_cluster) = (name.clone(), cluster.clone());
+        // The cluster's reconciles may read any informer the controller follows for
+        // it: its own watches there (the primary's first) and the local watches
+        // that fan out to it. Hold them until all of these have listed, so that no
+        // read takes "not listed yet" for "absent".
+        let local = self.manager.local_cluster();
+        let waits: Vec<_> = self
+            .sources
+            .iter()
+            .map(|source| source.synced(&cluster))
+            .chain(self.local_sources.iter().map(|source| source.synced(local)))
+            .collect();
+        let (me, synced_name) = (self.me.clone(), name.clone());
         self.spawn(own.clone(), async move {
-            if primary.wait_synced(&synced_cluster, timeout).await
-                && let Some(controller) = me.upgrade()
-            {
+            for synced in waits {
+                if !synced.await {
+                    return;
+                }
+            }
+            if let Some(controller) = me.upgrade() {
                 controller.cluster_synced(&synced_name, generation);
             }
         });
         // Local objects that fan out to clusters: the new cluster gets its share now.
-        let local = self.manager.local_cluster();
         for source in &self.local_sources {
             let requests = source
                 .snapshot(local, &self.sink)

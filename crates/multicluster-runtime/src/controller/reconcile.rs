@@ -2,7 +2,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::future::BoxFuture;
 use kube::Api;
@@ -10,12 +9,37 @@ use kube::core::{NamespaceResourceScope, Resource};
 use kube::runtime::events::{Recorder, Reporter};
 
 use super::request::{Action, Request};
-use super::source::wait_synced_logged;
 use crate::cache::{CacheObject, ObjectKey, WatchSpec};
 use crate::cluster::{Cluster, ClusterName};
 
 /// One request as the reconciler sees it: which object, in which cluster, and the
 /// object itself from the cluster's cache.
+///
+/// # Reading caches
+///
+/// A request reaches the reconciler only once these informers have synced (the
+/// controller holds the cluster's requests until then), so reads of them are
+/// complete, through [`Cache::get`](crate::cache::Cache::get) and its siblings or
+/// straight from an informer's [`Store`](crate::cache::Store):
+///
+/// - the primary type's in the request's cluster, which [`object`](Self::object)
+///   comes from;
+/// - those of the controller's [`owns`](super::ControllerBuilder::owns) and
+///   [`watches`](super::ControllerBuilder::watches) in the request's cluster (the
+///   same type and [`WatchSpec`]);
+/// - those of its [`watches_local`](super::ControllerBuilder::watches_local) in the
+///   manager's local cluster.
+///
+/// Any other informer may not have listed yet: another type or selection, a
+/// watched type in *another* cluster than the request's, the cache of a cluster
+/// the controller does not work on. Read those through
+/// [`Cache::get`](crate::cache::Cache::get),
+/// [`list`](crate::cache::Cache::list) or
+/// [`list_by_index`](crate::cache::Cache::list_by_index), which wait for the
+/// informer to sync (up to the cache's
+/// [`sync_timeout`](crate::cache::CacheOptions::sync_timeout), then
+/// [`CacheError::SyncTimeout`](crate::cache::CacheError::SyncTimeout)); a `Store`
+/// answers at once, and before the first list it holds nothing.
 #[derive(Debug, Clone)]
 pub struct ReconcileRequest<K> {
     /// The cluster and object key.
@@ -158,10 +182,6 @@ pub(crate) enum Outcome {
 pub(crate) trait Reconciler: Send + Sync {
     fn reconcile(&self, request: Request, cluster: Arc<Cluster>) -> BoxFuture<'static, Outcome>;
 
-    /// Waits until `cluster`'s cache of the primary type has synced (logging every
-    /// `timeout` that passes); `false` if the cache stopped first.
-    fn wait_synced(&self, cluster: &Arc<Cluster>, timeout: Duration) -> BoxFuture<'static, bool>;
-
     /// The keys of every primary object in `cluster`'s cache.
     fn cached_keys(&self, cluster: &Cluster) -> Vec<ObjectKey>;
 }
@@ -184,13 +204,6 @@ where
     P: Fn(&Request, &E, Arc<C>) -> Action + Send + Sync + Clone + 'static,
     C: Send + Sync + 'static,
 {
-    fn wait_synced(&self, cluster: &Arc<Cluster>, timeout: Duration) -> BoxFuture<'static, bool> {
-        let informer = cluster
-            .cache()
-            .informer_with::<K>(&self.dyntype, self.spec.clone());
-        Box::pin(async move { wait_synced_logged(&informer, timeout).await })
-    }
-
     fn cached_keys(&self, cluster: &Cluster) -> Vec<ObjectKey> {
         let informer = cluster
             .cache()

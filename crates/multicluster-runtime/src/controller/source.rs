@@ -5,6 +5,11 @@
 //! says (`watches`), possibly in other clusters. Each engaged cluster runs its own
 //! source task, so a cluster that is slow to sync only delays its own requests.
 //!
+//! A source emits nothing before its informer has synced. That alone does not keep
+//! a reconciler from reading an informer that has not listed yet (the primary's
+//! requests may come first), so the controller also holds a cluster's requests
+//! until every source it runs for that cluster reports [`synced`](Source::synced).
+//!
 //! A source remembers, per object, the requests it last mapped it to. When it falls
 //! behind its informer's event channel and events are lost, it enqueues what the
 //! objects map to now *and* what they mapped to before, so that an object deleted
@@ -72,6 +77,10 @@ pub(crate) trait Source: Send + Sync {
     /// The requests the objects in `cluster`'s cache cause right now (none until its
     /// cache has synced).
     fn snapshot(&self, cluster: &Cluster, sink: &Sink) -> Vec<Request>;
+
+    /// Waits until the informer this source follows in `cluster` has synced,
+    /// logging each sync timeout that passes; `false` if its cache stopped first.
+    fn synced(&self, cluster: &Cluster) -> BoxFuture<'static, bool>;
 }
 
 /// A source of objects of type `T`.
@@ -118,6 +127,14 @@ impl<T: CacheObject> Source for TypedSource<T> {
             .filter(|o| self.passes(cluster.name(), None, o))
             .flat_map(|o| self.map(&context, o))
             .collect()
+    }
+
+    fn synced(&self, cluster: &Cluster) -> BoxFuture<'static, bool> {
+        let informer = cluster
+            .cache()
+            .informer_with::<T>(&self.dyntype, self.spec.clone());
+        let timeout = self.sync_timeout;
+        Box::pin(async move { wait_synced_logged(&informer, timeout).await })
     }
 }
 
