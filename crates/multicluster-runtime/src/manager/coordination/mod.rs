@@ -290,6 +290,9 @@ pub(crate) struct Coordinator {
     peers: Mutex<Peers>,
     /// While this replica holds its peer Lease: the term, cancelled when it ends.
     peer_term: watch::Sender<Option<CancellationToken>>,
+    /// Cancelled once the run loop stops: shards then try to hand their fences back
+    /// once only.
+    stopping: CancellationToken,
     acquired: AtomicU64,
     released: AtomicU64,
     lost: AtomicU64,
@@ -307,6 +310,7 @@ impl Coordinator {
             view: Mutex::default(),
             peers: Mutex::default(),
             peer_term: watch::Sender::new(None),
+            stopping: CancellationToken::new(),
             acquired: AtomicU64::new(0),
             released: AtomicU64::new(0),
             lost: AtomicU64::new(0),
@@ -445,6 +449,7 @@ impl Coordinator {
             let probe = now + self.options.probe_interval;
             wake = next_expiry.map_or(probe, |at| at.min(probe));
         }
+        self.stopping.cancel();
         for wanted in state.running.values() {
             wanted.cancel();
         }

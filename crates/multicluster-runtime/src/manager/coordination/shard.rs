@@ -55,55 +55,91 @@ impl Coordinator {
     /// Owns `name` while `wanted` is not cancelled (see the [module docs](self)).
     pub(super) async fn own(self: Arc<Self>, name: ClusterName, wanted: CancellationToken) {
         let mut fence = Fence::new(self.store.clone(), self.fence_claim(&name));
+        let handed_over = self.work_on(&name, &wanted, &mut fence).await;
+        // However the work ended, the fence must not keep naming this replica: its
+        // peer Lease may be renewed again soon, and then nobody could take it.
+        if fence.claimed {
+            self.hand_back(&name, &mut fence).await;
+        }
+        if handed_over {
+            self.changed(&name, Ownership::Released);
+        }
+    }
+
+    /// Takes the fence and works on `name` in each peer term while wanted. Returns
+    /// whether it was handed over after working (rather than lost or never
+    /// started); the fence may still be ours either way.
+    async fn work_on(&self, name: &ClusterName, wanted: &CancellationToken, fence: &mut Fence) -> bool {
         loop {
-            let Some(peer) = self.peer_term(&wanted).await else {
-                return;
+            let Some(peer) = self.peer_term(wanted).await else {
+                return false;
             };
-            match self.acquire(&mut fence, &wanted, &peer).await {
+            match self.acquire(fence, wanted, &peer).await {
                 Ok(()) => {}
-                Err(Missed::NotWanted) => return,
+                Err(Missed::NotWanted) => return false,
                 Err(Missed::PeerLost) => continue,
             }
             // No longer wanted while the write was on its way: hand it straight back,
             // before anything starts, so that its rightful owner need not wait.
             if wanted.is_cancelled() {
-                self.release(&name, &mut fence).await;
-                return;
+                return false;
+            }
+            // The term ended while the write was on its way: nothing may start.
+            if peer.is_cancelled() {
+                continue;
             }
             let term = Term::new();
-            if !self.host.start(&name, &term).await {
+            if !self.host.start(name, &term).await {
                 // Gone meanwhile: nothing to work on.
-                self.release(&name, &mut fence).await;
-                return;
+                return false;
             }
-            self.changed(&name, Ownership::Acquired);
+            self.changed(name, Ownership::Acquired);
             let cut = tokio::select! {
                 () = wanted.cancelled() => {
-                    self.host.stop(&name, &term).await;
+                    self.host.stop(name, &term).await;
                     tokio::select! {
                         () = term.end(false) => false,
                         () = peer.cancelled() => true,
                     }
                 }
                 () = peer.cancelled() => {
-                    self.host.stop(&name, &term).await;
+                    self.host.stop(name, &term).await;
                     true
                 }
             };
             if cut {
                 term.end(true).await;
-                self.host.forget(&name).await;
+                self.host.forget(name).await;
                 let reason = "peer lease not renewed within the renew deadline".to_owned();
-                self.changed(&name, Ownership::Lost(reason));
+                self.changed(name, Ownership::Lost(reason));
                 if wanted.is_cancelled() {
-                    return;
+                    return false;
                 }
                 continue;
             }
-            self.host.forget(&name).await;
-            self.release(&name, &mut fence).await;
-            self.changed(&name, Ownership::Released);
-            return;
+            self.host.forget(name).await;
+            return true;
+        }
+    }
+
+    /// Gives the fence up, trying again every probe interval until it is no longer
+    /// ours; once the coordinator stops, after one try (its peer Lease is deleted
+    /// next, and the fence lapses with it).
+    async fn hand_back(&self, name: &ClusterName, fence: &mut Fence) {
+        loop {
+            match tokio::time::timeout(self.options.renew_deadline, fence.release()).await {
+                Ok(Ok(())) => return,
+                Ok(Err(err)) => {
+                    tracing::warn!(cluster = %name, lease = fence.lease(), error = %err, "cannot release fence; trying again")
+                }
+                Err(_) => {
+                    tracing::warn!(cluster = %name, lease = fence.lease(), "fence not released in time; trying again")
+                }
+            }
+            tokio::select! {
+                () = self.stopping.cancelled() => return,
+                () = tokio::time::sleep(self.options.probe_interval) => {}
+            }
         }
     }
 
@@ -202,18 +238,6 @@ impl Coordinator {
             }
         }
     }
-
-    async fn release(&self, name: &ClusterName, fence: &mut Fence) {
-        match tokio::time::timeout(self.options.renew_deadline, fence.release()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => {
-                tracing::warn!(cluster = %name, lease = fence.lease(), error = %err, "cannot release fence; it lapses with this replica's peer lease")
-            }
-            Err(_) => {
-                tracing::warn!(cluster = %name, lease = fence.lease(), "fence not released in time; it lapses with this replica's peer lease")
-            }
-        }
-    }
 }
 
 fn lease_duration(spec: &LeaseSpec, default: Duration) -> Duration {
@@ -227,6 +251,9 @@ struct Fence {
     claim: Claim,
     /// The record as we last wrote it, while it is ours.
     written: Option<Lease>,
+    /// Whether the fence may name us: from the first attempt to take it (a write
+    /// that failed may still have landed) until a release finds it is not ours.
+    claimed: bool,
 }
 
 impl Fence {
@@ -235,6 +262,7 @@ impl Fence {
             store,
             claim,
             written: None,
+            claimed: false,
         }
     }
 
@@ -249,6 +277,7 @@ impl Fence {
     /// Writes us as holder over `current` (as read); `false` if another write came
     /// first.
     async fn take(&mut self, current: Option<Lease>) -> Result<bool, LeaseError> {
+        self.claimed = true;
         let now = Some(MicroTime(Timestamp::now()));
         let transitions = current
             .as_ref()
@@ -298,11 +327,15 @@ impl Fence {
             Some(lease) => lease,
             None => match self.read().await? {
                 Some(lease) => lease,
-                None => return Ok(()),
+                None => {
+                    self.claimed = false;
+                    return Ok(());
+                }
             },
         };
         let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
         if spec.holder_identity.as_deref() != Some(self.claim.identity.as_str()) {
+            self.claimed = false;
             return Ok(());
         }
         spec.holder_identity = None;
@@ -310,7 +343,11 @@ impl Fence {
         match self.store.replace(lease).await {
             // Changed since we wrote it: read it and release it if it is still ours.
             Err(LeaseError::Conflict) => Box::pin(self.release()).await,
-            other => other.map(drop),
+            Ok(_) => {
+                self.claimed = false;
+                Ok(())
+            }
+            Err(err) => Err(err),
         }
     }
 }

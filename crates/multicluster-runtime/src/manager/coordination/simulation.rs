@@ -109,6 +109,18 @@ struct World {
 }
 
 impl World {
+    fn new(clusters: usize) -> Self {
+        World {
+            records: Arc::default(),
+            fleet: Arc::default(),
+            names: (0..clusters)
+                .map(|i| ClusterName::from(format!("cluster-{i:05}")))
+                .collect(),
+            replicas: Vec::new(),
+            next: 0,
+        }
+    }
+
     fn join(&mut self) {
         let identity = format!("r{:02}", self.next);
         self.next += 1;
@@ -260,15 +272,7 @@ impl Lcg {
 async fn sh04_ten_thousand_clusters_ten_replicas_hundred_changes() {
     let (clusters, events) = (size("SH04_CLUSTERS", 10_000), size("SH04_EVENTS", 100));
     let wall = std::time::Instant::now();
-    let mut world = World {
-        records: Arc::default(),
-        fleet: Arc::default(),
-        names: (0..clusters)
-            .map(|i| ClusterName::from(format!("cluster-{i:05}")))
-            .collect(),
-        replicas: Vec::new(),
-        next: 0,
-    };
+    let mut world = World::new(clusters);
     for _ in 0..10 {
         world.join();
     }
@@ -367,5 +371,54 @@ async fn sh04_ten_thousand_clusters_ten_replicas_hundred_changes() {
     for replica in world.replicas.drain(..) {
         replica.stop.cancel();
         let _ = replica.run.await;
+    }
+}
+
+/// r01: joins, a partition and slow writes overlap. Replica r00's writes stall (its
+/// renewals outlast the renew deadline, so its peer term ends and its work is cut)
+/// while a fourth replica joins and takes a share of r00's clusters, and r02 is cut
+/// off. Writes either land at once with a late answer, or land late (so a write
+/// given up on never happens). Once everything heals, every cluster must be worked
+/// on by its rendezvous owner: a fence left naming r00, whose peer Lease is alive
+/// again, would keep the new owner out for good.
+#[tokio::test(start_paused = true)]
+async fn r01_clusters_moved_away_from_a_stalled_replica_reach_their_new_owner() {
+    for lands_first in [true, false] {
+        for join_after in [0, 8, 16, 24] {
+            let mut world = World::new(300);
+            for _ in 0..3 {
+                world.join();
+            }
+            world.settle().await;
+            let before = world.owners();
+            world.replicas[0]
+                .store
+                .slow_writes(Duration::from_secs(60), lands_first);
+            tokio::time::sleep(Duration::from_secs(join_after)).await;
+            world.join();
+            world.partition(2);
+            tokio::time::sleep(Duration::from_secs(40 - join_after)).await;
+            world.heal(2);
+            world.replicas[0].store.slow_writes(Duration::ZERO, false);
+            let took = world.settle().await;
+            let moved = world
+                .owners()
+                .into_iter()
+                .filter(|(name, owner)| before[name] == "r00" && owner == "r03")
+                .count();
+            println!(
+                "r01: lands first {lands_first}, join after {join_after} s: {moved} clusters moved from r00 to r03; settled {took:?} after healing"
+            );
+            assert!(moved > 0, "the join moved nothing from r00");
+            assert_eq!(
+                world.fleet.double.load(Ordering::Relaxed),
+                0,
+                "two replicas at once"
+            );
+            for replica in world.replicas.drain(..) {
+                replica.stop.cancel();
+                let _ = replica.run.await;
+            }
+        }
     }
 }
