@@ -20,10 +20,15 @@
 //! 3. **Hand over** when the coordinator no longer wants it here: disengage, wait
 //!    until nothing of the cluster runs any more, then release the fence so that the
 //!    new owner takes it at its next try.
-//! 4. **Lose** when the peer term ends: disengage and *cut* the work in flight. The
-//!    holder stopped at most `renew deadline` after the start of its last successful
-//!    renewal, while others wait `lease duration` from when they saw it. Then try to
-//!    acquire it again in the next peer term, while wanted.
+//! 4. **Lose** when the peer term ends: *cut* the term first (no new work enters,
+//!    the work in flight is cancelled), then disengage, which may wait for the
+//!    cluster's gate. The holder stopped at most `renew deadline` after the start of
+//!    its last successful renewal, while others wait `lease duration` from when they
+//!    saw it. Then try to acquire it again in the next peer term, while wanted.
+//!
+//! However the work ends, the fence is then handed back if it may name this
+//! replica, and retried every probe interval until that is done: a replica whose
+//! peer Lease is alive again would otherwise keep the fence from everyone for good.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,26 +94,52 @@ impl Coordinator {
                 continue;
             }
             let term = Term::new();
-            if !self.host.start(name, &term).await {
+            // Engaging may wait on the user's code; a peer loss meanwhile cuts the
+            // term at once, so that nothing enters it past the renew deadline.
+            let start = self.host.start(name, &term);
+            tokio::pin!(start);
+            let started = tokio::select! {
+                started = &mut start => started,
+                () = peer.cancelled() => {
+                    term.cut();
+                    start.await
+                }
+            };
+            if !started {
                 // Gone meanwhile: nothing to work on.
                 return false;
             }
             self.changed(name, Ownership::Acquired);
-            let cut = tokio::select! {
-                () = wanted.cancelled() => {
-                    self.host.stop(name, &term).await;
-                    tokio::select! {
-                        () = term.end(false) => false,
-                        () = peer.cancelled() => true,
+            let mut cut = tokio::select! {
+                () = wanted.cancelled() => false,
+                () = peer.cancelled() => true,
+            };
+            // Lost: end the term first. Disengaging may wait (for the cluster's
+            // gate, held across the user's engage), and new work must be refused
+            // from the renew deadline on, not from whenever that wait ends.
+            if cut {
+                term.cut();
+            }
+            // Disengage, then wait for the work inside; a hand-over drains it unless
+            // the peer term ends meanwhile.
+            let drain = async {
+                self.host.stop(name, &term).await;
+                term.end(false).await;
+            };
+            tokio::pin!(drain);
+            if cut {
+                drain.await;
+            } else {
+                tokio::select! {
+                    () = &mut drain => {}
+                    () = peer.cancelled() => {
+                        term.cut();
+                        cut = true;
+                        drain.await;
                     }
                 }
-                () = peer.cancelled() => {
-                    self.host.stop(name, &term).await;
-                    true
-                }
-            };
+            }
             if cut {
-                term.end(true).await;
                 self.host.forget(name).await;
                 let reason = "peer lease not renewed within the renew deadline".to_owned();
                 self.changed(name, Ownership::Lost(reason));

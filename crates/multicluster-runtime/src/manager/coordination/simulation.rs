@@ -422,3 +422,100 @@ async fn r01_clusters_moved_away_from_a_stalled_replica_reach_their_new_owner() 
         }
     }
 }
+
+/// Stands in for the manager whose per-cluster gate is held by a user's `engage`
+/// that does not return: `start` of `starts-slowly` and `stop` of every cluster wait
+/// while the gate is closed. It keeps each cluster's term for the test's reconciles.
+struct Gated {
+    terms: Mutex<HashMap<ClusterName, Term>>,
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl Gated {
+    async fn pass(&self) {
+        let _ = self.open.subscribe().wait_for(|open| *open).await;
+    }
+}
+
+#[async_trait]
+impl Host for Gated {
+    async fn start(&self, name: &ClusterName, term: &Term) -> bool {
+        self.terms.lock().unwrap().insert(name.clone(), term.clone());
+        if name.as_str() == "starts-slowly" {
+            self.pass().await;
+        }
+        true
+    }
+
+    async fn stop(&self, _name: &ClusterName, _term: &Term) {
+        self.pass().await;
+    }
+
+    async fn forget(&self, _name: &ClusterName) {}
+}
+
+/// r06: once the peer Lease is lost, no reconcile may enter a cluster's term after
+/// the renew deadline, even while disengaging it waits (for the cluster's gate,
+/// which a user's blocked `engage` holds), or while engaging it has not returned.
+/// Another replica may take the cluster a lease duration after it last saw the
+/// renewal; the difference is the safety margin.
+#[tokio::test(start_paused = true)]
+async fn r06_no_work_is_admitted_after_the_renew_deadline_while_the_gate_is_held() {
+    let options = Sharding::new("sim").identity("r00");
+    let (deadline, duration) = (options.renew_deadline, options.lease_duration);
+    let store = Arc::new(MemoryLeases::new(Arc::default()));
+    let host = Arc::new(Gated {
+        terms: Mutex::default(),
+        open: tokio::sync::watch::Sender::new(false),
+    });
+    let coordinator = Coordinator::new(options, store.clone(), host.clone());
+    let names: Vec<ClusterName> = ["stops-slowly", "starts-slowly"].map(ClusterName::from).into();
+    for name in &names {
+        coordinator.known(name);
+    }
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(coordinator.clone().run(stop.clone()));
+    while host.terms.lock().unwrap().len() < names.len() || coordinator.view().owned.is_empty() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    // Reconciles try to enter every 100 ms; count those that get in after the
+    // deadline (counted from the cut-off, which is after the last renewal began).
+    let cut_off = Instant::now();
+    store.reachable.store(false, Ordering::Relaxed);
+    let late = Arc::new(AtomicU64::new(0));
+    let reconciles = tokio::spawn({
+        let (host, late) = (host.clone(), late.clone());
+        async move {
+            loop {
+                let terms: Vec<Term> = host.terms.lock().unwrap().values().cloned().collect();
+                for term in terms {
+                    if term.enter().is_some() && Instant::now() > cut_off + deadline {
+                        late.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    tokio::time::sleep(duration + Duration::from_secs(1)).await;
+    reconciles.abort();
+    let admitted = late.load(Ordering::Relaxed);
+    let open: Vec<_> = host
+        .terms
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, term)| term.enter().is_some())
+        .map(|(name, _)| name.clone())
+        .collect();
+    assert_eq!(admitted, 0, "reconciles admitted after the renew deadline");
+    assert!(
+        open.is_empty(),
+        "terms still open a lease duration after the cut-off: {open:?}"
+    );
+
+    host.open.send_replace(true);
+    stop.cancel();
+    run.await.expect("coordinator ran");
+}
