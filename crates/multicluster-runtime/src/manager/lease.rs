@@ -491,6 +491,11 @@ pub(crate) mod memory {
         pub(crate) fn writes(&self) -> u64 {
             self.writes.load(Ordering::Relaxed)
         }
+
+        /// Writes to the Lease `name` so far.
+        pub(crate) fn writes_to(&self, name: &str) -> u64 {
+            self.writes_to.lock().unwrap().get(name).copied().unwrap_or(0)
+        }
     }
 
     /// One replica's view of [`Records`]; cut off while `reachable` is false.

@@ -154,7 +154,9 @@
 //! `cluster::engagement`). A new instance under a known name is engaged into every
 //! component *before* the old instance's token is cancelled: each component swaps
 //! the instances in one step, so work queued under the name carries over instead of
-//! being dropped while the name is briefly unknown.
+//! being dropped while the name is briefly unknown. A removal passes through the
+//! same gate, after any engagement of the name still on its way, so that with
+//! sharding the coordinator hears of engagements and removals in their order.
 
 mod checks;
 mod coordination;
@@ -227,6 +229,9 @@ struct Inner {
     health: health::Hub,
     /// Decides which clusters are engaged into the components, if sharding is on.
     coordinator: OnceLock<Arc<coordination::Coordinator>>,
+    /// Where the coordinator keeps its Leases in tests, instead of the local cluster.
+    #[cfg(test)]
+    lease_store: OnceLock<Arc<dyn lease::LeaseStore>>,
 }
 
 /// Settings read when the manager starts.
@@ -346,6 +351,8 @@ impl Manager {
             endpoint: Mutex::new(None),
             health: health::Hub::default(),
             coordinator: OnceLock::new(),
+            #[cfg(test)]
+            lease_store: OnceLock::new(),
         };
         let manager = Manager {
             inner: Arc::new(inner),
@@ -464,6 +471,13 @@ impl Manager {
             .clusters
             .get(name)
             .is_some_and(|e| e.value.engagement().is_some())
+    }
+
+    /// Keeps the sharding Leases in `store` instead of the local cluster.
+    #[cfg(test)]
+    pub(crate) fn with_lease_store(self, store: Arc<dyn lease::LeaseStore>) -> Self {
+        let _ = self.inner.lease_store.set(store);
+        self
     }
 
     /// The sharded coordinator, once started with sharding.
@@ -877,9 +891,14 @@ impl Manager {
             .await?;
         if let Some(sharding) = sharding {
             // Before the provider starts, so that every cluster it engages is seen.
-            let store = lease::KubeLeases::new(self.inner.local.clone(), sharding.namespace_name());
+            let store: Arc<dyn lease::LeaseStore> = Arc::new(lease::KubeLeases::new(
+                self.inner.local.clone(),
+                sharding.namespace_name(),
+            ));
+            #[cfg(test)]
+            let store = self.inner.lease_store.get().cloned().unwrap_or(store);
             let host = Arc::new(ManagerHost(Arc::downgrade(&self.inner)));
-            let coordinator = coordination::Coordinator::new(sharding, Arc::new(store), host);
+            let coordinator = coordination::Coordinator::new(sharding, store, host);
             let _ = self.inner.coordinator.set(coordinator.clone());
             self.inner.tasks.spawn(coordinator.run(run.child_token()));
         }
@@ -1052,11 +1071,17 @@ impl Manager {
             let Some(inner) = inner.upgrade() else {
                 return;
             };
+            // Through the gate: an engagement on its way (through user code) tells
+            // the coordinator of itself first, so this `gone` comes after it.
+            let _gate = tokio::select! {
+                gate = inner.gates.enter(&name) => gate,
+                () = stopped.cancelled() => return,
+            };
             let removed = lock(&inner.engaged).clusters.disengage(&name, generation);
             if removed.is_some() {
                 inner.metrics.cluster_disengaged(&name, false);
                 if let Some(coordinator) = inner.coordinator.get() {
-                    coordinator.gone(&name);
+                    coordinator.gone(&name, generation);
                 }
                 tracing::info!(cluster = %name, "cluster disengaged");
             }
@@ -1170,6 +1195,11 @@ impl Aware for Manager {
                 }
             }
         };
+        // Under the gate, as the removal's `gone` is: the coordinator hears of the
+        // engagements in the order they happen.
+        if let Some(coordinator) = coordinator {
+            coordinator.known(&name, generation);
+        }
         let replacing = replaced.is_some();
         tracing::info!(cluster = %name, replacing, "cluster engaged");
         self.watch_disengage(name.clone(), own.clone(), generation);
@@ -1178,9 +1208,6 @@ impl Aware for Manager {
         } else {
             Ok(())
         };
-        if let Some(coordinator) = coordinator {
-            coordinator.known(&name);
-        }
         if let Some(old) = replaced {
             self.inner.metrics.cluster_disengaged(&name, true);
             old.token.cancel();

@@ -46,6 +46,8 @@ pub(crate) use term::{Term, Work};
 
 #[cfg(test)]
 mod simulation;
+#[cfg(test)]
+mod with_manager;
 
 /// The label that marks a peer Lease, with the prefix as its value.
 pub const PEER_LABEL: &str = "multicluster-runtime.io/shard-peer-of";
@@ -255,8 +257,8 @@ pub(crate) enum Ownership {
 
 /// What the coordinator learns from the manager and from its shards.
 enum Change {
-    Known(ClusterName),
-    Gone(ClusterName),
+    Known(ClusterName, u64),
+    Gone(ClusterName, u64),
     /// A shard's task ended.
     Finished(ClusterName),
 }
@@ -317,14 +319,18 @@ impl Coordinator {
         })
     }
 
-    /// The cluster `name` is engaged in the manager.
-    pub(crate) fn known(&self, name: &ClusterName) {
-        let _ = self.changes.send(Change::Known(name.clone()));
+    /// The cluster `name` is engaged in the manager, as its engagement `generation`.
+    ///
+    /// The manager tells [`known`](Self::known) and [`gone`](Self::gone) under the
+    /// name's gate, in the order the engagements change; a `gone` then removes the
+    /// name only if no later engagement was made known.
+    pub(crate) fn known(&self, name: &ClusterName, generation: u64) {
+        let _ = self.changes.send(Change::Known(name.clone(), generation));
     }
 
-    /// The cluster `name` is no longer engaged in the manager.
-    pub(crate) fn gone(&self, name: &ClusterName) {
-        let _ = self.changes.send(Change::Gone(name.clone()));
+    /// The engagement `generation` of `name` ended, and none replaced it.
+    pub(crate) fn gone(&self, name: &ClusterName, generation: u64) {
+        let _ = self.changes.send(Change::Gone(name.clone(), generation));
     }
 
     pub(crate) fn options(&self) -> &Sharding {
@@ -440,7 +446,7 @@ impl Coordinator {
                     peers = ?state.live.iter().map(|p| &p.identity).collect::<Vec<_>>(),
                     "shard peers changed"
                 );
-                touched = state.known.iter().chain(state.running.keys()).cloned().collect();
+                touched = state.known.keys().chain(state.running.keys()).cloned().collect();
             }
             for name in touched {
                 self.decide(&name, &mut state, &shards);
@@ -511,7 +517,7 @@ impl Coordinator {
     /// Starts or stops owning `name` as the current view wants.
     fn decide(self: &Arc<Self>, name: &ClusterName, state: &mut State, shards: &TaskTracker) {
         let me = self.options.identity.as_str();
-        let mine = state.known.contains(name) && state.ring.owner(name.as_str()) == Some(me);
+        let mine = state.known.contains_key(name) && state.ring.owner(name.as_str()) == Some(me);
         match state.running.get(name) {
             Some(wanted) if !mine => wanted.cancel(),
             // Running, or handing over: a new shard waits for the old one's end.
@@ -574,8 +580,8 @@ struct State {
     /// The live peers as last acted on, and their ring.
     live: Vec<Peer>,
     ring: hrw::Ring,
-    /// Clusters engaged in the manager.
-    known: HashSet<ClusterName>,
+    /// Clusters engaged in the manager, with the generation of their engagement.
+    known: HashMap<ClusterName, u64>,
     /// Clusters with a running shard task, and the token that says it is wanted.
     running: HashMap<ClusterName, CancellationToken>,
 }
@@ -584,12 +590,14 @@ impl State {
     /// Applies `change`; returns the cluster it is about.
     fn apply(&mut self, change: Change) -> ClusterName {
         match change {
-            Change::Known(name) => {
-                self.known.insert(name.clone());
+            Change::Known(name, generation) => {
+                self.known.insert(name.clone(), generation);
                 name
             }
-            Change::Gone(name) => {
-                self.known.remove(&name);
+            Change::Gone(name, generation) => {
+                if self.known.get(&name).is_some_and(|known| *known <= generation) {
+                    self.known.remove(&name);
+                }
                 name
             }
             Change::Finished(name) => {

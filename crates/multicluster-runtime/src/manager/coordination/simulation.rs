@@ -136,7 +136,7 @@ impl World {
             components.clone(),
         );
         for name in &self.names {
-            coordinator.known(name);
+            coordinator.known(name, 0);
         }
         let stop = CancellationToken::new();
         let run = tokio::spawn(coordinator.run(stop.clone()));
@@ -471,7 +471,7 @@ async fn r06_no_work_is_admitted_after_the_renew_deadline_while_the_gate_is_held
     let coordinator = Coordinator::new(options, store.clone(), host.clone());
     let names: Vec<ClusterName> = ["stops-slowly", "starts-slowly"].map(ClusterName::from).into();
     for name in &names {
-        coordinator.known(name);
+        coordinator.known(name, 0);
     }
     let stop = CancellationToken::new();
     let run = tokio::spawn(coordinator.clone().run(stop.clone()));
