@@ -492,6 +492,11 @@ pub(crate) mod memory {
             self.writes.load(Ordering::Relaxed)
         }
 
+        /// The Lease `name` as stored now.
+        pub(crate) fn get(&self, name: &str) -> Option<Arc<Lease>> {
+            self.leases.lock().unwrap().get(name).cloned()
+        }
+
         /// Writes to the Lease `name` so far.
         pub(crate) fn writes_to(&self, name: &str) -> u64 {
             self.writes_to.lock().unwrap().get(name).copied().unwrap_or(0)

@@ -1110,7 +1110,9 @@ impl Manager {
                 tasks: &tasks,
                 stopped: &stopped,
             };
+            // Token first: an ended engagement's follower writes no more.
             tokio::select! {
+                biased;
                 () = token.cancelled() => {}
                 () = stopped.cancelled() => {}
                 () = health::probe(name, cluster, probes, cell, hub, probe_tasks) => {}
@@ -1240,6 +1242,15 @@ impl Manager {
             };
             entry.value.components = Some(engagement.clone());
             let health = entry.value.health.clone();
+            // An instance engaged here again (with sharding, owned again) starts
+            // from no probe: what it had before it left is stale.
+            health.send_if_modified(|h| {
+                let stale = *h != ClusterHealth::unknown();
+                if stale {
+                    *h = ClusterHealth::unknown();
+                }
+                stale
+            });
             (engaged.components.clone(), health)
         };
         self.watch_health(name.clone(), cluster.clone(), engagement.clone(), health);

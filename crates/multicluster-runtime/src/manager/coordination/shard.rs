@@ -31,6 +31,7 @@
 //! peer Lease is alive again would otherwise keep the fence from everyone for good.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -40,7 +41,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::term::Term;
-use super::{Coordinator, Ownership};
+use super::{Coordinator, Ownership, Wanted};
 use crate::cluster::ClusterName;
 use crate::manager::lease::{Claim, LeaseError, LeaseStore, whole_seconds};
 
@@ -58,13 +59,13 @@ type OwnObservation = Option<(Option<LeaseSpec>, Instant)>;
 
 impl Coordinator {
     /// Owns `name` while `wanted` is not cancelled (see the [module docs](self)).
-    pub(super) async fn own(self: Arc<Self>, name: ClusterName, wanted: CancellationToken) {
+    pub(super) async fn own(self: Arc<Self>, name: ClusterName, wanted: Wanted) {
         let mut fence = Fence::new(self.store.clone(), self.fence_claim(&name));
-        let handed_over = self.work_on(&name, &wanted, &mut fence).await;
+        let handed_over = self.work_on(&name, &wanted.token, &mut fence).await;
         // However the work ended, the fence must not keep naming this replica: its
         // peer Lease may be renewed again soon, and then nobody could take it.
         if fence.claimed {
-            self.hand_back(&name, &mut fence).await;
+            self.hand_back(&name, &mut fence, &wanted.gone).await;
         }
         if handed_over {
             self.changed(&name, Ownership::Released);
@@ -153,12 +154,19 @@ impl Coordinator {
         }
     }
 
-    /// Gives the fence up, trying again every probe interval until it is no longer
-    /// ours; once the coordinator stops, after one try (its peer Lease is deleted
-    /// next, and the fence lapses with it).
-    async fn hand_back(&self, name: &ClusterName, fence: &mut Fence) {
+    /// Gives the fence up (deletes it if the cluster is `gone`), trying again every
+    /// probe interval until it is no longer ours; once the coordinator stops, after
+    /// one try (its peer Lease is deleted next, and the fence lapses with it).
+    async fn hand_back(&self, name: &ClusterName, fence: &mut Fence, gone: &AtomicBool) {
         loop {
-            match tokio::time::timeout(self.options.renew_deadline, fence.release()).await {
+            let attempt = async {
+                if gone.load(Ordering::Relaxed) {
+                    fence.remove().await
+                } else {
+                    fence.release().await
+                }
+            };
+            match tokio::time::timeout(self.options.renew_deadline, attempt).await {
                 Ok(Ok(())) => return,
                 Ok(Err(err)) => {
                     tracing::warn!(cluster = %name, lease = fence.lease(), error = %err, "cannot release fence; trying again")
@@ -352,6 +360,37 @@ impl Fence {
         }
     }
 
+    /// Deletes the fence if it is still ours (its cluster is gone). The delete
+    /// carries the version last written or read, so a fence another replica has
+    /// taken meanwhile stays.
+    async fn remove(&mut self) -> Result<(), LeaseError> {
+        let lease = match self.written.take() {
+            Some(lease) => lease,
+            None => match self.read().await? {
+                Some(lease) => lease,
+                None => {
+                    self.claimed = false;
+                    return Ok(());
+                }
+            },
+        };
+        let holder = lease.spec.as_ref().and_then(|s| s.holder_identity.as_deref());
+        let version = lease.metadata.resource_version.as_deref();
+        let (true, Some(version)) = (holder == Some(self.claim.identity.as_str()), version) else {
+            self.claimed = false;
+            return Ok(());
+        };
+        match self.store.delete(&self.claim.name, Some(version)).await {
+            // Changed since: read it and delete it if it is still ours.
+            Err(LeaseError::Conflict) => Box::pin(self.remove()).await,
+            Ok(()) => {
+                self.claimed = false;
+                Ok(())
+            }
+            Err(err) => Err(err),
+        }
+    }
+
     /// No holder, if it is still ours: the next owner takes it at its next try.
     async fn release(&mut self) -> Result<(), LeaseError> {
         let mut lease = match self.written.take() {
@@ -380,5 +419,39 @@ impl Fence {
             }
             Err(err) => Err(err),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manager::Sharding;
+    use crate::manager::lease::memory::{MemoryLeases, Records};
+
+    /// r08: deleting the fence of a removed cluster never deletes a fence that
+    /// another replica has taken since; its own, it deletes.
+    #[tokio::test]
+    async fn r08_a_fence_another_replica_took_is_not_deleted() {
+        let records = Arc::new(Records::default());
+        let store: Arc<dyn LeaseStore> = Arc::new(MemoryLeases::new(records.clone()));
+        let name = ClusterName::from("x");
+        let fence_of = |identity: &str| {
+            let options = Sharding::new("sim").identity(identity);
+            Fence::new(store.clone(), options.claim(options.fence_lease(&name), 0.0))
+        };
+        let lease = Sharding::new("sim").fence_lease(&name);
+        let (mut a, mut b) = (fence_of("a"), fence_of("b"));
+        assert!(a.take(None).await.expect("written"));
+        // b takes it over a, as once a's peer Lease has expired.
+        let current = b.read().await.expect("read");
+        assert!(b.take(current).await.expect("written"));
+        a.remove().await.expect("no error");
+        let holder = records
+            .get(&lease)
+            .and_then(|l| l.spec.as_ref()?.holder_identity.clone());
+        assert_eq!(holder.as_deref(), Some("b"), "b's fence was deleted");
+        assert!(!a.claimed);
+        b.remove().await.expect("deleted");
+        assert!(records.get(&lease).is_none(), "b's own fence stays");
     }
 }

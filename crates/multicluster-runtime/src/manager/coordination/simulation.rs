@@ -83,6 +83,7 @@ impl Host for Components {
 
 struct Replica {
     identity: String,
+    coordinator: Arc<Coordinator>,
     store: Arc<MemoryLeases>,
     components: Arc<Components>,
     stop: CancellationToken,
@@ -139,9 +140,10 @@ impl World {
             coordinator.known(name, 0);
         }
         let stop = CancellationToken::new();
-        let run = tokio::spawn(coordinator.run(stop.clone()));
+        let run = tokio::spawn(coordinator.clone().run(stop.clone()));
         self.replicas.push(Replica {
             identity,
+            coordinator,
             store,
             components,
             stop,
@@ -518,4 +520,51 @@ async fn r06_no_work_is_admitted_after_the_renew_deadline_while_the_gate_is_held
     host.open.send_replace(true);
     stop.cancel();
     run.await.expect("coordinator ran");
+}
+
+/// r08: nothing is left behind. A cluster removed from the fleet has its fence
+/// Lease deleted by its owner, and once a crashed replica's peer record has been
+/// marked dead and deleted, no survivor still remembers having swept it.
+#[tokio::test(start_paused = true)]
+async fn r08_a_removed_cluster_and_a_dead_peer_leave_no_leases_and_no_sweep_marks() {
+    let mut world = World::new(50);
+    for _ in 0..4 {
+        world.join();
+    }
+    world.settle().await;
+    let options = Sharding::new("sim");
+    let removed = world.names.remove(7);
+    let fence = options.fence_lease(&removed);
+    assert!(world.records.get(&fence).is_some(), "its owner took the fence");
+    for replica in &world.replicas {
+        replica.coordinator.gone(&removed, 0);
+    }
+    world.crash(3);
+    world.settle().await;
+    // Marked dead a lease duration after it was last seen, deleted one later.
+    let peer = options.peer_lease_of("r03");
+    let gone_by = Instant::now() + 3 * options.lease_duration;
+    while world.records.get(&peer).is_some() && Instant::now() < gone_by {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(
+        world.records.get(&peer).is_none(),
+        "the dead peer's record is deleted"
+    );
+    // One more probe interval, for the watches to see the deletion.
+    tokio::time::sleep(options.probe_interval).await;
+    assert!(
+        world.records.get(&fence).is_none(),
+        "the removed cluster's fence is deleted"
+    );
+    let swept: Vec<_> = world.replicas.iter().map(|r| r.coordinator.swept()).collect();
+    assert_eq!(
+        swept,
+        [0, 0, 0],
+        "sweep marks left for records that no longer exist"
+    );
+    for replica in world.replicas.drain(..) {
+        replica.stop.cancel();
+        let _ = replica.run.await;
+    }
 }
