@@ -37,6 +37,10 @@
 //! duration (20 s) after its last renewal. See [`Sharding`] and
 //! `docs/decisions/sharding.md`.
 //!
+//! Leader election and sharding are two strategies for dividing the work between
+//! replicas; a manager uses at most one, and [`Manager::start`] refuses both with
+//! [`Error::LeaderElectionWithSharding`] (see `docs/decisions/coordination.md`).
+//!
 //! ```no_run
 //! # use std::sync::Arc;
 //! use multicluster_runtime::manager::Sharding;
@@ -434,7 +438,9 @@ impl Manager {
     }
 
     /// Elect a leader among the replicas on a Lease in the local cluster (see
-    /// [Leader election](self#leader-election)). Read when the manager starts.
+    /// [Leader election](self#leader-election)). Read when the manager starts; not
+    /// together with [`with_sharding`](Self::with_sharding)
+    /// ([`Error::LeaderElectionWithSharding`]).
     #[must_use]
     pub fn with_leader_election(self, election: LeaderElection) -> Self {
         lock(&self.inner.options).leader_election = Some(election);
@@ -443,7 +449,9 @@ impl Manager {
 
     /// Split the provider's clusters between the replicas of this program (see
     /// [Sharding](self#sharding)): this replica engages into its components only the
-    /// clusters it owns. Read when the manager starts.
+    /// clusters it owns. Read when the manager starts; not together with
+    /// [`with_leader_election`](Self::with_leader_election)
+    /// ([`Error::LeaderElectionWithSharding`]).
     #[must_use]
     pub fn with_sharding(self, sharding: Sharding) -> Self {
         lock(&self.inner.options).sharding = Some(sharding);
@@ -787,7 +795,8 @@ impl Manager {
     ///
     /// # Errors
     /// [`Error::AlreadyStarted`] if started before; [`Error::LeaderElection`] for
-    /// unusable leader election options; [`Error::LeadershipLost`] once the lease is
+    /// unusable leader election options, [`Error::Sharding`] for unusable sharding
+    /// options, [`Error::LeaderElectionWithSharding`] if both are set; [`Error::LeadershipLost`] once the lease is
     /// lost (unless the manager [campaigns again](OnLeadershipLoss::Campaign));
     /// otherwise the failure of the local cluster's engagement, or the first
     /// runnable or provider failure; if none, [`Error::ShutdownTimedOut`] when
@@ -815,6 +824,12 @@ impl Manager {
             return Err(Error::Sharding {
                 leases: sharding.describe(),
                 reason,
+            });
+        }
+        if let (Some(election), Some(sharding)) = (&options.leader_election, &options.sharding) {
+            return Err(Error::LeaderElectionWithSharding {
+                lease: election.lease(),
+                leases: sharding.describe(),
             });
         }
         let listener = match options.http_endpoint {

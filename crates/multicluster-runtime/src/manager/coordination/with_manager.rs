@@ -264,3 +264,24 @@ async fn r08_a_cluster_owned_again_starts_with_fresh_health() {
     stop.cancel();
     running.await.expect("ran").expect("stopped cleanly");
 }
+
+/// Leader election and sharding together are refused at start, before anything
+/// runs, with an error that names both sets of Leases and says what to do.
+#[tokio::test]
+async fn leader_election_and_sharding_together_are_refused_at_start() {
+    let manager = Manager::new(cluster("local"))
+        .without_health_probes()
+        .with_leader_election(crate::manager::LeaderElection::new("op").namespace("ops"))
+        .with_sharding(Sharding::new("op").namespace("ops"));
+    let err = manager
+        .start(CancellationToken::new())
+        .await
+        .expect_err("refused");
+    assert!(matches!(err, crate::Error::LeaderElectionWithSharding { .. }));
+    assert_eq!(
+        err.to_string(),
+        "leader election on lease ops/op and sharding on leases ops/op cannot both be on: controllers \
+         would run on the leader alone, which works on its share of the clusters only; set one of them"
+    );
+    assert!(manager.coordinator().is_none(), "nothing started");
+}
