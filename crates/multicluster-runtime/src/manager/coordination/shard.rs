@@ -111,9 +111,11 @@ impl Coordinator {
                 return false;
             }
             self.changed(name, Ownership::Acquired);
+            // A lost term wins over a hand-over: its work must be cut, not drained.
             let mut cut = tokio::select! {
-                () = wanted.cancelled() => false,
+                biased;
                 () = peer.cancelled() => true,
+                () = wanted.cancelled() => false,
             };
             // Lost: end the term first. Disengaging may wait (for the cluster's
             // gate, held across the user's engage), and new work must be refused
@@ -132,12 +134,13 @@ impl Coordinator {
                 drain.await;
             } else {
                 tokio::select! {
-                    () = &mut drain => {}
+                    biased;
                     () = peer.cancelled() => {
                         term.cut();
                         cut = true;
                         drain.await;
                     }
+                    () = &mut drain => {}
                 }
             }
             if cut {
