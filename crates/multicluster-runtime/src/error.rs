@@ -148,6 +148,24 @@ pub enum Error {
         reason: String,
     },
 
+    /// Leader election and sharding were both set on one manager
+    /// ([`Manager::with_leader_election`](crate::Manager::with_leader_election),
+    /// [`Manager::with_sharding`](crate::Manager::with_sharding)). They are two ways
+    /// for replicas to divide the work, and do not combine: controllers would run on
+    /// the leader alone, which engages only its share of the clusters, so the rest
+    /// of the fleet would never be reconciled. Set one of them.
+    #[error(
+        "leader election on lease {lease} and sharding on leases {leases} cannot both be on: \
+         controllers would run on the leader alone, which works on its share of the clusters only; \
+         set one of them"
+    )]
+    LeaderElectionWithSharding {
+        /// `namespace/name` of the leader election Lease.
+        lease: String,
+        /// `namespace/prefix` of the sharding Leases.
+        leases: String,
+    },
+
     /// The manager lost its lease; its leader-only runnables had stopped before it
     /// returned this (see [`OnLeadershipLoss`](crate::manager::OnLeadershipLoss)).
     #[error("leadership of lease {lease} lost by {identity}: {reason}")]

@@ -445,11 +445,12 @@ pub(crate) fn whole_seconds(duration: Duration) -> i32 {
 pub(crate) mod memory {
     //! An in-memory [`LeaseStore`] for simulations: conflicts as the apiserver
     //! reports them, a watch per selector, a count of writes, and stores that can be
-    //! cut off from it (a partition).
+    //! cut off from it (a partition) or made slow to write.
 
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::{Arc, Mutex};
+    use std::time::Duration;
 
     use async_trait::async_trait;
     use futures::StreamExt;
@@ -467,6 +468,8 @@ pub(crate) mod memory {
         /// Watched `key=value` selectors, each told of writes to Leases it matches.
         watched: Mutex<Vec<Arc<Watched>>>,
         writes: AtomicU64,
+        /// Writes per Lease name.
+        writes_to: Mutex<HashMap<String, u64>>,
     }
 
     /// One watch: its selector, the names of the Leases it matches, and a signal.
@@ -488,6 +491,16 @@ pub(crate) mod memory {
         pub(crate) fn writes(&self) -> u64 {
             self.writes.load(Ordering::Relaxed)
         }
+
+        /// The Lease `name` as stored now.
+        pub(crate) fn get(&self, name: &str) -> Option<Arc<Lease>> {
+            self.leases.lock().unwrap().get(name).cloned()
+        }
+
+        /// Writes to the Lease `name` so far.
+        pub(crate) fn writes_to(&self, name: &str) -> u64 {
+            self.writes_to.lock().unwrap().get(name).copied().unwrap_or(0)
+        }
     }
 
     /// One replica's view of [`Records`]; cut off while `reachable` is false.
@@ -496,6 +509,12 @@ pub(crate) mod memory {
         pub reachable: Arc<AtomicBool>,
         /// Writes made through this handle.
         pub writes: Arc<AtomicU64>,
+        /// How long each write through this handle takes, in milliseconds.
+        pub write_delay_ms: Arc<AtomicU64>,
+        /// Whether a slow write lands at once and only its answer is late (the
+        /// caller may give up on a write that did happen), or lands only once the
+        /// delay has passed (a write given up on never happens).
+        pub lands_first: Arc<AtomicBool>,
     }
 
     impl MemoryLeases {
@@ -504,7 +523,34 @@ pub(crate) mod memory {
                 records,
                 reachable: Arc::new(AtomicBool::new(true)),
                 writes: Arc::default(),
+                write_delay_ms: Arc::default(),
+                lands_first: Arc::default(),
             }
+        }
+
+        /// Makes every write through this handle take `delay` (zero: at once); see
+        /// [`lands_first`](Self::lands_first).
+        pub(crate) fn slow_writes(&self, delay: Duration, lands_first: bool) {
+            let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+            self.lands_first.store(lands_first, Ordering::Relaxed);
+            self.write_delay_ms.store(ms, Ordering::Relaxed);
+        }
+
+        /// Makes one write, as slow as set.
+        async fn slowly<T>(&self, write: impl FnOnce() -> Result<T, LeaseError>) -> Result<T, LeaseError> {
+            self.reach()?;
+            let delay = Duration::from_millis(self.write_delay_ms.load(Ordering::Relaxed));
+            if delay.is_zero() {
+                return write();
+            }
+            if self.lands_first.load(Ordering::Relaxed) {
+                let written = write();
+                tokio::time::sleep(delay).await;
+                return written;
+            }
+            tokio::time::sleep(delay).await;
+            self.reach()?;
+            write()
         }
 
         fn reach(&self) -> Result<(), LeaseError> {
@@ -541,6 +587,12 @@ pub(crate) mod memory {
                 }
             };
             drop(leases);
+            *records
+                .writes_to
+                .lock()
+                .unwrap()
+                .entry(name.to_owned())
+                .or_default() += 1;
             records.writes.fetch_add(1, Ordering::Relaxed);
             self.writes.fetch_add(1, Ordering::Relaxed);
             for watched in records.watched.lock().unwrap().iter() {
@@ -578,29 +630,32 @@ pub(crate) mod memory {
         }
 
         async fn create(&self, lease: Lease) -> Result<Lease, LeaseError> {
-            self.reach()?;
             let name = lease.metadata.name.clone().unwrap_or_default();
-            let stored = self.write(&name, Some(lease), |stored| stored.is_none())?;
+            let stored = self
+                .slowly(|| self.write(&name, Some(lease), |stored| stored.is_none()))
+                .await?;
             Ok(stored.expect("written"))
         }
 
         async fn replace(&self, lease: Lease) -> Result<Lease, LeaseError> {
-            self.reach()?;
             let name = lease.metadata.name.clone().unwrap_or_default();
             let version = lease.metadata.resource_version.clone();
-            let stored = self.write(&name, Some(lease), |stored| {
-                stored.is_some_and(|s| s.metadata.resource_version == version)
-            })?;
+            let stored = self
+                .slowly(|| {
+                    self.write(&name, Some(lease), |stored| {
+                        stored.is_some_and(|s| s.metadata.resource_version == version)
+                    })
+                })
+                .await?;
             Ok(stored.expect("written"))
         }
 
         async fn delete(&self, name: &str, version: Option<&str>) -> Result<(), LeaseError> {
-            self.reach()?;
             let matches = |stored: Option<&Arc<Lease>>| {
                 version
                     .is_none_or(|v| stored.is_none_or(|s| s.metadata.resource_version.as_deref() == Some(v)))
             };
-            self.write(name, None, matches).map(drop)
+            self.slowly(|| self.write(name, None, matches)).await.map(drop)
         }
 
         fn watch(&self, selector: &str) -> BoxStream<'static, Vec<Arc<Lease>>> {

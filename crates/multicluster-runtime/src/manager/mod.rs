@@ -37,6 +37,10 @@
 //! duration (20 s) after its last renewal. See [`Sharding`] and
 //! `docs/decisions/sharding.md`.
 //!
+//! Leader election and sharding are two strategies for dividing the work between
+//! replicas; a manager uses at most one, and [`Manager::start`] refuses both with
+//! [`Error::LeaderElectionWithSharding`] (see `docs/decisions/coordination.md`).
+//!
 //! ```no_run
 //! # use std::sync::Arc;
 //! use multicluster_runtime::manager::Sharding;
@@ -154,7 +158,9 @@
 //! `cluster::engagement`). A new instance under a known name is engaged into every
 //! component *before* the old instance's token is cancelled: each component swaps
 //! the instances in one step, so work queued under the name carries over instead of
-//! being dropped while the name is briefly unknown.
+//! being dropped while the name is briefly unknown. A removal passes through the
+//! same gate, after any engagement of the name still on its way, so that with
+//! sharding the coordinator hears of engagements and removals in their order.
 
 mod checks;
 mod coordination;
@@ -227,6 +233,9 @@ struct Inner {
     health: health::Hub,
     /// Decides which clusters are engaged into the components, if sharding is on.
     coordinator: OnceLock<Arc<coordination::Coordinator>>,
+    /// Where the coordinator keeps its Leases in tests, instead of the local cluster.
+    #[cfg(test)]
+    lease_store: OnceLock<Arc<dyn lease::LeaseStore>>,
 }
 
 /// Settings read when the manager starts.
@@ -346,6 +355,8 @@ impl Manager {
             endpoint: Mutex::new(None),
             health: health::Hub::default(),
             coordinator: OnceLock::new(),
+            #[cfg(test)]
+            lease_store: OnceLock::new(),
         };
         let manager = Manager {
             inner: Arc::new(inner),
@@ -427,7 +438,9 @@ impl Manager {
     }
 
     /// Elect a leader among the replicas on a Lease in the local cluster (see
-    /// [Leader election](self#leader-election)). Read when the manager starts.
+    /// [Leader election](self#leader-election)). Read when the manager starts; not
+    /// together with [`with_sharding`](Self::with_sharding)
+    /// ([`Error::LeaderElectionWithSharding`]).
     #[must_use]
     pub fn with_leader_election(self, election: LeaderElection) -> Self {
         lock(&self.inner.options).leader_election = Some(election);
@@ -436,7 +449,9 @@ impl Manager {
 
     /// Split the provider's clusters between the replicas of this program (see
     /// [Sharding](self#sharding)): this replica engages into its components only the
-    /// clusters it owns. Read when the manager starts.
+    /// clusters it owns. Read when the manager starts; not together with
+    /// [`with_leader_election`](Self::with_leader_election)
+    /// ([`Error::LeaderElectionWithSharding`]).
     #[must_use]
     pub fn with_sharding(self, sharding: Sharding) -> Self {
         lock(&self.inner.options).sharding = Some(sharding);
@@ -464,6 +479,13 @@ impl Manager {
             .clusters
             .get(name)
             .is_some_and(|e| e.value.engagement().is_some())
+    }
+
+    /// Keeps the sharding Leases in `store` instead of the local cluster.
+    #[cfg(test)]
+    pub(crate) fn with_lease_store(self, store: Arc<dyn lease::LeaseStore>) -> Self {
+        let _ = self.inner.lease_store.set(store);
+        self
     }
 
     /// The sharded coordinator, once started with sharding.
@@ -791,7 +813,8 @@ impl Manager {
     ///
     /// # Errors
     /// [`Error::AlreadyStarted`] if started before; [`Error::LeaderElection`] for
-    /// unusable leader election options; [`Error::LeadershipLost`] once the lease is
+    /// unusable leader election options, [`Error::Sharding`] for unusable sharding
+    /// options, [`Error::LeaderElectionWithSharding`] if both are set; [`Error::LeadershipLost`] once the lease is
     /// lost (unless the manager [campaigns again](OnLeadershipLoss::Campaign));
     /// otherwise the failure of the local cluster's engagement, or the first
     /// runnable or provider failure; if none, [`Error::ShutdownTimedOut`] when
@@ -819,6 +842,12 @@ impl Manager {
             return Err(Error::Sharding {
                 leases: sharding.describe(),
                 reason,
+            });
+        }
+        if let (Some(election), Some(sharding)) = (&options.leader_election, &options.sharding) {
+            return Err(Error::LeaderElectionWithSharding {
+                lease: election.lease(),
+                leases: sharding.describe(),
             });
         }
         let listener = match options.http_endpoint {
@@ -895,9 +924,14 @@ impl Manager {
             .await?;
         if let Some(sharding) = sharding {
             // Before the provider starts, so that every cluster it engages is seen.
-            let store = lease::KubeLeases::new(self.inner.local.clone(), sharding.namespace_name());
+            let store: Arc<dyn lease::LeaseStore> = Arc::new(lease::KubeLeases::new(
+                self.inner.local.clone(),
+                sharding.namespace_name(),
+            ));
+            #[cfg(test)]
+            let store = self.inner.lease_store.get().cloned().unwrap_or(store);
             let host = Arc::new(ManagerHost(Arc::downgrade(&self.inner)));
-            let coordinator = coordination::Coordinator::new(sharding, Arc::new(store), host);
+            let coordinator = coordination::Coordinator::new(sharding, store, host);
             let _ = self.inner.coordinator.set(coordinator.clone());
             self.inner.tasks.spawn(coordinator.run(run.child_token()));
         }
@@ -1070,11 +1104,17 @@ impl Manager {
             let Some(inner) = inner.upgrade() else {
                 return;
             };
+            // Through the gate: an engagement on its way (through user code) tells
+            // the coordinator of itself first, so this `gone` comes after it.
+            let _gate = tokio::select! {
+                gate = inner.gates.enter(&name) => gate,
+                () = stopped.cancelled() => return,
+            };
             let removed = lock(&inner.engaged).clusters.disengage(&name, generation);
             if removed.is_some() {
                 inner.metrics.cluster_disengaged(&name, false);
                 if let Some(coordinator) = inner.coordinator.get() {
-                    coordinator.gone(&name);
+                    coordinator.gone(&name, generation);
                 }
                 tracing::info!(cluster = %name, "cluster disengaged");
             }
@@ -1103,7 +1143,9 @@ impl Manager {
                 tasks: &tasks,
                 stopped: &stopped,
             };
+            // Token first: an ended engagement's follower writes no more.
             tokio::select! {
+                biased;
                 () = token.cancelled() => {}
                 () = stopped.cancelled() => {}
                 () = health::probe(name, cluster, probes, cell, hub, probe_tasks) => {}
@@ -1194,6 +1236,11 @@ impl Aware for Manager {
             Some(old) if old.token.is_cancelled() => (None, Some(old)),
             other => (other, None),
         };
+        // Under the gate, as the removal's `gone` is: the coordinator hears of the
+        // engagements in the order they happen.
+        if let Some(coordinator) = coordinator {
+            coordinator.known(&name, generation);
+        }
         let replacing = replaced.is_some();
         tracing::info!(cluster = %name, replacing, "cluster engaged");
         self.watch_disengage(name.clone(), own.clone(), generation);
@@ -1202,9 +1249,6 @@ impl Aware for Manager {
         } else {
             Ok(())
         };
-        if let Some(coordinator) = coordinator {
-            coordinator.known(&name);
-        }
         if let Some(old) = replaced {
             self.inner.metrics.cluster_disengaged(&name, true);
             old.token.cancel();
@@ -1241,6 +1285,15 @@ impl Manager {
             };
             entry.value.components = Some(engagement.clone());
             let health = entry.value.health.clone();
+            // An instance engaged here again (with sharding, owned again) starts
+            // from no probe: what it had before it left is stale.
+            health.send_if_modified(|h| {
+                let stale = *h != ClusterHealth::unknown();
+                if stale {
+                    *h = ClusterHealth::unknown();
+                }
+                stale
+            });
             (engaged.components.clone(), health)
         };
         self.watch_health(name.clone(), cluster.clone(), engagement.clone(), health);

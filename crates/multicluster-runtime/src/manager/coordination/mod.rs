@@ -27,7 +27,7 @@ mod shard;
 pub(crate) mod term;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -46,6 +46,8 @@ pub(crate) use term::{Term, Work};
 
 #[cfg(test)]
 mod simulation;
+#[cfg(test)]
+mod with_manager;
 
 /// The label that marks a peer Lease, with the prefix as its value.
 pub const PEER_LABEL: &str = "multicluster-runtime.io/shard-peer-of";
@@ -255,8 +257,8 @@ pub(crate) enum Ownership {
 
 /// What the coordinator learns from the manager and from its shards.
 enum Change {
-    Known(ClusterName),
-    Gone(ClusterName),
+    Known(ClusterName, u64),
+    Gone(ClusterName, u64),
     /// A shard's task ended.
     Finished(ClusterName),
 }
@@ -290,6 +292,12 @@ pub(crate) struct Coordinator {
     peers: Mutex<Peers>,
     /// While this replica holds its peer Lease: the term, cancelled when it ends.
     peer_term: watch::Sender<Option<CancellationToken>>,
+    /// Peer records marked dead or deleted by this replica, by name and version, so
+    /// that each version is written once.
+    swept: Mutex<HashSet<(String, String)>>,
+    /// Cancelled once the run loop stops: shards then try to hand their fences back
+    /// once only.
+    stopping: CancellationToken,
     acquired: AtomicU64,
     released: AtomicU64,
     lost: AtomicU64,
@@ -307,20 +315,26 @@ impl Coordinator {
             view: Mutex::default(),
             peers: Mutex::default(),
             peer_term: watch::Sender::new(None),
+            swept: Mutex::default(),
+            stopping: CancellationToken::new(),
             acquired: AtomicU64::new(0),
             released: AtomicU64::new(0),
             lost: AtomicU64::new(0),
         })
     }
 
-    /// The cluster `name` is engaged in the manager.
-    pub(crate) fn known(&self, name: &ClusterName) {
-        let _ = self.changes.send(Change::Known(name.clone()));
+    /// The cluster `name` is engaged in the manager, as its engagement `generation`.
+    ///
+    /// The manager tells [`known`](Self::known) and [`gone`](Self::gone) under the
+    /// name's gate, in the order the engagements change; a `gone` then removes the
+    /// name only if no later engagement was made known.
+    pub(crate) fn known(&self, name: &ClusterName, generation: u64) {
+        let _ = self.changes.send(Change::Known(name.clone(), generation));
     }
 
-    /// The cluster `name` is no longer engaged in the manager.
-    pub(crate) fn gone(&self, name: &ClusterName) {
-        let _ = self.changes.send(Change::Gone(name.clone()));
+    /// The engagement `generation` of `name` ended, and none replaced it.
+    pub(crate) fn gone(&self, name: &ClusterName, generation: u64) {
+        let _ = self.changes.send(Change::Gone(name.clone(), generation));
     }
 
     pub(crate) fn options(&self) -> &Sharding {
@@ -330,6 +344,12 @@ impl Coordinator {
     /// Live peers and owned clusters, as of now.
     pub(crate) fn view(&self) -> View {
         lock(&self.view).clone()
+    }
+
+    /// How many peer record versions this replica remembers having swept.
+    #[cfg(test)]
+    pub(crate) fn swept(&self) -> usize {
+        lock(&self.swept).len()
     }
 
     /// Ownership changes so far.
@@ -406,7 +426,6 @@ impl Coordinator {
         let record = tokio::spawn(self.clone().keep_peer_record(record_stop.clone()));
         let mut snapshots = self.store.watch(&format!("{PEER_LABEL}={}", self.options.prefix));
         let mut state = State::default();
-        let mut swept = HashSet::new();
         let shards = TaskTracker::new();
         let mut wake = Instant::now() + self.options.probe_interval;
         loop {
@@ -424,9 +443,11 @@ impl Coordinator {
             let (live, next_expiry, sweep) = {
                 let peers = lock(&self.peers);
                 let sweep = peers.sweep(&self.options.identity, now, self.options.lease_duration);
+                // A version no longer seen cannot come up again: forget having swept it.
+                lock(&self.swept).retain(|(name, version)| peers.holds(name, version));
                 (peers.live(now), peers.next_expiry(now), sweep)
             };
-            self.sweep(sweep, &mut swept, &shards);
+            self.sweep(sweep, &shards);
             if live != state.live {
                 state.ring = hrw::Ring::new(live.iter().map(|p| (p.identity.as_str(), p.weight)));
                 state.live = live;
@@ -436,7 +457,7 @@ impl Coordinator {
                     peers = ?state.live.iter().map(|p| &p.identity).collect::<Vec<_>>(),
                     "shard peers changed"
                 );
-                touched = state.known.iter().chain(state.running.keys()).cloned().collect();
+                touched = state.known.keys().chain(state.running.keys()).cloned().collect();
             }
             for name in touched {
                 self.decide(&name, &mut state, &shards);
@@ -445,8 +466,9 @@ impl Coordinator {
             let probe = now + self.options.probe_interval;
             wake = next_expiry.map_or(probe, |at| at.min(probe));
         }
+        self.stopping.cancel();
         for wanted in state.running.values() {
-            wanted.cancel();
+            wanted.token.cancel();
         }
         shards.close();
         shards.wait().await;
@@ -456,12 +478,8 @@ impl Coordinator {
 
     /// Marks dead peers and deletes long-dead records (see `peers`), each version
     /// once; another replica doing the same first is a harmless conflict.
-    fn sweep(
-        self: &Arc<Self>,
-        sweep: peers::Sweep,
-        swept: &mut HashSet<(String, String)>,
-        tasks: &TaskTracker,
-    ) {
+    fn sweep(self: &Arc<Self>, sweep: peers::Sweep, tasks: &TaskTracker) {
+        let mut swept = lock(&self.swept);
         let key = |name: &Option<String>, version: &Option<String>| {
             (
                 name.clone().unwrap_or_default(),
@@ -478,6 +496,7 @@ impl Coordinator {
             .into_iter()
             .filter(|(name, version)| swept.insert((name.clone(), version.clone())))
             .collect();
+        drop(swept);
         if mark.is_empty() && delete.is_empty() {
             return;
         }
@@ -506,13 +525,19 @@ impl Coordinator {
     /// Starts or stops owning `name` as the current view wants.
     fn decide(self: &Arc<Self>, name: &ClusterName, state: &mut State, shards: &TaskTracker) {
         let me = self.options.identity.as_str();
-        let mine = state.known.contains(name) && state.ring.owner(name.as_str()) == Some(me);
+        let mine = state.known.contains_key(name) && state.ring.owner(name.as_str()) == Some(me);
         match state.running.get(name) {
-            Some(wanted) if !mine => wanted.cancel(),
             // Running, or handing over: a new shard waits for the old one's end.
-            Some(_) => {}
+            Some(wanted) => {
+                wanted
+                    .gone
+                    .store(!state.known.contains_key(name), Ordering::Relaxed);
+                if !mine {
+                    wanted.token.cancel();
+                }
+            }
             None if mine => {
-                let wanted = CancellationToken::new();
+                let wanted = Wanted::default();
                 state.running.insert(name.clone(), wanted.clone());
                 let (this, name) = (self.clone(), name.clone());
                 shards.spawn(async move {
@@ -563,28 +588,39 @@ impl Coordinator {
     }
 }
 
+/// What the run loop tells a shard task: whether it is still wanted here and, once
+/// not, whether its cluster is gone from the fleet (then its fence is deleted rather
+/// than released).
+#[derive(Clone, Default)]
+pub(super) struct Wanted {
+    pub token: CancellationToken,
+    pub gone: Arc<AtomicBool>,
+}
+
 /// The run loop's state.
 #[derive(Default)]
 struct State {
     /// The live peers as last acted on, and their ring.
     live: Vec<Peer>,
     ring: hrw::Ring,
-    /// Clusters engaged in the manager.
-    known: HashSet<ClusterName>,
-    /// Clusters with a running shard task, and the token that says it is wanted.
-    running: HashMap<ClusterName, CancellationToken>,
+    /// Clusters engaged in the manager, with the generation of their engagement.
+    known: HashMap<ClusterName, u64>,
+    /// Clusters with a running shard task, and what it is told.
+    running: HashMap<ClusterName, Wanted>,
 }
 
 impl State {
     /// Applies `change`; returns the cluster it is about.
     fn apply(&mut self, change: Change) -> ClusterName {
         match change {
-            Change::Known(name) => {
-                self.known.insert(name.clone());
+            Change::Known(name, generation) => {
+                self.known.insert(name.clone(), generation);
                 name
             }
-            Change::Gone(name) => {
-                self.known.remove(&name);
+            Change::Gone(name, generation) => {
+                if self.known.get(&name).is_some_and(|known| *known <= generation) {
+                    self.known.remove(&name);
+                }
                 name
             }
             Change::Finished(name) => {

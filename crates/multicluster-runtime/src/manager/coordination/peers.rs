@@ -95,6 +95,13 @@ impl Peers {
         sweep
     }
 
+    /// Whether the record `name` is at `version` as last seen.
+    pub(crate) fn holds(&self, name: &str, version: &str) -> bool {
+        self.leases
+            .get(name)
+            .is_some_and(|l| l.metadata.resource_version.as_deref() == Some(version))
+    }
+
     /// The replicas live at `now`, sorted by identity.
     pub(crate) fn live(&self, now: Instant) -> Vec<Peer> {
         let mut live: Vec<Peer> = self

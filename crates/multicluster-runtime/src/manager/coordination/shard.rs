@@ -20,12 +20,18 @@
 //! 3. **Hand over** when the coordinator no longer wants it here: disengage, wait
 //!    until nothing of the cluster runs any more, then release the fence so that the
 //!    new owner takes it at its next try.
-//! 4. **Lose** when the peer term ends: disengage and *cut* the work in flight. The
-//!    holder stopped at most `renew deadline` after the start of its last successful
-//!    renewal, while others wait `lease duration` from when they saw it. Then try to
-//!    acquire it again in the next peer term, while wanted.
+//! 4. **Lose** when the peer term ends: *cut* the term first (no new work enters,
+//!    the work in flight is cancelled), then disengage, which may wait for the
+//!    cluster's gate. The holder stopped at most `renew deadline` after the start of
+//!    its last successful renewal, while others wait `lease duration` from when they
+//!    saw it. Then try to acquire it again in the next peer term, while wanted.
+//!
+//! However the work ends, the fence is then handed back if it may name this
+//! replica, and retried every probe interval until that is done: a replica whose
+//! peer Lease is alive again would otherwise keep the fence from everyone for good.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -35,7 +41,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::term::Term;
-use super::{Coordinator, Ownership};
+use super::{Coordinator, Ownership, Wanted};
 use crate::cluster::ClusterName;
 use crate::manager::lease::{Claim, LeaseError, LeaseStore, whole_seconds};
 
@@ -53,57 +59,129 @@ type OwnObservation = Option<(Option<LeaseSpec>, Instant)>;
 
 impl Coordinator {
     /// Owns `name` while `wanted` is not cancelled (see the [module docs](self)).
-    pub(super) async fn own(self: Arc<Self>, name: ClusterName, wanted: CancellationToken) {
+    pub(super) async fn own(self: Arc<Self>, name: ClusterName, wanted: Wanted) {
         let mut fence = Fence::new(self.store.clone(), self.fence_claim(&name));
+        let handed_over = self.work_on(&name, &wanted.token, &mut fence).await;
+        // However the work ended, the fence must not keep naming this replica: its
+        // peer Lease may be renewed again soon, and then nobody could take it.
+        if fence.claimed {
+            self.hand_back(&name, &mut fence, &wanted.gone).await;
+        }
+        if handed_over {
+            self.changed(&name, Ownership::Released);
+        }
+    }
+
+    /// Takes the fence and works on `name` in each peer term while wanted. Returns
+    /// whether it was handed over after working (rather than lost or never
+    /// started); the fence may still be ours either way.
+    async fn work_on(&self, name: &ClusterName, wanted: &CancellationToken, fence: &mut Fence) -> bool {
         loop {
-            let Some(peer) = self.peer_term(&wanted).await else {
-                return;
+            let Some(peer) = self.peer_term(wanted).await else {
+                return false;
             };
-            match self.acquire(&mut fence, &wanted, &peer).await {
+            match self.acquire(fence, wanted, &peer).await {
                 Ok(()) => {}
-                Err(Missed::NotWanted) => return,
+                Err(Missed::NotWanted) => return false,
                 Err(Missed::PeerLost) => continue,
             }
             // No longer wanted while the write was on its way: hand it straight back,
             // before anything starts, so that its rightful owner need not wait.
             if wanted.is_cancelled() {
-                self.release(&name, &mut fence).await;
-                return;
+                return false;
+            }
+            // The term ended while the write was on its way: nothing may start.
+            if peer.is_cancelled() {
+                continue;
             }
             let term = Term::new();
-            if !self.host.start(&name, &term).await {
-                // Gone meanwhile: nothing to work on.
-                self.release(&name, &mut fence).await;
-                return;
-            }
-            self.changed(&name, Ownership::Acquired);
-            let cut = tokio::select! {
-                () = wanted.cancelled() => {
-                    self.host.stop(&name, &term).await;
-                    tokio::select! {
-                        () = term.end(false) => false,
-                        () = peer.cancelled() => true,
-                    }
-                }
+            // Engaging may wait on the user's code; a peer loss meanwhile cuts the
+            // term at once, so that nothing enters it past the renew deadline.
+            let start = self.host.start(name, &term);
+            tokio::pin!(start);
+            let started = tokio::select! {
+                started = &mut start => started,
                 () = peer.cancelled() => {
-                    self.host.stop(&name, &term).await;
-                    true
+                    term.cut();
+                    start.await
                 }
             };
+            if !started {
+                // Gone meanwhile: nothing to work on.
+                return false;
+            }
+            self.changed(name, Ownership::Acquired);
+            // A lost term wins over a hand-over: its work must be cut, not drained.
+            let mut cut = tokio::select! {
+                biased;
+                () = peer.cancelled() => true,
+                () = wanted.cancelled() => false,
+            };
+            // Lost: end the term first. Disengaging may wait (for the cluster's
+            // gate, held across the user's engage), and new work must be refused
+            // from the renew deadline on, not from whenever that wait ends.
             if cut {
-                term.end(true).await;
-                self.host.forget(&name).await;
+                term.cut();
+            }
+            // Disengage, then wait for the work inside; a hand-over drains it unless
+            // the peer term ends meanwhile.
+            let drain = async {
+                self.host.stop(name, &term).await;
+                term.end(false).await;
+            };
+            tokio::pin!(drain);
+            if cut {
+                drain.await;
+            } else {
+                tokio::select! {
+                    biased;
+                    () = peer.cancelled() => {
+                        term.cut();
+                        cut = true;
+                        drain.await;
+                    }
+                    () = &mut drain => {}
+                }
+            }
+            if cut {
+                self.host.forget(name).await;
                 let reason = "peer lease not renewed within the renew deadline".to_owned();
-                self.changed(&name, Ownership::Lost(reason));
+                self.changed(name, Ownership::Lost(reason));
                 if wanted.is_cancelled() {
-                    return;
+                    return false;
                 }
                 continue;
             }
-            self.host.forget(&name).await;
-            self.release(&name, &mut fence).await;
-            self.changed(&name, Ownership::Released);
-            return;
+            self.host.forget(name).await;
+            return true;
+        }
+    }
+
+    /// Gives the fence up (deletes it if the cluster is `gone`), trying again every
+    /// probe interval until it is no longer ours; once the coordinator stops, after
+    /// one try (its peer Lease is deleted next, and the fence lapses with it).
+    async fn hand_back(&self, name: &ClusterName, fence: &mut Fence, gone: &AtomicBool) {
+        loop {
+            let attempt = async {
+                if gone.load(Ordering::Relaxed) {
+                    fence.remove().await
+                } else {
+                    fence.release().await
+                }
+            };
+            match tokio::time::timeout(self.options.renew_deadline, attempt).await {
+                Ok(Ok(())) => return,
+                Ok(Err(err)) => {
+                    tracing::warn!(cluster = %name, lease = fence.lease(), error = %err, "cannot release fence; trying again")
+                }
+                Err(_) => {
+                    tracing::warn!(cluster = %name, lease = fence.lease(), "fence not released in time; trying again")
+                }
+            }
+            tokio::select! {
+                () = self.stopping.cancelled() => return,
+                () = tokio::time::sleep(self.options.probe_interval) => {}
+            }
         }
     }
 
@@ -202,18 +280,6 @@ impl Coordinator {
             }
         }
     }
-
-    async fn release(&self, name: &ClusterName, fence: &mut Fence) {
-        match tokio::time::timeout(self.options.renew_deadline, fence.release()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => {
-                tracing::warn!(cluster = %name, lease = fence.lease(), error = %err, "cannot release fence; it lapses with this replica's peer lease")
-            }
-            Err(_) => {
-                tracing::warn!(cluster = %name, lease = fence.lease(), "fence not released in time; it lapses with this replica's peer lease")
-            }
-        }
-    }
 }
 
 fn lease_duration(spec: &LeaseSpec, default: Duration) -> Duration {
@@ -227,6 +293,9 @@ struct Fence {
     claim: Claim,
     /// The record as we last wrote it, while it is ours.
     written: Option<Lease>,
+    /// Whether the fence may name us: from the first attempt to take it (a write
+    /// that failed may still have landed) until a release finds it is not ours.
+    claimed: bool,
 }
 
 impl Fence {
@@ -235,6 +304,7 @@ impl Fence {
             store,
             claim,
             written: None,
+            claimed: false,
         }
     }
 
@@ -249,6 +319,7 @@ impl Fence {
     /// Writes us as holder over `current` (as read); `false` if another write came
     /// first.
     async fn take(&mut self, current: Option<Lease>) -> Result<bool, LeaseError> {
+        self.claimed = true;
         let now = Some(MicroTime(Timestamp::now()));
         let transitions = current
             .as_ref()
@@ -292,17 +363,52 @@ impl Fence {
         }
     }
 
+    /// Deletes the fence if it is still ours (its cluster is gone). The delete
+    /// carries the version last written or read, so a fence another replica has
+    /// taken meanwhile stays.
+    async fn remove(&mut self) -> Result<(), LeaseError> {
+        let lease = match self.written.take() {
+            Some(lease) => lease,
+            None => match self.read().await? {
+                Some(lease) => lease,
+                None => {
+                    self.claimed = false;
+                    return Ok(());
+                }
+            },
+        };
+        let holder = lease.spec.as_ref().and_then(|s| s.holder_identity.as_deref());
+        let version = lease.metadata.resource_version.as_deref();
+        let (true, Some(version)) = (holder == Some(self.claim.identity.as_str()), version) else {
+            self.claimed = false;
+            return Ok(());
+        };
+        match self.store.delete(&self.claim.name, Some(version)).await {
+            // Changed since: read it and delete it if it is still ours.
+            Err(LeaseError::Conflict) => Box::pin(self.remove()).await,
+            Ok(()) => {
+                self.claimed = false;
+                Ok(())
+            }
+            Err(err) => Err(err),
+        }
+    }
+
     /// No holder, if it is still ours: the next owner takes it at its next try.
     async fn release(&mut self) -> Result<(), LeaseError> {
         let mut lease = match self.written.take() {
             Some(lease) => lease,
             None => match self.read().await? {
                 Some(lease) => lease,
-                None => return Ok(()),
+                None => {
+                    self.claimed = false;
+                    return Ok(());
+                }
             },
         };
         let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
         if spec.holder_identity.as_deref() != Some(self.claim.identity.as_str()) {
+            self.claimed = false;
             return Ok(());
         }
         spec.holder_identity = None;
@@ -310,7 +416,45 @@ impl Fence {
         match self.store.replace(lease).await {
             // Changed since we wrote it: read it and release it if it is still ours.
             Err(LeaseError::Conflict) => Box::pin(self.release()).await,
-            other => other.map(drop),
+            Ok(_) => {
+                self.claimed = false;
+                Ok(())
+            }
+            Err(err) => Err(err),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manager::Sharding;
+    use crate::manager::lease::memory::{MemoryLeases, Records};
+
+    /// r08: deleting the fence of a removed cluster never deletes a fence that
+    /// another replica has taken since; its own, it deletes.
+    #[tokio::test]
+    async fn r08_a_fence_another_replica_took_is_not_deleted() {
+        let records = Arc::new(Records::default());
+        let store: Arc<dyn LeaseStore> = Arc::new(MemoryLeases::new(records.clone()));
+        let name = ClusterName::from("x");
+        let fence_of = |identity: &str| {
+            let options = Sharding::new("sim").identity(identity);
+            Fence::new(store.clone(), options.claim(options.fence_lease(&name), 0.0))
+        };
+        let lease = Sharding::new("sim").fence_lease(&name);
+        let (mut a, mut b) = (fence_of("a"), fence_of("b"));
+        assert!(a.take(None).await.expect("written"));
+        // b takes it over a, as once a's peer Lease has expired.
+        let current = b.read().await.expect("read");
+        assert!(b.take(current).await.expect("written"));
+        a.remove().await.expect("no error");
+        let holder = records
+            .get(&lease)
+            .and_then(|l| l.spec.as_ref()?.holder_identity.clone());
+        assert_eq!(holder.as_deref(), Some("b"), "b's fence was deleted");
+        assert!(!a.claimed);
+        b.remove().await.expect("deleted");
+        assert!(records.get(&lease).is_none(), "b's own fence stays");
     }
 }

@@ -83,6 +83,7 @@ impl Host for Components {
 
 struct Replica {
     identity: String,
+    coordinator: Arc<Coordinator>,
     store: Arc<MemoryLeases>,
     components: Arc<Components>,
     stop: CancellationToken,
@@ -109,6 +110,18 @@ struct World {
 }
 
 impl World {
+    fn new(clusters: usize) -> Self {
+        World {
+            records: Arc::default(),
+            fleet: Arc::default(),
+            names: (0..clusters)
+                .map(|i| ClusterName::from(format!("cluster-{i:05}")))
+                .collect(),
+            replicas: Vec::new(),
+            next: 0,
+        }
+    }
+
     fn join(&mut self) {
         let identity = format!("r{:02}", self.next);
         self.next += 1;
@@ -124,12 +137,13 @@ impl World {
             components.clone(),
         );
         for name in &self.names {
-            coordinator.known(name);
+            coordinator.known(name, 0);
         }
         let stop = CancellationToken::new();
-        let run = tokio::spawn(coordinator.run(stop.clone()));
+        let run = tokio::spawn(coordinator.clone().run(stop.clone()));
         self.replicas.push(Replica {
             identity,
+            coordinator,
             store,
             components,
             stop,
@@ -260,15 +274,7 @@ impl Lcg {
 async fn sh04_ten_thousand_clusters_ten_replicas_hundred_changes() {
     let (clusters, events) = (size("SH04_CLUSTERS", 10_000), size("SH04_EVENTS", 100));
     let wall = std::time::Instant::now();
-    let mut world = World {
-        records: Arc::default(),
-        fleet: Arc::default(),
-        names: (0..clusters)
-            .map(|i| ClusterName::from(format!("cluster-{i:05}")))
-            .collect(),
-        replicas: Vec::new(),
-        next: 0,
-    };
+    let mut world = World::new(clusters);
     for _ in 0..10 {
         world.join();
     }
@@ -363,6 +369,199 @@ async fn sh04_ten_thousand_clusters_ten_replicas_hundred_changes() {
         periods.len() >= (events / 20).max(1),
         "write rates measured {} times",
         periods.len()
+    );
+    for replica in world.replicas.drain(..) {
+        replica.stop.cancel();
+        let _ = replica.run.await;
+    }
+}
+
+/// r01: joins, a partition and slow writes overlap. Replica r00's writes stall (its
+/// renewals outlast the renew deadline, so its peer term ends and its work is cut)
+/// while a fourth replica joins and takes a share of r00's clusters, and r02 is cut
+/// off. Writes either land at once with a late answer, or land late (so a write
+/// given up on never happens). Once everything heals, every cluster must be worked
+/// on by its rendezvous owner: a fence left naming r00, whose peer Lease is alive
+/// again, would keep the new owner out for good.
+#[tokio::test(start_paused = true)]
+async fn r01_clusters_moved_away_from_a_stalled_replica_reach_their_new_owner() {
+    for lands_first in [true, false] {
+        for join_after in [0, 8, 16, 24] {
+            let mut world = World::new(300);
+            for _ in 0..3 {
+                world.join();
+            }
+            world.settle().await;
+            let before = world.owners();
+            world.replicas[0]
+                .store
+                .slow_writes(Duration::from_secs(60), lands_first);
+            tokio::time::sleep(Duration::from_secs(join_after)).await;
+            world.join();
+            world.partition(2);
+            tokio::time::sleep(Duration::from_secs(40 - join_after)).await;
+            world.heal(2);
+            world.replicas[0].store.slow_writes(Duration::ZERO, false);
+            let took = world.settle().await;
+            let moved = world
+                .owners()
+                .into_iter()
+                .filter(|(name, owner)| before[name] == "r00" && owner == "r03")
+                .count();
+            println!(
+                "r01: lands first {lands_first}, join after {join_after} s: {moved} clusters moved from r00 to r03; settled {took:?} after healing"
+            );
+            assert!(moved > 0, "the join moved nothing from r00");
+            assert_eq!(
+                world.fleet.double.load(Ordering::Relaxed),
+                0,
+                "two replicas at once"
+            );
+            for replica in world.replicas.drain(..) {
+                replica.stop.cancel();
+                let _ = replica.run.await;
+            }
+        }
+    }
+}
+
+/// Stands in for the manager whose per-cluster gate is held by a user's `engage`
+/// that does not return: `start` of `starts-slowly` and `stop` of every cluster wait
+/// while the gate is closed. It keeps each cluster's term for the test's reconciles.
+struct Gated {
+    terms: Mutex<HashMap<ClusterName, Term>>,
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl Gated {
+    async fn pass(&self) {
+        let _ = self.open.subscribe().wait_for(|open| *open).await;
+    }
+}
+
+#[async_trait]
+impl Host for Gated {
+    async fn start(&self, name: &ClusterName, term: &Term) -> bool {
+        self.terms.lock().unwrap().insert(name.clone(), term.clone());
+        if name.as_str() == "starts-slowly" {
+            self.pass().await;
+        }
+        true
+    }
+
+    async fn stop(&self, _name: &ClusterName, _term: &Term) {
+        self.pass().await;
+    }
+
+    async fn forget(&self, _name: &ClusterName) {}
+}
+
+/// r06: once the peer Lease is lost, no reconcile may enter a cluster's term after
+/// the renew deadline, even while disengaging it waits (for the cluster's gate,
+/// which a user's blocked `engage` holds), or while engaging it has not returned.
+/// Another replica may take the cluster a lease duration after it last saw the
+/// renewal; the difference is the safety margin.
+#[tokio::test(start_paused = true)]
+async fn r06_no_work_is_admitted_after_the_renew_deadline_while_the_gate_is_held() {
+    let options = Sharding::new("sim").identity("r00");
+    let (deadline, duration) = (options.renew_deadline, options.lease_duration);
+    let store = Arc::new(MemoryLeases::new(Arc::default()));
+    let host = Arc::new(Gated {
+        terms: Mutex::default(),
+        open: tokio::sync::watch::Sender::new(false),
+    });
+    let coordinator = Coordinator::new(options, store.clone(), host.clone());
+    let names: Vec<ClusterName> = ["stops-slowly", "starts-slowly"].map(ClusterName::from).into();
+    for name in &names {
+        coordinator.known(name, 0);
+    }
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(coordinator.clone().run(stop.clone()));
+    while host.terms.lock().unwrap().len() < names.len() || coordinator.view().owned.is_empty() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    // Reconciles try to enter every 100 ms; count those that get in after the
+    // deadline (counted from the cut-off, which is after the last renewal began).
+    let cut_off = Instant::now();
+    store.reachable.store(false, Ordering::Relaxed);
+    let late = Arc::new(AtomicU64::new(0));
+    let reconciles = tokio::spawn({
+        let (host, late) = (host.clone(), late.clone());
+        async move {
+            loop {
+                let terms: Vec<Term> = host.terms.lock().unwrap().values().cloned().collect();
+                for term in terms {
+                    if term.enter().is_some() && Instant::now() > cut_off + deadline {
+                        late.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    tokio::time::sleep(duration + Duration::from_secs(1)).await;
+    reconciles.abort();
+    let admitted = late.load(Ordering::Relaxed);
+    let open: Vec<_> = host
+        .terms
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, term)| term.enter().is_some())
+        .map(|(name, _)| name.clone())
+        .collect();
+    assert_eq!(admitted, 0, "reconciles admitted after the renew deadline");
+    assert!(
+        open.is_empty(),
+        "terms still open a lease duration after the cut-off: {open:?}"
+    );
+
+    host.open.send_replace(true);
+    stop.cancel();
+    run.await.expect("coordinator ran");
+}
+
+/// r08: nothing is left behind. A cluster removed from the fleet has its fence
+/// Lease deleted by its owner, and once a crashed replica's peer record has been
+/// marked dead and deleted, no survivor still remembers having swept it.
+#[tokio::test(start_paused = true)]
+async fn r08_a_removed_cluster_and_a_dead_peer_leave_no_leases_and_no_sweep_marks() {
+    let mut world = World::new(50);
+    for _ in 0..4 {
+        world.join();
+    }
+    world.settle().await;
+    let options = Sharding::new("sim");
+    let removed = world.names.remove(7);
+    let fence = options.fence_lease(&removed);
+    assert!(world.records.get(&fence).is_some(), "its owner took the fence");
+    for replica in &world.replicas {
+        replica.coordinator.gone(&removed, 0);
+    }
+    world.crash(3);
+    world.settle().await;
+    // Marked dead a lease duration after it was last seen, deleted one later.
+    let peer = options.peer_lease_of("r03");
+    let gone_by = Instant::now() + 3 * options.lease_duration;
+    while world.records.get(&peer).is_some() && Instant::now() < gone_by {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(
+        world.records.get(&peer).is_none(),
+        "the dead peer's record is deleted"
+    );
+    // One more probe interval, for the watches to see the deletion.
+    tokio::time::sleep(options.probe_interval).await;
+    assert!(
+        world.records.get(&fence).is_none(),
+        "the removed cluster's fence is deleted"
+    );
+    let swept: Vec<_> = world.replicas.iter().map(|r| r.coordinator.swept()).collect();
+    assert_eq!(
+        swept,
+        [0, 0, 0],
+        "sweep marks left for records that no longer exist"
     );
     for replica in world.replicas.drain(..) {
         replica.stop.cancel();

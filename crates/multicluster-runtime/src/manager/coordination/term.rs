@@ -59,15 +59,28 @@ impl Term {
     /// # Cancel safety
     /// Cancel safe: the term stays ended; waiting again picks up where it was.
     pub(crate) async fn end(&self, cut: bool) {
-        self.inner
-            .state
-            .send_if_modified(|state| !std::mem::replace(&mut state.ended, true));
         if cut {
-            self.inner.cut.cancel();
+            self.cut();
+        } else {
+            self.close();
         }
         let mut state = self.inner.state.subscribe();
         // The sender lives in `self`: the wait cannot fail.
         let _ = state.wait_for(|state| state.inside == 0).await;
+    }
+
+    /// Ends the term without waiting: no one enters any more, and the work inside
+    /// is told to stop at once. [`end`](Self::end) then waits for it to leave.
+    pub(crate) fn cut(&self) {
+        self.close();
+        self.inner.cut.cancel();
+    }
+
+    /// Refuses new entries from now on.
+    fn close(&self) {
+        self.inner
+            .state
+            .send_if_modified(|state| !std::mem::replace(&mut state.ended, true));
     }
 
     pub(crate) fn same(&self, other: &Term) -> bool {
