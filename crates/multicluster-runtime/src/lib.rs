@@ -95,8 +95,10 @@ pub mod manager;
 pub mod multicluster;
 pub mod providers;
 pub mod redact;
+mod runnable;
+mod term;
 
 pub use cluster::{Cluster, ClusterName, ClusterOptions};
 pub use error::{BoxError, CutShort, Error, Result};
 pub use manager::{Manager, Runnable};
-pub use multicluster::{Aware, Provider, ProviderRunnable};
+pub use multicluster::{Aware, Engagement, Provider, ProviderRunnable};

@@ -17,11 +17,13 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::FieldIndex;
-use crate::cluster::{Cluster, ClusterName};
+use crate::cluster::{Cluster, ClusterHealth, ClusterName, SyncBoard};
 use crate::error::Result;
+use crate::term::{Term, Work};
 
 #[cfg(doc)]
 use crate::error::Error;
@@ -47,6 +49,87 @@ pub trait Aware: Send + Sync {
     /// have engaged the cluster into some components and not others when the
     /// future is dropped. Await it; to undo an engagement, cancel `token`.
     async fn engage(&self, token: CancellationToken, name: ClusterName, cluster: Arc<Cluster>) -> Result<()>;
+
+    /// Starts work for a cluster with everything the engaging manager knows of it:
+    /// what [`engage`](Self::engage) gets, and the cluster's health as the manager's
+    /// probes find it. The manager engages its components through this method; the
+    /// default forwards to [`engage`](Self::engage), so a component that needs no
+    /// more implements only that.
+    ///
+    /// # Errors
+    /// As for [`engage`](Self::engage).
+    ///
+    /// # Cancel safety
+    /// As for [`engage`](Self::engage).
+    async fn engage_with(&self, engagement: Engagement) -> Result<()> {
+        self.engage(engagement.token, engagement.name, engagement.cluster)
+            .await
+    }
+}
+
+/// One cluster handed to a component for as long as [`token`](Self::token) lives:
+/// everything the component needs from whoever engages it, so that it needs no
+/// handle on the manager. Built by the manager for [`Aware::engage_with`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Engagement {
+    /// The cluster's name.
+    pub name: ClusterName,
+    /// The cluster.
+    pub cluster: Arc<Cluster>,
+    /// Lives as long as this engagement: cancelled when the cluster is removed or
+    /// replaced, or (with sharding) handed to another replica.
+    pub token: CancellationToken,
+    /// The cluster's health as the manager's probes find it; `None` when it does
+    /// not probe.
+    pub health: Option<watch::Receiver<ClusterHealth>>,
+    /// With sharding, this replica's term of ownership of the cluster: work enters
+    /// it and is cut when the ownership is lost. `None`: free to work.
+    term: Option<Term>,
+    /// Where the component reports whether its caches of the cluster have synced,
+    /// for readiness.
+    sync: SyncBoard,
+}
+
+impl Engagement {
+    /// An engagement with no health to follow and no term (as without sharding).
+    pub fn new(name: ClusterName, cluster: Arc<Cluster>, token: CancellationToken) -> Self {
+        Engagement {
+            name,
+            cluster,
+            token,
+            health: None,
+            term: None,
+            sync: SyncBoard::default(),
+        }
+    }
+
+    /// With the manager's health record, ownership term and sync board.
+    pub(crate) fn with_manager_state(
+        mut self,
+        health: Option<watch::Receiver<ClusterHealth>>,
+        term: Option<Term>,
+        sync: SyncBoard,
+    ) -> Self {
+        self.health = health;
+        self.term = term;
+        self.sync = sync;
+        self
+    }
+
+    /// Leave to work on the cluster now, held for the length of the work; `None`
+    /// once this replica's ownership has ended.
+    pub(crate) fn enter_work(&self) -> Option<Work> {
+        match &self.term {
+            None => Some(Work::free()),
+            Some(term) => term.enter(),
+        }
+    }
+
+    /// Where the component reports its caches' sync.
+    pub(crate) fn sync_board(&self) -> &SyncBoard {
+        &self.sync
+    }
 }
 
 /// Knows clusters by name.

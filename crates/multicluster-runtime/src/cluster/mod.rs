@@ -3,8 +3,10 @@
 mod client;
 pub(crate) mod engagement;
 mod events;
+mod health;
 pub mod kubeconfig;
 mod name;
+mod sync;
 
 use kube::runtime::events::{Recorder, Reporter};
 use tokio_util::sync::CancellationToken;
@@ -19,7 +21,9 @@ pub(crate) use client::build_client;
 #[cfg(feature = "namespace")]
 pub(crate) use client::shared_client;
 pub use client::{ClientError, ClientOptions, InvalidRateLimit, RateLimit};
+pub use health::{ClusterHealth, HealthState};
 pub use name::ClusterName;
+pub(crate) use sync::SyncBoard;
 
 /// Settings for a [`Cluster`].
 ///

@@ -8,12 +8,13 @@ use futures::{Stream, StreamExt};
 use kube::runtime::events::Reporter;
 
 use super::engage::EngageOptions;
+use super::metrics::ControllerFamilies;
 use super::predicate::Predicate;
 use super::queue::QueueConfig;
 use super::reconcile::{ReconcileRequest, TypedReconciler};
 use super::request::{Action, Request};
 use super::source::{MapContext, Mapper, Source, TypedSource, map_owner, map_self};
-use super::{Controller, Settings, Trigger};
+use super::{Controller, Host, RunControl, Settings, Trigger};
 use crate::cache::{CacheObject, WatchSpec};
 use crate::cluster::ClusterName;
 use crate::error::Result;
@@ -494,7 +495,7 @@ impl<K: CacheObject> ControllerBuilder<K> {
             reconciler: Arc::new(reconciler),
             triggers: self.triggers,
         };
-        let controller = Controller::new(self.manager.clone(), settings);
+        let controller = Controller::new(host(&self.manager), settings);
         self.manager.add_cluster_runnable(controller.clone()).await?;
         Ok(controller)
     }
@@ -526,5 +527,31 @@ fn static_scope<K: CacheObject>() -> Option<bool> {
         Some(false)
     } else {
         None
+    }
+}
+
+/// The registration glue: what a controller needs of the manager, taken here once,
+/// so that the controller itself knows nothing of the manager.
+fn host(manager: &Manager) -> Host {
+    Host {
+        has_provider: manager.provider().is_some(),
+        local: manager.local_cluster().clone(),
+        families: manager.metrics().shared(ControllerFamilies::register),
+        run_control: Arc::new(manager.clone()),
+    }
+}
+
+impl RunControl for Manager {
+    fn graceful_shutdown_timeout(&self) -> Duration {
+        Manager::graceful_shutdown_timeout(self)
+    }
+
+    fn leadership_lost(&self) -> futures::future::BoxFuture<'static, ()> {
+        let manager = self.clone();
+        Box::pin(async move { manager.leadership_lost().await })
+    }
+
+    fn campaigns_again(&self) -> bool {
+        Manager::campaigns_again(self)
     }
 }

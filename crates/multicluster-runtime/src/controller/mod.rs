@@ -31,6 +31,7 @@
 
 mod builder;
 mod engage;
+pub(crate) mod metrics;
 pub mod predicate;
 pub mod queue;
 mod reconcile;
@@ -54,9 +55,10 @@ use crate::cluster::engagement::{Engage, Engagements};
 use crate::cluster::{Cluster, ClusterName};
 use crate::error::CutShort;
 use crate::error::Result;
-use crate::manager::metrics::{ControllerMetrics, Reconciled};
-use crate::manager::{Manager, Runnable};
 use crate::multicluster::Aware;
+use crate::multicluster::Engagement;
+use crate::runnable::Runnable;
+use metrics::{ControllerFamilies, ControllerMetrics, Reconciled};
 
 pub use builder::ControllerBuilder;
 pub use engage::{ClusterFilter, EngageOptions};
@@ -74,7 +76,12 @@ use source::{Sink, Source};
 /// with. Built with [`Controller::builder`]; runs as part of a [`Manager`].
 pub struct Controller {
     name: String,
-    manager: Manager,
+    /// Whether the manager has a provider (decides the default for the local cluster).
+    has_provider: bool,
+    /// The manager's own cluster, where the local watches run.
+    local: Arc<Cluster>,
+    /// The shutdown and leadership signals of whoever runs the controller.
+    run_control: Arc<dyn RunControl>,
     engage: EngageOptions,
     /// The watches run in each engaged cluster, the primary type's first.
     sources: Vec<Arc<dyn Source>>,
@@ -85,7 +92,7 @@ pub struct Controller {
     /// Outside triggers (`reconcile_on`, `reconcile_all_on`), started by `run`.
     triggers: Mutex<Vec<Trigger>>,
     /// The engaged clusters, each with whether the caches it waits for have synced.
-    clusters: Mutex<Engagements<Synced>>,
+    clusters: Mutex<Engagements<PerCluster>>,
     /// Every task the controller spawns; `run` returns once they have all ended.
     tasks: TaskTracker,
     /// Cancelled when `run` ends: stops every task the controller spawned.
@@ -95,9 +102,45 @@ pub struct Controller {
     metrics: Arc<ControllerMetrics>,
 }
 
-/// Whether every informer an engaged cluster's reconciles wait for has synced: its
-/// sources' in the cluster and the local sources'.
-type Synced = bool;
+/// What the controller keeps beside each engaged cluster.
+struct PerCluster {
+    /// Whether every informer its reconciles wait for has synced: the sources' in
+    /// the cluster and the local sources'.
+    synced: bool,
+    /// What the manager handed over with the cluster: its ownership term (work
+    /// enters it) and where readiness learns whether the caches have synced.
+    engagement: Engagement,
+}
+
+/// What a controller needs from whoever runs it, beyond each engagement: handed
+/// over by the builder, so that the controller knows nothing of the manager.
+pub(crate) struct Host {
+    /// Whether the manager has a provider.
+    pub has_provider: bool,
+    /// The manager's own cluster.
+    pub local: Arc<Cluster>,
+    /// The registry's controller families (one per registry).
+    pub families: Arc<ControllerFamilies>,
+    /// The shutdown and leadership signals.
+    pub run_control: Arc<dyn RunControl>,
+}
+
+/// How the run that a controller is part of ends: the graceful shutdown's time
+/// limit, and whether (and when) leadership was lost.
+pub(crate) trait RunControl: Send + Sync {
+    /// How long reconciles in flight may take once the run stops.
+    fn graceful_shutdown_timeout(&self) -> std::time::Duration;
+    /// Resolves when leadership is lost; never without leader election.
+    fn leadership_lost(&self) -> futures::future::BoxFuture<'static, ()>;
+    /// Whether leader-only work that stops now will be started again (the lease
+    /// was lost and the manager campaigns again).
+    fn campaigns_again(&self) -> bool;
+}
+
+/// The component name under which a controller reports its caches' sync.
+fn sync_component(controller: &str) -> String {
+    format!("controller {controller}")
+}
 
 /// Everything the builder decided.
 pub(crate) struct Settings {
@@ -129,19 +172,21 @@ impl std::fmt::Debug for Controller {
 }
 
 impl Controller {
-    fn new(manager: Manager, settings: Settings) -> Arc<Self> {
+    pub(crate) fn new(host: Host, settings: Settings) -> Arc<Self> {
         let max_concurrent = settings.queue.max_concurrency();
         let sink = Sink {
             queue: WorkQueue::with_config(settings.queue),
             clusters: Arc::new(RwLock::new(Arc::from(Vec::new()))),
         };
-        let metrics = manager
-            .metrics()
+        let metrics = host
+            .families
             .controller(&settings.name, max_concurrent, sink.queue.view());
         sink.queue.observe(metrics.queue_observer());
         Arc::new_cyclic(|me| Controller {
             name: settings.name,
-            manager,
+            has_provider: host.has_provider,
+            local: host.local,
+            run_control: host.run_control,
             engage: settings.engage,
             sources: settings.sources,
             local_sources: settings.local_sources,
@@ -197,7 +242,7 @@ impl Controller {
         let synced: Vec<(ClusterName, Arc<Cluster>)> = self
             .lock()
             .live()
-            .filter(|(_, engaged)| engaged.value)
+            .filter(|(_, engaged)| engaged.value.synced)
             .map(|(name, engaged)| (name.clone(), engaged.cluster.clone()))
             .collect();
         for (name, cluster) in synced {
@@ -229,16 +274,20 @@ impl Controller {
 
     /// Whether `name` is engaged, and its instance if the caches it waits for have
     /// synced.
-    fn engaged(&self, name: &ClusterName) -> Option<Option<Arc<Cluster>>> {
-        self.lock().get(name).map(|e| e.value.then(|| e.cluster.clone()))
+    fn engaged(&self, name: &ClusterName) -> Option<Option<(Arc<Cluster>, Engagement)>> {
+        self.lock().get(name).map(|e| {
+            e.value
+                .synced
+                .then(|| (e.cluster.clone(), e.value.engagement.clone()))
+        })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Engagements<Synced>> {
+    fn lock(&self) -> MutexGuard<'_, Engagements<PerCluster>> {
         self.clusters.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Publishes the current cluster list to mappers.
-    fn publish_clusters(&self, clusters: &Engagements<Synced>) {
+    fn publish_clusters(&self, clusters: &Engagements<PerCluster>) {
         let names: Arc<[ClusterName]> = clusters.all().map(|(name, _)| name.clone()).collect();
         *self.sink.clusters.write().unwrap_or_else(|p| p.into_inner()) = names;
     }
@@ -264,10 +313,14 @@ impl Controller {
         if let Some(engaged) = clusters.get_any_mut(name)
             && engaged.generation == generation
         {
-            engaged.value = true;
+            engaged.value.synced = true;
             // Under the lock, so that a replacement's pause cannot come in between.
             self.sink.queue.resume_cluster(name, PauseReason::Syncing);
-            self.metrics.cluster_synced(name);
+            engaged
+                .value
+                .engagement
+                .sync_board()
+                .synced(&sync_component(&self.name));
             tracing::debug!(controller = self.name, cluster = %name, "cache synced; reconciling");
         }
     }
@@ -289,7 +342,7 @@ impl Controller {
         me: Weak<Controller>,
         name: ClusterName,
         generation: u64,
-        mut health: tokio::sync::watch::Receiver<crate::manager::ClusterHealth>,
+        mut health: tokio::sync::watch::Receiver<crate::cluster::ClusterHealth>,
         mut healthy: bool,
     ) {
         while health.changed().await.is_ok() {
@@ -315,7 +368,7 @@ impl Controller {
             };
             self.hold_unhealthy(name, healthy);
             // A cache still syncing enqueues everything once it has synced.
-            (healthy && engaged.value).then(|| engaged.cluster.clone())
+            (healthy && engaged.value.synced).then(|| engaged.cluster.clone())
         };
         // The manager logs the change once; this is the controller's share of it.
         if healthy {
@@ -346,8 +399,8 @@ impl Controller {
 
     async fn process(self: Arc<Self>, lease: Lease<ClusterName, ObjectKey>) {
         let request = Request::for_key(lease.cluster().clone(), lease.key().clone());
-        let cluster = match self.engaged(&request.cluster) {
-            Some(Some(cluster)) => cluster,
+        let (cluster, engagement) = match self.engaged(&request.cluster) {
+            Some(Some(engaged)) => engaged,
             Some(None) => {
                 // Replaced after the item was leased: the new instance's cache has not
                 // synced yet. Back into the (paused) queue, without a failure.
@@ -362,7 +415,7 @@ impl Controller {
             }
         };
         // With sharding: leave to work on the cluster, which a hand-over waits for.
-        let Some(work) = self.manager.enter_work(&request.cluster) else {
+        let Some(work) = engagement.enter_work() else {
             tracing::debug!(controller = self.name, %request, "cluster not owned here; request dropped");
             self.sink.queue.forget(&request.cluster, &request.key);
             return;
@@ -439,14 +492,27 @@ impl Aware for Controller {
     /// delays and backoff; the old instance's watches stop. An engagement whose
     /// token is already cancelled is ignored.
     async fn engage(&self, token: CancellationToken, name: ClusterName, cluster: Arc<Cluster>) -> Result<()> {
-        if !self.engage.accepts(&name, self.manager.provider().is_some()) {
+        self.engage_with(Engagement::new(name, cluster, token)).await
+    }
+
+    /// As [`engage`](Self::engage), following the cluster's health (its reconciles
+    /// wait while it is unhealthy), working under the replica's ownership term
+    /// (with sharding) and reporting the caches' sync for readiness.
+    async fn engage_with(&self, engagement: Engagement) -> Result<()> {
+        let (name, cluster) = (engagement.name.clone(), engagement.cluster.clone());
+        if !self.engage.accepts(&name, self.has_provider) {
             return Ok(());
         }
-        let own = token.child_token();
-        let mut health = self.manager.watch_instance_health(&name, &cluster);
+        let own = engagement.token.child_token();
+        let mut health = engagement.health.clone();
+        engagement.sync_board().syncing(&sync_component(&self.name));
+        let per_cluster = PerCluster {
+            synced: false,
+            engagement,
+        };
         let (generation, healthy) = {
             let mut clusters = self.lock();
-            match clusters.engage(&name, cluster.clone(), own.clone(), false) {
+            match clusters.engage(&name, cluster.clone(), own.clone(), per_cluster) {
                 Engage::Stale | Engage::Unchanged => return Ok(()),
                 Engage::New { generation, replaced } => {
                     match replaced {
@@ -488,7 +554,7 @@ impl Aware for Controller {
         // it: its own watches there (the primary's first) and the local watches
         // that fan out to it. Hold them until all of these have listed, so that no
         // read takes "not listed yet" for "absent".
-        let local = self.manager.local_cluster();
+        let local = &self.local;
         let waits: Vec<_> = self
             .sources
             .iter()
@@ -548,7 +614,7 @@ impl Runnable for Controller {
         let Some(this) = self.me.upgrade() else {
             return Ok(());
         };
-        let local = self.manager.local_cluster();
+        let local = &self.local;
         for source in &self.local_sources {
             self.spawn(token.clone(), source.run(local.clone(), self.sink.clone()));
         }
@@ -584,17 +650,17 @@ impl Runnable for Controller {
         }
         // Leadership lost and the manager campaigns again: keep the queue and the
         // watches for the next term.
-        let again = self.manager.campaigns_again();
+        let again = self.run_control.campaigns_again();
         if !again {
             self.sink.queue.shutdown();
             self.stopping.cancel();
         }
         reconciles.close();
-        let timeout = self.manager.graceful_shutdown_timeout();
+        let timeout = self.run_control.graceful_shutdown_timeout();
         let lost = tokio::select! {
             () = reconciles.wait() => None,
             () = tokio::time::sleep(timeout) => Some(false),
-            () = self.manager.leadership_lost() => Some(true),
+            () = self.run_control.leadership_lost() => Some(true),
         };
         let mut result = Ok(());
         if let Some(lost) = lost {

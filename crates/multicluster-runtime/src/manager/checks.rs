@@ -190,10 +190,8 @@ pub(crate) fn cluster_state(manager: &Manager, name: &ClusterName, cluster: &Arc
         since = Some(since.map_or(from, |s| s.min(from)));
         waiting_for.push(what);
     };
-    for controller in manager.inner.metrics.controllers() {
-        if let Some(from) = controller.syncing_since(name) {
-            waiting(format!("controller {}", controller.name()), from);
-        }
+    for (component, from) in manager.sync_waiting(name, cluster) {
+        waiting(component, from);
     }
     for informer in cluster.cache().informer_statuses() {
         if !informer.synced {

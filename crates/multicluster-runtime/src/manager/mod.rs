@@ -169,7 +169,6 @@ mod health;
 mod leader;
 mod lease;
 pub mod metrics;
-mod runnable;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -185,18 +184,18 @@ use tokio_util::task::TaskTracker;
 
 use crate::cache::FieldIndex;
 use crate::cluster::engagement::{Engage, Engagements, Gates};
-use crate::cluster::{Cluster, ClusterName};
+use crate::cluster::{Cluster, ClusterName, SyncBoard};
 use crate::error::{Error, Result};
-use crate::multicluster::{Aware, Provider};
+use crate::multicluster::{Aware, Engagement, Provider};
 use crate::redact;
 
+pub use crate::cluster::{ClusterHealth, HealthState};
+pub use crate::runnable::Runnable;
 pub use checks::{CHECK_TIMEOUT, ClusterState, HealthCheck, Report, ReportLine};
-pub(crate) use coordination::Work;
 pub use coordination::{CLUSTER_ANNOTATION, FENCE_LABEL, PEER_LABEL, Sharding};
-pub use health::{ClusterHealth, HealthEvent, HealthProbes, HealthState, PROBE_PATH};
+pub use health::{HealthEvent, HealthProbes, PROBE_PATH};
 pub use leader::{LeaderElection, OnLeadershipLoss};
 pub use metrics::Metrics;
-pub use runnable::Runnable;
 
 /// How long reconciles in flight may take to finish once the manager stops, unless
 /// [`Manager::with_graceful_shutdown_timeout`] says otherwise.
@@ -274,12 +273,35 @@ struct Instance {
     /// Ends the instance's engagement into the components; `None` while it is not
     /// engaged into them (a cluster another replica owns).
     components: Option<CancellationToken>,
+    /// Which components still wait for their caches of the instance, for
+    /// readiness; new each time the instance is engaged into the components.
+    sync: SyncBoard,
 }
 
 impl Instance {
     /// The token of the instance's engagement into the components, while it lasts.
     fn engagement(&self) -> Option<&CancellationToken> {
         self.components.as_ref().filter(|t| !t.is_cancelled())
+    }
+}
+
+impl Engaged {
+    /// What a component gets for the instance of `name` engaged into the components
+    /// now: the cluster, a token of its own, the health record, the ownership term
+    /// (with sharding) and the sync board. `None` if the instance is not engaged
+    /// into the components.
+    fn engagement_of(&self, name: &ClusterName) -> Option<Engagement> {
+        let entry = self.clusters.get(name)?;
+        let token = entry.value.engagement()?.child_token();
+        let term = (!name.is_local())
+            .then(|| self.shards.get(name).cloned())
+            .flatten();
+        let engagement = Engagement::new(name.clone(), entry.cluster.clone(), token).with_manager_state(
+            Some(entry.value.health.subscribe()),
+            term,
+            entry.value.sync.clone(),
+        );
+        Some(engagement)
     }
 }
 
@@ -488,19 +510,23 @@ impl Manager {
         self
     }
 
+    /// The components still waiting for their caches of the instance `cluster` of
+    /// `name`, with since when (what they reported through their engagement).
+    pub(crate) fn sync_waiting(
+        &self,
+        name: &ClusterName,
+        cluster: &Arc<Cluster>,
+    ) -> Vec<(String, std::time::SystemTime)> {
+        let engaged = self.engaged();
+        match engaged.clusters.get(name) {
+            Some(entry) if Arc::ptr_eq(&entry.cluster, cluster) => entry.value.sync.waiting(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The sharded coordinator, once started with sharding.
     pub(crate) fn coordinator(&self) -> Option<&Arc<coordination::Coordinator>> {
         self.inner.coordinator.get()
-    }
-
-    /// Leave to work on cluster `name` now, held for the length of the work (a
-    /// reconcile). `None` if this replica does not own `name` (any more). Without
-    /// sharding, and for the local cluster, always granted and free of cost.
-    pub(crate) fn enter_work(&self, name: &ClusterName) -> Option<Work> {
-        if self.inner.coordinator.get().is_none() || name.is_local() {
-            return Some(Work::free());
-        }
-        self.engaged().shards.get(name)?.enter()
     }
 
     /// How long reconciles in flight may take to finish once the manager stops
@@ -770,15 +796,10 @@ impl Manager {
             let _gate = self.inner.gates.enter(&name).await;
             // Only where the instance is engaged into the components (with sharding,
             // the clusters this replica owns).
-            let current = self
-                .engaged()
-                .clusters
-                .get(&name)
-                .and_then(|e| Some((e.cluster.clone(), e.value.engagement()?.child_token())));
-            let Some((cluster, token)) = current else {
+            let Some(engagement) = self.engaged().engagement_of(&name) else {
                 continue;
             };
-            if let Err(err) = engage_component(&component, token, name, cluster).await {
+            if let Err(err) = engage_component(&component, engagement).await {
                 first_error.get_or_insert(err);
             }
         }
@@ -1214,6 +1235,7 @@ impl Aware for Manager {
             let instance = Instance {
                 health: watch::Sender::new(ClusterHealth::unknown()),
                 components: None,
+                sync: SyncBoard::default(),
             };
             match engaged
                 .clusters
@@ -1284,6 +1306,7 @@ impl Manager {
                 return Ok(());
             };
             entry.value.components = Some(engagement.clone());
+            entry.value.sync = SyncBoard::default();
             let health = entry.value.health.clone();
             // An instance engaged here again (with sharding, owned again) starts
             // from no probe: what it had before it left is stale.
@@ -1299,13 +1322,15 @@ impl Manager {
         self.watch_health(name.clone(), cluster.clone(), engagement.clone(), health);
         let mut first_error = None;
         for component in components {
-            let result = engage_component(
-                &component,
-                engagement.child_token(),
-                name.clone(),
-                cluster.clone(),
-            )
-            .await;
+            // Read for each component: with sharding the term may change meanwhile.
+            let Some(handed) = self
+                .engaged()
+                .engagement_of(name)
+                .filter(|e| Arc::ptr_eq(&e.cluster, cluster))
+            else {
+                break;
+            };
+            let result = engage_component(&component, handed).await;
             if let Err(err) = result {
                 tracing::error!(cluster = %name, error = %redact::describe(&err), "engage failed");
                 first_error.get_or_insert(err);
@@ -1319,13 +1344,9 @@ impl Manager {
 /// controller's cluster filter): it fails that engagement only, instead of unwinding
 /// into the provider's task that engages the cluster (which would then stop
 /// following that cluster) or the coordinator's.
-async fn engage_component(
-    component: &Arc<dyn Aware>,
-    token: CancellationToken,
-    name: ClusterName,
-    cluster: Arc<Cluster>,
-) -> Result<()> {
-    let engaging = AssertUnwindSafe(component.engage(token, name.clone(), cluster));
+async fn engage_component(component: &Arc<dyn Aware>, engagement: Engagement) -> Result<()> {
+    let name = engagement.name.clone();
+    let engaging = AssertUnwindSafe(component.engage_with(engagement));
     match engaging.catch_unwind().await {
         Ok(result) => result,
         Err(_) => {

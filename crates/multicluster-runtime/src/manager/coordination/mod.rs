@@ -24,7 +24,6 @@
 pub(crate) mod hrw;
 mod peers;
 mod shard;
-pub(crate) mod term;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -40,9 +39,9 @@ use tokio_util::task::TaskTracker;
 
 use super::lease::{Claim, Elector, LeaseStore};
 use crate::cluster::ClusterName;
+pub(crate) use crate::term::Term;
 pub(crate) use peers::Peer;
 use peers::{Peers, WEIGHT_ANNOTATION};
-pub(crate) use term::{Term, Work};
 
 #[cfg(test)]
 mod simulation;

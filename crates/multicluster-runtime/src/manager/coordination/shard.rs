@@ -40,10 +40,10 @@ use k8s_openapi::jiff::Timestamp;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::term::Term;
 use super::{Coordinator, Ownership, Wanted};
 use crate::cluster::ClusterName;
 use crate::manager::lease::{Claim, LeaseError, LeaseStore, whole_seconds};
+use crate::term::Term;
 
 /// Why acquiring stopped without the fence.
 enum Missed {

@@ -21,9 +21,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{Coordinator, Host, Sharding, Term, Work, hrw};
+use super::{Coordinator, Host, Sharding, Term, hrw};
 use crate::cluster::ClusterName;
 use crate::manager::lease::memory::{MemoryLeases, Records};
+use crate::term::Work;
 
 /// The sizes the issue asks for; `SH04_CLUSTERS` and `SH04_EVENTS` override them for
 /// a quick look.

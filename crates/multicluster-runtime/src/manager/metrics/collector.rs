@@ -9,13 +9,14 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
 use super::{Inner, Metrics};
 use crate::cluster::ClusterName;
+use crate::controller::metrics::{Labels, family};
 use crate::manager::Manager;
 
 /// Reads the manager's state at scrape time. Holds both weakly: the registry that
@@ -40,36 +41,6 @@ impl StateCollector {
     }
 }
 
-/// Label pairs of one sample.
-type Labels = Vec<(&'static str, String)>;
-
-/// Writes one metric family of `samples`.
-fn family<M: EncodeMetric>(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    kind: MetricType,
-    samples: impl IntoIterator<Item = (Labels, M)>,
-) -> Result<(), std::fmt::Error> {
-    let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
-    for (labels, sample) in samples {
-        sample.encode(metric.encode_family(&labels)?)?;
-    }
-    Ok(())
-}
-
-fn gauge(value: f64) -> ConstGauge<f64> {
-    ConstGauge::new(value)
-}
-
-fn count(value: usize) -> ConstGauge<i64> {
-    ConstGauge::new(to_i64(value))
-}
-
-fn to_i64(value: usize) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
 impl Collector for StateCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let (Some(manager), Some(metrics)) = (self.manager.upgrade(), self.metrics.upgrade()) else {
@@ -83,76 +54,6 @@ impl Collector for StateCollector {
                 labels.push(("cluster", cluster.as_str().to_owned()));
             }
         };
-
-        // Controllers and their queues.
-        let mut max_concurrent = Vec::new();
-        // Per queue: depth, leases, their total age, the oldest's age.
-        let mut per_queue: BTreeMap<(String, Labels), (i64, i64, f64, f64)> = BTreeMap::new();
-        for controller in metrics.controllers() {
-            let name = controller.name().to_string();
-            max_concurrent.push((
-                vec![("controller", name.clone())],
-                count(controller.max_concurrent()),
-            ));
-            for queue in controller.queue_gauges() {
-                let mut labels = Vec::new();
-                cluster_label(&mut labels, &queue.cluster);
-                // Without the cluster label, clusters fold into one sample.
-                let entry = per_queue.entry((name.clone(), labels)).or_default();
-                entry.0 += to_i64(queue.depth);
-                entry.1 += to_i64(queue.running.leases);
-                entry.2 += queue.running.total.as_secs_f64();
-                entry.3 = entry.3.max(queue.running.longest.as_secs_f64());
-            }
-        }
-        let with = |key: &'static str, name: &str, labels: &Labels| {
-            let mut all = vec![(key, name.to_owned())];
-            all.extend(labels.iter().cloned());
-            all
-        };
-        family(
-            &mut encoder,
-            "controller_runtime_max_concurrent_reconciles",
-            "Maximum number of concurrent reconciles per controller (0: no limit)",
-            MetricType::Gauge,
-            max_concurrent,
-        )?;
-        family(
-            &mut encoder,
-            "controller_runtime_active_workers",
-            "Reconciles running now, per controller and cluster",
-            MetricType::Gauge,
-            per_queue
-                .iter()
-                .map(|((name, labels), v)| (with("controller", name, labels), ConstGauge::new(v.1))),
-        )?;
-        family(
-            &mut encoder,
-            "workqueue_depth",
-            "Items queued (ready or delayed), per controller queue and cluster",
-            MetricType::Gauge,
-            per_queue
-                .iter()
-                .map(|((name, labels), v)| (with("name", name, labels), ConstGauge::new(v.0))),
-        )?;
-        family(
-            &mut encoder,
-            "workqueue_unfinished_work_seconds",
-            "Seconds of work in progress not yet observed by work_duration; large values mean stuck workers",
-            MetricType::Gauge,
-            per_queue
-                .iter()
-                .map(|((name, labels), v)| (with("name", name, labels), gauge(v.2))),
-        )?;
-        family(
-            &mut encoder,
-            "workqueue_longest_running_processor_seconds",
-            "How long the longest-running worker of the queue has held its item",
-            MetricType::Gauge,
-            per_queue
-                .iter()
-                .map(|((name, labels), v)| (with("name", name, labels), gauge(v.3))),
-        )?;
 
         // Clusters and their caches.
         let engaged = manager.engaged_instances();

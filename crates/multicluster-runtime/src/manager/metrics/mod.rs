@@ -71,24 +71,23 @@
 //! ```
 
 mod collector;
-mod controller;
 mod labels;
 
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::{Metric, Registry, Unit};
+use prometheus_client::registry::{Metric, Registry};
 
 use crate::cluster::ClusterName;
 
 pub(crate) use collector::StateCollector;
-pub(crate) use controller::{ControllerMetrics, Reconciled};
-use labels::{EngagementLabels, SeriesLabels};
+use labels::EngagementLabels;
 
 /// The registry of a manager's metrics; see the [module docs](self).
 ///
@@ -105,101 +104,21 @@ struct Inner {
     families: Families,
     /// The provider's name, for the engagement metrics.
     provider: Mutex<Arc<str>>,
-    /// Every controller's metrics, for the gauges computed at scrape time.
-    controllers: Mutex<Vec<Weak<ControllerMetrics>>>,
+    /// What other layers registered once per registry (the controllers'
+    /// families), by type.
+    shared: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
 }
 
-/// The metrics updated as things happen (the gauges are computed at scrape time).
-/// Each `Family` is a shared handle; the registry holds the other one.
-#[derive(Clone)]
-pub(crate) struct Families {
-    pub reconcile_total: Family<SeriesLabels, Counter>,
-    pub reconcile_errors: Family<SeriesLabels, Counter>,
-    pub reconcile_panics: Family<SeriesLabels, Counter>,
-    pub reconcile_time: Family<SeriesLabels, Histogram, fn() -> Histogram>,
-    pub queue_adds: Family<SeriesLabels, Counter>,
-    pub queue_retries: Family<SeriesLabels, Counter>,
-    pub queue_duration: Family<SeriesLabels, Histogram, fn() -> Histogram>,
-    pub work_duration: Family<SeriesLabels, Histogram, fn() -> Histogram>,
+/// The engagement counters (the gauges are computed at scrape time). Each `Family`
+/// is a shared handle; the registry holds the other one.
+#[derive(Clone, Default)]
+struct Families {
     engagements: Family<EngagementLabels, Counter>,
     disengagements: Family<EngagementLabels, Counter>,
 }
 
-/// Buckets of `controller_runtime_reconcile_time_seconds`: 5 ms to 60 s in 13 steps
-/// (controller-runtime uses 40, which costs three times as many series per cluster).
-const RECONCILE_BUCKETS: [f64; 13] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-];
-
-fn reconcile_histogram() -> Histogram {
-    Histogram::new(RECONCILE_BUCKETS)
-}
-
-/// client-go's workqueue buckets: 10 ns to 1000 s, by factors of 10.
-fn queue_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(1e-8, 10.0, 12))
-}
-
 impl Families {
-    fn new() -> Self {
-        Families {
-            reconcile_total: Family::default(),
-            reconcile_errors: Family::default(),
-            reconcile_panics: Family::default(),
-            reconcile_time: Family::new_with_constructor(reconcile_histogram),
-            queue_adds: Family::default(),
-            queue_retries: Family::default(),
-            queue_duration: Family::new_with_constructor(queue_histogram),
-            work_duration: Family::new_with_constructor(queue_histogram),
-            engagements: Family::default(),
-            disengagements: Family::default(),
-        }
-    }
-
     fn register(&self, registry: &mut Registry) {
-        registry.register(
-            "controller_runtime_reconcile",
-            "Reconciles per controller, cluster and result",
-            self.reconcile_total.clone(),
-        );
-        registry.register(
-            "controller_runtime_reconcile_errors",
-            "Reconciles that failed or panicked, per controller and cluster",
-            self.reconcile_errors.clone(),
-        );
-        registry.register(
-            "controller_runtime_reconcile_panics",
-            "Reconciles that panicked, per controller and cluster",
-            self.reconcile_panics.clone(),
-        );
-        registry.register_with_unit(
-            "controller_runtime_reconcile_time",
-            "How long reconciles took, per controller and cluster",
-            Unit::Seconds,
-            self.reconcile_time.clone(),
-        );
-        registry.register(
-            "workqueue_adds",
-            "Items that became ready in a controller's queue, per cluster",
-            self.queue_adds.clone(),
-        );
-        registry.register(
-            "workqueue_retries",
-            "Items requeued with backoff, per controller queue and cluster",
-            self.queue_retries.clone(),
-        );
-        registry.register_with_unit(
-            "workqueue_queue_duration",
-            "How long items waited, ready, before a worker took them",
-            Unit::Seconds,
-            self.queue_duration.clone(),
-        );
-        registry.register_with_unit(
-            "workqueue_work_duration",
-            "How long workers held items",
-            Unit::Seconds,
-            self.work_duration.clone(),
-        );
         registry.register(
             "multicluster_runtime_cluster_engagements",
             "Engagements of clusters into the manager, per provider and result",
@@ -223,7 +142,7 @@ impl std::fmt::Debug for Metrics {
 
 impl Metrics {
     pub(crate) fn new() -> Self {
-        let families = Families::new();
+        let families = Families::default();
         let mut registry = Registry::default();
         families.register(&mut registry);
         Metrics {
@@ -232,7 +151,7 @@ impl Metrics {
                 cluster_label: Arc::new(AtomicBool::new(true)),
                 families,
                 provider: Mutex::new(Arc::from("none")),
-                controllers: Mutex::default(),
+                shared: Mutex::default(),
             }),
         }
     }
@@ -304,33 +223,23 @@ impl Metrics {
         self.inner.families.disengagements.get_or_create(&labels).inc();
     }
 
-    /// The metrics of a new controller: its counters, and its queue's gauges from
-    /// now on.
-    pub(crate) fn controller(
+    /// The one `T` of this registry, made and registered by `make` the first time
+    /// it is asked for: how a layer below the manager (the controllers' families)
+    /// registers its metrics once however many of its parts use them.
+    pub(crate) fn shared<T: Send + Sync + 'static>(
         &self,
-        name: &str,
-        max_concurrent: usize,
-        queue: crate::controller::queue::QueueView<ClusterName, crate::cache::ObjectKey>,
-    ) -> Arc<ControllerMetrics> {
-        let metrics = ControllerMetrics::new(
-            name,
-            max_concurrent,
-            queue,
-            self.inner.families.clone(),
-            self.inner.cluster_label.clone(),
-        );
-        let mut controllers = lock(&self.inner.controllers);
-        controllers.retain(|c| c.strong_count() > 0);
-        controllers.push(Arc::downgrade(&metrics));
-        metrics
-    }
-
-    /// The controllers alive now.
-    pub(crate) fn controllers(&self) -> Vec<Arc<ControllerMetrics>> {
-        lock(&self.inner.controllers)
-            .iter()
-            .filter_map(Weak::upgrade)
-            .collect()
+        make: impl FnOnce(&mut Registry, Arc<AtomicBool>) -> Arc<T>,
+    ) -> Arc<T> {
+        let mut shared = lock(&self.inner.shared);
+        if let Some(existing) = shared
+            .get(&TypeId::of::<T>())
+            .and_then(|s| s.clone().downcast::<T>().ok())
+        {
+            return existing;
+        }
+        let made = make(&mut self.registry(), self.inner.cluster_label.clone());
+        shared.insert(TypeId::of::<T>(), made.clone());
+        made
     }
 
     fn registry(&self) -> MutexGuard<'_, Registry> {
@@ -341,6 +250,3 @@ impl Metrics {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
-
-#[cfg(test)]
-mod tests;

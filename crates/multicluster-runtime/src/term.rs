@@ -17,6 +17,12 @@ pub(crate) struct Term {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for Term {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Term").finish_non_exhaustive()
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     state: watch::Sender<State>,

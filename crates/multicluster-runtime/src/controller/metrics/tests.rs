@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::Reconciled;
+use super::{ControllerFamilies, Reconciled};
 use crate::cache::ObjectKey;
 use crate::cluster::{Cluster, ClusterName};
 use crate::controller::queue::WorkQueue;
@@ -21,7 +21,10 @@ async fn busy_controller(
     clusters: usize,
 ) -> (Arc<super::ControllerMetrics>, WorkQueue<ClusterName, ObjectKey>) {
     let queue = WorkQueue::new();
-    let metrics = manager.metrics().controller("demo", 4, queue.view());
+    let metrics = manager
+        .metrics()
+        .shared(ControllerFamilies::register)
+        .controller("demo", 4, queue.view());
     queue.observe(metrics.queue_observer());
     for n in 0..clusters {
         let cluster = ClusterName::new(format!("cluster-{n:03}"));

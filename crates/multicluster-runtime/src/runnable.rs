@@ -1,15 +1,16 @@
-//! Work the manager runs for as long as it runs.
+//! Work the manager runs for as long as it runs: the contract between the manager
+//! and what it starts (controllers among them).
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
 
-/// Something the manager runs: started by [`Manager::start`](super::Manager::start),
+/// Something the manager runs: started by [`Manager::start`](crate::Manager::start),
 /// stopped by cancelling its token.
 ///
 /// A runnable that also works per cluster implements [`crate::Aware`] too and is added
-/// with [`Manager::add_cluster_runnable`](super::Manager::add_cluster_runnable).
+/// with [`Manager::add_cluster_runnable`](crate::Manager::add_cluster_runnable).
 #[async_trait]
 pub trait Runnable: Send + Sync {
     /// A name for logs and errors.
@@ -18,7 +19,7 @@ pub trait Runnable: Send + Sync {
     }
 
     /// Whether it runs only on the elected leader, when the manager has
-    /// [leader election](super::Manager::with_leader_election); without it, every
+    /// [leader election](crate::Manager::with_leader_election); without it, every
     /// runnable runs.
     ///
     /// `true` by default, as in controller-runtime: controllers (and runnables that
@@ -33,7 +34,7 @@ pub trait Runnable: Send + Sync {
     /// done); returning an error stops the manager.
     ///
     /// # Errors
-    /// A fatal failure; the manager stops and [`start`](super::Manager::start)
+    /// A fatal failure; the manager stops and [`start`](crate::Manager::start)
     /// returns it.
     async fn run(&self, token: CancellationToken) -> Result<()>;
 }

@@ -5,14 +5,13 @@
 //! clusters that *have series*: recording checks it and removal empties it under
 //! the same lock, so a reconcile that ends after its cluster was removed cannot
 //! recreate the series that removal deleted.
-//!
-//! The same map says, for readiness, whether the controller's cache of each
-//! cluster has synced, and since when it has been syncing if not.
+//! Whether a cluster's caches have synced is not kept here: the controller reports
+//! it through the cluster's engagement, where readiness reads it.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use super::labels::SeriesLabels;
 use super::{Families, lock};
@@ -60,9 +59,8 @@ struct Series {
     name: Arc<str>,
     families: Families,
     cluster_label: Arc<AtomicBool>,
-    /// Engaged clusters: `Some(since)` while the controller waits for the
-    /// cluster's cache to sync, `None` once synced.
-    clusters: Mutex<BTreeMap<ClusterName, Option<SystemTime>>>,
+    /// The engaged clusters, which have series.
+    clusters: Mutex<BTreeSet<ClusterName>>,
 }
 
 /// One engaged cluster's queue, as of a scrape.
@@ -108,30 +106,17 @@ impl ControllerMetrics {
         self.max_concurrent
     }
 
-    /// `cluster` (a new instance of it, maybe) was engaged into the controller and
-    /// waits for its cache to sync: record its series from now on.
+    /// `cluster` (a new instance of it, maybe) was engaged into the controller:
+    /// record its series from now on.
     pub(crate) fn cluster_engaged(&self, cluster: &ClusterName) {
-        lock(&self.series.clusters).insert(cluster.clone(), Some(SystemTime::now()));
-    }
-
-    /// The controller's cache of `cluster` has synced.
-    pub(crate) fn cluster_synced(&self, cluster: &ClusterName) {
-        if let Some(syncing) = lock(&self.series.clusters).get_mut(cluster) {
-            *syncing = None;
-        }
-    }
-
-    /// Since when the controller waits for `cluster`'s cache; `None` if synced or
-    /// not engaged.
-    pub(crate) fn syncing_since(&self, cluster: &ClusterName) -> Option<SystemTime> {
-        lock(&self.series.clusters).get(cluster).copied().flatten()
+        lock(&self.series.clusters).insert(cluster.clone());
     }
 
     /// `cluster` left the controller: delete its series and record no more.
     pub(crate) fn cluster_disengaged(&self, cluster: &ClusterName) {
         let series = &self.series;
         let mut clusters = lock(&series.clusters);
-        if clusters.remove(cluster).is_none() {
+        if !clusters.remove(cluster) {
             return;
         }
         let families = &series.families;
@@ -177,7 +162,7 @@ impl ControllerMetrics {
 
     /// The queue of every engaged cluster, as of now.
     pub(crate) fn queue_gauges(&self) -> Vec<QueueGauges> {
-        let clusters: Vec<ClusterName> = lock(&self.series.clusters).keys().cloned().collect();
+        let clusters: Vec<ClusterName> = lock(&self.series.clusters).iter().cloned().collect();
         let stats = self.queue.cluster_stats(&clusters);
         clusters
             .into_iter()
@@ -199,7 +184,7 @@ impl Series {
             return record(&self.families, None);
         }
         let clusters = lock(&self.clusters);
-        if clusters.contains_key(cluster) {
+        if clusters.contains(cluster) {
             record(&self.families, Some(cluster));
         }
     }
