@@ -74,12 +74,27 @@ def target_module(path: str) -> str:
     return parts[0]
 
 
+TEST_MOD = re.compile(r"#\[cfg\(test\)\]\s*(?:pub(?:\([^)]*\))?\s+)?mod ([a-z_]+);")
+
+
+def test_only_modules():
+    """Modules declared `#[cfg(test)] mod name;`: test code, whatever their name."""
+    found = set()
+    for path in SRC.rglob("*.rs"):
+        # `mod name;` in a/b.rs or a/b/mod.rs is a/b/name; in lib.rs, name.
+        parent = "" if path.name == "lib.rs" else module_of(path)
+        for name in TEST_MOD.findall(path.read_text()):
+            found.add(f"{parent}/{name}".lstrip("/"))
+    return found
+
+
 def main() -> int:
     problems = []
     edges = {}
+    tests = test_only_modules()
     for path in sorted(SRC.rglob("*.rs")):
         module = module_of(path)
-        if module.endswith("tests") or module.endswith("proptests") or module.endswith("simulation"):
+        if module.endswith("tests") or module.endswith("proptests") or module in tests:
             continue
         mine = layer_of(module)
         for lineno, used in imports(path):
