@@ -74,16 +74,17 @@ def target_module(path: str) -> str:
     return parts[0]
 
 
+TEST_MOD = re.compile(r"#\[cfg\(test\)\]\s*(?:pub(?:\([^)]*\))?\s+)?mod ([a-z_]+);")
+
+
 def test_only_modules():
-    """Files declared under `#[cfg(test)]` (`#[cfg(test)] mod simulation;`)."""
+    """Modules declared `#[cfg(test)] mod name;`: test code, whatever their name."""
     found = set()
     for path in SRC.rglob("*.rs"):
-        parent = module_of(path)
-        for match in re.finditer(r"#\[cfg\(test\)\]\s*(?:pub(?:\([^)]*\))?\s+)?mod ([a-z_]+);", path.read_text()):
-            base = parent if path.name in ("mod.rs", "lib.rs") else parent.rsplit("/", 1)[0] if "/" in parent else ""
-            if path.name == "lib.rs":
-                base = ""
-            found.add(f"{base}/{match.group(1)}".lstrip("/"))
+        # `mod name;` in a/b.rs or a/b/mod.rs is a/b/name; in lib.rs, name.
+        parent = "" if path.name == "lib.rs" else module_of(path)
+        for name in TEST_MOD.findall(path.read_text()):
+            found.add(f"{parent}/{name}".lstrip("/"))
     return found
 
 

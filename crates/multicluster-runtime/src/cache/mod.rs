@@ -123,6 +123,7 @@ use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use self::error::CacheError;
 pub use self::event::InformerEvent;
@@ -206,6 +207,8 @@ struct Inner {
     client: Client,
     options: CacheOptions,
     token: CancellationToken,
+    /// The informers' tasks, so that [`Cache::stopped`] can wait for them.
+    tasks: TaskTracker,
     registry: Mutex<Registry>,
     watches: AtomicUsize,
     /// Bumped by [`Cache::reconnect`]; every informer follows it.
@@ -248,6 +251,7 @@ impl Cache {
                 client,
                 options,
                 token,
+                tasks: TaskTracker::new(),
                 registry: Mutex::new(Registry::default()),
                 watches: AtomicUsize::new(0),
                 reconnects: watch::Sender::new(0),
@@ -331,6 +335,27 @@ impl Cache {
     /// Whether the cache's token was cancelled.
     pub fn is_stopped(&self) -> bool {
         self.inner.token.is_cancelled()
+    }
+
+    /// Completes once the cache's token is cancelled and every informer task it
+    /// started has ended: nothing of the cache runs any more, and its watches hold
+    /// no connection. A [namespace-scoped view](Self::scoped) waits for its host.
+    ///
+    /// It does not stop the cache: whoever owns it cancels the token (a cluster's
+    /// owner calls [`Cluster::stop`](crate::Cluster::stop)), then may wait here.
+    /// An informer task ends at its next poll once cancelled, so the wait is short
+    /// unless a thread of the runtime is blocked; bound it with a timeout where a
+    /// hang would matter.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only waits.
+    pub async fn stopped(&self) {
+        self.inner.token.cancelled().await;
+        // An informer starts under the registry's lock, and only while the token is
+        // live: once the lock has been taken here, no task can be added any more.
+        drop(self.inner.registry());
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
     }
 
     /// Asks every watch of the cache that is failing to stop waiting out its backoff
@@ -794,10 +819,11 @@ impl Cache {
         };
         let reconnects = inner.reconnects.subscribe();
         let stop = inner.token.child_token();
-        runtime.spawn(
+        self.inner.tasks.spawn_on(
             informer
                 .clone()
                 .run_with(watch, prepare, stop.clone(), reconnects),
+            &runtime,
         );
         registry.running.push((stop, watches));
         inner.watches.fetch_add(watches, Ordering::Relaxed);

@@ -828,7 +828,9 @@ impl Manager {
     /// Returns only once every task the manager spawned has ended, on success and on
     /// every error path alike: every engagement is cancelled, every runnable and the
     /// provider have returned, the lease (if held) is released, and the local
-    /// cluster's cache is stopped. Reconciles in flight get the
+    /// cluster's cache is stopped. The informers of the stopped caches (the local
+    /// cluster's, and those of engaged clusters that their provider stopped) are
+    /// waited for too, up to 10 s; one still running then is logged. Reconciles in flight get the
     /// [graceful shutdown timeout](Self::with_graceful_shutdown_timeout); a runnable
     /// that ignores its token keeps `start` from returning.
     ///
@@ -916,10 +918,19 @@ impl Manager {
             .await;
         run.cancel();
         *self.runnables() = Runnables::Stopped;
-        // Whatever a provider left engaged ends with the manager.
-        let ended: Vec<_> = self.engaged().clusters.drain().collect();
+        // Whatever a provider left engaged ends with the manager. The components go
+        // too: a controller holds the manager, so keeping them would keep the
+        // manager, its clusters and their clients (with their tasks) alive for ever.
+        let (ended, components): (Vec<_>, _) = {
+            let mut engaged = self.engaged();
+            let components = std::mem::take(&mut engaged.components);
+            (engaged.clusters.drain().collect(), components)
+        };
+        drop(components);
+        let mut caches = Vec::with_capacity(ended.len() + 1);
         for (_, engaged) in ended {
             engaged.token.cancel();
+            caches.push(engaged.cluster.cache().clone());
         }
         self.inner.stopped.cancel();
         self.inner.tasks.close();
@@ -927,6 +938,8 @@ impl Manager {
         self.inner.leader.send_replace(false);
         // Nothing runs for the local cluster any more; its watches end with the manager.
         self.inner.local.stop();
+        caches.push(self.inner.local.cache().clone());
+        wait_for_stopped_caches(caches).await;
         outcome.and_then(|()| shutdown_outcome(&mut failed))
     }
 
@@ -1185,6 +1198,27 @@ impl Manager {
 
 /// What the runnables reported while they stopped: their cut-short reconciles,
 /// gathered into one [`Error::ShutdownTimedOut`], or the first other failure.
+/// How long [`Manager::start`] waits, on its way out, for the informers of the
+/// caches stopped by then to end.
+const CACHE_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Waits for the informer tasks of those of `caches` that were stopped: the local
+/// cluster's, and those of engaged clusters that their provider stopped when it
+/// returned (a cache left running is its owner's). Bounded, so that one stuck
+/// informer cannot hang shutdown; that is logged instead.
+async fn wait_for_stopped_caches(caches: Vec<crate::cache::Cache>) {
+    let stopped: Vec<_> = caches.into_iter().filter(|c| c.is_stopped()).collect();
+    let all = futures::future::join_all(stopped.iter().map(|c| c.stopped()));
+    if tokio::time::timeout(CACHE_STOP_TIMEOUT, all).await.is_err() {
+        let clusters: Vec<_> = stopped.iter().map(|c| c.cluster().to_string()).collect();
+        tracing::warn!(
+            ?clusters,
+            timeout = ?CACHE_STOP_TIMEOUT,
+            "informers still run after their caches were stopped; not waiting for them any longer"
+        );
+    }
+}
+
 fn shutdown_outcome(failed: &mut mpsc::UnboundedReceiver<Error>) -> Result<()> {
     let mut timed_out: Option<(Duration, Vec<crate::error::CutShort>)> = None;
     while let Ok(err) = failed.try_recv() {

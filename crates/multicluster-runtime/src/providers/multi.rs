@@ -41,6 +41,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::cache::{CacheError, FieldIndex};
 use crate::cluster::{Cluster, ClusterName};
@@ -120,6 +121,9 @@ struct Member {
 struct Running {
     token: CancellationToken,
     aware: Arc<dyn Aware>,
+    /// The run's tasks: the members' runs and the watchers of their engagements;
+    /// [`Multi::start`] returns once they have ended.
+    tasks: TaskTracker,
 }
 
 impl std::fmt::Debug for Multi {
@@ -198,8 +202,8 @@ impl Multi {
                 return Err(err);
             }
         }
-        if let Some(running) = running {
-            self.launch(name, provider, token, running.aware);
+        if running.is_some() {
+            self.launch(name, provider, token);
         }
         Ok(())
     }
@@ -221,24 +225,26 @@ impl Multi {
         name.as_str().split_once(&*self.separator)
     }
 
-    /// Starts a runnable member with an [`Aware`] that prefixes its cluster names.
-    fn launch(
-        &self,
-        name: String,
-        provider: Arc<dyn Provider>,
-        token: CancellationToken,
-        aware: Arc<dyn Aware>,
-    ) {
+    /// Starts a runnable member with an [`Aware`] that prefixes its cluster names,
+    /// on the tasks of the run that `token` belongs to; not if that run has ended.
+    fn launch(&self, name: String, provider: Arc<dyn Provider>, token: CancellationToken) {
         let Some(runnable) = provider.into_runnable() else {
+            return;
+        };
+        // Under the lock that `start` takes to end the run: a member is either
+        // spawned before the run's tasks are closed, and waited for, or not at all.
+        let state = self.lock();
+        let Some(running) = state.running.as_ref().filter(|_| !token.is_cancelled()) else {
             return;
         };
         let prefixed: Arc<dyn Aware> = Arc::new(Prefixed {
             prefix: format!("{name}{}", self.separator),
             member: token.clone(),
-            aware,
+            aware: running.aware.clone(),
             aliases: self.aliases.clone(),
+            tasks: running.tasks.clone(),
         });
-        tokio::spawn(async move {
+        running.tasks.spawn(async move {
             if let Err(err) = runnable.start(token.clone(), prefixed).await {
                 // One failing member must not take the others down: its clusters go.
                 tracing::error!(provider = name, error = %crate::redact::describe(&err), "provider failed; its clusters are disengaged");
@@ -307,13 +313,16 @@ impl Provider for Multi {
 
 #[async_trait]
 impl ProviderRunnable for Multi {
-    /// Starts every runnable member (and those added later) until `token` is cancelled.
+    /// Starts every runnable member (and those added later) until `token` is
+    /// cancelled, and returns once every member's `start` has returned.
     async fn start(&self, token: CancellationToken, aware: Arc<dyn Aware>) -> Result<()> {
+        let tasks = TaskTracker::new();
         let members: Vec<(String, Arc<dyn Provider>, CancellationToken)> = {
             let mut state = self.lock();
             state.running = Some(Running {
                 token: token.clone(),
-                aware: aware.clone(),
+                aware,
+                tasks: tasks.clone(),
             });
             let members = std::mem::take(&mut state.providers);
             let mut started = Vec::new();
@@ -332,10 +341,13 @@ impl ProviderRunnable for Multi {
             started
         };
         for (name, provider, member_token) in members {
-            self.launch(name, provider, member_token, aware.clone());
+            self.launch(name, provider, member_token);
         }
         token.cancelled().await;
         self.lock().running = None;
+        // The members' tokens are children of `token`: each member stops now.
+        tasks.close();
+        tasks.wait().await;
         Ok(())
     }
 }
@@ -348,6 +360,8 @@ struct Prefixed {
     member: CancellationToken,
     aware: Arc<dyn Aware>,
     aliases: Aliases,
+    /// The run's tasks, which the watchers of engagements join.
+    tasks: TaskTracker,
 }
 
 #[async_trait]
@@ -361,7 +375,7 @@ impl Aware for Prefixed {
         let tied = token.child_token();
         let (watched, member) = (tied.clone(), self.member.clone());
         let (aliases, ended, ended_alias) = (self.aliases.clone(), full.clone(), alias.clone());
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             tokio::select! {
                 () = member.cancelled() => watched.cancel(),
                 () = watched.cancelled() => {}
@@ -406,6 +420,7 @@ mod tests {
             member: member.clone(),
             aware: tokens.clone(),
             aliases: Aliases::default(),
+            tasks: TaskTracker::new(),
         };
         let ended = CancellationToken::new();
         ended.cancel();

@@ -422,7 +422,10 @@ impl Coordinator {
     pub(crate) async fn run(self: Arc<Self>, stop: CancellationToken) {
         let mut changes = lock(&self.receiver).take().expect("the coordinator runs once");
         let record_stop = CancellationToken::new();
-        let record = tokio::spawn(self.clone().keep_peer_record(record_stop.clone()));
+        // The peer record is kept until the shards are handed back, then deleted.
+        let record = TaskTracker::new();
+        record.spawn(self.clone().keep_peer_record(record_stop.clone()));
+        record.close();
         let mut snapshots = self.store.watch(&format!("{PEER_LABEL}={}", self.options.prefix));
         let mut state = State::default();
         let shards = TaskTracker::new();
@@ -472,7 +475,7 @@ impl Coordinator {
         shards.close();
         shards.wait().await;
         record_stop.cancel();
-        let _ = record.await;
+        record.wait().await;
     }
 
     /// Marks dead peers and deletes long-dead records (see `peers`), each version

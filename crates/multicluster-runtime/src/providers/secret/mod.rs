@@ -112,6 +112,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Resource, ResourceExt};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use self::content::{Plan, Problem};
@@ -334,6 +335,9 @@ struct Inner {
     options: SecretsOptions,
     clusters: Clusters,
     queue: Arc<KeyedQueue<Change>>,
+    /// The per-Secret workers and the Event publishing of a run; [`Secrets::start`]
+    /// returns once they have ended.
+    tasks: TaskTracker,
     /// Per Secret name, the fingerprint of the last defect reported, so that a
     /// relist or a no-op update does not repeat the warning.
     reported: Mutex<HashMap<String, u64>>,
@@ -373,6 +377,7 @@ impl Secrets {
                 options,
                 clusters: Clusters::new(),
                 queue: Arc::default(),
+                tasks: TaskTracker::new(),
                 reported: Mutex::default(),
                 running: AtomicBool::new(false),
                 synced: AtomicBool::new(false),
@@ -428,11 +433,16 @@ impl ProviderRunnable for Secrets {
             });
         }
         let _running = Running(&self.inner.running);
+        // Closed and emptied by the end of the previous run.
+        self.inner.tasks.reopen();
         let span = tracing::info_span!("secrets_provider", namespace = %self.inner.options.namespace);
         let (clusters, watched) = tokio::join!(
             self.inner.clusters.start(token.clone(), aware),
             self.inner.clone().watch(token).instrument(span),
         );
+        // The workers and Event publishing stop with `token`.
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
         clusters.and(watched)
     }
 }
@@ -452,16 +462,24 @@ impl Inner {
     /// through an informer of a cache of its own (one namespaced watch with the
     /// label selector), which does the relisting and tells what changed.
     async fn watch(self: Arc<Self>, token: CancellationToken) -> Result<()> {
-        let options = &self.options;
         let cache_token = token.child_token();
         // The cache's watch ends with this function, however it ends.
-        let _stop = cache_token.clone().drop_guard();
+        let stop = cache_token.clone().drop_guard();
         let cache = Cache::new(
             ClusterName::local(),
             self.client.clone(),
             CacheOptions::default(),
             cache_token,
         );
+        let followed = self.follow(&cache, &token).await;
+        drop(stop);
+        cache.stopped().await;
+        followed
+    }
+
+    /// Follows the Secrets through `cache` until `token` is cancelled.
+    async fn follow(self: &Arc<Self>, cache: &Cache, token: &CancellationToken) -> Result<()> {
+        let options = &self.options;
         // Keep only the kubeconfig: not the other keys of the Secret, nor annotations
         // (`kubectl apply` copies the whole Secret into one).
         let key = options.data_key.clone();
@@ -495,7 +513,7 @@ impl Inner {
                 Err(_) => return Ok(()),
             }
         }
-        self.resync(&informer, &token);
+        self.resync(&informer, token);
         self.synced.store(true, Ordering::Release);
         tracing::info!(
             namespace = %options.namespace,
@@ -510,11 +528,11 @@ impl Inner {
             match event {
                 Ok(InformerEvent::Applied { new, .. }) => {
                     let name = new.name_any();
-                    self.submit(name, Change::Applied(self.extract(&new)), &token);
+                    self.submit(name, Change::Applied(self.extract(&new)), token);
                 }
-                Ok(InformerEvent::Deleted(old)) => self.submit(old.name_any(), Change::Deleted, &token),
+                Ok(InformerEvent::Deleted(old)) => self.submit(old.name_any(), Change::Deleted, token),
                 // Events were lost: the store says what is true now.
-                Err(RecvError::Lagged(_)) => self.resync(&informer, &token),
+                Err(RecvError::Lagged(_)) => self.resync(&informer, token),
                 Err(RecvError::Closed) => return Ok(()),
             }
         }
@@ -552,16 +570,18 @@ impl Inner {
     fn submit(self: &Arc<Self>, name: String, change: Change, token: &CancellationToken) {
         let inner = self.clone();
         let span = tracing::Span::current();
-        self.queue.submit(name, change, token, move |name, change| {
-            let inner = inner.clone();
-            async move {
-                match change {
-                    Change::Applied(secret) => inner.apply(name, secret).await,
-                    Change::Deleted => inner.delete(&name),
+        let run = token.clone();
+        self.queue
+            .submit(name, change, token, &self.tasks, move |name, change| {
+                let (inner, run) = (inner.clone(), run.clone());
+                async move {
+                    match change {
+                        Change::Applied(secret) => inner.apply(name, secret, &run).await,
+                        Change::Deleted => inner.delete(&name),
+                    }
                 }
-            }
-            .instrument(span.clone())
-        });
+                .instrument(span.clone())
+            });
     }
 
     fn origin(&self, name: &str) -> String {
@@ -569,7 +589,7 @@ impl Inner {
     }
 
     /// Engages, replaces or keeps the cluster of a Secret that was added or changed.
-    async fn apply(&self, name: String, secret: SecretData) {
+    async fn apply(&self, name: String, secret: SecretData, run: &CancellationToken) {
         let origin = self.origin(&name);
         let options = &self.options;
         let plan = content::plan(
@@ -581,7 +601,7 @@ impl Inner {
         );
         let plan = match plan {
             Ok(plan) => plan,
-            Err(problem) => return self.reject(&name, &secret, problem),
+            Err(problem) => return self.reject(&name, &secret, problem, run),
         };
         let mut failed = None;
         let fingerprint = plan.fingerprint;
@@ -599,7 +619,7 @@ impl Inner {
             })
             .await;
         match (changed, failed) {
-            (_, Some(problem)) => self.reject(&name, &secret, problem),
+            (_, Some(problem)) => self.reject(&name, &secret, problem, run),
             (Ok(true), None) => {
                 self.clear_report(&name);
                 tracing::info!(namespace = %options.namespace, secret = %name, "cluster from kubeconfig Secret engaged");
@@ -639,7 +659,7 @@ impl Inner {
 
     /// A Secret that gives no cluster: disengages any cluster it gave before, and
     /// reports the problem once (log and Event).
-    fn reject(&self, name: &str, secret: &SecretData, problem: Problem) {
+    fn reject(&self, name: &str, secret: &SecretData, problem: Problem, run: &CancellationToken) {
         let removed = self.clusters.remove(&ClusterName::from(name));
         let key = {
             let mut hasher = DefaultHasher::new();
@@ -664,11 +684,12 @@ impl Inner {
             "kubeconfig Secret gives no cluster: {}",
             problem.message
         );
-        self.publish(secret.reference.clone(), problem);
+        self.publish(secret.reference.clone(), problem, run);
     }
 
-    /// Publishes a Warning Event on the Secret, in the background.
-    fn publish(&self, reference: ObjectReference, problem: Problem) {
+    /// Publishes a Warning Event on the Secret, in the background: on the run's
+    /// tasks, given up when the run ends (the warning is logged already).
+    fn publish(&self, reference: ObjectReference, problem: Problem, run: &CancellationToken) {
         let recorder = Recorder::new(self.client.clone(), self.options.reporter.clone());
         let namespace = self.options.namespace.clone();
         let event = Event {
@@ -678,9 +699,13 @@ impl Inner {
             action: EVENT_ACTION.into(),
             secondary: None,
         };
-        tokio::spawn(
+        let run = run.clone();
+        self.tasks.spawn(
             async move {
-                if let Err(err) = recorder.publish(&event, &reference).await {
+                let published = run
+                    .run_until_cancelled(recorder.publish(&event, &reference))
+                    .await;
+                if let Some(Err(err)) = published {
                     tracing::warn!(
                         namespace = %namespace,
                         secret = ?reference.name,

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Runs `handle(name, item)` for submitted items: at most one at a time per name,
 /// in submission order, skipping items superseded while an earlier one ran.
@@ -23,13 +24,15 @@ impl<T> Default for KeyedQueue<T> {
 }
 
 impl<T: Send + 'static> KeyedQueue<T> {
-    /// Queues `item` for `name`, starting a worker for the name if none runs. The
-    /// worker stops when it finds nothing pending, or when `token` is cancelled.
+    /// Queues `item` for `name`, starting a worker for the name on `tasks` if none
+    /// runs. The worker stops when it finds nothing pending, or when `token` is
+    /// cancelled.
     pub(super) fn submit<F, Fut>(
         self: &Arc<Self>,
         name: String,
         item: T,
         token: &CancellationToken,
+        tasks: &TaskTracker,
         handle: F,
     ) where
         F: Fn(String, T) -> Fut + Send + 'static,
@@ -42,7 +45,7 @@ impl<T: Send + 'static> KeyedQueue<T> {
         }
         slots.insert(name.clone(), None);
         let (queue, token) = (self.clone(), token.clone());
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let mut next = item;
             loop {
                 if token
@@ -87,7 +90,7 @@ mod tests {
     #[tokio::test]
     async fn keeps_order_coalesces_and_isolates_names() {
         let queue = Arc::new(KeyedQueue::<u32>::default());
-        let token = CancellationToken::new();
+        let (token, tasks) = (CancellationToken::new(), TaskTracker::new());
         let gate = Arc::new(Notify::new());
         let (done, mut seen) = mpsc::unbounded_channel();
         let handler = {
@@ -102,11 +105,11 @@ mod tests {
                 }
             }
         };
-        queue.submit("slow".into(), 1, &token, handler.clone());
+        queue.submit("slow".into(), 1, &token, &tasks, handler.clone());
         tokio::task::yield_now().await;
-        queue.submit("slow".into(), 2, &token, handler.clone());
-        queue.submit("slow".into(), 3, &token, handler.clone());
-        queue.submit("fast".into(), 1, &token, handler.clone());
+        queue.submit("slow".into(), 2, &token, &tasks, handler.clone());
+        queue.submit("slow".into(), 3, &token, &tasks, handler.clone());
+        queue.submit("fast".into(), 1, &token, &tasks, handler.clone());
         let first = tokio::time::timeout(Duration::from_secs(5), seen.recv()).await;
         assert_eq!(first.expect("fast is not held up"), Some(("fast".into(), 1)));
         gate.notify_one();
@@ -115,22 +118,20 @@ mod tests {
         while queue.busy() > 0 {
             tokio::task::yield_now().await;
         }
-        queue.submit("slow".into(), 4, &token, handler);
+        queue.submit("slow".into(), 4, &token, &tasks, handler);
         assert_eq!(seen.recv().await, Some(("slow".into(), 4)), "a new worker starts");
     }
 
     #[tokio::test]
     async fn cancellation_stops_workers() {
         let queue = Arc::new(KeyedQueue::<u32>::default());
-        let token = CancellationToken::new();
-        queue.submit("x".into(), 1, &token, |_, _| std::future::pending::<()>());
+        let (token, tasks) = (CancellationToken::new(), TaskTracker::new());
+        queue.submit("x".into(), 1, &token, &tasks, |_, _| std::future::pending::<()>());
         token.cancel();
-        tokio::time::timeout(Duration::from_secs(5), async {
-            while queue.busy() > 0 {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await
-        .expect("worker stopped");
+        tasks.close();
+        tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+            .await
+            .expect("worker stopped");
+        assert_eq!(queue.busy(), 0);
     }
 }
