@@ -151,9 +151,24 @@ async fn s05_removed_cluster_stops_and_is_not_found() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     create_cm(env.client(2), "after-removal", &[]).await;
+    // Barrier: a watch of c2 of our own has seen the new object, so one of the
+    // controller's that still ran would have queued it by then, ahead of
+    // `still-served`. With one worker, the queue empty after `still-served`'s
+    // reconcile means whatever was queued has started.
+    let witness = Cluster::new("witness", env.client(2));
+    let seen = witness.cache().informer::<ConfigMap>();
+    support::wait_until("after-removal seen by another watch of c2", || {
+        seen.store().get(Some("default"), "after-removal").is_some()
+    })
+    .await;
+    witness.stop();
     create_cm(env.client(1), "still-served", &[]).await;
     recorder.wait_for("c1", "still-served", 1).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let queue = controller.queue();
+    support::wait_until("the queue empty", || {
+        queue.is_empty() && queue.processing_len() == 0
+    })
+    .await;
     assert_eq!(
         started_after_removal.load(Ordering::SeqCst),
         0,
@@ -169,6 +184,8 @@ async fn s06_same_name_with_new_cluster_switches_watches_same_instance_is_a_no_o
     create_cm(env.client(1), "on-old-server", &[]).await;
     create_cm(env.client(2), "on-new-server", &[]).await;
     let (controller, recorder) = recording(Controller::builder(&env.manager)).await;
+    let engagements = support::EngagementLog::new();
+    env.manager.add_aware(engagements.clone()).await.expect("add log");
     env.start();
     recorder.wait_for("c1", "on-old-server", 1).await;
 
@@ -185,12 +202,23 @@ async fn s06_same_name_with_new_cluster_switches_watches_same_instance_is_a_no_o
         "the old server is no longer watched"
     );
 
-    let before = recorder.requests().len();
+    wait_idle(&controller, &["c1"]).await;
+    let (before, engaged) = (recorder.requests().len(), engagements.count("c1"));
     env.provider.replace(replacement).await.expect("same instance");
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // `replace` returns once the cluster has reached every component: an engagement
+    // would be counted by now.
+    assert_eq!(
+        engagements.count("c1"),
+        engaged,
+        "the same instance again is not engaged again"
+    );
+    // Barrier: one more object; its reconcile is the only new one.
+    create_cm(env.client(2), "after-no-op", &[]).await;
+    recorder.wait_for("c1", "after-no-op", 1).await;
+    wait_idle(&controller, &["c1"]).await;
     assert_eq!(
         recorder.requests().len(),
-        before,
+        before + 1,
         "the same instance again changes nothing"
     );
     assert_eq!(controller.cluster_names(), vec![ClusterName::from("c1")]);
@@ -300,26 +328,46 @@ async fn s09_engage_options_local_only_provider_only_and_filter() {
     create_cm(env.client(0), "local-object", &[]).await;
     create_cm(env.client(1), "object-1", &[]).await;
     create_cm(env.client(2), "object-2", &[]).await;
-    let (_, local_only) = recording(
+    let (local_controller, local_only) = recording(
         Controller::builder(&env.manager)
             .named("local")
             .engage_local(true)
             .engage_providers(false),
     )
     .await;
-    let (_, providers) = recording(Controller::builder(&env.manager).named("providers")).await;
-    let (_, filtered) = recording(
+    let (providers_controller, providers) =
+        recording(Controller::builder(&env.manager).named("providers")).await;
+    let (filtered_controller, filtered) = recording(
         Controller::builder(&env.manager)
             .named("filtered")
             .cluster_filter(|name| name == "c2"),
     )
     .await;
+    // Added last: the manager offers a cluster to its components one after the
+    // other, in the order they were added, so once the log has a cluster, every
+    // controller has taken or declined it.
+    let engagements = support::EngagementLog::new();
+    env.manager.add_aware(engagements.clone()).await.expect("add log");
     env.start();
     local_only.wait_for("", "local-object", 1).await;
     providers.wait_for("c1", "object-1", 1).await;
     providers.wait_for("c2", "object-2", 1).await;
     filtered.wait_for("c2", "object-2", 1).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    for name in ["", "c1", "c2"] {
+        engagements.wait_count(name, 1).await;
+    }
+    let sorted = |controller: &Controller| {
+        let mut names: Vec<String> = controller
+            .cluster_names()
+            .iter()
+            .map(|n| n.as_str().to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(sorted(&local_controller), [""]);
+    assert_eq!(sorted(&providers_controller), ["c1", "c2"]);
+    assert_eq!(sorted(&filtered_controller), ["c2"]);
     assert!(
         local_only.requests().iter().all(|r| r.cluster.is_local()),
         "{:?}",
@@ -356,11 +404,12 @@ async fn s10_owned_child_enqueues_its_owner_in_its_own_cluster() {
     create_cm(env.client(1), "parent", &[]).await;
     let parent_b = create_cm(env.client(2), "parent", &[]).await;
     owned_secret(env.client(2), "child", &parent_b).await;
-    let (_, recorder) = recording(Controller::builder(&env.manager).owns::<Secret>()).await;
+    let (controller, recorder) = recording(Controller::builder(&env.manager).owns::<Secret>()).await;
     env.start();
     recorder.wait_for("c1", "parent", 1).await;
     recorder.wait_for("c2", "parent", 1).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The initial lists of both watches reconciled to their end.
+    wait_idle(&controller, &["c1", "c2"]).await;
     let (before_a, before_b) = (recorder.count("c1", "parent"), recorder.count("c2", "parent"));
 
     let secrets: Api<Secret> = Api::namespaced(env.client(2), "default");
@@ -370,7 +419,9 @@ async fn s10_owned_child_enqueues_its_owner_in_its_own_cluster() {
         .await
         .expect("patch child");
     recorder.wait_for("c2", "parent", before_b + 1).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Barrier: the one event of the child queues whatever it maps to at once, so
+    // with both queues idle, each request it made has been reconciled.
+    wait_idle(&controller, &["c1", "c2"]).await;
     assert_eq!(
         recorder.count("c1", "parent"),
         before_a,
@@ -556,7 +607,7 @@ async fn s16_panicking_reconciler_is_retried_with_backoff_while_others_go_on() {
     for name in ["boom", "fine-1", "fine-2"] {
         create_cm(env.client(1), name, &[]).await;
     }
-    let (_controller, recorder) = with_reconciler(
+    let (controller, recorder) = with_reconciler(
         Controller::builder::<ConfigMap>(&env.manager)
             .backoff(Duration::from_millis(50), Duration::from_secs(5)),
         |req: ReconcileRequest<ConfigMap>, recorder: Arc<Recorder>| {
@@ -576,7 +627,9 @@ async fn s16_panicking_reconciler_is_retried_with_backoff_while_others_go_on() {
     recorder.wait_for("c1", "fine-1", 1).await;
     recorder.wait_for("c1", "fine-2", 1).await;
     recorder.wait_for("c1", "boom", 3).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A retry is queued (delayed) before the attempt's lease is released, so the
+    // queue is idle only once no retry is due.
+    wait_idle(&controller, &["c1"]).await;
     assert_eq!(
         recorder.count("c1", "boom"),
         3,

@@ -578,7 +578,13 @@ async fn l09_hanging_cluster_cannot_take_every_slot() {
     assert!(took < Duration::from_secs(1), "c2's item waited {took:?}");
     assert!(took < WAIT);
     // c2 is idle again: the slot it used is the reserve, which c1 does not borrow.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Were it lent to c1 when c2's reconcile ended, c2's next item would wait 30 s
+    // for one of c1's to end.
+    let created = Instant::now();
+    create_cm(env.client(2), "quick-again", &[]).await;
+    recorder.wait_for("c2", "quick-again", 1).await;
+    let took = created.elapsed();
+    assert!(took < Duration::from_secs(1), "c2's next item waited {took:?}");
     assert_eq!(controller.queue().processing_len_of(&"c1".into()), 3);
 }
 

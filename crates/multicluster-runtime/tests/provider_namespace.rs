@@ -158,7 +158,10 @@ async fn pnamespace_existing_added_and_removed() {
             .is_some_and(|ns| ns.metadata.deletion_timestamp.is_some())
     })
     .await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Barrier: the provider handles the Namespace events in order, so once ns-c,
+    // created after, is engaged, it has seen ns-b terminating.
+    env.create_namespace("ns-c", &[]).await;
+    log.wait_live(&["default", "ns-a", "ns-b", "ns-c"]).await;
     assert!(
         log.live().contains("ns-b"),
         "a terminating namespace stays engaged"
@@ -167,7 +170,7 @@ async fn pnamespace_existing_added_and_removed() {
     // Gone: disengaged and unknown; the host cache and the others carry on.
     let engaged_b = log.current("ns-b").expect("ns-b engaged");
     env.delete_namespace_for_good("ns-b").await;
-    log.wait_live(&["default", "ns-a"]).await;
+    log.wait_live(&["default", "ns-a", "ns-c"]).await;
     assert!(engaged_b.token.is_cancelled());
     assert!(engaged_b.cluster.is_stopped());
     let error = provider.get(&"ns-b".into()).await.expect_err("ns-b removed");
@@ -178,7 +181,7 @@ async fn pnamespace_existing_added_and_removed() {
     assert_eq!(log.count("default"), 1);
     let mut known: Vec<String> = provider.names().iter().map(|n| n.as_str().to_owned()).collect();
     known.sort();
-    assert_eq!(known, ["default", "ns-a"]);
+    assert_eq!(known, ["default", "ns-a", "ns-c"]);
 }
 
 #[tokio::test]
