@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use kube_envtest::Fleet;
@@ -20,8 +19,9 @@ use tokio_util::sync::CancellationToken;
 
 mod support;
 
-use support::WAIT;
 use support::fleet::*;
+use support::objects::controlled_by;
+use support::{WAIT, wait_until};
 
 #[tokio::test]
 async fn s01_existing_objects_reconciled_in_every_cluster_with_its_name() {
@@ -145,11 +145,10 @@ async fn s05_removed_cluster_stops_and_is_not_found() {
         c2.is_stopped(),
         "the removed cluster's cache (its watches) is stopped"
     );
-    let started = Instant::now();
-    while controller.queue().depth(&"c2".into()) > 0 {
-        assert!(started.elapsed() < WAIT, "queued items of c2 are dropped");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("queued items of c2 dropped", || {
+        controller.queue().depth(&"c2".into()) == 0
+    })
+    .await;
     create_cm(env.client(2), "after-removal", &[]).await;
     // Barrier: a watch of c2 of our own has seen the new object, so one of the
     // controller's that still ran would have queued it by then, ahead of
@@ -157,7 +156,7 @@ async fn s05_removed_cluster_stops_and_is_not_found() {
     // reconcile means whatever was queued has started.
     let witness = Cluster::new("witness", env.client(2));
     let seen = witness.cache().informer::<ConfigMap>();
-    support::wait_until("after-removal seen by another watch of c2", || {
+    wait_until("after-removal seen by another watch of c2", || {
         seen.store().get(Some("default"), "after-removal").is_some()
     })
     .await;
@@ -165,7 +164,7 @@ async fn s05_removed_cluster_stops_and_is_not_found() {
     create_cm(env.client(1), "still-served", &[]).await;
     recorder.wait_for("c1", "still-served", 1).await;
     let queue = controller.queue();
-    support::wait_until("the queue empty", || {
+    wait_until("the queue empty", || {
         queue.is_empty() && queue.processing_len() == 0
     })
     .await;
@@ -230,11 +229,10 @@ async fn s07_controller_added_after_clusters_engaged_gets_them_all() {
     create_cm(env.client(1), "one", &[]).await;
     create_cm(env.client(2), "two", &[]).await;
     env.start();
-    let started = Instant::now();
-    while env.manager.engaged_clusters().len() < 3 {
-        assert!(started.elapsed() < WAIT, "local, c1 and c2 engaged");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("local, c1 and c2 engaged", || {
+        env.manager.engaged_clusters().len() >= 3
+    })
+    .await;
     let (controller, recorder) = recording(Controller::builder(&env.manager)).await;
     recorder.wait_for("c1", "one", 1).await;
     recorder.wait_for("c2", "two", 1).await;
@@ -385,14 +383,7 @@ async fn owned_secret(client: Client, name: &str, owner: &ConfigMap) {
     let api: Api<Secret> = Api::namespaced(client, "default");
     let mut secret = Secret::default();
     secret.metadata.name = Some(name.to_owned());
-    secret.metadata.owner_references = Some(vec![OwnerReference {
-        api_version: "v1".into(),
-        kind: "ConfigMap".into(),
-        name: owner.name_any(),
-        uid: owner.uid().expect("uid"),
-        controller: Some(true),
-        block_owner_deletion: None,
-    }]);
+    secret.metadata.owner_references = Some(vec![controlled_by(owner)]);
     api.create(&PostParams::default(), &secret)
         .await
         .expect("create secret");
@@ -549,11 +540,7 @@ async fn s14_errors_back_off_exponentially_and_requested_requeues_are_honoured()
         .await
         .expect("controller");
     env.start();
-    let started = Instant::now();
-    while attempts.lock().unwrap().len() < 6 {
-        assert!(started.elapsed() < WAIT, "six attempts");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("six attempts", || attempts.lock().unwrap().len() >= 6).await;
     let times = attempts.lock().unwrap().clone();
     let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
     for (gap, expected) in gaps.iter().zip([100, 200, 400, 800]) {
@@ -676,13 +663,12 @@ async fn a02_reconcile_on_requests_reach_the_reconciler_and_unknown_clusters_end
     // The requests of clusters the controller does not work on leave the queue
     // without a reconcile and without a retry.
     let queue = controller.queue();
-    let started = Instant::now();
-    for cluster in [&unknown.cluster, &local.cluster] {
-        while queue.depth(cluster) + queue.processing_len_of(cluster) > 0 {
-            assert!(started.elapsed() < WAIT, "request of {cluster:?} still queued");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
+    wait_until("the requests of nowhere and the local cluster gone", || {
+        [&unknown.cluster, &local.cluster]
+            .into_iter()
+            .all(|cluster| queue.depth(cluster) + queue.processing_len_of(cluster) == 0)
+    })
+    .await;
     assert_eq!(recorder.count_cluster("nowhere"), 0);
     assert_eq!(recorder.count_cluster(""), 0, "the local cluster is not engaged");
     assert_eq!(queue.num_requeues(&unknown.cluster, &unknown.key), 0);
@@ -815,7 +801,7 @@ async fn r09_fan_out_reconciles_wait_for_the_hub_cache_they_read() {
     // queued them, and is still held.
     let queue = controller.queue();
     let reconciled = || reads.missing.load(Ordering::SeqCst) + reads.found.lock().unwrap().len();
-    support::wait_until("a reconcile, or every member's copies held", || {
+    wait_until("a reconcile, or every member's copies held", || {
         reconciled() > 0
             || members.iter().all(|member| {
                 member.cache().informer::<Secret>().is_synced()
@@ -825,7 +811,7 @@ async fn r09_fan_out_reconciles_wait_for_the_hub_cache_they_read() {
     })
     .await;
     gate.store(true, Ordering::SeqCst);
-    support::wait_until("every copy reconciled with its hub Secret", || {
+    wait_until("every copy reconciled with its hub Secret", || {
         let found = reads.found.lock().unwrap();
         members.iter().all(|member| {
             R09_SECRETS.iter().all(|name| {

@@ -20,7 +20,8 @@ use multicluster_runtime::cache::{CacheError, FieldIndex};
 use multicluster_runtime::controller::{Action, Controller, ReconcileRequest, Request};
 use multicluster_runtime::providers::namespace::Namespaces;
 use multicluster_runtime::{Cluster, ClusterName, Manager, Provider, ProviderRunnable};
-use support::{EngagementLog, WAIT, wait_until};
+use support::objects::create_labelled_namespace;
+use support::{EngagementLog, WAIT, eventually, wait_until};
 use tokio_util::sync::CancellationToken;
 
 /// One apiserver; its cluster is the provider's host.
@@ -58,18 +59,7 @@ impl Env {
     }
 
     async fn create_namespace(&self, name: &str, labels: &[(&str, &str)]) -> Namespace {
-        let mut namespace = Namespace::default();
-        namespace.metadata.name = Some(name.to_owned());
-        namespace.metadata.labels = Some(
-            labels
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        );
-        Api::<Namespace>::all(self.client())
-            .create(&PostParams::default(), &namespace)
-            .await
-            .expect("create namespace")
+        create_labelled_namespace(&self.client(), name, labels).await
     }
 
     async fn label_namespace(&self, name: &str, key: &str, value: &str) {
@@ -98,11 +88,11 @@ impl Env {
         api.replace_subresource("finalize", name, &PostParams::default(), &namespace)
             .await
             .expect("finalize namespace");
-        let started = std::time::Instant::now();
-        while api.get_opt(name).await.expect("get namespace").is_some() {
-            assert!(started.elapsed() < WAIT, "namespace {name} not gone");
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        eventually(&format!("namespace {name} gone"), || async {
+            let found = api.get_opt(name).await.expect("get namespace");
+            found.is_none().then_some(())
+        })
+        .await;
     }
 
     async fn create_config_map(&self, namespace: &str, name: &str, value: &str) {

@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
 use kube::api::{Api, PostParams};
 use kube_envtest::Fleet;
@@ -20,6 +20,7 @@ use multicluster_runtime::{Cluster, ClusterName, ClusterOptions, Manager, Provid
 mod support;
 
 use support::WAIT;
+use support::objects::create_namespace;
 use support::replicas::{Killable, Spans};
 
 /// Member clusters, each a namespace of one of two apiservers seen through a
@@ -43,12 +44,7 @@ async fn seed(fleet: &Fleet) {
     for index in 0..CLUSTERS {
         let client = fleet.cluster(1 + index % 2).client().expect("client");
         let name = member(index);
-        let mut namespace = Namespace::default();
-        namespace.metadata.name = Some(name.clone());
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &namespace)
-            .await
-            .expect("create namespace");
+        create_namespace(&client, &name).await;
         let api: Api<ConfigMap> = Api::namespaced(client, &name);
         for n in 0..2 {
             let mut cm = ConfigMap::default();
