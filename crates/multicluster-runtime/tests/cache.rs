@@ -12,19 +12,13 @@ use kube::{Client, ResourceExt};
 use kube_envtest::Fleet;
 use multicluster_runtime::ClusterName;
 use multicluster_runtime::cache::{Cache, CacheError, CacheOptions, FieldIndex, InformerEvent, WatchSpec};
+use support::objects::create_namespace;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
 
-const SYNC: Duration = Duration::from_secs(30);
+mod support;
 
-async fn create_namespace(client: &Client, name: &str) {
-    let api: Api<Namespace> = Api::all(client.clone());
-    let mut namespace = Namespace::default();
-    namespace.metadata.name = Some(name.to_owned());
-    api.create(&PostParams::default(), &namespace)
-        .await
-        .expect("create namespace");
-}
+const SYNC: Duration = Duration::from_secs(30);
 
 async fn create_config_map(client: &Client, namespace: &str, name: &str, app: Option<&str>) -> ConfigMap {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);

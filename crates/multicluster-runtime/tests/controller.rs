@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use kube_envtest::Fleet;
@@ -20,8 +19,9 @@ use tokio_util::sync::CancellationToken;
 
 mod support;
 
-use support::WAIT;
 use support::fleet::*;
+use support::objects::controlled_by;
+use support::{WAIT, wait_until};
 
 #[tokio::test]
 async fn s01_existing_objects_reconciled_in_every_cluster_with_its_name() {
@@ -145,15 +145,29 @@ async fn s05_removed_cluster_stops_and_is_not_found() {
         c2.is_stopped(),
         "the removed cluster's cache (its watches) is stopped"
     );
-    let started = Instant::now();
-    while controller.queue().depth(&"c2".into()) > 0 {
-        assert!(started.elapsed() < WAIT, "queued items of c2 are dropped");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("queued items of c2 dropped", || {
+        controller.queue().depth(&"c2".into()) == 0
+    })
+    .await;
     create_cm(env.client(2), "after-removal", &[]).await;
+    // Barrier: a watch of c2 of our own has seen the new object, so one of the
+    // controller's that still ran would have queued it by then, ahead of
+    // `still-served`. With one worker, the queue empty after `still-served`'s
+    // reconcile means whatever was queued has started.
+    let witness = Cluster::new("witness", env.client(2));
+    let seen = witness.cache().informer::<ConfigMap>();
+    wait_until("after-removal seen by another watch of c2", || {
+        seen.store().get(Some("default"), "after-removal").is_some()
+    })
+    .await;
+    witness.stop();
     create_cm(env.client(1), "still-served", &[]).await;
     recorder.wait_for("c1", "still-served", 1).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let queue = controller.queue();
+    wait_until("the queue empty", || {
+        queue.is_empty() && queue.processing_len() == 0
+    })
+    .await;
     assert_eq!(
         started_after_removal.load(Ordering::SeqCst),
         0,
@@ -169,6 +183,8 @@ async fn s06_same_name_with_new_cluster_switches_watches_same_instance_is_a_no_o
     create_cm(env.client(1), "on-old-server", &[]).await;
     create_cm(env.client(2), "on-new-server", &[]).await;
     let (controller, recorder) = recording(Controller::builder(&env.manager)).await;
+    let engagements = support::EngagementLog::new();
+    env.manager.add_aware(engagements.clone()).await.expect("add log");
     env.start();
     recorder.wait_for("c1", "on-old-server", 1).await;
 
@@ -185,12 +201,23 @@ async fn s06_same_name_with_new_cluster_switches_watches_same_instance_is_a_no_o
         "the old server is no longer watched"
     );
 
-    let before = recorder.requests().len();
+    wait_idle(&controller, &["c1"]).await;
+    let (before, engaged) = (recorder.requests().len(), engagements.count("c1"));
     env.provider.replace(replacement).await.expect("same instance");
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // `replace` returns once the cluster has reached every component: an engagement
+    // would be counted by now.
+    assert_eq!(
+        engagements.count("c1"),
+        engaged,
+        "the same instance again is not engaged again"
+    );
+    // Barrier: one more object; its reconcile is the only new one.
+    create_cm(env.client(2), "after-no-op", &[]).await;
+    recorder.wait_for("c1", "after-no-op", 1).await;
+    wait_idle(&controller, &["c1"]).await;
     assert_eq!(
         recorder.requests().len(),
-        before,
+        before + 1,
         "the same instance again changes nothing"
     );
     assert_eq!(controller.cluster_names(), vec![ClusterName::from("c1")]);
@@ -202,11 +229,10 @@ async fn s07_controller_added_after_clusters_engaged_gets_them_all() {
     create_cm(env.client(1), "one", &[]).await;
     create_cm(env.client(2), "two", &[]).await;
     env.start();
-    let started = Instant::now();
-    while env.manager.engaged_clusters().len() < 3 {
-        assert!(started.elapsed() < WAIT, "local, c1 and c2 engaged");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("local, c1 and c2 engaged", || {
+        env.manager.engaged_clusters().len() >= 3
+    })
+    .await;
     let (controller, recorder) = recording(Controller::builder(&env.manager)).await;
     recorder.wait_for("c1", "one", 1).await;
     recorder.wait_for("c2", "two", 1).await;
@@ -300,26 +326,46 @@ async fn s09_engage_options_local_only_provider_only_and_filter() {
     create_cm(env.client(0), "local-object", &[]).await;
     create_cm(env.client(1), "object-1", &[]).await;
     create_cm(env.client(2), "object-2", &[]).await;
-    let (_, local_only) = recording(
+    let (local_controller, local_only) = recording(
         Controller::builder(&env.manager)
             .named("local")
             .engage_local(true)
             .engage_providers(false),
     )
     .await;
-    let (_, providers) = recording(Controller::builder(&env.manager).named("providers")).await;
-    let (_, filtered) = recording(
+    let (providers_controller, providers) =
+        recording(Controller::builder(&env.manager).named("providers")).await;
+    let (filtered_controller, filtered) = recording(
         Controller::builder(&env.manager)
             .named("filtered")
             .cluster_filter(|name| name == "c2"),
     )
     .await;
+    // Added last: the manager offers a cluster to its components one after the
+    // other, in the order they were added, so once the log has a cluster, every
+    // controller has taken or declined it.
+    let engagements = support::EngagementLog::new();
+    env.manager.add_aware(engagements.clone()).await.expect("add log");
     env.start();
     local_only.wait_for("", "local-object", 1).await;
     providers.wait_for("c1", "object-1", 1).await;
     providers.wait_for("c2", "object-2", 1).await;
     filtered.wait_for("c2", "object-2", 1).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    for name in ["", "c1", "c2"] {
+        engagements.wait_count(name, 1).await;
+    }
+    let sorted = |controller: &Controller| {
+        let mut names: Vec<String> = controller
+            .cluster_names()
+            .iter()
+            .map(|n| n.as_str().to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(sorted(&local_controller), [""]);
+    assert_eq!(sorted(&providers_controller), ["c1", "c2"]);
+    assert_eq!(sorted(&filtered_controller), ["c2"]);
     assert!(
         local_only.requests().iter().all(|r| r.cluster.is_local()),
         "{:?}",
@@ -337,14 +383,7 @@ async fn owned_secret(client: Client, name: &str, owner: &ConfigMap) {
     let api: Api<Secret> = Api::namespaced(client, "default");
     let mut secret = Secret::default();
     secret.metadata.name = Some(name.to_owned());
-    secret.metadata.owner_references = Some(vec![OwnerReference {
-        api_version: "v1".into(),
-        kind: "ConfigMap".into(),
-        name: owner.name_any(),
-        uid: owner.uid().expect("uid"),
-        controller: Some(true),
-        block_owner_deletion: None,
-    }]);
+    secret.metadata.owner_references = Some(vec![controlled_by(owner)]);
     api.create(&PostParams::default(), &secret)
         .await
         .expect("create secret");
@@ -356,11 +395,12 @@ async fn s10_owned_child_enqueues_its_owner_in_its_own_cluster() {
     create_cm(env.client(1), "parent", &[]).await;
     let parent_b = create_cm(env.client(2), "parent", &[]).await;
     owned_secret(env.client(2), "child", &parent_b).await;
-    let (_, recorder) = recording(Controller::builder(&env.manager).owns::<Secret>()).await;
+    let (controller, recorder) = recording(Controller::builder(&env.manager).owns::<Secret>()).await;
     env.start();
     recorder.wait_for("c1", "parent", 1).await;
     recorder.wait_for("c2", "parent", 1).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The initial lists of both watches reconciled to their end.
+    wait_idle(&controller, &["c1", "c2"]).await;
     let (before_a, before_b) = (recorder.count("c1", "parent"), recorder.count("c2", "parent"));
 
     let secrets: Api<Secret> = Api::namespaced(env.client(2), "default");
@@ -370,7 +410,9 @@ async fn s10_owned_child_enqueues_its_owner_in_its_own_cluster() {
         .await
         .expect("patch child");
     recorder.wait_for("c2", "parent", before_b + 1).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Barrier: the one event of the child queues whatever it maps to at once, so
+    // with both queues idle, each request it made has been reconciled.
+    wait_idle(&controller, &["c1", "c2"]).await;
     assert_eq!(
         recorder.count("c1", "parent"),
         before_a,
@@ -498,11 +540,7 @@ async fn s14_errors_back_off_exponentially_and_requested_requeues_are_honoured()
         .await
         .expect("controller");
     env.start();
-    let started = Instant::now();
-    while attempts.lock().unwrap().len() < 6 {
-        assert!(started.elapsed() < WAIT, "six attempts");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("six attempts", || attempts.lock().unwrap().len() >= 6).await;
     let times = attempts.lock().unwrap().clone();
     let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
     for (gap, expected) in gaps.iter().zip([100, 200, 400, 800]) {
@@ -556,7 +594,7 @@ async fn s16_panicking_reconciler_is_retried_with_backoff_while_others_go_on() {
     for name in ["boom", "fine-1", "fine-2"] {
         create_cm(env.client(1), name, &[]).await;
     }
-    let (_controller, recorder) = with_reconciler(
+    let (controller, recorder) = with_reconciler(
         Controller::builder::<ConfigMap>(&env.manager)
             .backoff(Duration::from_millis(50), Duration::from_secs(5)),
         |req: ReconcileRequest<ConfigMap>, recorder: Arc<Recorder>| {
@@ -576,7 +614,9 @@ async fn s16_panicking_reconciler_is_retried_with_backoff_while_others_go_on() {
     recorder.wait_for("c1", "fine-1", 1).await;
     recorder.wait_for("c1", "fine-2", 1).await;
     recorder.wait_for("c1", "boom", 3).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A retry is queued (delayed) before the attempt's lease is released, so the
+    // queue is idle only once no retry is due.
+    wait_idle(&controller, &["c1"]).await;
     assert_eq!(
         recorder.count("c1", "boom"),
         3,
@@ -623,13 +663,12 @@ async fn a02_reconcile_on_requests_reach_the_reconciler_and_unknown_clusters_end
     // The requests of clusters the controller does not work on leave the queue
     // without a reconcile and without a retry.
     let queue = controller.queue();
-    let started = Instant::now();
-    for cluster in [&unknown.cluster, &local.cluster] {
-        while queue.depth(cluster) + queue.processing_len_of(cluster) > 0 {
-            assert!(started.elapsed() < WAIT, "request of {cluster:?} still queued");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
+    wait_until("the requests of nowhere and the local cluster gone", || {
+        [&unknown.cluster, &local.cluster]
+            .into_iter()
+            .all(|cluster| queue.depth(cluster) + queue.processing_len_of(cluster) == 0)
+    })
+    .await;
     assert_eq!(recorder.count_cluster("nowhere"), 0);
     assert_eq!(recorder.count_cluster(""), 0, "the local cluster is not engaged");
     assert_eq!(queue.num_requeues(&unknown.cluster, &unknown.key), 0);
@@ -762,7 +801,7 @@ async fn r09_fan_out_reconciles_wait_for_the_hub_cache_they_read() {
     // queued them, and is still held.
     let queue = controller.queue();
     let reconciled = || reads.missing.load(Ordering::SeqCst) + reads.found.lock().unwrap().len();
-    support::wait_until("a reconcile, or every member's copies held", || {
+    wait_until("a reconcile, or every member's copies held", || {
         reconciled() > 0
             || members.iter().all(|member| {
                 member.cache().informer::<Secret>().is_synced()
@@ -772,7 +811,7 @@ async fn r09_fan_out_reconciles_wait_for_the_hub_cache_they_read() {
     })
     .await;
     gate.store(true, Ordering::SeqCst);
-    support::wait_until("every copy reconciled with its hub Secret", || {
+    wait_until("every copy reconciled with its hub Secret", || {
         let found = reads.found.lock().unwrap();
         members.iter().all(|member| {
             R09_SECRETS.iter().all(|name| {

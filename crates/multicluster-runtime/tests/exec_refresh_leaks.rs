@@ -67,7 +67,7 @@ printf '{{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential"
         kubeconfig.to_string().as_bytes(),
     );
 
-    let capture = support::Capture::default();
+    let capture = support::logs::Capture::default();
     let guard = capture.set_default("trace,tower=debug,hyper=debug,h2=debug,rustls=debug");
     let local = Arc::new(Cluster::new("", fleet.cluster(0).client().expect("client")));
     let provider = Arc::new(Files::builder().path(&members).build());

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use kube_envtest::Fleet;
@@ -24,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 mod support;
 
 use support::fleet::*;
-use support::host::Logs;
+use support::logs::Logs;
+use support::objects::{controlled_by, create_namespace};
 use support::{WAIT, wait_until};
 
 /// Creates `count` ConfigMaps `<prefix>-<n>` labelled `test=<prefix>` in `default`.
@@ -302,13 +302,7 @@ async fn l04_mapped_request_waits_for_the_target_cache_to_sync() {
 async fn l05_cluster_scoped_owner_gets_its_owned_children() {
     let env = Env::new(1).await;
     let client = env.client(1);
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let mut ns = Namespace::default();
-    ns.metadata.name = Some("l05".into());
-    let ns = namespaces
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("namespace");
+    let ns = create_namespace(&client, "l05").await;
     let seen: Arc<Mutex<Vec<(Request, bool)>>> = Arc::default();
     let _controller = Controller::builder::<Namespace>(&env.manager)
         .owns::<ConfigMap>()
@@ -338,14 +332,7 @@ async fn l05_cluster_scoped_owner_gets_its_owned_children() {
     let children: Api<ConfigMap> = Api::namespaced(client, "l05");
     let mut child = ConfigMap::default();
     child.metadata.name = Some("child".into());
-    child.metadata.owner_references = Some(vec![OwnerReference {
-        api_version: "v1".into(),
-        kind: "Namespace".into(),
-        name: "l05".into(),
-        uid: ns.uid().expect("uid"),
-        controller: Some(true),
-        block_owner_deletion: None,
-    }]);
+    child.metadata.owner_references = Some(vec![controlled_by(&ns)]);
     children
         .create(&PostParams::default(), &child)
         .await
@@ -578,7 +565,13 @@ async fn l09_hanging_cluster_cannot_take_every_slot() {
     assert!(took < Duration::from_secs(1), "c2's item waited {took:?}");
     assert!(took < WAIT);
     // c2 is idle again: the slot it used is the reserve, which c1 does not borrow.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Were it lent to c1 when c2's reconcile ended, c2's next item would wait 30 s
+    // for one of c1's to end.
+    let created = Instant::now();
+    create_cm(env.client(2), "quick-again", &[]).await;
+    recorder.wait_for("c2", "quick-again", 1).await;
+    let took = created.elapsed();
+    assert!(took < Duration::from_secs(1), "c2's next item waited {took:?}");
     assert_eq!(controller.queue().processing_len_of(&"c1".into()), 3);
 }
 
@@ -704,12 +697,7 @@ async fn r08_cluster_scoped_after_owns_still_applies() {
     use kube::api::{ApiResource, DynamicObject};
     let env = Env::new(1).await;
     let client = env.client(1);
-    let mut ns = Namespace::default();
-    ns.metadata.name = Some("r08".into());
-    let ns = Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("namespace");
+    let ns = create_namespace(&client, "r08").await;
     let resource = ApiResource::erase::<Namespace>(&());
     let seen: Arc<Mutex<Vec<(Request, bool)>>> = Arc::default();
     let _controller = multicluster_runtime::controller::ControllerBuilder::<DynamicObject>::new_with(
@@ -743,14 +731,7 @@ async fn r08_cluster_scoped_after_owns_still_applies() {
     let before = of_r08(&seen).len();
     let mut child = ConfigMap::default();
     child.metadata.name = Some("child".into());
-    child.metadata.owner_references = Some(vec![OwnerReference {
-        api_version: "v1".into(),
-        kind: "Namespace".into(),
-        name: "r08".into(),
-        uid: ns.uid().expect("uid"),
-        controller: Some(true),
-        block_owner_deletion: None,
-    }]);
+    child.metadata.owner_references = Some(vec![controlled_by(&ns)]);
     Api::<ConfigMap>::namespaced(client, "r08")
         .create(&PostParams::default(), &child)
         .await

@@ -15,7 +15,7 @@ use multicluster_runtime::cache::{Cache, CacheError, CacheOptions, WatchNamespac
 use multicluster_runtime::controller::{Action, Controller, ReconcileRequest, Request};
 use multicluster_runtime::providers::clusters::Clusters;
 use multicluster_runtime::{Cluster, ClusterName, ClusterOptions, Manager};
-use support::host::create_namespace;
+use support::objects::create_namespace;
 use support::{WAIT, rbac};
 use tokio_util::sync::CancellationToken;
 
@@ -185,7 +185,7 @@ async fn p01_namespaced_controller_reconciles_with_a_role_only() {
         tenants.push(cluster.create_user(spec).await.expect("user"));
     }
 
-    let logs = support::Capture::default();
+    let logs = support::logs::Capture::default();
     let _guard = logs.set_default("debug");
     let options = ClusterOptions {
         cache: CacheOptions::default().default_namespaces(["team-a"]),

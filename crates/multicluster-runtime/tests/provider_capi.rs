@@ -11,11 +11,11 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
-use kube_envtest::LocalCluster;
 use multicluster_runtime::Cluster;
 use multicluster_runtime::providers::capi::{ClusterApi, ClusterApiOptions, ClusterApiVersion};
 use serde_json::{Value, json};
-use support::host::{Logs, assert_not_found, assert_reaches, host_fleet, marked_kubeconfigs, start};
+use support::host::{assert_not_found, assert_reaches, host_fleet, kubeconfig_of, marked_kubeconfigs, start};
+use support::logs::Logs;
 use support::{EngagementLog, wait_until};
 use tokio_util::sync::CancellationToken;
 
@@ -30,11 +30,6 @@ fn cluster_resource(version: ClusterApiVersion) -> ApiResource {
 /// The host's `Cluster` API (written as v1beta2).
 fn clusters(host: &Client) -> Api<DynamicObject> {
     Api::namespaced_with(host.clone(), NS, &cluster_resource(ClusterApiVersion::V1Beta2))
-}
-
-/// The admin kubeconfig of `cluster`, as a kubeconfig Secret holds it.
-fn kubeconfig_of(cluster: &LocalCluster) -> Vec<u8> {
-    serde_json::to_vec(cluster.kubeconfig()).expect("serialize kubeconfig")
 }
 
 async fn create_cluster(host: &Client, name: &str, status: Value) {
@@ -291,7 +286,7 @@ async fn p06_capi_provider_leaks_no_credential() {
         put_secret(&host, &format!("{name}-kubeconfig"), data, "1").await;
     }
 
-    let capture = support::Capture::default();
+    let capture = support::logs::Capture::default();
     let guard = capture.set_default("trace,tower=debug,hyper=debug,h2=debug,rustls=debug");
     let local = Cluster::new("", user.client().expect("client"));
     let provider = Arc::new(ClusterApi::new(

@@ -8,11 +8,11 @@ mod support;
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams};
 use kube::config::Kubeconfig;
 use kube_envtest::Fleet;
 use multicluster_runtime::providers::file::{FileError, FileNaming, Files, default_paths};
@@ -20,6 +20,8 @@ use multicluster_runtime::providers::kubeconfig::KubeconfigPolicy;
 use multicluster_runtime::{Cluster, ClusterName, Provider, ProviderRunnable};
 use serde_json::json;
 use support::files::{offline_kubeconfig, write_bytes};
+use support::logs::Logs;
+use support::objects::create_namespace;
 use support::{EngagementLog, WAIT, wait_until};
 use tokio_util::sync::CancellationToken;
 
@@ -79,59 +81,16 @@ async fn marker(cluster: &Cluster) -> String {
 }
 
 async fn create_marker(fleet: &Fleet, index: usize) {
-    let namespaces: Api<Namespace> = Api::all(fleet.cluster(index).client().expect("client"));
-    let mut namespace = Namespace::default();
-    namespace.metadata.name = Some(format!("marker-{index}"));
-    namespaces
-        .create(&PostParams::default(), &namespace)
-        .await
-        .expect("create marker namespace");
+    let client = fleet.cluster(index).client().expect("client");
+    create_namespace(&client, &format!("marker-{index}")).await;
 }
 
-/// Everything logged by this test binary, as text.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    /// Installs the capture once for the whole binary: providers log from their own
-    /// tasks, which a thread-local subscriber would miss.
-    fn capture() -> &'static Logs {
-        static LOGS: OnceLock<Logs> = OnceLock::new();
-        LOGS.get_or_init(|| {
-            let logs = Logs::default();
-            let writer = logs.clone();
-            let subscriber = tracing_subscriber::fmt()
-                .with_writer(move || writer.clone())
-                .with_ansi(false)
-                .with_max_level(tracing::Level::INFO)
-                .finish();
-            tracing::subscriber::set_global_default(subscriber).expect("first subscriber");
-            logs
-        })
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-
-    /// Warnings that name `path`.
-    fn warnings_about(&self, path: &Path) -> Vec<String> {
-        let path = path.display().to_string();
-        let text = self.text();
-        let lines = text.lines().filter(|l| l.contains("WARN") && l.contains(&path));
-        lines.map(str::to_owned).collect()
-    }
+/// Warnings that name `path`.
+fn warnings_about(logs: &Logs, path: &Path) -> Vec<String> {
+    let path = path.display().to_string();
+    let text = logs.text();
+    let lines = text.lines().filter(|l| l.contains("WARN") && l.contains(&path));
+    lines.map(str::to_owned).collect()
 }
 
 fn is_not_found(result: multicluster_runtime::Result<Arc<Cluster>>) -> bool {
@@ -142,7 +101,8 @@ fn is_not_found(result: multicluster_runtime::Result<Arc<Cluster>>) -> bool {
 /// rewritten unchanged, removed, and broken, against two real apiservers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pfile_fleet_lifecycle() {
-    let logs = Logs::capture();
+    // Providers log from their own tasks, which a thread's subscriber would miss.
+    let logs = Logs::capture_with("info");
     let fleet = Fleet::start(2).await.expect("start fleet");
     create_marker(&fleet, 0).await;
     create_marker(&fleet, 1).await;
@@ -225,8 +185,8 @@ async fn pfile_fleet_lifecycle() {
     );
     write_bytes(&d.join("bad.kubeconfig"), b"kind: Config\n");
     wait_until("warnings about both broken files", || {
-        !logs.warnings_about(&d.join("b.kubeconfig")).is_empty()
-            && !logs.warnings_about(&d.join("bad.kubeconfig")).is_empty()
+        !warnings_about(&logs, &d.join("b.kubeconfig")).is_empty()
+            && !warnings_about(&logs, &d.join("bad.kubeconfig")).is_empty()
     })
     .await;
     assert!(!logs.text().contains(secret), "a credential reached the log");

@@ -61,7 +61,7 @@ async fn p06_file_provider_leaks_no_credential() {
         write_bytes(&dir.path().join(name), text.as_bytes());
     }
 
-    let capture = support::Capture::default();
+    let capture = support::logs::Capture::default();
     let guard = capture.set_default("trace,tower=debug,hyper=debug,h2=debug,rustls=debug");
     let provider = Arc::new(Files::builder().path(dir.path()).build());
     let log = EngagementLog::new();
@@ -118,7 +118,7 @@ async fn p06_file_provider_leaks_no_credential() {
 }
 
 /// Prints a capture when a test panics, to see why.
-struct DumpOnPanic(support::Capture);
+struct DumpOnPanic(support::logs::Capture);
 
 impl Drop for DumpOnPanic {
     fn drop(&mut self) {

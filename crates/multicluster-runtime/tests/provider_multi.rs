@@ -14,6 +14,7 @@ use multicluster_runtime::providers::clusters::Clusters;
 use multicluster_runtime::providers::multi::Multi;
 use multicluster_runtime::{Cluster, Manager, Provider};
 use support::EngagementLog;
+use support::objects::create_labelled_namespace;
 use tokio_util::sync::CancellationToken;
 
 /// A manager over a `Multi` provider, with an engagement log added.
@@ -81,13 +82,7 @@ async fn marker(cluster: &Cluster) -> Vec<String> {
 }
 
 async fn mark(client: Client, name: &str) {
-    let mut ns = Namespace::default();
-    ns.metadata.name = Some(name.to_owned());
-    ns.metadata.labels = Some([("marker".to_owned(), "yes".to_owned())].into());
-    Api::<Namespace>::all(client)
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("create namespace");
+    create_labelled_namespace(&client, name, &[("marker", "yes")]).await;
 }
 
 #[tokio::test]

@@ -20,7 +20,8 @@ use multicluster_runtime::cache::{CacheError, FieldIndex};
 use multicluster_runtime::controller::{Action, Controller, ReconcileRequest, Request};
 use multicluster_runtime::providers::namespace::Namespaces;
 use multicluster_runtime::{Cluster, ClusterName, Manager, Provider, ProviderRunnable};
-use support::{EngagementLog, WAIT, wait_until};
+use support::objects::create_labelled_namespace;
+use support::{EngagementLog, WAIT, eventually, wait_until};
 use tokio_util::sync::CancellationToken;
 
 /// One apiserver; its cluster is the provider's host.
@@ -58,18 +59,7 @@ impl Env {
     }
 
     async fn create_namespace(&self, name: &str, labels: &[(&str, &str)]) -> Namespace {
-        let mut namespace = Namespace::default();
-        namespace.metadata.name = Some(name.to_owned());
-        namespace.metadata.labels = Some(
-            labels
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        );
-        Api::<Namespace>::all(self.client())
-            .create(&PostParams::default(), &namespace)
-            .await
-            .expect("create namespace")
+        create_labelled_namespace(&self.client(), name, labels).await
     }
 
     async fn label_namespace(&self, name: &str, key: &str, value: &str) {
@@ -98,11 +88,11 @@ impl Env {
         api.replace_subresource("finalize", name, &PostParams::default(), &namespace)
             .await
             .expect("finalize namespace");
-        let started = std::time::Instant::now();
-        while api.get_opt(name).await.expect("get namespace").is_some() {
-            assert!(started.elapsed() < WAIT, "namespace {name} not gone");
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        eventually(&format!("namespace {name} gone"), || async {
+            let found = api.get_opt(name).await.expect("get namespace");
+            found.is_none().then_some(())
+        })
+        .await;
     }
 
     async fn create_config_map(&self, namespace: &str, name: &str, value: &str) {
@@ -158,7 +148,10 @@ async fn pnamespace_existing_added_and_removed() {
             .is_some_and(|ns| ns.metadata.deletion_timestamp.is_some())
     })
     .await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Barrier: the provider handles the Namespace events in order, so once ns-c,
+    // created after, is engaged, it has seen ns-b terminating.
+    env.create_namespace("ns-c", &[]).await;
+    log.wait_live(&["default", "ns-a", "ns-b", "ns-c"]).await;
     assert!(
         log.live().contains("ns-b"),
         "a terminating namespace stays engaged"
@@ -167,7 +160,7 @@ async fn pnamespace_existing_added_and_removed() {
     // Gone: disengaged and unknown; the host cache and the others carry on.
     let engaged_b = log.current("ns-b").expect("ns-b engaged");
     env.delete_namespace_for_good("ns-b").await;
-    log.wait_live(&["default", "ns-a"]).await;
+    log.wait_live(&["default", "ns-a", "ns-c"]).await;
     assert!(engaged_b.token.is_cancelled());
     assert!(engaged_b.cluster.is_stopped());
     let error = provider.get(&"ns-b".into()).await.expect_err("ns-b removed");
@@ -178,7 +171,7 @@ async fn pnamespace_existing_added_and_removed() {
     assert_eq!(log.count("default"), 1);
     let mut known: Vec<String> = provider.names().iter().map(|n| n.as_str().to_owned()).collect();
     known.sort();
-    assert_eq!(known, ["default", "ns-a"]);
+    assert_eq!(known, ["default", "ns-a", "ns-c"]);
 }
 
 #[tokio::test]

@@ -22,7 +22,8 @@ use multicluster_runtime::providers::profile::{
     self, AccessProviders, ClusterProfiles, ClusterProfilesOptions,
 };
 use serde_json::{Value, json};
-use support::host::{Logs, assert_not_found, assert_reaches, host_fleet, marked_kubeconfigs, start};
+use support::host::{assert_not_found, assert_reaches, host_fleet, kubeconfig_of, marked_kubeconfigs, start};
+use support::logs::Logs;
 use support::{EngagementLog, wait_until};
 use tokio_util::sync::CancellationToken;
 
@@ -107,10 +108,6 @@ async fn put_secret(host: &Client, name: &str, profile: &str, config: &[u8], ann
         )
         .await
         .expect("apply Secret");
-}
-
-fn kubeconfig_of(cluster: &LocalCluster) -> Vec<u8> {
-    serde_json::to_vec(cluster.kubeconfig()).expect("serialize kubeconfig")
 }
 
 /// Writes the exec plugin and, per fleet cluster, the ExecCredential it prints for
@@ -450,7 +447,7 @@ async fn p06_profile_provider_leaks_no_credential() {
     )
     .expect("provider file");
 
-    let capture = support::Capture::default();
+    let capture = support::logs::Capture::default();
     let guard = capture.set_default("trace,tower=debug,hyper=debug,h2=debug,rustls=debug");
     let local = Cluster::new("", user.client().expect("client"));
     let provider = Arc::new(

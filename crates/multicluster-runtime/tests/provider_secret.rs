@@ -7,9 +7,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
@@ -26,7 +24,8 @@ use multicluster_runtime::providers::secret::{
 };
 use multicluster_runtime::{ClusterName, Provider, ProviderRunnable};
 use serde_json::{Value, json};
-use support::{EngagementLog, WAIT};
+use support::objects::create_namespace;
+use support::{EngagementLog, eventually};
 use tokio_util::sync::CancellationToken;
 
 const NS: &str = "fleet";
@@ -157,36 +156,6 @@ impl Env {
 impl Drop for Env {
     fn drop(&mut self) {
         self.token.cancel();
-    }
-}
-
-async fn create_namespace(client: &Client, name: &str) {
-    let namespace = Namespace {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..ObjectMeta::default()
-        },
-        ..Namespace::default()
-    };
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &namespace)
-        .await
-        .expect("create namespace");
-}
-
-/// Polls `probe` until it gives a value; panics naming `what` after [`WAIT`].
-async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let started = Instant::now();
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(started.elapsed() < WAIT, "timed out waiting for {what}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 
@@ -591,7 +560,7 @@ async fn psecret_sync_timeout() {
     let host = env.fleet.cluster(0);
     let late = host.create_user(UserSpec::new("late")).await.expect("user");
 
-    let capture = support::Capture::default();
+    let capture = support::logs::Capture::default();
     let _guard = capture.set_default("multicluster_runtime=debug");
     let provider = Arc::new(Secrets::new(
         late.client().expect("client"),
@@ -685,7 +654,7 @@ async fn psecret_no_secret_leak() {
     const FAIL_ERR: &str = "leak-canary-fail-stderr-e85a";
     let env = Env::new(2).await;
 
-    let capture = support::Capture::default();
+    let capture = support::logs::Capture::default();
     let filter = "debug,multicluster_runtime=trace,kube=trace,kube_client=trace,kube_runtime=trace";
     let guard = capture.set_default(filter);
 
@@ -867,7 +836,7 @@ async fn p04_endpoint_rules_refuse_and_name_the_rule() {
     )
     .await;
 
-    let capture = support::Capture::default();
+    let capture = support::logs::Capture::default();
     let _guard = capture.set_default("multicluster_runtime=debug");
     let endpoints = EndpointPolicy::any()
         .deny(["169.254.0.0/16", "fd00:ec2::254/128"])
@@ -929,7 +898,7 @@ const P06_PROXY: &str = "p06-marker-proxy-password-e19c";
 async fn p06_secret_provider_leaks_no_credential() {
     let env = Env::new(2).await;
     let client = rbac_client(&env, "secret-provider").await;
-    let capture = support::Capture::default();
+    let capture = support::logs::Capture::default();
     let filter = "trace,tower=debug,hyper=debug,h2=debug,rustls=debug";
     let guard = capture.set_default(filter);
 

@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
 use kube::api::{Api, PostParams};
 use kube_envtest::Fleet;
@@ -20,6 +20,7 @@ use multicluster_runtime::{Cluster, ClusterName, ClusterOptions, Manager, Provid
 mod support;
 
 use support::WAIT;
+use support::objects::create_namespace;
 use support::replicas::{Killable, Spans};
 
 /// Member clusters, each a namespace of one of two apiservers seen through a
@@ -43,12 +44,7 @@ async fn seed(fleet: &Fleet) {
     for index in 0..CLUSTERS {
         let client = fleet.cluster(1 + index % 2).client().expect("client");
         let name = member(index);
-        let mut namespace = Namespace::default();
-        namespace.metadata.name = Some(name.clone());
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &namespace)
-            .await
-            .expect("create namespace");
+        create_namespace(&client, &name).await;
         let api: Api<ConfigMap> = Api::namespaced(client, &name);
         for n in 0..2 {
             let mut cm = ConfigMap::default();
@@ -73,9 +69,11 @@ async fn reconcile(req: ReconcileRequest<ConfigMap>, ctx: Arc<Ctx>) -> Result<Ac
     Ok(Action::requeue(Duration::from_millis(300)))
 }
 
-/// A replica and its identity.
+/// A replica, its identity, and its provider: the members' instances, owned or not
+/// (the manager's `get_cluster` refuses the ones another replica owns).
 struct Replica {
     identity: String,
+    provider: Arc<Clusters>,
     process: Killable,
 }
 
@@ -90,10 +88,12 @@ impl Replica {
 fn replica(fleet: &Fleet, identity: &str, spans: &Arc<Spans>) -> Replica {
     let configs: Vec<kube::Config> = (0..3).map(|i| fleet.cluster(i).config()).collect();
     let (name, spans) = (identity.to_owned(), spans.clone());
+    let (send_provider, provider) = std::sync::mpsc::channel();
     let process = Killable::start(move || async move {
         let identity = name;
         let client = |i: usize| Client::try_from(configs[i].clone()).expect("client");
         let provider = Arc::new(Clusters::new());
+        send_provider.send(provider.clone()).expect("send provider");
         for index in 0..CLUSTERS {
             let name = member(index);
             let options =
@@ -123,6 +123,7 @@ fn replica(fleet: &Fleet, identity: &str, spans: &Arc<Spans>) -> Replica {
     });
     Replica {
         identity: identity.to_owned(),
+        provider: provider.recv().expect("the replica's provider"),
         process,
     }
 }
@@ -137,14 +138,12 @@ fn owned(manager: &Manager) -> BTreeSet<String> {
         .collect()
 }
 
-/// The provider clusters of `manager` whose caches run informers.
-async fn with_informers(manager: &Manager) -> BTreeSet<String> {
+/// The provider clusters of `replica` whose caches run informers.
+async fn with_informers(replica: &Replica) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     for index in 0..CLUSTERS {
         let name = ClusterName::from(member(index));
-        // Through the provider: the manager hands out only the clusters it owns.
-        let provider = manager.provider().expect("a provider");
-        let cluster = provider.get(&name).await.expect("member known");
+        let cluster = replica.provider.get(&name).await.expect("member known");
         if !cluster.cache().informer_statuses().is_empty() {
             names.insert(member(index));
         }
@@ -172,7 +171,7 @@ async fn wait_split(replicas: &[&Replica]) -> BTreeMap<String, String> {
         }
         let mut informers_match = true;
         for replica in replicas {
-            informers_match &= with_informers(replica.manager()).await == owned(replica.manager());
+            informers_match &= with_informers(replica).await == owned(replica.manager());
         }
         let split = disjoint && owners.len() == CLUSTERS && informers_match;
         match &stable_since {
@@ -222,7 +221,19 @@ async fn sh01_sh02_sh03_replicas_split_the_fleet_and_hand_it_over() {
     eprintln!("sh01: owners per replica: {counts:?}");
     assert_eq!(counts.len(), 3, "every replica owns some clusters: {counts:?}");
     let window = Instant::now();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Every engaged replica reconciles a cluster every 350 ms: by the time its owner
+    // has started three reconciles of each cluster after `window` (two periods), any
+    // other replica working on it would have started one too.
+    support::wait_until("three reconciles of each cluster by its owner", || {
+        let all = spans.all();
+        before.iter().all(|(cluster, owner)| {
+            let by_owner = all.iter().filter(|s| {
+                s.request.cluster == cluster.as_str() && s.replica == *owner && s.start >= window
+            });
+            by_owner.count() >= 3
+        })
+    })
+    .await;
     for (cluster, owner) in &before {
         let seen = reconcilers_since(&spans, cluster, window);
         assert_eq!(
@@ -258,8 +269,8 @@ async fn sh01_sh02_sh03_replicas_split_the_fleet_and_hand_it_over() {
             .find(|r| r.identity == before[*name])
             .expect("old owner");
         let cluster = old
-            .manager()
-            .get_cluster(&ClusterName::from(name.as_str()))
+            .provider
+            .get(&ClusterName::from(name.as_str()))
             .await
             .expect("known");
         assert!(

@@ -10,12 +10,13 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube_envtest::Fleet;
+use multicluster_runtime::controller::queue::PauseReason;
 use multicluster_runtime::controller::{Action, Controller, ControllerBuilder, ReconcileRequest, Request};
 use multicluster_runtime::providers::clusters::Clusters;
-use multicluster_runtime::{Cluster, Manager};
+use multicluster_runtime::{Cluster, ClusterName, Manager};
 use tokio_util::sync::CancellationToken;
 
-use super::WAIT;
+use super::{WAIT, wait_until};
 
 /// A fleet whose cluster 0 is the manager's local cluster and whose clusters
 /// 1..=n are offered by a `Clusters` provider as `c1`..`cn`.
@@ -193,4 +194,20 @@ pub async fn wait_engaged(controller: &Controller, clusters: &[&str]) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits until `controller` holds nothing of `clusters`: none is waiting for its
+/// caches, and none has an item queued (ready or delayed) or running. Whatever was
+/// queued for them before has been reconciled to its end by then, retries included.
+pub async fn wait_idle(controller: &Controller, clusters: &[&str]) {
+    let queue = controller.queue();
+    wait_until(&format!("the queue of {clusters:?} idle"), || {
+        clusters.iter().all(|name| {
+            let name = ClusterName::from(*name);
+            !queue.pause_reasons(&name).contains(PauseReason::Syncing)
+                && queue.depth(&name) == 0
+                && queue.processing_len_of(&name) == 0
+        })
+    })
+    .await;
 }

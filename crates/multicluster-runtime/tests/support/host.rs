@@ -1,68 +1,18 @@
 //! Helpers of the tests of providers that read a host cluster (Cluster API,
-//! ClusterProfile): captured logs, and checks that an engaged cluster reaches the
-//! right apiserver.
+//! ClusterProfile): the host fleet, kubeconfigs, and checks that an engaged cluster
+//! reaches the right apiserver.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
-use kube::api::{Api, ListParams, PostParams};
-use kube_envtest::Fleet;
+use kube::api::{Api, ListParams};
+use kube_envtest::{Fleet, LocalCluster};
 use multicluster_runtime::{Cluster, ClusterName, Provider, ProviderRunnable};
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::{EngagementLog, wait_until};
-
-/// Log lines of this test binary, captured for assertions (and echoed to stderr).
-#[derive(Clone, Default)]
-pub struct Logs(Arc<Mutex<String>>);
-
-impl Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let _ = std::io::stderr().write_all(buf);
-        self.0.lock().unwrap().push_str(&String::from_utf8_lossy(buf));
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    pub fn capture() -> Logs {
-        static LOGS: OnceLock<Logs> = OnceLock::new();
-        LOGS.get_or_init(|| {
-            let logs = Logs::default();
-            let writer = logs.clone();
-            tracing_subscriber::fmt()
-                // kube's client logs every failed request, e.g. while the fleet starts.
-                .with_env_filter("warn,kube_client=off,multicluster_runtime=info")
-                .with_ansi(false)
-                .with_writer(move || writer.clone())
-                .init();
-            logs
-        })
-        .clone()
-    }
-
-    pub fn text(&self) -> String {
-        self.0.lock().unwrap().clone()
-    }
-
-    /// Whether one line contains every part.
-    pub fn has_line(&self, parts: &[&str]) -> bool {
-        self.text()
-            .lines()
-            .any(|line| parts.iter().all(|p| line.contains(p)))
-    }
-
-    pub async fn wait_line(&self, parts: &[&str]) {
-        wait_until(&format!("a log line with {parts:?}"), || self.has_line(parts)).await;
-    }
-}
+use super::EngagementLog;
+use super::objects::create_namespace;
 
 /// Whether `cluster`'s client reaches fleet cluster `index`: it sees that cluster's
 /// marker namespace and no other.
@@ -88,15 +38,6 @@ pub async fn assert_reaches(log: &EngagementLog, name: &str, index: usize) {
         reaches(&engaged.cluster, index).await,
         "{name} does not reach cluster {index}"
     );
-}
-
-pub async fn create_namespace(client: &Client, name: &str) {
-    let namespace: Namespace =
-        serde_json::from_value(json!({ "metadata": { "name": name } })).expect("a Namespace");
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &namespace)
-        .await
-        .expect("create namespace");
 }
 
 pub fn start<P: ProviderRunnable + 'static>(
@@ -137,6 +78,11 @@ pub async fn host_fleet(fixture: &str, namespace: &str) -> (Fleet, Client) {
         .await;
     }
     (fleet, host)
+}
+
+/// The admin kubeconfig of `cluster`, as a kubeconfig Secret holds it.
+pub fn kubeconfig_of(cluster: &LocalCluster) -> Vec<u8> {
+    serde_json::to_vec(cluster.kubeconfig()).expect("serialize kubeconfig")
 }
 
 /// Kubeconfigs derived from `base` (a kubeconfig as JSON) that each hide a marker

@@ -1,16 +1,19 @@
-//! Helpers shared by the provider tests: a component that records engagements, and
-//! waiting for a condition with a deadline.
+//! Helpers shared by the tests: a component that records engagements, and waiting
+//! for a condition with a deadline; the modules hold the rest, each helper once.
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod files;
 pub mod fleet;
 pub mod host;
 pub mod http;
+pub mod logs;
+pub mod objects;
 pub mod openmetrics;
 pub mod rbac;
 pub mod replicas;
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -107,47 +110,19 @@ pub async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// Log output captured by a subscriber set for one thread (use a current-thread
-/// runtime so the code under test logs on it).
-#[derive(Clone, Default)]
-pub struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Capture {
-    /// A subscriber writing everything `filter` lets through into this capture.
-    pub fn subscriber(&self, filter: &str) -> impl tracing::Subscriber + Send + Sync + use<> {
-        let writer = self.clone();
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish()
-    }
-
-    /// Sets a subscriber writing everything `filter` lets through into this capture
-    /// as this thread's default, until the guard is dropped.
-    ///
-    /// Also rebuilds tracing's cache of which callsites are enabled: a callsite first
-    /// hit by another test while it registered could otherwise stay disabled for
-    /// this subscriber too (the tests of one binary run concurrently).
-    pub fn set_default(&self, filter: &str) -> tracing::subscriber::DefaultGuard {
-        let guard = tracing::subscriber::set_default(self.subscriber(filter));
-        tracing::callsite::rebuild_interest_cache();
-        guard
-    }
-
-    /// Everything captured so far.
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+/// Polls `probe` every 100 ms until it gives a value; panics naming `what` after
+/// [`WAIT`]. The async twin of [`wait_until`].
+pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(started.elapsed() < WAIT, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
