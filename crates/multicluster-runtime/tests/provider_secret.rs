@@ -573,8 +573,8 @@ async fn psecret_sync_timeout() {
     support::wait_until("the sync timeout error", || {
         capture.text().lines().any(|line| {
             line.contains("ERROR")
-                && line.contains("not listed within the sync timeout")
-                && line.contains("namespace=fleet")
+                && line.contains("cache not synced; still waiting")
+                && line.contains("kubeconfig Secrets of namespace fleet")
         })
     })
     .await;
@@ -582,7 +582,7 @@ async fn psecret_sync_timeout() {
     assert!(text.contains("watch failed, retrying with backoff"), "{text}");
     let reason = text
         .lines()
-        .find(|line| line.contains("not listed within the sync timeout"))
+        .find(|line| line.contains("cache not synced; still waiting"))
         .expect("the error line");
     assert!(
         reason.contains("forbidden"),

@@ -97,6 +97,7 @@
 
 mod error;
 mod event;
+pub(crate) mod follow;
 mod index;
 mod informer;
 mod key;

@@ -73,7 +73,7 @@ use request::Next;
 use source::{Sink, Source};
 
 /// A controller: reconciles objects of one type across every cluster it is engaged
-/// with. Built with [`Controller::builder`]; runs as part of a [`Manager`].
+/// with. Built with [`Controller::builder`]; runs as part of a [`Manager`](crate::Manager).
 pub struct Controller {
     name: String,
     /// Whether the manager has a provider (decides the default for the local cluster).
@@ -603,7 +603,7 @@ impl Runnable for Controller {
 
     /// Reconciles until `token` is cancelled, then stops leasing, gives the
     /// reconciles in flight up to the manager's
-    /// [graceful shutdown timeout](Manager::with_graceful_shutdown_timeout) (none
+    /// [graceful shutdown timeout](crate::Manager::with_graceful_shutdown_timeout) (none
     /// once the manager lost its lease), cancels those still running, and stops
     /// every task the controller started.
     ///

@@ -25,12 +25,12 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use kube::Resource;
-use tokio::sync::broadcast::error::RecvError;
 
 use super::predicate::Predicate;
 use super::queue::WorkQueue;
 use super::request::Request;
-use crate::cache::{CacheError, CacheObject, Informer, InformerEvent, ObjectKey, WatchSpec};
+use crate::cache::follow::{Step, Steps, wait_synced_logged};
+use crate::cache::{CacheObject, Informer, ObjectKey, WatchSpec};
 use crate::cluster::{Cluster, ClusterName};
 
 /// What a mapper knows besides the object.
@@ -134,7 +134,7 @@ impl<T: CacheObject> Source for TypedSource<T> {
             .cache()
             .informer_with::<T>(&self.dyntype, self.spec.clone());
         let timeout = self.sync_timeout;
-        Box::pin(async move { wait_synced_logged(&informer, timeout).await })
+        Box::pin(async move { wait_synced_logged(&informer, timeout, "controller").await })
     }
 }
 
@@ -176,25 +176,25 @@ impl<T: CacheObject> TypedSource<T> {
         requests
     }
 
+    /// Maps what the cluster's informer says into requests, until the informer stops
+    /// (the task running this is dropped when the engagement ends).
     async fn follow(&self, cluster: &Cluster, sink: &Sink) {
         let informer = cluster
             .cache()
             .informer_with::<T>(&self.dyntype, self.spec.clone());
-        if !wait_synced_logged(&informer, self.sync_timeout).await {
-            return;
-        }
         let name = cluster.name();
-        // Subscribe, then list: the informer stores a change before announcing it, so
-        // every change is in the listing or among the events (or both, which the
-        // queue dedups). Subscribing before the sync would deliver the initial list
-        // twice, and a duplicate arriving mid-reconcile would requeue the key at
-        // once, defeating the error backoff.
-        let mut events = informer.subscribe();
         let mut known = Known::new();
-        sink.push(self.map_all(&informer, &sink.context(name), &mut known));
-        loop {
-            match events.recv().await {
-                Ok(InformerEvent::Applied { old, new }) => {
+        let mut steps = Steps::new(informer.clone(), self.sync_timeout, "controller");
+        while let Some(step) = steps.next().await {
+            match step {
+                Step::Resync { .. } => {
+                    // What objects mapped to before (e.g. deleted while events were
+                    // lost), and what they map to now; nothing before the first list.
+                    let before: Vec<Request> = known.drain().flat_map(|(_, requests)| requests).collect();
+                    sink.push(before);
+                    sink.push(self.map_all(&informer, &sink.context(name), &mut known));
+                }
+                Step::Applied { old, new } => {
                     let context = sink.context(name);
                     let mapped = self.map(&context, &new);
                     // What `old` mapped to, e.g. a previous owner, needs a look too.
@@ -204,39 +204,11 @@ impl<T: CacheObject> TypedSource<T> {
                         sink.push(before.unwrap_or_default());
                     }
                 }
-                Ok(InformerEvent::Deleted(object)) => {
+                Step::Deleted(object) => {
                     let before = ObjectKey::of(&*object).and_then(|key| known.remove(&key));
                     sink.push(self.map(&sink.context(name), &object));
                     sink.push(before.unwrap_or_default());
                 }
-                Err(RecvError::Lagged(missed)) => {
-                    // Events are lost, deletions among them: what objects mapped to
-                    // before the gap, and what they map to now.
-                    tracing::warn!(cluster = %name, resource = informer.resource(), missed, "controller fell behind its cache; requeueing every known object");
-                    let before: Vec<Request> = known.drain().flat_map(|(_, requests)| requests).collect();
-                    sink.push(before);
-                    sink.push(self.map_all(&informer, &sink.context(name), &mut known));
-                }
-                Err(RecvError::Closed) => return,
-            }
-        }
-    }
-}
-
-/// Waits until `informer` has synced, logging an error each time `timeout` passes
-/// without (the informer keeps retrying underneath, and only its cluster waits).
-/// `false` if the informer stopped first: its cluster was removed or replaced, which
-/// is no error.
-pub(crate) async fn wait_synced_logged<K>(informer: &Informer<K>, timeout: Duration) -> bool {
-    loop {
-        match informer.wait_synced(timeout).await {
-            Ok(()) => return true,
-            Err(CacheError::Stopped { .. }) => {
-                tracing::debug!(cluster = %informer.cluster(), resource = informer.resource(), "cache stopped before it synced");
-                return false;
-            }
-            Err(error) => {
-                tracing::error!(cluster = %informer.cluster(), error = %error, "cache not synced; still waiting");
             }
         }
     }

@@ -554,35 +554,13 @@ mod tests {
 
     /// A server that answers every request with 200 and counts the requests.
     async fn serve_counting() -> (String, Arc<AtomicU64>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
         let requests = Arc::new(AtomicU64::new(0));
-        let counted = requests.clone();
-        tokio::spawn(async move {
-            loop {
-                let (mut stream, _) = listener.accept().await.unwrap();
-                let counted = counted.clone();
-                tokio::spawn(async move {
-                    let mut request = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    loop {
-                        while !request.ends_with(b"\r\n\r\n") {
-                            match stream.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => request.extend_from_slice(&buf[..n]),
-                            }
-                        }
-                        request.clear();
-                        counted.fetch_add(1, Ordering::SeqCst);
-                        let answer = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                        if stream.write_all(answer.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        (url, requests)
+        let ok: crate::manager::fake_apiserver::Answer =
+            Arc::new(|| Some("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"));
+        (
+            crate::manager::fake_apiserver::serve(ok, requests.clone()).await,
+            requests,
+        )
     }
 
     /// Follows the health of `cluster` on `tasks` until `token` is cancelled.

@@ -165,6 +165,8 @@
 mod checks;
 mod coordination;
 mod endpoint;
+#[cfg(test)]
+mod fake_apiserver;
 mod health;
 mod leader;
 mod lease;

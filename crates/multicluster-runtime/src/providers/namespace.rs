@@ -121,10 +121,10 @@ use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ListParams};
 use kube::core::PartialObjectMeta;
-use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::{CacheError, FieldIndex, Informer, InformerEvent, WatchSpec};
+use crate::cache::follow::{Step, Steps};
+use crate::cache::{CacheError, FieldIndex, Informer, WatchSpec};
 use crate::cluster::kubeconfig::BUILD_TIMEOUT;
 use crate::cluster::{ClientOptions, Cluster, ClusterName};
 use crate::error::{Error, Result};
@@ -329,37 +329,19 @@ impl Namespaces {
             .cache()
             .metadata_informer_with::<Namespace>(&(), self.watch_spec());
         let timeout = self.host.cache().options().sync_timeout;
+        let mut steps = Steps::new(informer, timeout, "namespace provider");
         loop {
-            let synced = tokio::select! {
+            let step = tokio::select! {
                 () = token.cancelled() => return Ok(()),
-                synced = informer.wait_synced(timeout) => synced,
+                step = steps.next() => step,
             };
-            match synced {
-                Ok(()) => break,
-                Err(CacheError::Stopped { .. }) => return Err(self.host_stopped()),
-                Err(error) => {
-                    tracing::error!(error = %crate::redact::describe(&error), "namespaces not listed yet; still waiting")
-                }
-            }
-        }
-        // Subscribe, then read the store: every change is in one or the other.
-        let mut events = informer.subscribe();
-        self.resync(&informer).await;
-        loop {
-            let event = tokio::select! {
-                () = token.cancelled() => return Ok(()),
-                event = events.recv() => event,
-            };
-            match event {
-                Ok(InformerEvent::Applied { new, .. }) => self.observe(&new).await,
-                Ok(InformerEvent::Deleted(namespace)) => {
+            match step {
+                Some(Step::Resync { .. }) => self.resync(steps.informer()).await,
+                Some(Step::Applied { new, .. }) => self.observe(&new).await,
+                Some(Step::Deleted(namespace)) => {
                     self.forget(&namespace, "deleted");
                 }
-                Err(RecvError::Lagged(missed)) => {
-                    tracing::warn!(missed, "namespace provider fell behind; resynchronizing");
-                    self.resync(&informer).await;
-                }
-                Err(RecvError::Closed) => return Err(self.host_stopped()),
+                None => return Err(self.host_stopped()),
             }
         }
     }

@@ -34,7 +34,8 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::{CacheError, Informer, InformerEvent, ObjectKey};
+use crate::cache::follow::wait_synced_logged;
+use crate::cache::{Informer, InformerEvent, ObjectKey};
 use crate::cluster::kubeconfig;
 use crate::cluster::{Cluster, ClusterName, ClusterOptions};
 use crate::error::{Error, Result};
@@ -289,19 +290,14 @@ impl<P: Planner> Engine<P> {
 
     /// Waits for the first list of `informer`; `false` if `token` was cancelled first.
     async fn wait_synced<K>(&self, informer: &Informer<K>, token: &CancellationToken) -> Result<bool> {
-        loop {
-            tokio::select! {
-                () = token.cancelled() => return Ok(false),
-                synced = informer.wait_synced(SYNC_REPORT) => match synced {
-                    Ok(()) => return Ok(true),
-                    Err(err @ CacheError::SyncTimeout { .. }) => tracing::warn!(
-                        provider = self.planner.provider(),
-                        error = %crate::redact::describe(&err),
-                        "still waiting for the host cluster's first list (is the CRD installed, may we list it?)"
-                    ),
-                    Err(err) => return Err(err.into()),
-                },
-            }
+        let provider = self.planner.provider();
+        let what = format!("{provider} provider (is the CRD installed, may we list it?)");
+        tokio::select! {
+            () = token.cancelled() => Ok(false),
+            synced = wait_synced_logged(informer, SYNC_REPORT, &what) => match synced {
+                true => Ok(true),
+                false => Err(stopped(provider, informer.resource())),
+            },
         }
     }
 

@@ -6,8 +6,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -146,35 +144,12 @@ impl super::Host for Idle {
 /// An apiserver for health probes: answers every request with 500 while `failing`,
 /// and never answers once not; counts the requests.
 async fn apiserver(failing: Arc<AtomicBool>, requests: Arc<AtomicU64>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bound");
-    let url = format!("http://{}", listener.local_addr().expect("an address"));
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let (failing, requests) = (failing.clone(), requests.clone());
-            tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    while !request.ends_with(b"\r\n\r\n") {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => request.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    request.clear();
-                    requests.fetch_add(1, Ordering::SeqCst);
-                    if !failing.load(Ordering::SeqCst) {
-                        std::future::pending::<()>().await;
-                    }
-                    let answer = "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n";
-                    if stream.write_all(answer.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
+    let answer: crate::manager::fake_apiserver::Answer = Arc::new(move || {
+        failing
+            .load(Ordering::SeqCst)
+            .then_some("HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n")
     });
-    url
+    crate::manager::fake_apiserver::serve(answer, requests).await
 }
 
 /// Short timings, so that clusters move within a second on the real clock.

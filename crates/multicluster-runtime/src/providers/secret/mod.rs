@@ -110,14 +110,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::config::Kubeconfig;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Resource, ResourceExt};
-use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use self::content::{Plan, Problem};
 use self::queue::KeyedQueue;
-use crate::cache::{Cache, CacheError, CacheOptions, FieldIndex, Informer, InformerEvent, WatchSpec};
+use crate::cache::follow::{Step, Steps};
+use crate::cache::{Cache, CacheOptions, FieldIndex, Informer, WatchSpec};
 #[cfg(doc)]
 use crate::cluster::kubeconfig::EndpointPolicy;
 use crate::cluster::kubeconfig::{self, KubeconfigPolicy};
@@ -493,47 +493,36 @@ impl Inner {
             .namespace(&options.namespace)
             .labels(&options.label_selector());
         let informer = cache.informer_with::<Secret>(&(), spec);
-        let mut events = informer.subscribe();
         self.synced.store(false, Ordering::Release);
-        loop {
-            let synced = tokio::select! {
-                () = token.cancelled() => return Ok(()),
-                synced = informer.wait_synced(options.sync_timeout) => synced,
-            };
-            match synced {
-                Ok(()) => break,
-                Err(CacheError::SyncTimeout { last_error, .. }) => tracing::error!(
-                    namespace = %options.namespace,
-                    selector = %options.label_selector(),
-                    timeout = ?options.sync_timeout,
-                    error = last_error.as_deref(),
-                    "kubeconfig Secrets not listed within the sync timeout; still retrying"
-                ),
-                // Stopped: the token was cancelled meanwhile.
-                Err(_) => return Ok(()),
-            }
-        }
-        self.resync(&informer, token);
-        self.synced.store(true, Ordering::Release);
-        tracing::info!(
-            namespace = %options.namespace,
-            secrets = informer.store().len(),
-            "kubeconfig Secrets listed"
+        let what = format!(
+            "kubeconfig Secrets of namespace {} ({})",
+            options.namespace,
+            options.label_selector()
         );
+        let mut steps = Steps::new(informer, options.sync_timeout, what);
         loop {
-            let event = tokio::select! {
+            let step = tokio::select! {
                 () = token.cancelled() => return Ok(()),
-                event = events.recv() => event,
+                step = steps.next() => step,
             };
-            match event {
-                Ok(InformerEvent::Applied { new, .. }) => {
-                    let name = new.name_any();
-                    self.submit(name, Change::Applied(self.extract(&new)), token);
+            match step {
+                Some(Step::Resync { missed }) => {
+                    self.resync(steps.informer(), token);
+                    if missed == 0 {
+                        self.synced.store(true, Ordering::Release);
+                        tracing::info!(
+                            namespace = %options.namespace,
+                            secrets = steps.informer().store().len(),
+                            "kubeconfig Secrets listed"
+                        );
+                    }
                 }
-                Ok(InformerEvent::Deleted(old)) => self.submit(old.name_any(), Change::Deleted, token),
-                // Events were lost: the store says what is true now.
-                Err(RecvError::Lagged(_)) => self.resync(&informer, token),
-                Err(RecvError::Closed) => return Ok(()),
+                Some(Step::Applied { new, .. }) => {
+                    self.submit(new.name_any(), Change::Applied(self.extract(&new)), token);
+                }
+                Some(Step::Deleted(old)) => self.submit(old.name_any(), Change::Deleted, token),
+                // Stopped: the token was cancelled meanwhile.
+                None => return Ok(()),
             }
         }
     }
