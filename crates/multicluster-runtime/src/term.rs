@@ -1,10 +1,13 @@
-//! A term of ownership of one cluster, and the work done under it.
+//! A term of ownership, and the work done under it: the one primitive of both
+//! coordination strategies.
 //!
-//! A replica may hand a cluster over only once nothing of it runs here any more. The
-//! controllers enter the term for each reconcile ([`Term::enter`]); ending the term
-//! refuses new entries and waits until those inside have left. A term ended because
-//! its fence was lost is also *cut*: reconciles inside it are cancelled at once,
-//! since another replica may take over as soon as the fence expires.
+//! A replica may hand work over only once nothing of it runs here any more. With
+//! sharding, a term is one cluster's: the controllers enter it for each reconcile
+//! ([`Term::enter`]). With leader election, a term is the leadership's: each
+//! leader-only runnable enters it for as long as it runs. Ending the term refuses
+//! new entries and waits until those inside have left. A term ended because its
+//! Lease was lost is also *cut*: the work inside is told to stop at once, since
+//! another replica may take over as soon as the Lease expires.
 
 use std::sync::Arc;
 
@@ -44,6 +47,23 @@ pub(crate) struct Work {
 impl Term {
     pub(crate) fn new() -> Self {
         Term::default()
+    }
+
+    /// A term whose work is also told to stop once `parent` is cancelled (a
+    /// leadership term, whose runnables stop with the manager's run).
+    pub(crate) fn within(parent: &CancellationToken) -> Self {
+        Term {
+            inner: Arc::new(Inner {
+                state: watch::Sender::default(),
+                cut: parent.child_token(),
+            }),
+        }
+    }
+
+    /// A token for long-running work of the term (a runnable), cancelled once the
+    /// work must stop.
+    pub(crate) fn stop_token(&self) -> CancellationToken {
+        self.inner.cut.child_token()
     }
 
     /// Enters the term; `None` once it is ending.

@@ -213,6 +213,39 @@ impl Claim {
 /// Why a holder stopped holding.
 pub(crate) type Lost = String;
 
+/// What a holder does with each term of its Lease: leader election runs the
+/// leader-only runnables in it; a sharded replica lets its fences count on it.
+#[async_trait]
+pub(crate) trait Terms: Send {
+    /// The Lease was acquired: begins a term. Returns the token whose cancellation
+    /// ends holding the Lease cleanly, and work to run beside the holding (it may
+    /// cancel that token, e.g. once the term's work has drained).
+    fn begin(&mut self) -> (CancellationToken, futures::future::BoxFuture<'static, ()>);
+
+    /// Holding ended: `Ok` when the token of [`begin`](Self::begin) was cancelled (the
+    /// Lease is still held), the reason when it was lost. Returns whether to
+    /// campaign again.
+    async fn end(&mut self, held: Result<(), Lost>, elector: &mut Elector) -> bool;
+}
+
+/// Holds the Lease term after term: campaigns, begins a term once it holds the
+/// Lease, renews it until the term's token is cancelled or it is lost, ends the
+/// term, and campaigns again if `terms` says so. Returns when `stop` is cancelled
+/// while campaigning, or when `terms` says to stop. The one loop behind both
+/// coordination strategies.
+pub(crate) async fn hold_terms(elector: &mut Elector, stop: &CancellationToken, terms: &mut dyn Terms) {
+    while let Some(acquired) = elector.campaign(stop).await {
+        let (until, beside) = terms.begin();
+        let held = tokio::select! {
+            held = elector.hold(&until, acquired) => held,
+            () = async { beside.await; std::future::pending().await } => unreachable!(),
+        };
+        if !terms.end(held, elector).await {
+            return;
+        }
+    }
+}
+
 /// One claimant's side of the protocol for one Lease.
 pub(crate) struct Elector {
     store: Arc<dyn LeaseStore>,

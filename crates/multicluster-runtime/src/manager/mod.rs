@@ -190,6 +190,7 @@ use crate::cluster::{Cluster, ClusterName, SyncBoard};
 use crate::error::{Error, Result};
 use crate::multicluster::{Aware, Engagement, Provider};
 use crate::redact;
+use crate::term::{Term, Work};
 
 pub use crate::cluster::{ClusterHealth, HealthState};
 pub use crate::runnable::Runnable;
@@ -264,7 +265,7 @@ struct Options {
 struct Engaged {
     clusters: Engagements<Instance>,
     components: Vec<Arc<dyn Aware>>,
-    shards: HashMap<ClusterName, coordination::Term>,
+    shards: HashMap<ClusterName, Term>,
 }
 
 /// What the manager keeps beside each engaged instance.
@@ -319,18 +320,12 @@ enum Runnables {
     Stopped,
 }
 
-/// The leader-only runnables, and the current term if this replica leads.
+/// The leader-only runnables, and the current term if this replica leads: each
+/// runnable started in it is inside the term while it runs.
 #[derive(Default)]
 struct Leaders {
     all: Vec<Arc<dyn Runnable>>,
     term: Option<Term>,
-}
-
-/// One term of leadership: cancelled when it ends, and the runnables it started.
-#[derive(Clone)]
-struct Term {
-    token: CancellationToken,
-    tasks: TaskTracker,
 }
 
 impl std::fmt::Debug for Manager {
@@ -755,13 +750,10 @@ impl Manager {
                 match leaders {
                     Some(leaders) if runnable.needs_leader_election() => {
                         leaders.all.push(runnable.clone());
-                        if let Some(term) = &leaders.term {
-                            self.spawn_runnable(
-                                runnable,
-                                term.token.child_token(),
-                                failures,
-                                Some(&term.tasks),
-                            );
+                        if let Some(term) = &leaders.term
+                            && let Some(work) = term.enter()
+                        {
+                            self.spawn_runnable(runnable, term.stop_token(), failures, Some(work));
                         }
                     }
                     _ => self.spawn_runnable(runnable, token.child_token(), failures, None),
@@ -1002,18 +994,16 @@ impl Manager {
         runnable: Arc<dyn Runnable>,
         token: CancellationToken,
         failures: mpsc::UnboundedSender<Error>,
-        term: Option<&TaskTracker>,
+        work: Option<Work>,
     ) {
-        let run = async move {
+        drop(self.inner.tasks.spawn(async move {
+            // Inside the leadership term until the runnable returns.
+            let _work = work;
             if let Err(err) = runnable.run(token).await {
                 tracing::error!(runnable = runnable.name(), error = %redact::describe(&err), "runnable failed");
                 let _ = failures.send(err);
             }
-        };
-        match term {
-            Some(term) => drop(self.inner.tasks.spawn(term.track_future(run))),
-            None => drop(self.inner.tasks.spawn(run)),
-        }
+        }));
     }
 
     /// Campaigns for the lease, runs the leader-only runnables while it is held, and
@@ -1025,77 +1015,24 @@ impl Manager {
         run: CancellationToken,
         failures: mpsc::UnboundedSender<Error>,
     ) {
-        let (lease, identity) = (election.lease(), election.holder_identity().to_owned());
-        let policy = election.loss_policy();
-        let release_within = election.release_within();
         let store = lease::KubeLeases::new(self.inner.local.clone(), election.namespace_name());
         let mut elector = lease::Elector::new(Arc::new(store), election.claim());
-        loop {
-            tracing::info!(lease, identity, "campaigning for leadership");
-            let Some(acquired) = elector.campaign(&run).await else {
-                return;
-            };
-            tracing::info!(lease, identity, "elected leader");
-            let term = Term {
-                token: run.child_token(),
-                tasks: TaskTracker::new(),
-            };
-            self.inner.leader.send_replace(true);
-            self.begin_term(&term);
-            // Once `run` is cancelled, the term's runnables drain; renewals go on
-            // meanwhile, so that nobody else leads while they finish.
-            let drained = CancellationToken::new();
-            let drain = {
-                let (run, tasks, drained) = (run.clone(), term.tasks.clone(), drained.clone());
-                async move {
-                    run.cancelled().await;
-                    tasks.close();
-                    tasks.wait().await;
-                    drained.cancel();
-                }
-            };
-            let held = tokio::select! {
-                held = elector.hold(&drained, acquired) => held,
-                () = async { drain.await; std::future::pending().await } => unreachable!(),
-            };
-            match held {
-                Ok(()) => {
-                    self.end_term();
-                    match tokio::time::timeout(release_within, elector.release()).await {
-                        Ok(Ok(())) => tracing::info!(lease, identity, "lease released"),
-                        Ok(Err(err)) => tracing::warn!(lease, identity, error = %err, "cannot release lease"),
-                        Err(_) => {
-                            tracing::warn!(lease, identity, "lease not released in time; it will expire")
-                        }
-                    }
-                    self.inner.leader.send_replace(false);
-                    return;
-                }
-                Err(reason) => {
-                    // Not leading first, then cancel: leader-only work sees the loss
-                    // and stops at once instead of draining.
-                    self.inner.leader.send_replace(false);
-                    term.token.cancel();
-                    self.end_term();
-                    term.tasks.close();
-                    term.tasks.wait().await;
-                    tracing::error!(
-                        lease,
-                        identity,
-                        reason,
-                        "leadership lost; leader-only work stopped"
-                    );
-                    if policy == OnLeadershipLoss::Fail || run.is_cancelled() {
-                        let _ = failures.send(Error::LeadershipLost {
-                            lease,
-                            identity,
-                            reason,
-                        });
-                        return;
-                    }
-                }
-            }
-        }
+        tracing::info!(
+            lease = election.lease(),
+            identity = election.holder_identity(),
+            "campaigning for leadership"
+        );
+        let mut terms = Leadership {
+            manager: self.clone(),
+            lease: election.lease(),
+            identity: election.holder_identity().to_owned(),
+            policy: election.loss_policy(),
+            release_within: election.release_within(),
+            run: run.clone(),
+            failures,
+            term: None,
+        };
+        lease::hold_terms(&mut elector, &run, &mut terms).await;
     }
 
     /// Starts every leader-only runnable in `term`.
@@ -1109,12 +1046,9 @@ impl Manager {
         {
             leaders.term = Some(term.clone());
             for runnable in leaders.all.clone() {
-                self.spawn_runnable(
-                    runnable,
-                    term.token.child_token(),
-                    failures.clone(),
-                    Some(&term.tasks),
-                );
+                if let Some(work) = term.enter() {
+                    self.spawn_runnable(runnable, term.stop_token(), failures.clone(), Some(work));
+                }
             }
         }
     }
@@ -1376,6 +1310,90 @@ impl Manager {
     }
 }
 
+/// Leader election's terms: each runs the leader-only runnables while the Lease is
+/// held.
+struct Leadership {
+    manager: Manager,
+    /// `namespace/name` of the Lease, and this replica's identity, for logs.
+    lease: String,
+    identity: String,
+    policy: OnLeadershipLoss,
+    release_within: Duration,
+    /// The manager's run: once cancelled, the term drains and the Lease is released.
+    run: CancellationToken,
+    failures: mpsc::UnboundedSender<Error>,
+    /// The term begun last.
+    term: Option<Term>,
+}
+
+#[async_trait]
+impl lease::Terms for Leadership {
+    fn begin(&mut self) -> (CancellationToken, futures::future::BoxFuture<'static, ()>) {
+        tracing::info!(lease = self.lease, identity = self.identity, "elected leader");
+        let term = Term::within(&self.run);
+        self.manager.inner.leader.send_replace(true);
+        self.manager.begin_term(&term);
+        self.term = Some(term.clone());
+        // Once the run is cancelled, the term's runnables drain; renewals go on
+        // meanwhile, so that nobody else leads while they finish.
+        let drained = CancellationToken::new();
+        let (run, until) = (self.run.clone(), drained.clone());
+        let drain = async move {
+            run.cancelled().await;
+            term.end(false).await;
+            drained.cancel();
+        };
+        (until, Box::pin(drain))
+    }
+
+    async fn end(&mut self, held: Result<(), lease::Lost>, elector: &mut lease::Elector) -> bool {
+        let (lease, identity) = (self.lease.clone(), self.identity.clone());
+        let Some(term) = self.term.take() else {
+            return false;
+        };
+        match held {
+            Ok(()) => {
+                self.manager.end_term();
+                match tokio::time::timeout(self.release_within, elector.release()).await {
+                    Ok(Ok(())) => tracing::info!(lease, identity, "lease released"),
+                    Ok(Err(err)) => tracing::warn!(lease, identity, error = %err, "cannot release lease"),
+                    Err(_) => tracing::warn!(lease, identity, "lease not released in time; it will expire"),
+                }
+                self.manager.inner.leader.send_replace(false);
+                false
+            }
+            Err(reason) => {
+                // Not leading first, then cut: leader-only work sees the loss and
+                // stops at once instead of draining.
+                self.manager.inner.leader.send_replace(false);
+                term.cut();
+                self.manager.end_term();
+                term.end(true).await;
+                tracing::error!(
+                    lease,
+                    identity,
+                    reason,
+                    "leadership lost; leader-only work stopped"
+                );
+                if self.policy == OnLeadershipLoss::Fail || self.run.is_cancelled() {
+                    let _ = self.failures.send(Error::LeadershipLost {
+                        lease,
+                        identity,
+                        reason,
+                    });
+                    return false;
+                }
+                tracing::info!(
+                    lease = self.lease,
+                    identity = self.identity,
+                    "campaigning for leadership"
+                );
+                true
+            }
+        }
+    }
+}
+
 /// Engages one component, containing a panic of its `engage` (a user's component, a
 /// controller's cluster filter): it fails that engagement only, instead of unwinding
 /// into the provider's task that engages the cluster (which would then stop
@@ -1410,7 +1428,7 @@ impl ManagerHost {
 
 #[async_trait]
 impl coordination::Host for ManagerHost {
-    async fn start(&self, name: &ClusterName, term: &coordination::Term) -> bool {
+    async fn start(&self, name: &ClusterName, term: &Term) -> bool {
         let Some(manager) = self.manager() else {
             return false;
         };
@@ -1434,7 +1452,7 @@ impl coordination::Host for ManagerHost {
         true
     }
 
-    async fn stop(&self, name: &ClusterName, term: &coordination::Term) {
+    async fn stop(&self, name: &ClusterName, term: &Term) {
         let Some(manager) = self.manager() else {
             return;
         };

@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::lease::{Claim, Elector, LeaseStore};
+use super::lease::{Claim, Elector, LeaseStore, Lost, Terms, hold_terms};
 use crate::cluster::ClusterName;
 pub(crate) use crate::term::Term;
 pub(crate) use peers::Peer;
@@ -570,23 +570,51 @@ impl Coordinator {
         let claim = self.peer_claim();
         let name = claim.name.clone();
         let mut record = Elector::new(self.store.clone(), claim);
-        while let Some(acquired) = record.campaign(&stop).await {
-            let term = CancellationToken::new();
-            self.peer_term.send_replace(Some(term.clone()));
-            let held = record.hold(&stop, acquired).await;
-            self.peer_term.send_replace(None);
-            term.cancel();
-            if let Err(reason) = held {
-                tracing::error!(
-                    lease = record.lease(),
-                    reason,
-                    "peer lease lost; work on every owned cluster cut"
-                );
-            }
-        }
+        let mut terms = PeerTerms {
+            coordinator: self.clone(),
+            stop: stop.clone(),
+            term: None,
+        };
+        hold_terms(&mut record, &stop, &mut terms).await;
         if let Err(err) = self.store.delete(&name, None).await {
             tracing::warn!(lease = record.lease(), error = %err, "cannot delete peer lease; it will expire");
         }
+    }
+}
+
+/// A sharded replica's peer terms: while one lasts, the fences this replica holds
+/// are valid and its shards may work; it ends (and cuts their work) when the peer
+/// Lease is lost.
+struct PeerTerms {
+    coordinator: Arc<Coordinator>,
+    /// Ends holding the peer Lease: the coordinator stops.
+    stop: CancellationToken,
+    /// The term begun last.
+    term: Option<CancellationToken>,
+}
+
+#[async_trait]
+impl Terms for PeerTerms {
+    fn begin(&mut self) -> (CancellationToken, futures::future::BoxFuture<'static, ()>) {
+        let term = CancellationToken::new();
+        self.coordinator.peer_term.send_replace(Some(term.clone()));
+        self.term = Some(term);
+        (self.stop.clone(), Box::pin(std::future::pending()))
+    }
+
+    async fn end(&mut self, held: Result<(), Lost>, elector: &mut Elector) -> bool {
+        self.coordinator.peer_term.send_replace(None);
+        if let Some(term) = self.term.take() {
+            term.cancel();
+        }
+        if let Err(reason) = held {
+            tracing::error!(
+                lease = elector.lease(),
+                reason,
+                "peer lease lost; work on every owned cluster cut"
+            );
+        }
+        true
     }
 }
 
