@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parent.parent / "crates/multicluster-runtime/src"
 
 # Lowest first. A path prefix (relative to src, without .rs) decides a file's layer.
 LAYERS = [
-    ("support", ["redact", "backoff", "term"]),
+    ("support", ["redact", "backoff", "term", "exposition"]),
     ("cluster + cache", ["cluster", "cache"]),
     ("contract", ["multicluster", "error", "runnable"]),
     ("providers", ["providers"]),
@@ -26,6 +26,14 @@ EXCEPTIONS = {
     # The builder registers the controller with the manager (as controller-runtime's
     # builder does); nothing else of the controller knows the manager.
     ("controller/builder", "manager"),
+}
+
+
+# Imports refused even though they go down the order, each with its reason.
+FORBIDDEN = {
+    # The manager knows its components only as `Aware` and `Runnable` (issue 18):
+    # what a controller needs comes to it in the engagement or from the builder.
+    ("manager", "controller"),
 }
 
 
@@ -103,6 +111,11 @@ def main() -> int:
             allowed = any(module == m and target.startswith(t) for m, t in EXCEPTIONS)
             if not allowed:
                 edges.setdefault(module, set()).add(target)
+            if any(module.startswith(m) and target.startswith(t) for m, t in FORBIDDEN):
+                problems.append(
+                    f"{path.relative_to(SRC.parent.parent.parent)}:{lineno}: {module} uses {target}, "
+                    "which docs/decisions/layers.md forbids"
+                )
             if theirs > mine and not allowed:
                 problems.append(
                     f"{path.relative_to(SRC.parent.parent.parent)}:{lineno}: {module} "

@@ -91,6 +91,7 @@ pub mod cache;
 pub mod cluster;
 pub mod controller;
 mod error;
+mod exposition;
 pub mod manager;
 pub mod multicluster;
 pub mod providers;

@@ -5,11 +5,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::gauge::ConstGauge;
 
 use super::ControllerFamilies;
+use crate::exposition::{Labels, family};
 
 /// Reads every controller's queue at scrape time. Holds the families weakly: the
 /// registry that holds the collector is theirs.
@@ -30,24 +31,6 @@ impl QueueCollector {
             families: Arc::downgrade(families),
         }
     }
-}
-
-/// Label pairs of one sample.
-pub(crate) type Labels = Vec<(&'static str, String)>;
-
-/// Writes one metric family of `samples`.
-pub(crate) fn family<M: EncodeMetric>(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    kind: MetricType,
-    samples: impl IntoIterator<Item = (Labels, M)>,
-) -> Result<(), std::fmt::Error> {
-    let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
-    for (labels, sample) in samples {
-        sample.encode(metric.encode_family(&labels)?)?;
-    }
-    Ok(())
 }
 
 /// A gauge sample of `value`.

@@ -24,7 +24,6 @@ use crate::cache::ObjectKey;
 use crate::cluster::ClusterName;
 pub(crate) use controller::{ControllerMetrics, Reconciled};
 use gauges::QueueCollector;
-pub(crate) use gauges::{Labels, family};
 use labels::SeriesLabels;
 
 use super::queue::QueueView;

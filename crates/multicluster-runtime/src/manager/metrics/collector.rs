@@ -15,7 +15,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
 use super::{Inner, Metrics};
-use crate::controller::metrics::{Labels, family};
+use crate::exposition::{Labels, family};
 use crate::manager::Manager;
 
 /// Reads the manager's state at scrape time. Holds both weakly: the registry that
