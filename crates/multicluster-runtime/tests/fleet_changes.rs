@@ -745,3 +745,26 @@ async fn r08_cluster_scoped_after_owns_still_applies() {
         assert!(exists, "the cached Namespace is delivered: {request}");
     }
 }
+
+/// Engaging a controller again with the instance it already works on is a no-op
+/// (rule 2 of the engagement registry), for readiness too: the controller reported
+/// the cluster's caches synced once, and the repeated engagement must not report
+/// them syncing again (readiness would then wait for a sync that never comes).
+#[tokio::test]
+async fn engaging_the_same_instance_again_keeps_the_cluster_synced_for_readiness() {
+    let env = Env::new(1).await;
+    let (controller, _recorder) = recording(Controller::builder(&env.manager).named("again")).await;
+    env.start();
+    let synced = "[+]cluster \"c1\" synced";
+    let started = Instant::now();
+    while !env.manager.readyz().await.to_string().contains(synced) {
+        assert!(started.elapsed() < WAIT, "c1 never synced");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    env.manager.add_aware(controller).await.expect("engaged again");
+    let report = env.manager.readyz().await.to_string();
+    assert!(
+        report.contains(synced),
+        "still synced after the repeated engagement:\n{report}"
+    );
+}

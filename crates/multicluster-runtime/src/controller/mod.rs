@@ -505,7 +505,7 @@ impl Aware for Controller {
         }
         let own = engagement.token.child_token();
         let mut health = engagement.health.clone();
-        engagement.sync_board().syncing(&sync_component(&self.name));
+        let board = engagement.sync_board().clone();
         let per_cluster = PerCluster {
             synced: false,
             engagement,
@@ -530,8 +530,11 @@ impl Aware for Controller {
                     self.publish_clusters(&clusters);
                     // Before the first add, so that the queue's metrics count it.
                     self.metrics.cluster_engaged(&name);
-                    // Nothing of the name is reconciled until the new cache has synced.
+                    // Nothing of the name is reconciled until the new cache has synced;
+                    // readiness hears of it only for a new engagement (the same one
+                    // again is a no-op, and must not undo its "synced").
                     self.sink.queue.pause_cluster(&name, PauseReason::Syncing);
+                    board.syncing(&sync_component(&self.name));
                     // Nor while this instance is unhealthy; a replaced instance's
                     // health does not carry over.
                     let healthy = health.as_mut().is_none_or(|h| h.borrow_and_update().is_healthy());
