@@ -214,6 +214,18 @@ pub fn vet(
             }
             exec.interactive_mode = Some(ExecInteractiveMode::Never);
         }
+        // kube runs an auth provider's `cmd-path` (gcp) when it builds the client:
+        // that is an exec plugin by another name, under the same switch.
+        if !policy.allow_exec
+            && let Some(provider) = &auth.auth_provider
+            && provider.config.contains_key("cmd-path")
+        {
+            return Err(refuse(
+                &named.name,
+                "uses an auth provider that runs a command (cmd-path)".into(),
+                EXEC_HINT,
+            ));
+        }
         if !policy.allow_local_files {
             if let Some(provider) = &auth.auth_provider {
                 let what = format!("uses auth provider {:?}", provider.name);
@@ -574,6 +586,38 @@ mod tests {
         );
         assert!(!err.contains(TOKEN));
         vet(&mut local, &KubeconfigPolicy::untrusted(), "s").expect("any server by default");
+    }
+
+    /// x03: an auth provider with a `cmd-path` runs a command when the client is
+    /// built, so it needs `allow_exec`, whatever `allow_local_files` says; the
+    /// refusal quotes neither the command nor the provider's settings.
+    #[test]
+    fn x03_an_auth_provider_that_runs_a_command_needs_allow_exec() {
+        let user = r#"    auth-provider:
+      name: gcp
+      config:
+        cmd-path: /usr/bin/x03-marker-command
+        cmd-args: x03-marker-args
+"#;
+        let files_only = KubeconfigPolicy {
+            allow_local_files: true,
+            ..KubeconfigPolicy::untrusted()
+        };
+        let mut parsed = parse(kubeconfig(user).as_bytes(), "t").expect("valid");
+        let refused = vet(&mut parsed, &files_only, "Secret ns/x03").expect_err("runs a command");
+        let text = format!("{refused} {refused:?}");
+        assert!(text.contains("runs a command (cmd-path)"), "{text}");
+        assert!(
+            text.contains("exec credential plugins are allowed only"),
+            "{text}"
+        );
+        assert!(!text.contains("x03-marker"), "{text}");
+        let exec_and_files = KubeconfigPolicy {
+            allow_exec: true,
+            ..files_only
+        };
+        let mut parsed = parse(kubeconfig(user).as_bytes(), "t").expect("valid");
+        vet(&mut parsed, &exec_and_files, "Secret ns/x03").expect("allowed with both switches");
     }
 
     #[tokio::test]
