@@ -363,19 +363,22 @@ impl Fence {
         }
     }
 
+    /// The fence as this replica last wrote it, or else as it is now; `None` if it
+    /// does not exist.
+    async fn latest(&mut self) -> Result<Option<Lease>, LeaseError> {
+        match self.written.take() {
+            Some(lease) => Ok(Some(lease)),
+            None => self.read().await,
+        }
+    }
+
     /// Deletes the fence if it is still ours (its cluster is gone). The delete
     /// carries the version last written or read, so a fence another replica has
     /// taken meanwhile stays.
     async fn remove(&mut self) -> Result<(), LeaseError> {
-        let lease = match self.written.take() {
-            Some(lease) => lease,
-            None => match self.read().await? {
-                Some(lease) => lease,
-                None => {
-                    self.claimed = false;
-                    return Ok(());
-                }
-            },
+        let Some(lease) = self.latest().await? else {
+            self.claimed = false;
+            return Ok(());
         };
         let holder = lease.spec.as_ref().and_then(|s| s.holder_identity.as_deref());
         let version = lease.metadata.resource_version.as_deref();
@@ -396,15 +399,9 @@ impl Fence {
 
     /// No holder, if it is still ours: the next owner takes it at its next try.
     async fn release(&mut self) -> Result<(), LeaseError> {
-        let mut lease = match self.written.take() {
-            Some(lease) => lease,
-            None => match self.read().await? {
-                Some(lease) => lease,
-                None => {
-                    self.claimed = false;
-                    return Ok(());
-                }
-            },
+        let Some(mut lease) = self.latest().await? else {
+            self.claimed = false;
+            return Ok(());
         };
         let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
         if spec.holder_identity.as_deref() != Some(self.claim.identity.as_str()) {
