@@ -97,15 +97,25 @@ pub(crate) struct Target {
     pub context: String,
     /// Where it came from, e.g. `Secret ns/name`, for errors.
     pub origin: String,
+    /// The servers it was vetted against, which its client holds to every address
+    /// it connects to.
+    pub endpoints: kubeconfig::EndpointPolicy,
 }
 
 impl Target {
-    /// A target for `context` of `kubeconfig`, which came from `origin`.
-    pub(crate) fn new(kubeconfig: Kubeconfig, context: String, origin: String) -> Self {
+    /// A target for `context` of `kubeconfig`, which came from `origin` and was
+    /// vetted against `policy`.
+    pub(crate) fn new(
+        kubeconfig: Kubeconfig,
+        context: String,
+        origin: String,
+        policy: &kubeconfig::KubeconfigPolicy,
+    ) -> Self {
         Target {
             kubeconfig,
             context,
             origin,
+            endpoints: policy.endpoints.clone(),
         }
     }
 }
@@ -127,7 +137,7 @@ pub(crate) fn secret_target(
             parsed.contexts.len()
         )
     })?;
-    Ok(Target::new(parsed, context, origin))
+    Ok(Target::new(parsed, context, origin, policy))
 }
 
 /// The current context, or the only context if none is current.
@@ -474,10 +484,12 @@ impl<P: Planner> Engine<P> {
             kubeconfig: parsed,
             context,
             origin,
+            endpoints,
         } = target;
         let config = kubeconfig::client_config(&parsed, Some(&context), &origin).await?;
         let options = &self.options.client;
-        let client = kubeconfig::build_client(config, options, BUILD_TIMEOUT, &origin, &context).await?;
+        let client =
+            kubeconfig::build_client(config, options, &endpoints, BUILD_TIMEOUT, &origin, &context).await?;
         Ok(Arc::new(Cluster::with_options(
             name.clone(),
             client,

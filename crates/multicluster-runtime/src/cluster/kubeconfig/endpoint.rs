@@ -7,18 +7,24 @@
 //! address ranges, and refuses a deny-list (see [`EndpointPolicy::deny_local`] for the
 //! documented example: loopback, link-local and cloud metadata addresses).
 //!
-//! # What is checked, and what is not
+//! # What is checked, and where
 //!
-//! The host of the URL is checked as written. An IP address is matched against the
-//! address ranges ([`EndpointRule::Net`]); a DNS name against the host rules
-//! ([`EndpointRule::Host`], [`EndpointRule::Suffix`]). **Names are not resolved**:
-//! a DNS name that resolves into a denied range passes a deny-list of ranges. Where
-//! that matters, use an allow-list (then every name must be listed) and egress
-//! network policy; see `docs/decisions/endpoint-policy.md`.
+//! [`vet`](super::vet) checks the host of the URL as written. An IP address is
+//! matched against the address ranges ([`EndpointRule::Net`]); a DNS name against
+//! the host rules ([`EndpointRule::Host`], [`EndpointRule::Suffix`]).
 //!
-//! Hosts that the system resolver would read as an IP address but that are not in
-//! the canonical form (`2852039166`, `0xa9.0xfe.0xa9.0xfe`, `169.254.43518`) are
-//! refused whenever the policy has a rule, since they would slip past the ranges.
+//! A name proves nothing about where it leads, so the provider's clients check
+//! again where it matters: built by
+//! [`ClientOptions::build_checked`](crate::cluster::ClientOptions::build_checked),
+//! a client refuses to connect when the server's host, or any address its name
+//! resolves to at that moment, is denied ([`EndpointPolicy::denies_address`]). The
+//! check runs on every new connection, so a name that changes its answer after
+//! vetting (DNS rebinding) is caught too.
+//!
+//! Hosts that are neither a canonical IP address nor a DNS name are refused whenever
+//! the policy has a rule: forms the system resolver reads as an IP address
+//! (`2852039166`, `0xa9.0xfe.0xa9.0xfe`, `169.254.43518`), and hosts with bytes no
+//! DNS name has, such as IPv6 zone IDs (`[fe80::1%2]`, `[::ffff:169.254.169.254%1]`).
 
 use std::fmt;
 use std::net::IpAddr;
@@ -71,7 +77,7 @@ impl FromStr for EndpointRule {
         let trimmed = text.trim();
         if trimmed.contains('/') {
             let net: IpNet = trimmed.parse().map_err(|_| error())?;
-            return Ok(EndpointRule::Net(net.trunc()));
+            return Ok(EndpointRule::Net(canonical_net(net.trunc())));
         }
         if let Ok(address) = trimmed
             .trim_start_matches('[')
@@ -100,6 +106,22 @@ impl FromStr for EndpointRule {
         } else {
             EndpointRule::Host(name)
         })
+    }
+}
+
+/// `net` with an IPv4-mapped IPv6 range (`::ffff:169.254.0.0/112`) written as the
+/// IPv4 range it maps (`169.254.0.0/16`), as hosts are compared: otherwise such a
+/// rule would match no host at all.
+fn canonical_net(net: IpNet) -> IpNet {
+    const MAPPED_PREFIX: u8 = 96;
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= MAPPED_PREFIX => match v6.network().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - MAPPED_PREFIX)
+                .map(IpNet::V4)
+                .unwrap_or(net),
+            None => net,
+        },
+        other => other,
     }
 }
 
@@ -218,18 +240,28 @@ impl EndpointPolicy {
     /// | `127.0.0.0/8`, `::1/128`, `localhost`, `*.localhost` | loopback: the controller's own pod |
     /// | `0.0.0.0/8`, `::/128` | "this host", which connects to loopback on Linux |
     /// | `169.254.0.0/16`, `fe80::/10` | link-local, including the cloud metadata address `169.254.169.254` |
-    /// | `fd00:ec2::254/128` | the AWS metadata service over IPv6 |
+    /// | `ip6-localhost`, `ip6-loopback` | loopback by the names Debian's `/etc/hosts` gives `::1` |
+    /// | `fd00:ec2::254/128`, `instance-data` | the AWS metadata service over IPv6 and by name |
+    /// | `168.63.129.16/32` | Azure's host endpoint (metadata, health, DNS) |
     /// | `100.100.100.200/32` | the Alibaba Cloud metadata service |
     /// | `metadata.google.internal`, `metadata` | the GCP metadata service by name |
+    /// | `64:ff9b::/96` | NAT64: `64:ff9b::a9fe:a9fe` reaches `169.254.169.254` through a NAT64 gateway |
     ///
     /// Private ranges (`10.0.0.0/8`, …) are not in it: fleets often live there.
-    /// Add them with [`deny`](Self::deny) where they do not.
+    /// Add them with [`deny`](Self::deny) where they do not. In an IPv6-only
+    /// cluster that reaches IPv4 servers through NAT64, the last entry refuses them
+    /// all: build the list from [`denied`](Self::denied) without it.
     pub fn deny_local() -> Self {
-        const LOCAL: [&str; 12] = [
+        const LOCAL: [&str; 17] = [
             "127.0.0.0/8",
             "::1/128",
             "localhost",
             "*.localhost",
+            "ip6-localhost",
+            "ip6-loopback",
+            "instance-data",
+            "168.63.129.16/32",
+            "64:ff9b::/96",
             "0.0.0.0/8",
             "::/128",
             "169.254.0.0/16",
@@ -309,6 +341,19 @@ impl EndpointPolicy {
         self.allow.is_empty() && self.deny.is_empty()
     }
 
+    /// The deny-list entry that refuses `address`, an address a server's name
+    /// resolved to (IPv4-mapped IPv6 addresses are compared as IPv4).
+    ///
+    /// Only the deny-list applies: a name was admitted by the allow-list as written
+    /// (see [`check_server`](Self::check_server)), and the addresses it resolves to
+    /// must then avoid every denied range. Clients built with
+    /// [`ClientOptions::build_checked`](crate::cluster::ClientOptions::build_checked)
+    /// ask this of every address they connect to.
+    pub fn denies_address(&self, address: IpAddr) -> Option<&EndpointRule> {
+        let host = Host::Ip(address.to_canonical());
+        self.deny.iter().find(|rule| rule.matches(&host))
+    }
+
     /// Checks the host of `url` (a kubeconfig's `server` or `proxy-url`).
     ///
     /// # Errors
@@ -345,6 +390,15 @@ fn host_of(url: &str) -> Result<Host, EndpointRefusal> {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     if let Ok(address) = bare.parse::<IpAddr>() {
         return Ok(Host::Ip(address.to_canonical()));
+    }
+    // Only letters, digits, `-`, `_` and dots make a DNS name. Anything else (an
+    // IPv6 zone ID such as `fe80::1%2`, a stray `:`) is no name the rules can match,
+    // yet a resolver may still read an address out of it.
+    let is_name_byte = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.';
+    if !bare.bytes().all(is_name_byte) {
+        return Err(EndpointRefusal::Ambiguous {
+            host: host.to_owned(),
+        });
     }
     let name = bare.strip_suffix('.').unwrap_or(bare).to_ascii_lowercase();
     // A last label of digits (or 0x…) is no top-level domain: resolvers read such a
@@ -431,6 +485,64 @@ mod tests {
         let both = policy.deny(["10.0.0.0/24"]).unwrap();
         assert!(refused(&both, "https://10.0.0.5").contains("deny-list entry 10.0.0.0/24"));
         assert_eq!(refused(&both, "not a url at all"), "it is not a URL with a host");
+    }
+
+    #[test]
+    fn x02_zone_ids_and_other_bytes_no_name_has_are_refused() {
+        let policy = EndpointPolicy::deny_local();
+        for url in [
+            "https://[::ffff:169.254.169.254%1]",
+            "https://[::1%1]:6443",
+            "https://[fe80::1%2]",
+            "https://[fe80::1%25eth0]",
+        ] {
+            let text = refused(&policy, url);
+            assert!(text.contains("not a canonical"), "{url}: {text}");
+        }
+        // A rule of any kind turns the check on; no rule, no check (as before).
+        let far = EndpointPolicy::any().deny(["192.0.2.0/24"]).unwrap();
+        assert!(far.check_server("https://[fe80::1%2]").is_err());
+        assert!(EndpointPolicy::any().check_server("https://[fe80::1%2]").is_ok());
+    }
+
+    #[test]
+    fn x02_the_local_deny_list_covers_more_metadata_and_loopback_names() {
+        let policy = EndpointPolicy::deny_local();
+        for url in [
+            "https://ip6-localhost",
+            "https://ip6-loopback:6443",
+            "https://instance-data",
+            "https://168.63.129.16",
+            "https://[fd00:ec2::254]",
+            "https://[64:ff9b::a9fe:a9fe]",
+        ] {
+            assert!(refused(&policy, url).contains("deny-list entry"), "{url}");
+        }
+        // Resolved addresses are held to the same deny-list.
+        for address in [
+            "127.0.0.1",
+            "::1",
+            "169.254.169.254",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+        ] {
+            let address: IpAddr = address.parse().unwrap();
+            assert!(policy.denies_address(address).is_some(), "{address}");
+        }
+        assert_eq!(policy.denies_address("10.1.2.3".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn x02_mapped_ranges_are_rules_on_ipv4_as_hosts_are() {
+        let rule = |text: &str| text.parse::<EndpointRule>().unwrap().to_string();
+        assert_eq!(rule("::ffff:169.254.0.0/112"), "169.254.0.0/16");
+        assert_eq!(rule("::ffff:10.1.2.3/128"), "10.1.2.3/32");
+        assert_eq!(rule("::ffff:0:0/96"), "0.0.0.0/0");
+        assert_eq!(rule("::/96"), "::/96");
+        let policy = EndpointPolicy::any().deny(["::ffff:169.254.0.0/112"]).unwrap();
+        for url in ["https://169.254.169.254", "https://[::ffff:169.254.169.254]"] {
+            assert!(refused(&policy, url).contains("169.254.0.0/16"), "{url}");
+        }
     }
 
     #[test]

@@ -362,7 +362,10 @@ pub const BUILD_TIMEOUT: Duration = Duration::from_secs(30);
 /// building it, and gives up after `timeout`.
 ///
 /// Every provider builds its clients here, so the [`ClientOptions`] it was given
-/// apply to each cluster it builds, and to each one that replaces another.
+/// apply to each cluster it builds, and to each one that replaces another. The
+/// client connects only where `endpoints` allows, checked on every address it
+/// connects to ([`ClientOptions::build_checked`]): pass the policy the kubeconfig
+/// was vetted with.
 ///
 /// # Errors
 /// [`KubeconfigError::Client`], described by [`describe`]: never the
@@ -370,6 +373,7 @@ pub const BUILD_TIMEOUT: Duration = Duration::from_secs(30);
 pub async fn build_client(
     config: kube::Config,
     options: &ClientOptions,
+    endpoints: &EndpointPolicy,
     timeout: Duration,
     origin: &str,
     context: &str,
@@ -382,9 +386,11 @@ pub async fn build_client(
     // Logs of the plugin run belong to the caller's subscriber and span.
     let dispatch = tracing::dispatcher::get_default(Clone::clone);
     let span = tracing::Span::current();
-    let options = options.clone();
+    let (options, endpoints) = (options.clone(), endpoints.clone());
     let building = tokio::task::spawn_blocking(move || {
-        tracing::dispatcher::with_default(&dispatch, || span.in_scope(|| options.build(config)))
+        tracing::dispatcher::with_default(&dispatch, || {
+            span.in_scope(|| options.build_checked(config, &endpoints))
+        })
     });
     match tokio::time::timeout(timeout, building).await {
         Ok(Ok(Ok(client))) => Ok(client),

@@ -188,7 +188,10 @@ impl Files {
             let config = kubeconfig::client_config(kubeconfig, Some(context), &origin).await?;
             let options = self.config.cluster_options.clone();
             let timeout = kubeconfig::BUILD_TIMEOUT;
-            let client = kubeconfig::build_client(config, &options.client, timeout, &origin, context).await?;
+            let endpoints = &self.config.policy.endpoints;
+            let client =
+                kubeconfig::build_client(config, &options.client, endpoints, timeout, &origin, context)
+                    .await?;
             Ok(Arc::new(Cluster::with_options(name.clone(), client, options)))
         };
         let installed = self.clusters.replace_if_changed(name.clone(), fingerprint, build);

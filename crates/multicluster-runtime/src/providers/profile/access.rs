@@ -354,7 +354,7 @@ fn build_target(
         ..policy.clone()
     };
     kubeconfig::vet(&mut kubeconfig, &policy, &origin).map_err(|e| e.to_string())?;
-    Ok(Target::new(kubeconfig, NAME.into(), origin))
+    Ok(Target::new(kubeconfig, NAME.into(), origin, &policy))
 }
 
 fn add_args(exec: &mut ExecConfig, value: &Value, policy: CliArgsPolicy) -> Result<(), String> {

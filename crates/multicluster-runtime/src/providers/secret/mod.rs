@@ -632,7 +632,9 @@ impl Inner {
         let config = kubeconfig::client_config(&plan.kubeconfig, Some(&plan.context), origin).await?;
         let timeout = self.options.build_timeout;
         let options = &self.options.cluster.client;
-        let client = kubeconfig::build_client(config, options, timeout, origin, &plan.context).await?;
+        let endpoints = &self.options.policy.endpoints;
+        let client =
+            kubeconfig::build_client(config, options, endpoints, timeout, origin, &plan.context).await?;
         drop(plan);
         let cluster = Cluster::with_options(name, client, self.options.cluster.clone());
         Ok(Arc::new(cluster))

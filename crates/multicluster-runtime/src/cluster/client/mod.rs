@@ -27,9 +27,13 @@ use tower::limit::RateLimitLayer;
 use tower::timeout::TimeoutLayer;
 use tower::util::{MapErrLayer, option_layer};
 
+use hyper_util::client::legacy::connect::dns::Name;
+
 use super::ClusterName;
-use crate::cluster::kubeconfig::{self, KubeconfigError};
+use crate::cluster::kubeconfig::{self, EndpointPolicy, KubeconfigError};
 use crate::redact;
+
+mod connect;
 
 /// Settings of the client of a cluster.
 ///
@@ -106,7 +110,51 @@ impl ClientOptions {
     /// # Errors
     /// kube's, if the client cannot be built (e.g. bad TLS material).
     pub fn build(&self, config: kube::Config) -> Result<kube::Client, kube::Error> {
-        let builder = ClientBuilder::try_from(self.configure(config))?;
+        self.finish(ClientBuilder::try_from(self.configure(config))?)
+    }
+
+    /// A client built from `config` with these options that connects only where
+    /// `endpoints` allows: the server's host, and every address its name resolves
+    /// to on each new connection, must pass the policy (see
+    /// [`EndpointPolicy::denies_address`]). Providers build the clients of
+    /// kubeconfigs from outside the program with it.
+    ///
+    /// With a policy that allows any server, or a config with a `proxy-url` (the
+    /// connection then goes to the proxy, whose host the policy checks when the
+    /// kubeconfig is vetted), this is [`build`](Self::build). Blocks like it.
+    ///
+    /// # Errors
+    /// kube's, if the client cannot be built (e.g. bad TLS material). A connection
+    /// the policy refuses fails the request, with an error naming the rule.
+    pub fn build_checked(
+        &self,
+        config: kube::Config,
+        endpoints: &EndpointPolicy,
+    ) -> Result<kube::Client, kube::Error> {
+        self.build_checked_with(config, endpoints, connect::system_resolver())
+    }
+
+    /// [`build_checked`](Self::build_checked) with names resolved by `resolver`.
+    pub(crate) fn build_checked_with<R>(
+        &self,
+        config: kube::Config,
+        endpoints: &EndpointPolicy,
+        resolver: R,
+    ) -> Result<kube::Client, kube::Error>
+    where
+        R: tower_service::Service<Name, Error = std::io::Error> + Clone + Send + Sync + 'static,
+        R::Response: Iterator<Item = std::net::SocketAddr> + Send,
+        R::Future: Send,
+    {
+        let config = self.configure(config);
+        if endpoints.allows_any() || config.proxy_url.is_some() {
+            return self.finish(ClientBuilder::try_from(config)?);
+        }
+        self.finish(connect::checked_builder(&config, endpoints, resolver)?)
+    }
+
+    /// The options' layers around kube's client stack.
+    fn finish(&self, builder: ClientBuilder<connect::Stack>) -> Result<kube::Client, kube::Error> {
         // The timeout sits inside the limiter, so waiting for a turn does not count.
         let builder = builder.with_layer(&option_layer(self.timeout.map(TimeoutLayer::new)));
         let limit = self
@@ -236,15 +284,23 @@ pub(crate) async fn build_client(
     options: &ClientOptions,
 ) -> Result<kube::Client, ClientError> {
     let origin = format!("cluster {name}");
-    kubeconfig::build_client(config, options, kubeconfig::BUILD_TIMEOUT, &origin, "-")
-        .await
-        .map_err(|error| ClientError {
-            cluster: name.clone(),
-            reason: match error {
-                KubeconfigError::Client { reason, .. } => reason,
-                other => other.to_string(),
-            },
-        })
+    let anywhere = EndpointPolicy::any();
+    kubeconfig::build_client(
+        config,
+        options,
+        &anywhere,
+        kubeconfig::BUILD_TIMEOUT,
+        &origin,
+        "-",
+    )
+    .await
+    .map_err(|error| ClientError {
+        cluster: name.clone(),
+        reason: match error {
+            KubeconfigError::Client { reason, .. } => reason,
+            other => other.to_string(),
+        },
+    })
 }
 
 /// Identifies the client (and so the apiserver and credentials) that answers a
@@ -487,6 +543,86 @@ pub(in crate::cluster) mod tests {
             "{:?}",
             started.elapsed()
         );
+    }
+
+    /// A resolver that answers every name with `to`, counting the questions.
+    #[derive(Clone)]
+    pub(in crate::cluster) struct FixedResolver {
+        pub(in crate::cluster) to: std::net::IpAddr,
+        pub(in crate::cluster) asked: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl tower_service::Service<Name> for FixedResolver {
+        type Response = std::vec::IntoIter<std::net::SocketAddr>;
+        type Error = std::io::Error;
+        type Future = std::future::Ready<std::io::Result<Self::Response>>;
+
+        fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Name) -> Self::Future {
+            self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            // Port 0: the connector puts the URL's port on resolved addresses.
+            std::future::ready(Ok(vec![std::net::SocketAddr::new(self.to, 0)].into_iter()))
+        }
+    }
+
+    /// `config` with its server's host replaced by `host`, keeping the port.
+    fn renamed(config: kube::Config, host: &str) -> kube::Config {
+        let port = config.cluster_url.port_u16().expect("a port");
+        let url = format!("http://{host}:{port}");
+        kube::Config::new(url.parse().expect("a URL"))
+    }
+
+    #[tokio::test]
+    async fn x02_a_name_that_resolves_to_a_denied_address_is_not_connected_to() {
+        let (config, heads) = server(true).await;
+        let config = renamed(config, "innocent.example");
+        let resolver = FixedResolver {
+            to: [127, 0, 0, 1].into(),
+            asked: Arc::default(),
+        };
+        let policy = EndpointPolicy::deny_local();
+        // As written, the name passes: only where it leads is denied.
+        policy
+            .check_server(&config.cluster_url.to_string())
+            .expect("the name passes");
+        let options = ClientOptions::default();
+        let client = options
+            .build_checked_with(config.clone(), &policy, resolver.clone())
+            .expect("client");
+        let error = client.apiserver_version().await.expect_err("refused");
+        let text = redact::describe(&error);
+        assert!(text.contains("deny-list entry 127.0.0.0/8"), "{text}");
+        assert!(text.contains("refused by the endpoint policy"), "{text}");
+        assert!(
+            !text.contains("innocent.example") && !text.contains("127.0.0.1"),
+            "{text}"
+        );
+        assert!(resolver.asked.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+        assert!(heads.lock().unwrap().is_empty(), "nothing reached the server");
+
+        // The same client stack with a policy that does not deny loopback connects:
+        // the resolver, not a broken stack, made the difference.
+        let elsewhere = EndpointPolicy::any().deny(["192.0.2.0/24"]).unwrap();
+        let client = options
+            .build_checked_with(config, &elsewhere, resolver)
+            .expect("client");
+        client.apiserver_version().await.expect("version");
+        assert_eq!(heads.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn x02_a_denied_address_literal_is_not_connected_to_even_unvetted() {
+        let (config, heads) = server(true).await;
+        let client = ClientOptions::default()
+            .build_checked(config, &EndpointPolicy::deny_local())
+            .expect("client");
+        let error = client.apiserver_version().await.expect_err("refused");
+        let text = redact::describe(&error);
+        assert!(text.contains("deny-list entry 127.0.0.0/8"), "{text}");
+        assert!(heads.lock().unwrap().is_empty(), "nothing reached the server");
     }
 
     #[test]
