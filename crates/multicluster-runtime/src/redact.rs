@@ -26,7 +26,9 @@ use kube::client::AuthError;
 /// - an authentication error (an exec plugin's failure, a token file, a bearer
 ///   token) is replaced by a fixed description, and its sources are not read;
 /// - a response that kube could not decode is described by position, never quoted;
-/// - the user information of every URL (`scheme://user:password@`) becomes `***`.
+/// - the user information of every URL (`scheme://user:password@`) becomes `***`;
+/// - the text is at most [`MAX_DESCRIPTION`] bytes: a cluster's error is kept for
+///   readiness and logged, and a hostile server can make it as long as it likes.
 ///
 /// Above an authentication error, an error whose text does not contain its source's
 /// text verbatim may quote it in another form (e.g. `Debug`): its words are left out.
@@ -45,7 +47,33 @@ pub fn describe(error: &(dyn StdError + 'static)) -> String {
             parts.push(own);
         }
     }
-    redact_userinfo(&parts.join(": "))
+    bounded(redact_userinfo(&parts.join(": ")))
+}
+
+/// The longest description [`describe`] returns, in bytes.
+pub const MAX_DESCRIPTION: usize = 2048;
+
+/// `text` cut to at most [`MAX_DESCRIPTION`] bytes (on a character boundary), with
+/// a mark that it was.
+///
+/// ```
+/// use multicluster_runtime::redact::{MAX_DESCRIPTION, bounded};
+///
+/// assert_eq!(bounded("short".into()), "short");
+/// assert!(bounded("x".repeat(1 << 20)).len() <= MAX_DESCRIPTION);
+/// ```
+pub fn bounded(mut text: String) -> String {
+    const MARK: &str = " … (cut short)";
+    if text.len() <= MAX_DESCRIPTION {
+        return text;
+    }
+    let mut end = MAX_DESCRIPTION - MARK.len();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(MARK);
+    text
 }
 
 /// `error` and its sources, outermost first.
@@ -196,6 +224,19 @@ mod tests {
     use super::*;
 
     const MARKER: &str = "x01-marker-b4c9";
+
+    #[test]
+    fn x04_an_error_as_long_as_a_hostile_server_makes_it_is_cut_short() {
+        // E.g. an apiserver's Status message of a megabyte, kept for readiness.
+        let huge = std::io::Error::other(format!("denied: {}", "é".repeat(1 << 20)));
+        let text = describe(&huge);
+        assert!(text.len() <= MAX_DESCRIPTION, "{}", text.len());
+        assert!(
+            text.starts_with("denied: é") && text.ends_with("(cut short)"),
+            "{text}"
+        );
+        assert_eq!(describe(&std::io::Error::other("short")), "short");
+    }
 
     fn exec_failure() -> AuthError {
         AuthError::AuthExecRun {

@@ -20,7 +20,7 @@ pub(crate) use client::Endpoint;
 pub(crate) use client::build_client;
 #[cfg(feature = "namespace")]
 pub(crate) use client::shared_client;
-pub use client::{ClientError, ClientOptions, InvalidRateLimit, RateLimit};
+pub use client::{ClientError, ClientOptions, InvalidRateLimit, RateLimit, ResponseLimits, ResponseTooLarge};
 pub use health::{ClusterHealth, HealthState};
 pub use name::ClusterName;
 pub(crate) use sync::SyncBoard;

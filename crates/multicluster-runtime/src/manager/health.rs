@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
+use http_body_util::BodyExt;
 use tokio::sync::{broadcast, watch};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -43,6 +44,10 @@ use crate::redact;
 /// The path probed on each cluster's apiserver. Kubernetes grants it to every user,
 /// authenticated or not (ClusterRole `system:public-info-viewer`).
 pub const PROBE_PATH: &str = "/readyz";
+
+/// The most of a probe's answer read: kube-apiserver's verbose `/readyz` is a few
+/// KiB, and the probe reads no more of an answer that would never end.
+const PROBE_BODY_LIMIT: usize = 64 << 10;
 
 /// How many [`HealthEvent`]s a subscriber may fall behind before it
 /// [lags](broadcast::error::RecvError::Lagged).
@@ -424,22 +429,29 @@ pub(crate) async fn probe_once(client: &kube::Client, timeout: Duration) -> Resu
         .body(Vec::new().into())
         .map_err(|error| format!("cannot build the probe request: {error}"))?;
     let answer = tokio::time::timeout(timeout, async {
-        let response = client.send(request).await?;
+        let response = client.send(request).await.map_err(|e| redact::describe(&e))?;
         let status = response.status();
-        // Read to the end, so that the connection can be used again.
-        let body = response.into_body().collect_bytes().await?;
-        Ok::<_, kube::Error>((status, body))
+        // Read to the end, so that the connection can be used again; but no more
+        // than a readiness report needs, whatever the server sends (x04).
+        let body = http_body_util::Limited::new(response.into_body(), PROBE_BODY_LIMIT)
+            .collect()
+            .await
+            .map_err(|e| match e.downcast::<http_body_util::LengthLimitError>() {
+                Ok(_) => format!("the answer is longer than {PROBE_BODY_LIMIT} bytes"),
+                Err(other) => redact::describe(&*other),
+            })?;
+        Ok::<_, String>((status, body.to_bytes()))
     })
     .await;
     match answer {
         Err(_) => Err(format!("GET {PROBE_PATH}: no answer within {timeout:?}")),
-        Ok(Err(error)) => Err(format!("GET {PROBE_PATH}: {}", redact::describe(&error))),
+        Ok(Err(error)) => Err(format!("GET {PROBE_PATH}: {error}")),
         Ok(Ok((status, _)))
             if status.is_success() || status == StatusCode::FORBIDDEN || status == StatusCode::NOT_FOUND =>
         {
             Ok(())
         }
-        Ok(Ok((status, body))) => Err(describe_answer(status, &body)),
+        Ok(Ok((status, body))) => Err(redact::bounded(describe_answer(status, &body))),
     }
 }
 

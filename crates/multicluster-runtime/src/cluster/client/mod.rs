@@ -34,6 +34,9 @@ use crate::cluster::kubeconfig::{self, EndpointPolicy, KubeconfigError};
 use crate::redact;
 
 mod connect;
+mod limits;
+
+pub use limits::{ResponseLimits, ResponseTooLarge};
 
 /// Settings of the client of a cluster.
 ///
@@ -68,6 +71,10 @@ pub struct ClientOptions {
     /// the cluster's client: watches count once when they start. Default: `None`,
     /// no limit.
     pub rate_limit: Option<RateLimit>,
+    /// How much of one response the client reads before it fails the request:
+    /// the whole body, or one watch event. Default: [`ResponseLimits::default`],
+    /// 64 MiB and 16 MiB.
+    pub response_limits: ResponseLimits,
 }
 
 impl ClientOptions {
@@ -89,6 +96,13 @@ impl ClientOptions {
     #[must_use]
     pub fn rate_limit(mut self, rate_limit: RateLimit) -> Self {
         self.rate_limit = Some(rate_limit);
+        self
+    }
+
+    /// Sets [`response_limits`](Self::response_limits).
+    #[must_use]
+    pub fn response_limits(mut self, limits: ResponseLimits) -> Self {
+        self.response_limits = limits;
         self
     }
 
@@ -155,6 +169,8 @@ impl ClientOptions {
 
     /// The options' layers around kube's client stack.
     fn finish(&self, builder: ClientBuilder<connect::Stack>) -> Result<kube::Client, kube::Error> {
+        // Innermost, on the bodies as kube's stack hands them up.
+        let builder = builder.with_layer(&limits::LimitLayer(self.response_limits));
         // The timeout sits inside the limiter, so waiting for a turn does not count.
         let builder = builder.with_layer(&option_layer(self.timeout.map(TimeoutLayer::new)));
         let limit = self
