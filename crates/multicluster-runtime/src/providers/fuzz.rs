@@ -97,17 +97,152 @@ pub(crate) fn any_json() -> impl Strategy<Value = Value> {
     })
 }
 
-/// A server URL: ordinary, denied, ambiguous, with a marker as user information,
-/// or any text.
+/// A server URL: ordinary, denied, ambiguous, with a zone ID, a local address in
+/// one of its disguises, oversized, with a marker as user information, or any text.
 pub(crate) fn server() -> impl Strategy<Value = String> {
     prop_oneof![
         "https://[a-z0-9.-]{1,20}(:[0-9]{1,5})?",
         "https?://[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}(:[0-9]{1,5})?(/[a-z]{0,5})?",
         "https://\\[[0-9a-f:.]{2,24}\\](:[0-9]{1,5})?",
+        "https://\\[[0-9a-f:.]{2,24}%(25)?[0-9a-z]{1,6}\\](:[0-9]{1,5})?",
         "https://(0x[0-9a-f]{1,8}|[0-9]{1,10})(\\.[0-9]{1,5}){0,3}",
+        (
+            prop::sample::select(LOCAL_HOSTS.to_vec()),
+            "(%[0-9a-z]{1,4})?",
+            "(:[0-9]{1,5})?"
+        )
+            .prop_map(|(host, zone, port)| match host.strip_suffix(']') {
+                Some(open) => format!("https://{open}{zone}]{port}"),
+                None => format!("https://{host}{port}"),
+            }),
+        (254usize..4096).prop_map(|length| format!("https://{}.example", "a".repeat(length))),
         secret().prop_map(|marker| format!("https://user:{marker}@169.254.169.254")),
         "\\PC{0,30}",
     ]
+}
+
+/// Hosts that lead to the controller's own pod or to a metadata service, written
+/// the ways a resolver still reads them.
+const LOCAL_HOSTS: [&str; 16] = [
+    "127.0.0.1",
+    "localhost",
+    "LocalHost.",
+    "api.localhost",
+    "ip6-localhost",
+    "metadata.google.internal",
+    "169.254.169.254",
+    "2852039166",
+    "0xa9.0xfe.0xa9.0xfe",
+    "0251.0376.0251.0376",
+    "[::1]",
+    "[::ffff:169.254.169.254]",
+    "[::ffff:a9fe:a9fe]",
+    "[64:ff9b::a9fe:a9fe]",
+    "[fd00:ec2::254]",
+    "[fe80::1]",
+];
+
+/// An address a name may resolve to: any, or a local one in some form.
+pub(crate) fn address() -> impl Strategy<Value = std::net::IpAddr> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    prop_oneof![
+        any::<[u8; 4]>().prop_map(|octets| IpAddr::from(octets)),
+        any::<[u16; 8]>().prop_map(|segments| IpAddr::from(segments)),
+        prop::sample::select(vec![
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)),
+            IpAddr::V4(Ipv4Addr::new(168, 63, 129, 16)),
+            IpAddr::V4(Ipv4Addr::new(100, 100, 100, 200)),
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+            IpAddr::V6(Ipv4Addr::new(169, 254, 169, 254).to_ipv6_mapped()),
+            IpAddr::V6(Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0xa9fe, 0xa9fe)),
+            IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
+            IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1)),
+        ]),
+    ]
+}
+
+/// Whether `address` is one `EndpointPolicy::deny_local()` exists to keep the
+/// controller from: loopback, unspecified, link-local, a cloud's metadata or host
+/// address, also behind IPv4 mapping or NAT64. Written from the standard library's
+/// classification, not from the policy's rules, as an oracle for them.
+pub(crate) fn is_local(address: std::net::IpAddr) -> bool {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let v4 = |a: Ipv4Addr| {
+        a.is_loopback()
+            || a.is_link_local()
+            || a.octets()[0] == 0
+            || a == Ipv4Addr::new(168, 63, 129, 16)
+            || a == Ipv4Addr::new(100, 100, 100, 200)
+    };
+    match address {
+        IpAddr::V4(a) => v4(a),
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            let nat64 = s[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
+            a.to_ipv4_mapped().is_some_and(v4)
+                || a.is_loopback()
+                || a.is_unspecified()
+                || (s[0] & 0xffc0) == 0xfe80
+                || a == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
+                || (nat64 && v4(Ipv4Addr::from(((u32::from(s[6])) << 16) | u32::from(s[7]))))
+        }
+    }
+}
+
+/// Every address a resolver could read `host` (as a URL holds it) as, the lenient
+/// way: brackets and any zone ID dropped, IPv4 in `inet_aton`'s forms (one to four
+/// parts, each decimal, octal or hexadecimal).
+pub(crate) fn lenient_addresses(host: &str) -> Vec<std::net::IpAddr> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let bare = bare.split('%').next().unwrap_or_default();
+    let bare = bare.strip_suffix('.').unwrap_or(bare);
+    let mut found = Vec::new();
+    if let Ok(address) = bare.parse() {
+        found.push(address);
+    }
+    let number = |part: &str| -> Option<u64> {
+        let lower = part.to_ascii_lowercase();
+        if let Some(hex) = lower.strip_prefix("0x") {
+            return if hex.is_empty() {
+                Some(0)
+            } else {
+                u64::from_str_radix(hex, 16).ok()
+            };
+        }
+        if part.len() > 1 && part.starts_with('0') {
+            return u64::from_str_radix(&part[1..], 8).ok();
+        }
+        part.parse().ok()
+    };
+    let parts: Option<Vec<u64>> = bare.split('.').map(number).collect();
+    if let Some(parts) = parts.filter(|p| (1..=4).contains(&p.len())) {
+        let (head, last) = parts.split_at(parts.len() - 1);
+        let room = 32 - 8 * head.len() as u32;
+        if head.iter().all(|&p| p < 256) && last[0] < (1u64 << room) {
+            let value = head.iter().fold(0u64, |acc, &p| (acc << 8) | p) << room | last[0];
+            if let Ok(value) = u32::try_from(value) {
+                found.push(std::net::Ipv4Addr::from(value).into());
+            }
+        }
+    }
+    found
+}
+
+/// Whether `host` is a name of the controller's own pod or of a metadata service.
+pub(crate) fn is_local_name(host: &str) -> bool {
+    let name = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    [
+        "localhost",
+        "ip6-localhost",
+        "ip6-loopback",
+        "metadata.google.internal",
+        "metadata",
+        "instance-data",
+    ]
+    .contains(&name.as_str())
+        || name.ends_with(".localhost")
 }
 
 fn insert(map: &mut Map<String, Value>, key: &str, value: Option<Value>) {
@@ -164,7 +299,13 @@ pub(crate) fn user() -> impl Strategy<Value = Value> {
         maybe(text(data())),
         maybe(text(data())),
         maybe(exec),
-        maybe(secret().prop_map(|marker| json!({ "name": "oidc", "config": { "id-token": marker } }))),
+        maybe(prop_oneof![
+            secret().prop_map(|marker| json!({ "name": "oidc", "config": { "id-token": marker } })),
+            secret().prop_map(|marker| json!({
+                "name": "gcp",
+                "config": { "cmd-path": "/bin/gcloud", "cmd-args": format!("token --secret={marker}") },
+            })),
+        ]),
         maybe(text("[a-z./]{1,16}")),
     )
         .prop_map(|(token, password, key, cert, exec, auth, token_file)| {

@@ -196,3 +196,71 @@ fn refusal_without_host(refusal: &crate::cluster::kubeconfig::EndpointRefusal) -
         _ => "the server's URL has no host".into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::providers::fuzz::{address, is_local, lenient_addresses, server};
+
+    fn block_on<F: Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime")
+            .block_on(future)
+    }
+
+    proptest! {
+        #![proptest_config(crate::providers::fuzz::config())]
+
+        /// x08: through a client's connector, with `deny_local()`, no server host in
+        /// any form and no address a name resolves to that is local is connected to;
+        /// a refusal names the rule and neither the host nor the address.
+        #[test]
+        fn x08_fuzz_checked_connections_reach_no_local_address(
+            url in server(),
+            answers in prop::collection::vec(address(), 1..4),
+        ) {
+            let endpoints = Arc::new(EndpointPolicy::deny_local());
+            if let Ok(uri) = url.trim().parse::<Uri>() {
+                let reached = Arc::new(AtomicBool::new(false));
+                let seen = reached.clone();
+                let inner = tower::service_fn(move |_: Uri| {
+                    seen.store(true, Ordering::SeqCst);
+                    std::future::ready(Ok::<(), io::Error>(()))
+                });
+                let mut connector = CheckedHost { endpoints: endpoints.clone(), inner };
+                let connected = block_on(connector.call(uri.clone()));
+                prop_assert_eq!(connected.is_ok(), reached.load(Ordering::SeqCst));
+                match connected {
+                    Ok(()) => {
+                        let host = uri.host().unwrap_or_default();
+                        prop_assert!(!lenient_addresses(host).into_iter().any(is_local), "{}", url);
+                    }
+                    Err(refused) => prop_assert!(refused.to_string().ends_with("refused by the endpoint policy")),
+                }
+            }
+
+            let fixed = answers.clone();
+            let inner = tower::service_fn(move |_: Name| {
+                let addresses: Vec<SocketAddr> = fixed.iter().map(|ip| SocketAddr::new(*ip, 443)).collect();
+                std::future::ready(Ok::<_, io::Error>(addresses.into_iter()))
+            });
+            let mut resolver = CheckedResolver { endpoints, inner };
+            let name: Name = "fleet.example".parse().expect("a name");
+            match block_on(resolver.call(name)) {
+                Ok(mut resolved) => prop_assert!(resolved.all(|a| !is_local(a.ip())), "{:?}", answers),
+                Err(refused) => {
+                    let text = refused.to_string();
+                    prop_assert!(text.contains("deny-list entry"), "{}", text);
+                    for answer in &answers {
+                        prop_assert!(!text.contains(&format!("{answer} ")), "{} quotes {}", text, answer);
+                    }
+                }
+            }
+        }
+    }
+}

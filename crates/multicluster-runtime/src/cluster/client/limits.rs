@@ -152,12 +152,17 @@ impl Capped {
                 }
             }
             Cap::Line(limit) => {
-                self.seen = match memchr_last_newline(data) {
-                    Some(last) => data.len() - last - 1,
-                    None => self.seen.saturating_add(data.len()),
-                };
-                let longest_inside = longest_line(data);
-                if self.seen > limit || longest_inside > limit {
+                // The first piece goes on with the line the last frame ended in;
+                // the last one goes on in the next frame.
+                let mut pieces = data.split(|&b| b == b'\n');
+                let mut run = self.seen.saturating_add(pieces.next().map_or(0, <[u8]>::len));
+                let mut longest = run;
+                for piece in pieces {
+                    run = piece.len();
+                    longest = longest.max(run);
+                }
+                self.seen = run;
+                if longest > limit {
                     return Err(ResponseTooLarge {
                         what: "a watch event",
                         field: "watch_event",
@@ -168,22 +173,6 @@ impl Capped {
         }
         Ok(())
     }
-}
-
-/// The position of the last newline in `data`.
-fn memchr_last_newline(data: &[u8]) -> Option<usize> {
-    data.iter().rposition(|&b| b == b'\n')
-}
-
-/// The longest run of bytes between two newlines wholly inside `data`.
-fn longest_line(data: &[u8]) -> usize {
-    let mut lines = data.split(|&b| b == b'\n');
-    // The first piece continues the previous frame's line and the last one goes on
-    // in the next frame: `count` accounts for both.
-    let _first = lines.next();
-    let mut inside: Vec<usize> = lines.map(<[u8]>::len).collect();
-    inside.pop();
-    inside.into_iter().max().unwrap_or(0)
 }
 
 impl Body for Capped {
@@ -219,6 +208,7 @@ impl Body for Capped {
 #[cfg(test)]
 mod tests {
     use http_body_util::BodyExt;
+    use proptest::prelude::Just;
 
     use super::*;
 
@@ -261,6 +251,50 @@ mod tests {
         // A long line at the end of a frame.
         let mut watch = capped(Cap::Line(4));
         assert!(watch.count(b"a\nabcdefgh").is_err());
+    }
+
+    #[test]
+    fn x04_a_line_that_goes_on_from_the_last_frame_counts_whole() {
+        let mut watch = capped(Cap::Line(4));
+        assert!(watch.count(b"abc").is_ok());
+        assert!(watch.count(b"de\nx").is_err(), "abcde is one line of 5");
+    }
+
+    /// The longest line of `frames` joined (without its newlines), or the whole
+    /// length: what the cap must compare, computed the plain way.
+    fn oracle(frames: &[Vec<u8>], cap: Cap) -> usize {
+        let joined = frames.concat();
+        match cap {
+            Cap::Body(_) => joined.len(),
+            Cap::Line(_) => joined.split(|&b| b == b'\n').map(<[u8]>::len).max().unwrap_or(0),
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::providers::fuzz::config())]
+
+        /// x08: frames of any size and newlines anywhere, watch or not: the body
+        /// fails exactly when, and as soon as, what has arrived passes the cap.
+        #[test]
+        fn x08_fuzz_response_caps(
+            frames in proptest::collection::vec(
+                proptest::collection::vec(proptest::prop_oneof![Just(b'\n'), Just(b'x')], 0..40),
+                0..12,
+            ),
+            limit in 0usize..48,
+            watch in proptest::prelude::any::<bool>(),
+        ) {
+            let cap = if watch { Cap::Line(limit) } else { Cap::Body(limit) };
+            let mut body = capped(cap);
+            for (index, _) in frames.iter().enumerate() {
+                let over = oracle(&frames[..=index], cap) > limit;
+                let counted = body.count(&frames[index]);
+                proptest::prop_assert_eq!(counted.is_err(), over, "frame {}", index);
+                if over {
+                    break;
+                }
+            }
+        }
     }
 
     #[test]

@@ -400,6 +400,14 @@ fn host_of(url: &str) -> Result<Host, EndpointRefusal> {
             host: host.to_owned(),
         });
     }
+    const LONGEST_NAME: usize = 253;
+    if bare.len() > LONGEST_NAME + 1 {
+        // Quoted in part: a refusal is logged and kept, and the host can be as
+        // long as the writer likes.
+        return Err(EndpointRefusal::Ambiguous {
+            host: format!("{}… ({} bytes)", &bare[..32], bare.len()),
+        });
+    }
     let name = bare.strip_suffix('.').unwrap_or(bare).to_ascii_lowercase();
     // A last label of digits (or 0x…) is no top-level domain: resolvers read such a
     // host as an IPv4 address in one of inet_aton's forms.
@@ -558,6 +566,38 @@ mod tests {
 
     proptest! {
         #![proptest_config(crate::providers::fuzz::config())]
+
+        /// x08: whatever form a host takes (zone IDs, `inet_aton` forms, mapped and
+        /// NAT64 addresses, oversized names), what `deny_local()` lets through is no
+        /// address a resolver would read as local and no local name; with an
+        /// allow-list, only what the list names; and refusals stay short.
+        #[test]
+        fn x08_fuzz_what_deny_local_allows_is_not_local(
+            url in crate::providers::fuzz::server(),
+            listed in any::<bool>(),
+        ) {
+            use crate::providers::fuzz::{is_local, is_local_name, lenient_addresses};
+            let mut policy = EndpointPolicy::deny_local();
+            if listed {
+                policy = policy.allow(["10.0.0.0/8", "*.example", "*.localhost"]).expect("rules");
+            }
+            match policy.check_server(&url) {
+                Err(refusal) => prop_assert!(refusal.to_string().len() <= 160, "{}", refusal),
+                Ok(()) => {
+                    let uri: http::Uri = url.trim().parse().expect("check_server parsed it");
+                    let host = uri.host().expect("and found a host");
+                    let read_as = lenient_addresses(host);
+                    prop_assert!(!read_as.iter().copied().any(is_local), "{} reaches {:?}", url, read_as);
+                    prop_assert!(!is_local_name(host), "{}", url);
+                    if listed {
+                        let ten: IpNet = "10.0.0.0/8".parse().expect("a range");
+                        let in_ten = read_as.iter().any(|a| ten.contains(&a.to_canonical()));
+                        let under_example = host.to_ascii_lowercase().trim_end_matches('.').ends_with(".example");
+                        prop_assert!(in_ten || under_example, "{} is not on the allow-list", url);
+                    }
+                }
+            }
+        }
 
         // Any text as a URL, and as a rule: never a panic, and a refusal never
         // quotes the part of the URL before the host (where user information is).

@@ -648,6 +648,46 @@ mod tests {
         })
     }
 
+    /// x08: what vetting let through is what the policy allows, judged by oracles
+    /// written apart from the vetting code: no command unless exec is allowed (an
+    /// exec plugin, or an auth provider with `cmd-path`), and under a deny-list of
+    /// local addresses no server a resolver would read as local.
+    fn vetted_kubeconfig_holds_to(kubeconfig: &Kubeconfig, policy: &KubeconfigPolicy) {
+        use crate::providers::fuzz::{is_local, is_local_name, lenient_addresses};
+        if !policy.allow_exec {
+            for user in kubeconfig.auth_infos.iter().filter_map(|u| u.auth_info.as_ref()) {
+                assert!(user.exec.is_none(), "an exec plugin passed without allow_exec");
+                let runs_command = user
+                    .auth_provider
+                    .as_ref()
+                    .is_some_and(|p| p.config.contains_key("cmd-path"));
+                assert!(
+                    !runs_command,
+                    "an auth provider with cmd-path passed without allow_exec"
+                );
+            }
+        }
+        if policy.endpoints.denied().is_empty() {
+            return;
+        }
+        for cluster in kubeconfig.clusters.iter().filter_map(|c| c.cluster.as_ref()) {
+            let Some(host) = cluster
+                .server
+                .as_deref()
+                .and_then(|s| s.trim().parse::<http::Uri>().ok())
+                .and_then(|uri| uri.host().map(str::to_owned))
+            else {
+                continue;
+            };
+            let read_as = lenient_addresses(&host);
+            assert!(
+                !read_as.iter().copied().any(is_local),
+                "server {host} reaches {read_as:?}"
+            );
+            assert!(!is_local_name(&host), "server {host} is a local name");
+        }
+    }
+
     /// Everything a provider does with an untrusted kubeconfig, short of
     /// connecting: parse, vet, name contexts, fingerprint, build a client
     /// configuration and a client. No step may panic, and no error may quote a
@@ -668,6 +708,7 @@ mod tests {
             assert_no_marker("vet", &error.to_string());
             return assert_no_marker("vet (Debug)", &format!("{error:?}"));
         }
+        vetted_kubeconfig_holds_to(&kubeconfig, policy);
         let has_exec = kubeconfig
             .auth_infos
             .iter()
@@ -678,7 +719,8 @@ mod tests {
                 // Building runs an exec plugin: not here.
                 Ok(_) if has_exec => {}
                 Ok(config) => {
-                    if let Err(error) = kube::Client::try_from(config) {
+                    let options = ClientOptions::default();
+                    if let Err(error) = options.build_checked(config, &policy.endpoints) {
                         assert_no_marker("client", &crate::redact::describe(&error));
                     }
                 }
@@ -707,6 +749,21 @@ mod tests {
                 allow_proxy_url,
                 allow_insecure_skip_tls_verify,
                 endpoints,
+            };
+            untrusted_kubeconfig_journey(&bytes, &policy);
+        }
+
+        /// x08: the same journey, always under the deny-list of local addresses,
+        /// with its outcome checked (`vetted_kubeconfig_holds_to`).
+        #[test]
+        fn x08_fuzz_vetted_kubeconfigs_hold_to_their_policy(
+            bytes in crate::providers::fuzz::kubeconfig_bytes(),
+            allow_exec in proptest::prelude::any::<bool>(),
+        ) {
+            let policy = KubeconfigPolicy {
+                allow_exec,
+                allow_local_files: true,
+                ..KubeconfigPolicy::untrusted().endpoints(EndpointPolicy::deny_local())
             };
             untrusted_kubeconfig_journey(&bytes, &policy);
         }
