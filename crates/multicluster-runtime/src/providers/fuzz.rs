@@ -146,8 +146,8 @@ const LOCAL_HOSTS: [&str; 16] = [
 pub(crate) fn address() -> impl Strategy<Value = std::net::IpAddr> {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
     prop_oneof![
-        any::<[u8; 4]>().prop_map(|octets| IpAddr::from(octets)),
-        any::<[u16; 8]>().prop_map(|segments| IpAddr::from(segments)),
+        any::<[u8; 4]>().prop_map(IpAddr::from),
+        any::<[u16; 8]>().prop_map(IpAddr::from),
         prop::sample::select(vec![
             IpAddr::V4(Ipv4Addr::LOCALHOST),
             IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)),
