@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -99,7 +99,27 @@ struct Core<K> {
     created: SystemTime,
     /// How many failing watches were dropped and replaced on request.
     reconnects: AtomicU64,
+    /// How many watch or list attempts failed.
+    failures: AtomicU64,
+    /// Whether the watch is failing without an answer from the apiserver (no
+    /// HTTP status): a successful health probe then means it can try again now.
+    unreachable: AtomicBool,
+    /// The failures in a row, for logging them once and their repeats rarely.
+    streak: Mutex<Streak>,
 }
+
+/// A run of failures of one watch, as logged so far.
+#[derive(Default)]
+struct Streak {
+    /// Failures in a row.
+    failures: u64,
+    /// The error last logged as a warning, and when.
+    warned: Option<(Arc<str>, tokio::time::Instant)>,
+}
+
+/// How often the same error of a failing watch is logged again as a warning; the
+/// repeats in between are logged at debug level.
+const WARN_AGAIN_AFTER: Duration = Duration::from_secs(300);
 
 /// Where events go: everything to `all`; each namespace's events also to that
 /// namespace's channel, if a scoped handle subscribed to it.
@@ -185,6 +205,9 @@ impl<K> Informer<K> {
             restarts: AtomicU64::new(0),
             created: SystemTime::now(),
             reconnects: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            unreachable: AtomicBool::new(false),
+            streak: Mutex::default(),
         };
         Informer {
             core: Arc::new(core),
@@ -269,7 +292,17 @@ impl<K> Informer<K> {
             stopped: self.is_stopped(),
             created: self.core.created,
             restarts: self.restarts() + self.reconnects(),
+            failures: self.failures(),
         }
+    }
+
+    /// How many attempts of the informer's watch (or its lists) failed. Each is
+    /// retried after a backoff from 0.8 s doubling up to 30 s, or at once when
+    /// [`Cache::reconnect`](super::Cache::reconnect) asks and the failure was no
+    /// answer at all; so its growth is bounded. Shared by every handle on the
+    /// informer.
+    pub fn failures(&self) -> u64 {
+        self.core.failures.load(Ordering::Relaxed)
     }
 
     /// How many times a failing watch of the informer was dropped and started again
@@ -384,20 +417,73 @@ impl<K> Informer<K> {
     }
 }
 
+/// Whether `error` came without an answer from the apiserver (connection refused
+/// or reset, a timeout, TLS): the apiserver answering again is what the watch
+/// waits for. An error with an HTTP status (forbidden, not found) is the
+/// apiserver's answer, and waits out its backoff.
+fn is_unreachable(error: &watcher::Error) -> bool {
+    match error {
+        watcher::Error::InitialListFailed(error)
+        | watcher::Error::WatchStartFailed(error)
+        | watcher::Error::WatchFailed(error) => !matches!(error, kube::Error::Api(_)),
+        watcher::Error::WatchError(_) | watcher::Error::NoResourceVersion => false,
+    }
+}
+
 impl<K> Core<K> {
+    /// Notes that the watch works again, after a run of failures if there was one.
+    fn recovered(&self) {
+        self.unreachable.store(false, Ordering::Relaxed);
+        let mut streak = lock(&self.streak);
+        if streak.failures > 0 {
+            tracing::info!(
+                cluster = %self.cluster,
+                resource = %self.resource,
+                failures_in_a_row = streak.failures,
+                "watch works again"
+            );
+            *streak = Streak::default();
+        }
+    }
+
     fn mark_stopped(&self) {
         self.phase.send_replace(Phase::Stopped);
         lock(&self.channels).take();
     }
 
+    /// Logs a failure of the watch: as a warning when a run of failures starts,
+    /// when the error changes, and every [`WARN_AGAIN_AFTER`] while it repeats; at
+    /// debug level otherwise (v01, issue 21).
     fn record_error(&self, error: watcher::Error) {
         let description: Arc<str> = redact::describe(&error).into();
-        tracing::warn!(
-            cluster = %self.cluster,
-            resource = %self.resource,
-            error = %description,
-            "watch failed, retrying with backoff"
-        );
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        self.unreachable.store(is_unreachable(&error), Ordering::Relaxed);
+        let mut streak = lock(&self.streak);
+        streak.failures += 1;
+        let now = tokio::time::Instant::now();
+        let warn = match &streak.warned {
+            None => true,
+            Some((text, at)) => **text != *description || now.duration_since(*at) >= WARN_AGAIN_AFTER,
+        };
+        if warn {
+            streak.warned = Some((description.clone(), now));
+            tracing::warn!(
+                cluster = %self.cluster,
+                resource = %self.resource,
+                error = %description,
+                failures_in_a_row = streak.failures,
+                "watch failed, retrying with backoff"
+            );
+        } else {
+            tracing::debug!(
+                cluster = %self.cluster,
+                resource = %self.resource,
+                error = %description,
+                failures_in_a_row = streak.failures,
+                "watch failed again, retrying with backoff"
+            );
+        }
+        drop(streak);
         *lock(&self.last_error) = Some(description);
     }
 }
@@ -511,11 +597,17 @@ impl<K: Resource + Send + Sync + 'static> Informer<K> {
 /// An informer of any type, as the cache's registry keeps it for status reports.
 pub(crate) trait AnyInformer: Send + Sync {
     fn status(&self) -> InformerStatus;
+    /// Whether its watch fails without an answer from the apiserver.
+    fn unreachable(&self) -> bool;
 }
 
 impl<K: Send + Sync + 'static> AnyInformer for Informer<K> {
     fn status(&self) -> InformerStatus {
         Informer::status(self)
+    }
+
+    fn unreachable(&self) -> bool {
+        self.core.unreachable.load(Ordering::Relaxed)
     }
 }
 
@@ -536,6 +628,8 @@ pub struct InformerStatus {
     /// ([`Informer::restarts`]) or to reconnect at once
     /// ([`Informer::reconnects`]).
     pub restarts: u64,
+    /// Watch and list attempts that failed ([`Informer::failures`]).
+    pub failures: u64,
 }
 
 /// Why the informer stopped following one watch.
@@ -584,7 +678,9 @@ impl<K: Resource> Core<K> {
                 () = token.cancelled() => return WatchEnd::Cancelled,
                 asked = async { reconnects.as_mut()?.changed().await.ok() }, if reconnects.is_some() => {
                     match asked {
-                        Some(()) if failing => return WatchEnd::Reconnect,
+                        Some(()) if failing && self.unreachable.load(Ordering::Relaxed) => {
+                            return WatchEnd::Reconnect;
+                        }
                         Some(()) => {}
                         None => *reconnects = None,
                     }
@@ -594,7 +690,12 @@ impl<K: Resource> Core<K> {
             };
             match next {
                 Some(Ok(event)) => {
-                    failing = false;
+                    // `Init` announces a list attempt; only what follows it shows
+                    // the watch works.
+                    if !matches!(event, watcher::Event::Init) {
+                        failing = false;
+                        self.recovered();
+                    }
                     match self.handle(event, prepare) {
                         Handled::Done => {}
                         Handled::Listed => *panics_in_a_row = 0,
@@ -1111,12 +1212,27 @@ mod tests {
         until(|| version().as_deref() == Some("2")).await;
         assert_eq!((started.lock().unwrap().len(), informer.reconnects()), (1, 0));
 
-        // A failing watch (kube's backoff would now sleep up to 30 s) is replaced at
-        // once, without the restart delay of a panicking transform.
+        // A watch that fails with the apiserver's answer waits out its backoff: the
+        // apiserver answering is no news to it. The request is handled before the
+        // next error is (requests first).
         first_tx
             .unbounded_send(Err(watcher::Error::NoResourceVersion))
             .unwrap();
-        until(|| informer.last_error().is_some()).await;
+        until(|| informer.failures() == 1).await;
+        ask.send_modify(|n| *n += 1);
+        let unreachable = || {
+            let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+            Err(watcher::Error::WatchFailed(kube::Error::Service(Box::new(
+                refused,
+            ))))
+        };
+        first_tx.unbounded_send(unreachable()).unwrap();
+        until(|| informer.failures() == 2).await;
+        assert_eq!((started.lock().unwrap().len(), informer.reconnects()), (1, 0));
+
+        // A watch failing for want of an answer (its backoff would now sleep up to
+        // 30 s) is replaced at once, without the restart delay of a panicking
+        // transform.
         let asked = tokio::time::Instant::now();
         ask.send_modify(|n| *n += 1);
         until(|| version().as_deref() == Some("3")).await;

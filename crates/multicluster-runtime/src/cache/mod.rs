@@ -103,6 +103,7 @@ mod informer;
 mod key;
 mod namespaces;
 mod options;
+mod retry;
 mod store;
 #[cfg(test)]
 mod testing;
@@ -119,7 +120,7 @@ use std::any::TypeId;
 use futures::StreamExt;
 use kube::api::Api;
 use kube::core::{ClusterResourceScope, PartialObjectMeta};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
@@ -359,22 +360,29 @@ impl Cache {
         self.inner.tasks.wait().await;
     }
 
-    /// Asks every watch of the cache that is failing to stop waiting out its backoff
-    /// and connect again now.
+    /// Asks every watch of the cache that failed for want of an answer from the
+    /// apiserver to stop waiting out its backoff and connect again now.
     ///
     /// A watch that fails retries with exponential backoff, up to 30 s between
     /// attempts, so after an outage it may take that long to notice the cluster is
-    /// back. Call this when you know it is (the manager does when a cluster's
-    /// [health probes](crate::manager#cluster-health) succeed again): each watch whose last
-    /// attempt failed is dropped and started anew at once, with a full list (which
-    /// brings the store up to date, deletions included); its backoff starts over.
-    /// Watches that work are left alone. For a
+    /// back. Call this when you know it is (the manager does after every successful
+    /// [health probe](crate::manager#cluster-health)): each watch whose last
+    /// attempt got no answer (connection refused or reset, a timeout) is dropped and
+    /// started anew at once, with a full list (which brings the store up to date,
+    /// deletions included); its backoff starts over. Watches that work, and watches
+    /// the apiserver refused with a status (403, 404), are left alone; when there
+    /// are none to wake, this wakes no informer. For a
     /// [namespace-scoped view](Self::scoped), the host's watches are asked.
     /// [`Informer::reconnects`] counts the watches this restarted.
     pub fn reconnect(&self) {
-        self.inner
-            .reconnects
-            .send_modify(|asked| *asked = asked.wrapping_add(1));
+        // Cheap when nothing fails, as the manager asks after every successful
+        // health probe: no informer is woken.
+        let unreachable = self.inner.registry().statuses.iter().any(|i| i.unreachable());
+        if unreachable {
+            self.inner
+                .reconnects
+                .send_modify(|asked| *asked = asked.wrapping_add(1));
+        }
     }
 
     /// Stops every informer the cache has started and forgets them: their watches
@@ -814,7 +822,7 @@ impl Cache {
             WatchNamespaces::All | WatchNamespaces::CacheDefault => {
                 let api = Api::<K>::all_with(client, &dyntype);
                 // A new watcher for every restart: it starts with a full list.
-                let watch = move || watcher(api.clone(), config.clone()).default_backoff().boxed();
+                let watch = move || retry::with_backoff(watcher(api.clone(), config.clone())).boxed();
                 (Box::new(watch), 1)
             }
         };

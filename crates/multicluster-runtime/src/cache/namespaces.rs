@@ -31,7 +31,7 @@ use futures::stream::{BoxStream, SelectAll};
 use futures::{Stream, StreamExt};
 use kube::api::{Api, ObjectMeta};
 use kube::core::DynamicResourceScope;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Client, Resource};
 use serde::Deserialize;
 
@@ -84,7 +84,8 @@ impl<K: Resource> Resource for InNamespace<K> {
     }
 }
 
-/// The events of one namespace's watch, with kube's default backoff.
+/// The events of one namespace's watch, retried with backoff on its own: a
+/// namespace that fails waits alone.
 pub(crate) fn watch_namespace<K: CacheObject>(
     client: Client,
     dyntype: &K::DynamicType,
@@ -92,9 +93,7 @@ pub(crate) fn watch_namespace<K: CacheObject>(
     config: watcher::Config,
 ) -> impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static {
     let api = Api::<InNamespace<K>>::namespaced_with(client, namespace, dyntype);
-    watcher(api, config)
-        .default_backoff()
-        .map(|item| item.map(unwrap))
+    super::retry::with_backoff(watcher(api, config)).map(|item| item.map(unwrap))
 }
 
 fn unwrap<K>(event: watcher::Event<InNamespace<K>>) -> watcher::Event<K> {

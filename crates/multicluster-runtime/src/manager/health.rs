@@ -360,9 +360,12 @@ pub(crate) struct ProbeTasks<'a> {
 /// manager ends it with the engagement), publishing its health to `cell` and
 /// changes of state to `hub`.
 ///
-/// On recovery the cluster's failing watches are asked to
-/// [reconnect](crate::cache::Cache::reconnect) at once, before the controllers hear
-/// of it and resume.
+/// After every successful probe, the cluster's watches that failed for want of an
+/// answer are asked to [reconnect](crate::cache::Cache::reconnect) at once (which
+/// costs nothing when none fails): the apiserver answers, so a watch need not wait
+/// out a backoff of up to 30 s, however short the outage was (v01, issue 21). On
+/// recovery from unhealthy this happens before the controllers hear of it and
+/// resume.
 pub(crate) async fn probe(
     name: ClusterName,
     cluster: Arc<Cluster>,
@@ -378,6 +381,9 @@ pub(crate) async fn probe(
         let Some(outcome) = outcomes.borrow_and_update().clone() else {
             continue;
         };
+        if outcome.is_ok() {
+            cluster.cache().reconnect();
+        }
         let Some(previous) = tracker.record(outcome, SystemTime::now()) else {
             cell.send_if_modified(|published| update(published, tracker.health()));
             continue;
@@ -391,7 +397,6 @@ pub(crate) async fn probe(
                 "cluster unhealthy: its probes fail; its reconciles wait until it recovers"
             ),
             (HealthState::Unhealthy { since, .. }, _) => {
-                cluster.cache().reconnect();
                 let down = since.elapsed().unwrap_or_default();
                 tracing::info!(
                     cluster = %name,

@@ -66,7 +66,7 @@ fn cluster_families(
     let by_cluster = metrics.cluster_label();
     let engaged = manager.engaged_instances();
     let mut per_provider: BTreeMap<String, u64> = BTreeMap::new();
-    let mut caches: BTreeMap<Labels, (bool, u64)> = BTreeMap::new();
+    let mut caches: BTreeMap<Labels, (bool, u64, u64)> = BTreeMap::new();
     for (name, cluster) in &engaged {
         *per_provider
             .entry(metrics.provider_of(name).to_string())
@@ -78,9 +78,10 @@ fn cluster_families(
             }
             labels.push(("resource", informer.resource));
             // Informers of one resource with different selections fold into one.
-            let entry = caches.entry(labels).or_insert((true, 0));
+            let entry = caches.entry(labels).or_insert((true, 0, 0));
             entry.0 &= informer.synced;
             entry.1 += informer.restarts;
+            entry.2 += informer.failures;
         }
     }
     family(
@@ -99,7 +100,16 @@ fn cluster_families(
         MetricType::Gauge,
         caches
             .iter()
-            .map(|(labels, (synced, _))| (labels.clone(), ConstGauge::new(i64::from(*synced)))),
+            .map(|(labels, (synced, _, _))| (labels.clone(), ConstGauge::new(i64::from(*synced)))),
+    )?;
+    family(
+        encoder,
+        "multicluster_runtime_cache_watch_failures",
+        "Watch and list attempts of a cache that failed, per cluster and resource (retried with backoff)",
+        MetricType::Counter,
+        caches
+            .iter()
+            .map(|(labels, (_, _, failures))| (labels.clone(), ConstCounter::new(*failures))),
     )?;
     family(
         encoder,
@@ -108,7 +118,7 @@ fn cluster_families(
         MetricType::Counter,
         caches
             .into_iter()
-            .map(|(labels, (_, restarts))| (labels, ConstCounter::new(restarts))),
+            .map(|(labels, (_, restarts, _))| (labels, ConstCounter::new(restarts))),
     )
 }
 
