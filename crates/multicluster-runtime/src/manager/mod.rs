@@ -196,6 +196,10 @@ pub use crate::cluster::{ClusterHealth, HealthState};
 pub use crate::runnable::Runnable;
 pub use checks::{CHECK_TIMEOUT, ClusterState, HealthCheck, Report, ReportLine};
 pub use coordination::{CLUSTER_ANNOTATION, FENCE_LABEL, PEER_LABEL, Sharding};
+pub use endpoint::{
+    DEFAULT_CONNECTION_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_RELOAD_INTERVAL, DEFAULT_REVIEW_CACHE_TTL,
+    MetricsEndpoint, ProbeEndpoint, REVIEW_CACHE_ENTRIES, ServingCertificate,
+};
 pub use health::{HealthEvent, HealthProbes, PROBE_PATH};
 pub use leader::{LeaderElection, OnLeadershipLoss};
 pub use metrics::Metrics;
@@ -229,8 +233,8 @@ struct Inner {
     leader: watch::Sender<bool>,
     metrics: Metrics,
     checks: Mutex<checks::Checks>,
-    /// Where the HTTP endpoint listens, once it does.
-    endpoint: Mutex<Option<SocketAddr>>,
+    /// Where the endpoints listen, once they do.
+    endpoints: Mutex<Addresses>,
     /// Health events of every cluster, and their count.
     health: health::Hub,
     /// Decides which clusters are engaged into the components, if sharding is on.
@@ -240,13 +244,36 @@ struct Inner {
     lease_store: OnceLock<Arc<dyn lease::LeaseStore>>,
 }
 
+/// Where each endpoint listens.
+#[derive(Default)]
+struct Addresses {
+    all: Option<SocketAddr>,
+    probes: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
+}
+
+impl Addresses {
+    fn set(&mut self, role: endpoint::Role, address: Option<SocketAddr>) {
+        let slot = match role {
+            endpoint::Role::All => &mut self.all,
+            endpoint::Role::Probes => &mut self.probes,
+            endpoint::Role::Metrics => &mut self.metrics,
+        };
+        *slot = address;
+    }
+}
+
 /// Settings read when the manager starts.
 #[derive(Clone)]
 struct Options {
     leader_election: Option<LeaderElection>,
     graceful_shutdown_timeout: Duration,
-    /// Where to serve `/metrics`, `/healthz` and `/readyz`; nowhere if `None`.
+    /// Where to serve `/metrics` and the probes together; nowhere if `None`.
     http_endpoint: Option<SocketAddr>,
+    /// Where to serve the probes alone.
+    probe_endpoint: Option<ProbeEndpoint>,
+    /// Where to serve `/metrics` alone.
+    metrics_endpoint: Option<MetricsEndpoint>,
     /// Whether every engaged cluster must have synced for readiness.
     require_all_clusters: bool,
     /// `None`: clusters are not probed.
@@ -364,6 +391,8 @@ impl Manager {
                 leader_election: None,
                 graceful_shutdown_timeout: DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT,
                 http_endpoint: None,
+                probe_endpoint: None,
+                metrics_endpoint: None,
                 require_all_clusters: false,
                 health_probes: Some(HealthProbes::default()),
                 sharding: None,
@@ -371,7 +400,7 @@ impl Manager {
             leader: watch::Sender::new(false),
             metrics: Metrics::new(),
             checks: Mutex::default(),
-            endpoint: Mutex::new(None),
+            endpoints: Mutex::default(),
             health: health::Hub::default(),
             coordinator: OnceLock::new(),
             #[cfg(test)]
@@ -385,9 +414,14 @@ impl Manager {
         manager
     }
 
-    /// Serves `/metrics`, `/healthz` and `/readyz` on `address` while the manager
-    /// runs (see [Metrics, health and readiness](self#metrics-health-and-readiness));
-    /// off unless set. Port 0 picks a free port: see
+    /// Serves `/metrics`, `/healthz`, `/livez` and `/readyz` together on `address`
+    /// while the manager runs, over plain HTTP without authentication (see
+    /// [The operational endpoints](self#the-operational-endpoints)): for
+    /// development and tests. In a cluster, prefer
+    /// [`with_probe_endpoint`](Self::with_probe_endpoint) and
+    /// [`with_metrics_endpoint`](Self::with_metrics_endpoint). The probes withhold
+    /// failure reasons, as a [`ProbeEndpoint`]'s do by default; limits are the
+    /// defaults. Off unless set. Port 0 picks a free port: see
     /// [`http_address`](Self::http_address). Read when the manager starts, which
     /// fails with [`Error::Endpoint`] if the address cannot be bound.
     #[must_use]
@@ -396,9 +430,45 @@ impl Manager {
         self
     }
 
-    /// Where the HTTP endpoint listens, once the manager has started it.
+    /// Serves the probes, `/healthz`, `/livez` and `/readyz`, as `endpoint` says,
+    /// while the manager runs: plain HTTP for the kubelet, failure reasons withheld
+    /// unless [shown](ProbeEndpoint::show_reasons). Off unless set; port 0 picks a
+    /// free port ([`probe_address`](Self::probe_address)). Read when the manager
+    /// starts, which fails with [`Error::Endpoint`] if the address cannot be bound.
+    #[must_use]
+    pub fn with_probe_endpoint(self, endpoint: ProbeEndpoint) -> Self {
+        lock(&self.inner.options).probe_endpoint = Some(endpoint);
+        self
+    }
+
+    /// Serves `/metrics` as `endpoint` says while the manager runs:
+    /// [`MetricsEndpoint::secure`] for HTTPS with callers authorized against the
+    /// manager's cluster. Off unless set; port 0 picks a free port
+    /// ([`metrics_address`](Self::metrics_address)). Read when the manager starts,
+    /// which fails with [`Error::Endpoint`] if the address cannot be bound, the
+    /// certificate cannot be used, or authorization is asked for without TLS.
+    #[must_use]
+    pub fn with_metrics_endpoint(self, endpoint: MetricsEndpoint) -> Self {
+        lock(&self.inner.options).metrics_endpoint = Some(endpoint);
+        self
+    }
+
+    /// Where the [combined endpoint](Self::with_http_endpoint) listens, once the
+    /// manager has started it.
     pub fn http_address(&self) -> Option<SocketAddr> {
-        *lock(&self.inner.endpoint)
+        lock(&self.inner.endpoints).all
+    }
+
+    /// Where the [probe endpoint](Self::with_probe_endpoint) listens, once the
+    /// manager has started it.
+    pub fn probe_address(&self) -> Option<SocketAddr> {
+        lock(&self.inner.endpoints).probes
+    }
+
+    /// Where the [metrics endpoint](Self::with_metrics_endpoint) listens, once the
+    /// manager has started it.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        lock(&self.inner.endpoints).metrics
     }
 
     /// Whether metrics carry a `cluster` label (the default). Without it, every
@@ -867,10 +937,14 @@ impl Manager {
                 leases: sharding.describe(),
             });
         }
-        let listener = match options.http_endpoint {
-            Some(address) => Some(endpoint::bind(address).await?),
-            None => None,
-        };
+        let mut servings = Vec::new();
+        servings.extend(options.http_endpoint.map(endpoint::Serving::all));
+        servings.extend(options.probe_endpoint.as_ref().map(endpoint::Serving::probes));
+        servings.extend(options.metrics_endpoint.as_ref().map(endpoint::Serving::metrics));
+        let mut bound = Vec::new();
+        for serving in servings {
+            bound.push(endpoint::bind(serving).await?);
+        }
         let run = token.child_token();
         let _stop_on_drop = run.clone().drop_guard();
         let (failures, mut failed) = mpsc::unbounded_channel();
@@ -892,13 +966,14 @@ impl Manager {
         if options.leader_election.is_none() {
             self.inner.leader.send_replace(true);
         }
-        if let Some(listener) = listener {
-            *lock(&self.inner.endpoint) = listener.local_addr().ok();
-            tracing::info!(address = ?self.http_address(), "serving /metrics, /healthz and /readyz");
+        for bound in bound {
+            let address = bound.listener.local_addr().ok();
+            lock(&self.inner.endpoints).set(bound.serving.role, address);
+            tracing::info!(?address, serving = bound.serving.describe(), "endpoint listens");
             let (this, token) = (self.clone(), run.clone());
             self.inner
                 .tasks
-                .spawn(async move { endpoint::serve(this, listener, token).await });
+                .spawn(async move { endpoint::serve(this, bound, token).await });
         }
         let outcome = self
             .run(
