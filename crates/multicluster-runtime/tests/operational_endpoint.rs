@@ -8,11 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::ServiceAccount;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleRef, Subject};
 use kube::Client;
-use kube::api::{Api, PostParams};
 use kube_envtest::Fleet;
 use multicluster_runtime::manager::{HealthCheck, MetricsEndpoint, ProbeEndpoint, ServingCertificate};
 use multicluster_runtime::providers::clusters::Clusters;
@@ -62,59 +58,6 @@ fn manager_without_apiserver() -> Manager {
     Manager::new(Arc::new(Cluster::new("", client))).without_health_probes()
 }
 
-/// A token of a new ServiceAccount `name` in `default`, from the TokenRequest API.
-async fn service_account_token(admin: &Client, name: &str) -> String {
-    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), "default");
-    let mut account = ServiceAccount::default();
-    account.metadata.name = Some(name.to_owned());
-    accounts
-        .create(&PostParams::default(), &account)
-        .await
-        .expect("create ServiceAccount");
-    let request = TokenRequest {
-        spec: Some(TokenRequestSpec {
-            expiration_seconds: Some(600),
-            ..TokenRequestSpec::default()
-        }),
-        ..TokenRequest::default()
-    };
-    let issued = accounts
-        .create_token_request(name, &PostParams::default(), &request)
-        .await
-        .expect("TokenRequest");
-    issued.status.and_then(|s| s.token).expect("a token")
-}
-
-/// Binds the ClusterRole of `deploy/rbac/metrics-reader.yaml` to the ServiceAccount
-/// `default/<account>`.
-async fn grant_metrics_reader(admin: &Client, account: &str) {
-    let (rules, _) = rbac::rules("metrics-reader.yaml");
-    let mut role = ClusterRole::default();
-    role.metadata.name = Some("x05-metrics-reader".into());
-    role.rules = Some(rules);
-    Api::<ClusterRole>::all(admin.clone())
-        .create(&PostParams::default(), &role)
-        .await
-        .expect("create ClusterRole");
-    let mut binding = ClusterRoleBinding::default();
-    binding.metadata.name = Some("x05-metrics-reader".into());
-    binding.role_ref = RoleRef {
-        api_group: Some("rbac.authorization.k8s.io".into()),
-        kind: "ClusterRole".into(),
-        name: "x05-metrics-reader".into(),
-    };
-    binding.subjects = Some(vec![Subject {
-        kind: "ServiceAccount".into(),
-        name: account.into(),
-        namespace: Some("default".into()),
-        ..Subject::default()
-    }]);
-    Api::<ClusterRoleBinding>::all(admin.clone())
-        .create(&PostParams::default(), &binding)
-        .await
-        .expect("create ClusterRoleBinding");
-}
-
 /// The secure metrics endpoint, on IPv6 loopback with its self-signed certificate,
 /// asks the manager's apiserver (as a user holding exactly
 /// `deploy/rbac/metrics-auth.yaml`): no token or a made-up one gets 401, a
@@ -134,9 +77,10 @@ async fn x05_secure_metrics_need_a_token_allowed_to_get_metrics() {
     let manager = Manager::new(Arc::new(Cluster::new("", reviewer)))
         .with_probe_endpoint(ProbeEndpoint::new("127.0.0.1:0".parse().unwrap()))
         .with_metrics_endpoint(MetricsEndpoint::secure("[::1]:0".parse().unwrap()));
-    let scraper = service_account_token(&admin, "scraper").await;
-    let stranger = service_account_token(&admin, "stranger").await;
-    grant_metrics_reader(&admin, "scraper").await;
+    let scraper = rbac::service_account_token(&admin, "default", "scraper").await;
+    let stranger = rbac::service_account_token(&admin, "default", "stranger").await;
+    let (reader, _) = rbac::rules("metrics-reader.yaml");
+    rbac::bind_service_account(&admin, "x05-metrics-reader", reader, "default", "scraper").await;
     let running = Running::start(&manager);
     wait_until("both endpoints listen", || {
         manager.metrics_address().is_some() && manager.probe_address().is_some()

@@ -61,10 +61,11 @@
 //! and the fleet's own (engaged clusters, engagements, caches synced, leadership);
 //! the [`metrics`] module lists them. Register your own metrics there too.
 //!
-//! [`Manager::with_http_endpoint`] serves, on one address, while the manager runs:
+//! While the manager runs, the [operational endpoints](#the-operational-endpoints)
+//! serve:
 //!
 //! - `/metrics`: the registry as OpenMetrics text;
-//! - `/healthz`: liveness, from the [healthz checks](Manager::add_healthz_check);
+//! - `/healthz` (and `/livez`): liveness, from the [healthz checks](Manager::add_healthz_check);
 //! - `/readyz`: readiness ([`Manager::readyz`]): the manager runs, its own cluster has
 //!   synced, and every [readyz check](Manager::add_readyz_check) passes. Clusters of
 //!   the provider are listed but do not count unless
@@ -72,8 +73,9 @@
 //!   cluster that is slow or down must not take the process out of service for the
 //!   others.
 //!
-//! Add `?verbose` for one line per check and per engaged cluster with its
-//! [`ClusterState`], like kube-apiserver's:
+//! [`Manager::readyz`] in code (and `?verbose` where reasons are
+//! [shown](ProbeEndpoint::show_reasons)) gives one line per check and per engaged
+//! cluster with its [`ClusterState`], like kube-apiserver's:
 //!
 //! ```text
 //! [+]manager running
@@ -84,11 +86,46 @@
 //! readyz check failed
 //! ```
 //!
+//! # The operational endpoints
+//!
+//! - [`Manager::with_probe_endpoint`]: `/healthz`, `/livez`, `/readyz` over plain
+//!   HTTP for the kubelet. Anyone on the pod network reaches it, so a failure says
+//!   only which check failed, as kube-apiserver answers callers it has not
+//!   authenticated, and the provider's clusters are one line without their names:
+//!
+//!   ```text
+//!   [+]manager ok
+//!   [+]cluster "" ok
+//!   [+]clusters ok
+//!   [-]database failed: reason withheld
+//!   readyz check failed
+//!   ```
+//!
+//!   unless [`ProbeEndpoint::show_reasons`] allows the details.
+//! - [`Manager::with_metrics_endpoint`]: `/metrics`. [`MetricsEndpoint::secure`]
+//!   serves it over HTTPS (a [self-signed or file](ServingCertificate) certificate,
+//!   files read again when they change) to callers whose bearer token the
+//!   manager's cluster accepts (TokenReview) and who may `get` the non-resource URL
+//!   `/metrics` there (SubjectAccessReview): 401 without or with a bad token, 403
+//!   when not allowed — controller-runtime's secure metrics with its
+//!   `WithAuthenticationAndAuthorization` filter.
+//! - [`Manager::with_http_endpoint`]: everything on one plain port, reasons shown,
+//!   for development and tests.
+//!
+//! Each endpoint serves a [limited number](ProbeEndpoint::max_connections) of
+//! connections at once (more are closed at once) and each
+//! [for a limited time](ProbeEndpoint::connection_timeout); IPv6 addresses work,
+//! and `[::]` serves IPv4 too. See `docs/decisions/metrics.md`.
+//!
 //! ```no_run
-//! # use std::sync::Arc;
-//! use multicluster_runtime::manager::HealthCheck;
+//! use multicluster_runtime::manager::{HealthCheck, MetricsEndpoint, ProbeEndpoint, ServingCertificate};
 //! # async fn run(manager: multicluster_runtime::Manager) -> multicluster_runtime::Result<()> {
-//! let manager = manager.with_http_endpoint("0.0.0.0:8080".parse().unwrap());
+//! let manager = manager
+//!     .with_probe_endpoint(ProbeEndpoint::new("[::]:8081".parse().unwrap()))
+//!     .with_metrics_endpoint(
+//!         MetricsEndpoint::secure("[::]:8443".parse().unwrap())
+//!             .certificate(ServingCertificate::files("/certs/tls.crt", "/certs/tls.key")),
+//!     );
 //! manager.add_readyz_check(HealthCheck::from_fn("config-loaded", || Ok::<(), String>(())));
 //! manager.start(tokio_util::sync::CancellationToken::new()).await
 //! # }
@@ -415,13 +452,13 @@ impl Manager {
     }
 
     /// Serves `/metrics`, `/healthz`, `/livez` and `/readyz` together on `address`
-    /// while the manager runs, over plain HTTP without authentication (see
+    /// while the manager runs, over plain HTTP without authentication, failure
+    /// reasons and cluster names shown, as before the endpoints were split (see
     /// [The operational endpoints](self#the-operational-endpoints)): for
-    /// development and tests. In a cluster, prefer
+    /// development, tests and a port nobody else reaches. In a cluster use
     /// [`with_probe_endpoint`](Self::with_probe_endpoint) and
-    /// [`with_metrics_endpoint`](Self::with_metrics_endpoint). The probes withhold
-    /// failure reasons, as a [`ProbeEndpoint`]'s do by default; limits are the
-    /// defaults. Off unless set. Port 0 picks a free port: see
+    /// [`with_metrics_endpoint`](Self::with_metrics_endpoint) instead. The
+    /// connection limits are the defaults. Off unless set. Port 0 picks a free port: see
     /// [`http_address`](Self::http_address). Read when the manager starts, which
     /// fails with [`Error::Endpoint`] if the address cannot be bound.
     #[must_use]

@@ -270,12 +270,13 @@ pub(crate) struct Serving {
 }
 
 impl Serving {
-    /// Everything on one plain port, reasons withheld.
+    /// Everything on one plain port, reasons shown: the endpoint as it was before
+    /// the probes and metrics got endpoints of their own.
     pub fn all(address: SocketAddr) -> Self {
         Serving {
             role: Role::All,
             address,
-            probes: Some(false),
+            probes: Some(true),
             metrics: true,
             certificate: None,
             authorize: false,
