@@ -159,7 +159,10 @@ fn metrics_endpoint(args: &Args) -> MetricsEndpoint {
     }
     let endpoint = MetricsEndpoint::secure(args.metrics_bind_address);
     match &args.metrics_cert_dir {
-        Some(dir) => endpoint.certificate(ServingCertificate::files(dir.join("tls.crt"), dir.join("tls.key"))),
+        Some(dir) => endpoint.certificate(ServingCertificate::files(
+            dir.join("tls.crt"),
+            dir.join("tls.key"),
+        )),
         None => endpoint,
     }
 }

@@ -196,7 +196,14 @@ async fn o08_operator_example_answers_readyz_and_reconciles_the_fleet() {
         .client()
         .expect("client");
     let scraper = rbac::service_account_token(&admin, "fleet-system", "scraper").await;
-    rbac::bind_service_account(&admin, "o08-metrics-reader", metrics_reader_rules, "fleet-system", "scraper").await;
+    rbac::bind_service_account(
+        &admin,
+        "o08-metrics-reader",
+        metrics_reader_rules,
+        "fleet-system",
+        "scraper",
+    )
+    .await;
     let args = operator::Args::parse_from([
         "operator",
         "--health-probe-bind-address",
@@ -214,10 +221,9 @@ async fn o08_operator_example_answers_readyz_and_reconciles_the_fleet() {
 
     let address = eventually("the probe endpoint listens", || async { manager.probe_address() }).await;
     let synced = |name: &str| {
-        manager
-            .cluster_states()
-            .iter()
-            .any(|(cluster, state)| cluster == name && *state == multicluster_runtime::manager::ClusterState::Synced)
+        manager.cluster_states().iter().any(|(cluster, state)| {
+            cluster == name && *state == multicluster_runtime::manager::ClusterState::Synced
+        })
     };
     let verbose = eventually("/readyz answers 200 with both clusters synced", || async {
         let response = http::get(address, "/readyz?verbose").await;
@@ -226,7 +232,10 @@ async fn o08_operator_example_answers_readyz_and_reconciles_the_fleet() {
     .await;
     eprintln!("o08: /readyz?verbose\n{verbose}");
     assert!(verbose.contains("[+]clusters ok\n"), "{verbose}");
-    assert!(!verbose.contains("cluster-1"), "the probe port names no cluster: {verbose}");
+    assert!(
+        !verbose.contains("cluster-1"),
+        "the probe port names no cluster: {verbose}"
+    );
     assert_eq!(http::get(address, "/healthz").await.status, 200);
 
     for index in 1..=2 {

@@ -99,7 +99,10 @@ async fn x05_secure_metrics_need_a_token_allowed_to_get_metrics() {
     };
 
     let anonymous = get(None).await;
-    assert_eq!((anonymous.status, anonymous.body.as_str()), (401, "Unauthorized\n"));
+    assert_eq!(
+        (anonymous.status, anonymous.body.as_str()),
+        (401, "Unauthorized\n")
+    );
     assert_eq!(get(Some("not-a-token".into())).await.status, 401);
     let forbidden = get(Some(stranger.clone())).await;
     assert_eq!((forbidden.status, forbidden.body.as_str()), (403, "Forbidden\n"));
@@ -157,10 +160,14 @@ async fn x05_a_replaced_certificate_file_is_served_after_reload() {
     std::fs::write(&key_path, &first_key).expect("write key");
     let certificate =
         ServingCertificate::files(&cert_path, &key_path).reload_interval(Duration::from_millis(50));
-    let manager = manager_without_apiserver()
-        .with_metrics_endpoint(MetricsEndpoint::plain("127.0.0.1:0".parse().unwrap()).certificate(certificate));
+    let manager = manager_without_apiserver().with_metrics_endpoint(
+        MetricsEndpoint::plain("127.0.0.1:0".parse().unwrap()).certificate(certificate),
+    );
     let running = Running::start(&manager);
-    wait_until("the metrics endpoint listens", || manager.metrics_address().is_some()).await;
+    wait_until("the metrics endpoint listens", || {
+        manager.metrics_address().is_some()
+    })
+    .await;
     let address = manager.metrics_address().expect("address");
 
     let trusted = http::get_tls(address, "/metrics", None, http::trusting(&ca.pem()))
@@ -204,8 +211,10 @@ async fn x05_unusable_metrics_settings_fail_start_clearly() {
     let dir = tempfile::tempdir().expect("temp dir");
     let missing = dir.path().join("missing.crt");
     let manager = manager_without_apiserver().with_metrics_endpoint(
-        MetricsEndpoint::secure("127.0.0.1:0".parse().unwrap())
-            .certificate(ServingCertificate::files(&missing, dir.path().join("missing.key"))),
+        MetricsEndpoint::secure("127.0.0.1:0".parse().unwrap()).certificate(ServingCertificate::files(
+            &missing,
+            dir.path().join("missing.key"),
+        )),
     );
     let err = manager
         .start(CancellationToken::new())
@@ -279,7 +288,10 @@ async fn x05_readyz_on_the_probe_port_withholds_reasons_and_cluster_names() {
     let health = http::get(address, "/healthz").await;
     assert_eq!(
         (health.status, health.body.as_str()),
-        (503, "[+]ping ok\n[-]deadlock failed: reason withheld\nhealthz check failed\n")
+        (
+            503,
+            "[+]ping ok\n[-]deadlock failed: reason withheld\nhealthz check failed\n"
+        )
     );
     let in_code = manager.readyz().await.to_string();
     assert!(in_code.contains(SECRET), "{in_code}");
@@ -323,7 +335,10 @@ async fn x05_connections_beyond_the_limit_are_closed_and_a_silent_client_is_cut_
     let mut nothing = Vec::new();
     let cut = tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut nothing)).await;
     let lasted = opened.elapsed();
-    assert!(cut.is_ok(), "the silent client still holds its connection after 10 s");
+    assert!(
+        cut.is_ok(),
+        "the silent client still holds its connection after 10 s"
+    );
     assert!(lasted >= TIMEOUT, "cut off before its timeout: {lasted:?}");
     eventually("the slot serves the next client", || async {
         (http::get(address, "/healthz").await.status == 200).then_some(())

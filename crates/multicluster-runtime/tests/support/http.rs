@@ -21,7 +21,9 @@ pub struct Response {
 /// GETs `path` (with its query) from `address`; panics on I/O errors.
 pub async fn get(address: SocketAddr, path: &str) -> Response {
     let stream = TcpStream::connect(address).await.expect("connect to endpoint");
-    exchange(stream, address, path, None).await.expect("plain exchange")
+    exchange(stream, address, path, None)
+        .await
+        .expect("plain exchange")
 }
 
 /// GETs `path` from `address` over TLS as `client` (see [`trusting`],
@@ -48,7 +50,8 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     token: Option<&str>,
 ) -> std::io::Result<Response> {
     let authorization = token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\n{authorization}Connection: close\r\n\r\n");
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {address}\r\n{authorization}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut raw = Vec::new();
     // A TLS peer that closes without close_notify is fine for these tests.
@@ -147,7 +150,12 @@ impl ServerCertVerifier for AnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -156,10 +164,17 @@ impl ServerCertVerifier for AnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

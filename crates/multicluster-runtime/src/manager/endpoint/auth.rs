@@ -83,7 +83,10 @@ impl Reviewer {
     }
 
     fn cached(&self, key: &[u8; 32]) -> Option<Admission> {
-        let cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         cache
             .get(key)
             .filter(|(at, _)| at.elapsed() < self.ttl)
@@ -94,7 +97,10 @@ impl Reviewer {
         if self.ttl.is_zero() {
             return;
         }
-        let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if cache.len() >= CACHE_ENTRIES {
             cache.retain(|_, (at, _)| at.elapsed() < self.ttl);
         }
@@ -112,7 +118,8 @@ impl Reviewer {
             ..TokenReview::default()
         };
         let reviews: Api<TokenReview> = Api::all(self.client.clone());
-        let reviewed = tokio::time::timeout(REVIEW_TIMEOUT, reviews.create(&PostParams::default(), &review)).await;
+        let reviewed =
+            tokio::time::timeout(REVIEW_TIMEOUT, reviews.create(&PostParams::default(), &review)).await;
         let status = match reviewed {
             Ok(Ok(reviewed)) => reviewed.status.unwrap_or_default(),
             Ok(Err(err)) => {
@@ -143,7 +150,8 @@ impl Reviewer {
             ..SubjectAccessReview::default()
         };
         let accesses: Api<SubjectAccessReview> = Api::all(self.client.clone());
-        let decided = tokio::time::timeout(REVIEW_TIMEOUT, accesses.create(&PostParams::default(), &access)).await;
+        let decided =
+            tokio::time::timeout(REVIEW_TIMEOUT, accesses.create(&PostParams::default(), &access)).await;
         let username = user.username.unwrap_or_default();
         match decided {
             Ok(Ok(decided)) => {
@@ -151,7 +159,12 @@ impl Reviewer {
                 if status.allowed && status.denied != Some(true) {
                     Admission::Allowed
                 } else {
-                    tracing::debug!(user = username, verb, path, "metrics endpoint: caller not allowed");
+                    tracing::debug!(
+                        user = username,
+                        verb,
+                        path,
+                        "metrics endpoint: caller not allowed"
+                    );
                     Admission::Forbidden
                 }
             }

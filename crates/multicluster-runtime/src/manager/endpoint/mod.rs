@@ -317,8 +317,16 @@ impl Serving {
         if self.metrics {
             paths.push("/metrics");
         }
-        let scheme = if self.certificate.is_some() { "https" } else { "http" };
-        let auth = if self.authorize { ", callers authorized" } else { "" };
+        let scheme = if self.certificate.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let auth = if self.authorize {
+            ", callers authorized"
+        } else {
+            ""
+        };
         format!("{} over {scheme}{auth}", paths.join(", "))
     }
 }
