@@ -1,25 +1,30 @@
 //! A production-shaped fleet operator: what `deploy/operator/` runs.
 //!
 //! It discovers the fleet from kubeconfig Secrets in its own namespace, elects a
-//! leader among its replicas, serves `/metrics`, `/healthz` and `/readyz`, probes the
-//! health of every cluster, records an Event in the cluster of each object it
+//! leader among its replicas, serves its probes (`/healthz`, `/readyz`) on a plain
+//! port for the kubelet and `/metrics` over HTTPS to callers its cluster authorizes
+//! (a bearer token allowed to `get` `/metrics`), probes the health of every cluster, records an Event in the cluster of each object it
 //! changes, and drains its reconciles on SIGTERM. Its reconciler annotates every
 //! ConfigMap labelled `example.com/managed=true` with the name of its cluster, as in
 //! the other examples.
 //!
 //! In a cluster (see `deploy/operator/README.md`):
 //!
-//!     operator --secrets-namespace fleet-system --bind-address 0.0.0.0:8080 --leader-elect
+//!     operator --secrets-namespace fleet-system --leader-elect \
+//!         --health-probe-bind-address [::]:8081 --metrics-bind-address [::]:8443 \
+//!         --metrics-cert-dir /certs
 //!
 //! On this machine, against a local fleet of real apiservers whose kubeconfig
 //! Secrets it writes into the first one:
 //!
 //!     cargo run -p examples --example operator -- --local-fleet 3
 //!
-//! then, while it runs: `curl 'localhost:8080/readyz?verbose'`,
-//! `curl localhost:8080/metrics`.
+//! then, while it runs: `curl 'localhost:8081/readyz?verbose'` (reasons withheld)
+//! and, with a token allowed to get `/metrics`,
+//! `curl -k -H "Authorization: Bearer $TOKEN" https://localhost:8443/metrics`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +39,7 @@ use kube::{Resource, ResourceExt};
 use kube_envtest::Fleet;
 use multicluster_runtime::cache::WatchSpec;
 use multicluster_runtime::controller::{Action, Controller, ReconcileRequest, Request};
-use multicluster_runtime::manager::LeaderElection;
+use multicluster_runtime::manager::{LeaderElection, MetricsEndpoint, ProbeEndpoint, ServingCertificate};
 use multicluster_runtime::providers::secret::{Secrets, SecretsOptions, kubeconfig_secret};
 use multicluster_runtime::{Cluster, Manager};
 use tokio_util::sync::CancellationToken;
@@ -46,9 +51,22 @@ pub struct Args {
     /// Namespace of the manager's cluster that holds the fleet's kubeconfig Secrets.
     #[arg(long, default_value = "fleet-system")]
     pub secrets_namespace: String,
-    /// Where to serve /metrics, /healthz and /readyz.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub bind_address: SocketAddr,
+    /// Where to serve /healthz, /livez and /readyz, plain HTTP for the kubelet
+    /// (failure reasons withheld).
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub health_probe_bind_address: SocketAddr,
+    /// Where to serve /metrics.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub metrics_bind_address: SocketAddr,
+    /// Serve /metrics over HTTPS to callers whose bearer token the manager's
+    /// cluster accepts and allows to get /metrics; `false`: plain HTTP, anyone.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub metrics_secure: bool,
+    /// A directory with `tls.crt` and `tls.key` for /metrics (a mounted
+    /// kubernetes.io/tls Secret), read again when they change; without it, a
+    /// self-signed certificate.
+    #[arg(long)]
+    pub metrics_cert_dir: Option<PathBuf>,
     /// Elect a leader among the replicas on the Lease `fleet-operator`.
     #[arg(long)]
     pub leader_elect: bool,
@@ -91,17 +109,18 @@ async fn main() -> anyhow::Result<()> {
         None => kube::Client::try_default().await?,
     };
     let manager = build(&args, host).await?;
+    let scheme = if args.metrics_secure { "https" } else { "http" };
     println!(
-        "--- serving http://{0}/metrics, http://{0}/healthz and http://{0}/readyz?verbose",
-        args.bind_address
+        "--- serving http://{0}/healthz, http://{0}/readyz?verbose and {scheme}://{1}/metrics",
+        args.health_probe_bind_address, args.metrics_bind_address
     );
     manager.start(token).await?;
     println!("--- stopped cleanly");
     Ok(())
 }
 
-/// The manager: the Secret provider on the cluster `host`, the HTTP endpoint,
-/// leader election if asked for, and the controller. Health probes are on by
+/// The manager: the Secret provider on the cluster `host`, the probe and metrics
+/// endpoints, leader election if asked for, and the controller. Health probes are on by
 /// default.
 ///
 /// # Errors
@@ -110,7 +129,8 @@ pub async fn build(args: &Args, host: kube::Client) -> anyhow::Result<Manager> {
     let options = SecretsOptions::new(args.secrets_namespace.as_str());
     let provider = Arc::new(Secrets::new(host.clone(), options));
     let mut manager = Manager::with_provider(Arc::new(Cluster::new("", host)), provider)
-        .with_http_endpoint(args.bind_address)
+        .with_probe_endpoint(ProbeEndpoint::new(args.health_probe_bind_address))
+        .with_metrics_endpoint(metrics_endpoint(args))
         .with_graceful_shutdown_timeout(Duration::from_secs(args.shutdown_timeout));
     if args.leader_elect {
         let namespace = args
@@ -130,6 +150,21 @@ pub async fn build(args: &Args, host: kube::Client) -> anyhow::Result<Manager> {
         .register(reconcile, error_policy, Arc::new(()))
         .await?;
     Ok(manager)
+}
+
+/// `/metrics` as the arguments ask: by default HTTPS, callers authorized.
+fn metrics_endpoint(args: &Args) -> MetricsEndpoint {
+    if !args.metrics_secure {
+        return MetricsEndpoint::plain(args.metrics_bind_address);
+    }
+    let endpoint = MetricsEndpoint::secure(args.metrics_bind_address);
+    match &args.metrics_cert_dir {
+        Some(dir) => endpoint.certificate(ServingCertificate::files(
+            dir.join("tls.crt"),
+            dir.join("tls.key"),
+        )),
+        None => endpoint,
+    }
 }
 
 /// Annotates the ConfigMap with its cluster's name, and records an Event on it in

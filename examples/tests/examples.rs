@@ -154,8 +154,10 @@ async fn q02_sync_copies_to_the_fleet_reverts_drift_and_removes_copies() {
 
 /// o08: the `operator` example against a local fleet (the manager's apiserver and
 /// two more, found through kubeconfig Secrets), with leader election on: it answers
-/// `/readyz` with both clusters listed, serves their metrics, annotates their
-/// ConfigMaps and records an Event in each, and stops cleanly.
+/// `/readyz` on its probe port (the fleet one line, reasons withheld) once both
+/// clusters have synced, serves their metrics over HTTPS to a ServiceAccount
+/// allowed to read them (x05: 401 without a token), annotates their ConfigMaps and
+/// records an Event in each, and stops cleanly.
 #[tokio::test]
 async fn o08_operator_example_answers_readyz_and_reconciles_the_fleet() {
     use clap::Parser;
@@ -163,6 +165,8 @@ async fn o08_operator_example_answers_readyz_and_reconciles_the_fleet() {
     // Every client of the operator holds exactly the rules of deploy/operator/.
     let (host_rules, _) = rbac::deploy_rules("operator/rbac.yaml");
     let (member_rules, _) = rbac::deploy_rules("operator/fleet-member-rbac.yaml");
+    let (metrics_auth_rules, _) = rbac::deploy_rules("operator/metrics-auth-rbac.yaml");
+    let (metrics_reader_rules, _) = rbac::deploy_rules("operator/metrics-reader-rbac.yaml");
     let admin = fleet.cluster(0).client().expect("client");
     let mut members = Vec::new();
     for index in 1..=2 {
@@ -182,12 +186,32 @@ async fn o08_operator_example_answers_readyz_and_reconciles_the_fleet() {
         .expect("seed");
     let host = fleet
         .cluster(0)
-        .create_user(UserSpec::new("fleet-operator").allow_in("fleet-system", host_rules))
+        .create_user(
+            UserSpec::new("fleet-operator")
+                .allow_in("fleet-system", host_rules)
+                .allow(metrics_auth_rules),
+        )
         .await
         .expect("host user")
         .client()
         .expect("client");
-    let args = operator::Args::parse_from(["operator", "--bind-address", "127.0.0.1:0", "--leader-elect"]);
+    let scraper = rbac::service_account_token(&admin, "fleet-system", "scraper").await;
+    rbac::bind_service_account(
+        &admin,
+        "o08-metrics-reader",
+        metrics_reader_rules,
+        "fleet-system",
+        "scraper",
+    )
+    .await;
+    let args = operator::Args::parse_from([
+        "operator",
+        "--health-probe-bind-address",
+        "127.0.0.1:0",
+        "--metrics-bind-address",
+        "127.0.0.1:0",
+        "--leader-elect",
+    ]);
     let manager = operator::build(&args, host.clone()).await.expect("build");
     let token = CancellationToken::new();
     let running = tokio::spawn({
@@ -195,19 +219,23 @@ async fn o08_operator_example_answers_readyz_and_reconciles_the_fleet() {
         async move { manager.start(token).await }
     });
 
-    let address = eventually("the endpoint listens", || async { manager.http_address() }).await;
+    let address = eventually("the probe endpoint listens", || async { manager.probe_address() }).await;
+    let synced = |name: &str| {
+        manager.cluster_states().iter().any(|(cluster, state)| {
+            cluster == name && *state == multicluster_runtime::manager::ClusterState::Synced
+        })
+    };
     let verbose = eventually("/readyz answers 200 with both clusters synced", || async {
         let response = http::get(address, "/readyz?verbose").await;
-        let synced = |name: &str| {
-            response
-                .body
-                .lines()
-                .any(|l| l.contains(&format!("cluster \"{name}\" synced")))
-        };
         (response.status == 200 && synced("cluster-1") && synced("cluster-2")).then_some(response.body)
     })
     .await;
     eprintln!("o08: /readyz?verbose\n{verbose}");
+    assert!(verbose.contains("[+]clusters ok\n"), "{verbose}");
+    assert!(
+        !verbose.contains("cluster-1"),
+        "the probe port names no cluster: {verbose}"
+    );
     assert_eq!(http::get(address, "/healthz").await.status, 200);
 
     for index in 1..=2 {
@@ -228,7 +256,19 @@ async fn o08_operator_example_answers_readyz_and_reconciles_the_fleet() {
         })
         .await;
     }
-    let metrics = http::get(address, "/metrics").await.body;
+    let metrics_address = manager.metrics_address().expect("the metrics endpoint listens");
+    let (tls, _) = http::accepting_any();
+    let anonymous = http::get_tls(metrics_address, "/metrics", None, tls.clone())
+        .await
+        .expect("HTTPS");
+    assert_eq!(anonymous.status, 401);
+    let metrics = eventually("the scraper reads the metrics", || async {
+        let response = http::get_tls(metrics_address, "/metrics", Some(&scraper), tls.clone())
+            .await
+            .ok()?;
+        (response.status == 200).then_some(response.body)
+    })
+    .await;
     for index in 1..=2 {
         let series = format!(
             "controller_runtime_reconcile_total{{controller=\"fleet-operator\",cluster=\"cluster-{index}\",result=\"success\"}}"

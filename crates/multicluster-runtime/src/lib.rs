@@ -34,7 +34,7 @@
 //! | [`ClusterOptions::client`]: [`cluster::ClientOptions`] (timeout, user agent, [`cluster::RateLimit`]) | `rest.Config` `Timeout`, `UserAgent`, `QPS`/`Burst` | `Config`, `ClientBuilder::with_layer` |
 //! | [`Error::AlreadyStarted`], [`Error::ClusterExists`], [`Error::ClusterNameMismatch`] | — | — |
 //! | one [`cache::Cache`] per cluster, shared | one cache per cluster | one `Store` per controller |
-//! | [`Manager::metrics`], [`Manager::with_http_endpoint`], [`Manager::add_readyz_check`] | `metrics.Registry`, `HealthProbeBindAddress`, `AddReadyzCheck` | — |
+//! | [`Manager::metrics`], [`Manager::with_metrics_endpoint`], [`Manager::with_probe_endpoint`], [`Manager::add_readyz_check`] | `metrics.Registry`, `Metrics: metricsserver.Options{SecureServing, FilterProvider}`, `HealthProbeBindAddress`, `AddReadyzCheck` | — |
 //!
 //! Providers ([`providers`]): `clusters` and `single` always; `file`, `secret`,
 //! `namespace`, `capi`, `profile`, `multi` and `nop` behind cargo features of those

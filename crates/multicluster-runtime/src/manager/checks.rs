@@ -231,6 +231,15 @@ impl Report {
     pub fn passed(&self) -> bool {
         self.lines.iter().all(|line| line.ok)
     }
+
+    /// The same report with every detail replaced: `ok`, or `failed: reason
+    /// withheld`, as kube-apiserver answers callers it has not authenticated.
+    pub fn withheld(mut self) -> Report {
+        for line in &mut self.lines {
+            line.detail = if line.ok { "ok" } else { "failed: reason withheld" }.into();
+        }
+        self
+    }
 }
 
 impl fmt::Display for Report {
@@ -262,6 +271,12 @@ impl Manager {
     /// Liveness: every [healthz check](Self::add_healthz_check) passes. What
     /// `/healthz` serves.
     pub async fn healthz(&self) -> Report {
+        self.liveness(true).await
+    }
+
+    /// Liveness, with each failure's reason, or with every reason withheld (what
+    /// the probe endpoint serves by default).
+    pub(crate) async fn liveness(&self, reasons: bool) -> Report {
         let mut lines = vec![ReportLine {
             name: "ping".into(),
             ok: true,
@@ -269,10 +284,11 @@ impl Manager {
         }];
         let checks = super::lock(&self.inner.checks).healthz.clone();
         lines.extend(run_checks(checks).await);
-        Report {
+        let report = Report {
             kind: "healthz",
             lines,
-        }
+        };
+        if reasons { report } else { report.withheld() }
     }
 
     /// Readiness, what `/readyz` serves. It passes once the manager runs and its own
@@ -285,6 +301,15 @@ impl Manager {
     /// the other clusters. [`with_readiness_requiring_all_clusters`](Self::with_readiness_requiring_all_clusters)
     /// makes every cluster count.
     pub async fn readyz(&self) -> Report {
+        self.readiness(true).await
+    }
+
+    /// Readiness, as [`readyz`](Self::readyz) with `reasons`; without, what the
+    /// probe endpoint serves by default: every failure's reason withheld, the
+    /// provider's clusters folded into one line `clusters` (failed if a cluster
+    /// that counts is not ready), and the shard's line without its identity and
+    /// peers.
+    pub(crate) async fn readiness(&self, reasons: bool) -> Report {
         let running = self.is_running();
         let mut lines = vec![ReportLine {
             name: "manager".into(),
@@ -301,16 +326,35 @@ impl Manager {
                 detail: "not engaged yet".into(),
             });
         }
+        let mut fleet: Option<bool> = None;
         for (name, cluster) in engaged {
             let state = cluster_state(self, &name, &cluster);
             let required = require_all || name.is_local();
+            let ok = state.is_ready() || !required;
+            if !reasons && !name.is_local() {
+                fleet = Some(fleet.unwrap_or(true) && ok);
+                continue;
+            }
             lines.push(ReportLine {
                 name: format!("cluster {:?}", name.as_str()),
-                ok: state.is_ready() || !required,
+                ok,
                 detail: state.to_string(),
             });
         }
-        if let Some(coordinator) = self.coordinator() {
+        if let Some(ok) = fleet {
+            lines.push(ReportLine {
+                name: "clusters".into(),
+                ok,
+                detail: String::new(),
+            });
+        }
+        if self.coordinator().is_some() && !reasons {
+            lines.push(ReportLine {
+                name: "shard".into(),
+                ok: true,
+                detail: String::new(),
+            });
+        } else if let Some(coordinator) = self.coordinator() {
             let view = coordinator.view();
             let options = coordinator.options();
             lines.push(ReportLine {
@@ -329,10 +373,11 @@ impl Manager {
         }
         let checks = super::lock(&self.inner.checks).readyz.clone();
         lines.extend(run_checks(checks).await);
-        Report {
+        let report = Report {
             kind: "readyz",
             lines,
-        }
+        };
+        if reasons { report } else { report.withheld() }
     }
 
     /// The state of every engaged cluster, by name.

@@ -61,10 +61,11 @@
 //! and the fleet's own (engaged clusters, engagements, caches synced, leadership);
 //! the [`metrics`] module lists them. Register your own metrics there too.
 //!
-//! [`Manager::with_http_endpoint`] serves, on one address, while the manager runs:
+//! While the manager runs, the [operational endpoints](#the-operational-endpoints)
+//! serve:
 //!
 //! - `/metrics`: the registry as OpenMetrics text;
-//! - `/healthz`: liveness, from the [healthz checks](Manager::add_healthz_check);
+//! - `/healthz` (and `/livez`): liveness, from the [healthz checks](Manager::add_healthz_check);
 //! - `/readyz`: readiness ([`Manager::readyz`]): the manager runs, its own cluster has
 //!   synced, and every [readyz check](Manager::add_readyz_check) passes. Clusters of
 //!   the provider are listed but do not count unless
@@ -72,8 +73,9 @@
 //!   cluster that is slow or down must not take the process out of service for the
 //!   others.
 //!
-//! Add `?verbose` for one line per check and per engaged cluster with its
-//! [`ClusterState`], like kube-apiserver's:
+//! [`Manager::readyz`] in code (and `?verbose` where reasons are
+//! [shown](ProbeEndpoint::show_reasons)) gives one line per check and per engaged
+//! cluster with its [`ClusterState`], like kube-apiserver's:
 //!
 //! ```text
 //! [+]manager running
@@ -84,11 +86,46 @@
 //! readyz check failed
 //! ```
 //!
+//! # The operational endpoints
+//!
+//! - [`Manager::with_probe_endpoint`]: `/healthz`, `/livez`, `/readyz` over plain
+//!   HTTP for the kubelet. Anyone on the pod network reaches it, so a failure says
+//!   only which check failed, as kube-apiserver answers callers it has not
+//!   authenticated, and the provider's clusters are one line without their names:
+//!
+//!   ```text
+//!   [+]manager ok
+//!   [+]cluster "" ok
+//!   [+]clusters ok
+//!   [-]database failed: reason withheld
+//!   readyz check failed
+//!   ```
+//!
+//!   unless [`ProbeEndpoint::show_reasons`] allows the details.
+//! - [`Manager::with_metrics_endpoint`]: `/metrics`. [`MetricsEndpoint::secure`]
+//!   serves it over HTTPS (a [self-signed or file](ServingCertificate) certificate,
+//!   files read again when they change) to callers whose bearer token the
+//!   manager's cluster accepts (TokenReview) and who may `get` the non-resource URL
+//!   `/metrics` there (SubjectAccessReview): 401 without or with a bad token, 403
+//!   when not allowed — controller-runtime's secure metrics with its
+//!   `WithAuthenticationAndAuthorization` filter.
+//! - [`Manager::with_http_endpoint`]: everything on one plain port, reasons shown,
+//!   for development and tests.
+//!
+//! Each endpoint serves a [limited number](ProbeEndpoint::max_connections) of
+//! connections at once (more are closed at once) and each
+//! [for a limited time](ProbeEndpoint::connection_timeout); IPv6 addresses work,
+//! and `[::]` serves IPv4 too. See `docs/decisions/metrics.md`.
+//!
 //! ```no_run
-//! # use std::sync::Arc;
-//! use multicluster_runtime::manager::HealthCheck;
+//! use multicluster_runtime::manager::{HealthCheck, MetricsEndpoint, ProbeEndpoint, ServingCertificate};
 //! # async fn run(manager: multicluster_runtime::Manager) -> multicluster_runtime::Result<()> {
-//! let manager = manager.with_http_endpoint("0.0.0.0:8080".parse().unwrap());
+//! let manager = manager
+//!     .with_probe_endpoint(ProbeEndpoint::new("[::]:8081".parse().unwrap()))
+//!     .with_metrics_endpoint(
+//!         MetricsEndpoint::secure("[::]:8443".parse().unwrap())
+//!             .certificate(ServingCertificate::files("/certs/tls.crt", "/certs/tls.key")),
+//!     );
 //! manager.add_readyz_check(HealthCheck::from_fn("config-loaded", || Ok::<(), String>(())));
 //! manager.start(tokio_util::sync::CancellationToken::new()).await
 //! # }
@@ -196,6 +233,10 @@ pub use crate::cluster::{ClusterHealth, HealthState};
 pub use crate::runnable::Runnable;
 pub use checks::{CHECK_TIMEOUT, ClusterState, HealthCheck, Report, ReportLine};
 pub use coordination::{CLUSTER_ANNOTATION, FENCE_LABEL, PEER_LABEL, Sharding};
+pub use endpoint::{
+    DEFAULT_CONNECTION_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_RELOAD_INTERVAL, DEFAULT_REVIEW_CACHE_TTL,
+    MetricsEndpoint, ProbeEndpoint, REVIEW_CACHE_ENTRIES, ServingCertificate,
+};
 pub use health::{HealthEvent, HealthProbes, PROBE_PATH};
 pub use leader::{LeaderElection, OnLeadershipLoss};
 pub use metrics::Metrics;
@@ -229,8 +270,8 @@ struct Inner {
     leader: watch::Sender<bool>,
     metrics: Metrics,
     checks: Mutex<checks::Checks>,
-    /// Where the HTTP endpoint listens, once it does.
-    endpoint: Mutex<Option<SocketAddr>>,
+    /// Where the endpoints listen, once they do.
+    endpoints: Mutex<Addresses>,
     /// Health events of every cluster, and their count.
     health: health::Hub,
     /// Decides which clusters are engaged into the components, if sharding is on.
@@ -240,13 +281,36 @@ struct Inner {
     lease_store: OnceLock<Arc<dyn lease::LeaseStore>>,
 }
 
+/// Where each endpoint listens.
+#[derive(Default)]
+struct Addresses {
+    all: Option<SocketAddr>,
+    probes: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
+}
+
+impl Addresses {
+    fn set(&mut self, role: endpoint::Role, address: Option<SocketAddr>) {
+        let slot = match role {
+            endpoint::Role::All => &mut self.all,
+            endpoint::Role::Probes => &mut self.probes,
+            endpoint::Role::Metrics => &mut self.metrics,
+        };
+        *slot = address;
+    }
+}
+
 /// Settings read when the manager starts.
 #[derive(Clone)]
 struct Options {
     leader_election: Option<LeaderElection>,
     graceful_shutdown_timeout: Duration,
-    /// Where to serve `/metrics`, `/healthz` and `/readyz`; nowhere if `None`.
+    /// Where to serve `/metrics` and the probes together; nowhere if `None`.
     http_endpoint: Option<SocketAddr>,
+    /// Where to serve the probes alone.
+    probe_endpoint: Option<ProbeEndpoint>,
+    /// Where to serve `/metrics` alone.
+    metrics_endpoint: Option<MetricsEndpoint>,
     /// Whether every engaged cluster must have synced for readiness.
     require_all_clusters: bool,
     /// `None`: clusters are not probed.
@@ -364,6 +428,8 @@ impl Manager {
                 leader_election: None,
                 graceful_shutdown_timeout: DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT,
                 http_endpoint: None,
+                probe_endpoint: None,
+                metrics_endpoint: None,
                 require_all_clusters: false,
                 health_probes: Some(HealthProbes::default()),
                 sharding: None,
@@ -371,7 +437,7 @@ impl Manager {
             leader: watch::Sender::new(false),
             metrics: Metrics::new(),
             checks: Mutex::default(),
-            endpoint: Mutex::new(None),
+            endpoints: Mutex::default(),
             health: health::Hub::default(),
             coordinator: OnceLock::new(),
             #[cfg(test)]
@@ -385,9 +451,14 @@ impl Manager {
         manager
     }
 
-    /// Serves `/metrics`, `/healthz` and `/readyz` on `address` while the manager
-    /// runs (see [Metrics, health and readiness](self#metrics-health-and-readiness));
-    /// off unless set. Port 0 picks a free port: see
+    /// Serves `/metrics`, `/healthz`, `/livez` and `/readyz` together on `address`
+    /// while the manager runs, over plain HTTP without authentication, failure
+    /// reasons and cluster names shown, as before the endpoints were split (see
+    /// [The operational endpoints](self#the-operational-endpoints)): for
+    /// development, tests and a port nobody else reaches. In a cluster use
+    /// [`with_probe_endpoint`](Self::with_probe_endpoint) and
+    /// [`with_metrics_endpoint`](Self::with_metrics_endpoint) instead. The
+    /// connection limits are the defaults. Off unless set. Port 0 picks a free port: see
     /// [`http_address`](Self::http_address). Read when the manager starts, which
     /// fails with [`Error::Endpoint`] if the address cannot be bound.
     #[must_use]
@@ -396,9 +467,45 @@ impl Manager {
         self
     }
 
-    /// Where the HTTP endpoint listens, once the manager has started it.
+    /// Serves the probes, `/healthz`, `/livez` and `/readyz`, as `endpoint` says,
+    /// while the manager runs: plain HTTP for the kubelet, failure reasons withheld
+    /// unless [shown](ProbeEndpoint::show_reasons). Off unless set; port 0 picks a
+    /// free port ([`probe_address`](Self::probe_address)). Read when the manager
+    /// starts, which fails with [`Error::Endpoint`] if the address cannot be bound.
+    #[must_use]
+    pub fn with_probe_endpoint(self, endpoint: ProbeEndpoint) -> Self {
+        lock(&self.inner.options).probe_endpoint = Some(endpoint);
+        self
+    }
+
+    /// Serves `/metrics` as `endpoint` says while the manager runs:
+    /// [`MetricsEndpoint::secure`] for HTTPS with callers authorized against the
+    /// manager's cluster. Off unless set; port 0 picks a free port
+    /// ([`metrics_address`](Self::metrics_address)). Read when the manager starts,
+    /// which fails with [`Error::Endpoint`] if the address cannot be bound, the
+    /// certificate cannot be used, or authorization is asked for without TLS.
+    #[must_use]
+    pub fn with_metrics_endpoint(self, endpoint: MetricsEndpoint) -> Self {
+        lock(&self.inner.options).metrics_endpoint = Some(endpoint);
+        self
+    }
+
+    /// Where the [combined endpoint](Self::with_http_endpoint) listens, once the
+    /// manager has started it.
     pub fn http_address(&self) -> Option<SocketAddr> {
-        *lock(&self.inner.endpoint)
+        lock(&self.inner.endpoints).all
+    }
+
+    /// Where the [probe endpoint](Self::with_probe_endpoint) listens, once the
+    /// manager has started it.
+    pub fn probe_address(&self) -> Option<SocketAddr> {
+        lock(&self.inner.endpoints).probes
+    }
+
+    /// Where the [metrics endpoint](Self::with_metrics_endpoint) listens, once the
+    /// manager has started it.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        lock(&self.inner.endpoints).metrics
     }
 
     /// Whether metrics carry a `cluster` label (the default). Without it, every
@@ -867,10 +974,14 @@ impl Manager {
                 leases: sharding.describe(),
             });
         }
-        let listener = match options.http_endpoint {
-            Some(address) => Some(endpoint::bind(address).await?),
-            None => None,
-        };
+        let mut servings = Vec::new();
+        servings.extend(options.http_endpoint.map(endpoint::Serving::all));
+        servings.extend(options.probe_endpoint.as_ref().map(endpoint::Serving::probes));
+        servings.extend(options.metrics_endpoint.as_ref().map(endpoint::Serving::metrics));
+        let mut bound = Vec::new();
+        for serving in servings {
+            bound.push(endpoint::bind(serving).await?);
+        }
         let run = token.child_token();
         let _stop_on_drop = run.clone().drop_guard();
         let (failures, mut failed) = mpsc::unbounded_channel();
@@ -892,13 +1003,14 @@ impl Manager {
         if options.leader_election.is_none() {
             self.inner.leader.send_replace(true);
         }
-        if let Some(listener) = listener {
-            *lock(&self.inner.endpoint) = listener.local_addr().ok();
-            tracing::info!(address = ?self.http_address(), "serving /metrics, /healthz and /readyz");
+        for bound in bound {
+            let address = bound.listener.local_addr().ok();
+            lock(&self.inner.endpoints).set(bound.serving.role, address);
+            tracing::info!(?address, serving = bound.serving.describe(), "endpoint listens");
             let (this, token) = (self.clone(), run.clone());
             self.inner
                 .tasks
-                .spawn(async move { endpoint::serve(this, listener, token).await });
+                .spawn(async move { endpoint::serve(this, bound, token).await });
         }
         let outcome = self
             .run(

@@ -3,7 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::rbac::v1::PolicyRule;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
+use kube::api::{Api, PostParams};
 use kube_envtest::UserSpec;
 use serde_json::Value;
 
@@ -60,6 +63,65 @@ pub fn user(user: &str, file: &str, namespace: &str) -> UserSpec {
     }
 }
 
+/// A bearer token of a new ServiceAccount `namespace/name` (the namespace must
+/// exist), from the TokenRequest API, valid for 10 minutes.
+pub async fn service_account_token(admin: &kube::Client, namespace: &str, name: &str) -> String {
+    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), namespace);
+    let mut account = ServiceAccount::default();
+    account.metadata.name = Some(name.to_owned());
+    accounts
+        .create(&PostParams::default(), &account)
+        .await
+        .expect("create ServiceAccount");
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            expiration_seconds: Some(600),
+            ..TokenRequestSpec::default()
+        }),
+        ..TokenRequest::default()
+    };
+    let issued = accounts
+        .create_token_request(name, &PostParams::default(), &request)
+        .await
+        .expect("TokenRequest");
+    issued.status.and_then(|s| s.token).expect("a token")
+}
+
+/// A ClusterRole `role` with `rules`, bound to the ServiceAccount
+/// `namespace/account`.
+pub async fn bind_service_account(
+    admin: &kube::Client,
+    role: &str,
+    rules: Vec<PolicyRule>,
+    namespace: &str,
+    account: &str,
+) {
+    let mut cluster_role = ClusterRole::default();
+    cluster_role.metadata.name = Some(role.to_owned());
+    cluster_role.rules = Some(rules);
+    Api::<ClusterRole>::all(admin.clone())
+        .create(&PostParams::default(), &cluster_role)
+        .await
+        .expect("create ClusterRole");
+    let mut binding = ClusterRoleBinding::default();
+    binding.metadata.name = Some(role.to_owned());
+    binding.role_ref = RoleRef {
+        api_group: Some("rbac.authorization.k8s.io".into()),
+        kind: "ClusterRole".into(),
+        name: role.to_owned(),
+    };
+    binding.subjects = Some(vec![Subject {
+        kind: "ServiceAccount".into(),
+        name: account.to_owned(),
+        namespace: Some(namespace.to_owned()),
+        ..Subject::default()
+    }]);
+    Api::<ClusterRoleBinding>::all(admin.clone())
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("create ClusterRoleBinding");
+}
+
 #[test]
 fn every_rbac_file_parses() {
     for file in [
@@ -68,11 +130,18 @@ fn every_rbac_file_parses() {
         "capi-provider.yaml",
         "profile-provider.yaml",
         "namespace-provider.yaml",
+        "metrics-auth.yaml",
+        "metrics-reader.yaml",
     ] {
         let (rules, _) = rules(file);
         assert!(!rules.is_empty(), "{file}");
     }
-    for file in ["operator/rbac.yaml", "operator/fleet-member-rbac.yaml"] {
+    for file in [
+        "operator/rbac.yaml",
+        "operator/fleet-member-rbac.yaml",
+        "operator/metrics-auth-rbac.yaml",
+        "operator/metrics-reader-rbac.yaml",
+    ] {
         let (rules, _) = deploy_rules(file);
         assert!(!rules.is_empty(), "{file}");
     }

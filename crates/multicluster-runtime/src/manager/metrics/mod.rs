@@ -1,7 +1,7 @@
 //! Prometheus metrics of the manager, its controllers and their queues.
 //!
 //! One [`Metrics`] registry per [`Manager`](super::Manager), served as OpenMetrics
-//! text on `/metrics` by the manager's [HTTP endpoint](super::Manager::with_http_endpoint)
+//! text on `/metrics` by the manager's [metrics endpoint](super::Manager::with_metrics_endpoint)
 //! or encoded by hand with [`Metrics::encode`]. Names follow controller-runtime and
 //! client-go, so dashboards built for Go controllers work unchanged; each series that
 //! concerns one cluster carries a `cluster` label (`""` for the manager's own
