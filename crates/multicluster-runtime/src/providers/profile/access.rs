@@ -580,9 +580,10 @@ mod tests {
             .err()
             .expect("denied");
         assert!(
-            err.contains("server host 169.254.169.254 is in the deny-list entry 169.254.0.0/16"),
+            err.contains("server host is in the deny-list entry 169.254.0.0/16"),
             "{err}"
         );
+        assert!(!err.contains("169.254.169.254"), "{err}");
     }
 
     #[test]
