@@ -168,7 +168,9 @@ pub fn endpoint_policy(allow_loopback: bool) -> EndpointPolicy {
         .denied()
         .iter()
         .filter(|rule| !refuses_loopback(rule))
-        .fold(EndpointPolicy::any(), |policy, rule| policy.deny_rule(rule.clone()))
+        .fold(EndpointPolicy::any(), |policy, rule| {
+            policy.deny_rule(rule.clone())
+        })
 }
 
 /// Annotates the ConfigMap with its cluster's name, and records an Event on it in

@@ -315,16 +315,26 @@ async fn x06_operator_example_refuses_loopback_servers_unless_allowed() {
     };
     let (provider, token, running) = run(operator::Args::parse_from(["operator"]));
     let note = eventually("the loopback Secret refused", || refused("loopback")).await;
-    assert!(note.contains("server host is in the deny-list entry 127.0.0.0/8"), "{note}");
+    assert!(
+        note.contains("server host is in the deny-list entry 127.0.0.0/8"),
+        "{note}"
+    );
     let note = eventually("the metadata Secret refused", || refused("metadata")).await;
     assert!(note.contains("deny-list entry 169.254.0.0/16"), "{note}");
     assert!(provider.names().is_empty(), "{:?}", provider.names());
     token.cancel();
     running.await.expect("join").expect("the provider stops");
 
-    let (provider, token, running) = run(operator::Args::parse_from(["operator", "--allow-loopback-servers"]));
+    let (provider, token, running) = run(operator::Args::parse_from([
+        "operator",
+        "--allow-loopback-servers",
+    ]));
     eventually("the loopback Secret engaged", || async {
-        provider.names().iter().any(|n| n.as_str() == "loopback").then_some(())
+        provider
+            .names()
+            .iter()
+            .any(|n| n.as_str() == "loopback")
+            .then_some(())
     })
     .await;
     assert!(

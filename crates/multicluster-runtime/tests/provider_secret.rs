@@ -960,7 +960,9 @@ async fn x06_refusal_events_and_errors_copy_no_command_provider_name_or_host() {
         );
         support::wait_until(&format!("a log line refusing {name}"), || {
             capture.text().lines().any(|line| {
-                line.contains("gives no cluster") && line.contains(&format!("secret={name}")) && line.contains(rule)
+                line.contains("gives no cluster")
+                    && line.contains(&format!("secret={name}"))
+                    && line.contains(rule)
             })
         })
         .await;
@@ -973,7 +975,12 @@ async fn x06_refusal_events_and_errors_copy_no_command_provider_name_or_host() {
     token.cancel();
     drop(guard);
     let events: Api<Event> = Api::namespaced(env.host.clone(), NS);
-    for event in events.list(&ListParams::default()).await.expect("list Events").items {
+    for event in events
+        .list(&ListParams::default())
+        .await
+        .expect("list Events")
+        .items
+    {
         texts.push(format!("{:?} {:?}", event.note, event.reason));
     }
     texts.push(capture.text());

@@ -669,11 +669,19 @@ mod tests {
         let token = "    token: t\n".to_owned();
         let cases = [
             (
-                config(&server("10.0.0.1"), &format!("    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: /bin/{MARKER}-command\n")),
+                config(
+                    &server("10.0.0.1"),
+                    &format!(
+                        "    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: /bin/{MARKER}-command\n"
+                    ),
+                ),
                 "users[0] asks to run an exec credential plugin (user.exec); refused",
             ),
             (
-                config(&server("10.0.0.1"), &format!("    auth-provider:\n      name: {MARKER}-provider\n")),
+                config(
+                    &server("10.0.0.1"),
+                    &format!("    auth-provider:\n      name: {MARKER}-provider\n"),
+                ),
                 "users[0] uses an auth provider (user.auth-provider); refused",
             ),
             (
@@ -694,14 +702,20 @@ mod tests {
             ),
             (
                 config(
-                    &format!("{}    proxy-url: http://{MARKER}-proxy.corp:3128\n", server("10.0.0.1")),
+                    &format!(
+                        "{}    proxy-url: http://{MARKER}-proxy.corp:3128\n",
+                        server("10.0.0.1")
+                    ),
                     &token,
                 ),
                 "clusters[0]: proxy-url host is not in the allow-list (4 entries); refused by rule endpoints",
             ),
             (
                 config(
-                    &format!("{}    certificate-authority: /etc/{MARKER}-ca\n", server("10.0.0.1")),
+                    &format!(
+                        "{}    certificate-authority: /etc/{MARKER}-ca\n",
+                        server("10.0.0.1")
+                    ),
                     &token,
                 ),
                 "clusters[0] reads certificate-authority from a local file; refused",

@@ -748,7 +748,11 @@ mod tests {
                 let cluster = json!({ "server": "https://x", "extensions": [
                     { "name": ADDITIONAL_ENVS_EXTENSION, "extension": envs }] });
                 let err = providers
-                    .target_for(&profile(access("ocm", cluster)), "ClusterProfile inv/p", &KubeconfigPolicy::untrusted())
+                    .target_for(
+                        &profile(access("ocm", cluster)),
+                        "ClusterProfile inv/p",
+                        &KubeconfigPolicy::untrusted(),
+                    )
                     .expect("offered")
                     .err()
                     .unwrap_or_else(|| panic!("{name} is refused under {policy}"));
@@ -767,7 +771,11 @@ mod tests {
             let cluster = json!({ "server": "https://x", "extensions": [
                 { "name": ADDITIONAL_ENVS_EXTENSION, "extension": { "LOG_LEVEL": "debug", "PATHS": "a" } }] });
             providers
-                .target_for(&profile(access("ocm", cluster)), "p", &KubeconfigPolicy::untrusted())
+                .target_for(
+                    &profile(access("ocm", cluster)),
+                    "p",
+                    &KubeconfigPolicy::untrusted(),
+                )
                 .expect("offered")
                 .expect("ordinary variables pass");
         }
@@ -775,10 +783,20 @@ mod tests {
         let cluster = json!({ "server": "https://x", "extensions": [
             { "name": ADDITIONAL_ENVS_EXTENSION, "extension": { "LD_PRELOAD": VALUE } }] });
         let target = file("")
-            .target_for(&profile(access("ocm", cluster)), "p", &KubeconfigPolicy::untrusted())
+            .target_for(
+                &profile(access("ocm", cluster)),
+                "p",
+                &KubeconfigPolicy::untrusted(),
+            )
             .expect("offered")
             .expect("ignored");
-        assert!(exec_of(&target).env.iter().flatten().all(|e| e["name"] != "LD_PRELOAD"));
+        assert!(
+            exec_of(&target)
+                .env
+                .iter()
+                .flatten()
+                .all(|e| e["name"] != "LD_PRELOAD")
+        );
     }
 
     #[test]
