@@ -195,7 +195,7 @@ use crate::term::{Term, Work};
 pub use crate::cluster::{ClusterHealth, HealthState};
 pub use crate::runnable::Runnable;
 pub use checks::{CHECK_TIMEOUT, ClusterState, HealthCheck, Report, ReportLine};
-pub use coordination::{CLUSTER_ANNOTATION, FENCE_LABEL, PEER_LABEL, Sharding};
+pub use coordination::{CLUSTER_ANNOTATION, FENCE_LABEL, MAX_WEIGHT, PEER_LABEL, Sharding};
 pub use health::{HealthEvent, HealthProbes, PROBE_PATH};
 pub use leader::{LeaderElection, OnLeadershipLoss};
 pub use metrics::Metrics;

@@ -54,6 +54,13 @@ pub const PEER_LABEL: &str = "multicluster-runtime.io/shard-peer-of";
 pub const FENCE_LABEL: &str = "multicluster-runtime.io/shard-fence-of";
 /// The annotation of a fence Lease that names its cluster.
 pub const CLUSTER_ANNOTATION: &str = "multicluster-runtime.io/cluster";
+/// The largest weight a replica counts with ([`Sharding::weight`]): its own, and
+/// what a peer Lease advertises (more counts as this). Whoever can write a peer
+/// Lease could otherwise advertise a weight that takes every cluster; with the cap,
+/// the honest replicas of weight 1 keep at least 1/(1 + 100) of the fleet each
+/// against one such Lease. Restrict who may write the Leases
+/// (`docs/decisions/coordination.md#trust`).
+pub const MAX_WEIGHT: u32 = 100;
 
 /// Sharding settings for a [`Manager`](super::Manager): replicas of one program split
 /// the fleet between them (see [Sharding](super#sharding)).
@@ -123,10 +130,11 @@ impl Sharding {
     }
 
     /// This replica's share of the clusters relative to the others (default 1); 0
-    /// takes none.
+    /// takes none. At most [`MAX_WEIGHT`]: a larger weight counts as that, here and
+    /// on every other replica.
     #[must_use]
     pub fn weight(mut self, weight: u32) -> Self {
-        self.weight = weight;
+        self.weight = weight.min(MAX_WEIGHT);
         self
     }
 
