@@ -226,6 +226,21 @@ impl Coordinator {
     ) -> Result<Option<Duration>, LeaseError> {
         let probe = self.options.probe_interval;
         let current = fence.read().await?;
+        // The fence's name is a hash of the cluster's: a record whose annotation names
+        // another cluster is that cluster's fence (a collision) or was written by
+        // someone else. Taking it would take it from that cluster; wait until it is
+        // put right (deleted, or its annotation fixed).
+        if current.as_ref().is_some_and(|lease| fence.names_another_cluster(lease)) {
+            if !fence.warned_foreign {
+                fence.warned_foreign = true;
+                tracing::warn!(
+                    lease = fence.lease(),
+                    annotation = super::CLUSTER_ANNOTATION,
+                    "the fence Lease names another cluster; not taking it (delete it if it is stale)"
+                );
+            }
+            return Ok(Some(probe));
+        }
         let holder = current
             .as_ref()
             .and_then(|l| l.spec.as_ref()?.holder_identity.clone())
@@ -296,6 +311,8 @@ struct Fence {
     /// Whether the fence may name us: from the first attempt to take it (a write
     /// that failed may still have landed) until a release finds it is not ours.
     claimed: bool,
+    /// Whether a record naming another cluster was reported.
+    warned_foreign: bool,
 }
 
 impl Fence {
@@ -305,6 +322,20 @@ impl Fence {
             claim,
             written: None,
             claimed: false,
+            warned_foreign: false,
+        }
+    }
+
+    /// Whether `lease`, stored under this fence's name, says it is the fence of
+    /// another cluster. A record without the annotation names none: taking it
+    /// writes ours.
+    fn names_another_cluster(&self, lease: &Lease) -> bool {
+        let annotation = |annotations: Option<&std::collections::BTreeMap<String, String>>| {
+            annotations.and_then(|a| a.get(super::CLUSTER_ANNOTATION)).cloned()
+        };
+        match annotation(lease.metadata.annotations.as_ref()) {
+            Some(named) => annotation(Some(&self.claim.annotations)) != Some(named),
+            None => false,
         }
     }
 
@@ -336,6 +367,13 @@ impl Fence {
         };
         let written = match current {
             Some(mut lease) => {
+                // Our label and annotation, whatever the record had.
+                let metadata = &mut lease.metadata;
+                metadata.labels.get_or_insert_default().extend(self.claim.labels.clone());
+                metadata
+                    .annotations
+                    .get_or_insert_default()
+                    .extend(self.claim.annotations.clone());
                 lease.spec = Some(spec);
                 self.store.replace(lease).await
             }
@@ -424,9 +462,80 @@ impl Fence {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+
     use super::*;
     use crate::manager::Sharding;
+    use crate::manager::coordination::{CLUSTER_ANNOTATION, FENCE_LABEL, Host};
     use crate::manager::lease::memory::{MemoryLeases, Records};
+
+    /// Components that record which clusters were started, and hold no work.
+    #[derive(Default)]
+    struct Started(Mutex<Vec<ClusterName>>);
+
+    #[async_trait]
+    impl Host for Started {
+        async fn start(&self, name: &ClusterName, term: &Term) -> bool {
+            let entered = term.enter().is_some();
+            if entered {
+                self.0.lock().unwrap().push(name.clone());
+            }
+            entered
+        }
+        async fn stop(&self, _: &ClusterName, _: &Term) {}
+        async fn forget(&self, _: &ClusterName) {}
+    }
+
+    fn fence_record(name: &str, cluster: &str) -> Lease {
+        Lease {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                namespace: Some("sim".into()),
+                labels: Some([(FENCE_LABEL.to_owned(), "sim".to_owned())].into()),
+                annotations: Some([(CLUSTER_ANNOTATION.to_owned(), cluster.to_owned())].into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec::default()),
+        }
+    }
+
+    /// x07: a free fence Lease under this cluster's fence name whose annotation
+    /// names another cluster is not taken (nor changed), and the cluster is not
+    /// worked on, for many probe intervals; once it is deleted, the cluster's own
+    /// fence is taken and the cluster is worked on.
+    #[tokio::test(start_paused = true)]
+    async fn x07_a_fence_naming_another_cluster_is_not_taken() {
+        let records = Arc::new(Records::default());
+        let store = Arc::new(MemoryLeases::new(records.clone()));
+        let options = Sharding::new("sim").identity("a");
+        let (x, fence) = (ClusterName::from("x"), options.fence_lease(&"x".into()));
+        store.create(fence_record(&fence, "y")).await.expect("created");
+        let host = Arc::new(Started::default());
+        let coordinator = Coordinator::new(options.clone(), store.clone(), host.clone());
+        coordinator.known(&x, 0);
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(coordinator.clone().run(stop.clone()));
+        // Six probe intervals on the paused clock: every attempt has run.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(host.0.lock().unwrap().is_empty(), "x was worked on");
+        assert_eq!(records.writes_to(&fence), 1, "the other cluster's fence was written");
+        let stored = records.get(&fence).expect("the fence stays");
+        assert_eq!(stored.metadata.annotations.as_ref().unwrap()[CLUSTER_ANNOTATION], "y");
+
+        store.delete(&fence, None).await.expect("deleted");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(*host.0.lock().unwrap(), [x.clone()]);
+        let taken = records.get(&fence).expect("x's fence");
+        assert_eq!(taken.metadata.annotations.as_ref().unwrap()[CLUSTER_ANNOTATION], "x");
+        assert_eq!(
+            taken.spec.as_ref().and_then(|s| s.holder_identity.as_deref()),
+            Some("a")
+        );
+        stop.cancel();
+        run.await.expect("coordinator stops");
+    }
 
     /// r08: deleting the fence of a removed cluster never deletes a fence that
     /// another replica has taken since; its own, it deletes.
