@@ -435,6 +435,10 @@ impl Coordinator {
         record.spawn(self.clone().keep_peer_record(record_stop.clone()));
         record.close();
         let mut snapshots = self.store.watch(&format!("{PEER_LABEL}={}", self.options.prefix));
+        let fences = format!("{FENCE_LABEL}={}", self.options.prefix);
+        // Starts the fences' watch now, so that it has listed before a fence is held.
+        let _ = self.store.cached(&fences, "");
+        let mut next_fence_check = Instant::now();
         let mut state = State::default();
         let shards = TaskTracker::new();
         let mut wake = Instant::now() + self.options.probe_interval;
@@ -472,8 +476,14 @@ impl Coordinator {
             for name in touched {
                 self.decide(&name, &mut state, &shards);
             }
-            // Re-check when a peer record would expire, and at every probe interval.
-            let probe = now + self.options.probe_interval;
+            // The fences held, once per probe interval (at most a renew period).
+            if now >= next_fence_check {
+                self.check_fences(&state, &fences, &shards);
+                next_fence_check = now + self.options.probe_interval;
+            }
+            // Re-check when a peer record would expire, and at every probe interval
+            // (when the fences are checked next).
+            let probe = next_fence_check.min(now + self.options.probe_interval);
             wake = next_expiry.map_or(probe, |at| at.min(probe));
         }
         self.stopping.cancel();
@@ -530,6 +540,65 @@ impl Coordinator {
                 let _ = this.store.delete(&name, Some(&version)).await;
             }
         });
+    }
+
+    /// Cuts the work on every cluster whose fence, as the fences' watch (selected
+    /// by `fences`) shows it, was changed by someone else since this replica took
+    /// it: deleted, or naming another holder, confirmed by a fresh read (the watch
+    /// may be behind our own write). Each version seen is read at most once per
+    /// shard; nothing is checked before the watch has listed.
+    fn check_fences(self: &Arc<Self>, state: &State, fences: &str, tasks: &TaskTracker) {
+        let me = self.options.identity.as_str();
+        for (name, wanted) in &state.running {
+            let mut slot = lock(&wanted.held);
+            let Some(held) = slot.as_mut().filter(|held| !held.lost.is_cancelled()) else {
+                continue;
+            };
+            let Some(seen) = self.store.cached(fences, &held.lease) else {
+                return;
+            };
+            let seen = seen.as_ref();
+            let version = seen.and_then(|lease| lease.metadata.resource_version.clone());
+            if version.is_some() && version == held.version {
+                held.seen_ours = true;
+                continue;
+            }
+            // The watch has not caught up with our write yet.
+            if !held.seen_ours && version == held.replaced {
+                continue;
+            }
+            let holder = seen.and_then(|lease| lease.spec.as_ref()?.holder_identity.as_deref());
+            if seen.is_some() && holder == Some(me) {
+                continue;
+            }
+            if held.checked.as_ref() == Some(&version) {
+                continue;
+            }
+            held.checked = Some(version);
+            let (store, lease, lost) = (self.store.clone(), held.lease.clone(), held.lost.clone());
+            let (name, me) = (name.clone(), me.to_owned());
+            tasks.spawn(async move {
+                match store.get(&lease).await {
+                    Ok(current) => {
+                        let holder = current
+                            .as_ref()
+                            .and_then(|l| l.spec.as_ref()?.holder_identity.clone());
+                        if holder.as_deref() != Some(me.as_str()) {
+                            tracing::warn!(
+                                cluster = %name,
+                                identity = me,
+                                lease = format!("{}/{lease}", store.namespace()),
+                                "the fence Lease no longer names this replica; cutting the work on its cluster"
+                            );
+                            lost.cancel();
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(cluster = %name, error = %err, "cannot read the fence Lease to check it");
+                    }
+                }
+            });
+        }
     }
 
     /// Starts or stops owning `name` as the current view wants.
@@ -626,13 +695,29 @@ impl Terms for PeerTerms {
     }
 }
 
-/// What the run loop tells a shard task: whether it is still wanted here and, once
-/// not, whether its cluster is gone from the fleet (then its fence is deleted rather
-/// than released).
+/// What the run loop and a shard task share: whether it is still wanted here and,
+/// once not, whether its cluster is gone from the fleet (then its fence is deleted
+/// rather than released); and, while it works, the fence it holds, which the run
+/// loop checks against the fences' watch.
 #[derive(Clone, Default)]
 pub(super) struct Wanted {
     pub token: CancellationToken,
     pub gone: Arc<AtomicBool>,
+    held: Arc<Mutex<Option<shard::Held>>>,
+}
+
+impl Wanted {
+    /// The shard works under `held` from now on; returns the token that cuts it.
+    fn hold(&self, held: shard::Held) -> CancellationToken {
+        let lost = held.lost.clone();
+        *lock(&self.held) = Some(held);
+        lost
+    }
+
+    /// The shard's work ended: its fence is no longer checked.
+    fn unhold(&self) {
+        lock(&self.held).take();
+    }
 }
 
 /// The run loop's state.
