@@ -415,7 +415,7 @@ fn lost(manager: &Manager) -> u64 {
 /// informers are stopped, and the loss is counted. The named holder has no peer
 /// Lease, so the replica takes the fence back a lease duration later and works
 /// again. Then someone clears the fence (no holder): the work is cut again, and the
-/// fence taken again at once.
+/// fence taken again at once. The replica runs with `deploy/rbac/sharding.yaml`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x07_a_held_fence_changed_by_someone_else_stops_the_work_on_its_cluster() {
     use k8s_openapi::api::coordination::v1::Lease;
@@ -424,6 +424,16 @@ async fn x07_a_held_fence_changed_by_someone_else_stops_the_work_on_its_cluster(
 
     let fleet = Fleet::start(2).await.expect("start fleet");
     let admin = fleet.cluster(0).client().expect("client");
+    // The replica holds exactly deploy/rbac/sharding.yaml for its Leases (here in
+    // `default`), and reads ConfigMaps for its controller.
+    let configmaps = k8s_openapi::api::rbac::v1::PolicyRule {
+        api_groups: Some(vec![String::new()]),
+        resources: Some(vec!["configmaps".into()]),
+        verbs: vec!["list".into(), "watch".into()],
+        ..Default::default()
+    };
+    let spec = support::rbac::user("x07-replica", "sharding.yaml", "default").allow(vec![configmaps]);
+    let replica = fleet.cluster(0).create_user(spec).await.expect("user");
     let member = Arc::new(Cluster::new("x07", fleet.cluster(1).client().expect("client")));
     let provider = Arc::new(Clusters::new());
     provider.add(member.clone()).await.expect("add");
@@ -434,7 +444,7 @@ async fn x07_a_held_fence_changed_by_someone_else_stops_the_work_on_its_cluster(
         .renew_deadline(DEADLINE)
         .probe_interval(PROBE);
     let fence = sharding.fence_lease(&ClusterName::from("x07"));
-    let local = Arc::new(Cluster::new("", admin.clone()));
+    let local = Arc::new(Cluster::new("", replica.client().expect("client")));
     let manager = Manager::with_provider(local, provider)
         .with_sharding(sharding)
         .without_health_probes();

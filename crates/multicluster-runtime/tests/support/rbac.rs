@@ -68,6 +68,7 @@ fn every_rbac_file_parses() {
         "capi-provider.yaml",
         "profile-provider.yaml",
         "namespace-provider.yaml",
+        "sharding.yaml",
     ] {
         let (rules, _) = rules(file);
         assert!(!rules.is_empty(), "{file}");

@@ -69,7 +69,10 @@ pub const MAX_WEIGHT: u32 = 100;
 /// duration 20 s, renew period 10 s, probe interval 5 s; the renew deadline is
 /// 15 s. The Leases live in the manager's own cluster, in namespace `default` unless
 /// set; the manager needs `get`, `list`, `watch`, `create`, `update` and `delete` on
-/// `leases` there.
+/// `leases` there (`deploy/rbac/sharding.yaml`). Their names are not known in
+/// advance, so RBAC cannot pin them: whoever else may write Leases in that
+/// namespace can steer which replica works on which cluster. Give them a namespace
+/// of their own (see `docs/decisions/coordination.md#trust`).
 ///
 /// ```
 /// use std::time::Duration;
