@@ -334,9 +334,7 @@ async fn x07_the_operators_rbac_pins_its_lease_by_name() {
         .await
         .expect("update its own Lease");
 
-    let forbidden = |result: Result<Lease, kube::Error>| {
-        matches!(result, Err(kube::Error::Api(status)) if status.code == 403)
-    };
+    let forbidden = |result: Result<Lease, kube::Error>| matches!(result, Err(kube::Error::Api(status)) if status.code == 403);
     assert!(forbidden(leases.get("other").await), "read another Lease");
     let mut other = lease("other", "fleet-operator");
     other.metadata.namespace = Some("fleet-system".into());
@@ -346,7 +344,11 @@ async fn x07_the_operators_rbac_pins_its_lease_by_name() {
     );
     let patch = serde_json::json!({ "spec": { "holderIdentity": "fleet-operator" } });
     assert!(
-        forbidden(leases.patch("other", &PatchParams::default(), &Patch::Merge(&patch)).await),
+        forbidden(
+            leases
+                .patch("other", &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+        ),
         "patched another Lease"
     );
 }

@@ -471,7 +471,10 @@ async fn x07_a_held_fence_changed_by_someone_else_stops_the_work_on_its_cluster(
     wait_for("x07 reconciled", &|| reconciles.load(Ordering::Relaxed) > 0).await;
     let leases: Api<Lease> = Api::namespaced(admin.clone(), "default");
     let holder = |lease: Lease| lease.spec.and_then(|s| s.holder_identity);
-    assert_eq!(holder(leases.get(&fence).await.expect("fence")).as_deref(), Some("a"));
+    assert_eq!(
+        holder(leases.get(&fence).await.expect("fence")).as_deref(),
+        Some("a")
+    );
 
     // Rewritten to name another holder: the work stops within a probe interval.
     let rewrite = |holder: serde_json::Value| {
@@ -492,12 +495,18 @@ async fn x07_a_held_fence_changed_by_someone_else_stops_the_work_on_its_cluster(
     // "intruder" has no peer Lease: once it has been absent a lease duration, the
     // fence is taken back.
     wait_for("x07 worked on again", &working).await;
-    assert_eq!(holder(leases.get(&fence).await.expect("fence")).as_deref(), Some("a"));
+    assert_eq!(
+        holder(leases.get(&fence).await.expect("fence")).as_deref(),
+        Some("a")
+    );
 
     // Cleared: cut again, and taken again at once.
     rewrite(serde_json::Value::Null).await;
     wait_for("a second loss", &|| lost(&manager) == 2).await;
     wait_for("x07 worked on again", &working).await;
-    assert_eq!(holder(leases.get(&fence).await.expect("fence")).as_deref(), Some("a"));
+    assert_eq!(
+        holder(leases.get(&fence).await.expect("fence")).as_deref(),
+        Some("a")
+    );
     token.cancel();
 }

@@ -713,7 +713,13 @@ pub(crate) mod memory {
         fn cached(&self, selector: &str, name: &str) -> Option<Option<Arc<Lease>>> {
             let (key, value) = selector.split_once('=').expect("key=value selector");
             let lease = self.records.get(name).filter(|lease| {
-                lease.metadata.labels.as_ref().and_then(|l| l.get(key)).map(String::as_str) == Some(value)
+                lease
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(key))
+                    .map(String::as_str)
+                    == Some(value)
             });
             // A partitioned replica's watch sees nothing new: as if it were stale.
             self.reachable.load(Ordering::Relaxed).then_some(lease)

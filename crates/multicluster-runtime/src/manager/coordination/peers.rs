@@ -227,7 +227,8 @@ mod tests {
             ],
             now,
         );
-        let ring = super::super::hrw::Ring::new(peers.live(now).iter().map(|p| (p.identity.as_str(), p.weight)));
+        let ring =
+            super::super::hrw::Ring::new(peers.live(now).iter().map(|p| (p.identity.as_str(), p.weight)));
         let clusters = 20_000;
         let honest = (0..clusters)
             .filter(|c| ring.owner(&format!("cluster-{c}")) == Some("honest"))

@@ -131,7 +131,12 @@ impl Coordinator {
     /// Works on `name` under a new term until `wanted` is cancelled (a hand-over:
     /// the work drains) or `held` is (the peer term ended or the fence changed: the
     /// work is cut).
-    async fn work_in_term(&self, name: &ClusterName, wanted: &CancellationToken, held: &CancellationToken) -> Worked {
+    async fn work_in_term(
+        &self,
+        name: &ClusterName,
+        wanted: &CancellationToken,
+        held: &CancellationToken,
+    ) -> Worked {
         let term = Term::new();
         // Engaging may wait on the user's code; a loss meanwhile cuts the term at
         // once, so that nothing enters it past the renew deadline.
@@ -258,7 +263,10 @@ impl Coordinator {
         // another cluster is that cluster's fence (a collision) or was written by
         // someone else. Taking it would take it from that cluster; wait until it is
         // put right (deleted, or its annotation fixed).
-        if current.as_ref().is_some_and(|lease| fence.names_another_cluster(lease)) {
+        if current
+            .as_ref()
+            .is_some_and(|lease| fence.names_another_cluster(lease))
+        {
             if !fence.warned_foreign {
                 fence.warned_foreign = true;
                 tracing::warn!(
@@ -397,7 +405,9 @@ impl Fence {
     /// writes ours.
     fn names_another_cluster(&self, lease: &Lease) -> bool {
         let annotation = |annotations: Option<&std::collections::BTreeMap<String, String>>| {
-            annotations.and_then(|a| a.get(super::CLUSTER_ANNOTATION)).cloned()
+            annotations
+                .and_then(|a| a.get(super::CLUSTER_ANNOTATION))
+                .cloned()
         };
         match annotation(lease.metadata.annotations.as_ref()) {
             Some(named) => annotation(Some(&self.claim.annotations)) != Some(named),
@@ -417,9 +427,7 @@ impl Fence {
     /// first.
     async fn take(&mut self, current: Option<Lease>) -> Result<bool, LeaseError> {
         self.claimed = true;
-        self.replaced = current
-            .as_ref()
-            .and_then(|l| l.metadata.resource_version.clone());
+        self.replaced = current.as_ref().and_then(|l| l.metadata.resource_version.clone());
         let now = Some(MicroTime(Timestamp::now()));
         let transitions = current
             .as_ref()
@@ -438,7 +446,10 @@ impl Fence {
             Some(mut lease) => {
                 // Our label and annotation, whatever the record had.
                 let metadata = &mut lease.metadata;
-                metadata.labels.get_or_insert_default().extend(self.claim.labels.clone());
+                metadata
+                    .labels
+                    .get_or_insert_default()
+                    .extend(self.claim.labels.clone());
                 metadata
                     .annotations
                     .get_or_insert_default()
@@ -589,15 +600,25 @@ mod tests {
         // Six probe intervals on the paused clock: every attempt has run.
         tokio::time::sleep(Duration::from_secs(30)).await;
         assert!(host.0.lock().unwrap().is_empty(), "x was worked on");
-        assert_eq!(records.writes_to(&fence), 1, "the other cluster's fence was written");
+        assert_eq!(
+            records.writes_to(&fence),
+            1,
+            "the other cluster's fence was written"
+        );
         let stored = records.get(&fence).expect("the fence stays");
-        assert_eq!(stored.metadata.annotations.as_ref().unwrap()[CLUSTER_ANNOTATION], "y");
+        assert_eq!(
+            stored.metadata.annotations.as_ref().unwrap()[CLUSTER_ANNOTATION],
+            "y"
+        );
 
         store.delete(&fence, None).await.expect("deleted");
         tokio::time::sleep(Duration::from_secs(10)).await;
-        assert_eq!(*host.0.lock().unwrap(), [x.clone()]);
+        assert_eq!(*host.0.lock().unwrap(), [x]);
         let taken = records.get(&fence).expect("x's fence");
-        assert_eq!(taken.metadata.annotations.as_ref().unwrap()[CLUSTER_ANNOTATION], "x");
+        assert_eq!(
+            taken.metadata.annotations.as_ref().unwrap()[CLUSTER_ANNOTATION],
+            "x"
+        );
         assert_eq!(
             taken.spec.as_ref().and_then(|s| s.holder_identity.as_deref()),
             Some("a")
