@@ -40,6 +40,7 @@ use kube_envtest::Fleet;
 use multicluster_runtime::cache::WatchSpec;
 use multicluster_runtime::controller::{Action, Controller, ReconcileRequest, Request};
 use multicluster_runtime::manager::{LeaderElection, MetricsEndpoint, ProbeEndpoint, ServingCertificate};
+use multicluster_runtime::providers::kubeconfig::{EndpointPolicy, EndpointRule, KubeconfigPolicy};
 use multicluster_runtime::providers::secret::{Secrets, SecretsOptions, kubeconfig_secret};
 use multicluster_runtime::{Cluster, Manager};
 use tokio_util::sync::CancellationToken;
@@ -78,9 +79,15 @@ pub struct Args {
     #[arg(long, default_value_t = 30)]
     pub shutdown_timeout: u64,
     /// Start a local fleet of this many apiservers (plus the manager's own) and
-    /// write their kubeconfig Secrets, instead of running in a cluster.
+    /// write their kubeconfig Secrets, instead of running in a cluster. Implies
+    /// --allow-loopback-servers: local apiservers listen on 127.0.0.1.
     #[arg(long)]
     pub local_fleet: Option<usize>,
+    /// Accept kubeconfig Secrets whose server is a loopback address (127.0.0.0/8,
+    /// ::1, localhost). Off by default: in a pod, loopback is the operator itself.
+    /// Link-local and cloud metadata addresses stay refused.
+    #[arg(long)]
+    pub allow_loopback_servers: bool,
 }
 
 #[tokio::main]
@@ -126,8 +133,7 @@ async fn main() -> anyhow::Result<()> {
 /// # Errors
 /// The controller cannot be registered.
 pub async fn build(args: &Args, host: kube::Client) -> anyhow::Result<Manager> {
-    let options = SecretsOptions::new(args.secrets_namespace.as_str());
-    let provider = Arc::new(Secrets::new(host.clone(), options));
+    let provider = provider(args, host.clone());
     let mut manager = Manager::with_provider(Arc::new(Cluster::new("", host)), provider)
         .with_probe_endpoint(ProbeEndpoint::new(args.health_probe_bind_address))
         .with_metrics_endpoint(metrics_endpoint(args))
@@ -165,6 +171,41 @@ fn metrics_endpoint(args: &Args) -> MetricsEndpoint {
         )),
         None => endpoint,
     }
+}
+
+/// The Secret provider of the operator, on the cluster `host`.
+///
+/// Whoever writes a Secret in the namespace chooses what the operator connects to,
+/// so it reads them with the policy for untrusted kubeconfigs (no exec plugins, local
+/// files, proxies or skipped TLS verification) and refuses servers at loopback,
+/// link-local and cloud metadata addresses ([`EndpointPolicy::deny_local`]), loopback
+/// excepted with `--allow-loopback-servers` or `--local-fleet`.
+pub fn provider(args: &Args, host: kube::Client) -> Arc<Secrets> {
+    let allow_loopback = args.allow_loopback_servers || args.local_fleet.is_some();
+    let policy = KubeconfigPolicy::untrusted().endpoints(endpoint_policy(allow_loopback));
+    let options = SecretsOptions::new(args.secrets_namespace.as_str()).policy(policy);
+    Arc::new(Secrets::new(host, options))
+}
+
+/// [`EndpointPolicy::deny_local`], without the entries that refuse a loopback
+/// server if `allow_loopback`.
+pub fn endpoint_policy(allow_loopback: bool) -> EndpointPolicy {
+    let local = EndpointPolicy::deny_local();
+    if !allow_loopback {
+        return local;
+    }
+    let loopback = ["https://127.0.0.1", "https://[::1]", "https://localhost"];
+    let refuses_loopback = |rule: &EndpointRule| {
+        let alone = EndpointPolicy::any().deny_rule(rule.clone());
+        loopback.iter().any(|url| alone.check_server(url).is_err())
+    };
+    local
+        .denied()
+        .iter()
+        .filter(|rule| !refuses_loopback(rule))
+        .fold(EndpointPolicy::any(), |policy, rule| {
+            policy.deny_rule(rule.clone())
+        })
 }
 
 /// Annotates the ConfigMap with its cluster's name, and records an Event on it in

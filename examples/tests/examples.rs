@@ -212,6 +212,11 @@ async fn o08_operator_example_answers_readyz_and_reconciles_the_fleet() {
         "127.0.0.1:0",
         "--leader-elect",
     ]);
+    // The fleet's apiservers listen on 127.0.0.1, which the operator refuses by default.
+    let args = operator::Args {
+        allow_loopback_servers: true,
+        ..args
+    };
     let manager = operator::build(&args, host.clone()).await.expect("build");
     let token = CancellationToken::new();
     let running = tokio::spawn({
@@ -282,6 +287,103 @@ async fn o08_operator_example_answers_readyz_and_reconciles_the_fleet() {
 
     token.cancel();
     running.await.expect("join").expect("the operator stops cleanly");
+}
+
+/// Engages nothing: for running a provider alone.
+struct Unaware;
+
+#[async_trait::async_trait]
+impl multicluster_runtime::Aware for Unaware {
+    async fn engage(
+        &self,
+        _: CancellationToken,
+        _: multicluster_runtime::ClusterName,
+        _: Arc<Cluster>,
+    ) -> multicluster_runtime::Result<()> {
+        Ok(())
+    }
+}
+
+/// x06: the `operator` example reads kubeconfig Secrets with the policy for
+/// untrusted kubeconfigs and `deny_local()`: by default a Secret whose server is a
+/// loopback address (here the host apiserver itself, on 127.0.0.1) gets a
+/// `KubeconfigRefused` Event naming the deny-list entry and no cluster;
+/// `--allow-loopback-servers` lets it through, and a metadata address stays refused
+/// with it.
+#[tokio::test]
+async fn x06_operator_example_refuses_loopback_servers_unless_allowed() {
+    use clap::Parser;
+    use k8s_openapi::api::events::v1::Event;
+    use multicluster_runtime::ProviderRunnable;
+    let fleet = Fleet::start(1).await.expect("start fleet");
+    let admin = fleet.cluster(0).client().expect("client");
+    let own = fleet.cluster(0).kubeconfig().clone();
+    let mut metadata = own.clone();
+    for cluster in &mut metadata.clusters {
+        if let Some(cluster) = cluster.cluster.as_mut() {
+            cluster.server = Some("https://169.254.169.254".into());
+        }
+    }
+    let members = [("loopback", own), ("metadata", metadata)].map(|(name, kubeconfig)| operator::Member {
+        name: name.into(),
+        admin: admin.clone(),
+        kubeconfig,
+    });
+    operator::seed(&admin, "fleet-system", &members)
+        .await
+        .expect("seed");
+    let events: Api<Event> = Api::namespaced(admin.clone(), "fleet-system");
+    let refused = |name: &'static str| {
+        let events = events.clone();
+        async move {
+            let list = events.list(&Default::default()).await.ok()?;
+            list.items.into_iter().find_map(|e| {
+                let on = e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name);
+                (on && e.reason.as_deref() == Some("KubeconfigRefused")).then(|| e.note.unwrap_or_default())
+            })
+        }
+    };
+
+    let run = |args: operator::Args| {
+        let provider = operator::provider(&args, admin.clone());
+        let token = CancellationToken::new();
+        let running = tokio::spawn({
+            let (provider, token) = (provider.clone(), token.clone());
+            async move { provider.start(token, Arc::new(Unaware)).await }
+        });
+        (provider, token, running)
+    };
+    let (provider, token, running) = run(operator::Args::parse_from(["operator"]));
+    let note = eventually("the loopback Secret refused", || refused("loopback")).await;
+    assert!(
+        note.contains("server host is in the deny-list entry 127.0.0.0/8"),
+        "{note}"
+    );
+    let note = eventually("the metadata Secret refused", || refused("metadata")).await;
+    assert!(note.contains("deny-list entry 169.254.0.0/16"), "{note}");
+    assert!(provider.names().is_empty(), "{:?}", provider.names());
+    token.cancel();
+    running.await.expect("join").expect("the provider stops");
+
+    let (provider, token, running) = run(operator::Args::parse_from([
+        "operator",
+        "--allow-loopback-servers",
+    ]));
+    eventually("the loopback Secret engaged", || async {
+        provider
+            .names()
+            .iter()
+            .any(|n| n.as_str() == "loopback")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        provider.names().iter().all(|n| n.as_str() != "metadata"),
+        "{:?}",
+        provider.names()
+    );
+    token.cancel();
+    running.await.expect("join").expect("the provider stops");
 }
 
 /// The arguments of a replica started by sh05, one per line: set only in the

@@ -288,3 +288,67 @@ async fn p01_namespaced_controller_reconciles_with_a_role_only() {
     }
     eprintln!("p01: every ConfigMap of team-a in 2 clusters reconciled {elapsed:?} after start");
 }
+
+/// x07: `deploy/operator/rbac.yaml` pins the Lease rights to the leader-election
+/// Lease: a user holding exactly its rules creates, reads and renews
+/// `fleet-operator`, and may neither read nor write another Lease of the namespace
+/// (another program's election, or a shard fence).
+#[tokio::test]
+async fn x07_the_operators_rbac_pins_its_lease_by_name() {
+    use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+    let fleet = Fleet::start(1).await.expect("start fleet");
+    let cluster = fleet.cluster(0);
+    let admin = cluster.client().expect("client");
+    create_namespace(&admin, "fleet-system").await;
+    let lease = |name: &str, holder: &str| Lease {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(holder.to_owned()),
+            ..Default::default()
+        }),
+    };
+    Api::<Lease>::namespaced(admin, "fleet-system")
+        .create(&PostParams::default(), &lease("other", "someone"))
+        .await
+        .expect("create another Lease");
+    let (rules, namespaced) = rbac::deploy_rules("operator/rbac.yaml");
+    assert!(namespaced);
+    let user = cluster
+        .create_user(kube_envtest::UserSpec::new("fleet-operator").allow_in("fleet-system", rules))
+        .await
+        .expect("user");
+    let leases: Api<Lease> = Api::namespaced(user.client().expect("client"), "fleet-system");
+
+    let created = leases
+        .create(&PostParams::default(), &lease("fleet-operator", "a"))
+        .await
+        .expect("create its own Lease");
+    let mut own = leases.get("fleet-operator").await.expect("get its own Lease");
+    assert_eq!(own.metadata.uid, created.metadata.uid);
+    own.spec.get_or_insert_default().holder_identity = Some("b".into());
+    leases
+        .replace("fleet-operator", &PostParams::default(), &own)
+        .await
+        .expect("update its own Lease");
+
+    let forbidden = |result: Result<Lease, kube::Error>| matches!(result, Err(kube::Error::Api(status)) if status.code == 403);
+    assert!(forbidden(leases.get("other").await), "read another Lease");
+    let mut other = lease("other", "fleet-operator");
+    other.metadata.namespace = Some("fleet-system".into());
+    assert!(
+        forbidden(leases.replace("other", &PostParams::default(), &other).await),
+        "overwrote another Lease"
+    );
+    let patch = serde_json::json!({ "spec": { "holderIdentity": "fleet-operator" } });
+    assert!(
+        forbidden(
+            leases
+                .patch("other", &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+        ),
+        "patched another Lease"
+    );
+}

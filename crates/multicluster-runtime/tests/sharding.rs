@@ -387,3 +387,126 @@ async fn r05_a_replica_refuses_the_clusters_another_owns() {
     }
     token.cancel();
 }
+
+/// Waits until `done`, polling; returns how long it took.
+async fn wait_for(what: &str, done: &dyn Fn() -> bool) -> Duration {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < WAIT, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    started.elapsed()
+}
+
+/// The `change="lost"` count of `manager`'s ownership changes.
+fn lost(manager: &Manager) -> u64 {
+    manager
+        .metrics()
+        .encode()
+        .lines()
+        .find(|l| l.starts_with("multicluster_runtime_shard_ownership_changes_total{change=\"lost\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// x07: a replica works on a cluster under its fence; someone else rewrites the
+/// fence to name another holder. Within a probe interval (here equal to the renew
+/// period) the replica cuts its work there: the cluster is no longer owned, its
+/// informers are stopped, and the loss is counted. The named holder has no peer
+/// Lease, so the replica takes the fence back a lease duration later and works
+/// again. Then someone clears the fence (no holder): the work is cut again, and the
+/// fence taken again at once. The replica runs with `deploy/rbac/sharding.yaml`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x07_a_held_fence_changed_by_someone_else_stops_the_work_on_its_cluster() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::api::{Patch, PatchParams};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let fleet = Fleet::start(2).await.expect("start fleet");
+    let admin = fleet.cluster(0).client().expect("client");
+    // The replica holds exactly deploy/rbac/sharding.yaml for its Leases (here in
+    // `default`), and reads ConfigMaps for its controller.
+    let configmaps = k8s_openapi::api::rbac::v1::PolicyRule {
+        api_groups: Some(vec![String::new()]),
+        resources: Some(vec!["configmaps".into()]),
+        verbs: vec!["list".into(), "watch".into()],
+        ..Default::default()
+    };
+    let spec = support::rbac::user("x07-replica", "sharding.yaml", "default").allow(vec![configmaps]);
+    let replica = fleet.cluster(0).create_user(spec).await.expect("user");
+    let member = Arc::new(Cluster::new("x07", fleet.cluster(1).client().expect("client")));
+    let provider = Arc::new(Clusters::new());
+    provider.add(member.clone()).await.expect("add");
+    let sharding = Sharding::new("x07")
+        .identity("a")
+        .lease_duration(LEASE)
+        .renew_period(RENEW)
+        .renew_deadline(DEADLINE)
+        .probe_interval(PROBE);
+    let fence = sharding.fence_lease(&ClusterName::from("x07"));
+    let local = Arc::new(Cluster::new("", replica.client().expect("client")));
+    let manager = Manager::with_provider(local, provider)
+        .with_sharding(sharding)
+        .without_health_probes();
+    let reconciles = Arc::new(AtomicUsize::new(0));
+    Controller::builder::<ConfigMap>(&manager)
+        .named("x07")
+        .register(
+            |_: ReconcileRequest<ConfigMap>, n: Arc<AtomicUsize>| async move {
+                n.fetch_add(1, Ordering::Relaxed);
+                Ok::<_, Infallible>(Action::await_change())
+            },
+            |_: &Request, _: &Infallible, _| Action::backoff(),
+            reconciles.clone(),
+        )
+        .await
+        .expect("controller");
+    let token = tokio_util::sync::CancellationToken::new();
+    let (runs, stop) = (manager.clone(), token.clone());
+    tokio::spawn(async move { runs.start(stop).await });
+
+    let working = || owned(&manager).contains("x07") && !member.cache().informer_statuses().is_empty();
+    let stopped = || !owned(&manager).contains("x07") && member.cache().informer_statuses().is_empty();
+    wait_for("x07 worked on", &working).await;
+    wait_for("x07 reconciled", &|| reconciles.load(Ordering::Relaxed) > 0).await;
+    let leases: Api<Lease> = Api::namespaced(admin.clone(), "default");
+    let holder = |lease: Lease| lease.spec.and_then(|s| s.holder_identity);
+    assert_eq!(
+        holder(leases.get(&fence).await.expect("fence")).as_deref(),
+        Some("a")
+    );
+
+    // Rewritten to name another holder: the work stops within a probe interval.
+    let rewrite = |holder: serde_json::Value| {
+        let (leases, fence) = (leases.clone(), fence.clone());
+        async move {
+            let patch = serde_json::json!({ "spec": { "holderIdentity": holder } });
+            leases
+                .patch(&fence, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .expect("patch the fence");
+        }
+    };
+    rewrite(serde_json::json!("intruder")).await;
+    let cut = wait_for("x07's work cut", &stopped).await;
+    eprintln!("x07: work cut {cut:?} after the fence was rewritten");
+    assert!(cut <= PROBE + SLACK, "cut after {cut:?}");
+    assert_eq!(lost(&manager), 1);
+    // "intruder" has no peer Lease: once it has been absent a lease duration, the
+    // fence is taken back.
+    wait_for("x07 worked on again", &working).await;
+    assert_eq!(
+        holder(leases.get(&fence).await.expect("fence")).as_deref(),
+        Some("a")
+    );
+
+    // Cleared: cut again, and taken again at once.
+    rewrite(serde_json::Value::Null).await;
+    wait_for("a second loss", &|| lost(&manager) == 2).await;
+    wait_for("x07 worked on again", &working).await;
+    assert_eq!(
+        holder(leases.get(&fence).await.expect("fence")).as_deref(),
+        Some("a")
+    );
+    token.cancel();
+}

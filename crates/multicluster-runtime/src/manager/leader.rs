@@ -10,8 +10,11 @@ use super::lease::Claim;
 /// are, and the timings (controller-runtime's defaults: 15 s / 10 s / 2 s).
 ///
 /// Given to [`Manager::with_leader_election`](super::Manager::with_leader_election).
-/// The Lease lives in the manager's own (local) cluster; the manager needs `get`,
-/// `create` and `update` on `leases` in its namespace.
+/// The Lease lives in the manager's own (local) cluster; the manager needs `get`
+/// and `update` on that Lease (pin them with `resourceNames`) and `create` on
+/// `leases` in its namespace (which Kubernetes cannot pin by name), as
+/// `deploy/operator/rbac.yaml` grants. Whoever can write the Lease decides who
+/// leads: see `docs/decisions/coordination.md#trust`.
 ///
 /// ```
 /// use std::time::Duration;

@@ -67,6 +67,10 @@ pub(crate) trait LeaseStore: Send + Sync + 'static {
     /// Every Lease whose labels match `selector`, once now and again after each
     /// change: each item is the whole current set.
     fn watch(&self, selector: &str) -> BoxStream<'static, Vec<Arc<Lease>>>;
+    /// The Lease `name` as a watch of the Leases matching `selector` holds it now
+    /// (`Some(None)`: it has none), started on first use; `None` until that watch
+    /// has listed.
+    fn cached(&self, selector: &str, name: &str) -> Option<Option<Arc<Lease>>>;
 }
 
 /// Leases in a namespace of a cluster, watched through the cluster's shared cache.
@@ -83,6 +87,15 @@ impl KubeLeases {
             cluster,
             namespace: namespace.to_owned(),
         }
+    }
+}
+
+impl KubeLeases {
+    /// The shared cache's informer of the Leases of the namespace matching
+    /// `selector`.
+    fn informer(&self, selector: &str) -> Arc<crate::cache::Informer<Lease>> {
+        let spec = WatchSpec::default().namespace(&self.namespace).labels(selector);
+        self.cluster.cache().informer_with::<Lease>(&(), spec)
     }
 }
 
@@ -133,9 +146,15 @@ impl LeaseStore for KubeLeases {
         }
     }
 
+    fn cached(&self, selector: &str, name: &str) -> Option<Option<Arc<Lease>>> {
+        let informer = self.informer(selector);
+        informer
+            .is_synced()
+            .then(|| informer.store().get(Some(&self.namespace), name))
+    }
+
     fn watch(&self, selector: &str) -> BoxStream<'static, Vec<Arc<Lease>>> {
-        let spec = WatchSpec::default().namespace(&self.namespace).labels(selector);
-        let informer = self.cluster.cache().informer_with::<Lease>(&(), spec);
+        let informer = self.informer(selector);
         let events = informer.subscribe();
         // A snapshot once synced, then one after each change (or lost changes).
         let synced = {
@@ -689,6 +708,21 @@ pub(crate) mod memory {
                     .is_none_or(|v| stored.is_none_or(|s| s.metadata.resource_version.as_deref() == Some(v)))
             };
             self.slowly(|| self.write(name, None, matches)).await.map(drop)
+        }
+
+        fn cached(&self, selector: &str, name: &str) -> Option<Option<Arc<Lease>>> {
+            let (key, value) = selector.split_once('=').expect("key=value selector");
+            let lease = self.records.get(name).filter(|lease| {
+                lease
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(key))
+                    .map(String::as_str)
+                    == Some(value)
+            });
+            // A partitioned replica's watch sees nothing new: as if it were stale.
+            self.reachable.load(Ordering::Relaxed).then_some(lease)
         }
 
         fn watch(&self, selector: &str) -> BoxStream<'static, Vec<Arc<Lease>>> {

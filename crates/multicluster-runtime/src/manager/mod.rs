@@ -232,7 +232,7 @@ use crate::term::{Term, Work};
 pub use crate::cluster::{ClusterHealth, HealthState};
 pub use crate::runnable::Runnable;
 pub use checks::{CHECK_TIMEOUT, ClusterState, HealthCheck, Report, ReportLine};
-pub use coordination::{CLUSTER_ANNOTATION, FENCE_LABEL, PEER_LABEL, Sharding};
+pub use coordination::{CLUSTER_ANNOTATION, FENCE_LABEL, MAX_WEIGHT, PEER_LABEL, Sharding};
 pub use endpoint::{
     DEFAULT_CONNECTION_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_RELOAD_INTERVAL, DEFAULT_REVIEW_CACHE_TTL,
     MetricsEndpoint, ProbeEndpoint, REVIEW_CACHE_ENTRIES, ServingCertificate,

@@ -132,6 +132,7 @@ fn every_rbac_file_parses() {
         "namespace-provider.yaml",
         "metrics-auth.yaml",
         "metrics-reader.yaml",
+        "sharding.yaml",
     ] {
         let (rules, _) = rules(file);
         assert!(!rules.is_empty(), "{file}");

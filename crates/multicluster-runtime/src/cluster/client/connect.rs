@@ -40,7 +40,7 @@ pub(crate) struct ConnectRefused {
 impl ConnectRefused {
     fn denied(rule: &EndpointRule) -> Self {
         ConnectRefused {
-            what: format!("the server's address is in the deny-list entry {rule}"),
+            what: format!("server address is in the deny-list entry {rule}"),
         }
     }
 }
@@ -171,29 +171,12 @@ where
     fn call(&mut self, uri: Uri) -> Self::Future {
         if let Err(refusal) = self.endpoints.check_server(&uri.to_string()) {
             let refused = ConnectRefused {
-                what: refusal_without_host(&refusal),
+                what: format!("server {refusal}"),
             };
             return Box::pin(std::future::ready(Err(refused.into())));
         }
         let connecting = self.inner.call(uri);
         Box::pin(async move { connecting.await.map_err(Into::into) })
-    }
-}
-
-/// What a refusal says, without the host it quotes.
-fn refusal_without_host(refusal: &crate::cluster::kubeconfig::EndpointRefusal) -> String {
-    use crate::cluster::kubeconfig::EndpointRefusal;
-    match refusal {
-        EndpointRefusal::Denied { rule, .. } => {
-            format!("the server's address is in the deny-list entry {rule}")
-        }
-        EndpointRefusal::NotAllowed { entries, .. } => {
-            format!("the server's host is not in the allow-list ({entries} entries)")
-        }
-        EndpointRefusal::Ambiguous { .. } => {
-            "the server's host is not a canonical IP address or DNS name".into()
-        }
-        _ => "the server's URL has no host".into(),
     }
 }
 

@@ -184,7 +184,7 @@ impl fmt::Display for Host {
 /// assert!(policy.check_server("https://10.1.2.3:6443").is_ok());
 /// assert!(policy.check_server("https://eu-1.fleet.example.com").is_ok());
 /// let refused = policy.check_server("https://169.254.169.254").unwrap_err();
-/// assert_eq!(refused.to_string(), "host 169.254.169.254 is in the deny-list entry 169.254.0.0/16");
+/// assert_eq!(refused.to_string(), "host is in the deny-list entry 169.254.0.0/16");
 /// assert!(policy.check_server("https://internal.corp").is_err());
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -193,23 +193,26 @@ pub struct EndpointPolicy {
     deny: Vec<EndpointRule>,
 }
 
-/// Why an [`EndpointPolicy`] refuses a URL: the host and the rule, never any other
-/// part of the URL (which may hold user information).
+/// Why an [`EndpointPolicy`] refuses a URL.
+///
+/// Its text names the rule and never the host, nor any other part of the URL: the
+/// URL is the kubeconfig writer's, and refusals reach Events and logs that more
+/// people read than the Secret (x06, issue 22). The host is in the fields, for code.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum EndpointRefusal {
     /// The URL cannot be parsed, or has no host.
-    #[error("it is not a URL with a host")]
+    #[error("is not a URL with a host")]
     NotAUrl,
     /// The host looks like an IP address in a form that resolvers accept but that is
     /// not canonical (decimal, octal, hexadecimal, shortened).
-    #[error("host {host:?} is not a canonical IP address or DNS name")]
+    #[error("host is not a canonical IP address or DNS name")]
     Ambiguous {
         /// The host as written (not a credential: the rest of the URL is left out).
         host: String,
     },
     /// The host matches an entry of the deny-list.
-    #[error("host {host} is in the deny-list entry {rule}")]
+    #[error("host is in the deny-list entry {rule}")]
     Denied {
         /// The host.
         host: String,
@@ -217,7 +220,7 @@ pub enum EndpointRefusal {
         rule: EndpointRule,
     },
     /// There is an allow-list and the host matches none of its entries.
-    #[error("host {host} is not in the allow-list ({} entries)", .entries)]
+    #[error("host is not in the allow-list ({entries} entries)")]
     NotAllowed {
         /// The host.
         host: String,
@@ -486,13 +489,13 @@ mod tests {
         assert!(policy.check_server("https://api.example").is_ok());
         assert_eq!(
             refused(&policy, "https://fleet.example"),
-            "host fleet.example is not in the allow-list (3 entries)"
+            "host is not in the allow-list (3 entries)"
         );
         assert!(refused(&policy, "https://evilfleet.example").contains("allow-list"));
         assert!(refused(&policy, "https://11.0.0.1").contains("allow-list"));
         let both = policy.deny(["10.0.0.0/24"]).unwrap();
         assert!(refused(&both, "https://10.0.0.5").contains("deny-list entry 10.0.0.0/24"));
-        assert_eq!(refused(&both, "not a url at all"), "it is not a URL with a host");
+        assert_eq!(refused(&both, "not a url at all"), "is not a URL with a host");
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! such a Secret must not gain code execution in the controller or read its files, so
 //! a [`KubeconfigPolicy`] decides what a kubeconfig may ask for; the default refuses
 //! exec credential plugins, auth providers and references to local files. Errors
-//! never quote the kubeconfig: they name its origin and the offending entry only, so
-//! no credential reaches a log.
+//! never quote the kubeconfig: they name its origin, the offending entry by its
+//! position (`users[0]`, `clusters[1]`), the field and the rule only, so neither a
+//! credential nor anything else the kubeconfig's writer chose (a command, an auth
+//! provider's name, a server's host, an entry's name) reaches a log or an Event.
 //!
 //! The policy also decides where a kubeconfig may make the controller connect: a
 //! `proxy-url` and `insecure-skip-tls-verify: true` are refused by default, and an
@@ -105,13 +107,15 @@ pub enum KubeconfigError {
     },
 
     /// The kubeconfig asks for something the policy refuses.
-    #[error("{origin}: user {user:?} {what}; refused: {hint}")]
+    #[error("{origin}: {entry} {what}; refused: {hint}")]
     Refused {
         /// Where it came from.
         origin: String,
-        /// The kubeconfig user entry that asks for it.
-        user: String,
-        /// What it asks for.
+        /// The kubeconfig entry that asks for it, by position: `users[0]`, or
+        /// `clusters[0]` for a cluster's file. Entry names are the writer's text and
+        /// are not quoted.
+        entry: String,
+        /// What it asks for: the field, never its value.
         what: String,
         /// How an operator can allow it.
         hint: &'static str,
@@ -120,14 +124,14 @@ pub enum KubeconfigError {
     /// A cluster entry asks for a connection the policy refuses: a `proxy-url`,
     /// `insecure-skip-tls-verify`, or a server (or proxy) the
     /// [`EndpointPolicy`] refuses.
-    #[error("{origin}: cluster {cluster:?}: {what}; refused by rule {rule}")]
+    #[error("{origin}: {entry}: {what}; refused by rule {rule}")]
     Endpoint {
         /// Where it came from.
         origin: String,
-        /// The kubeconfig cluster entry.
-        cluster: String,
+        /// The kubeconfig cluster entry, by position: `clusters[0]`.
+        entry: String,
         /// The field (`server`, `proxy-url` or `insecure-skip-tls-verify`) and what
-        /// is wrong with it: never the value of the field beyond its host.
+        /// is wrong with it: never its value, not even a server's host.
         what: String,
         /// The rule that refused it, e.g. `allow_proxy_url` or `endpoints`.
         rule: &'static str,
@@ -185,30 +189,32 @@ fn describe_parse_error(error: &kube::config::KubeconfigError) -> String {
 /// plugins non-interactive (a controller has nobody to answer a prompt).
 ///
 /// # Errors
-/// [`KubeconfigError::Refused`] naming the first entry the policy refuses.
+/// [`KubeconfigError::Refused`] or [`KubeconfigError::Endpoint`] naming the first
+/// entry the policy refuses, by position, and the field and rule: never a value of
+/// the kubeconfig.
 pub fn vet(
     kubeconfig: &mut Kubeconfig,
     policy: &KubeconfigPolicy,
     origin: &str,
 ) -> Result<(), KubeconfigError> {
-    let refuse = |user: &str, what: String, hint| KubeconfigError::Refused {
+    let refuse = |entry: String, what: String, hint| KubeconfigError::Refused {
         origin: origin.to_owned(),
-        user: user.to_owned(),
+        entry,
         what,
         hint,
     };
     const EXEC_HINT: &str = "exec credential plugins are allowed only when the operator enables them";
     const FILE_HINT: &str = "local files and auth providers are allowed only when the operator enables them";
-    for named in &mut kubeconfig.auth_infos {
+    for (index, named) in kubeconfig.auth_infos.iter_mut().enumerate() {
         let Some(auth) = named.auth_info.as_mut() else {
             continue;
         };
+        let user = || format!("users[{index}]");
         if let Some(exec) = auth.exec.as_mut() {
             if !policy.allow_exec {
-                let command = exec.command.clone().unwrap_or_default();
                 return Err(refuse(
-                    &named.name,
-                    format!("asks to run exec credential plugin {command:?}"),
+                    user(),
+                    "asks to run an exec credential plugin (user.exec)".into(),
                     EXEC_HINT,
                 ));
             }
@@ -221,15 +227,15 @@ pub fn vet(
             && provider.config.contains_key("cmd-path")
         {
             return Err(refuse(
-                &named.name,
+                user(),
                 "uses an auth provider that runs a command (cmd-path)".into(),
                 EXEC_HINT,
             ));
         }
         if !policy.allow_local_files {
-            if let Some(provider) = &auth.auth_provider {
-                let what = format!("uses auth provider {:?}", provider.name);
-                return Err(refuse(&named.name, what, FILE_HINT));
+            if auth.auth_provider.is_some() {
+                let what = "uses an auth provider (user.auth-provider)".into();
+                return Err(refuse(user(), what, FILE_HINT));
             }
             let files = [
                 ("client-certificate", &auth.client_certificate),
@@ -238,47 +244,44 @@ pub fn vet(
             ];
             if let Some((field, _)) = files.iter().find(|(_, value)| value.is_some()) {
                 return Err(refuse(
-                    &named.name,
+                    user(),
                     format!("reads {field} from a local file"),
                     FILE_HINT,
                 ));
             }
         }
     }
-    for named in &kubeconfig.clusters {
+    for (index, named) in kubeconfig.clusters.iter().enumerate() {
         if let Some(cluster) = &named.cluster {
-            vet_endpoint(&named.name, cluster, policy, origin)?;
+            vet_endpoint(index, cluster, policy, origin)?;
         }
     }
     if !policy.allow_local_files {
-        for named in &kubeconfig.clusters {
+        for (index, named) in kubeconfig.clusters.iter().enumerate() {
             if named
                 .cluster
                 .as_ref()
                 .is_some_and(|c| c.certificate_authority.is_some())
             {
-                let what = format!(
-                    "(cluster {:?}) reads certificate-authority from a local file",
-                    named.name
-                );
-                return Err(refuse("-", what, FILE_HINT));
+                let what = "reads certificate-authority from a local file".into();
+                return Err(refuse(format!("clusters[{index}]"), what, FILE_HINT));
             }
         }
     }
     Ok(())
 }
 
-/// Checks where one cluster entry connects: its `proxy-url`, its TLS verification
-/// and its server, against `policy`.
+/// Checks where the cluster entry at `index` connects: its `proxy-url`, its TLS
+/// verification and its server, against `policy`.
 fn vet_endpoint(
-    name: &str,
+    index: usize,
     cluster: &kube::config::Cluster,
     policy: &KubeconfigPolicy,
     origin: &str,
 ) -> Result<(), KubeconfigError> {
     let refuse = |field: &str, what: String, rule| KubeconfigError::Endpoint {
         origin: origin.to_owned(),
-        cluster: name.to_owned(),
+        entry: format!("clusters[{index}]"),
         what: format!("{field} {what}"),
         rule,
     };
@@ -502,9 +505,11 @@ mod tests {
         let err = vet(&mut parsed, &KubeconfigPolicy::untrusted(), "Secret ns/x").expect_err("refused");
         let text = err.to_string();
         assert!(
-            text.contains("exec credential plugin \"/bin/steal\"") && text.contains("refused"),
+            text.contains("users[0] asks to run an exec credential plugin (user.exec)")
+                && text.contains("refused"),
             "{text}"
         );
+        assert!(!text.contains("/bin/steal"), "{text}");
         vet(
             &mut parsed,
             &KubeconfigPolicy {
@@ -548,7 +553,7 @@ mod tests {
             .to_string();
         assert_eq!(
             err,
-            "Secret ns/x: cluster \"a\": proxy-url is set; refused by rule allow_proxy_url \
+            "Secret ns/x: clusters[0]: proxy-url is set; refused by rule allow_proxy_url \
              (off unless the operator enables it)"
         );
         let allowed = KubeconfigPolicy {
@@ -562,10 +567,10 @@ mod tests {
             .expect_err("not allowed")
             .to_string();
         assert!(
-            err.contains("proxy-url host proxy.example is not in the allow-list"),
+            err.contains("proxy-url host is not in the allow-list (1 entries)"),
             "{err}"
         );
-        assert!(!err.contains("pa55"), "{err}");
+        assert!(!err.contains("pa55") && !err.contains("proxy.example"), "{err}");
 
         let mut insecure = with_cluster("    insecure-skip-tls-verify: true\n");
         let err = vet(&mut insecure, &KubeconfigPolicy::untrusted(), "s")
@@ -587,8 +592,8 @@ mod tests {
             .to_string();
         assert_eq!(
             err,
-            "Secret ns/x: cluster \"a\": server host 127.0.0.1 is in the deny-list entry \
-             127.0.0.0/8; refused by rule endpoints"
+            "Secret ns/x: clusters[0]: server host is in the deny-list entry 127.0.0.0/8; \
+             refused by rule endpoints"
         );
         assert!(!err.contains(TOKEN));
         vet(&mut local, &KubeconfigPolicy::untrusted(), "s").expect("any server by default");
@@ -624,6 +629,96 @@ mod tests {
         };
         let mut parsed = parse(kubeconfig(user).as_bytes(), "t").expect("valid");
         vet(&mut parsed, &exec_and_files, "Secret ns/x03").expect("allowed with both switches");
+    }
+
+    /// x06: a refusal names the entry by position, the field and the rule, and
+    /// copies nothing the kubeconfig's writer chose: not the exec command, not an
+    /// auth provider's name, not a server's or proxy's host, not an entry's name.
+    #[test]
+    fn x06_refusals_copy_no_command_provider_name_host_or_entry_name() {
+        const MARKER: &str = "x06-marker";
+        let config = |cluster: &str, user: &str| {
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: a\nclusters:\n- name: {MARKER}-cluster\n  cluster:\n{cluster}contexts:\n- name: a\n  context:\n    cluster: {MARKER}-cluster\n    user: {MARKER}-user\nusers:\n- name: {MARKER}-user\n  user:\n{user}"
+            )
+        };
+        let server = |host: &str| format!("    server: https://{host}:6443\n");
+        let fenced = KubeconfigPolicy {
+            allow_proxy_url: true,
+            ..KubeconfigPolicy::untrusted()
+        }
+        .endpoints(
+            EndpointPolicy::deny_local()
+                .deny(["*.internal"])
+                .and_then(|p| p.allow(["10.0.0.0/8", "*.internal", "169.254.0.0/16", "*.example"]))
+                .expect("rules"),
+        );
+        let token = "    token: t\n".to_owned();
+        let cases = [
+            (
+                config(
+                    &server("10.0.0.1"),
+                    &format!(
+                        "    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: /bin/{MARKER}-command\n"
+                    ),
+                ),
+                "users[0] asks to run an exec credential plugin (user.exec); refused",
+            ),
+            (
+                config(
+                    &server("10.0.0.1"),
+                    &format!("    auth-provider:\n      name: {MARKER}-provider\n"),
+                ),
+                "users[0] uses an auth provider (user.auth-provider); refused",
+            ),
+            (
+                config(&server(&format!("{MARKER}.internal")), &token),
+                "clusters[0]: server host is in the deny-list entry *.internal; refused by rule endpoints",
+            ),
+            (
+                config(&server("169.254.169.254"), &token),
+                "clusters[0]: server host is in the deny-list entry 169.254.0.0/16; refused by rule endpoints",
+            ),
+            (
+                config(&server(&format!("{MARKER}.corp")), &token),
+                "clusters[0]: server host is not in the allow-list (4 entries); refused by rule endpoints",
+            ),
+            (
+                config(&server(&format!("{MARKER}.0x10")), &token),
+                "clusters[0]: server host is not a canonical IP address or DNS name; refused by rule endpoints",
+            ),
+            (
+                config(
+                    &format!(
+                        "{}    proxy-url: http://{MARKER}-proxy.corp:3128\n",
+                        server("10.0.0.1")
+                    ),
+                    &token,
+                ),
+                "clusters[0]: proxy-url host is not in the allow-list (4 entries); refused by rule endpoints",
+            ),
+            (
+                config(
+                    &format!(
+                        "{}    certificate-authority: /etc/{MARKER}-ca\n",
+                        server("10.0.0.1")
+                    ),
+                    &token,
+                ),
+                "clusters[0] reads certificate-authority from a local file; refused",
+            ),
+        ];
+        for (text, expected) in cases {
+            let mut parsed = parse(text.as_bytes(), "Secret ns/x06").expect("valid");
+            let refused = vet(&mut parsed, &fenced, "Secret ns/x06").expect_err(expected);
+            let shown = format!("{refused} {refused:?}");
+            assert!(
+                refused.to_string().starts_with("Secret ns/x06: ") && shown.contains(expected),
+                "{shown}"
+            );
+            assert!(!shown.contains(MARKER), "{shown}");
+            assert!(!shown.contains("169.254.169.254"), "{shown}");
+        }
     }
 
     #[tokio::test]

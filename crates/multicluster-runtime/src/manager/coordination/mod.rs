@@ -54,6 +54,13 @@ pub const PEER_LABEL: &str = "multicluster-runtime.io/shard-peer-of";
 pub const FENCE_LABEL: &str = "multicluster-runtime.io/shard-fence-of";
 /// The annotation of a fence Lease that names its cluster.
 pub const CLUSTER_ANNOTATION: &str = "multicluster-runtime.io/cluster";
+/// The largest weight a replica counts with ([`Sharding::weight`]): its own, and
+/// what a peer Lease advertises (more counts as this). Whoever can write a peer
+/// Lease could otherwise advertise a weight that takes every cluster; with the cap,
+/// the honest replicas of weight 1 keep at least 1/(1 + 100) of the fleet each
+/// against one such Lease. Restrict who may write the Leases
+/// (`docs/decisions/coordination.md#trust`).
+pub const MAX_WEIGHT: u32 = 100;
 
 /// Sharding settings for a [`Manager`](super::Manager): replicas of one program split
 /// the fleet between them (see [Sharding](super#sharding)).
@@ -62,7 +69,10 @@ pub const CLUSTER_ANNOTATION: &str = "multicluster-runtime.io/cluster";
 /// duration 20 s, renew period 10 s, probe interval 5 s; the renew deadline is
 /// 15 s. The Leases live in the manager's own cluster, in namespace `default` unless
 /// set; the manager needs `get`, `list`, `watch`, `create`, `update` and `delete` on
-/// `leases` there.
+/// `leases` there (`deploy/rbac/sharding.yaml`). Their names are not known in
+/// advance, so RBAC cannot pin them: whoever else may write Leases in that
+/// namespace can steer which replica works on which cluster. Give them a namespace
+/// of their own (see `docs/decisions/coordination.md#trust`).
 ///
 /// ```
 /// use std::time::Duration;
@@ -123,10 +133,11 @@ impl Sharding {
     }
 
     /// This replica's share of the clusters relative to the others (default 1); 0
-    /// takes none.
+    /// takes none. At most [`MAX_WEIGHT`]: a larger weight counts as that, here and
+    /// on every other replica.
     #[must_use]
     pub fn weight(mut self, weight: u32) -> Self {
-        self.weight = weight;
+        self.weight = weight.min(MAX_WEIGHT);
         self
     }
 
@@ -427,6 +438,10 @@ impl Coordinator {
         record.spawn(self.clone().keep_peer_record(record_stop.clone()));
         record.close();
         let mut snapshots = self.store.watch(&format!("{PEER_LABEL}={}", self.options.prefix));
+        let fences = format!("{FENCE_LABEL}={}", self.options.prefix);
+        // Starts the fences' watch now, so that it has listed before a fence is held.
+        let _ = self.store.cached(&fences, "");
+        let mut next_fence_check = Instant::now();
         let mut state = State::default();
         let shards = TaskTracker::new();
         let mut wake = Instant::now() + self.options.probe_interval;
@@ -464,8 +479,14 @@ impl Coordinator {
             for name in touched {
                 self.decide(&name, &mut state, &shards);
             }
-            // Re-check when a peer record would expire, and at every probe interval.
-            let probe = now + self.options.probe_interval;
+            // The fences held, once per probe interval (at most a renew period).
+            if now >= next_fence_check {
+                self.check_fences(&state, &fences, &shards);
+                next_fence_check = now + self.options.probe_interval;
+            }
+            // Re-check when a peer record would expire, and at every probe interval
+            // (when the fences are checked next).
+            let probe = next_fence_check.min(now + self.options.probe_interval);
             wake = next_expiry.map_or(probe, |at| at.min(probe));
         }
         self.stopping.cancel();
@@ -522,6 +543,65 @@ impl Coordinator {
                 let _ = this.store.delete(&name, Some(&version)).await;
             }
         });
+    }
+
+    /// Cuts the work on every cluster whose fence, as the fences' watch (selected
+    /// by `fences`) shows it, was changed by someone else since this replica took
+    /// it: deleted, or naming another holder, confirmed by a fresh read (the watch
+    /// may be behind our own write). Each version seen is read at most once per
+    /// shard; nothing is checked before the watch has listed.
+    fn check_fences(self: &Arc<Self>, state: &State, fences: &str, tasks: &TaskTracker) {
+        let me = self.options.identity.as_str();
+        for (name, wanted) in &state.running {
+            let mut slot = lock(&wanted.held);
+            let Some(held) = slot.as_mut().filter(|held| !held.lost.is_cancelled()) else {
+                continue;
+            };
+            let Some(seen) = self.store.cached(fences, &held.lease) else {
+                return;
+            };
+            let seen = seen.as_ref();
+            let version = seen.and_then(|lease| lease.metadata.resource_version.clone());
+            if version.is_some() && version == held.version {
+                held.seen_ours = true;
+                continue;
+            }
+            // The watch has not caught up with our write yet.
+            if !held.seen_ours && version == held.replaced {
+                continue;
+            }
+            let holder = seen.and_then(|lease| lease.spec.as_ref()?.holder_identity.as_deref());
+            if seen.is_some() && holder == Some(me) {
+                continue;
+            }
+            if held.checked.as_ref() == Some(&version) {
+                continue;
+            }
+            held.checked = Some(version);
+            let (store, lease, lost) = (self.store.clone(), held.lease.clone(), held.lost.clone());
+            let (name, me) = (name.clone(), me.to_owned());
+            tasks.spawn(async move {
+                match store.get(&lease).await {
+                    Ok(current) => {
+                        let holder = current
+                            .as_ref()
+                            .and_then(|l| l.spec.as_ref()?.holder_identity.clone());
+                        if holder.as_deref() != Some(me.as_str()) {
+                            tracing::warn!(
+                                cluster = %name,
+                                identity = me,
+                                lease = format!("{}/{lease}", store.namespace()),
+                                "the fence Lease no longer names this replica; cutting the work on its cluster"
+                            );
+                            lost.cancel();
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(cluster = %name, error = %err, "cannot read the fence Lease to check it");
+                    }
+                }
+            });
+        }
     }
 
     /// Starts or stops owning `name` as the current view wants.
@@ -618,13 +698,29 @@ impl Terms for PeerTerms {
     }
 }
 
-/// What the run loop tells a shard task: whether it is still wanted here and, once
-/// not, whether its cluster is gone from the fleet (then its fence is deleted rather
-/// than released).
+/// What the run loop and a shard task share: whether it is still wanted here and,
+/// once not, whether its cluster is gone from the fleet (then its fence is deleted
+/// rather than released); and, while it works, the fence it holds, which the run
+/// loop checks against the fences' watch.
 #[derive(Clone, Default)]
 pub(super) struct Wanted {
     pub token: CancellationToken,
     pub gone: Arc<AtomicBool>,
+    held: Arc<Mutex<Option<shard::Held>>>,
+}
+
+impl Wanted {
+    /// The shard works under `held` from now on; returns the token that cuts it.
+    fn hold(&self, held: shard::Held) -> CancellationToken {
+        let lost = held.lost.clone();
+        *lock(&self.held) = Some(held);
+        lost
+    }
+
+    /// The shard's work ended: its fence is no longer checked.
+    fn unhold(&self) {
+        lock(&self.held).take();
+    }
 }
 
 /// The run loop's state.

@@ -22,6 +22,10 @@ use tokio::time::Instant;
 /// The annotation of a peer Lease that holds the replica's weight.
 pub(crate) const WEIGHT_ANNOTATION: &str = "multicluster-runtime.io/shard-weight";
 
+/// The largest weight a peer counts with; a peer Lease that advertises more counts
+/// as this (see [`Sharding::weight`](crate::manager::Sharding::weight)).
+pub(crate) const MAX_WEIGHT: u32 = super::MAX_WEIGHT;
+
 /// A live replica.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Peer {
@@ -144,15 +148,16 @@ impl Peers {
     }
 }
 
-/// The weight written on a peer Lease; 1 if absent or unreadable.
+/// The weight written on a peer Lease, at most [`MAX_WEIGHT`]; 1 if absent or
+/// unreadable.
 fn weight(lease: &Lease) -> u32 {
     lease
         .metadata
         .annotations
         .as_ref()
         .and_then(|a| a.get(WEIGHT_ANNOTATION))
-        .and_then(|w| w.parse().ok())
-        .unwrap_or(1)
+        .and_then(|w| w.trim().parse::<u64>().ok())
+        .map_or(1, |w| w.min(u64::from(MAX_WEIGHT)) as u32)
 }
 
 #[cfg(test)]
@@ -174,6 +179,65 @@ mod tests {
                 ..LeaseSpec::default()
             }),
         })
+    }
+
+    fn weighted(name: &str, holder: &str, weight: &str) -> Arc<Lease> {
+        let mut lease = (*record(name, Some(holder), 0)).clone();
+        lease.metadata.annotations = Some([(WEIGHT_ANNOTATION.to_owned(), weight.to_owned())].into());
+        Arc::new(lease)
+    }
+
+    /// x07: a peer Lease advertising a huge weight counts with [`MAX_WEIGHT`], so it
+    /// cannot take every cluster from the honest replicas; weights up to the cap
+    /// count as written, and garbage as 1.
+    #[tokio::test(start_paused = true)]
+    async fn x07_a_peer_advertising_a_huge_weight_is_capped() {
+        let mut peers = Peers::default();
+        let now = Instant::now();
+        peers.observe(
+            &[
+                weighted("p-greedy", "greedy", "4294967295"),
+                weighted("p-huge", "huge", "99999999999999999999"),
+                weighted("p-honest", "honest", "1"),
+                weighted("p-capped", "capped", &MAX_WEIGHT.to_string()),
+                weighted("p-junk", "junk", "-3"),
+            ],
+            now,
+        );
+        let weights: Vec<(String, u32)> = peers
+            .live(now)
+            .into_iter()
+            .map(|p| (p.identity, p.weight))
+            .collect();
+        assert_eq!(
+            weights,
+            [
+                ("capped".to_owned(), MAX_WEIGHT),
+                ("greedy".to_owned(), MAX_WEIGHT),
+                ("honest".to_owned(), 1),
+                ("huge".to_owned(), 1),
+                ("junk".to_owned(), 1),
+            ]
+        );
+        // Against one honest replica, a greedy one leaves it its share of 1/(1+cap).
+        peers.observe(
+            &[
+                weighted("p-greedy", "greedy", "4294967295"),
+                weighted("p-honest", "honest", "1"),
+            ],
+            now,
+        );
+        let ring =
+            super::super::hrw::Ring::new(peers.live(now).iter().map(|p| (p.identity.as_str(), p.weight)));
+        let clusters = 20_000;
+        let honest = (0..clusters)
+            .filter(|c| ring.owner(&format!("cluster-{c}")) == Some("honest"))
+            .count();
+        let expected = clusters / (1 + MAX_WEIGHT as usize);
+        assert!(
+            honest > expected / 2 && honest < expected * 2,
+            "the honest replica owns {honest} of {clusters}, expected about {expected}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

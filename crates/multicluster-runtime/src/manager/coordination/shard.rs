@@ -45,6 +45,16 @@ use crate::cluster::ClusterName;
 use crate::manager::lease::{Claim, LeaseError, LeaseStore, whole_seconds};
 use crate::term::Term;
 
+/// How a term of work on a cluster ended.
+enum Worked {
+    /// The cluster was gone before its work started.
+    Gone,
+    /// Handed over: the work drained.
+    HandedOver,
+    /// Cut: the peer term ended or the fence changed.
+    Cut,
+}
+
 /// Why acquiring stopped without the fence.
 enum Missed {
     /// The cluster is no longer wanted here.
@@ -61,7 +71,7 @@ impl Coordinator {
     /// Owns `name` while `wanted` is not cancelled (see the [module docs](self)).
     pub(super) async fn own(self: Arc<Self>, name: ClusterName, wanted: Wanted) {
         let mut fence = Fence::new(self.store.clone(), self.fence_claim(&name));
-        let handed_over = self.work_on(&name, &wanted.token, &mut fence).await;
+        let handed_over = self.work_on(&name, &wanted, &mut fence).await;
         // However the work ended, the fence must not keep naming this replica: its
         // peer Lease may be renewed again soon, and then nobody could take it.
         if fence.claimed {
@@ -75,7 +85,8 @@ impl Coordinator {
     /// Takes the fence and works on `name` in each peer term while wanted. Returns
     /// whether it was handed over after working (rather than lost or never
     /// started); the fence may still be ours either way.
-    async fn work_on(&self, name: &ClusterName, wanted: &CancellationToken, fence: &mut Fence) -> bool {
+    async fn work_on(&self, name: &ClusterName, shard: &Wanted, fence: &mut Fence) -> bool {
+        let wanted = &shard.token;
         loop {
             let Some(peer) = self.peer_term(wanted).await else {
                 return false;
@@ -94,67 +105,89 @@ impl Coordinator {
             if peer.is_cancelled() {
                 continue;
             }
-            let term = Term::new();
-            // Engaging may wait on the user's code; a peer loss meanwhile cuts the
-            // term at once, so that nothing enters it past the renew deadline.
-            let start = self.host.start(name, &term);
-            tokio::pin!(start);
-            let started = tokio::select! {
-                started = &mut start => started,
-                () = peer.cancelled() => {
-                    term.cut();
-                    start.await
-                }
-            };
-            if !started {
-                // Gone meanwhile: nothing to work on.
-                return false;
-            }
-            self.changed(name, Ownership::Acquired);
-            // A lost term wins over a hand-over: its work must be cut, not drained.
-            let mut cut = tokio::select! {
-                biased;
-                () = peer.cancelled() => true,
-                () = wanted.cancelled() => false,
-            };
-            // Lost: end the term first. Disengaging may wait (for the cluster's
-            // gate, held across the user's engage), and new work must be refused
-            // from the renew deadline on, not from whenever that wait ends.
-            if cut {
-                term.cut();
-            }
-            // Disengage, then wait for the work inside; a hand-over drains it unless
-            // the peer term ends meanwhile.
-            let drain = async {
-                self.host.stop(name, &term).await;
-                term.end(false).await;
-            };
-            tokio::pin!(drain);
-            if cut {
-                drain.await;
-            } else {
-                tokio::select! {
-                    biased;
-                    () = peer.cancelled() => {
-                        term.cut();
-                        cut = true;
-                        drain.await;
+            // What cuts the work: the end of the peer term, or the fence changed by
+            // someone else (the run loop watches the fences we hold).
+            let held = shard.hold(fence.held(&peer));
+            let outcome = self.work_in_term(name, wanted, &held).await;
+            shard.unhold();
+            match outcome {
+                Worked::Gone => return false,
+                Worked::HandedOver => return true,
+                Worked::Cut => {
+                    let reason = if peer.is_cancelled() {
+                        "peer lease not renewed within the renew deadline"
+                    } else {
+                        "the fence Lease was changed by someone else"
+                    };
+                    self.changed(name, Ownership::Lost(reason.to_owned()));
+                    if wanted.is_cancelled() {
+                        return false;
                     }
-                    () = &mut drain => {}
                 }
             }
-            if cut {
-                self.host.forget(name).await;
-                let reason = "peer lease not renewed within the renew deadline".to_owned();
-                self.changed(name, Ownership::Lost(reason));
-                if wanted.is_cancelled() {
-                    return false;
-                }
-                continue;
-            }
-            self.host.forget(name).await;
-            return true;
         }
+    }
+
+    /// Works on `name` under a new term until `wanted` is cancelled (a hand-over:
+    /// the work drains) or `held` is (the peer term ended or the fence changed: the
+    /// work is cut).
+    async fn work_in_term(
+        &self,
+        name: &ClusterName,
+        wanted: &CancellationToken,
+        held: &CancellationToken,
+    ) -> Worked {
+        let term = Term::new();
+        // Engaging may wait on the user's code; a loss meanwhile cuts the term at
+        // once, so that nothing enters it past the renew deadline.
+        let start = self.host.start(name, &term);
+        tokio::pin!(start);
+        let started = tokio::select! {
+            started = &mut start => started,
+            () = held.cancelled() => {
+                term.cut();
+                start.await
+            }
+        };
+        if !started {
+            // Gone meanwhile: nothing to work on.
+            return Worked::Gone;
+        }
+        self.changed(name, Ownership::Acquired);
+        // A loss wins over a hand-over: its work must be cut, not drained.
+        let mut cut = tokio::select! {
+            biased;
+            () = held.cancelled() => true,
+            () = wanted.cancelled() => false,
+        };
+        // Lost: end the term first. Disengaging may wait (for the cluster's gate,
+        // held across the user's engage), and new work must be refused from the
+        // renew deadline on, not from whenever that wait ends.
+        if cut {
+            term.cut();
+        }
+        // Disengage, then wait for the work inside; a hand-over drains it unless a
+        // loss comes meanwhile.
+        let drain = async {
+            self.host.stop(name, &term).await;
+            term.end(false).await;
+        };
+        tokio::pin!(drain);
+        if cut {
+            drain.await;
+        } else {
+            tokio::select! {
+                biased;
+                () = held.cancelled() => {
+                    term.cut();
+                    cut = true;
+                    drain.await;
+                }
+                () = &mut drain => {}
+            }
+        }
+        self.host.forget(name).await;
+        if cut { Worked::Cut } else { Worked::HandedOver }
     }
 
     /// Gives the fence up (deletes it if the cluster is `gone`), trying again every
@@ -226,6 +259,24 @@ impl Coordinator {
     ) -> Result<Option<Duration>, LeaseError> {
         let probe = self.options.probe_interval;
         let current = fence.read().await?;
+        // The fence's name is a hash of the cluster's: a record whose annotation names
+        // another cluster is that cluster's fence (a collision) or was written by
+        // someone else. Taking it would take it from that cluster; wait until it is
+        // put right (deleted, or its annotation fixed).
+        if current
+            .as_ref()
+            .is_some_and(|lease| fence.names_another_cluster(lease))
+        {
+            if !fence.warned_foreign {
+                fence.warned_foreign = true;
+                tracing::warn!(
+                    lease = fence.lease(),
+                    annotation = super::CLUSTER_ANNOTATION,
+                    "the fence Lease names another cluster; not taking it (delete it if it is stale)"
+                );
+            }
+            return Ok(Some(probe));
+        }
         let holder = current
             .as_ref()
             .and_then(|l| l.spec.as_ref()?.holder_identity.clone())
@@ -296,6 +347,30 @@ struct Fence {
     /// Whether the fence may name us: from the first attempt to take it (a write
     /// that failed may still have landed) until a release finds it is not ours.
     claimed: bool,
+    /// Whether a record naming another cluster was reported.
+    warned_foreign: bool,
+    /// The `resourceVersion` of the record our last take replaced (`None`: it
+    /// created the fence).
+    replaced: Option<String>,
+}
+
+/// A fence this replica holds and works under, as the run loop checks it against
+/// the fences' watch (see [`Coordinator::check_fences`]).
+pub(super) struct Held {
+    /// The fence's Lease name.
+    pub lease: String,
+    /// The `resourceVersion` we wrote.
+    pub version: Option<String>,
+    /// The version our write replaced: a watch that still shows it is behind, not
+    /// changed, until it has shown ours.
+    pub replaced: Option<String>,
+    /// Whether the watch has shown our version.
+    pub seen_ours: bool,
+    /// The last version (or absence) a fresh read was made for.
+    pub checked: Option<Option<String>>,
+    /// Cancelled when the work must be cut: a child of the peer term, cancelled
+    /// also when a fresh read shows the fence is no longer ours.
+    pub lost: CancellationToken,
 }
 
 impl Fence {
@@ -305,6 +380,38 @@ impl Fence {
             claim,
             written: None,
             claimed: false,
+            warned_foreign: false,
+            replaced: None,
+        }
+    }
+
+    /// The fence as just taken, to be held within `peer`.
+    fn held(&self, peer: &CancellationToken) -> Held {
+        Held {
+            lease: self.claim.name.clone(),
+            version: self
+                .written
+                .as_ref()
+                .and_then(|l| l.metadata.resource_version.clone()),
+            replaced: self.replaced.clone(),
+            seen_ours: false,
+            checked: None,
+            lost: peer.child_token(),
+        }
+    }
+
+    /// Whether `lease`, stored under this fence's name, says it is the fence of
+    /// another cluster. A record without the annotation names none: taking it
+    /// writes ours.
+    fn names_another_cluster(&self, lease: &Lease) -> bool {
+        let annotation = |annotations: Option<&std::collections::BTreeMap<String, String>>| {
+            annotations
+                .and_then(|a| a.get(super::CLUSTER_ANNOTATION))
+                .cloned()
+        };
+        match annotation(lease.metadata.annotations.as_ref()) {
+            Some(named) => annotation(Some(&self.claim.annotations)) != Some(named),
+            None => false,
         }
     }
 
@@ -320,6 +427,7 @@ impl Fence {
     /// first.
     async fn take(&mut self, current: Option<Lease>) -> Result<bool, LeaseError> {
         self.claimed = true;
+        self.replaced = current.as_ref().and_then(|l| l.metadata.resource_version.clone());
         let now = Some(MicroTime(Timestamp::now()));
         let transitions = current
             .as_ref()
@@ -336,6 +444,16 @@ impl Fence {
         };
         let written = match current {
             Some(mut lease) => {
+                // Our label and annotation, whatever the record had.
+                let metadata = &mut lease.metadata;
+                metadata
+                    .labels
+                    .get_or_insert_default()
+                    .extend(self.claim.labels.clone());
+                metadata
+                    .annotations
+                    .get_or_insert_default()
+                    .extend(self.claim.annotations.clone());
                 lease.spec = Some(spec);
                 self.store.replace(lease).await
             }
@@ -424,9 +542,90 @@ impl Fence {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+
     use super::*;
     use crate::manager::Sharding;
+    use crate::manager::coordination::{CLUSTER_ANNOTATION, FENCE_LABEL, Host};
     use crate::manager::lease::memory::{MemoryLeases, Records};
+
+    /// Components that record which clusters were started, and hold no work.
+    #[derive(Default)]
+    struct Started(Mutex<Vec<ClusterName>>);
+
+    #[async_trait]
+    impl Host for Started {
+        async fn start(&self, name: &ClusterName, term: &Term) -> bool {
+            let entered = term.enter().is_some();
+            if entered {
+                self.0.lock().unwrap().push(name.clone());
+            }
+            entered
+        }
+        async fn stop(&self, _: &ClusterName, _: &Term) {}
+        async fn forget(&self, _: &ClusterName) {}
+    }
+
+    fn fence_record(name: &str, cluster: &str) -> Lease {
+        Lease {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                namespace: Some("sim".into()),
+                labels: Some([(FENCE_LABEL.to_owned(), "sim".to_owned())].into()),
+                annotations: Some([(CLUSTER_ANNOTATION.to_owned(), cluster.to_owned())].into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec::default()),
+        }
+    }
+
+    /// x07: a free fence Lease under this cluster's fence name whose annotation
+    /// names another cluster is not taken (nor changed), and the cluster is not
+    /// worked on, for many probe intervals; once it is deleted, the cluster's own
+    /// fence is taken and the cluster is worked on.
+    #[tokio::test(start_paused = true)]
+    async fn x07_a_fence_naming_another_cluster_is_not_taken() {
+        let records = Arc::new(Records::default());
+        let store = Arc::new(MemoryLeases::new(records.clone()));
+        let options = Sharding::new("sim").identity("a");
+        let (x, fence) = (ClusterName::from("x"), options.fence_lease(&"x".into()));
+        store.create(fence_record(&fence, "y")).await.expect("created");
+        let host = Arc::new(Started::default());
+        let coordinator = Coordinator::new(options.clone(), store.clone(), host.clone());
+        coordinator.known(&x, 0);
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(coordinator.clone().run(stop.clone()));
+        // Six probe intervals on the paused clock: every attempt has run.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(host.0.lock().unwrap().is_empty(), "x was worked on");
+        assert_eq!(
+            records.writes_to(&fence),
+            1,
+            "the other cluster's fence was written"
+        );
+        let stored = records.get(&fence).expect("the fence stays");
+        assert_eq!(
+            stored.metadata.annotations.as_ref().unwrap()[CLUSTER_ANNOTATION],
+            "y"
+        );
+
+        store.delete(&fence, None).await.expect("deleted");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(*host.0.lock().unwrap(), [x]);
+        let taken = records.get(&fence).expect("x's fence");
+        assert_eq!(
+            taken.metadata.annotations.as_ref().unwrap()[CLUSTER_ANNOTATION],
+            "x"
+        );
+        assert_eq!(
+            taken.spec.as_ref().and_then(|s| s.holder_identity.as_deref()),
+            Some("a")
+        );
+        stop.cancel();
+        run.await.expect("coordinator stops");
+    }
 
     /// r08: deleting the fence of a removed cluster never deletes a fence that
     /// another replica has taken since; its own, it deletes.

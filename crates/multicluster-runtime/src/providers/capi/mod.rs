@@ -48,13 +48,25 @@
 //!
 //! # Host watches
 //!
-//! The provider reads through the host cluster's shared [`Cache`]: one watch of
-//! `Cluster`s and one of `Secret`s (all Secrets of the watched namespaces, since
-//! Secrets are found by name; narrow it with
-//! [`ClusterApiOptions::secret_label_selector`], e.g. `cluster.x-k8s.io/cluster-name`,
-//! which Cluster API sets on the Secrets it writes). Controllers of the host that
-//! watch the same type and selection share those watches. Do not set a transform on
-//! the host cache that drops Secret `data`.
+//! The provider reads `Cluster`s through the host cluster's shared [`Cache`], so
+//! controllers of the host that watch them share that watch.
+//!
+//! Secrets are read through a cache of the provider's own (one watch, with the same
+//! namespaces as the host's `Cluster` watch), which holds as little as it can:
+//!
+//! - **Only Cluster API's Secrets reach it.** The watch asks the apiserver for the
+//!   Secrets labelled [`CLUSTER_NAME_LABEL`] and of type [`SECRET_TYPE`] (what
+//!   Cluster API sets on the kubeconfig Secrets it writes), so no other Secret of the
+//!   namespaces is ever sent to the controller. Change the selection with
+//!   [`ClusterApiOptions::secret_label_selector`] and
+//!   [`ClusterApiOptions::secret_field_selector`] if another writer labels them
+//!   differently.
+//! - **Only the kubeconfig is kept.** Before a Secret is stored, every data key but
+//!   [`KUBECONFIG_SECRET_KEY`] is dropped (Cluster API's certificate Secrets,
+//!   `<cluster>-ca`, `-etcd`, `-sa`, `-proxy`, match the selection and hold private
+//!   keys under other keys), and so are annotations (`kubectl apply` copies a whole
+//!   Secret into one); a Secret whose name is not `<cluster>-kubeconfig` keeps no
+//!   data at all. [`ClusterApi::secrets`] shows what is held.
 //!
 //! # Example
 //!
@@ -77,7 +89,7 @@
 //! ```
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Secret;
@@ -99,6 +111,12 @@ pub const GROUP: &str = "cluster.x-k8s.io";
 pub const KUBECONFIG_SECRET_SUFFIX: &str = "-kubeconfig";
 /// The key of the kubeconfig in that Secret.
 pub const KUBECONFIG_SECRET_KEY: &str = "value";
+/// The label Cluster API sets on the Secrets it writes for a `Cluster`, with the
+/// `Cluster`'s name as its value.
+pub const CLUSTER_NAME_LABEL: &str = "cluster.x-k8s.io/cluster-name";
+/// The type of the Secrets Cluster API writes for a `Cluster` (kubeconfig and
+/// certificates).
+pub const SECRET_TYPE: &str = "cluster.x-k8s.io/secret";
 /// The condition type both API versions use for an initialized control plane.
 pub const CONTROL_PLANE_INITIALIZED: &str = "ControlPlaneInitialized";
 
@@ -204,17 +222,33 @@ fn condition_is_true(conditions: &Value, kind: &str) -> bool {
 /// let options = ClusterApiOptions::default()
 ///     .version(ClusterApiVersion::V1Beta1)
 ///     .namespace("fleet")
-///     .secret_label_selector("cluster.x-k8s.io/cluster-name")
+///     .secret_label_selector("cluster.x-k8s.io/cluster-name=eu-1")
 ///     .kubeconfig_policy(KubeconfigPolicy::untrusted());
+/// assert_eq!(options.secret_spec().field_selector.as_deref(), Some("type=cluster.x-k8s.io/secret"));
 /// ```
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ClusterApiOptions {
     version: ClusterApiVersion,
     namespace: Option<String>,
-    secret_label_selector: Option<String>,
+    secret_label_selector: String,
+    secret_field_selector: String,
     kubeconfig_policy: KubeconfigPolicy,
     cluster_options: ClusterOptions,
     ready: Option<ReadyFn>,
+}
+
+impl Default for ClusterApiOptions {
+    fn default() -> Self {
+        ClusterApiOptions {
+            version: ClusterApiVersion::default(),
+            namespace: None,
+            secret_label_selector: CLUSTER_NAME_LABEL.into(),
+            secret_field_selector: format!("type={SECRET_TYPE}"),
+            kubeconfig_policy: KubeconfigPolicy::default(),
+            cluster_options: ClusterOptions::default(),
+            ready: None,
+        }
+    }
 }
 
 impl fmt::Debug for ClusterApiOptions {
@@ -223,6 +257,7 @@ impl fmt::Debug for ClusterApiOptions {
             .field("version", &self.version)
             .field("namespace", &self.namespace)
             .field("secret_label_selector", &self.secret_label_selector)
+            .field("secret_field_selector", &self.secret_field_selector)
             .field("kubeconfig_policy", &self.kubeconfig_policy)
             .field("cluster_options", &self.cluster_options)
             .field("custom_ready", &self.ready.is_some())
@@ -246,12 +281,22 @@ impl ClusterApiOptions {
         self
     }
 
-    /// Watches only the Secrets matching this label selector, e.g.
-    /// `cluster.x-k8s.io/cluster-name` (set by Cluster API on the Secrets it
-    /// writes). Default: every Secret of the watched namespaces.
+    /// Watches only the Secrets matching this label selector. Default:
+    /// [`CLUSTER_NAME_LABEL`] (any value), which Cluster API sets on the Secrets it
+    /// writes. An empty selector selects by label no longer (then the
+    /// [field selector](Self::secret_field_selector) alone decides).
     #[must_use]
     pub fn secret_label_selector(mut self, selector: impl Into<String>) -> Self {
-        self.secret_label_selector = Some(selector.into());
+        self.secret_label_selector = selector.into();
+        self
+    }
+
+    /// Watches only the Secrets matching this field selector. Default:
+    /// `type=`[`SECRET_TYPE`], the type of the Secrets Cluster API writes. An empty
+    /// selector selects by field no longer.
+    #[must_use]
+    pub fn secret_field_selector(mut self, selector: impl Into<String>) -> Self {
+        self.secret_field_selector = selector.into();
         self
     }
 
@@ -297,6 +342,15 @@ impl ClusterApiOptions {
             None => WatchSpec::default(),
         }
     }
+
+    /// Which Secrets the provider watches: those of its namespaces that match its
+    /// label and field selectors (empty selectors select everything).
+    pub fn secret_spec(&self) -> WatchSpec {
+        self.namespace_spec()
+            .labels(&self.secret_label_selector)
+            .fields(&self.secret_field_selector)
+            .normalized()
+    }
 }
 
 /// A provider of one cluster per Cluster API `Cluster` of a host cluster; see the
@@ -308,6 +362,8 @@ pub struct ClusterApi {
     clusters: Clusters,
     host: Cache,
     options: ClusterApiOptions,
+    /// The informer of the kubeconfig Secrets while the provider runs.
+    secrets: Mutex<Option<Arc<Informer<Secret>>>>,
 }
 
 impl fmt::Debug for ClusterApi {
@@ -328,7 +384,20 @@ impl ClusterApi {
             clusters: Clusters::new(),
             host: host.cache().clone(),
             options,
+            secrets: Mutex::new(None),
         }
+    }
+
+    /// The informer of the Secrets the provider reads kubeconfigs from, while it
+    /// runs (`None` before it starts and after it stops): the Secrets its
+    /// [selection](ClusterApiOptions::secret_spec) gives, each holding no data key
+    /// but [`KUBECONFIG_SECRET_KEY`] (see [Host watches](self#host-watches)).
+    pub fn secrets(&self) -> Option<Arc<Informer<Secret>>> {
+        self.secrets_slot().clone()
+    }
+
+    fn secrets_slot(&self) -> MutexGuard<'_, Option<Arc<Informer<Secret>>>> {
+        self.secrets.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The name of the cluster of the `Cluster` `namespace/name`.
@@ -367,15 +436,23 @@ impl ProviderRunnable for ClusterApi {
     /// stop (its cache was stopped) while `token` is not cancelled.
     async fn start(&self, token: CancellationToken, aware: Arc<dyn Aware>) -> Result<()> {
         let options = &self.options;
-        let scope = options.namespace_spec();
         let primary = self
             .host
-            .informer_with::<DynamicObject>(&options.version.api_resource(), scope.clone());
-        let secret_spec = match &options.secret_label_selector {
-            Some(selector) => scope.labels(selector),
-            None => scope,
-        };
-        let secrets = self.host.informer_with::<Secret>(&(), secret_spec);
+            .informer_with::<DynamicObject>(&options.version.api_resource(), options.namespace_spec());
+        // The Secrets through a cache of the provider's own: its transform (which
+        // applies to every Secret informer of a cache) must not touch the host's
+        // other Secret informers. Its watch ends with this function, however it ends.
+        let cache_token = token.child_token();
+        let stop = cache_token.clone().drop_guard();
+        let cache = Cache::new(
+            self.host.cluster().clone(),
+            self.host.client().clone(),
+            self.host.options().clone(),
+            cache_token,
+        );
+        cache.set_transform::<Secret>(keep_kubeconfig_only);
+        let secrets = cache.informer_with::<Secret>(&(), options.secret_spec());
+        *self.secrets_slot() = Some(secrets.clone());
         let planner = CapiPlanner {
             clusters: primary.clone(),
             secrets: secrets.clone(),
@@ -393,8 +470,23 @@ impl ProviderRunnable for ClusterApi {
             primary,
             secrets: Some(secrets),
         };
-        engine.run(watches, token, aware).await
+        let result = engine.run(watches, token, aware).await;
+        *self.secrets_slot() = None;
+        drop(stop);
+        cache.stopped().await;
+        result
     }
+}
+
+/// The cache transform of the Secrets: a kubeconfig Secret keeps its kubeconfig key
+/// only, any other Secret no data; annotations go too.
+fn keep_kubeconfig_only(secret: &mut Secret) {
+    let kubeconfig = cluster_of_secret(secret).is_some();
+    if let Some(data) = secret.data.as_mut() {
+        data.retain(|key, _| kubeconfig && key == KUBECONFIG_SECRET_KEY);
+    }
+    secret.string_data = None;
+    secret.metadata.annotations = None;
 }
 
 /// Decides what the cluster of a `Cluster` object should be.

@@ -45,7 +45,10 @@
 //!
 //! Exec plugins are allowed here because the *operator* named them; a profile can
 //! only pick one of them by name, and add arguments or environment only where the
-//! operator's policy says so. From the profile, the provider takes the cluster's
+//! operator's policy says so; even then, never a variable that picks the program or
+//! loads code into it (`PATH`, `LD_*`, `DYLD_*` and the others of
+//! [`REFUSED_PROFILE_ENV_VARS`]): such a profile is refused with an error that names
+//! the variable. From the profile, the provider takes the cluster's
 //! `server`, `certificate-authority-data`, `tls-server-name`, `proxy-url`,
 //! `disable-compression` and `extensions`; it refuses a `certificate-authority`
 //! file path, and `insecure-skip-tls-verify: true` and `proxy-url` unless the
@@ -96,7 +99,9 @@ pub enum EnvVarsPolicy {
     /// Not passed. The default.
     #[default]
     Ignore,
-    /// Added where the operator's `env` does not set the variable.
+    /// Added where the operator's `env` does not set the variable. Under this and
+    /// [`Replace`](Self::Replace), a profile that sets one of
+    /// [`REFUSED_PROFILE_ENV_VARS`] is refused.
     AppendIfNotExists,
     /// Added, replacing the operator's value of the same variable.
     Replace,
@@ -373,6 +378,11 @@ fn add_envs(exec: &mut ExecConfig, value: &Value, policy: EnvVarsPolicy) -> Resu
     }
     let extra: BTreeMap<String, String> =
         serde_json::from_value(value.clone()).map_err(|_| "expected a map of strings".to_owned())?;
+    for name in extra.keys() {
+        if let Some(why) = refused_env_name(name) {
+            return Err(why);
+        }
+    }
     let env = exec.env.get_or_insert_with(Vec::new);
     for (name, value) in extra {
         let existing = env
@@ -387,6 +397,70 @@ fn add_envs(exec: &mut ExecConfig, value: &Value, policy: EnvVarsPolicy) -> Resu
         }
     }
     Ok(())
+}
+
+/// Environment variables a profile may not set for the operator's plugin, whatever
+/// the operator's [`EnvVarsPolicy`]: they change which program runs, or load code
+/// into it, rather than configure it.
+///
+/// - `PATH`: which program a bare command name (and anything the plugin starts)
+///   runs;
+/// - every `LD_*` (`LD_PRELOAD`, `LD_LIBRARY_PATH`, `LD_AUDIT`, …) and `DYLD_*`
+///   variable: the dynamic loader loads libraries of their choice into the plugin;
+/// - `BASH_ENV`, `ENV` and `BASH_FUNC_*`: a shell-script plugin reads a file of
+///   their choice, or imports functions, before its first line;
+/// - `GCONV_PATH`, `HOSTALIASES`, `RESOLV_HOST_CONF`, `LOCALDOMAIN`: the C library
+///   loads modules or reads name resolution from where they say;
+/// - interpreters' start-up hooks: `PYTHONPATH`, `PYTHONSTARTUP`, `PYTHONHOME`,
+///   `PERL5LIB`, `PERL5OPT`, `RUBYLIB`, `RUBYOPT`, `NODE_OPTIONS`,
+///   `JAVA_TOOL_OPTIONS`, `_JAVA_OPTIONS`;
+/// - `KUBERNETES_EXEC_INFO`: what kube tells the plugin about the cluster.
+///
+/// Names are compared without regard to case (Windows reads `Path` as `PATH`).
+/// Empty names and names with `=` or NUL are refused too: `LD_PRELOAD=x` as a name
+/// would reach the plugin as the variable `LD_PRELOAD`.
+pub const REFUSED_PROFILE_ENV_VARS: &[&str] = &[
+    "PATH",
+    "BASH_ENV",
+    "ENV",
+    "GCONV_PATH",
+    "HOSTALIASES",
+    "RESOLV_HOST_CONF",
+    "LOCALDOMAIN",
+    "PYTHONPATH",
+    "PYTHONSTARTUP",
+    "PYTHONHOME",
+    "PERL5LIB",
+    "PERL5OPT",
+    "RUBYLIB",
+    "RUBYOPT",
+    "NODE_OPTIONS",
+    "JAVA_TOOL_OPTIONS",
+    "_JAVA_OPTIONS",
+    "KUBERNETES_EXEC_INFO",
+];
+
+/// Prefixes of [`REFUSED_PROFILE_ENV_VARS`]: every variable starting with one.
+const REFUSED_PROFILE_ENV_PREFIXES: &[&str] = &["LD_", "DYLD_", "BASH_FUNC_"];
+
+/// Why a profile may not set the environment variable `name`, if it may not. The
+/// reason names the variable, never a value.
+fn refused_env_name(name: &str) -> Option<String> {
+    if name.is_empty() || name.contains(['=', '\0']) {
+        return Some("an environment variable name is empty or holds '=' or NUL; refused".into());
+    }
+    let upper = name.to_ascii_uppercase();
+    let refused = REFUSED_PROFILE_ENV_VARS.contains(&upper.as_str())
+        || REFUSED_PROFILE_ENV_PREFIXES
+            .iter()
+            .any(|prefix| upper.starts_with(prefix));
+    refused.then(|| {
+        format!(
+            "sets the environment variable {name:?}, which changes what program runs or loads \
+             code into it; refused: a profile may not set it, whatever the provider's \
+             profileSourcedEnvVarsPolicy"
+        )
+    })
 }
 
 fn invalid(origin: &str, reason: String) -> Error {
@@ -580,9 +654,10 @@ mod tests {
             .err()
             .expect("denied");
         assert!(
-            err.contains("server host 169.254.169.254 is in the deny-list entry 169.254.0.0/16"),
+            err.contains("server host is in the deny-list entry 169.254.0.0/16"),
             "{err}"
         );
+        assert!(!err.contains("169.254.169.254"), "{err}");
     }
 
     #[test]
@@ -645,6 +720,83 @@ mod tests {
             .err()
             .expect("invalid");
         assert!(err.contains("list of strings"), "{err}");
+    }
+
+    /// x06: a profile cannot set the variables that choose the program or load code
+    /// into it (`PATH`, `LD_*`, `DYLD_*`, …), under any policy that passes its
+    /// variables on; the error names the variable, not its value. The operator's own
+    /// `env` is not limited, and other variables still pass.
+    #[test]
+    fn x06_a_profile_cannot_set_loader_or_path_variables() {
+        const VALUE: &str = "/tmp/x06-marker-value.so";
+        for policy in ["AppendIfNotExists", "Replace"] {
+            let providers = file(&format!(r#", "profileSourcedEnvVarsPolicy": "{policy}""#));
+            for name in [
+                "LD_PRELOAD",
+                "LD_LIBRARY_PATH",
+                "PATH",
+                "LD_AUDIT",
+                "DYLD_INSERT_LIBRARIES",
+                "ld_preload",
+                "Path",
+                "BASH_ENV",
+                "BASH_FUNC_curl%%",
+                "LD_PRELOAD=/x.so",
+                "KUBERNETES_EXEC_INFO",
+            ] {
+                let envs = json!({ "KEEP2": "fine", name: VALUE });
+                let cluster = json!({ "server": "https://x", "extensions": [
+                    { "name": ADDITIONAL_ENVS_EXTENSION, "extension": envs }] });
+                let err = providers
+                    .target_for(
+                        &profile(access("ocm", cluster)),
+                        "ClusterProfile inv/p",
+                        &KubeconfigPolicy::untrusted(),
+                    )
+                    .expect("offered")
+                    .err()
+                    .unwrap_or_else(|| panic!("{name} is refused under {policy}"));
+                assert!(
+                    err.starts_with("ClusterProfile inv/p access provider \"ocm\": extension"),
+                    "{err}"
+                );
+                assert!(!err.contains("x06-marker"), "{err}");
+                if !name.contains('=') {
+                    assert!(
+                        err.contains(&format!("environment variable {name:?}")) && err.contains("refused"),
+                        "{err}"
+                    );
+                }
+            }
+            let cluster = json!({ "server": "https://x", "extensions": [
+                { "name": ADDITIONAL_ENVS_EXTENSION, "extension": { "LOG_LEVEL": "debug", "PATHS": "a" } }] });
+            providers
+                .target_for(
+                    &profile(access("ocm", cluster)),
+                    "p",
+                    &KubeconfigPolicy::untrusted(),
+                )
+                .expect("offered")
+                .expect("ordinary variables pass");
+        }
+        // Ignored variables are not looked at: nothing reaches the plugin.
+        let cluster = json!({ "server": "https://x", "extensions": [
+            { "name": ADDITIONAL_ENVS_EXTENSION, "extension": { "LD_PRELOAD": VALUE } }] });
+        let target = file("")
+            .target_for(
+                &profile(access("ocm", cluster)),
+                "p",
+                &KubeconfigPolicy::untrusted(),
+            )
+            .expect("offered")
+            .expect("ignored");
+        assert!(
+            exec_of(&target)
+                .env
+                .iter()
+                .flatten()
+                .all(|e| e["name"] != "LD_PRELOAD")
+        );
     }
 
     #[test]

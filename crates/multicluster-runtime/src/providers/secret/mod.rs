@@ -51,7 +51,9 @@
 //! [`endpoints`](KubeconfigPolicy::endpoints) can limit servers to an allow-list and
 //! refuse a deny-list (e.g. [`EndpointPolicy::deny_local`]: loopback, link-local,
 //! cloud metadata). A refused Secret gives a `KubeconfigRefused` Warning Event whose
-//! note names the rule and the field.
+//! note names the entry (by position), the field and the rule, and copies nothing of
+//! the Secret: not the exec command, an auth provider's name, or the server's host
+//! (Events are read by more people than the Secret).
 //!
 //! # RBAC
 //!
