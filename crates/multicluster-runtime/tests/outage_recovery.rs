@@ -28,8 +28,10 @@ const WITHIN: Duration = Duration::from_secs(5 + 3);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v01_every_outage_is_recovered_within_a_probe_interval() {
     let capture = support::logs::Capture::default();
-    tracing::subscriber::set_global_default(capture.subscriber("warn,kube_client=off,kube_runtime=off"))
-        .expect("the only subscriber of this binary");
+    tracing::subscriber::set_global_default(
+        capture.subscriber("warn,multicluster_runtime=info,kube_client=off,kube_runtime=off"),
+    )
+    .expect("the only subscriber of this binary");
     let env = Env::new(2).await;
     assert_eq!(HealthProbes::DEFAULT_INTERVAL, WITHIN - Duration::from_secs(3));
     let (controller, recorder) = recording(Controller::builder(&env.manager)).await;
@@ -68,7 +70,13 @@ async fn v01_every_outage_is_recovered_within_a_probe_interval() {
         );
         assert!(
             took <= WITHIN,
-            "outage {outage:?}: reconciled {took:?} after the apiserver was back"
+            "outage {outage:?}: reconciled {took:?} after the apiserver was back; the logs about c1:\n{}",
+            capture
+                .text()
+                .lines()
+                .filter(|l| l.contains("c1"))
+                .collect::<Vec<_>>()
+                .join("\n")
         );
         // The documented backoff (0.8 s doubling, at most 30 s, up to a quarter
         // more) allows 6 attempts in 30 s; a resource version too old adds a list.

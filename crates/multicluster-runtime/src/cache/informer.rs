@@ -417,16 +417,22 @@ impl<K> Informer<K> {
     }
 }
 
-/// Whether `error` came without an answer from the apiserver (connection refused
-/// or reset, a timeout, TLS): the apiserver answering again is what the watch
-/// waits for. An error with an HTTP status (forbidden, not found) is the
-/// apiserver's answer, and waits out its backoff.
+/// Whether `error` says the apiserver is not there or not serving: no answer
+/// (connection refused or reset, a timeout, TLS), or an answer of 5xx or 429 (an
+/// apiserver starting or shutting down says so). The apiserver answering its
+/// probes again is what such a watch waits for. Any other status (forbidden, not
+/// found) is the apiserver's considered answer, and waits out its backoff.
 fn is_unreachable(error: &watcher::Error) -> bool {
+    let unavailable = |code: u16| code >= 500 || code == 429;
     match error {
         watcher::Error::InitialListFailed(error)
         | watcher::Error::WatchStartFailed(error)
-        | watcher::Error::WatchFailed(error) => !matches!(error, kube::Error::Api(_)),
-        watcher::Error::WatchError(_) | watcher::Error::NoResourceVersion => false,
+        | watcher::Error::WatchFailed(error) => match error {
+            kube::Error::Api(status) => unavailable(status.code),
+            _ => true,
+        },
+        watcher::Error::WatchError(status) => unavailable(status.code),
+        watcher::Error::NoResourceVersion => false,
     }
 }
 
@@ -455,6 +461,15 @@ impl<K> Core<K> {
     /// when the error changes, and every [`WARN_AGAIN_AFTER`] while it repeats; at
     /// debug level otherwise (v01, issue 21).
     fn record_error(&self, error: watcher::Error) {
+        if super::retry::is_expired(&error) {
+            // How a watch catches up after a gap: the watcher lists again now.
+            tracing::debug!(
+                cluster = %self.cluster,
+                resource = %self.resource,
+                "watch expired (410); listing again"
+            );
+            return;
+        }
         let description: Arc<str> = redact::describe(&error).into();
         self.failures.fetch_add(1, Ordering::Relaxed);
         self.unreachable.store(is_unreachable(&error), Ordering::Relaxed);

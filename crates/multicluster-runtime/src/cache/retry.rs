@@ -37,15 +37,31 @@ where
             }
             let item = events.next().await?;
             let failures = match &item {
+                // The resource version is too old: the watcher lists again next,
+                // which is how a watch catches up, not a failure to back off from.
+                Err(error) if is_expired(error) => failures,
                 Err(_) => failures.saturating_add(1),
                 // Announces a list attempt: nothing has succeeded yet.
                 Ok(watcher::Event::Init) => failures,
                 Ok(_) => 0,
             };
-            let failed = item.is_err();
+            let failed = item.as_ref().is_err_and(|error| !is_expired(error));
             Some((item, (events, failures, failed)))
         },
     )
+}
+
+/// Whether `error` says the watch's resource version expired (410 Gone): the
+/// watcher then lists anew at once.
+pub(crate) fn is_expired(error: &watcher::Error) -> bool {
+    const GONE: u16 = 410;
+    match error {
+        watcher::Error::WatchError(status) => status.code == GONE,
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.code == GONE,
+        _ => false,
+    }
 }
 
 /// `delay`, longer by a random part of up to a quarter.
@@ -88,6 +104,25 @@ mod tests {
         for (gap, least) in gaps.iter().zip(expected) {
             assert!(*gap >= least && *gap <= least + least / 4, "{gaps:?}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn v01_an_expired_resource_version_is_listed_again_at_once() {
+        let gone = || {
+            let status = kube::core::Status::failure("too old resource version", "Expired").with_code(410);
+            Err(watcher::Error::WatchError(Box::new(status)))
+        };
+        let script = stream::iter([
+            Err(watcher::Error::NoResourceVersion),
+            gone(),
+            Ok(watcher::Event::<()>::Init),
+            Ok(watcher::Event::InitDone),
+        ]);
+        let started = tokio::time::Instant::now();
+        let times: Vec<Duration> = with_backoff(script).map(|_| started.elapsed()).collect().await;
+        // One backoff after the real failure, none after the expiry.
+        assert!(times[1] >= Duration::from_millis(800), "{times:?}");
+        assert_eq!(times[3], times[1], "{times:?}");
     }
 
     #[tokio::test(start_paused = true)]

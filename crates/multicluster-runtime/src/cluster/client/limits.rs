@@ -25,10 +25,8 @@ use tower::{BoxError, Layer, Service};
 /// use multicluster_runtime::cluster::{ClientOptions, ResponseLimits};
 ///
 /// // Lists of large custom resources, a page at a time: a larger body allowance.
-/// let options = ClientOptions::default().response_limits(ResponseLimits {
-///     body: 256 << 20,
-///     ..ResponseLimits::default()
-/// });
+/// let options = ClientOptions::default().response_limits(ResponseLimits::default().body(256 << 20));
+/// assert_eq!(options.response_limits.body, 256 << 20);
 /// assert_eq!(options.response_limits.watch_event, 16 << 20);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +39,22 @@ pub struct ResponseLimits {
     /// One line of a watch, that is one event with its object, in bytes. Default:
     /// 16 MiB; the apiserver refuses objects over about 3 MiB.
     pub watch_event: usize,
+}
+
+impl ResponseLimits {
+    /// Sets [`body`](Self::body), in bytes.
+    #[must_use]
+    pub fn body(mut self, bytes: usize) -> Self {
+        self.body = bytes;
+        self
+    }
+
+    /// Sets [`watch_event`](Self::watch_event), in bytes.
+    #[must_use]
+    pub fn watch_event(mut self, bytes: usize) -> Self {
+        self.watch_event = bytes;
+        self
+    }
 }
 
 impl Default for ResponseLimits {
