@@ -6,8 +6,8 @@ use crate::error::{Error, Result};
 
 /// The Kubernetes release whose kube-apiserver this crate starts by default.
 ///
-/// It must equal the `k8s.io/kubernetes` version pinned in
-/// `tools/controlplane/go.mod`; a unit test keeps the two in step.
+/// It must equal the `k8s.io/kubernetes` version pinned in the build module's
+/// `go.mod` (`controlplane/go.mod` in this package); a unit test keeps the two in step.
 pub const KUBERNETES_VERSION: &str = "v1.37.2";
 
 /// Environment variable naming a directory that holds `kube-apiserver` and `etcd`.
@@ -182,7 +182,7 @@ mod tests {
 
     #[test]
     fn version_matches_the_build_module() {
-        let go_mod = include_str!("../../../tools/controlplane/go.mod");
+        let go_mod = include_str!("../controlplane/go.mod");
         let pinned = go_mod
             .lines()
             .filter_map(|line| line.trim().strip_prefix("k8s.io/kubernetes "))
@@ -191,7 +191,7 @@ mod tests {
         assert_eq!(
             pinned,
             Some(KUBERNETES_VERSION),
-            "tools/controlplane/go.mod pins another release"
+            "controlplane/go.mod pins another release"
         );
     }
 

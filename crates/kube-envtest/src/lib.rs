@@ -7,9 +7,10 @@
 //! built for testing controllers that span several clusters: clusters can be
 //! stopped, restarted and paused to test how a controller copes with a broken one.
 //!
-//! The binaries are built from the Go module proxy by `tools/controlplane/build.sh`
-//! of the multicluster-runtime repository (see [`Binaries::find`] for where they are
-//! looked up and how to point elsewhere).
+//! The binaries are built from the Go module proxy by the build module this package
+//! ships in `controlplane/` (`controlplane/build.sh`; `tools/controlplane/build.sh` in
+//! the multicluster-runtime repository runs it; see [`Binaries::find`] for where they
+//! are looked up and how to point elsewhere).
 //!
 //! ```no_run
 //! use k8s_openapi::api::core::v1::ConfigMap;
