@@ -5,6 +5,12 @@
 //! apiservers (building them the first time) and stops it on Ctrl-C.
 
 pub mod fleet;
+
+/// The repository's README: its Rust code is compiled (and its fences checked) as
+/// doctests of this crate, which has every dependency the README uses.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct RepositoryReadme;
 pub mod sync;
 pub mod uniform;
 

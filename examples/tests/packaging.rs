@@ -144,3 +144,70 @@ fn c01_every_published_package_is_complete_and_self_contained() {
         }
     }
 }
+
+/// c02: docs.rs builds each library's docs with every provider and a Kubernetes
+/// version of k8s-openapi (a library build needs one), labels feature-gated items
+/// (`--cfg docsrs`), and each provider module says which feature it needs for
+/// readers of docs built otherwise; each package README's code is compiled as
+/// doctests (and the repository README's, by this crate). CI builds the docs the
+/// same way with warnings as errors (`.ci/run`, step "c02").
+#[test]
+fn c02_docs_rs_builds_every_provider_and_labels_its_feature() {
+    let root = workspace();
+    let packages = metadata();
+    for (name, dir) in [
+        ("multicluster-runtime", "crates/multicluster-runtime"),
+        ("kube-envtest", "crates/kube-envtest"),
+    ] {
+        let docs_rs = &packages[name]["metadata"]["docs"]["rs"];
+        let features: Vec<&str> = docs_rs["features"]
+            .as_array()
+            .map(|f| f.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        assert!(
+            features
+                .iter()
+                .any(|f| *f == "k8s-openapi/latest" || f.starts_with("k8s-openapi/v1_")),
+            "{name}: docs.rs picks a k8s-openapi version feature: {docs_rs}"
+        );
+        let args: Vec<&str> = docs_rs["rustdoc-args"]
+            .as_array()
+            .map(|f| f.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(args, ["--cfg", "docsrs"], "{name}: rustdoc-args");
+        let lib = read(&root.join(dir).join("src/lib.rs"));
+        assert!(
+            lib.contains("#[cfg(doctest)]\n#[doc = include_str!(\"../README.md\")]"),
+            "{name}: the README is compiled as doctests"
+        );
+    }
+    let runtime = &packages["multicluster-runtime"];
+    assert_eq!(
+        runtime["metadata"]["docs"]["rs"]["all-features"],
+        serde_json::Value::Bool(true),
+        "every provider's docs appear"
+    );
+    let lib = read(&root.join("crates/multicluster-runtime/src/lib.rs"));
+    assert!(lib.contains("#![cfg_attr(docsrs, feature(doc_cfg))]"));
+    let providers = root.join("crates/multicluster-runtime/src/providers");
+    let features = runtime["features"].as_object().expect("features");
+    for (feature, _) in features.iter().filter(|(f, _)| *f != "default" && *f != "providers") {
+        let module = [format!("{feature}/mod.rs"), format!("{feature}.rs")]
+            .into_iter()
+            .map(|m| providers.join(m))
+            .find(|m| m.is_file())
+            .unwrap_or_else(|| panic!("the module of provider feature {feature}"));
+        let docs: String = read(&module)
+            .lines()
+            .take_while(|l| l.starts_with("//!"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            docs.contains(&format!("cargo feature `{feature}`")),
+            "{}: the module docs name the feature `{feature}`",
+            module.display()
+        );
+    }
+    let examples_lib = read(&root.join("examples/src/lib.rs"));
+    assert!(examples_lib.contains("#[doc = include_str!(\"../../README.md\")]"));
+}

@@ -58,3 +58,8 @@ pub use cluster::{ADMIN_USER, LocalCluster};
 pub use error::{BUILD_COMMAND, Error, Result};
 pub use fleet::{EtcdTopology, Fleet, FleetBuilder};
 pub use users::{LocalUser, UserSpec};
+
+/// The package's README (its registry page): its code is compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -85,6 +85,8 @@
 //! ```
 
 #![warn(missing_docs)]
+// docs.rs (nightly, `--cfg docsrs`) labels each item with the cargo feature it needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backoff;
 pub mod cache;
@@ -100,6 +102,11 @@ mod runnable;
 mod term;
 
 pub use cluster::{Cluster, ClusterName, ClusterOptions};
+
+/// The package's README (its registry page): its code is compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 pub use error::{BoxError, CutShort, Error, Result};
 pub use manager::{Manager, Runnable};
 pub use multicluster::{Aware, Engagement, Provider, ProviderRunnable};

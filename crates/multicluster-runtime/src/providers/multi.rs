@@ -1,5 +1,7 @@
 //! A provider that composes other providers under name prefixes.
 //!
+//! Available with the cargo feature `multi` (or `providers`, which enables every provider).
+//!
 //! Each inner provider is registered under a name; its cluster `c` becomes
 //! `<provider>#<c>` (the separator is configurable), so the same inner name under two
 //! providers stays two clusters. Providers can be added and removed while the manager

@@ -1,6 +1,8 @@
 //! Namespaces as clusters: each namespace of a host cluster becomes a cluster of the
 //! fleet.
 //!
+//! Available with the cargo feature `namespace` (or `providers`, which enables every provider).
+//!
 //! [`Namespaces`] watches the Namespaces of a *host* cluster and engages one cluster
 //! per namespace, named after it. Each namespace-cluster has
 //!

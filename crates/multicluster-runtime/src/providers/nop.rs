@@ -1,5 +1,7 @@
 //! A provider that knows no cluster.
 //!
+//! Available with the cargo feature `nop` (or `providers`, which enables every provider).
+//!
 //! Useful where an API wants a provider but the program only works on its own
 //! cluster, and in tests: every lookup is [`Error::ClusterNotFound`], indexes are
 //! accepted and apply to nothing, and running it just waits for cancellation.

@@ -1,6 +1,8 @@
 //! The Cluster API provider: one cluster per Cluster API `Cluster` whose control
 //! plane is initialized.
 //!
+//! Available with the cargo feature `capi` (or `providers`, which enables every provider).
+//!
 //! [`ClusterApi`] follows the `cluster.x-k8s.io` `Cluster` objects of a *host*
 //! cluster (the management cluster, usually the manager's own) and the kubeconfig
 //! Secrets Cluster API writes for them:

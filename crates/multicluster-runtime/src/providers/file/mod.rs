@@ -1,5 +1,7 @@
 //! A provider of the clusters of kubeconfig files, watched for changes.
 //!
+//! Available with the cargo feature `file` (or `providers`, which enables every provider).
+//!
 //! [`Files`] reads kubeconfig files, directories and glob patterns, and offers one
 //! cluster per context, named `<file>+<context>`: the context `admin` of
 //! `/etc/fleet/prod.kubeconfig` is the cluster `prod.kubeconfig+admin`. Both the

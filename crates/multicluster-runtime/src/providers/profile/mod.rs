@@ -1,6 +1,8 @@
 //! The ClusterProfile inventory provider: one cluster per healthy `ClusterProfile`
 //! (`multicluster.x-k8s.io/v1alpha1`, `sigs.k8s.io/cluster-inventory-api`).
 //!
+//! Available with the cargo feature `profile` (or `providers`, which enables every provider).
+//!
 //! [`ClusterProfiles`] follows the `ClusterProfile`s of a *host* cluster (the hub
 //! that holds the inventory, usually the manager's own):
 //!

@@ -1,6 +1,8 @@
 //! Clusters from kubeconfig Secrets: one cluster per labelled Secret of a namespace
 //! of the host cluster.
 //!
+//! Available with the cargo feature `secret` (or `providers`, which enables every provider).
+//!
 //! A Secret in the configured namespace that carries the label
 //! `sigs.k8s.io/multicluster-runtime-kubeconfig: "true"` (see [`DEFAULT_LABEL_KEY`])
 //! and holds a kubeconfig under the data key `kubeconfig` ([`DEFAULT_DATA_KEY`]) gives
