@@ -292,7 +292,7 @@ async fn o08_operator_example_answers_readyz_and_reconciles_the_fleet() {
 /// Engages nothing: for running a provider alone.
 struct Unaware;
 
-#[async_trait::async_trait]
+#[multicluster_runtime::async_trait]
 impl multicluster_runtime::Aware for Unaware {
     async fn engage(
         &self,

@@ -191,7 +191,10 @@ fn c02_docs_rs_builds_every_provider_and_labels_its_feature() {
     assert!(lib.contains("#![cfg_attr(docsrs, feature(doc_cfg))]"));
     let providers = root.join("crates/multicluster-runtime/src/providers");
     let features = runtime["features"].as_object().expect("features");
-    for (feature, _) in features.iter().filter(|(f, _)| *f != "default" && *f != "providers") {
+    for (feature, _) in features
+        .iter()
+        .filter(|(f, _)| *f != "default" && *f != "providers")
+    {
         let module = [format!("{feature}/mod.rs"), format!("{feature}.rs")]
             .into_iter()
             .map(|m| providers.join(m))
@@ -210,4 +213,146 @@ fn c02_docs_rs_builds_every_provider_and_labels_its_feature() {
     }
     let examples_lib = read(&root.join("examples/src/lib.rs"));
     assert!(examples_lib.contains("#[doc = include_str!(\"../../README.md\")]"));
+}
+
+/// Every package with its dependencies, from `cargo metadata` (offline: the lock
+/// file's registry sources are in the local cache once the workspace has built).
+fn metadata_with_dependencies() -> serde_json::Value {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let output = std::process::Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--offline", "--locked"])
+        .current_dir(workspace())
+        .output()
+        .expect("cargo metadata runs");
+    assert!(
+        output.status.success(),
+        "cargo metadata: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("metadata is JSON")
+}
+
+/// `1.89` or `1.89.0` as a comparable triple.
+fn version(text: &str) -> (u64, u64, u64) {
+    let mut parts = text
+        .split('.')
+        .map(|p| p.parse::<u64>().expect("numeric version"));
+    (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    )
+}
+
+/// c04: what a user pays for and what they may rely on. The declared `rust-version`
+/// is no lower than any dependency's (CI also builds with exactly that toolchain,
+/// `.ci/run` step "c04"); the library asks tokio only for the features it uses;
+/// implementers of its traits need no `async-trait` of their own (this crate's tests
+/// implement `Runnable` through the re-export and do not depend on it); the types
+/// meant to grow are `#[non_exhaustive]`; and the README states the semver policy.
+#[test]
+fn c04_msrv_features_and_semver_policy() {
+    let root = workspace();
+    let all = metadata_with_dependencies();
+    let packages = all["packages"].as_array().expect("packages");
+    let declared = packages
+        .iter()
+        .find(|p| p["name"] == "multicluster-runtime")
+        .and_then(|p| p["rust_version"].as_str())
+        .map(version)
+        .expect("multicluster-runtime declares rust-version");
+    for package in packages {
+        if let Some(needed) = package["rust_version"].as_str() {
+            assert!(
+                version(needed) <= declared,
+                "{} {} needs Rust {needed}, above the declared {declared:?}",
+                package["name"],
+                package["version"]
+            );
+        }
+    }
+
+    let runtime = packages
+        .iter()
+        .find(|p| p["name"] == "multicluster-runtime")
+        .expect("the library");
+    let tokio = runtime["dependencies"]
+        .as_array()
+        .expect("dependencies")
+        .iter()
+        .find(|d| d["name"] == "tokio" && d["kind"].is_null())
+        .expect("tokio is a normal dependency");
+    let features: Vec<&str> = tokio["features"]
+        .as_array()
+        .expect("features")
+        .iter()
+        .filter_map(|f| f.as_str())
+        .collect();
+    for unused in [
+        "full",
+        "rt-multi-thread",
+        "process",
+        "signal",
+        "fs",
+        "io-std",
+        "parking_lot",
+    ] {
+        assert!(
+            !features.contains(&unused),
+            "the library asks tokio for `{unused}`, which it does not use: {features:?}"
+        );
+    }
+
+    let examples = read(&root.join("examples/Cargo.toml"));
+    assert!(
+        !examples.contains("async-trait"),
+        "the examples implement the traits through `multicluster_runtime::async_trait`"
+    );
+    let lib = read(&root.join("crates/multicluster-runtime/src/lib.rs"));
+    assert!(lib.contains("pub use async_trait::async_trait;"));
+
+    let src = root.join("crates/multicluster-runtime/src");
+    for (file, declaration) in [
+        ("controller/reconcile.rs", "pub struct ReconcileRequest<K>"),
+        ("cluster/mod.rs", "pub struct ClusterOptions"),
+        ("cache/options.rs", "pub struct WatchSpec"),
+        ("cache/options.rs", "pub enum WatchNamespaces"),
+        ("cache/event.rs", "pub enum InformerEvent<K>"),
+        ("cluster/health.rs", "pub enum HealthState"),
+        ("controller/source.rs", "pub struct MapContext"),
+        ("cluster/kubeconfig/mod.rs", "pub struct KubeconfigPolicy"),
+        ("manager/checks.rs", "pub struct Report "),
+        ("manager/checks.rs", "pub struct ReportLine"),
+        ("cluster/kubeconfig/endpoint.rs", "pub enum EndpointRule "),
+    ] {
+        let text = read(&src.join(file));
+        let at = text
+            .find(declaration)
+            .unwrap_or_else(|| panic!("{file}: {declaration}"));
+        let attributes: Vec<&str> = text[..at]
+            .lines()
+            .rev()
+            .take_while(|l| l.trim_start().starts_with("#[") || l.trim_start().starts_with("///"))
+            .collect();
+        assert!(
+            attributes.iter().any(|l| l.trim() == "#[non_exhaustive]"),
+            "{file}: `{declaration}` is #[non_exhaustive]"
+        );
+    }
+
+    let readme = read(&root.join("README.md"));
+    let policy = readme
+        .split("\n## ")
+        .find(|section| section.starts_with("Rust versions and semver"))
+        .expect("README.md has a section \"Rust versions and semver\"");
+    for named in [
+        "`kube`",
+        "`k8s-openapi`",
+        "`tokio`",
+        "`tokio-util`",
+        "`async-trait`",
+        "1.89",
+    ] {
+        assert!(policy.contains(named), "the semver policy names {named}");
+    }
 }

@@ -109,4 +109,10 @@ pub use cluster::{Cluster, ClusterName, ClusterOptions};
 pub struct ReadmeDoctests;
 pub use error::{BoxError, CutShort, Error, Result};
 pub use manager::{Manager, Runnable};
+
+/// The attribute the library's async traits ([`Provider`], [`Aware`],
+/// [`ProviderRunnable`], [`Runnable`], ...) are written with, re-exported so that an
+/// implementation needs no dependency of its own: put
+/// `#[multicluster_runtime::async_trait]` on the `impl` block.
+pub use async_trait::async_trait;
 pub use multicluster::{Aware, Engagement, Provider, ProviderRunnable};

@@ -166,7 +166,7 @@ pub trait Provider: Send + Sync {
     ///
     /// ```compile_fail,E0046
     /// use std::sync::Arc;
-    /// use async_trait::async_trait;
+    /// use multicluster_runtime::async_trait;
     /// use multicluster_runtime::cache::FieldIndex;
     /// use multicluster_runtime::{Cluster, ClusterName, Error, Provider, Result};
     ///
@@ -188,7 +188,7 @@ pub trait Provider: Send + Sync {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use async_trait::async_trait;
+    /// use multicluster_runtime::async_trait;
     /// use tokio_util::sync::CancellationToken;
     /// use multicluster_runtime::cache::FieldIndex;
     /// use multicluster_runtime::{Aware, Cluster, ClusterName, Error, Provider, ProviderRunnable, Result};

@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use async_trait::async_trait;
+use multicluster_runtime::async_trait;
 use multicluster_runtime::providers::clusters::Clusters;
 use multicluster_runtime::{Aware, Cluster, ClusterName, Manager, Provider};
 use proptest::prelude::*;

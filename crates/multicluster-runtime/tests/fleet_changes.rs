@@ -8,12 +8,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use kube_envtest::Fleet;
+use multicluster_runtime::async_trait;
 use multicluster_runtime::cache::{CacheOptions, FieldIndex};
 use multicluster_runtime::controller::{Action, Controller, MapContext, ReconcileRequest, Request};
 use multicluster_runtime::providers::clusters::Clusters;
@@ -355,10 +355,7 @@ async fn l06_deletions_are_not_lost_when_the_source_lags() {
     const ITEMS: usize = 200;
     let logs = Logs::capture();
     let env = Env::new(0).await;
-    let options = ClusterOptions {
-        cache: CacheOptions::default().event_capacity(1),
-        ..ClusterOptions::default()
-    };
+    let options = ClusterOptions::default().cache(CacheOptions::default().event_capacity(1));
     let lagging = Arc::new(Cluster::with_options("lagging", env.client(0), options));
     env.provider.add(lagging.clone()).await.expect("add");
     create_many(&env.client(0), "l06", ITEMS).await;

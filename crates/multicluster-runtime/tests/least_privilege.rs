@@ -187,10 +187,7 @@ async fn p01_namespaced_controller_reconciles_with_a_role_only() {
 
     let logs = support::logs::Capture::default();
     let _guard = logs.set_default("debug");
-    let options = ClusterOptions {
-        cache: CacheOptions::default().default_namespaces(["team-a"]),
-        ..ClusterOptions::default()
-    };
+    let options = ClusterOptions::default().cache(CacheOptions::default().default_namespaces(["team-a"]));
     let client = |index: usize| tenants[index].client().expect("client");
     // The manager's own cluster runs no controller; the fleet is c0 and c1, each
     // reached as the tenant.

@@ -209,10 +209,7 @@ fn print_credential(token: &str) -> String {
 }
 
 fn exec_allowed() -> KubeconfigPolicy {
-    KubeconfigPolicy {
-        allow_exec: true,
-        ..KubeconfigPolicy::untrusted()
-    }
+    KubeconfigPolicy::untrusted().allow_exec(true)
 }
 
 /// Secrets present at start and added later are engaged under their names with

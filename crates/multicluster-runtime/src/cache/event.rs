@@ -6,6 +6,7 @@ use std::sync::Arc;
 /// A change an [`Informer`](super::Informer) applied to its store.
 ///
 /// Objects are shared with the store (`Arc`): an event costs no copy of the object.
+#[non_exhaustive]
 pub enum InformerEvent<K> {
     /// An object was created or changed.
     Applied {

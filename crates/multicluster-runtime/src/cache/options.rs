@@ -137,6 +137,7 @@ impl Default for CacheOptions {
 /// Which namespaces a watch of a namespaced type covers. Cluster-scoped types ignore
 /// it: their objects belong to no namespace.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum WatchNamespaces {
     /// The cache's [`default_namespaces`](CacheOptions::default_namespaces): all
     /// namespaces if it has none. The default.
@@ -167,6 +168,7 @@ pub enum WatchNamespaces {
 /// assert!(matches!(&spec.namespaces, WatchNamespaces::Only(set) if set.len() == 2));
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct WatchSpec {
     /// A label selector, e.g. `app=web,tier!=db`.
     pub label_selector: Option<String>,

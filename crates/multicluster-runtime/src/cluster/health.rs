@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 /// Whether a cluster's apiserver answers its probes; see [`ClusterHealth`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum HealthState {
     /// Not probed successfully yet, and not failed often enough to be unhealthy (or
     /// probes are off). Counts as healthy: nothing is paused.

@@ -30,6 +30,7 @@ pub(crate) use sync::SyncBoard;
 /// A provider applies the options it was given to every cluster it builds, so a
 /// cluster that replaces another (rotated credentials) keeps them.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct ClusterOptions {
     /// Settings of the cluster's shared cache.
     pub cache: CacheOptions,

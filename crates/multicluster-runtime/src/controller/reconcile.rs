@@ -41,6 +41,7 @@ use crate::cluster::{Cluster, ClusterName};
 /// [`CacheError::SyncTimeout`](crate::cache::CacheError::SyncTimeout)); a `Store`
 /// answers at once, and before the first list it holds nothing.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ReconcileRequest<K> {
     /// The cluster and object key.
     pub request: Request,
@@ -55,6 +56,18 @@ pub struct ReconcileRequest<K> {
 }
 
 impl<K> ReconcileRequest<K> {
+    /// A request as a controller hands it to its reconciler, for calling a
+    /// reconciler directly (in a test, say). The type is `#[non_exhaustive]`, so
+    /// that it can carry more without breaking reconcilers; this is how to build one.
+    pub fn new(request: Request, object: Option<Arc<K>>, cluster: Arc<Cluster>, reporter: Reporter) -> Self {
+        ReconcileRequest {
+            request,
+            object,
+            cluster,
+            reporter,
+        }
+    }
+
     /// A client for the request's cluster.
     pub fn client(&self) -> kube::Client {
         self.cluster.client()
@@ -118,12 +131,12 @@ impl<K> ReconcileRequest<K> {
     /// # use multicluster_runtime::Cluster;
     /// # use multicluster_runtime::controller::{ReconcileRequest, Request};
     /// # let client = kube::Client::try_from(kube::Config::new("https://127.0.0.1:6443".parse().unwrap())).unwrap();
-    /// # let req = ReconcileRequest::<ConfigMap> {
-    /// #     request: Request::new("eu-1", Some("team-a"), "settings"),
-    /// #     object: None,
-    /// #     cluster: Arc::new(Cluster::new("eu-1", client)),
-    /// #     reporter: "settings-sync".into(),
-    /// # };
+    /// # let req = ReconcileRequest::<ConfigMap>::new(
+    /// #     Request::new("eu-1", Some("team-a"), "settings"),
+    /// #     None,
+    /// #     Arc::new(Cluster::new("eu-1", client)),
+    /// #     "settings-sync".into(),
+    /// # );
     /// let namespaces = req.api::<Namespace>();
     /// assert_eq!(namespaces.resource_url(), "/api/v1/namespaces");
     /// # }
@@ -148,12 +161,12 @@ impl<K> ReconcileRequest<K> {
     /// # use multicluster_runtime::Cluster;
     /// # use multicluster_runtime::controller::{ReconcileRequest, Request};
     /// # let client = kube::Client::try_from(kube::Config::new("https://127.0.0.1:6443".parse().unwrap())).unwrap();
-    /// # let req = ReconcileRequest::<ConfigMap> {
-    /// #     request: Request::new("eu-1", Some("team-a"), "settings"),
-    /// #     object: None,
-    /// #     cluster: Arc::new(Cluster::new("eu-1", client)),
-    /// #     reporter: "settings-sync".into(),
-    /// # };
+    /// # let req = ReconcileRequest::<ConfigMap>::new(
+    /// #     Request::new("eu-1", Some("team-a"), "settings"),
+    /// #     None,
+    /// #     Arc::new(Cluster::new("eu-1", client)),
+    /// #     "settings-sync".into(),
+    /// # );
     /// // In a reconciler of ConfigMaps: the Secrets next to the ConfigMap.
     /// let secrets = req.namespaced_api::<Secret>();
     /// assert_eq!(secrets.namespace(), Some("team-a"));

@@ -35,6 +35,7 @@ use crate::cluster::{Cluster, ClusterName};
 
 /// What a mapper knows besides the object.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct MapContext {
     /// The cluster the object was seen in.
     pub source: ClusterName,

@@ -206,6 +206,7 @@ pub(crate) fn cluster_state(manager: &Manager, name: &ClusterName, cluster: &Arc
 
 /// The outcome of one line of a [`Report`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ReportLine {
     /// What was checked: a check's name, `cluster <name>`, or `manager`.
     pub name: String,
@@ -219,6 +220,7 @@ pub struct ReportLine {
 /// engaged cluster. Displays as kube-apiserver's verbose output: one `[+]` or `[-]`
 /// line per item, then the verdict.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Report {
     /// `healthz` or `readyz`.
     pub kind: &'static str,

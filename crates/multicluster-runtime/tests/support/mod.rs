@@ -17,7 +17,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
+use multicluster_runtime::async_trait;
 use multicluster_runtime::{Aware, Cluster, ClusterName};
 use tokio_util::sync::CancellationToken;
 

@@ -49,6 +49,7 @@ use ipnet::IpNet;
 /// assert!("10.0.0.0/33".parse::<EndpointRule>().is_err());
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum EndpointRule {
     /// IP addresses in this range. Matches IP literals only, never DNS names.
     Net(IpNet),

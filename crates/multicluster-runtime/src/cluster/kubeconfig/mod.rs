@@ -39,6 +39,7 @@ pub use self::endpoint::{EndpointPolicy, EndpointRefusal, EndpointRule, Endpoint
 /// assert!(!policy.allow_proxy_url && !policy.allow_insecure_skip_tls_verify);
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct KubeconfigPolicy {
     /// Allow exec credential plugins (they run a program of the kubeconfig's choice).
     pub allow_exec: bool,
@@ -80,6 +81,43 @@ impl KubeconfigPolicy {
     #[must_use]
     pub fn endpoints(mut self, endpoints: EndpointPolicy) -> Self {
         self.endpoints = endpoints;
+        self
+    }
+
+    /// Sets [`allow_exec`](Self::allow_exec). The policy is `#[non_exhaustive]` (it
+    /// grows a field for each new kind of risk), so it is built from
+    /// [`untrusted`](Self::untrusted) or [`trusted`](Self::trusted) and these:
+    ///
+    /// ```
+    /// use multicluster_runtime::providers::kubeconfig::KubeconfigPolicy;
+    ///
+    /// let policy = KubeconfigPolicy::untrusted().allow_exec(true);
+    /// assert!(policy.allow_exec && !policy.allow_local_files);
+    /// ```
+    #[must_use]
+    pub fn allow_exec(mut self, allow: bool) -> Self {
+        self.allow_exec = allow;
+        self
+    }
+
+    /// Sets [`allow_local_files`](Self::allow_local_files).
+    #[must_use]
+    pub fn allow_local_files(mut self, allow: bool) -> Self {
+        self.allow_local_files = allow;
+        self
+    }
+
+    /// Sets [`allow_proxy_url`](Self::allow_proxy_url).
+    #[must_use]
+    pub fn allow_proxy_url(mut self, allow: bool) -> Self {
+        self.allow_proxy_url = allow;
+        self
+    }
+
+    /// Sets [`allow_insecure_skip_tls_verify`](Self::allow_insecure_skip_tls_verify).
+    #[must_use]
+    pub fn allow_insecure_skip_tls_verify(mut self, allow: bool) -> Self {
+        self.allow_insecure_skip_tls_verify = allow;
         self
     }
 }

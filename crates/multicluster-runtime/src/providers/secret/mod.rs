@@ -83,7 +83,7 @@
 //! // Exec credential plugins are refused unless the operator, who controls who can
 //! // write those Secrets, allows them explicitly:
 //! if std::env::var_os("ALLOW_EXEC_PLUGINS").is_some() {
-//!     options = options.policy(KubeconfigPolicy { allow_exec: true, ..KubeconfigPolicy::untrusted() });
+//!     options = options.policy(KubeconfigPolicy::untrusted().allow_exec(true));
 //! }
 //! let provider = Arc::new(Secrets::new(host.clone(), options));
 //! let manager = Manager::with_provider(Arc::new(Cluster::new("", host.clone())), provider);
@@ -164,7 +164,7 @@ const PROVIDER: &str = "secrets";
 ///     .data_key("value")
 ///     .context("admin")
 ///     .sync_timeout(Duration::from_secs(60))
-///     .policy(KubeconfigPolicy { allow_exec: true, ..KubeconfigPolicy::untrusted() });
+///     .policy(KubeconfigPolicy::untrusted().allow_exec(true));
 /// assert_eq!(options.namespace_name(), "fleet-system");
 /// ```
 #[derive(Debug, Clone)]
