@@ -190,11 +190,14 @@ fn c02_docs_rs_builds_every_provider_and_labels_its_feature() {
     let lib = read(&root.join("crates/multicluster-runtime/src/lib.rs"));
     assert!(lib.contains("#![cfg_attr(docsrs, feature(doc_cfg))]"));
     let providers = root.join("crates/multicluster-runtime/src/providers");
-    let features = runtime["features"].as_object().expect("features");
-    for (feature, _) in features
+    // The provider features are those `providers` enables.
+    let features: Vec<&str> = runtime["features"]["providers"]
+        .as_array()
+        .expect("the feature `providers`")
         .iter()
-        .filter(|(f, _)| *f != "default" && *f != "providers")
-    {
+        .filter_map(|f| f.as_str())
+        .collect();
+    for feature in features {
         let module = [format!("{feature}/mod.rs"), format!("{feature}.rs")]
             .into_iter()
             .map(|m| providers.join(m))
@@ -355,4 +358,53 @@ fn c04_msrv_features_and_semver_policy() {
     ] {
         assert!(policy.contains(named), "the semver policy names {named}");
     }
+}
+
+/// c04: the operational endpoints (probes, `/metrics`, their HTTP server and TLS)
+/// are a default feature: a program without them builds none of their
+/// dependencies. CI builds the library without default features, warnings denied.
+#[test]
+fn c04_the_operational_endpoint_is_a_default_feature() {
+    let packages = metadata();
+    let runtime = &packages["multicluster-runtime"];
+    let default: Vec<&str> = runtime["features"]["default"]
+        .as_array()
+        .expect("default features")
+        .iter()
+        .filter_map(|f| f.as_str())
+        .collect();
+    assert!(default.contains(&"endpoint"), "default features: {default:?}");
+    let normal: Vec<&serde_json::Value> = runtime["dependencies"]
+        .as_array()
+        .expect("dependencies")
+        .iter()
+        .filter(|d| d["kind"].is_null())
+        .collect();
+    for only_for_the_endpoint in [
+        "rustls",
+        "tokio-rustls",
+        "rustls-pki-types",
+        "rcgen",
+        "ring",
+        "socket2",
+    ] {
+        let dep = normal
+            .iter()
+            .find(|d| d["name"] == only_for_the_endpoint)
+            .unwrap_or_else(|| panic!("{only_for_the_endpoint} is a dependency"));
+        assert_eq!(
+            dep["optional"],
+            serde_json::Value::Bool(true),
+            "{only_for_the_endpoint} is built only with the feature `endpoint`"
+        );
+    }
+    let hyper = normal.iter().find(|d| d["name"] == "hyper").expect("hyper");
+    assert!(
+        !hyper["features"]
+            .as_array()
+            .expect("features")
+            .iter()
+            .any(|f| f == "server"),
+        "hyper's server is built only with the feature `endpoint`"
+    );
 }

@@ -28,6 +28,7 @@ pub(crate) enum Step<K> {
     /// them; zero at the start).
     Resync {
         /// Events lost before this resync.
+        #[cfg_attr(not(feature = "secret"), allow(dead_code))]
         missed: u64,
     },
     /// An object was created or changed.
@@ -65,6 +66,7 @@ impl<K: Clone> Steps<K> {
     }
 
     /// The informer followed.
+    #[cfg_attr(not(any(feature = "secret", feature = "namespace")), allow(dead_code))]
     pub(crate) fn informer(&self) -> &Arc<Informer<K>> {
         &self.informer
     }

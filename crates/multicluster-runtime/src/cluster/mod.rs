@@ -162,6 +162,7 @@ impl Cluster {
     /// The cluster `of` under another name: the same client and the same cache
     /// (whose errors still name `of`), owned by `of`. Stopping or dropping the alias
     /// leaves the cache running.
+    #[cfg_attr(not(feature = "multi"), allow(dead_code))]
     pub(crate) fn alias(name: ClusterName, of: &Cluster) -> Self {
         // The same client, made or not: an alias does not make it.
         let mut alias = Self::with_client(name, of.client.clone(), of.endpoint, of.cache().clone());

@@ -88,6 +88,10 @@
 //!
 //! # The operational endpoints
 //!
+//! They need the cargo feature `endpoint`, on by default; without it the manager
+//! still keeps its [metrics](Manager::metrics) and health checks, and the HTTP
+//! server, TLS and certificate dependencies are not built.
+//!
 //! - [`Manager::with_probe_endpoint`]: `/healthz`, `/livez`, `/readyz` over plain
 //!   HTTP for the kubelet. Anyone on the pod network reaches it, so a failure says
 //!   only which check failed, as kube-apiserver answers callers it has not
@@ -201,6 +205,7 @@
 
 mod checks;
 mod coordination;
+#[cfg(feature = "endpoint")]
 mod endpoint;
 #[cfg(test)]
 mod fake_apiserver;
@@ -210,6 +215,7 @@ mod lease;
 pub mod metrics;
 
 use std::collections::{BTreeMap, HashMap};
+#[cfg(feature = "endpoint")]
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
@@ -233,6 +239,7 @@ pub use crate::cluster::{ClusterHealth, HealthState};
 pub use crate::runnable::Runnable;
 pub use checks::{CHECK_TIMEOUT, ClusterState, HealthCheck, Report, ReportLine};
 pub use coordination::{CLUSTER_ANNOTATION, FENCE_LABEL, MAX_WEIGHT, PEER_LABEL, Sharding};
+#[cfg(feature = "endpoint")]
 pub use endpoint::{
     DEFAULT_CONNECTION_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_RELOAD_INTERVAL, DEFAULT_REVIEW_CACHE_TTL,
     MetricsEndpoint, ProbeEndpoint, REVIEW_CACHE_ENTRIES, ServingCertificate,
@@ -271,6 +278,7 @@ struct Inner {
     metrics: Metrics,
     checks: Mutex<checks::Checks>,
     /// Where the endpoints listen, once they do.
+    #[cfg(feature = "endpoint")]
     endpoints: Mutex<Addresses>,
     /// Health events of every cluster, and their count.
     health: health::Hub,
@@ -282,6 +290,7 @@ struct Inner {
 }
 
 /// Where each endpoint listens.
+#[cfg(feature = "endpoint")]
 #[derive(Default)]
 struct Addresses {
     all: Option<SocketAddr>,
@@ -289,6 +298,7 @@ struct Addresses {
     metrics: Option<SocketAddr>,
 }
 
+#[cfg(feature = "endpoint")]
 impl Addresses {
     fn set(&mut self, role: endpoint::Role, address: Option<SocketAddr>) {
         let slot = match role {
@@ -306,10 +316,13 @@ struct Options {
     leader_election: Option<LeaderElection>,
     graceful_shutdown_timeout: Duration,
     /// Where to serve `/metrics` and the probes together; nowhere if `None`.
+    #[cfg(feature = "endpoint")]
     http_endpoint: Option<SocketAddr>,
     /// Where to serve the probes alone.
+    #[cfg(feature = "endpoint")]
     probe_endpoint: Option<ProbeEndpoint>,
     /// Where to serve `/metrics` alone.
+    #[cfg(feature = "endpoint")]
     metrics_endpoint: Option<MetricsEndpoint>,
     /// Whether every engaged cluster must have synced for readiness.
     require_all_clusters: bool,
@@ -427,8 +440,11 @@ impl Manager {
             options: Mutex::new(Options {
                 leader_election: None,
                 graceful_shutdown_timeout: DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT,
+                #[cfg(feature = "endpoint")]
                 http_endpoint: None,
+                #[cfg(feature = "endpoint")]
                 probe_endpoint: None,
+                #[cfg(feature = "endpoint")]
                 metrics_endpoint: None,
                 require_all_clusters: false,
                 health_probes: Some(HealthProbes::default()),
@@ -437,6 +453,7 @@ impl Manager {
             leader: watch::Sender::new(false),
             metrics: Metrics::new(),
             checks: Mutex::default(),
+            #[cfg(feature = "endpoint")]
             endpoints: Mutex::default(),
             health: health::Hub::default(),
             coordinator: OnceLock::new(),
@@ -461,6 +478,7 @@ impl Manager {
     /// connection limits are the defaults. Off unless set. Port 0 picks a free port: see
     /// [`http_address`](Self::http_address). Read when the manager starts, which
     /// fails with [`Error::Endpoint`] if the address cannot be bound.
+    #[cfg(feature = "endpoint")]
     #[must_use]
     pub fn with_http_endpoint(self, address: SocketAddr) -> Self {
         lock(&self.inner.options).http_endpoint = Some(address);
@@ -472,6 +490,7 @@ impl Manager {
     /// unless [shown](ProbeEndpoint::show_reasons). Off unless set; port 0 picks a
     /// free port ([`probe_address`](Self::probe_address)). Read when the manager
     /// starts, which fails with [`Error::Endpoint`] if the address cannot be bound.
+    #[cfg(feature = "endpoint")]
     #[must_use]
     pub fn with_probe_endpoint(self, endpoint: ProbeEndpoint) -> Self {
         lock(&self.inner.options).probe_endpoint = Some(endpoint);
@@ -484,6 +503,7 @@ impl Manager {
     /// ([`metrics_address`](Self::metrics_address)). Read when the manager starts,
     /// which fails with [`Error::Endpoint`] if the address cannot be bound, the
     /// certificate cannot be used, or authorization is asked for without TLS.
+    #[cfg(feature = "endpoint")]
     #[must_use]
     pub fn with_metrics_endpoint(self, endpoint: MetricsEndpoint) -> Self {
         lock(&self.inner.options).metrics_endpoint = Some(endpoint);
@@ -492,18 +512,21 @@ impl Manager {
 
     /// Where the [combined endpoint](Self::with_http_endpoint) listens, once the
     /// manager has started it.
+    #[cfg(feature = "endpoint")]
     pub fn http_address(&self) -> Option<SocketAddr> {
         lock(&self.inner.endpoints).all
     }
 
     /// Where the [probe endpoint](Self::with_probe_endpoint) listens, once the
     /// manager has started it.
+    #[cfg(feature = "endpoint")]
     pub fn probe_address(&self) -> Option<SocketAddr> {
         lock(&self.inner.endpoints).probes
     }
 
     /// Where the [metrics endpoint](Self::with_metrics_endpoint) listens, once the
     /// manager has started it.
+    #[cfg(feature = "endpoint")]
     pub fn metrics_address(&self) -> Option<SocketAddr> {
         lock(&self.inner.endpoints).metrics
     }
@@ -974,14 +997,18 @@ impl Manager {
                 leases: sharding.describe(),
             });
         }
-        let mut servings = Vec::new();
-        servings.extend(options.http_endpoint.map(endpoint::Serving::all));
-        servings.extend(options.probe_endpoint.as_ref().map(endpoint::Serving::probes));
-        servings.extend(options.metrics_endpoint.as_ref().map(endpoint::Serving::metrics));
-        let mut bound = Vec::new();
-        for serving in servings {
-            bound.push(endpoint::bind(serving).await?);
-        }
+        #[cfg(feature = "endpoint")]
+        let bound = {
+            let mut servings = Vec::new();
+            servings.extend(options.http_endpoint.map(endpoint::Serving::all));
+            servings.extend(options.probe_endpoint.as_ref().map(endpoint::Serving::probes));
+            servings.extend(options.metrics_endpoint.as_ref().map(endpoint::Serving::metrics));
+            let mut bound = Vec::new();
+            for serving in servings {
+                bound.push(endpoint::bind(serving).await?);
+            }
+            bound
+        };
         let run = token.child_token();
         let _stop_on_drop = run.clone().drop_guard();
         let (failures, mut failed) = mpsc::unbounded_channel();
@@ -1003,6 +1030,7 @@ impl Manager {
         if options.leader_election.is_none() {
             self.inner.leader.send_replace(true);
         }
+        #[cfg(feature = "endpoint")]
         for bound in bound {
             let address = bound.listener.local_addr().ok();
             lock(&self.inner.endpoints).set(bound.serving.role, address);

@@ -351,6 +351,7 @@ pub(crate) enum ClusterClient {
     /// Built when the cluster was.
     Ready(kube::Client),
     /// Built on first use.
+    #[cfg_attr(not(feature = "namespace"), allow(dead_code))]
     ThroughHost(Arc<ThroughHostClient>),
 }
 
@@ -368,6 +369,7 @@ impl ClusterClient {
     /// A client that sends every request through `host` (its connection pool and
     /// credentials) with `namespace` as its default namespace. Inside a Tokio
     /// runtime it is made on first use; outside one, at once.
+    #[cfg_attr(not(feature = "namespace"), allow(dead_code))]
     pub(crate) fn through_host(host: kube::Client, namespace: &str) -> Self {
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => ClusterClient::ThroughHost(Arc::new(ThroughHostClient {
