@@ -17,15 +17,35 @@ pub mod uniform;
 /// Logs to stderr: `info` for the examples and the library, quiet for the client's
 /// retries of a cluster that is still starting, and for kube-envtest's own lines
 /// (the local fleet prints its progress once, plainly). `RUST_LOG` overrides it.
+/// Coloured only on a terminal: a file or a log collector gets plain text.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,kube_client=off,kube_runtime=warn,kube_envtest=warn")
     });
-    tracing_subscriber::fmt()
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    log_format(std::io::stderr, terminal)
         .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(std::io::stderr)
         .init();
+}
+
+/// The examples' log lines, written to `writer`: no targets, and colour only if
+/// `writer` is a `terminal` (c06, issue 19: ANSI codes ended up in log files).
+pub fn log_format<W>(
+    writer: W,
+    terminal: bool,
+) -> tracing_subscriber::fmt::SubscriberBuilder<
+    tracing_subscriber::fmt::format::DefaultFields,
+    tracing_subscriber::fmt::format::Format,
+    tracing_subscriber::filter::LevelFilter,
+    W,
+>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt()
+        .with_target(false)
+        .with_ansi(terminal)
+        .with_writer(writer)
 }
 
 /// Runs `manager` while `script` changes the fleet, then until Ctrl-C (or SIGTERM,

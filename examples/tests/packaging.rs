@@ -408,3 +408,39 @@ fn c04_the_operational_endpoint_is_a_default_feature() {
         "hyper's server is built only with the feature `endpoint`"
     );
 }
+
+/// c06: the examples' (and so the operator's) log lines carry ANSI colour codes on
+/// a terminal only, not when stderr is redirected (CI, a container, a file).
+#[test]
+fn c06_logs_are_plain_text_when_stderr_is_no_terminal() {
+    use std::sync::{Arc, Mutex};
+
+    let line = |terminal: bool| {
+        let written = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = written.clone();
+        let subscriber = examples::log_format(move || Sink(sink.clone()), terminal).finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(cluster = "c1", "a line as an operator writes it");
+        });
+        let text = String::from_utf8(written.lock().unwrap().clone()).expect("UTF-8");
+        assert!(text.contains("a line as an operator writes it"), "{text:?}");
+        text
+    };
+    assert!(
+        !line(false).contains('\u{1b}'),
+        "colour codes in a log file: {:?}",
+        line(false)
+    );
+    assert!(line(true).contains('\u{1b}'), "a terminal gets colour");
+
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+}

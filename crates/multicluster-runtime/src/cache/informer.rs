@@ -298,9 +298,10 @@ impl<K> Informer<K> {
 
     /// How many attempts of the informer's watch (or its lists) failed. Each is
     /// retried after a backoff from 0.8 s doubling up to 30 s, or at once when
-    /// [`Cache::reconnect`](super::Cache::reconnect) asks and the failure was no
-    /// answer at all; so its growth is bounded. Shared by every handle on the
-    /// informer.
+    /// [`Cache::reconnect`](super::Cache::reconnect) asks and the failure found the
+    /// apiserver absent or not serving (no answer, 5xx, 429); so its growth is
+    /// bounded. An expired resource version (410) is no failure. Shared by every
+    /// handle on the informer.
     pub fn failures(&self) -> u64 {
         self.core.failures.load(Ordering::Relaxed)
     }
