@@ -101,8 +101,9 @@ struct Core<K> {
     reconnects: AtomicU64,
     /// How many watch or list attempts failed.
     failures: AtomicU64,
-    /// Whether the watch is failing without an answer from the apiserver (no
-    /// HTTP status): a successful health probe then means it can try again now.
+    /// Whether the watch's last failure found the apiserver absent or not serving
+    /// (see `is_unreachable`): a successful health probe then means it can try
+    /// again now.
     unreachable: AtomicBool,
     /// The failures in a row, for logging them once and their repeats rarely.
     streak: Mutex<Streak>,
@@ -613,7 +614,7 @@ impl<K: Resource + Send + Sync + 'static> Informer<K> {
 /// An informer of any type, as the cache's registry keeps it for status reports.
 pub(crate) trait AnyInformer: Send + Sync {
     fn status(&self) -> InformerStatus;
-    /// Whether its watch fails without an answer from the apiserver.
+    /// Whether its watch's last failure found the apiserver absent or not serving.
     fn unreachable(&self) -> bool;
 }
 
