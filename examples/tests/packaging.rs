@@ -42,18 +42,7 @@ fn c03_every_package_ships_the_licence_and_the_notice() {
 /// The workspace's packages as `cargo metadata` resolves them (workspace
 /// inheritance applied), by name.
 fn metadata() -> std::collections::BTreeMap<String, serde_json::Value> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let output = std::process::Command::new(cargo)
-        .args(["metadata", "--no-deps", "--format-version", "1", "--offline"])
-        .current_dir(workspace())
-        .output()
-        .expect("cargo metadata runs");
-    assert!(
-        output.status.success(),
-        "cargo metadata: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let all: serde_json::Value = serde_json::from_slice(&output.stdout).expect("metadata is JSON");
+    let all = cargo_metadata(&["--no-deps", "--offline"]);
     all["packages"]
         .as_array()
         .expect("packages")
@@ -221,9 +210,15 @@ fn c02_docs_rs_builds_every_provider_and_labels_its_feature() {
 /// Every package with its dependencies, from `cargo metadata` (offline: the lock
 /// file's registry sources are in the local cache once the workspace has built).
 fn metadata_with_dependencies() -> serde_json::Value {
+    cargo_metadata(&["--offline", "--locked"])
+}
+
+/// `cargo metadata --format-version 1` of the workspace with `args`, as JSON.
+fn cargo_metadata(args: &[&str]) -> serde_json::Value {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let output = std::process::Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--offline", "--locked"])
+        .args(["metadata", "--format-version", "1"])
+        .args(args)
         .current_dir(workspace())
         .output()
         .expect("cargo metadata runs");
