@@ -425,16 +425,10 @@ impl<K> Informer<K> {
 /// probes again is what such a watch waits for. Any other status (forbidden, not
 /// found) is the apiserver's considered answer, and waits out its backoff.
 fn is_unreachable(error: &watcher::Error) -> bool {
-    let unavailable = |code: u16| code >= 500 || code == 429;
-    match error {
-        watcher::Error::InitialListFailed(error)
-        | watcher::Error::WatchStartFailed(error)
-        | watcher::Error::WatchFailed(error) => match error {
-            kube::Error::Api(status) => unavailable(status.code),
-            _ => true,
-        },
-        watcher::Error::WatchError(status) => unavailable(status.code),
-        watcher::Error::NoResourceVersion => false,
+    match super::retry::status_code(error) {
+        Some(code) => code >= 500 || code == 429,
+        // The watcher's own finding, not the apiserver's absence.
+        None => !matches!(error, watcher::Error::NoResourceVersion),
     }
 }
 

@@ -55,12 +55,18 @@ where
 /// watcher then lists anew at once.
 pub(crate) fn is_expired(error: &watcher::Error) -> bool {
     const GONE: u16 = 410;
+    status_code(error) == Some(GONE)
+}
+
+/// The HTTP status the apiserver answered a failed attempt with; `None` if it did
+/// not answer (or the failure is the watcher's own).
+pub(crate) fn status_code(error: &watcher::Error) -> Option<u16> {
     match error {
-        watcher::Error::WatchError(status) => status.code == GONE,
+        watcher::Error::WatchError(status) => Some(status.code),
         watcher::Error::InitialListFailed(kube::Error::Api(status))
         | watcher::Error::WatchStartFailed(kube::Error::Api(status))
-        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.code == GONE,
-        _ => false,
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => Some(status.code),
+        _ => None,
     }
 }
 
