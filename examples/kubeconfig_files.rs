@@ -18,7 +18,7 @@ use clap::Parser;
 use examples::fleet::LocalFleet;
 use examples::uniform::{self, Progress};
 use multicluster_runtime::Manager;
-use multicluster_runtime::providers::file::Files;
+use multicluster_runtime::providers::file::{FileNaming, Files};
 
 #[derive(Parser)]
 struct Args {
@@ -41,7 +41,8 @@ async fn main() -> anyhow::Result<()> {
     write(&fleet, &dir, 1)?;
     write(&fleet, &dir, 2)?;
 
-    let provider = Arc::new(Files::builder().path(&dir).build());
+    // `cluster-1.kubeconfig`, whose one context is `cluster-1`, is the cluster `cluster-1`.
+    let provider = Arc::new(Files::builder().path(&dir).naming(FileNaming::Short).build());
     let manager = Manager::with_provider(fleet.local()?, provider);
     uniform::controller(&manager)
         .register(uniform::reconcile, uniform::error_policy, Progress::new())

@@ -45,13 +45,22 @@ pub enum FileNaming {
     /// The path as configured or found: `/etc/fleet/prod.kubeconfig+admin`. Unique,
     /// but changes when the files move.
     Path,
+    /// The file's name without its last extension, and the context only when it is
+    /// not that name already: `cluster-1.kubeconfig` gives `cluster-1` for its context
+    /// `cluster-1` (as `envtest up` and many tools write them, one context per file
+    /// named after it) and `cluster-1+admin` for a context `admin`. The name depends
+    /// on the file and the context alone, never on how many contexts the file has,
+    /// so adding a context never renames a cluster. Names that meet (`a.yaml` and
+    /// `a.kubeconfig`, both with the context `a`) clash as with
+    /// [`Stem`](Self::Stem): the first keeps the name and the clash is reported.
+    Short,
 }
 
 impl FileNaming {
     fn render(self, path: &Path) -> Cow<'_, str> {
         let part = match self {
             FileNaming::FileName => path.file_name(),
-            FileNaming::Stem => path.file_stem(),
+            FileNaming::Stem | FileNaming::Short => path.file_stem(),
             FileNaming::Path => None,
         };
         part.unwrap_or(path.as_os_str()).to_string_lossy()
@@ -74,6 +83,9 @@ impl Config {
     /// The name of the cluster of `context` in the kubeconfig at `path`.
     pub(super) fn cluster_name(&self, path: &Path, context: &str) -> ClusterName {
         let file = self.naming.render(path);
+        if self.naming == FileNaming::Short && file == context {
+            return ClusterName::from(context);
+        }
         ClusterName::from(format!("{file}{}{context}", self.separator))
     }
 }
@@ -88,7 +100,7 @@ impl Config {
 ///     .path("/etc/fleet")                      // a directory: its *.kubeconfig, kubeconfig.yaml, …
 ///     .path("/etc/extra/staging.yaml")         // a file: used whatever its name
 ///     .glob("/srv/clusters/*/kubeconfig.yaml") // every file that matches
-///     .naming(FileNaming::Stem)                // `staging+admin` rather than `staging.yaml+admin`
+///     .naming(FileNaming::Short)               // `staging+admin` rather than `staging.yaml+admin`
 ///     .debounce(Duration::from_millis(500))
 ///     .build();
 /// ```
@@ -158,7 +170,8 @@ impl FilesBuilder {
     }
 
     /// How the file part of cluster names is rendered; [`FileNaming::FileName`]
-    /// unless set.
+    /// unless set. [`FileNaming::Short`] gives the shortest names: `cluster-1` for
+    /// the context `cluster-1` of `cluster-1.kubeconfig`.
     pub fn naming(mut self, naming: FileNaming) -> Self {
         self.config.naming = naming;
         self
@@ -249,6 +262,23 @@ mod tests {
         assert_eq!(config.cluster_name(path, "a"), "/etc/fleet/prod.kubeconfig/a");
     }
 
+    /// c08: a file named after its one context names its cluster once.
+    #[test]
+    fn c08_short_names_say_the_file_once_when_its_context_has_its_name() {
+        let mut config = FilesBuilder::default().naming(FileNaming::Short).config;
+        let path = Path::new("/tmp/fleet/cluster-1.kubeconfig");
+        assert_eq!(config.cluster_name(path, "cluster-1"), "cluster-1");
+        assert_eq!(config.cluster_name(path, "admin"), "cluster-1+admin");
+        assert_eq!(
+            config.cluster_name(path, "cluster-1.kubeconfig"),
+            "cluster-1+cluster-1.kubeconfig"
+        );
+        config.separator = "/".into();
+        let path = Path::new("/etc/kubeconfig.yaml");
+        assert_eq!(config.cluster_name(path, "kubeconfig"), "kubeconfig");
+        assert_eq!(config.cluster_name(path, "kind-dev"), "kubeconfig/kind-dev");
+    }
+
     proptest::proptest! {
         #![proptest_config(crate::providers::fuzz::config())]
 
@@ -258,14 +288,18 @@ mod tests {
             path in "\\PC{0,40}",
             context in "\\PC{0,20}",
             separator in "\\PC{0,3}",
-            naming in proptest::sample::select(vec![FileNaming::FileName, FileNaming::Stem, FileNaming::Path]),
+            naming in proptest::sample::select(vec![
+                FileNaming::FileName, FileNaming::Stem, FileNaming::Path, FileNaming::Short,
+            ]),
         ) {
             let mut config = FilesBuilder::default().config;
             config.naming = naming;
             config.separator = separator.clone();
             let name = config.cluster_name(Path::new(&path), &context);
             let expected = format!("{separator}{context}");
-            proptest::prop_assert!(name.as_str().ends_with(&expected));
+            // Only a short name may be the context alone.
+            let short = naming == FileNaming::Short && name.as_str() == context;
+            proptest::prop_assert!(short || name.as_str().ends_with(&expected));
         }
     }
 }

@@ -5,7 +5,9 @@
 //! [`Files`] reads kubeconfig files, directories and glob patterns, and offers one
 //! cluster per context, named `<file>+<context>`: the context `admin` of
 //! `/etc/fleet/prod.kubeconfig` is the cluster `prod.kubeconfig+admin`. Both the
-//! separator and how the file is rendered ([`FileNaming`]) can be changed.
+//! separator and how the file is rendered ([`FileNaming`]) can be changed;
+//! [`FileNaming::Short`] names the context `cluster-1` of `cluster-1.kubeconfig`
+//! just `cluster-1`.
 //!
 //! - A directory contributes its files whose names match [`DEFAULT_PATTERNS`]
 //!   (`kubeconfig.yaml`, `kubeconfig.yml`, `*.kubeconfig`, `*.kubeconfig.yaml`,
