@@ -78,14 +78,4 @@ pub async fn run_demo(
 }
 
 /// Resolves when the user presses Ctrl-C (or the process gets SIGTERM).
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-}
+pub use multicluster_runtime::manager::shutdown_signal;

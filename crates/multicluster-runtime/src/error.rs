@@ -191,6 +191,14 @@ pub enum Error {
         cut_short: Vec<CutShort>,
     },
 
+    /// A second shutdown signal arrived while the manager was draining
+    /// ([`Manager::start_until_signal`](crate::Manager::start_until_signal)): it
+    /// stopped without waiting for the running reconciles, which were cancelled.
+    #[error(
+        "a second shutdown signal arrived while draining: stopped without waiting for running reconciles"
+    )]
+    ShutdownInterrupted,
+
     /// The manager's HTTP endpoint cannot listen on its address.
     #[error("cannot serve metrics and health checks on {address}: {source}")]
     Endpoint {

@@ -213,6 +213,7 @@ mod health;
 mod leader;
 mod lease;
 pub mod metrics;
+mod signal;
 
 use std::collections::{BTreeMap, HashMap};
 #[cfg(feature = "endpoint")]
@@ -247,6 +248,7 @@ pub use endpoint::{
 pub use health::{HealthEvent, HealthProbes, PROBE_PATH};
 pub use leader::{LeaderElection, OnLeadershipLoss};
 pub use metrics::Metrics;
+pub use signal::shutdown_signal;
 
 /// How long reconciles in flight may take to finish once the manager stops, unless
 /// [`Manager::with_graceful_shutdown_timeout`] says otherwise.
