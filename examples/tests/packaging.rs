@@ -290,7 +290,6 @@ fn c04_msrv_features_and_semver_policy() {
         "full",
         "rt-multi-thread",
         "process",
-        "signal",
         "fs",
         "io-std",
         "parking_lot",
@@ -339,10 +338,7 @@ fn c04_msrv_features_and_semver_policy() {
     }
 
     let readme = read(&root.join("README.md"));
-    let policy = readme
-        .split("\n## ")
-        .find(|section| section.starts_with("Rust versions and semver"))
-        .expect("README.md has a section \"Rust versions and semver\"");
+    let policy = section(&readme, "Rust versions and semver");
     for named in [
         "`kube`",
         "`k8s-openapi`",
@@ -353,6 +349,69 @@ fn c04_msrv_features_and_semver_policy() {
     ] {
         assert!(policy.contains(named), "the semver policy names {named}");
     }
+}
+
+/// The `## <title>` section of a README, without its title line.
+fn section<'a>(readme: &'a str, title: &str) -> &'a str {
+    readme
+        .split("\n## ")
+        .find_map(|section| section.strip_prefix(title).filter(|rest| rest.starts_with('\n')))
+        .unwrap_or_else(|| panic!("the README has a section \"{title}\""))
+}
+
+/// The rows of the first Markdown table in `text` whose header starts with `| feature |`.
+fn feature_table(text: &str) -> Vec<&str> {
+    let start = text.find("| feature |").expect("a features table");
+    text[start..].lines().take_while(|l| l.starts_with('|')).collect()
+}
+
+/// c08: the README's "Use it in your project" shows the `cargo add` lines (with the
+/// k8s-openapi version feature a binary needs), the features table (every feature of
+/// the library, the same table as on the crate's registry page), the deploy steps and
+/// the local-to-fleet page; its program is compiled as a doctest of the examples crate.
+#[test]
+fn c08_the_readme_says_how_to_use_it_in_a_project() {
+    let root = workspace();
+    let readme = read(&root.join("README.md"));
+    let usage = section(&readme, "Use it in your project");
+    for line in [
+        "cargo add multicluster-runtime",
+        "cargo add k8s-openapi@0.29 --features v1_37",
+        "cargo add --dev kube-envtest",
+        "start_until_signal",
+        "kubectl apply -k deploy/operator/",
+        "docs/local-to-fleet.md",
+    ] {
+        assert!(usage.contains(line), "\"Use it in your project\" shows `{line}`");
+    }
+    assert!(root.join("docs/local-to-fleet.md").is_file());
+    let table = feature_table(usage);
+    let crate_readme = read(&root.join("crates/multicluster-runtime/README.md"));
+    assert_eq!(
+        table,
+        feature_table(&crate_readme),
+        "one features table in both READMEs"
+    );
+    let features = metadata()["multicluster-runtime"]["features"]
+        .as_object()
+        .expect("features")
+        .keys()
+        .filter(|f| *f != "default")
+        .cloned()
+        .collect::<Vec<_>>();
+    for feature in &features {
+        assert!(
+            table
+                .iter()
+                .any(|row| row.starts_with(&format!("| `{feature}` |"))),
+            "the features table lists `{feature}`"
+        );
+    }
+    assert_eq!(
+        table.len(),
+        2 + features.len(),
+        "no row for a feature that does not exist"
+    );
 }
 
 /// c04: the operational endpoints (probes, `/metrics`, their HTTP server and TLS)
