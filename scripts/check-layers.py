@@ -12,11 +12,11 @@ SRC = Path(__file__).resolve().parent.parent / "crates/multicluster-runtime/src"
 
 # Lowest first. A path prefix (relative to src, without .rs) decides a file's layer.
 LAYERS = [
-    ("support", ["redact", "backoff", "term", "exposition"]),
+    ("support", ["redact", "backoff", "term", "exposition", "serving"]),
     ("cluster + cache", ["cluster", "cache"]),
     ("contract", ["multicluster", "error", "runnable"]),
     ("providers", ["providers"]),
-    ("controller", ["controller"]),
+    ("controller", ["controller", "webhook"]),
     ("manager", ["manager"]),
     ("crate root", ["lib"]),
 ]

@@ -19,7 +19,6 @@
 //!   whatever `net.ipv6.bindv6only` says).
 
 mod auth;
-mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -35,13 +34,13 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::serving::tls::{DEFAULT_RELOAD_INTERVAL, DEFAULT_ROTATION, ServingCertificate};
 pub use auth::CACHE_ENTRIES as REVIEW_CACHE_ENTRIES;
-pub use tls::{DEFAULT_RELOAD_INTERVAL, ServingCertificate};
 
 use super::Manager;
+use crate::serving::{self, Limits, tls};
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -53,21 +52,11 @@ pub const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the metrics endpoint keeps a review's decision, unless set otherwise.
 pub const DEFAULT_REVIEW_CACHE_TTL: Duration = Duration::from_secs(10);
 
-/// How many connections at once, and for how long each.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Limits {
-    max_connections: usize,
-    connection_timeout: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            connection_timeout: DEFAULT_CONNECTION_TIMEOUT,
-        }
-    }
-}
+/// The limits of an endpoint unless set otherwise.
+const DEFAULT_LIMITS: Limits = Limits {
+    max_connections: DEFAULT_MAX_CONNECTIONS,
+    connection_timeout: DEFAULT_CONNECTION_TIMEOUT,
+};
 
 /// Where and how the manager serves its probes, `/healthz`, `/livez` and `/readyz`,
 /// for the kubelet: plain HTTP, no authentication. See
@@ -101,7 +90,7 @@ impl ProbeEndpoint {
         ProbeEndpoint {
             address,
             show_reasons: false,
-            limits: Limits::default(),
+            limits: DEFAULT_LIMITS,
         }
     }
 
@@ -181,7 +170,7 @@ impl MetricsEndpoint {
             certificate: None,
             authorize: false,
             review_cache_ttl: DEFAULT_REVIEW_CACHE_TTL,
-            limits: Limits::default(),
+            limits: DEFAULT_LIMITS,
         }
     }
 
@@ -281,7 +270,7 @@ impl Serving {
             certificate: None,
             authorize: false,
             review_cache_ttl: Duration::ZERO,
-            limits: Limits::default(),
+            limits: DEFAULT_LIMITS,
         }
     }
 
@@ -355,7 +344,8 @@ pub(crate) async fn bind(serving: Serving) -> crate::Result<Bound> {
     }
     let (tls, watcher) = match &serving.certificate {
         Some(certificate) => {
-            let loaded = tls::load(certificate).map_err(invalid)?;
+            // The endpoint speaks HTTP/1.1 only.
+            let loaded = tls::load(certificate, &[b"http/1.1"]).map_err(invalid)?;
             (
                 Some(tokio_rustls::TlsAcceptor::from(loaded.config)),
                 loaded.watcher,
@@ -363,29 +353,13 @@ pub(crate) async fn bind(serving: Serving) -> crate::Result<Bound> {
         }
         None => (None, None),
     };
-    let listener = listen(address).map_err(|source| crate::Error::Endpoint { address, source })?;
+    let listener = serving::listen(address).map_err(|source| crate::Error::Endpoint { address, source })?;
     Ok(Bound {
         serving,
         listener,
         tls,
         watcher,
     })
-}
-
-/// A listening socket on `address`; the IPv6 unspecified address serves IPv4 too.
-fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;
-    if address.is_ipv6() && address.ip().is_unspecified() {
-        socket.set_only_v6(false)?;
-    }
-    // As std's and tokio's `bind` do on Unix: a restarted manager can bind at once.
-    #[cfg(unix)]
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&address.into())?;
-    socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
 }
 
 /// Accepts connections until `token` is cancelled; each connection is served on a
@@ -407,54 +381,23 @@ pub(crate) async fn serve(manager: Manager, bound: Bound, token: CancellationTok
             serving.review_cache_ttl,
         ))
     });
-    let serving = Arc::new(serving);
-    let slots = Arc::new(Semaphore::new(serving.limits.max_connections));
-    loop {
-        let accepted = tokio::select! {
-            () = token.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(err) => {
-                // E.g. out of file descriptors: keep the endpoint up, try again soon.
-                tracing::warn!(error = %err, "endpoint cannot accept a connection");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            // Closed unanswered: the client fails now rather than waiting.
-            tracing::debug!(endpoint = ?serving.role, "endpoint at its connection limit; connection closed");
-            drop(stream);
-            continue;
-        };
-        let handler = Handler {
-            manager: manager.clone(),
-            serving: serving.clone(),
-            reviewer: reviewer.clone(),
-        };
-        let (tls, token) = (tls.clone(), token.clone());
-        manager.inner.tasks.spawn(async move {
-            let _slot = slot;
-            let timeout = handler.serving.limits.connection_timeout;
-            let connection = async move {
-                match tls {
-                    Some(acceptor) => match acceptor.accept(stream).await {
-                        Ok(stream) => handler.connection(stream).await,
-                        Err(err) => tracing::debug!(error = %err, "endpoint TLS handshake failed"),
-                    },
-                    None => handler.connection(stream).await,
-                }
-            };
-            tokio::select! {
-                outcome = tokio::time::timeout(timeout, connection) => if outcome.is_err() {
-                    tracing::debug!(?timeout, "endpoint connection cut off at its timeout");
-                },
-                () = token.cancelled() => {}
-            }
-        });
-    }
+    let handler = Handler {
+        manager: manager.clone(),
+        serving: Arc::new(serving),
+        reviewer,
+    };
+    let limits = handler.serving.limits;
+    let connection: serving::Connection = Arc::new(move |io| Box::pin(handler.clone().connection(io)));
+    serving::accept(
+        "endpoint",
+        listener,
+        tls,
+        limits,
+        &manager.inner.tasks,
+        token,
+        connection,
+    )
+    .await;
 }
 
 /// Serves the requests of one connection.
