@@ -199,6 +199,11 @@ pub enum Error {
     )]
     ShutdownInterrupted,
 
+    /// A webhook server's settings cannot be used: what is wrong, e.g. a webhook
+    /// name Kubernetes would refuse.
+    #[error("webhook server: {0}")]
+    Webhook(String),
+
     /// The manager's HTTP endpoint cannot listen on its address.
     #[error("cannot serve metrics and health checks on {address}: {source}")]
     Endpoint {

@@ -99,7 +99,11 @@ pub mod multicluster;
 pub mod providers;
 pub mod redact;
 mod runnable;
+#[cfg(feature = "endpoint")]
+mod serving;
 mod term;
+#[cfg(feature = "webhook")]
+pub mod webhook;
 
 pub use cluster::{Cluster, ClusterName, ClusterOptions};
 

@@ -243,7 +243,7 @@ pub use coordination::{CLUSTER_ANNOTATION, FENCE_LABEL, MAX_WEIGHT, PEER_LABEL, 
 #[cfg(feature = "endpoint")]
 pub use endpoint::{
     DEFAULT_CONNECTION_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_RELOAD_INTERVAL, DEFAULT_REVIEW_CACHE_TTL,
-    MetricsEndpoint, ProbeEndpoint, REVIEW_CACHE_ENTRIES, ServingCertificate,
+    DEFAULT_ROTATION, MetricsEndpoint, ProbeEndpoint, REVIEW_CACHE_ENTRIES, ServingCertificate,
 };
 pub use health::{HealthEvent, HealthProbes, PROBE_PATH};
 pub use leader::{LeaderElection, OnLeadershipLoss};

@@ -43,6 +43,28 @@ pub async fn get_tls(
     exchange(stream, address, path, token).await
 }
 
+/// POSTs a JSON `body` to `path` at `address` over TLS as `client`, for the server
+/// name `localhost`.
+#[allow(dead_code)] // not every test binary posts
+pub async fn post_json_tls(
+    address: SocketAddr,
+    path: &str,
+    body: &str,
+    client: Arc<ClientConfig>,
+) -> std::io::Result<Response> {
+    let stream = TcpStream::connect(address).await?;
+    let connector = tokio_rustls::TlsConnector::from(client);
+    let name = ServerName::try_from("localhost").expect("server name");
+    let mut stream = connector.connect(name, stream).await?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    read_response(stream).await
+}
+
 async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     address: SocketAddr,
@@ -53,6 +75,10 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     let request =
         format!("GET {path} HTTP/1.1\r\nHost: {address}\r\n{authorization}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
+    read_response(stream).await
+}
+
+async fn read_response<S: AsyncRead + Unpin>(mut stream: S) -> std::io::Result<Response> {
     let mut raw = Vec::new();
     // A TLS peer that closes without close_notify is fine for these tests.
     match stream.read_to_end(&mut raw).await {
