@@ -138,10 +138,12 @@ fn every_rbac_file_parses() {
         assert!(!rules.is_empty(), "{file}");
     }
     for file in [
-        "operator/rbac.yaml",
-        "operator/fleet-member-rbac.yaml",
-        "operator/metrics-auth-rbac.yaml",
-        "operator/metrics-reader-rbac.yaml",
+        "operator/base/rbac.yaml",
+        "operator/base/metrics-auth-rbac.yaml",
+        "operator/base/metrics-reader-rbac.yaml",
+        "operator/overlays/leader-election/leader-election-rbac.yaml",
+        "operator/overlays/sharding/sharding-rbac.yaml",
+        "operator/member/member-rbac.yaml",
     ] {
         let (rules, _) = deploy_rules(file);
         assert!(!rules.is_empty(), "{file}");
