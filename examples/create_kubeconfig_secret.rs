@@ -128,10 +128,7 @@ impl Target {
                 args.service_account
             );
         };
-        anyhow::ensure!(
-            args.expiration_hours > 0,
-            "--expiration-hours must be positive"
-        );
+        anyhow::ensure!(args.expiration_hours > 0, "--expiration-hours must be positive");
         Ok(Target {
             name: args.name.clone(),
             namespace: args.namespace.clone(),
@@ -186,11 +183,14 @@ impl MemberEndpoint {
             .server
             .clone()
             .with_context(|| format!("cluster {cluster_name:?} has no server"))?;
-        let certificate_authority_data = match (&cluster.certificate_authority_data, &cluster.certificate_authority) {
+        let certificate_authority_data = match (
+            &cluster.certificate_authority_data,
+            &cluster.certificate_authority,
+        ) {
             (Some(data), _) => Some(data.clone()),
             (None, Some(path)) => {
-                let pem =
-                    std::fs::read(path).with_context(|| format!("{path}: the CA of cluster {cluster_name:?}"))?;
+                let pem = std::fs::read(path)
+                    .with_context(|| format!("{path}: the CA of cluster {cluster_name:?}"))?;
                 Some(base64::engine::general_purpose::STANDARD.encode(pem))
             }
             (None, None) => None,
@@ -218,9 +218,7 @@ pub async fn create(
     let accounts: Api<ServiceAccount> = Api::namespaced(member.clone(), &target.account_namespace);
     let account = format!("{}/{}", target.account_namespace, target.account);
     if accounts.get_opt(&target.account).await?.is_none() {
-        anyhow::bail!(
-            "the member has no ServiceAccount {account}: apply deploy/operator/member to it first"
-        );
+        anyhow::bail!("the member has no ServiceAccount {account}: apply deploy/operator/member to it first");
     }
     let request = TokenRequest {
         spec: Some(TokenRequestSpec {
@@ -236,19 +234,28 @@ pub async fn create(
     let status = issued.status.context("the TokenRequest has no status")?;
     let expiry = status.expiration_timestamp.map(|t| t.0.to_string());
     let token = status.token.context("the TokenRequest gave no token")?;
-    let kubeconfig = kubeconfig(&target.name, endpoint, &token)?;
+    let kubeconfig = token_kubeconfig(&target.name, endpoint, &token)?;
     let secret = kubeconfig_secret(&target.name, &target.namespace, &kubeconfig);
     let secrets: Api<Secret> = Api::namespaced(hub.clone(), &target.namespace);
     let params = PatchParams::apply("create-kubeconfig-secret").force();
     secrets
         .patch(&target.name, &params, &Patch::Apply(&secret))
         .await
-        .with_context(|| format!("applying the Secret {}/{} to the hub", target.namespace, target.name))?;
+        .with_context(|| {
+            format!(
+                "applying the Secret {}/{} to the hub",
+                target.namespace, target.name
+            )
+        })?;
     Ok(expiry)
 }
 
-/// A kubeconfig of one cluster, `name`, reached at `endpoint` with `token`.
-fn kubeconfig(name: &str, endpoint: &MemberEndpoint, token: &str) -> anyhow::Result<Kubeconfig> {
+/// A kubeconfig of one cluster, `name`, reached at `endpoint` with the bearer
+/// `token`.
+///
+/// # Errors
+/// Never for a valid endpoint; the error does not quote the token.
+pub fn token_kubeconfig(name: &str, endpoint: &MemberEndpoint, token: &str) -> anyhow::Result<Kubeconfig> {
     // Through JSON: the token field is a secret type that redacts itself in Debug.
     let value = serde_json::json!({
         "apiVersion": "v1",

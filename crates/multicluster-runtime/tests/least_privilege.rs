@@ -311,7 +311,8 @@ async fn x07_the_operators_rbac_pins_its_lease_by_name() {
         .create(&PostParams::default(), &lease("other", "someone"))
         .await
         .expect("create another Lease");
-    let (rules, namespaced) = rbac::deploy_rules("operator/overlays/leader-election/leader-election-rbac.yaml");
+    let (rules, namespaced) =
+        rbac::deploy_rules("operator/overlays/leader-election/leader-election-rbac.yaml");
     assert!(namespaced);
     let user = cluster
         .create_user(kube_envtest::UserSpec::new("fleet-operator").allow_in("fleet-system", rules))

@@ -73,6 +73,13 @@ pub async fn service_account_token(admin: &kube::Client, namespace: &str, name: 
         .create(&PostParams::default(), &account)
         .await
         .expect("create ServiceAccount");
+    token_of(admin, namespace, name).await
+}
+
+/// A bearer token of the existing ServiceAccount `namespace/name`, from the
+/// TokenRequest API, valid for 10 minutes.
+pub async fn token_of(admin: &kube::Client, namespace: &str, name: &str) -> String {
+    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), namespace);
     let request = TokenRequest {
         spec: Some(TokenRequestSpec {
             expiration_seconds: Some(600),
