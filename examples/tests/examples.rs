@@ -300,7 +300,7 @@ async fn o08_operator_example_answers_readyz_and_reconciles_the_fleet() {
 /// c07: every kustomization of `deploy/operator/` (the base, each overlay, the
 /// member's) renders with kustomize and is accepted by a real apiserver with
 /// server-side apply and `dryRun=All` (schema, defaulting, admission), the
-/// ServiceMonitor against the Prometheus Operator's own CRD; and the Deployment's
+/// ServiceMonitor against the Prometheus Operator's own CRD; and each Deployment's
 /// pod passes Pod Security `restricted` in its namespace, where a pod that may run
 /// as root is refused.
 #[tokio::test]
@@ -327,6 +327,9 @@ async fn c07_every_kustomization_applies_with_server_side_dry_run() {
             .collect();
         manifests::apply_all(&admin, &namespaces, false).await;
         manifests::apply_all(&admin, &objects, true).await;
+        for deployment in objects.iter().filter(|o| o["kind"] == "Deployment") {
+            pod_security_admits_only_its_pod(&admin, deployment).await;
+        }
         eprintln!("c07: {kustomization}: {} objects accepted", objects.len());
     }
     let stored = Api::<Deployment>::namespaced(admin.clone(), "fleet-system")
@@ -334,23 +337,26 @@ async fn c07_every_kustomization_applies_with_server_side_dry_run() {
         .await
         .expect("get");
     assert!(stored.is_none(), "a dry run stores nothing");
+}
 
-    let base = manifests::render(&tools, "base");
-    let deployment = manifests::find(&base, "Deployment", "fleet-operator");
+/// The pod of `deployment` passes Pod Security in the Deployment's namespace (as
+/// labelled by the kustomization just applied: `restricted`), and the same pod
+/// allowed to run as root is refused there.
+async fn pod_security_admits_only_its_pod(admin: &Client, deployment: &serde_json::Value) {
     let pod = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": { "name": "fleet-operator-c07", "namespace": "fleet-system" },
+        "metadata": { "name": "fleet-operator-c07", "namespace": deployment["metadata"]["namespace"] },
         "spec": deployment["spec"]["template"]["spec"],
     });
-    manifests::apply(&admin, &pod, true)
+    manifests::apply(admin, &pod, true)
         .await
         .expect("the operator's pod passes Pod Security restricted");
     let mut as_root = pod.clone();
     as_root["spec"]["securityContext"]["runAsNonRoot"] = false.into();
-    let refused = manifests::apply(&admin, &as_root, true)
+    let refused = manifests::apply(admin, &as_root, true)
         .await
-        .expect_err("a pod that may run as root is refused in fleet-system");
+        .expect_err("a pod that may run as root is refused in the operator's namespace");
     assert!(refused.to_string().contains("PodSecurity"), "{refused}");
 }
 
