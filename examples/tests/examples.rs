@@ -443,11 +443,14 @@ async fn start_replicas(
     started
 }
 
-/// Waits until the ConfigMap `name` of each member cluster is annotated with the
-/// member's name.
-async fn annotated_everywhere(fleet: &Fleet, members: &[usize], name: &str) {
+/// Creates a managed ConfigMap `name` in each member cluster (existing is fine),
+/// and waits until each is annotated with its member's name.
+async fn reconciled_everywhere(fleet: &Fleet, members: &[usize], name: &str) {
     for &member in members {
         let client = fleet.cluster(member).client().expect("client");
+        uniform::create_managed(client.clone(), name)
+            .await
+            .expect("ConfigMap");
         let cluster = format!("member-{member}");
         eventually(&format!("{name} annotated in {cluster}"), || async {
             let cm = configmap(client.clone(), name).await?;
@@ -476,14 +479,11 @@ async fn c07_the_operator_runs_with_the_rendered_rbac_through_a_leader_handover_
     for &member in &members {
         let admin = fleet.cluster(member).client().expect("client");
         manifests::apply_all(&admin, &member_objects, false).await;
-        uniform::create_managed(admin, "app-settings")
-            .await
-            .expect("ConfigMap");
     }
 
     let replicas = start_replicas(&fleet, &tools, "overlays/leader-election", 0, &members).await;
     assert_eq!(replicas.len(), 2, "the overlay runs two replicas");
-    annotated_everywhere(&fleet, &members, "app-settings").await;
+    reconciled_everywhere(&fleet, &members, "app-settings").await;
     let leader = eventually("one replica leads", || async {
         let leading: Vec<_> = replicas.iter().filter(|(_, m, _, _)| m.is_leader()).collect();
         (leading.len() == 1).then(|| leading[0].0.clone())
@@ -513,13 +513,7 @@ async fn c07_the_operator_runs_with_the_rendered_rbac_through_a_leader_handover_
         holder(leases.get("fleet-operator").await.expect("the Lease")),
         Some(pod)
     );
-    for &member in &members {
-        let client = fleet.cluster(member).client().expect("client");
-        uniform::create_managed(client, "after-handover")
-            .await
-            .expect("ConfigMap");
-    }
-    annotated_everywhere(&fleet, &members, "after-handover").await;
+    reconciled_everywhere(&fleet, &members, "after-handover").await;
     token.cancel();
     running
         .await
@@ -548,13 +542,7 @@ async fn c07_the_operator_runs_with_the_rendered_rbac_through_a_leader_handover_
     )
     .await;
     eprintln!("c07: sharded owners {owners:?}");
-    for &member in &members {
-        let client = fleet.cluster(member).client().expect("client");
-        uniform::create_managed(client, "after-split")
-            .await
-            .expect("ConfigMap");
-    }
-    annotated_everywhere(&fleet, &members, "after-split").await;
+    reconciled_everywhere(&fleet, &members, "after-split").await;
     for (_, _, token, running) in replicas {
         token.cancel();
         running

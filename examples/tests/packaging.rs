@@ -409,54 +409,51 @@ fn c04_the_operational_endpoint_is_a_default_feature() {
     );
 }
 
+/// What a subscriber built on a writer (given the writer) writes for one warning
+/// with a field.
+fn one_line<S>(subscriber: impl FnOnce(Sink) -> S) -> String
+where
+    S: tracing::Subscriber + Send + Sync + 'static,
+{
+    let sink = Sink::default();
+    tracing::subscriber::with_default(subscriber(sink.clone()), || {
+        tracing::warn!(cluster = "c1", "a line as an operator writes it");
+    });
+    let text = String::from_utf8(sink.0.lock().unwrap().clone()).expect("UTF-8");
+    assert!(text.contains("a line as an operator writes it"), "{text:?}");
+    text
+}
+
+/// A log writer that keeps what it is given.
+#[derive(Clone, Default)]
+struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// c06: the examples' (and so the operator's) log lines carry ANSI colour codes on
 /// a terminal only, not when stderr is redirected (CI, a container, a file).
 #[test]
 fn c06_logs_are_plain_text_when_stderr_is_no_terminal() {
-    use std::sync::{Arc, Mutex};
-
-    let line = |terminal: bool| {
-        let written = Arc::new(Mutex::new(Vec::<u8>::new()));
-        let sink = written.clone();
-        let subscriber = examples::log_format(move || Sink(sink.clone()), terminal).finish();
-        tracing::subscriber::with_default(subscriber, || {
-            tracing::warn!(cluster = "c1", "a line as an operator writes it");
-        });
-        let text = String::from_utf8(written.lock().unwrap().clone()).expect("UTF-8");
-        assert!(text.contains("a line as an operator writes it"), "{text:?}");
-        text
-    };
-    assert!(
-        !line(false).contains('\u{1b}'),
-        "colour codes in a log file: {:?}",
-        line(false)
-    );
+    let line =
+        |terminal: bool| one_line(|sink| examples::log_format(move || sink.clone(), terminal).finish());
+    let plain = line(false);
+    assert!(!plain.contains('\u{1b}'), "colour codes in a log file: {plain:?}");
     assert!(line(true).contains('\u{1b}'), "a terminal gets colour");
-
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Sink {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 }
 
 /// c06: `--log-format json` writes one JSON object per line, with the level, the
 /// message and the fields, and no colour codes.
 #[test]
 fn c06_json_log_lines_are_json() {
-    use std::sync::{Arc, Mutex};
-    let written = Arc::new(Mutex::new(Vec::<u8>::new()));
-    let sink = written.clone();
-    let subscriber = examples::json_log_format(move || Sink(sink.clone())).finish();
-    tracing::subscriber::with_default(subscriber, || {
-        tracing::warn!(cluster = "c1", "a line as an operator writes it");
-    });
-    let text = String::from_utf8(written.lock().unwrap().clone()).expect("UTF-8");
+    let text = one_line(|sink| examples::json_log_format(move || sink.clone()).finish());
     let line: serde_json::Value =
         serde_json::from_str(text.trim_end()).unwrap_or_else(|e| panic!("{e}: {text:?}"));
     assert_eq!(line["level"], "WARN", "{line}");
@@ -466,17 +463,6 @@ fn c06_json_log_lines_are_json() {
     );
     assert_eq!(line["fields"]["cluster"], "c1", "{line}");
     assert!(!text.contains('\u{1b}'), "{text:?}");
-
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Sink {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 }
 
 /// The operator's Dockerfile, its lines joined where they continue.

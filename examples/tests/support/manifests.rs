@@ -27,32 +27,29 @@ pub const KUSTOMIZATIONS: [&str; 5] = [
 /// `tools/kustomize/build.sh` (which builds them the first time, and otherwise only
 /// prints where they are).
 pub fn tools() -> PathBuf {
-    let output = Command::new(root().join("tools/kustomize/build.sh"))
-        .output()
-        .expect("run tools/kustomize/build.sh");
-    assert!(
-        output.status.success(),
-        "tools/kustomize/build.sh failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    PathBuf::from(String::from_utf8(output.stdout).expect("UTF-8").trim())
+    let script = root().join("tools/kustomize/build.sh");
+    PathBuf::from(stdout_of(Command::new(script), "tools/kustomize/build.sh").trim())
 }
 
 /// The objects of `deploy/operator/<kustomization>`, rendered by `kustomize build`.
 pub fn render(tools: &Path, kustomization: &str) -> Vec<Value> {
-    let dir = root().join("deploy/operator").join(kustomization);
-    let output = Command::new(tools.join("kustomize"))
+    let mut command = Command::new(tools.join("kustomize"));
+    command
         .arg("build")
-        .arg(&dir)
-        .output()
-        .expect("run kustomize");
+        .arg(root().join("deploy/operator").join(kustomization));
+    let text = stdout_of(command, &format!("kustomize build {kustomization}"));
+    serde_saphyr::from_str_multiple(&text).expect("rendered YAML")
+}
+
+/// What `command` (`what`) prints, or a failure with its standard error.
+fn stdout_of(mut command: Command, what: &str) -> String {
+    let output = command.output().unwrap_or_else(|e| panic!("run {what}: {e}"));
     assert!(
         output.status.success(),
-        "kustomize build {kustomization}:\n{}",
+        "{what} failed:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let text = String::from_utf8(output.stdout).expect("UTF-8");
-    serde_saphyr::from_str_multiple(&text).expect("rendered YAML")
+    String::from_utf8(output.stdout).expect("UTF-8")
 }
 
 /// The YAML documents of a file, e.g. the ServiceMonitor CRD.
