@@ -1,7 +1,7 @@
 //! A production-shaped fleet operator: what `deploy/operator/` runs.
 //!
 //! It discovers the fleet from kubeconfig Secrets in its own namespace, elects a
-//! leader among its replicas, serves its probes (`/healthz`, `/readyz`) on a plain
+//! leader among its replicas (or splits the fleet between them: `--sharding`), serves its probes (`/healthz`, `/readyz`) on a plain
 //! port for the kubelet and `/metrics` over HTTPS to callers its cluster authorizes
 //! (a bearer token allowed to `get` `/metrics`), probes the health of every cluster, records an Event in the cluster of each object it
 //! changes, and drains its reconciles on SIGTERM. Its reconciler annotates every
@@ -12,7 +12,7 @@
 //!
 //!     operator --secrets-namespace fleet-system --leader-elect \
 //!         --health-probe-bind-address [::]:8081 --metrics-bind-address [::]:8443 \
-//!         --metrics-cert-dir /certs
+//!         --metrics-cert-dir /certs --identity "$POD_NAME" --log-format json
 //!
 //! On this machine, against a local fleet of real apiservers whose kubeconfig
 //! Secrets it writes into the first one:
@@ -39,7 +39,9 @@ use kube::{Resource, ResourceExt};
 use kube_envtest::Fleet;
 use multicluster_runtime::cache::WatchSpec;
 use multicluster_runtime::controller::{Action, Controller, ReconcileRequest, Request};
-use multicluster_runtime::manager::{LeaderElection, MetricsEndpoint, ProbeEndpoint, ServingCertificate};
+use multicluster_runtime::manager::{
+    LeaderElection, MetricsEndpoint, ProbeEndpoint, ServingCertificate, Sharding,
+};
 use multicluster_runtime::providers::kubeconfig::{EndpointPolicy, EndpointRule, KubeconfigPolicy};
 use multicluster_runtime::providers::secret::{Secrets, SecretsOptions, kubeconfig_secret};
 use multicluster_runtime::{Cluster, Manager};
@@ -69,12 +71,28 @@ pub struct Args {
     #[arg(long)]
     pub metrics_cert_dir: Option<PathBuf>,
     /// Elect a leader among the replicas on the Lease `fleet-operator`.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "sharding")]
     pub leader_elect: bool,
     /// Namespace of the leader-election Lease [default: $POD_NAMESPACE, else the
     /// Secrets' namespace].
     #[arg(long)]
     pub leader_election_namespace: Option<String>,
+    /// Split the fleet between the replicas instead (`Manager::with_sharding`): each
+    /// works on the clusters it owns, on Leases named `fleet-operator-…` in
+    /// --sharding-namespace.
+    #[arg(long)]
+    pub sharding: bool,
+    /// Namespace of the sharding Leases: one that nothing else writes Leases in.
+    #[arg(long, default_value = "fleet-coordination")]
+    pub sharding_namespace: String,
+    /// This replica's name in its Leases (leader election, sharding): in a pod, the
+    /// pod's name [default: $POD_NAME, else the host name and a random suffix].
+    #[arg(long)]
+    pub identity: Option<String>,
+    /// `text` (readable, coloured on a terminal) or `json` (one object per line,
+    /// for log collectors).
+    #[arg(long, value_enum, default_value_t = examples::LogFormat::Text)]
+    pub log_format: examples::LogFormat,
     /// Seconds that reconciles in flight get to finish on SIGTERM.
     #[arg(long, default_value_t = 30)]
     pub shutdown_timeout: u64,
@@ -92,8 +110,8 @@ pub struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    examples::init_tracing();
     let args = Args::parse();
+    examples::init_tracing_as(args.log_format);
     let token = CancellationToken::new();
     tokio::spawn({
         let token = token.clone();
@@ -127,8 +145,8 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// The manager: the Secret provider on the cluster `host`, the probe and metrics
-/// endpoints, leader election if asked for, and the controller. Health probes are on by
-/// default.
+/// endpoints, leader election or sharding if asked for, and the controller. Health
+/// probes are on by default.
 ///
 /// # Errors
 /// The controller cannot be registered.
@@ -138,6 +156,7 @@ pub async fn build(args: &Args, host: kube::Client) -> anyhow::Result<Manager> {
         .with_probe_endpoint(ProbeEndpoint::new(args.health_probe_bind_address))
         .with_metrics_endpoint(metrics_endpoint(args))
         .with_graceful_shutdown_timeout(Duration::from_secs(args.shutdown_timeout));
+    let identity = args.identity.clone().or_else(|| std::env::var("POD_NAME").ok());
     if args.leader_elect {
         let namespace = args
             .leader_election_namespace
@@ -145,10 +164,17 @@ pub async fn build(args: &Args, host: kube::Client) -> anyhow::Result<Manager> {
             .or_else(|| std::env::var("POD_NAMESPACE").ok())
             .unwrap_or_else(|| args.secrets_namespace.clone());
         let mut election = LeaderElection::new("fleet-operator").namespace(namespace);
-        if let Ok(pod) = std::env::var("POD_NAME") {
-            election = election.identity(pod);
+        if let Some(identity) = &identity {
+            election = election.identity(identity);
         }
         manager = manager.with_leader_election(election);
+    }
+    if args.sharding {
+        let mut sharding = Sharding::new("fleet-operator").namespace(&args.sharding_namespace);
+        if let Some(identity) = &identity {
+            sharding = sharding.identity(identity);
+        }
+        manager = manager.with_sharding(sharding);
     }
     Controller::builder::<ConfigMap>(&manager)
         .named("fleet-operator")

@@ -14,18 +14,39 @@ pub struct RepositoryReadme;
 pub mod sync;
 pub mod uniform;
 
-/// Logs to stderr: `info` for the examples and the library, quiet for the client's
-/// retries of a cluster that is still starting, and for kube-envtest's own lines
-/// (the local fleet prints its progress once, plainly). `RUST_LOG` overrides it.
-/// Coloured only on a terminal: a file or a log collector gets plain text.
+/// Logs to stderr as readable text: `info` for the examples and the library, quiet
+/// for the client's retries of a cluster that is still starting, and for
+/// kube-envtest's own lines (the local fleet prints its progress once, plainly).
+/// `RUST_LOG` overrides it. Coloured only on a terminal: a file or a log collector
+/// gets plain text.
 pub fn init_tracing() {
+    init_tracing_as(LogFormat::Text);
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Readable text, coloured only on a terminal.
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `fields.message`, the other
+    /// fields and the spans), as log collectors expect; never coloured.
+    Json,
+}
+
+/// [`init_tracing`], in the given format.
+pub fn init_tracing_as(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,kube_client=off,kube_runtime=warn,kube_envtest=warn")
     });
-    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    log_format(std::io::stderr, terminal)
-        .with_env_filter(filter)
-        .init();
+    match format {
+        LogFormat::Text => {
+            let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            log_format(std::io::stderr, terminal)
+                .with_env_filter(filter)
+                .init();
+        }
+        LogFormat::Json => json_log_format(std::io::stderr).with_env_filter(filter).init(),
+    }
 }
 
 /// The examples' log lines, written to `writer`: no targets, and colour only if
@@ -45,6 +66,26 @@ where
     tracing_subscriber::fmt()
         .with_target(false)
         .with_ansi(terminal)
+        .with_writer(writer)
+}
+
+/// The operator's `--log-format json` lines, written to `writer`: one JSON object
+/// per event, with its target and the current span, no colour.
+pub fn json_log_format<W>(
+    writer: W,
+) -> tracing_subscriber::fmt::SubscriberBuilder<
+    tracing_subscriber::fmt::format::JsonFields,
+    tracing_subscriber::fmt::format::Format<tracing_subscriber::fmt::format::Json>,
+    tracing_subscriber::filter::LevelFilter,
+    W,
+>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt()
+        .json()
+        .with_current_span(true)
+        .with_ansi(false)
         .with_writer(writer)
 }
 

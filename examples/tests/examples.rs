@@ -12,8 +12,13 @@ use multicluster_runtime::Cluster;
 use tokio_util::sync::CancellationToken;
 
 #[allow(dead_code)]
+#[path = "../create_kubeconfig_secret.rs"]
+mod create_kubeconfig_secret;
+#[allow(dead_code)]
 #[path = "../../crates/multicluster-runtime/tests/support/http.rs"]
 mod http;
+#[path = "support/manifests.rs"]
+mod manifests;
 #[allow(dead_code)]
 #[path = "../operator.rs"]
 mod operator;
@@ -162,11 +167,14 @@ async fn q02_sync_copies_to_the_fleet_reverts_drift_and_removes_copies() {
 async fn o08_operator_example_answers_readyz_and_reconciles_the_fleet() {
     use clap::Parser;
     let fleet = Fleet::start(3).await.expect("start fleet");
-    // Every client of the operator holds exactly the rules of deploy/operator/.
-    let (host_rules, _) = rbac::deploy_rules("operator/rbac.yaml");
-    let (member_rules, _) = rbac::deploy_rules("operator/fleet-member-rbac.yaml");
-    let (metrics_auth_rules, _) = rbac::deploy_rules("operator/metrics-auth-rbac.yaml");
-    let (metrics_reader_rules, _) = rbac::deploy_rules("operator/metrics-reader-rbac.yaml");
+    // Every client of the operator holds exactly the rules of deploy/operator/ (its
+    // leader-election overlay); c07 below runs it with the rendered manifests.
+    let (mut host_rules, _) = rbac::deploy_rules("operator/base/rbac.yaml");
+    let (lease_rules, _) = rbac::deploy_rules("operator/overlays/leader-election/leader-election-rbac.yaml");
+    host_rules.extend(lease_rules);
+    let (member_rules, _) = rbac::deploy_rules("operator/member/member-rbac.yaml");
+    let (metrics_auth_rules, _) = rbac::deploy_rules("operator/base/metrics-auth-rbac.yaml");
+    let (metrics_reader_rules, _) = rbac::deploy_rules("operator/base/metrics-reader-rbac.yaml");
     let admin = fleet.cluster(0).client().expect("client");
     let mut members = Vec::new();
     for index in 1..=2 {
@@ -287,6 +295,261 @@ async fn o08_operator_example_answers_readyz_and_reconciles_the_fleet() {
 
     token.cancel();
     running.await.expect("join").expect("the operator stops cleanly");
+}
+
+/// c07: every kustomization of `deploy/operator/` (the base, each overlay, the
+/// member's) renders with kustomize and is accepted by a real apiserver with
+/// server-side apply and `dryRun=All` (schema, defaulting, admission), the
+/// ServiceMonitor against the Prometheus Operator's own CRD; and each Deployment's
+/// pod passes Pod Security `restricted` in its namespace, where a pod that may run
+/// as root is refused.
+#[tokio::test]
+async fn c07_every_kustomization_applies_with_server_side_dry_run() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let tools = manifests::tools();
+    let fleet = Fleet::start(1).await.expect("start fleet");
+    let admin = fleet.cluster(0).client().expect("client");
+    let crds = manifests::read_objects(&tools.join("servicemonitors.crd.yaml"));
+    manifests::apply_all(&admin, &crds, false).await;
+    let servicemonitor = kube::api::GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor");
+    eventually("the ServiceMonitor CRD served", || async {
+        kube::discovery::pinned_kind(&admin, &servicemonitor).await.ok()
+    })
+    .await;
+    for kustomization in manifests::KUSTOMIZATIONS {
+        let objects = manifests::render(&tools, kustomization);
+        assert!(objects.len() > 2, "{kustomization}: {objects:#?}");
+        // A namespaced object's dry run needs its namespace to exist.
+        let namespaces: Vec<_> = objects
+            .iter()
+            .filter(|o| o["kind"] == "Namespace")
+            .cloned()
+            .collect();
+        manifests::apply_all(&admin, &namespaces, false).await;
+        manifests::apply_all(&admin, &objects, true).await;
+        for deployment in objects.iter().filter(|o| o["kind"] == "Deployment") {
+            pod_security_admits_only_its_pod(&admin, deployment).await;
+        }
+        eprintln!("c07: {kustomization}: {} objects accepted", objects.len());
+    }
+    let stored = Api::<Deployment>::namespaced(admin.clone(), "fleet-system")
+        .get_opt("fleet-operator")
+        .await
+        .expect("get");
+    assert!(stored.is_none(), "a dry run stores nothing");
+}
+
+/// The pod of `deployment` passes Pod Security in the Deployment's namespace (as
+/// labelled by the kustomization just applied: `restricted`), and the same pod
+/// allowed to run as root is refused there.
+async fn pod_security_admits_only_its_pod(admin: &Client, deployment: &serde_json::Value) {
+    let pod = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": "fleet-operator-c07", "namespace": deployment["metadata"]["namespace"] },
+        "spec": deployment["spec"]["template"]["spec"],
+    });
+    manifests::apply(admin, &pod, true)
+        .await
+        .expect("the operator's pod passes Pod Security restricted");
+    let mut as_root = pod.clone();
+    as_root["spec"]["securityContext"]["runAsNonRoot"] = false.into();
+    let refused = manifests::apply(admin, &as_root, true)
+        .await
+        .expect_err("a pod that may run as root is refused in the operator's namespace");
+    assert!(refused.to_string().contains("PodSecurity"), "{refused}");
+}
+
+/// A replica of the operator as the rendered Deployment runs it: its container's
+/// arguments (`$(POD_NAME)` = `pod`), local listeners, loopback servers allowed
+/// (the test's apiservers listen on 127.0.0.1).
+fn replica_args(deployment: &serde_json::Value, pod: &str) -> operator::Args {
+    use clap::Parser;
+    let args = manifests::container_args(deployment, pod)
+        .into_iter()
+        .filter(|a| !a.contains("-bind-address="));
+    let local = [
+        "--health-probe-bind-address=127.0.0.1:0",
+        "--metrics-bind-address=127.0.0.1:0",
+        "--allow-loopback-servers",
+        "--shutdown-timeout=5",
+    ]
+    .map(str::to_owned);
+    operator::Args::parse_from(std::iter::once("operator".to_owned()).chain(args).chain(local))
+}
+
+/// Applies `overlay` of `deploy/operator/` to the hub `index` of `fleet` (stored:
+/// the Deployment too, which nothing runs here), registers the `members` through
+/// `create_kubeconfig_secret`, and starts the Deployment's replicas in-process, each
+/// with a token of the ServiceAccount fleet-system/fleet-operator: exactly the RBAC
+/// the overlay grants.
+async fn start_replicas(
+    fleet: &Fleet,
+    tools: &std::path::Path,
+    overlay: &str,
+    index: usize,
+    members: &[usize],
+) -> Vec<(
+    String,
+    multicluster_runtime::Manager,
+    CancellationToken,
+    tokio::task::JoinHandle<multicluster_runtime::Result<()>>,
+)> {
+    let hub = fleet.cluster(index);
+    let admin = hub.client().expect("client");
+    let objects = manifests::render(tools, overlay);
+    manifests::apply_all(&admin, &objects, false).await;
+    for &member in members {
+        let cluster = fleet.cluster(member);
+        let endpoint = create_kubeconfig_secret::MemberEndpoint::from_kubeconfig(cluster.kubeconfig(), None)
+            .expect("member endpoint");
+        let target = create_kubeconfig_secret::Target {
+            name: format!("member-{member}"),
+            namespace: "fleet-system".into(),
+            account_namespace: "fleet-system".into(),
+            account: "fleet-operator-member".into(),
+            expiration_seconds: 3600,
+        };
+        create_kubeconfig_secret::create(&cluster.client().expect("client"), &endpoint, &admin, &target)
+            .await
+            .expect("create the kubeconfig Secret");
+    }
+    let token = rbac::token_of(&admin, "fleet-system", "fleet-operator").await;
+    let endpoint =
+        create_kubeconfig_secret::MemberEndpoint::from_kubeconfig(hub.kubeconfig(), None).expect("hub");
+    let kubeconfig =
+        create_kubeconfig_secret::token_kubeconfig("hub", &endpoint, &token).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("config");
+    let deployment = manifests::find(&objects, "Deployment", "fleet-operator");
+    let replicas = deployment["spec"]["replicas"].as_u64().expect("replicas");
+    let mut started = Vec::new();
+    for replica in 0..replicas {
+        let pod = format!(
+            "fleet-operator-{overlay_name}-{replica}",
+            overlay_name = overlay.rsplit('/').next().unwrap_or(overlay)
+        );
+        let args = replica_args(deployment, &pod);
+        let client = kube::Client::try_from(config.clone()).expect("client");
+        let manager = operator::build(&args, client).await.expect("build");
+        let token = CancellationToken::new();
+        let running = tokio::spawn({
+            let (manager, token) = (manager.clone(), token.clone());
+            async move { manager.start(token).await }
+        });
+        started.push((pod, manager, token, running));
+    }
+    started
+}
+
+/// Creates a managed ConfigMap `name` in each member cluster (existing is fine),
+/// and waits until each is annotated with its member's name.
+async fn reconciled_everywhere(fleet: &Fleet, members: &[usize], name: &str) {
+    for &member in members {
+        let client = fleet.cluster(member).client().expect("client");
+        uniform::create_managed(client.clone(), name)
+            .await
+            .expect("ConfigMap");
+        let cluster = format!("member-{member}");
+        eventually(&format!("{name} annotated in {cluster}"), || async {
+            let cm = configmap(client.clone(), name).await?;
+            (cm.annotations().get(uniform::RECONCILED_IN) == Some(&cluster)).then_some(())
+        })
+        .await;
+    }
+}
+
+/// c07: the operator runs with exactly the RBAC of the rendered manifests: in the
+/// manager's cluster, a token of the ServiceAccount the overlay binds; in each
+/// member, a token of the member's ServiceAccount (`deploy/operator/member`), put
+/// into the kubeconfig Secret by `create_kubeconfig_secret` (c06). With the
+/// leader-election overlay, its two replicas: one leads and reconciles; when it
+/// stops, the other takes over and reconciles a new ConfigMap. With the sharding
+/// overlay, its three replicas split the members: each is owned by exactly one
+/// replica, not all by the same, and each member's new ConfigMap is reconciled.
+#[tokio::test]
+async fn c07_the_operator_runs_with_the_rendered_rbac_through_a_leader_handover_and_a_sharded_split() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let tools = manifests::tools();
+    // 0: the leader-election overlay's cluster, 1: the sharding overlay's, 2 and 3: members.
+    let fleet = Fleet::start(4).await.expect("start fleet");
+    let members = [2, 3];
+    let member_objects = manifests::render(&tools, "member");
+    for &member in &members {
+        let admin = fleet.cluster(member).client().expect("client");
+        manifests::apply_all(&admin, &member_objects, false).await;
+    }
+
+    let replicas = start_replicas(&fleet, &tools, "overlays/leader-election", 0, &members).await;
+    assert_eq!(replicas.len(), 2, "the overlay runs two replicas");
+    reconciled_everywhere(&fleet, &members, "app-settings").await;
+    let leader = eventually("one replica leads", || async {
+        let leading: Vec<_> = replicas.iter().filter(|(_, m, _, _)| m.is_leader()).collect();
+        (leading.len() == 1).then(|| leading[0].0.clone())
+    })
+    .await;
+    let leases: Api<Lease> = Api::namespaced(fleet.cluster(0).client().expect("client"), "fleet-system");
+    let holder = |lease: Lease| lease.spec.and_then(|s| s.holder_identity);
+    assert_eq!(
+        holder(leases.get("fleet-operator").await.expect("the Lease")),
+        Some(leader.clone())
+    );
+    let mut survivor = None;
+    for (pod, manager, token, running) in replicas {
+        if pod == leader {
+            token.cancel();
+            running.await.expect("join").expect("the leader stops cleanly");
+        } else {
+            survivor = Some((pod, manager, token, running));
+        }
+    }
+    let (pod, manager, token, running) = survivor.expect("a second replica");
+    eventually("the other replica leads", || async {
+        manager.is_leader().then_some(())
+    })
+    .await;
+    assert_eq!(
+        holder(leases.get("fleet-operator").await.expect("the Lease")),
+        Some(pod)
+    );
+    reconciled_everywhere(&fleet, &members, "after-handover").await;
+    token.cancel();
+    running
+        .await
+        .expect("join")
+        .expect("the new leader stops cleanly");
+
+    let replicas = start_replicas(&fleet, &tools, "overlays/sharding", 1, &members).await;
+    assert_eq!(replicas.len(), 3, "the overlay runs three replicas");
+    let names: Vec<String> = members.iter().map(|m| format!("member-{m}")).collect();
+    let owners = eventually(
+        "each member owned by exactly one replica, not all by one",
+        || async {
+            let mut owners = std::collections::BTreeMap::new();
+            for (pod, manager, _, _) in &replicas {
+                for cluster in manager.owned_clusters() {
+                    if !cluster.as_str().is_empty()
+                        && owners.insert(cluster.as_str().to_owned(), pod.clone()).is_some()
+                    {
+                        return None;
+                    }
+                }
+            }
+            let split = owners.values().collect::<std::collections::BTreeSet<_>>().len() > 1;
+            (owners.keys().cloned().collect::<Vec<_>>() == names && split).then_some(owners)
+        },
+    )
+    .await;
+    eprintln!("c07: sharded owners {owners:?}");
+    reconciled_everywhere(&fleet, &members, "after-split").await;
+    for (_, _, token, running) in replicas {
+        token.cancel();
+        running
+            .await
+            .expect("join")
+            .expect("a sharded replica stops cleanly");
+    }
 }
 
 /// Engages nothing: for running a provider alone.

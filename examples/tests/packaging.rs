@@ -215,11 +215,16 @@ fn metadata_with_dependencies() -> serde_json::Value {
 
 /// `cargo metadata --format-version 1` of the workspace with `args`, as JSON.
 fn cargo_metadata(args: &[&str]) -> serde_json::Value {
+    cargo_metadata_in(&workspace(), args)
+}
+
+/// `cargo metadata` of the workspace at `dir`.
+fn cargo_metadata_in(dir: &Path, args: &[&str]) -> serde_json::Value {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let output = std::process::Command::new(cargo)
         .args(["metadata", "--format-version", "1"])
         .args(args)
-        .current_dir(workspace())
+        .current_dir(dir)
         .output()
         .expect("cargo metadata runs");
     assert!(
@@ -379,7 +384,8 @@ fn c08_the_readme_says_how_to_use_it_in_a_project() {
         "cargo add k8s-openapi@0.29 --features v1_37",
         "cargo add --dev kube-envtest",
         "start_until_signal",
-        "kubectl apply -k deploy/operator/",
+        "apply -k deploy/operator/overlays/leader-election",
+        "create_kubeconfig_secret",
         "docs/local-to-fleet.md",
     ] {
         assert!(usage.contains(line), "\"Use it in your project\" shows `{line}`");
@@ -463,38 +469,225 @@ fn c04_the_operational_endpoint_is_a_default_feature() {
     );
 }
 
+/// What a subscriber built on a writer (given the writer) writes for one warning
+/// with a field.
+fn one_line<S>(subscriber: impl FnOnce(Sink) -> S) -> String
+where
+    S: tracing::Subscriber + Send + Sync + 'static,
+{
+    let sink = Sink::default();
+    tracing::subscriber::with_default(subscriber(sink.clone()), || {
+        tracing::warn!(cluster = "c1", "a line as an operator writes it");
+    });
+    let text = String::from_utf8(sink.0.lock().unwrap().clone()).expect("UTF-8");
+    assert!(text.contains("a line as an operator writes it"), "{text:?}");
+    text
+}
+
+/// A log writer that keeps what it is given.
+#[derive(Clone, Default)]
+struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// c06: the examples' (and so the operator's) log lines carry ANSI colour codes on
 /// a terminal only, not when stderr is redirected (CI, a container, a file).
 #[test]
 fn c06_logs_are_plain_text_when_stderr_is_no_terminal() {
-    use std::sync::{Arc, Mutex};
-
-    let line = |terminal: bool| {
-        let written = Arc::new(Mutex::new(Vec::<u8>::new()));
-        let sink = written.clone();
-        let subscriber = examples::log_format(move || Sink(sink.clone()), terminal).finish();
-        tracing::subscriber::with_default(subscriber, || {
-            tracing::warn!(cluster = "c1", "a line as an operator writes it");
-        });
-        let text = String::from_utf8(written.lock().unwrap().clone()).expect("UTF-8");
-        assert!(text.contains("a line as an operator writes it"), "{text:?}");
-        text
-    };
-    assert!(
-        !line(false).contains('\u{1b}'),
-        "colour codes in a log file: {:?}",
-        line(false)
-    );
+    let line =
+        |terminal: bool| one_line(|sink| examples::log_format(move || sink.clone(), terminal).finish());
+    let plain = line(false);
+    assert!(!plain.contains('\u{1b}'), "colour codes in a log file: {plain:?}");
     assert!(line(true).contains('\u{1b}'), "a terminal gets colour");
+}
 
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Sink {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
+/// c06: `--log-format json` writes one JSON object per line, with the level, the
+/// message and the fields, and no colour codes.
+#[test]
+fn c06_json_log_lines_are_json() {
+    let text = one_line(|sink| examples::json_log_format(move || sink.clone()).finish());
+    let line: serde_json::Value =
+        serde_json::from_str(text.trim_end()).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+    assert_eq!(line["level"], "WARN", "{line}");
+    assert_eq!(
+        line["fields"]["message"], "a line as an operator writes it",
+        "{line}"
+    );
+    assert_eq!(line["fields"]["cluster"], "c1", "{line}");
+    assert!(!text.contains('\u{1b}'), "{text:?}");
+}
+
+/// The operator's Dockerfile, its lines joined where they continue.
+fn dockerfile() -> Vec<String> {
+    let text = read(&workspace().join("deploy/operator/Dockerfile"));
+    text.replace("\\\n", " ")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The sources of the Dockerfile's `COPY` lines from the build context (not
+/// `--from` another stage), each with its destination.
+fn copied() -> Vec<(String, String)> {
+    dockerfile()
+        .iter()
+        .filter_map(|l| l.strip_prefix("COPY "))
+        .filter(|l| !l.starts_with("--from"))
+        .flat_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let (destination, sources) = words.split_last().expect("COPY source destination");
+            sources
+                .iter()
+                .map(|s| (s.to_string(), destination.to_string()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// c06: the image runs as a numeric user (with a non-numeric `USER`, the kubelet
+/// cannot check `runAsNonRoot` and refuses to start the pod) and it is the user
+/// the Deployment names; the image builds only the operator; every file it copies
+/// exists and is in the build context (not excluded by `.dockerignore`).
+#[test]
+fn c06_the_image_runs_as_the_user_the_deployment_requires() {
+    let lines = dockerfile();
+    let final_stage = lines.iter().rposition(|l| l.starts_with("FROM ")).expect("FROM");
+    let user = lines[final_stage..]
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("the final stage sets USER");
+    let (uid, gid) = user.split_once(':').unwrap_or((user, user));
+    let (uid, gid): (u64, u64) = (
+        uid.parse()
+            .unwrap_or_else(|_| panic!("USER {user} is not numeric")),
+        gid.parse()
+            .unwrap_or_else(|_| panic!("USER {user} is not numeric")),
+    );
+    assert_ne!(uid, 0, "USER is root");
+
+    let deployment = read(&workspace().join("deploy/operator/base/deployment.yaml"));
+    let deployment: serde_json::Value = serde_saphyr::from_str(&deployment).expect("YAML");
+    let context = &deployment["spec"]["template"]["spec"]["securityContext"];
+    assert_eq!(context["runAsNonRoot"], true, "{context}");
+    assert_eq!(context["runAsUser"], uid, "{context}");
+    assert_eq!(context["runAsGroup"], gid, "{context}");
+
+    let builds: Vec<_> = lines.iter().filter(|l| l.contains("cargo build")).collect();
+    assert!(!builds.is_empty());
+    for build in builds {
+        assert!(build.contains("-p examples --example operator"), "{build}");
+    }
+
+    let ignored: Vec<String> = read(&workspace().join(".dockerignore"))
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    // Docker's rule: the last pattern that matches decides. These patterns are
+    // directories (`dir/`) or exact paths, which is all this file uses.
+    let excluded = |path: &str| {
+        ignored.iter().fold(false, |excluded, pattern| {
+            let (keep, pattern) = match pattern.strip_prefix('!') {
+                Some(p) => (true, p),
+                None => (false, pattern.as_str()),
+            };
+            let pattern = pattern.trim_end_matches('/');
+            let matches = path == pattern || path.starts_with(&format!("{pattern}/"));
+            if matches { !keep } else { excluded }
+        })
+    };
+    assert!(excluded("target/debug"), "{ignored:?}");
+    for (source, _) in copied() {
+        if source == "." {
+            continue;
         }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
+        assert!(workspace().join(&source).exists(), "COPY {source}: no such file");
+        assert!(!excluded(&source), "COPY {source}: excluded by .dockerignore");
+    }
+}
+
+/// c06: the Dockerfile's dependency layer works from what it copies alone: the
+/// manifests of every workspace member (a member without its manifest there would
+/// fail the build) and the stub script, whose stand-ins let cargo load the
+/// workspace (`cargo metadata --locked`, which reads every target), and which
+/// removes them again.
+#[test]
+fn c06_the_dependency_layer_builds_from_the_manifests_alone() {
+    let root = workspace();
+    let layer: Vec<(String, String)> = copied().into_iter().take_while(|(s, _)| s != ".").collect();
+    let members = cargo_metadata(&["--no-deps", "--offline"]);
+    let root_dir = std::fs::canonicalize(&root).expect("root");
+    for member in members["packages"].as_array().expect("packages") {
+        let manifest = Path::new(member["manifest_path"].as_str().expect("manifest_path"));
+        let relative = manifest.strip_prefix(&root_dir).expect("inside the workspace");
+        let relative = relative.to_str().expect("UTF-8").to_owned();
+        assert!(
+            layer.iter().any(|(source, _)| *source == relative),
+            "the dependency layer does not copy {relative}"
+        );
+    }
+
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut script = None;
+    for (source, destination) in &layer {
+        let target = if destination.ends_with('/') && destination != "./" {
+            if destination.starts_with('/') {
+                // The script, copied onto the image's PATH.
+                let path = dir.path().join(Path::new(source).file_name().expect("a file"));
+                script = Some(path.clone());
+                path
+            } else {
+                dir.path()
+                    .join(destination)
+                    .join(Path::new(source).file_name().expect("a file"))
+            }
+        } else {
+            dir.path().join(source)
+        };
+        std::fs::create_dir_all(target.parent().expect("a parent")).expect("mkdir");
+        std::fs::copy(root.join(source), &target).expect("copy");
+    }
+    let script = script.expect("the stub script is copied");
+    let run = |argument: &str| {
+        let status = std::process::Command::new(&script)
+            .arg(argument)
+            .current_dir(dir.path())
+            .status()
+            .expect("run the stub script");
+        assert!(status.success(), "stub-sources.sh {argument}");
+    };
+    run("create");
+    cargo_metadata_in(dir.path(), &["--offline", "--locked"]);
+    run("remove");
+    let left: Vec<_> = walk(dir.path())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+        .collect();
+    assert!(left.is_empty(), "stand-ins left behind: {left:?}");
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read_dir").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
         }
     }
+    files
 }

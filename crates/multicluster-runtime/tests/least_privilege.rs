@@ -286,7 +286,7 @@ async fn p01_namespaced_controller_reconciles_with_a_role_only() {
     eprintln!("p01: every ConfigMap of team-a in 2 clusters reconciled {elapsed:?} after start");
 }
 
-/// x07: `deploy/operator/rbac.yaml` pins the Lease rights to the leader-election
+/// x07: `deploy/operator/overlays/leader-election/leader-election-rbac.yaml` pins the Lease rights to the leader-election
 /// Lease: a user holding exactly its rules creates, reads and renews
 /// `fleet-operator`, and may neither read nor write another Lease of the namespace
 /// (another program's election, or a shard fence).
@@ -311,7 +311,8 @@ async fn x07_the_operators_rbac_pins_its_lease_by_name() {
         .create(&PostParams::default(), &lease("other", "someone"))
         .await
         .expect("create another Lease");
-    let (rules, namespaced) = rbac::deploy_rules("operator/rbac.yaml");
+    let (rules, namespaced) =
+        rbac::deploy_rules("operator/overlays/leader-election/leader-election-rbac.yaml");
     assert!(namespaced);
     let user = cluster
         .create_user(kube_envtest::UserSpec::new("fleet-operator").allow_in("fleet-system", rules))

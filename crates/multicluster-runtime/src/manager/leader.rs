@@ -13,8 +13,9 @@ use super::lease::Claim;
 /// The Lease lives in the manager's own (local) cluster; the manager needs `get`
 /// and `update` on that Lease (pin them with `resourceNames`) and `create` on
 /// `leases` in its namespace (which Kubernetes cannot pin by name), as
-/// `deploy/operator/rbac.yaml` grants. Whoever can write the Lease decides who
-/// leads: see `docs/decisions/coordination.md#trust`.
+/// `deploy/operator/overlays/leader-election/leader-election-rbac.yaml` grants.
+/// Whoever can write the Lease decides who leads: see
+/// `docs/decisions/coordination.md#trust`.
 ///
 /// ```
 /// use std::time::Duration;

@@ -73,6 +73,13 @@ pub async fn service_account_token(admin: &kube::Client, namespace: &str, name: 
         .create(&PostParams::default(), &account)
         .await
         .expect("create ServiceAccount");
+    token_of(admin, namespace, name).await
+}
+
+/// A bearer token of the existing ServiceAccount `namespace/name`, from the
+/// TokenRequest API, valid for 10 minutes.
+pub async fn token_of(admin: &kube::Client, namespace: &str, name: &str) -> String {
+    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), namespace);
     let request = TokenRequest {
         spec: Some(TokenRequestSpec {
             expiration_seconds: Some(600),
@@ -138,10 +145,12 @@ fn every_rbac_file_parses() {
         assert!(!rules.is_empty(), "{file}");
     }
     for file in [
-        "operator/rbac.yaml",
-        "operator/fleet-member-rbac.yaml",
-        "operator/metrics-auth-rbac.yaml",
-        "operator/metrics-reader-rbac.yaml",
+        "operator/base/rbac.yaml",
+        "operator/base/metrics-auth-rbac.yaml",
+        "operator/base/metrics-reader-rbac.yaml",
+        "operator/overlays/leader-election/leader-election-rbac.yaml",
+        "operator/overlays/sharding/sharding-rbac.yaml",
+        "operator/member/member-rbac.yaml",
     ] {
         let (rules, _) = deploy_rules(file);
         assert!(!rules.is_empty(), "{file}");
