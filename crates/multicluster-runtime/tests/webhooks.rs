@@ -20,6 +20,7 @@ use multicluster_runtime::webhook::{
     AdmissionContext, DEFAULT_CONFIGURATION_NAME, FailurePolicy, Verdict, Webhook, WebhookServer,
 };
 use support::fleet::Env;
+use support::logs::Logs;
 use support::{eventually, http};
 
 /// The label the mutating webhook puts on every ConfigMap: its cluster's name.
@@ -388,4 +389,47 @@ async fn w02_w03_attribution_refusals_and_certificate_rotation() {
             .map(String::as_str),
         Some("c1")
     );
+}
+
+/// w03: a cluster that leaves and comes back at once stays wired: the removal for
+/// its leaving never lands after the apply for its return (one writer of a
+/// cluster's configurations at a time).
+#[tokio::test]
+async fn w03_a_cluster_that_leaves_and_returns_at_once_stays_wired() {
+    let logs = Logs::capture();
+    let env = Env::new(1).await;
+    let port = free_port();
+    let server = Arc::new(server(port, ServingCertificate::self_signed()));
+    env.manager
+        .add_cluster_runnable(server.clone())
+        .await
+        .expect("add the server");
+    env.start();
+    let client = env.client(1);
+    wait_enforced(&client, "c1").await;
+    let decided = || {
+        let text = logs.text();
+        let ours = |line: &&str| line.contains("cluster=c1");
+        let lines = text.lines().filter(ours);
+        lines
+            .filter(|l| l.contains("webhooks unwired") || l.contains("webhooks stay wired"))
+            .count()
+    };
+    let c1 = ClusterName::from("c1");
+    for round in 1..=6 {
+        assert!(env.provider.remove(&c1));
+        if round % 2 == 0 {
+            // Back after its removal is done: unwired, then wired again.
+            support::wait_until("c1 unwired", || decided() >= round).await;
+            env.add(1).await;
+        } else {
+            // Back at once: the new instance replaces the leaving one, whose removal
+            // must not undo its wiring. (Between the two, a return while the removal
+            // runs waits for it: one writer per cluster, `Gates`.)
+            env.add(1).await;
+            support::wait_until("the leaving's removal decided", || decided() >= round).await;
+        }
+        wait_enforced(&client, "c1").await;
+        assert!(configuration_present(&client).await, "round {round}: c1 is wired");
+    }
 }

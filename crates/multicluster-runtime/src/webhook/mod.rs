@@ -91,7 +91,7 @@ pub use kube::core::admission::{AdmissionRequest, Operation};
 pub use wiring::MANAGED_BY;
 
 use crate::backoff::Backoff;
-use crate::cluster::engagement::{Engage, Engagements};
+use crate::cluster::engagement::{Engage, Engagements, Gates};
 use crate::cluster::{Cluster, ClusterName};
 use crate::error::{Error, Result};
 use crate::multicluster::Aware;
@@ -369,6 +369,7 @@ impl WebhookServerBuilder {
             hooks: self.hooks,
             tls: Mutex::new(Some(loaded)),
             clusters: Mutex::default(),
+            gates: Gates::default(),
             tasks: TaskTracker::new(),
             stopping: CancellationToken::new(),
             bound: Mutex::new(None),
@@ -397,6 +398,9 @@ struct Inner {
     tls: Mutex<Option<tls::Loaded>>,
     /// The engaged clusters: the one map of them, written by engagements only.
     clusters: Mutex<Engagements<()>>,
+    /// One writer of a cluster's configurations at a time: the removal for a
+    /// cluster that left never lands after the apply for its return.
+    gates: Gates,
     tasks: TaskTracker,
     /// Cancelled when the server stops: configurations stay in place then.
     stopping: CancellationToken,
@@ -504,7 +508,13 @@ impl Inner {
         let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         let mut failures = 0;
         loop {
-            match self.wiring().apply(&name, &cluster.client()).await {
+            let gate = self.gates.enter(&name).await;
+            if token.is_cancelled() {
+                break;
+            }
+            let applied = self.wiring().apply(&name, &cluster.client()).await;
+            drop(gate);
+            match applied {
                 Ok(()) => {
                     tracing::info!(cluster = %name, configuration = self.name, "webhooks wired");
                     break;
@@ -527,7 +537,17 @@ impl Inner {
         // Only this engagement's own end: a replaced instance's token fires after
         // the new one is in place, and the new one keeps the configurations.
         let ended = lock(&self.clusters).disengage(&name, generation).is_some();
-        if !ended || !self.remove_on_disengage || self.stopping.is_cancelled() {
+        if !self.remove_on_disengage || self.stopping.is_cancelled() {
+            return;
+        }
+        if !ended {
+            tracing::info!(cluster = %name, "instance replaced; webhooks stay wired");
+            return;
+        }
+        let _gate = self.gates.enter(&name).await;
+        // Engaged again while this waited: its apply came or comes after, and stays.
+        if lock(&self.clusters).get(&name).is_some() {
+            tracing::info!(cluster = %name, "cluster engaged again; webhooks stay wired");
             return;
         }
         let (wiring, client) = (self.wiring(), cluster.client());
