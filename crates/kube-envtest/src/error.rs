@@ -3,10 +3,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// The command that builds the control-plane binaries, named by every error about
-/// missing binaries.
-pub const BUILD_COMMAND: &str = "tools/controlplane/build.sh";
-
 /// What went wrong while starting, driving or stopping a local control plane.
 ///
 /// Errors about a process name the log file that holds its output, so a failed
@@ -14,23 +10,23 @@ pub const BUILD_COMMAND: &str = "tools/controlplane/build.sh";
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A control-plane binary is not where it was looked for.
+    /// A control-plane binary is not where it was looked for. The message names the
+    /// environment variables that point elsewhere and the exact command that builds
+    /// it ([`crate::Binaries::build_command`]).
     #[error(
-        "{binary} not found at {}: build the control plane with `{BUILD_COMMAND}` \
-         (from the multicluster-runtime repository), or set {env} to a directory \
-         holding kube-apiserver and etcd",
+        "{binary} not found at {}: {}",
         path.display(),
-        env = crate::binaries::BIN_DIR_ENV
+        crate::binaries::missing_hint(binary)
     )]
     BinaryMissing {
-        /// `kube-apiserver` or `etcd`.
+        /// `kube-apiserver`, `etcd` or `kube-controller-manager`.
         binary: &'static str,
         /// Where it was expected.
         path: PathBuf,
     },
 
     /// A process could not be spawned at all.
-    #[error("cannot start {what} ({}): {source}", binary.display())]
+    #[error("cannot start {what} ({}): {source}{}", binary.display(), spawn_hint(source))]
     Spawn {
         /// Which process, e.g. `kube-apiserver of cluster-1`.
         what: String,
@@ -148,6 +144,20 @@ pub enum Error {
 
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A sentence for a program the kernel refuses to run: built for another operating
+/// system or CPU (a binary directory copied from a Mac, say).
+fn spawn_hint(source: &std::io::Error) -> String {
+    if source.raw_os_error() == Some(libc::ENOEXEC) {
+        format!(
+            " (not a program for this machine: kube-envtest needs Linux binaries for its \
+             CPU; build them here with `{}`)",
+            crate::Binaries::build_command()
+        )
+    } else {
+        String::new()
+    }
+}
 
 impl Error {
     pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {

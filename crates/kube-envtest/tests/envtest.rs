@@ -1,6 +1,7 @@
 //! Acceptance tests of the envtest crate against real etcd and kube-apiserver
-//! processes. They need the binaries from `tools/controlplane/build.sh` and fail
-//! (never skip) without them.
+//! processes. They need the binaries that `kube_envtest::Binaries::build_command()`
+//! builds (`tools/controlplane/build.sh` in this repository) and fail (never skip)
+//! without them; the c08 tests also need kube-controller-manager, built with them.
 
 use std::path::Path;
 use std::time::Duration;
@@ -318,7 +319,10 @@ async fn e07_missing_binaries_name_the_build_command() {
         "{err:?}"
     );
     let message = err.to_string();
-    assert!(message.contains(kube_envtest::BUILD_COMMAND), "{message}");
+    assert!(
+        message.contains(&kube_envtest::Binaries::build_command()),
+        "{message}"
+    );
     assert!(message.contains(&empty.path().display().to_string()), "{message}");
 
     // Only etcd missing: the message names etcd.
@@ -335,6 +339,126 @@ async fn e07_missing_binaries_name_the_build_command() {
         .await
         .expect_err("no etcd there");
     assert!(err.to_string().starts_with("etcd not found at"), "{err}");
+}
+
+/// c08: with the controller manager on, a deleted namespace is emptied and goes
+/// away (without it, it stays `Terminating` for ever), and a ConfigMap whose owner
+/// is deleted is garbage-collected; the namespace also gets its `default`
+/// ServiceAccount and `kube-root-ca.crt`, as in a real cluster.
+#[tokio::test]
+async fn c08_controller_manager_deletes_namespaces_and_collects_garbage() {
+    let fleet = Fleet::builder()
+        .controller_manager(true)
+        .start()
+        .await
+        .expect("start a cluster with a controller manager");
+    let cluster = fleet.cluster(0);
+    let manager = cluster.controller_manager_pid().expect("a controller manager runs");
+    assert!(fleet.pids().contains(&manager), "the fleet counts it among its processes");
+    let client = cluster.client().expect("client");
+
+    create_namespace(client.clone(), "doomed").await;
+    create_configmap(client.clone(), "doomed", "content").await.expect("create content");
+    let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), "doomed");
+    let root_ca: Api<ConfigMap> = Api::namespaced(client.clone(), "doomed");
+    until(|| async { Ok(sa.get_opt("default").await?.is_some()) }, "the default ServiceAccount").await;
+    until(|| async { Ok(root_ca.get_opt("kube-root-ca.crt").await?.is_some()) }, "kube-root-ca.crt").await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .delete("doomed", &Default::default())
+        .await
+        .expect("delete the namespace");
+    until(|| async { Ok(namespaces.get_opt("doomed").await?.is_none()) }, "namespace doomed gone").await;
+
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let owner = create_configmap(client.clone(), "default", "owner").await.expect("owner");
+    let mut dependent = ConfigMap::default();
+    dependent.metadata.name = Some("dependent".into());
+    dependent.metadata.owner_references = Some(vec![
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            name: "owner".into(),
+            uid: owner.metadata.uid.clone().expect("uid"),
+            ..Default::default()
+        },
+    ]);
+    configmaps
+        .create(&PostParams::default(), &dependent)
+        .await
+        .expect("create the dependent");
+    configmaps
+        .delete("owner", &Default::default())
+        .await
+        .expect("delete the owner");
+    until(
+        || async { Ok(configmaps.get_opt("dependent").await?.is_none()) },
+        "the dependent garbage-collected",
+    )
+    .await;
+}
+
+/// c08: kube-controller-manager is optional: a directory without it starts a fleet,
+/// and only a fleet that asks for one fails, naming how to provide it.
+#[tokio::test]
+async fn c08_missing_controller_manager_is_an_error_only_when_asked_for() {
+    let found = kube_envtest::Binaries::find().expect("built binaries");
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (name, target) in [("kube-apiserver", &found.kube_apiserver), ("etcd", &found.etcd)] {
+        std::os::unix::fs::symlink(target, dir.path().join(name)).expect("link");
+    }
+    let fleet = Fleet::builder()
+        .binary_dir(dir.path())
+        .start()
+        .await
+        .expect("no controller manager needed");
+    assert_eq!(fleet.cluster(0).controller_manager_pid(), None);
+    drop(fleet);
+
+    let err = Fleet::builder()
+        .binary_dir(dir.path())
+        .controller_manager(true)
+        .start()
+        .await
+        .expect_err("asked for a controller manager that is not there");
+    assert!(
+        matches!(
+            err,
+            Error::BinaryMissing {
+                binary: "kube-controller-manager",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    for named in [
+        kube_envtest::CONTROLLER_MANAGER_ENV,
+        kube_envtest::BIN_DIR_ENV,
+        &kube_envtest::Binaries::build_command(),
+    ] {
+        assert!(message.contains(named), "names {named}: {message}");
+    }
+}
+
+/// Polls `check` until it holds, for up to 90 s (the controllers work in the
+/// background; a busy 2-core CI machine is slow to start them).
+async fn until<F, Fut>(mut check: F, what: &str)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, kube::Error>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let mut last = None;
+    while std::time::Instant::now() < deadline {
+        match check().await {
+            Ok(true) => return,
+            Ok(false) => last = None,
+            Err(e) => last = Some(e.to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{what}: not within 90 s (last error: {last:?})");
 }
 
 async fn configmap_list(client: Client) -> Result<Vec<String>, kube::Error> {
