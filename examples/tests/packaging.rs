@@ -481,13 +481,10 @@ fn c05_packaged_kube_envtest_and_cli_work_outside_the_workspace() {
         ])
         .assert_success("cargo package");
     let vendor = scratch.join("vendor");
-    let _ = std::fs::remove_dir_all(&vendor);
     std::fs::create_dir_all(&vendor).expect("create vendor dir");
     for name in ["kube-envtest", "kube-envtest-cli"] {
         let archive = package_target.join(format!("package/{name}-{version}.crate"));
-        let mut tar = std::process::Command::new("tar");
-        tar.arg("-xzf").arg(&archive).arg("-C").arg(&vendor);
-        tar.assert_success("tar");
+        unpack_if_changed(&archive, &vendor.join(format!("{name}-{version}")));
     }
     let library = vendor.join(format!("kube-envtest-{version}"));
     let script = library.join("controlplane/build.sh");
@@ -528,7 +525,12 @@ fn c05_packaged_kube_envtest_and_cli_work_outside_the_workspace() {
         .expect("envtest up runs");
     let message = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "no binaries, no fleet: {message}");
-    for named in ["KUBE_ENVTEST_BIN_DIR", "TEST_ASSET_KUBE_APISERVER", "TEST_ASSET_ETCD", &command] {
+    for named in [
+        "KUBE_ENVTEST_BIN_DIR",
+        "TEST_ASSET_KUBE_APISERVER",
+        "TEST_ASSET_ETCD",
+        &command,
+    ] {
         assert!(message.contains(named), "names {named}: {message}");
     }
 
@@ -568,13 +570,19 @@ fn envtest_up_with_a_hub(envtest: &Path) {
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("envtest up printed {written:?} and then nothing: {}", errors.join().unwrap_or_default());
+                panic!(
+                    "envtest up printed {written:?} and then nothing: {}",
+                    errors.join().unwrap_or_default()
+                );
             }
         }
     }
     assert_eq!(
         written,
-        [hub.join("cluster-0.kubeconfig"), members.join("cluster-1.kubeconfig")],
+        [
+            hub.join("cluster-0.kubeconfig"),
+            members.join("cluster-1.kubeconfig")
+        ],
         "the hub's kubeconfig first, apart from the member's"
     );
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
@@ -589,7 +597,10 @@ fn envtest_up_with_a_hub(envtest: &Path) {
             api.list(&Default::default()).await.expect("list namespaces")
         });
         assert!(
-            namespaces.items.iter().any(|ns| ns.metadata.name.as_deref() == Some("default")),
+            namespaces
+                .items
+                .iter()
+                .any(|ns| ns.metadata.name.as_deref() == Some("default")),
             "{} reaches a cluster",
             path.display()
         );
@@ -667,7 +678,10 @@ fn write_scratch_project(
                 dependency("k8s-openapi", &["v1_37"]),
             ),
         ),
-        ("app/src/lib.rs".to_owned(), "//! Nothing: the test is the point.\n".to_owned()),
+        (
+            "app/src/lib.rs".to_owned(),
+            "//! Nothing: the test is the point.\n".to_owned(),
+        ),
         ("app/tests/fleet.rs".to_owned(), SCRATCH_TEST.to_owned()),
     ];
     for (file, content) in files {
@@ -678,10 +692,35 @@ fn write_scratch_project(
             std::fs::write(&path, content).expect("write scratch file");
         }
     }
-    let lock = scratch.join("Cargo.lock");
-    if !lock.exists() {
-        std::fs::copy(workspace().join("Cargo.lock"), &lock).expect("copy Cargo.lock");
+    // Cargo prunes the copy; a snapshot tells whether the workspace's lock changed.
+    let lock = std::fs::read(workspace().join("Cargo.lock")).expect("Cargo.lock");
+    let snapshot = scratch.join("workspace.Cargo.lock");
+    if std::fs::read(&snapshot).ok().as_ref() != Some(&lock) {
+        std::fs::write(scratch.join("Cargo.lock"), &lock).expect("write Cargo.lock");
+        std::fs::write(&snapshot, &lock).expect("write the lock snapshot");
     }
+}
+
+/// Unpacks the `.crate` `archive` into `dir` (the package's directory) unless `dir`
+/// holds this very archive already. Packaged files all carry one fixed date, which
+/// would hide a change from Cargo's freshness check, so a changed package is
+/// unpacked with the current time (`tar -m`) and therefore rebuilt.
+fn unpack_if_changed(archive: &Path, dir: &Path) {
+    let bytes = std::fs::read(archive).unwrap_or_else(|e| panic!("{}: {e}", archive.display()));
+    let parent = dir.parent().expect("vendor dir");
+    let name = dir.file_name().expect("package dir").to_string_lossy();
+    let copy = parent.join(format!("{name}.crate"));
+    if dir.is_dir() && std::fs::read(&copy).ok().as_ref() == Some(&bytes) {
+        return;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    std::process::Command::new("tar")
+        .arg("-xzmf")
+        .arg(archive)
+        .arg("-C")
+        .arg(parent)
+        .assert_success("tar");
+    std::fs::write(&copy, &bytes).expect("keep the unpacked archive");
 }
 
 /// The scratch project's test: what a user of the published crate writes.
@@ -730,9 +769,17 @@ fn nested_cargo(dir: &Path, target: &Path) -> std::process::Command {
     command.current_dir(dir).env("CARGO_TARGET_DIR", target);
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy();
-        if ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_", "CARGO_PRIMARY_", "CARGO_TARGET_TMPDIR", "CARGO_RUSTC_CURRENT_DIR"]
-            .iter()
-            .any(|prefix| key.starts_with(prefix))
+        if [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_",
+            "CARGO_TARGET_TMPDIR",
+            "CARGO_RUSTC_CURRENT_DIR",
+        ]
+        .iter()
+        .any(|prefix| key.starts_with(prefix))
         {
             command.env_remove(key.as_ref());
         }

@@ -305,10 +305,7 @@ mod tests {
             "the script of this package, not of a checkout: {}",
             script.display()
         );
-        assert!(
-            text.contains(&format!("`bash {}`", script.display())),
-            "{text}"
-        );
+        assert!(text.contains(&format!("`bash {}`", script.display())), "{text}");
         assert!(!text.contains("tools/controlplane"), "no repository path: {text}");
 
         let manager = Error::BinaryMissing {

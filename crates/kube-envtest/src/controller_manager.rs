@@ -83,7 +83,10 @@ impl ControllerManager {
             format!("--secure-port={port}"),
             // It generates a self-signed serving certificate there.
             format!("--cert-dir={}", file("controller-manager")),
-            format!("--service-account-private-key-file={}", file("service-account.key")),
+            format!(
+                "--service-account-private-key-file={}",
+                file("service-account.key")
+            ),
             format!("--root-ca-file={}", file("ca.crt")),
             "--profiling=false".into(),
         ];

@@ -121,7 +121,7 @@ impl FleetBuilder {
     /// the controllers listed in [`CONTROLLERS`](crate::CONTROLLERS): then a deleted
     /// namespace is emptied and goes away, and objects whose owners are deleted are
     /// garbage-collected, as in a real cluster. It costs one more process per cluster
-    /// (about 40 MiB, and a second or two of start-up), and needs the
+    /// (about 90 MiB of memory, and a second or two of start-up), and needs the
     /// `kube-controller-manager` binary ([`Binaries::kube_controller_manager`]),
     /// which the build script builds with the others; starting fails with
     /// [`Error::BinaryMissing`] naming how to build it when it is missing.

@@ -353,25 +353,46 @@ async fn c08_controller_manager_deletes_namespaces_and_collects_garbage() {
         .await
         .expect("start a cluster with a controller manager");
     let cluster = fleet.cluster(0);
-    let manager = cluster.controller_manager_pid().expect("a controller manager runs");
-    assert!(fleet.pids().contains(&manager), "the fleet counts it among its processes");
+    let manager = cluster
+        .controller_manager_pid()
+        .expect("a controller manager runs");
+    assert!(
+        fleet.pids().contains(&manager),
+        "the fleet counts it among its processes"
+    );
     let client = cluster.client().expect("client");
 
     create_namespace(client.clone(), "doomed").await;
-    create_configmap(client.clone(), "doomed", "content").await.expect("create content");
+    create_configmap(client.clone(), "doomed", "content")
+        .await
+        .expect("create content");
     let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), "doomed");
     let root_ca: Api<ConfigMap> = Api::namespaced(client.clone(), "doomed");
-    until(|| async { Ok(sa.get_opt("default").await?.is_some()) }, "the default ServiceAccount").await;
-    until(|| async { Ok(root_ca.get_opt("kube-root-ca.crt").await?.is_some()) }, "kube-root-ca.crt").await;
+    until(
+        || async { Ok(sa.get_opt("default").await?.is_some()) },
+        "the default ServiceAccount",
+    )
+    .await;
+    until(
+        || async { Ok(root_ca.get_opt("kube-root-ca.crt").await?.is_some()) },
+        "kube-root-ca.crt",
+    )
+    .await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     namespaces
         .delete("doomed", &Default::default())
         .await
         .expect("delete the namespace");
-    until(|| async { Ok(namespaces.get_opt("doomed").await?.is_none()) }, "namespace doomed gone").await;
+    until(
+        || async { Ok(namespaces.get_opt("doomed").await?.is_none()) },
+        "namespace doomed gone",
+    )
+    .await;
 
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
-    let owner = create_configmap(client.clone(), "default", "owner").await.expect("owner");
+    let owner = create_configmap(client.clone(), "default", "owner")
+        .await
+        .expect("owner");
     let mut dependent = ConfigMap::default();
     dependent.metadata.name = Some("dependent".into());
     dependent.metadata.owner_references = Some(vec![
