@@ -180,15 +180,77 @@ impl Binaries {
 }
 
 fn require(binary: &'static str, path: &Path) -> Result<()> {
-    if is_executable(path) {
-        Ok(())
-    } else {
-        Err(Error::BinaryMissing {
+    if !is_executable(path) {
+        return Err(Error::BinaryMissing {
             binary,
             path: path.to_path_buf(),
-        })
+        });
+    }
+    match foreign_format(path) {
+        None => Ok(()),
+        Some(found) => Err(Error::BinaryForAnotherPlatform {
+            binary,
+            path: path.to_path_buf(),
+            found,
+        }),
     }
 }
+
+/// What the executable at `path` is when it is not for this machine, judged by its
+/// first bytes; `None` for an ELF program for this CPU, a script (`#!`), or a file
+/// that cannot be read (spawning it will say why).
+fn foreign_format(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut head = [0u8; 20];
+    let mut file = std::fs::File::open(path).ok()?;
+    let read = file.read(&mut head).ok()?;
+    let head = &head[..read];
+    if head.starts_with(b"#!") {
+        return None;
+    }
+    if head.starts_with(b"\x7fELF") {
+        // e_machine, at offset 18 in both ELF classes, in the byte order of EI_DATA.
+        let bytes = [*head.get(18)?, *head.get(19)?];
+        let machine = match head.get(5) {
+            Some(2) => u16::from_be_bytes(bytes),
+            _ => u16::from_le_bytes(bytes),
+        };
+        let (expected, _) = ELF_MACHINES
+            .iter()
+            .find(|(_, arch)| *arch == std::env::consts::ARCH)?;
+        if machine == *expected {
+            return None;
+        }
+        let arch = ELF_MACHINES
+            .iter()
+            .find(|(number, _)| *number == machine)
+            .map_or_else(|| format!("machine {machine}"), |(_, arch)| (*arch).to_owned());
+        return Some(format!("a Linux program for {arch}"));
+    }
+    let macho = [
+        [0xcf, 0xfa, 0xed, 0xfe],
+        [0xce, 0xfa, 0xed, 0xfe],
+        [0xca, 0xfe, 0xba, 0xbe],
+    ];
+    Some(if macho.iter().any(|magic| head.starts_with(magic)) {
+        "a macOS program".to_owned()
+    } else if head.starts_with(b"MZ") {
+        "a Windows program".to_owned()
+    } else {
+        "no program kube-envtest can start".to_owned()
+    })
+}
+
+/// ELF `e_machine` numbers of the CPUs Kubernetes builds for, with Rust's name.
+const ELF_MACHINES: &[(u16, &str)] = &[
+    (62, "x86_64"),
+    (183, "aarch64"),
+    (40, "arm"),
+    (3, "x86"),
+    (243, "riscv64"),
+    (21, "powerpc64"),
+    (22, "s390x"),
+];
 
 /// What to do about a missing `binary`, for [`Error::BinaryMissing`]: what to set,
 /// and the exact command that builds it.
@@ -322,6 +384,38 @@ mod tests {
         assert_eq!(shell_quoted(Path::new("/a/b-1.0/build.sh")), "/a/b-1.0/build.sh");
         assert_eq!(shell_quoted(Path::new("/my dir/build.sh")), "'/my dir/build.sh'");
         assert_eq!(shell_quoted(Path::new("/it's/build.sh")), r"'/it'\''s/build.sh'");
+    }
+
+    /// c05: programs for another system or CPU are told apart from this machine's.
+    #[test]
+    fn c05_programs_for_another_platform_are_recognised() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = |name: &str, bytes: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).expect("write");
+            foreign_format(&path)
+        };
+        let ours = ELF_MACHINES
+            .iter()
+            .find(|(_, arch)| *arch == std::env::consts::ARCH)
+            .map(|(number, _)| *number)
+            .expect("this test runs on a CPU Kubernetes builds for");
+        let other = if ours == 62 { 183 } else { 62 };
+        let elf = |machine: u16| {
+            let mut header = b"\x7fELF\x02\x01\x01".to_vec();
+            header.resize(18, 0);
+            header.extend(machine.to_le_bytes());
+            header
+        };
+        assert_eq!(file("ours", &elf(ours)), None);
+        let foreign = file("other", &elf(other)).expect("another CPU");
+        assert!(foreign.starts_with("a Linux program for "), "{foreign}");
+        assert_eq!(file("script", b"#!/bin/sh\n"), None);
+        assert_eq!(
+            file("mac", &[0xcf, 0xfa, 0xed, 0xfe, 7, 0, 0, 1]).as_deref(),
+            Some("a macOS program")
+        );
+        assert_eq!(file("windows", b"MZ\x90\0").as_deref(), Some("a Windows program"));
     }
 
     #[test]

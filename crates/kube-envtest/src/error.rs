@@ -25,8 +25,26 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// A control-plane binary is a program for another system or CPU (a directory
+    /// copied from a Mac, say): kube-envtest runs Linux programs for the machine it
+    /// runs on.
+    #[error(
+        "{binary} at {} is {found}, not a Linux program for {}: {}",
+        path.display(),
+        std::env::consts::ARCH,
+        crate::binaries::missing_hint(binary)
+    )]
+    BinaryForAnotherPlatform {
+        /// `kube-apiserver`, `etcd` or `kube-controller-manager`.
+        binary: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What it is instead, e.g. `a macOS program`.
+        found: String,
+    },
+
     /// A process could not be spawned at all.
-    #[error("cannot start {what} ({}): {source}{}", binary.display(), spawn_hint(source))]
+    #[error("cannot start {what} ({}): {source}", binary.display())]
     Spawn {
         /// Which process, e.g. `kube-apiserver of cluster-1`.
         what: String,
@@ -144,20 +162,6 @@ pub enum Error {
 
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// A sentence for a program the kernel refuses to run: built for another operating
-/// system or CPU (a binary directory copied from a Mac, say).
-fn spawn_hint(source: &std::io::Error) -> String {
-    if source.raw_os_error() == Some(libc::ENOEXEC) {
-        format!(
-            " (not a program for this machine: kube-envtest needs Linux binaries for its \
-             CPU; build them here with `{}`)",
-            crate::Binaries::build_command()
-        )
-    } else {
-        String::new()
-    }
-}
 
 impl Error {
     pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {

@@ -48,7 +48,7 @@
 //! fleet is dropped and, should the test process itself be killed, by the kernel
 //! (`PR_SET_PDEATHSIG`, which only Linux has). On any other target this crate does
 //! not compile, and says so in one sentence; at run time, a binary built for another
-//! system or CPU is refused with an error that says so.
+//! system or CPU is refused with [`Error::BinaryForAnotherPlatform`].
 #![warn(missing_docs)]
 
 #[cfg(not(target_os = "linux"))]

@@ -482,6 +482,46 @@ where
     panic!("{what}: not within 90 s (last error: {last:?})");
 }
 
+/// c05: a binary for another system or CPU (a directory copied from a Mac, say) is
+/// refused with an error that says so and names the build command, instead of
+/// etcd exiting with status 127 and an empty log (glibc hands a file it cannot
+/// execute to `/bin/sh`).
+#[tokio::test]
+async fn c05_a_binary_for_another_machine_is_refused_clearly() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    for name in ["kube-apiserver", "etcd"] {
+        let path = dir.path().join(name);
+        // Mach-O's magic number: what a macOS build of etcd starts with.
+        std::fs::write(&path, [0xcf, 0xfa, 0xed, 0xfe, 0x07, 0, 0, 0x01]).expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let err = Fleet::builder()
+        .binary_dir(dir.path())
+        .start()
+        .await
+        .expect_err("not a Linux program");
+    assert!(
+        matches!(
+            err,
+            Error::BinaryForAnotherPlatform {
+                binary: "kube-apiserver",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains("is a macOS program, not a Linux program for"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&kube_envtest::Binaries::build_command()),
+        "{message}"
+    );
+}
+
 async fn configmap_list(client: Client) -> Result<Vec<String>, kube::Error> {
     let api: Api<ConfigMap> = Api::namespaced(client, "default");
     let list = api.list(&ListParams::default()).await?;
