@@ -383,11 +383,7 @@ async fn c08_controller_manager_deletes_namespaces_and_collects_garbage() {
         .delete("doomed", &Default::default())
         .await
         .expect("delete the namespace");
-    until(
-        || async { Ok(namespaces.get_opt("doomed").await?.is_none()) },
-        "namespace doomed gone",
-    )
-    .await;
+    until_gone(&namespaces, "doomed").await;
 
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     let owner = create_configmap(client.clone(), "default", "owner")
@@ -412,11 +408,7 @@ async fn c08_controller_manager_deletes_namespaces_and_collects_garbage() {
         .delete("owner", &Default::default())
         .await
         .expect("delete the owner");
-    until(
-        || async { Ok(configmaps.get_opt("dependent").await?.is_none()) },
-        "the dependent garbage-collected",
-    )
-    .await;
+    until_gone(&configmaps, "dependent").await;
 }
 
 /// c08: kube-controller-manager is optional: a directory without it starts a fleet,
@@ -436,12 +428,11 @@ async fn c08_missing_controller_manager_is_an_error_only_when_asked_for() {
     assert_eq!(fleet.cluster(0).controller_manager_pid(), None);
     drop(fleet);
 
-    let err = Fleet::builder()
-        .binary_dir(dir.path())
-        .controller_manager(true)
-        .start()
-        .await
-        .expect_err("asked for a controller manager that is not there");
+    let (err, message) = start_fails(
+        Fleet::builder().binary_dir(dir.path()).controller_manager(true),
+        "asked for a controller manager that is not there",
+    )
+    .await;
     assert!(
         matches!(
             err,
@@ -452,7 +443,6 @@ async fn c08_missing_controller_manager_is_an_error_only_when_asked_for() {
         ),
         "{err:?}"
     );
-    let message = err.to_string();
     for named in [
         kube_envtest::CONTROLLER_MANAGER_ENV,
         kube_envtest::BIN_DIR_ENV,
@@ -460,6 +450,18 @@ async fn c08_missing_controller_manager_is_an_error_only_when_asked_for() {
     ] {
         assert!(message.contains(named), "names {named}: {message}");
     }
+}
+
+/// Waits until the object `name` no longer exists.
+async fn until_gone<K>(api: &Api<K>, name: &str)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    until(
+        || async { Ok(api.get_opt(name).await?.is_none()) },
+        &format!("{name} gone"),
+    )
+    .await;
 }
 
 /// Polls `check` until it holds, for up to 90 s (the controllers work in the
@@ -496,11 +498,7 @@ async fn c05_a_binary_for_another_machine_is_refused_clearly() {
         std::fs::write(&path, [0xcf, 0xfa, 0xed, 0xfe, 0x07, 0, 0, 0x01]).expect("write");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     }
-    let err = Fleet::builder()
-        .binary_dir(dir.path())
-        .start()
-        .await
-        .expect_err("not a Linux program");
+    let (err, message) = start_fails(Fleet::builder().binary_dir(dir.path()), "not a Linux program").await;
     assert!(
         matches!(
             err,
@@ -511,7 +509,6 @@ async fn c05_a_binary_for_another_machine_is_refused_clearly() {
         ),
         "{err:?}"
     );
-    let message = err.to_string();
     assert!(
         message.contains("is a macOS program, not a Linux program for"),
         "{message}"
@@ -520,6 +517,13 @@ async fn c05_a_binary_for_another_machine_is_refused_clearly() {
         message.contains(&kube_envtest::Binaries::build_command()),
         "{message}"
     );
+}
+
+/// Starts `builder`, which must fail (`why`), and returns the error and its message.
+async fn start_fails(builder: kube_envtest::FleetBuilder, why: &str) -> (Error, String) {
+    let err = builder.start().await.expect_err(why);
+    let message = err.to_string();
+    (err, message)
 }
 
 async fn configmap_list(client: Client) -> Result<Vec<String>, kube::Error> {
