@@ -1,10 +1,9 @@
 //! A local fleet of real apiservers for the examples, started through kube-envtest.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use kube_envtest::{BUILD_COMMAND, Binaries, Fleet};
+use kube_envtest::{Binaries, Fleet};
 use multicluster_runtime::Cluster;
 
 /// Cluster 0 is the manager's own cluster; clusters 1.. form the fleet, named
@@ -20,10 +19,7 @@ impl LocalFleet {
     /// # Errors
     /// The binaries cannot be built or an apiserver does not start.
     pub async fn start(clusters: usize) -> anyhow::Result<Self> {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join(BUILD_COMMAND);
-        let binaries = Binaries::find_or_build(&script)?;
+        let binaries = Binaries::find_or_build()?;
         let started = Instant::now();
         println!("starting a local fleet of {clusters} apiservers ...");
         let fleet = Fleet::builder()

@@ -691,3 +691,368 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     files
 }
+
+/// c05: `kube-envtest` as a dev-dependency of another project, and the `envtest`
+/// command built from its package, work outside this repository. The two packages
+/// are packaged (`cargo package`, as they would be published) and unpacked into a
+/// scratch project outside the workspace, which reaches them only through
+/// `[patch.crates-io]`: a fleet test runs there (two clusters, a namespace in
+/// each), and so does the packaged CLI (`envtest binaries`; `envtest up` with a hub
+/// and a member, whose kubeconfigs are used and then removed on SIGTERM; the error
+/// for missing binaries names the build script shipped in the package).
+///
+/// The scratch project lives at a fixed place in the temporary directory and builds
+/// into `<this target dir>/c05-outside`, offline and with this workspace's
+/// `Cargo.lock`, so a warm run takes seconds.
+#[test]
+fn c05_packaged_kube_envtest_and_cli_work_outside_the_workspace() {
+    let target = target_dir();
+    let scratch = std::env::temp_dir().join(format!(
+        "mcr-c05-outside-{:016x}",
+        fnv1a(target.display().to_string().as_bytes())
+    ));
+    let scratch_target = target.join("c05-outside");
+    let packages = metadata();
+    let version = packages["kube-envtest"]["version"]
+        .as_str()
+        .expect("version")
+        .to_owned();
+
+    // Package both as `cargo publish` would, and unpack them into the scratch project.
+    let package_target = scratch_target.join("package-target");
+    nested_cargo(&workspace(), &package_target)
+        .args([
+            "package",
+            "-p",
+            "kube-envtest",
+            "-p",
+            "kube-envtest-cli",
+            "--no-verify",
+            "--allow-dirty",
+            "--offline",
+        ])
+        .assert_success("cargo package");
+    let vendor = scratch.join("vendor");
+    std::fs::create_dir_all(&vendor).expect("create vendor dir");
+    for name in ["kube-envtest", "kube-envtest-cli"] {
+        let archive = package_target.join(format!("package/{name}-{version}.crate"));
+        unpack_if_changed(&archive, &vendor.join(format!("{name}-{version}")));
+    }
+    let library = vendor.join(format!("kube-envtest-{version}"));
+    let script = library.join("controlplane/build.sh");
+    assert!(script.is_file(), "the package ships {}", script.display());
+
+    write_scratch_project(&scratch, &packages, &version);
+
+    // One fleet test, built from the packaged library.
+    let output = nested_cargo(&scratch, &scratch_target)
+        .args(["test", "--offline", "-p", "c05-app", "--", "--nocapture"])
+        .env("C05_PACKAGE_DIR", &library)
+        .assert_success("cargo test in the scratch project");
+    assert!(
+        output.contains("test c05_fleet_of_two_from_the_packaged_crate ... ok"),
+        "{output}"
+    );
+
+    // The packaged CLI.
+    nested_cargo(&scratch, &scratch_target)
+        .args(["build", "--offline", "-p", "kube-envtest-cli", "--bins"])
+        .assert_success("cargo build of the packaged CLI");
+    let envtest = scratch_target.join("debug/envtest");
+    let command = format!("bash {}", script.display());
+    let binaries = std::process::Command::new(&envtest)
+        .arg("binaries")
+        .assert_success("envtest binaries");
+    assert!(binaries.contains("kube-apiserver: "), "{binaries}");
+    assert!(
+        binaries.contains(&format!("build command:           {command}")),
+        "the CLI names the script of its own package: {binaries}"
+    );
+
+    let empty = tempfile::tempdir().expect("temp dir");
+    let refused = std::process::Command::new(&envtest)
+        .args(["up", "--bin-dir"])
+        .arg(empty.path())
+        .output()
+        .expect("envtest up runs");
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "no binaries, no fleet: {message}");
+    for named in [
+        "KUBE_ENVTEST_BIN_DIR",
+        "TEST_ASSET_KUBE_APISERVER",
+        "TEST_ASSET_ETCD",
+        &command,
+    ] {
+        assert!(message.contains(named), "names {named}: {message}");
+    }
+
+    envtest_up_with_a_hub(&envtest);
+}
+
+/// `envtest up --clusters 1 --hub-dir H --members-dir M`: reads the two kubeconfig
+/// paths it prints, lists namespaces through each, stops it with SIGTERM and checks
+/// that it removed them.
+fn envtest_up_with_a_hub(envtest: &Path) {
+    use std::io::BufRead;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (hub, members) = (dir.path().join("hub"), dir.path().join("members"));
+    let mut child = std::process::Command::new(envtest)
+        .args(["up", "--clusters", "1", "--hub-dir"])
+        .arg(&hub)
+        .arg("--members-dir")
+        .arg(&members)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("envtest up starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let errors = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let mut written = Vec::new();
+    while written.len() < 2 {
+        match received.recv_timeout(std::time::Duration::from_secs(180)) {
+            Ok(line) => written.push(PathBuf::from(line)),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "envtest up printed {written:?} and then nothing: {}",
+                    errors.join().unwrap_or_default()
+                );
+            }
+        }
+    }
+    assert_eq!(
+        written,
+        [
+            hub.join("cluster-0.kubeconfig"),
+            members.join("cluster-1.kubeconfig")
+        ],
+        "the hub's kubeconfig first, apart from the member's"
+    );
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    for path in &written {
+        let kubeconfig = kube::config::Kubeconfig::read_from(path).expect("a kubeconfig");
+        let namespaces = runtime.block_on(async {
+            let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .expect("config");
+            let client = kube::Client::try_from(config).expect("client");
+            let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client);
+            api.list(&Default::default()).await.expect("list namespaces")
+        });
+        assert!(
+            namespaces
+                .items
+                .iter()
+                .any(|ns| ns.metadata.name.as_deref() == Some("default")),
+            "{} reaches a cluster",
+            path.display()
+        );
+    }
+
+    let pid = libc::pid_t::try_from(child.id()).expect("pid");
+    // SAFETY: kill(2) has no memory effects; the child is not reaped yet, so the
+    // PID is still that of `envtest up`.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "envtest up ignored SIGTERM");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let errors = errors.join().unwrap_or_default();
+    assert!(status.success(), "{status}: {errors}");
+    for path in &written {
+        assert!(!path.exists(), "{} removed on exit: {errors}", path.display());
+    }
+}
+
+/// The scratch project: a workspace with an app whose tests use `kube-envtest` as a
+/// registry dev-dependency, and the unpacked CLI as a member; `[patch.crates-io]`
+/// points `kube-envtest` at the unpacked package. The dependencies' versions and
+/// features are this workspace's, and so is the lock file (pruned by Cargo), so the
+/// build needs nothing that is not in the local cache.
+fn write_scratch_project(
+    scratch: &Path,
+    packages: &std::collections::BTreeMap<String, serde_json::Value>,
+    version: &str,
+) {
+    let dependency = |name: &str, extra_features: &[&str]| {
+        let dep = packages["kube-envtest"]["dependencies"]
+            .as_array()
+            .expect("dependencies")
+            .iter()
+            .find(|d| d["name"] == name && d["kind"].is_null())
+            .unwrap_or_else(|| panic!("kube-envtest depends on {name}"));
+        let mut features: Vec<String> = dep["features"]
+            .as_array()
+            .expect("features")
+            .iter()
+            .filter_map(|f| f.as_str().map(|f| format!("{f:?}")))
+            .collect();
+        features.extend(extra_features.iter().map(|f| format!("{f:?}")));
+        format!(
+            "{name} = {{ version = {:?}, default-features = {}, features = [{}] }}",
+            dep["req"].as_str().expect("req"),
+            dep["uses_default_features"],
+            features.join(", ")
+        )
+    };
+    let files = [
+        (
+            "Cargo.toml".to_owned(),
+            format!(
+                "[workspace]\nresolver = \"3\"\nmembers = [\"app\", \"vendor/kube-envtest-cli-{version}\"]\n\
+                 exclude = [\"vendor/kube-envtest-{version}\"]\n\n\
+                 [patch.crates-io]\nkube-envtest = {{ path = \"vendor/kube-envtest-{version}\" }}\n\n\
+                 [profile.dev]\ndebug = false\n"
+            ),
+        ),
+        (
+            "app/Cargo.toml".to_owned(),
+            format!(
+                "[package]\nname = \"c05-app\"\nversion = \"0.0.0\"\nedition = \"2024\"\npublish = false\n\n\
+                 [dev-dependencies]\nkube-envtest = \"{version}\"\n{}\n{}\n\
+                 tokio = {{ version = \"1\", features = [\"macros\", \"rt-multi-thread\"] }}\n",
+                dependency("kube", &[]),
+                dependency("k8s-openapi", &["v1_37"]),
+            ),
+        ),
+        (
+            "app/src/lib.rs".to_owned(),
+            "//! Nothing: the test is the point.\n".to_owned(),
+        ),
+        ("app/tests/fleet.rs".to_owned(), SCRATCH_TEST.to_owned()),
+    ];
+    for (file, content) in files {
+        let path = scratch.join(file);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("create dir");
+        // Unchanged files keep their modification time, so a warm run rebuilds nothing.
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(content.as_str()) {
+            std::fs::write(&path, content).expect("write scratch file");
+        }
+    }
+    // Cargo prunes the copy; a snapshot tells whether the workspace's lock changed.
+    let lock = std::fs::read(workspace().join("Cargo.lock")).expect("Cargo.lock");
+    let snapshot = scratch.join("workspace.Cargo.lock");
+    if std::fs::read(&snapshot).ok().as_ref() != Some(&lock) {
+        std::fs::write(scratch.join("Cargo.lock"), &lock).expect("write Cargo.lock");
+        std::fs::write(&snapshot, &lock).expect("write the lock snapshot");
+    }
+}
+
+/// Unpacks the `.crate` `archive` into `dir` (the package's directory) unless `dir`
+/// holds this very archive already. Packaged files all carry one fixed date, which
+/// would hide a change from Cargo's freshness check, so a changed package is
+/// unpacked with the current time (`tar -m`) and therefore rebuilt.
+fn unpack_if_changed(archive: &Path, dir: &Path) {
+    let bytes = std::fs::read(archive).unwrap_or_else(|e| panic!("{}: {e}", archive.display()));
+    let parent = dir.parent().expect("vendor dir");
+    let name = dir.file_name().expect("package dir").to_string_lossy();
+    let copy = parent.join(format!("{name}.crate"));
+    if dir.is_dir() && std::fs::read(&copy).ok().as_ref() == Some(&bytes) {
+        return;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    std::process::Command::new("tar")
+        .arg("-xzmf")
+        .arg(archive)
+        .arg("-C")
+        .arg(parent)
+        .assert_success("tar");
+    std::fs::write(&copy, &bytes).expect("keep the unpacked archive");
+}
+
+/// The scratch project's test: what a user of the published crate writes.
+const SCRATCH_TEST: &str = r#"use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, PostParams};
+
+#[tokio::test]
+async fn c05_fleet_of_two_from_the_packaged_crate() {
+    let fleet = kube_envtest::Fleet::start(2).await.expect("start a fleet of two");
+    for cluster in fleet.clusters() {
+        let namespaces: Api<Namespace> = Api::all(cluster.client().expect("client"));
+        let mut namespace = Namespace::default();
+        namespace.metadata.name = Some(format!("c05-{}", cluster.name()));
+        namespaces.create(&PostParams::default(), &namespace).await.expect("create");
+        let name = namespace.metadata.name.as_deref().expect("name");
+        assert!(namespaces.get_opt(name).await.expect("get").is_some());
+    }
+    let script = kube_envtest::Binaries::build_script();
+    let package = std::env::var_os("C05_PACKAGE_DIR").expect("C05_PACKAGE_DIR");
+    assert!(script.starts_with(&package), "{} is in the package", script.display());
+    assert!(script.is_file());
+}
+"#;
+
+/// The directory this test binary was built into (`<target>/debug/deps/..`).
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    exe.ancestors()
+        .nth(3)
+        .expect("<target>/<profile>/deps/<binary>")
+        .to_path_buf()
+}
+
+/// A stable, short name for a path (FNV-1a).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// `cargo` run in `dir` with its output in `target`, without the variables the
+/// outer `cargo test` set for this crate.
+fn nested_cargo(dir: &Path, target: &Path) -> std::process::Command {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut command = std::process::Command::new(cargo);
+    command.current_dir(dir).env("CARGO_TARGET_DIR", target);
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_",
+            "CARGO_TARGET_TMPDIR",
+            "CARGO_RUSTC_CURRENT_DIR",
+        ]
+        .iter()
+        .any(|prefix| key.starts_with(prefix))
+        {
+            command.env_remove(key.as_ref());
+        }
+    }
+    command
+}
+
+/// Runs a command to success and returns its stdout and stderr.
+trait AssertSuccess {
+    fn assert_success(&mut self, what: &str) -> String;
+}
+
+impl AssertSuccess for std::process::Command {
+    fn assert_success(&mut self, what: &str) -> String {
+        let output = self.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(output.status.success(), "{what}: {}\n{text}", output.status);
+        text
+    }
+}

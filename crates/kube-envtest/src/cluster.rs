@@ -10,6 +10,7 @@ use kube::config::Kubeconfig;
 use kube::{Api, Client};
 
 use crate::certs::{Authority, CertAndKey};
+use crate::controller_manager::{ControllerManager, ControllerManagerSpec};
 use crate::error::{Error, Result};
 use crate::etcd::Etcd;
 use crate::kubeconfig;
@@ -32,6 +33,7 @@ pub(crate) struct ClusterSpec<'a> {
     pub own_etcd: Option<Etcd>,
     pub extra_args: &'a [String],
     pub ready_timeout: Duration,
+    pub controller_manager: Option<ControllerManagerSpec<'a>>,
 }
 
 /// A running (or deliberately stopped) local cluster.
@@ -51,6 +53,8 @@ pub struct LocalCluster {
     binary: PathBuf,
     log: PathBuf,
     ready_timeout: Duration,
+    // Declared first: the controller manager stops before the apiserver it uses.
+    controller_manager: Option<ControllerManager>,
     // Declared before `own_etcd` so the apiserver stops before its storage.
     process: Mutex<Option<Process>>,
     own_etcd: Option<Etcd>,
@@ -66,6 +70,12 @@ impl LocalCluster {
             match cluster.launch().await {
                 Ok(()) => {
                     cluster.own_etcd = spec.own_etcd.take();
+                    if let Some(manager) = &spec.controller_manager {
+                        cluster.controller_manager = Some(
+                            ControllerManager::start(manager, &cluster.name, &files.dir, spec.ready_timeout)
+                                .await?,
+                        );
+                    }
                     return Ok(cluster);
                 }
                 Err(err) if is_port_conflict(&err) => last = Some(err),
@@ -94,6 +104,7 @@ impl LocalCluster {
             binary: spec.apiserver.to_path_buf(),
             log: spec.log.clone(),
             ready_timeout: spec.ready_timeout,
+            controller_manager: None,
             process: Mutex::new(None),
             own_etcd: None,
         })
@@ -148,6 +159,27 @@ impl LocalCluster {
     /// cluster its own ([`crate::EtcdTopology::PerCluster`]).
     pub fn etcd_pid(&self) -> Option<u32> {
         self.own_etcd.as_ref().map(Etcd::pid)
+    }
+
+    /// The process id of the cluster's kube-controller-manager, when the fleet runs
+    /// one ([`crate::FleetBuilder::controller_manager`]). It runs for the cluster's
+    /// whole life: across [`stop`](Self::stop) and [`start`](Self::start) of the
+    /// apiserver it keeps retrying and carries on once the apiserver is back.
+    pub fn controller_manager_pid(&self) -> Option<u32> {
+        self.controller_manager.as_ref().map(ControllerManager::pid)
+    }
+
+    /// Copies the admin kubeconfig to `<dir>/<name>.kubeconfig` (mode 0600),
+    /// creating `dir` if needed, and returns that path.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if `dir` cannot be created or the file written.
+    pub fn write_kubeconfig(&self, dir: impl AsRef<Path>) -> Result<PathBuf> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
+        let path = dir.join(format!("{}.kubeconfig", self.name));
+        kubeconfig::write(&path, &self.kubeconfig)?;
+        Ok(path)
     }
 
     /// Whether the apiserver process is running (paused counts as running).
@@ -236,7 +268,7 @@ impl LocalCluster {
             if let Some(process) = self.process().as_mut() {
                 process.check_running()?;
             }
-            let last = match readyz(&client).await {
+            let last = match answers_ok(&client, "/readyz").await {
                 Ok(()) => match namespaces.get_opt("default").await {
                     Ok(Some(_)) => break,
                     Ok(None) => "namespace default does not exist yet".to_owned(),
@@ -269,14 +301,15 @@ impl LocalCluster {
     }
 }
 
-async fn readyz(client: &Client) -> std::result::Result<(), String> {
-    let request = http::Request::get("/readyz")
+/// Whether `path` of the server behind `client` answers `ok` (`/readyz`, `/healthz`).
+pub(crate) async fn answers_ok(client: &Client, path: &str) -> std::result::Result<(), String> {
+    let request = http::Request::get(path)
         .body(Vec::new())
         .map_err(|e| e.to_string())?;
     match client.request_text(request).await {
         Ok(body) if body.trim() == "ok" => Ok(()),
-        Ok(body) => Err(format!("/readyz answered {body:?}")),
-        Err(e) => Err(format!("/readyz: {e}")),
+        Ok(body) => Err(format!("{path} answered {body:?}")),
+        Err(e) => Err(format!("{path}: {e}")),
     }
 }
 

@@ -3,10 +3,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// The command that builds the control-plane binaries, named by every error about
-/// missing binaries.
-pub const BUILD_COMMAND: &str = "tools/controlplane/build.sh";
-
 /// What went wrong while starting, driving or stopping a local control plane.
 ///
 /// Errors about a process name the log file that holds its output, so a failed
@@ -14,19 +10,37 @@ pub const BUILD_COMMAND: &str = "tools/controlplane/build.sh";
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A control-plane binary is not where it was looked for.
+    /// A control-plane binary is not where it was looked for. The message names the
+    /// environment variables that point elsewhere and the exact command that builds
+    /// it ([`crate::Binaries::build_command`]).
     #[error(
-        "{binary} not found at {}: build the control plane with `{BUILD_COMMAND}` \
-         (from the multicluster-runtime repository), or set {env} to a directory \
-         holding kube-apiserver and etcd",
+        "{binary} not found at {}: {}",
         path.display(),
-        env = crate::binaries::BIN_DIR_ENV
+        crate::binaries::missing_hint(binary)
     )]
     BinaryMissing {
-        /// `kube-apiserver` or `etcd`.
+        /// `kube-apiserver`, `etcd` or `kube-controller-manager`.
         binary: &'static str,
         /// Where it was expected.
         path: PathBuf,
+    },
+
+    /// A control-plane binary is a program for another system or CPU (a directory
+    /// copied from a Mac, say): kube-envtest runs Linux programs for the machine it
+    /// runs on.
+    #[error(
+        "{binary} at {} is {found}, not a Linux program for {}: {}",
+        path.display(),
+        std::env::consts::ARCH,
+        crate::binaries::missing_hint(binary)
+    )]
+    BinaryForAnotherPlatform {
+        /// `kube-apiserver`, `etcd` or `kube-controller-manager`.
+        binary: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What it is instead, e.g. `a macOS program`.
+        found: String,
     },
 
     /// A process could not be spawned at all.

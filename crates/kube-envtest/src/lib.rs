@@ -8,9 +8,11 @@
 //! stopped, restarted and paused to test how a controller copes with a broken one.
 //!
 //! The binaries are built from the Go module proxy by the build module this package
-//! ships in `controlplane/` (`controlplane/build.sh`; `tools/controlplane/build.sh` in
-//! the multicluster-runtime repository runs it; see [`Binaries::find`] for where they
-//! are looked up and how to point elsewhere).
+//! ships in `controlplane/`: [`Binaries::build_command`] is the exact command (`bash
+//! <this package>/controlplane/build.sh`), for a checkout as for the package in
+//! Cargo's registry cache. See [`Binaries::find`] for where they are looked up and how
+//! to point elsewhere (`KUBE_ENVTEST_BIN_DIR`, `TEST_ASSET_KUBE_APISERVER`,
+//! `TEST_ASSET_ETCD`).
 //!
 //! ```no_run
 //! use k8s_openapi::api::core::v1::ConfigMap;
@@ -35,14 +37,31 @@
 //! # }
 //! ```
 //!
-//! Processes cannot outlive the test process: they are killed when the fleet is
-//! dropped and, should the test process itself be killed, by the kernel
-//! (`PR_SET_PDEATHSIG`). This crate is therefore Linux-only.
+//! With [`FleetBuilder::controller_manager`], each cluster also runs a
+//! kube-controller-manager with the namespace, garbage-collector and service-account
+//! controllers, so that a deleted namespace goes away and dependents of a deleted
+//! owner are collected, as in a real cluster.
+//!
+//! # Platforms
+//!
+//! Linux only. Processes cannot outlive the test process: they are killed when the
+//! fleet is dropped and, should the test process itself be killed, by the kernel
+//! (`PR_SET_PDEATHSIG`, which only Linux has). On any other target this crate does
+//! not compile, and says so in one sentence; at run time, a binary built for another
+//! system or CPU is refused with [`Error::BinaryForAnotherPlatform`].
 #![warn(missing_docs)]
+
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "kube-envtest runs only on Linux: it ties the lifetime of the etcd and kube-apiserver \
+     processes it starts to the test process with PR_SET_PDEATHSIG, which other systems \
+     lack; run the tests in a Linux machine, VM or container"
+);
 
 mod binaries;
 mod certs;
 mod cluster;
+mod controller_manager;
 mod crds;
 mod error;
 mod etcd;
@@ -53,9 +72,12 @@ mod ports;
 mod process;
 mod users;
 
-pub use binaries::{BIN_DIR_ENV, Binaries, KUBERNETES_VERSION};
+pub use binaries::{
+    APISERVER_ENV, BIN_DIR_ENV, Binaries, CONTROLLER_MANAGER_ENV, ETCD_ENV, KUBERNETES_VERSION,
+};
 pub use cluster::{ADMIN_USER, LocalCluster};
-pub use error::{BUILD_COMMAND, Error, Result};
+pub use controller_manager::CONTROLLERS;
+pub use error::{Error, Result};
 pub use fleet::{EtcdTopology, Fleet, FleetBuilder};
 pub use users::{LocalUser, UserSpec};
 

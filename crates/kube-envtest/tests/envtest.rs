@@ -1,6 +1,7 @@
 //! Acceptance tests of the envtest crate against real etcd and kube-apiserver
-//! processes. They need the binaries from `tools/controlplane/build.sh` and fail
-//! (never skip) without them.
+//! processes. They need the binaries that `kube_envtest::Binaries::build_command()`
+//! builds (`tools/controlplane/build.sh` in this repository) and fail (never skip)
+//! without them; the c08 tests also need kube-controller-manager, built with them.
 
 use std::path::Path;
 use std::time::Duration;
@@ -318,7 +319,10 @@ async fn e07_missing_binaries_name_the_build_command() {
         "{err:?}"
     );
     let message = err.to_string();
-    assert!(message.contains(kube_envtest::BUILD_COMMAND), "{message}");
+    assert!(
+        message.contains(&kube_envtest::Binaries::build_command()),
+        "{message}"
+    );
     assert!(message.contains(&empty.path().display().to_string()), "{message}");
 
     // Only etcd missing: the message names etcd.
@@ -335,6 +339,191 @@ async fn e07_missing_binaries_name_the_build_command() {
         .await
         .expect_err("no etcd there");
     assert!(err.to_string().starts_with("etcd not found at"), "{err}");
+}
+
+/// c08: with the controller manager on, a deleted namespace is emptied and goes
+/// away (without it, it stays `Terminating` for ever), and a ConfigMap whose owner
+/// is deleted is garbage-collected; the namespace also gets its `default`
+/// ServiceAccount and `kube-root-ca.crt`, as in a real cluster.
+#[tokio::test]
+async fn c08_controller_manager_deletes_namespaces_and_collects_garbage() {
+    let fleet = Fleet::builder()
+        .controller_manager(true)
+        .start()
+        .await
+        .expect("start a cluster with a controller manager");
+    let cluster = fleet.cluster(0);
+    let manager = cluster
+        .controller_manager_pid()
+        .expect("a controller manager runs");
+    assert!(
+        fleet.pids().contains(&manager),
+        "the fleet counts it among its processes"
+    );
+    let client = cluster.client().expect("client");
+
+    create_namespace(client.clone(), "doomed").await;
+    create_configmap(client.clone(), "doomed", "content")
+        .await
+        .expect("create content");
+    let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), "doomed");
+    let root_ca: Api<ConfigMap> = Api::namespaced(client.clone(), "doomed");
+    until(
+        || async { Ok(sa.get_opt("default").await?.is_some()) },
+        "the default ServiceAccount",
+    )
+    .await;
+    until(
+        || async { Ok(root_ca.get_opt("kube-root-ca.crt").await?.is_some()) },
+        "kube-root-ca.crt",
+    )
+    .await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .delete("doomed", &Default::default())
+        .await
+        .expect("delete the namespace");
+    until_gone(&namespaces, "doomed").await;
+
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let owner = create_configmap(client.clone(), "default", "owner")
+        .await
+        .expect("owner");
+    let mut dependent = ConfigMap::default();
+    dependent.metadata.name = Some("dependent".into());
+    dependent.metadata.owner_references = Some(vec![
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            name: "owner".into(),
+            uid: owner.metadata.uid.clone().expect("uid"),
+            ..Default::default()
+        },
+    ]);
+    configmaps
+        .create(&PostParams::default(), &dependent)
+        .await
+        .expect("create the dependent");
+    configmaps
+        .delete("owner", &Default::default())
+        .await
+        .expect("delete the owner");
+    until_gone(&configmaps, "dependent").await;
+}
+
+/// c08: kube-controller-manager is optional: a directory without it starts a fleet,
+/// and only a fleet that asks for one fails, naming how to provide it.
+#[tokio::test]
+async fn c08_missing_controller_manager_is_an_error_only_when_asked_for() {
+    let found = kube_envtest::Binaries::find().expect("built binaries");
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (name, target) in [("kube-apiserver", &found.kube_apiserver), ("etcd", &found.etcd)] {
+        std::os::unix::fs::symlink(target, dir.path().join(name)).expect("link");
+    }
+    let fleet = Fleet::builder()
+        .binary_dir(dir.path())
+        .start()
+        .await
+        .expect("no controller manager needed");
+    assert_eq!(fleet.cluster(0).controller_manager_pid(), None);
+    drop(fleet);
+
+    let (err, message) = start_fails(
+        Fleet::builder().binary_dir(dir.path()).controller_manager(true),
+        "asked for a controller manager that is not there",
+    )
+    .await;
+    assert!(
+        matches!(
+            err,
+            Error::BinaryMissing {
+                binary: "kube-controller-manager",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    for named in [
+        kube_envtest::CONTROLLER_MANAGER_ENV,
+        kube_envtest::BIN_DIR_ENV,
+        &kube_envtest::Binaries::build_command(),
+    ] {
+        assert!(message.contains(named), "names {named}: {message}");
+    }
+}
+
+/// Waits until the object `name` no longer exists.
+async fn until_gone<K>(api: &Api<K>, name: &str)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    until(
+        || async { Ok(api.get_opt(name).await?.is_none()) },
+        &format!("{name} gone"),
+    )
+    .await;
+}
+
+/// Polls `check` until it holds, for up to 90 s (the controllers work in the
+/// background; a busy 2-core CI machine is slow to start them).
+async fn until<F, Fut>(mut check: F, what: &str)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, kube::Error>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let mut last = None;
+    while std::time::Instant::now() < deadline {
+        match check().await {
+            Ok(true) => return,
+            Ok(false) => last = None,
+            Err(e) => last = Some(e.to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{what}: not within 90 s (last error: {last:?})");
+}
+
+/// c05: a binary for another system or CPU (a directory copied from a Mac, say) is
+/// refused with an error that says so and names the build command, instead of
+/// etcd exiting with status 127 and an empty log (glibc hands a file it cannot
+/// execute to `/bin/sh`).
+#[tokio::test]
+async fn c05_a_binary_for_another_machine_is_refused_clearly() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    for name in ["kube-apiserver", "etcd"] {
+        let path = dir.path().join(name);
+        // Mach-O's magic number: what a macOS build of etcd starts with.
+        std::fs::write(&path, [0xcf, 0xfa, 0xed, 0xfe, 0x07, 0, 0, 0x01]).expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let (err, message) = start_fails(Fleet::builder().binary_dir(dir.path()), "not a Linux program").await;
+    assert!(
+        matches!(
+            err,
+            Error::BinaryForAnotherPlatform {
+                binary: "kube-apiserver",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        message.contains("is a macOS program, not a Linux program for"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&kube_envtest::Binaries::build_command()),
+        "{message}"
+    );
+}
+
+/// Starts `builder`, which must fail (`why`), and returns the error and its message.
+async fn start_fails(builder: kube_envtest::FleetBuilder, why: &str) -> (Error, String) {
+    let err = builder.start().await.expect_err(why);
+    let message = err.to_string();
+    (err, message)
 }
 
 async fn configmap_list(client: Client) -> Result<Vec<String>, kube::Error> {
