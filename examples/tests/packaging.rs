@@ -498,6 +498,45 @@ impl std::io::Write for Sink {
     }
 }
 
+/// c04: the TLS crypto backend is the user's choice, passed through to kube as
+/// kube's own features do: `ring` by default, `aws-lc-rs` instead; neither the
+/// library's nor the workspace's kube dependency forces one (CI builds the library
+/// with each, step "c04").
+#[test]
+fn c04_the_tls_backend_is_passed_through_to_kube() {
+    let packages = metadata();
+    let runtime = &packages["multicluster-runtime"];
+    let feature = |name: &str| -> Vec<String> {
+        runtime["features"][name]
+            .as_array()
+            .unwrap_or_else(|| panic!("feature {name}"))
+            .iter()
+            .filter_map(|f| f.as_str().map(str::to_owned))
+            .collect()
+    };
+    assert!(feature("default").contains(&"ring".to_owned()), "ring is the default backend");
+    assert!(feature("ring").contains(&"kube/ring".to_owned()));
+    assert!(feature("aws-lc-rs").contains(&"kube/aws-lc-rs".to_owned()));
+    for dependency in runtime["dependencies"].as_array().expect("dependencies") {
+        let name = dependency["name"].as_str().unwrap_or_default();
+        if !["kube", "rustls", "tokio-rustls", "rcgen"].contains(&name) || !dependency["kind"].is_null() {
+            continue;
+        }
+        let features: Vec<&str> = dependency["features"]
+            .as_array()
+            .expect("features")
+            .iter()
+            .filter_map(|f| f.as_str())
+            .collect();
+        for backend in ["ring", "aws-lc-rs", "aws_lc_rs"] {
+            assert!(
+                !features.contains(&backend),
+                "the library's {name} dependency forces {backend}: {features:?}"
+            );
+        }
+    }
+}
+
 /// c06: the examples' (and so the operator's) log lines carry ANSI colour codes on
 /// a terminal only, not when stderr is redirected (CI, a container, a file).
 #[test]

@@ -14,6 +14,25 @@
 
 pub(crate) mod tls;
 
+// The crypto backend the features chose, for TLS and for the few primitives the
+// servers use (SHA-256, HMAC, random bytes): the two crates share one API.
+#[cfg(feature = "aws-lc-rs")]
+pub(crate) use aws_lc_rs as crypto;
+#[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
+pub(crate) use ring as crypto;
+#[cfg(not(any(feature = "ring", feature = "aws-lc-rs")))]
+compile_error!(
+    "the feature `endpoint` (and `webhook`) needs a TLS crypto backend: enable `ring` (a default feature) or `aws-lc-rs`"
+);
+
+/// rustls on the chosen backend.
+pub(crate) fn crypto_provider() -> rustls::crypto::CryptoProvider {
+    #[cfg(feature = "aws-lc-rs")]
+    return rustls::crypto::aws_lc_rs::default_provider();
+    #[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
+    return rustls::crypto::ring::default_provider();
+}
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;

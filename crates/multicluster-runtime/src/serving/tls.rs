@@ -164,7 +164,7 @@ pub(crate) struct Loaded {
 /// # Errors
 /// A message naming the file and what is wrong with it (never its content).
 pub(crate) fn load(certificate: &ServingCertificate, alpn: &[&[u8]]) -> Result<Loaded, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(super::crypto_provider());
     let (key, renewal, authority) = match &certificate.source {
         Source::SelfSigned { rotate_every, names } => {
             let authority = Authority::new(names.clone())?;

@@ -9,6 +9,7 @@
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 
 use crate::cluster::ClusterName;
+use crate::serving::crypto::{hmac, rand};
 
 /// Bytes left as they are in a path segment; every other byte is encoded, `/` and
 /// `%` among them.
@@ -21,24 +22,24 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 const PREFIX: &str = "/clusters/";
 
 /// The server's key for tags: given (so that replicas agree), or random per server.
-pub(crate) struct Key(ring::hmac::Key);
+pub(crate) struct Key(hmac::Key);
 
 impl Key {
     pub fn new(secret: &[u8]) -> Self {
-        Key(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret))
+        Key(hmac::Key::new(hmac::HMAC_SHA256, secret))
     }
 
     /// A key of 32 random bytes.
     pub fn random() -> Result<Self, String> {
-        let rng = ring::rand::SystemRandom::new();
-        let secret: [u8; 32] = ring::rand::generate(&rng)
+        let rng = rand::SystemRandom::new();
+        let secret: [u8; 32] = rand::generate(&rng)
             .map_err(|_| "no random bytes for the attribution key".to_owned())?
             .expose();
         Ok(Self::new(&secret))
     }
 
     fn tag(&self, cluster: &ClusterName) -> String {
-        let tag = ring::hmac::sign(&self.0, cluster.as_str().as_bytes());
+        let tag = hmac::sign(&self.0, cluster.as_str().as_bytes());
         tag.as_ref().iter().map(|b| format!("{b:02x}")).collect()
     }
 
@@ -68,7 +69,7 @@ impl Key {
         };
         let cluster = ClusterName::from(cluster);
         let tag = decode_hex(tag).ok_or(Refusal::Unattributed(cluster.clone()))?;
-        ring::hmac::verify(&self.0, cluster.as_str().as_bytes(), &tag)
+        hmac::verify(&self.0, cluster.as_str().as_bytes(), &tag)
             .map_err(|_| Refusal::Unattributed(cluster.clone()))?;
         Ok((cluster, webhook))
     }
