@@ -514,7 +514,10 @@ fn c04_the_tls_backend_is_passed_through_to_kube() {
             .filter_map(|f| f.as_str().map(str::to_owned))
             .collect()
     };
-    assert!(feature("default").contains(&"ring".to_owned()), "ring is the default backend");
+    assert!(
+        feature("default").contains(&"ring".to_owned()),
+        "ring is the default backend"
+    );
     assert!(feature("ring").contains(&"kube/ring".to_owned()));
     assert!(feature("aws-lc-rs").contains(&"kube/aws-lc-rs".to_owned()));
     for dependency in runtime["dependencies"].as_array().expect("dependencies") {

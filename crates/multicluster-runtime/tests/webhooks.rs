@@ -433,3 +433,34 @@ async fn w03_a_cluster_that_leaves_and_returns_at_once_stays_wired() {
         assert!(configuration_present(&client).await, "round {round}: c1 is wired");
     }
 }
+
+/// w03: the configurations stay in place when the server stops with the manager
+/// (a restart or a rollout leaves no gap in enforcement); only a cluster that
+/// leaves the fleet is unwired. On several threads: the manager ends the
+/// engagements as it stops the server, and a wiring task may see its engagement end
+/// before the server has marked itself stopping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn w03_configurations_stay_when_the_manager_stops() {
+    let env = Env::new(3).await;
+    let server = Arc::new(server(free_port(), ServingCertificate::self_signed()));
+    env.manager
+        .add_cluster_runnable(server.clone())
+        .await
+        .expect("add the server");
+    let running = tokio::spawn({
+        let (manager, token) = (env.manager.clone(), env.token.clone());
+        async move { manager.start(token).await }
+    });
+    for index in 1..=3 {
+        wait_enforced(&env.client(index), &format!("c{index}")).await;
+    }
+    env.token.cancel();
+    // `start` returns once the server's tasks, removals included, have ended.
+    running.await.expect("joined").expect("a clean stop");
+    for index in 1..=2 {
+        assert!(
+            configuration_present(&env.client(index)).await,
+            "c{index} still wired after the stop"
+        );
+    }
+}

@@ -372,6 +372,7 @@ impl WebhookServerBuilder {
             gates: Gates::default(),
             tasks: TaskTracker::new(),
             stopping: CancellationToken::new(),
+            running: Mutex::new(None),
             bound: Mutex::new(None),
         });
         Ok(WebhookServer { inner })
@@ -404,6 +405,10 @@ struct Inner {
     tasks: TaskTracker,
     /// Cancelled when the server stops: configurations stay in place then.
     stopping: CancellationToken,
+    /// The token the server runs under, once it runs: its cancellation is the
+    /// server's stop too, and may reach the engagements (its descendants under the
+    /// manager) before `stopping` is cancelled.
+    running: Mutex<Option<CancellationToken>>,
     /// The address it listens on, once it does.
     bound: Mutex<Option<SocketAddr>>,
 }
@@ -537,7 +542,7 @@ impl Inner {
         // Only this engagement's own end: a replaced instance's token fires after
         // the new one is in place, and the new one keeps the configurations.
         let ended = lock(&self.clusters).disengage(&name, generation).is_some();
-        if !self.remove_on_disengage || self.stopping.is_cancelled() {
+        if !self.remove_on_disengage || self.is_stopping() {
             return;
         }
         if !ended {
@@ -550,6 +555,9 @@ impl Inner {
             tracing::info!(cluster = %name, "cluster engaged again; webhooks stay wired");
             return;
         }
+        if self.is_stopping() {
+            return;
+        }
         let (wiring, client) = (self.wiring(), cluster.client());
         match tokio::time::timeout(Duration::from_secs(10), wiring.remove(&client)).await {
             Ok(Ok(())) => tracing::info!(cluster = %name, configuration = self.name, "webhooks unwired"),
@@ -558,6 +566,13 @@ impl Inner {
             }
             Err(_) => tracing::warn!(cluster = %name, "webhooks not unwired: no answer within 10 s"),
         }
+    }
+
+    /// Whether the server is stopping: the manager stops every engagement with it,
+    /// and none of those clusters left the fleet.
+    fn is_stopping(&self) -> bool {
+        let running = lock(&self.running);
+        self.stopping.is_cancelled() || running.as_ref().is_some_and(CancellationToken::is_cancelled)
     }
 
     /// Answers one request.
@@ -702,6 +717,7 @@ impl Runnable for WebhookServer {
         let loaded = lock(&inner.tls)
             .take()
             .ok_or_else(|| Error::Webhook("the webhook server runs once".into()))?;
+        *lock(&inner.running) = Some(token.clone());
         let address = inner.address;
         let listener = serving::listen(address).map_err(|source| Error::Endpoint { address, source })?;
         *lock(&inner.bound) = listener.local_addr().ok();
