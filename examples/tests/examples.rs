@@ -15,6 +15,9 @@ use tokio_util::sync::CancellationToken;
 #[path = "../create_kubeconfig_secret.rs"]
 mod create_kubeconfig_secret;
 #[allow(dead_code)]
+#[path = "../fleet_webhook.rs"]
+mod fleet_webhook;
+#[allow(dead_code)]
 #[path = "../../crates/multicluster-runtime/tests/support/http.rs"]
 mod http;
 #[path = "support/manifests.rs"]
@@ -99,6 +102,55 @@ async fn q01_uniform_reconciler_reconciles_every_clusters_configmaps() {
         counts.keys().cloned().collect::<Vec<_>>(),
         vec!["cluster-1", "cluster-2", "cluster-3"]
     );
+    token.cancel();
+    running.await.expect("join").expect("the example stops cleanly");
+}
+
+/// w06: the `fleet_webhook` example on a local fleet (the manager's apiserver, two
+/// members, one that joins later): in every member a ConfigMap with the forbidden
+/// key is refused with a message naming that member and an allowed one is labelled
+/// with it; the joining member is enforced within seconds; the member that leaves
+/// is unwired (it admits the forbidden key); the manager stops cleanly.
+#[tokio::test]
+async fn w06_fleet_webhook_example_refuses_labels_wires_and_unwires() {
+    let fleet = Fleet::start(4).await.expect("start fleet");
+    let cluster = |index: usize| {
+        Arc::new(Cluster::new(
+            format!("cluster-{index}"),
+            fleet.cluster(index).client().expect("client"),
+        ))
+    };
+    let local = Arc::new(Cluster::new("", fleet.cluster(0).client().expect("client")));
+    let (manager, provider, _) = fleet_webhook::manager(local).await.expect("manager");
+    let token = CancellationToken::new();
+    let running = tokio::spawn({
+        let (manager, token) = (manager.clone(), token.clone());
+        async move { manager.start(token).await }
+    });
+    let demo = fleet_webhook::script(&provider, vec![cluster(1), cluster(2)], cluster(3))
+        .await
+        .expect("the script runs");
+    let names = ["cluster-1", "cluster-2", "cluster-3"];
+    assert_eq!(demo.refusals.keys().map(String::as_str).collect::<Vec<_>>(), names);
+    for (name, message) in &demo.refusals {
+        assert!(
+            message.contains(&format!("is not allowed in cluster {name}")),
+            "{name}: {message}"
+        );
+    }
+    for name in names {
+        assert_eq!(
+            demo.labels[name].as_deref(),
+            Some(name),
+            "the label of {name}'s ConfigMap"
+        );
+    }
+    assert!(
+        demo.joined_enforced_in < Duration::from_secs(10),
+        "cluster-3 enforced after {:?}",
+        demo.joined_enforced_in
+    );
+    assert_eq!(demo.left_unwired.as_deref(), Some("cluster-1"));
     token.cancel();
     running.await.expect("join").expect("the example stops cleanly");
 }
