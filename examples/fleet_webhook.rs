@@ -22,50 +22,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use examples::admission::{CLUSTER_LABEL, FORBIDDEN_KEY, label_with_cluster, no_forbidden_key};
 use examples::fleet::LocalFleet;
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, PostParams};
 use multicluster_runtime::providers::clusters::Clusters;
-use multicluster_runtime::webhook::{
-    AdmissionContext, DEFAULT_CONFIGURATION_NAME, Verdict, Webhook, WebhookServer,
-};
+use multicluster_runtime::webhook::{DEFAULT_CONFIGURATION_NAME, Webhook, WebhookServer};
 use multicluster_runtime::{Cluster, Manager};
-
-/// The data key the validating webhook refuses.
-pub const FORBIDDEN_KEY: &str = "forbidden";
-/// The label the mutating webhook sets to the object's cluster.
-pub const CLUSTER_LABEL: &str = "example.com/cluster";
-
-/// Refuses a ConfigMap with the key [`FORBIDDEN_KEY`], naming its cluster.
-pub async fn no_forbidden_key(req: AdmissionContext<ConfigMap>, _: Arc<()>) -> Verdict {
-    let forbidden = req
-        .request
-        .object
-        .as_ref()
-        .and_then(|cm| cm.data.as_ref())
-        .is_some_and(|data| data.contains_key(FORBIDDEN_KEY));
-    if forbidden {
-        return Verdict::deny(format!(
-            "the key `{FORBIDDEN_KEY}` is not allowed in cluster {}",
-            req.cluster_name
-        ));
-    }
-    Verdict::allow()
-}
-
-/// Labels every ConfigMap with its cluster's name.
-pub async fn label_with_cluster(req: AdmissionContext<ConfigMap>, _: Arc<()>) -> Verdict {
-    let Some(mut config_map) = req.request.object.clone() else {
-        return Verdict::allow();
-    };
-    config_map
-        .metadata
-        .labels
-        .get_or_insert_with(BTreeMap::new)
-        .insert(CLUSTER_LABEL.into(), req.cluster_name.to_string());
-    Verdict::mutate(&config_map)
-}
 
 /// A manager over `local` whose fleet is the returned provider's, with a webhook
 /// server on 127.0.0.1 (a free port) serving both webhooks.
@@ -164,7 +128,10 @@ async fn show(member: &Cluster, demo: &mut Demo) -> anyhow::Result<()> {
     let name = member.name().to_string();
     let api = Api::<ConfigMap>::namespaced(member.client(), "default");
     let refusal = eventually(&format!("{name} enforces the webhook"), || async {
-        match api.create(&PostParams::default(), &config_map("risky-settings", true)).await {
+        match api
+            .create(&PostParams::default(), &config_map("risky-settings", true))
+            .await
+        {
             Err(kube::Error::Api(status)) if status.message.contains(FORBIDDEN_KEY) => Some(status.message),
             Ok(_) => {
                 // Created before the member was wired: remove it and try again.
@@ -219,7 +186,9 @@ async fn main() -> anyhow::Result<()> {
     examples::init_tracing();
     let fleet = LocalFleet::start(4).await?;
     let (manager, provider, address) = manager(fleet.local()?).await?;
-    println!("--- webhook server: https://{address} (self-signed; its authority is each configuration's CA bundle)");
+    println!(
+        "--- webhook server: https://{address} (self-signed; its authority is each configuration's CA bundle)"
+    );
     let members = (1..=2)
         .map(|i| fleet.member(i))
         .collect::<anyhow::Result<Vec<_>>>()?;

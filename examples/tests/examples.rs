@@ -131,7 +131,10 @@ async fn w06_fleet_webhook_example_refuses_labels_wires_and_unwires() {
         .await
         .expect("the script runs");
     let names = ["cluster-1", "cluster-2", "cluster-3"];
-    assert_eq!(demo.refusals.keys().map(String::as_str).collect::<Vec<_>>(), names);
+    assert_eq!(
+        demo.refusals.keys().map(String::as_str).collect::<Vec<_>>(),
+        names
+    );
     for (name, message) in &demo.refusals {
         assert!(
             message.contains(&format!("is not allowed in cluster {name}")),
@@ -352,7 +355,8 @@ async fn o08_operator_example_answers_readyz_and_reconciles_the_fleet() {
 /// c07: every kustomization of `deploy/operator/` (the base, each overlay, the
 /// member's) renders with kustomize and is accepted by a real apiserver with
 /// server-side apply and `dryRun=All` (schema, defaulting, admission), the
-/// ServiceMonitor against the Prometheus Operator's own CRD; and each Deployment's
+/// ServiceMonitor against the Prometheus Operator's own CRD, the webhook's
+/// Certificate and Issuers against cert-manager's; and each Deployment's
 /// pod passes Pod Security `restricted` in its namespace, where a pod that may run
 /// as root is refused.
 #[tokio::test]
@@ -361,13 +365,20 @@ async fn c07_every_kustomization_applies_with_server_side_dry_run() {
     let tools = manifests::tools();
     let fleet = Fleet::start(1).await.expect("start fleet");
     let admin = fleet.cluster(0).client().expect("client");
-    let crds = manifests::read_objects(&tools.join("servicemonitors.crd.yaml"));
+    let mut crds = manifests::read_objects(&tools.join("servicemonitors.crd.yaml"));
+    crds.extend(manifests::read_objects(&tools.join("cert-manager.crds.yaml")));
     manifests::apply_all(&admin, &crds, false).await;
-    let servicemonitor = kube::api::GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor");
-    eventually("the ServiceMonitor CRD served", || async {
-        kube::discovery::pinned_kind(&admin, &servicemonitor).await.ok()
-    })
-    .await;
+    for (group, kind) in [
+        ("monitoring.coreos.com", "ServiceMonitor"),
+        ("cert-manager.io", "Certificate"),
+        ("cert-manager.io", "Issuer"),
+    ] {
+        let gvk = kube::api::GroupVersionKind::gvk(group, "v1", kind);
+        eventually(&format!("the {kind} CRD served"), || async {
+            kube::discovery::pinned_kind(&admin, &gvk).await.ok()
+        })
+        .await;
+    }
     for kustomization in manifests::KUSTOMIZATIONS {
         let objects = manifests::render(&tools, kustomization);
         assert!(objects.len() > 2, "{kustomization}: {objects:#?}");
