@@ -55,6 +55,23 @@ impl PhaseRun {
     fn label(&self) -> &'static str {
         if self.hooked { "webhook" } else { "plain" }
     }
+
+    /// The run as a row of the table of every run (also its progress line).
+    fn row(&self) -> String {
+        format!(
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {}→{} |",
+            self.round,
+            self.label(),
+            self.requests,
+            self.p50_ms,
+            self.p99_ms,
+            self.max_ms,
+            self.throughput,
+            self.calls,
+            self.load.0,
+            self.load.1
+        )
+    }
 }
 
 /// The handler: counts its calls and refuses a ConfigMap with the key
@@ -175,18 +192,7 @@ pub(super) async fn webhook_rounds(
                     load: (load_before, load_after),
                     ..measured
                 };
-                eprintln!(
-                    "round {round} w05 {:<7} {} creates, p50/p99/max {:.1}/{:.1}/{:.1} ms, {:.1}/s, handler calls {}, load {}→{}",
-                    run.label(),
-                    run.requests,
-                    run.p50_ms,
-                    run.p99_ms,
-                    run.max_ms,
-                    run.throughput,
-                    run.calls,
-                    run.load.0,
-                    run.load.1
-                );
+                eprintln!("w05 {}", run.row());
                 runs.push(run);
             }
         }
@@ -380,20 +386,7 @@ pub(super) fn render_webhook(
     );
     let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|---:|---:|---|");
     for run in runs {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {}→{} |",
-            run.round,
-            run.label(),
-            run.requests,
-            run.p50_ms,
-            run.p99_ms,
-            run.max_ms,
-            run.throughput,
-            run.calls,
-            run.load.0,
-            run.load.1
-        );
+        let _ = writeln!(md, "{}", run.row());
     }
     md
 }
