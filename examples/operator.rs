@@ -22,6 +22,15 @@
 //! then, while it runs: `curl 'localhost:8081/readyz?verbose'` (reasons withheld)
 //! and, with a token allowed to get `/metrics`,
 //! `curl -k -H "Authorization: Bearer $TOKEN" https://localhost:8443/metrics`.
+//!
+//! With `--webhook-address [::]:9443 --webhook-url https://<name the members
+//! resolve>:9443` it also serves a validating webhook in every member (refusing
+//! ConfigMaps with the key `forbidden`), wired into each as it joins;
+//! `--webhook-cert-dir` takes cert-manager's `tls.crt`, `tls.key` and `ca.crt`
+//! (`deploy/operator/components/webhook`). Locally:
+//!
+//!     cargo run -p examples --example operator -- --local-fleet 2 \
+//!         --webhook-address 127.0.0.1:9443 --webhook-url https://127.0.0.1:9443
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,6 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use examples::admission;
 use examples::fleet::LocalFleet;
 use examples::uniform::{self, MANAGED, RECONCILED_IN};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
@@ -44,6 +54,7 @@ use multicluster_runtime::manager::{
 };
 use multicluster_runtime::providers::kubeconfig::{EndpointPolicy, EndpointRule, KubeconfigPolicy};
 use multicluster_runtime::providers::secret::{Secrets, SecretsOptions, kubeconfig_secret};
+use multicluster_runtime::webhook::{Webhook, WebhookServer};
 use multicluster_runtime::{Cluster, Manager};
 use tokio_util::sync::CancellationToken;
 
@@ -106,6 +117,27 @@ pub struct Args {
     /// Link-local and cloud metadata addresses stay refused.
     #[arg(long)]
     pub allow_loopback_servers: bool,
+    /// Serve a validating admission webhook for every member on this address (e.g.
+    /// `[::]:9443`): ConfigMaps with the key `forbidden` are refused. Needs
+    /// --webhook-url.
+    #[arg(long, requires = "webhook_url")]
+    pub webhook_address: Option<SocketAddr>,
+    /// Where the members' apiservers reach the webhook server,
+    /// `https://host[:port]` (a name that resolves from every member, e.g. a
+    /// load balancer's).
+    #[arg(long, requires = "webhook_address")]
+    pub webhook_url: Option<String>,
+    /// A directory with `tls.crt`, `tls.key` and `ca.crt` for the webhook server (a
+    /// cert-manager Secret): the certificate, read again when it is renewed, and
+    /// the authority the members verify it with; without it, a self-signed
+    /// authority of this process.
+    #[arg(long, requires = "webhook_address")]
+    pub webhook_cert_dir: Option<PathBuf>,
+    /// A file whose bytes key the tags of the members' webhook paths (a Secret
+    /// mounted into every replica): replicas behind one Service must share it;
+    /// without it, a random key of this process.
+    #[arg(long, requires = "webhook_address")]
+    pub webhook_key_file: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -176,12 +208,51 @@ pub async fn build(args: &Args, host: kube::Client) -> anyhow::Result<Manager> {
         }
         manager = manager.with_sharding(sharding);
     }
+    if let Some(server) = webhook_server(args)? {
+        manager.add_cluster_runnable(Arc::new(server)).await?;
+    }
     Controller::builder::<ConfigMap>(&manager)
         .named("fleet-operator")
         .watch_spec(WatchSpec::default().labels(&format!("{MANAGED}=true")))
         .register(reconcile, error_policy, Arc::new(()))
         .await?;
     Ok(manager)
+}
+
+/// The webhook server, if `--webhook-address` asks for one: a validating webhook
+/// refusing ConfigMaps with the key `forbidden` in every member.
+///
+/// # Errors
+/// The CA bundle or the key file cannot be read, or the server's settings are
+/// refused.
+pub fn webhook_server(args: &Args) -> anyhow::Result<Option<WebhookServer>> {
+    let (Some(address), Some(url)) = (args.webhook_address, &args.webhook_url) else {
+        return Ok(None);
+    };
+    let mut builder = WebhookServer::builder(address, url.as_str())
+        .validating(
+            Webhook::new("no-forbidden-key.fleet-operator.example.com"),
+            admission::no_forbidden_key,
+            Arc::new(()),
+        )
+        // Under sharding a member that moves is wired again by its new owner.
+        .remove_on_disengage(!args.sharding);
+    if let Some(dir) = &args.webhook_cert_dir {
+        let ca = dir.join("ca.crt");
+        let bundle = std::fs::read(&ca).map_err(|e| anyhow::anyhow!("{}: {e}", ca.display()))?;
+        builder = builder
+            .certificate(ServingCertificate::files(
+                dir.join("tls.crt"),
+                dir.join("tls.key"),
+            ))
+            .ca_bundle(bundle);
+    }
+    if let Some(file) = &args.webhook_key_file {
+        let key = std::fs::read(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        anyhow::ensure!(!key.is_empty(), "{}: the webhook key is empty", file.display());
+        builder = builder.attribution_key(key);
+    }
+    Ok(Some(builder.build()?))
 }
 
 /// `/metrics` as the arguments ask: by default HTTPS, callers authorized.

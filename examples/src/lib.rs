@@ -4,6 +4,7 @@
 //! Every example runs on its own: without arguments it starts a local fleet of real
 //! apiservers (building them the first time) and stops it on Ctrl-C.
 
+pub mod admission;
 pub mod fleet;
 
 /// The repository's README: its Rust code is compiled (and its fences checked) as

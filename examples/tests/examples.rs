@@ -15,6 +15,9 @@ use tokio_util::sync::CancellationToken;
 #[path = "../create_kubeconfig_secret.rs"]
 mod create_kubeconfig_secret;
 #[allow(dead_code)]
+#[path = "../fleet_webhook.rs"]
+mod fleet_webhook;
+#[allow(dead_code)]
 #[path = "../../crates/multicluster-runtime/tests/support/http.rs"]
 mod http;
 #[path = "support/manifests.rs"]
@@ -99,6 +102,58 @@ async fn q01_uniform_reconciler_reconciles_every_clusters_configmaps() {
         counts.keys().cloned().collect::<Vec<_>>(),
         vec!["cluster-1", "cluster-2", "cluster-3"]
     );
+    token.cancel();
+    running.await.expect("join").expect("the example stops cleanly");
+}
+
+/// w06: the `fleet_webhook` example on a local fleet (the manager's apiserver, two
+/// members, one that joins later): in every member a ConfigMap with the forbidden
+/// key is refused with a message naming that member and an allowed one is labelled
+/// with it; the joining member is enforced within seconds; the member that leaves
+/// is unwired (it admits the forbidden key); the manager stops cleanly.
+#[tokio::test]
+async fn w06_fleet_webhook_example_refuses_labels_wires_and_unwires() {
+    let fleet = Fleet::start(4).await.expect("start fleet");
+    let cluster = |index: usize| {
+        Arc::new(Cluster::new(
+            format!("cluster-{index}"),
+            fleet.cluster(index).client().expect("client"),
+        ))
+    };
+    let local = Arc::new(Cluster::new("", fleet.cluster(0).client().expect("client")));
+    let (manager, provider, _) = fleet_webhook::manager(local).await.expect("manager");
+    let token = CancellationToken::new();
+    let running = tokio::spawn({
+        let (manager, token) = (manager.clone(), token.clone());
+        async move { manager.start(token).await }
+    });
+    let demo = fleet_webhook::script(&provider, vec![cluster(1), cluster(2)], cluster(3))
+        .await
+        .expect("the script runs");
+    let names = ["cluster-1", "cluster-2", "cluster-3"];
+    assert_eq!(
+        demo.refusals.keys().map(String::as_str).collect::<Vec<_>>(),
+        names
+    );
+    for (name, message) in &demo.refusals {
+        assert!(
+            message.contains(&format!("is not allowed in cluster {name}")),
+            "{name}: {message}"
+        );
+    }
+    for name in names {
+        assert_eq!(
+            demo.labels[name].as_deref(),
+            Some(name),
+            "the label of {name}'s ConfigMap"
+        );
+    }
+    assert!(
+        demo.joined_enforced_in < Duration::from_secs(10),
+        "cluster-3 enforced after {:?}",
+        demo.joined_enforced_in
+    );
+    assert_eq!(demo.left_unwired.as_deref(), Some("cluster-1"));
     token.cancel();
     running.await.expect("join").expect("the example stops cleanly");
 }
@@ -300,7 +355,8 @@ async fn o08_operator_example_answers_readyz_and_reconciles_the_fleet() {
 /// c07: every kustomization of `deploy/operator/` (the base, each overlay, the
 /// member's) renders with kustomize and is accepted by a real apiserver with
 /// server-side apply and `dryRun=All` (schema, defaulting, admission), the
-/// ServiceMonitor against the Prometheus Operator's own CRD; and each Deployment's
+/// ServiceMonitor against the Prometheus Operator's own CRD, the webhook's
+/// Certificate and Issuers against cert-manager's; and each Deployment's
 /// pod passes Pod Security `restricted` in its namespace, where a pod that may run
 /// as root is refused.
 #[tokio::test]
@@ -309,13 +365,20 @@ async fn c07_every_kustomization_applies_with_server_side_dry_run() {
     let tools = manifests::tools();
     let fleet = Fleet::start(1).await.expect("start fleet");
     let admin = fleet.cluster(0).client().expect("client");
-    let crds = manifests::read_objects(&tools.join("servicemonitors.crd.yaml"));
+    let mut crds = manifests::read_objects(&tools.join("servicemonitors.crd.yaml"));
+    crds.extend(manifests::read_objects(&tools.join("cert-manager.crds.yaml")));
     manifests::apply_all(&admin, &crds, false).await;
-    let servicemonitor = kube::api::GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor");
-    eventually("the ServiceMonitor CRD served", || async {
-        kube::discovery::pinned_kind(&admin, &servicemonitor).await.ok()
-    })
-    .await;
+    for (group, kind) in [
+        ("monitoring.coreos.com", "ServiceMonitor"),
+        ("cert-manager.io", "Certificate"),
+        ("cert-manager.io", "Issuer"),
+    ] {
+        let gvk = kube::api::GroupVersionKind::gvk(group, "v1", kind);
+        eventually(&format!("the {kind} CRD served"), || async {
+            kube::discovery::pinned_kind(&admin, &gvk).await.ok()
+        })
+        .await;
+    }
     for kustomization in manifests::KUSTOMIZATIONS {
         let objects = manifests::render(&tools, kustomization);
         assert!(objects.len() > 2, "{kustomization}: {objects:#?}");

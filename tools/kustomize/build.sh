@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Builds kustomize from the Go module proxy and fetches the Prometheus Operator's
-# ServiceMonitor CRD, both at the versions pinned below, into a version-keyed cache
-# directory outside the repository, and prints that directory:
+# ServiceMonitor CRD and cert-manager's Certificate and Issuer CRDs, all at the
+# versions pinned below, into a version-keyed cache directory outside the
+# repository, and prints that directory:
 #   <dir>/kustomize                        renders deploy/operator/**/kustomization.yaml
 #   <dir>/servicemonitors.crd.yaml         for applying the ServiceMonitor in tests
+#   <dir>/cert-manager.crds.yaml           for applying the webhook's Certificate and Issuers
 # A complete cache is reused (well under a second). The test c07 in
 # examples/tests/manifests.rs runs this script when its directory is missing.
 #
@@ -15,12 +17,13 @@ set -euo pipefail
 
 kustomize_version=v5.8.2
 prometheus_operator_version=v0.85.0
+cert_manager_version=v1.19.1
 
-key="kustomize-$kustomize_version+prometheus-operator-$prometheus_operator_version"
+key="kustomize-$kustomize_version+prometheus-operator-$prometheus_operator_version+cert-manager-$cert_manager_version"
 cache_root="${XDG_CACHE_HOME:-$HOME/.cache}/multicluster-runtime/kustomize"
 out="${KUSTOMIZE_BIN_DIR:-$cache_root/$key}"
 
-if [[ -x "$out/kustomize" && -s "$out/servicemonitors.crd.yaml" && "$(cat "$out/.complete" 2>/dev/null)" == "$key" ]]; then
+if [[ -x "$out/kustomize" && -s "$out/servicemonitors.crd.yaml" && -s "$out/cert-manager.crds.yaml" && "$(cat "$out/.complete" 2>/dev/null)" == "$key" ]]; then
   echo "$out"
   exit 0
 fi
@@ -47,8 +50,20 @@ if [[ ! -s "$crd" ]]; then
 fi
 cp "$crd" "$tmp/servicemonitors.crd.yaml"
 
-# Move into place only once both exist, so an interrupted build is never mistaken
+# cert-manager's module carries its CRDs as controller-gen writes them.
+module="github.com/cert-manager/cert-manager@$cert_manager_version"
+dir="$(go mod download -json "$module" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+for kind in certificates issuers; do
+  crd="$dir/deploy/crds/cert-manager.io_$kind.yaml"
+  if [[ ! -s "$crd" ]]; then
+    echo "tools/kustomize/build.sh: $module has no $kind CRD at $crd" >&2
+    exit 1
+  fi
+  cat "$crd" >>"$tmp/cert-manager.crds.yaml"
+done
+
+# Move into place only once all exist, so an interrupted build is never mistaken
 # for a complete one.
-mv "$tmp/kustomize" "$tmp/servicemonitors.crd.yaml" "$out/"
+mv "$tmp/kustomize" "$tmp/servicemonitors.crd.yaml" "$tmp/cert-manager.crds.yaml" "$out/"
 echo "$key" >"$out/.complete"
 echo "$out"

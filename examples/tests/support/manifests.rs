@@ -15,15 +15,17 @@ pub fn root() -> PathBuf {
 
 /// Every kustomization under `deploy/operator/` (the base, each overlay, the
 /// member's), relative to it.
-pub const KUSTOMIZATIONS: [&str; 5] = [
+pub const KUSTOMIZATIONS: [&str; 7] = [
     "base",
     "overlays/leader-election",
     "overlays/sharding",
     "overlays/monitored",
+    "overlays/webhook",
     "member",
+    "member-webhook",
 ];
 
-/// The directory of kustomize and the ServiceMonitor CRD, from
+/// The directory of kustomize, the ServiceMonitor CRD and cert-manager's CRDs, from
 /// `tools/kustomize/build.sh` (which builds them the first time, and otherwise only
 /// prints where they are).
 pub fn tools() -> PathBuf {

@@ -3,8 +3,12 @@
 //! rounds on that same fleet (the order rotates each round), drives the update
 //! workload while each peer runs, and writes a Markdown table of medians and ratios.
 //! Other modes run P4 (engage latency, `--engage-secrets`), P5 (fairness,
-//! `--fair-backlog`) and P6 (namespaces as clusters, `--namespace-clusters`). See
+//! `--fair-backlog`), P6 (namespaces as clusters, `--namespace-clusters`) and w05
+//! (admission latency with a fleet webhook, `--webhook-rate`). See
 //! `bench/README.md`.
+
+#[path = "driver/webhook.rs"]
+mod webhook;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -87,6 +91,14 @@ struct Args {
     /// P5: the pause between two probes, in milliseconds.
     #[arg(long, default_value_t = 100)]
     fair_interval_ms: u64,
+    /// w05 instead of P1–P3: creates of ConfigMaps at this rate (per second, spread
+    /// over `--clusters` apiservers), alternately with and without a validating
+    /// webhook served by this library, in `--rounds` rounds; runs no peer.
+    #[arg(long)]
+    webhook_rate: Option<u32>,
+    /// w05: how long each phase sends creates, in seconds.
+    #[arg(long, alias = "seconds", default_value_t = 30)]
+    webhook_secs: u64,
     /// The artificial cost of each reconcile in both peers, in milliseconds (P5
     /// defaults to 2; other modes to 0).
     #[arg(long)]
@@ -153,6 +165,9 @@ async fn run(args: Args) -> Result<(), String> {
     }
     if let Some(backlog) = args.fair_backlog {
         return fairness(&args, backlog).await;
+    }
+    if let Some(rate) = args.webhook_rate {
+        return webhook::webhook_latency(&args, rate).await;
     }
     let total = args.clusters * args.objects;
     if args.updates() > total {
@@ -243,6 +258,13 @@ async fn run(args: Args) -> Result<(), String> {
         markdown += &format!(
             "\n## P5 (quick)\n\n{}",
             render_fairness(&peers, &setting, args.objects, 1, &fair)
+        );
+        // w05 as a smoke test: a low rate for two seconds per phase, one round.
+        let (rate, secs) = (20, 2);
+        let phases = webhook::webhook_rounds(&quick, &fleet, rate, secs).await?;
+        markdown += &format!(
+            "\n## w05 (quick)\n\n{}",
+            webhook::render_webhook(&quick, args.clusters, rate, secs, &phases)
         );
     }
     drop(fleet);
