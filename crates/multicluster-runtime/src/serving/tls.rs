@@ -156,6 +156,8 @@ impl ResolvesServerCert for Current {
 pub(crate) struct Loaded {
     pub config: Arc<ServerConfig>,
     pub watcher: Option<Watcher>,
+    // Read by the webhook server (its CA bundle); the endpoints need no bundle.
+    #[cfg_attr(not(feature = "webhook"), allow(dead_code))]
     pub authority: Option<String>,
 }
 
