@@ -94,9 +94,12 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn server(port: u16, certificate: ServingCertificate) -> WebhookServer {
+/// A server on a free port with the tests' three webhooks, added to `env`'s
+/// manager (which the caller starts), and its port.
+async fn add_server(env: &Env, certificate: ServingCertificate) -> (Arc<WebhookServer>, u16) {
+    let port = free_port();
     let address: SocketAddr = ([127, 0, 0, 1], port).into();
-    WebhookServer::builder(address, format!("https://127.0.0.1:{port}"))
+    let server = WebhookServer::builder(address, format!("https://127.0.0.1:{port}"))
         .certificate(certificate)
         .validating(
             Webhook::new("validate.w04.example.com").timeout(Duration::from_secs(2)),
@@ -110,7 +113,13 @@ fn server(port: u16, certificate: ServingCertificate) -> WebhookServer {
             Arc::new(()),
         )
         .build()
-        .expect("webhook server")
+        .expect("webhook server");
+    let server = Arc::new(server);
+    env.manager
+        .add_cluster_runnable(server.clone())
+        .await
+        .expect("add the server");
+    (server, port)
 }
 
 fn config_map(name: &str, data: &[(&str, &str)]) -> ConfigMap {
@@ -172,12 +181,7 @@ async fn configuration_present(client: &Client) -> bool {
 #[tokio::test]
 async fn w04_one_server_validates_and_mutates_in_every_cluster_as_the_fleet_changes() {
     let env = Env::with_spare(3, 1).await;
-    let port = free_port();
-    let server = Arc::new(server(port, ServingCertificate::self_signed()));
-    env.manager
-        .add_cluster_runnable(server.clone())
-        .await
-        .expect("add the server");
+    let (server, _) = add_server(&env, ServingCertificate::self_signed()).await;
     env.start();
 
     for index in 1..=3 {
@@ -265,16 +269,9 @@ async fn w04_one_server_validates_and_mutates_in_every_cluster_as_the_fleet_chan
 #[tokio::test]
 async fn w02_w03_attribution_refusals_and_certificate_rotation() {
     let env = Env::new(2).await;
-    let port = free_port();
     let rotation = Duration::from_secs(1);
-    let server = Arc::new(server(
-        port,
-        ServingCertificate::self_signed().rotate_every(rotation),
-    ));
-    env.manager
-        .add_cluster_runnable(server.clone())
-        .await
-        .expect("add the server");
+    let certificate = ServingCertificate::self_signed().rotate_every(rotation);
+    let (server, port) = add_server(&env, certificate).await;
     env.start();
     wait_enforced(&env.client(1), "c1").await;
 
@@ -398,12 +395,7 @@ async fn w02_w03_attribution_refusals_and_certificate_rotation() {
 async fn w03_a_cluster_that_leaves_and_returns_at_once_stays_wired() {
     let logs = Logs::capture();
     let env = Env::new(1).await;
-    let port = free_port();
-    let server = Arc::new(server(port, ServingCertificate::self_signed()));
-    env.manager
-        .add_cluster_runnable(server.clone())
-        .await
-        .expect("add the server");
+    add_server(&env, ServingCertificate::self_signed()).await;
     env.start();
     let client = env.client(1);
     wait_enforced(&client, "c1").await;
@@ -442,11 +434,7 @@ async fn w03_a_cluster_that_leaves_and_returns_at_once_stays_wired() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn w03_configurations_stay_when_the_manager_stops() {
     let env = Env::new(3).await;
-    let server = Arc::new(server(free_port(), ServingCertificate::self_signed()));
-    env.manager
-        .add_cluster_runnable(server.clone())
-        .await
-        .expect("add the server");
+    add_server(&env, ServingCertificate::self_signed()).await;
     let running = tokio::spawn({
         let (manager, token) = (env.manager.clone(), env.token.clone());
         async move { manager.start(token).await }
