@@ -22,6 +22,17 @@ pub const WRITTEN_AT: &str = "bench.multicluster-runtime.rs/written-at";
 /// The label that marks the benchmark's ConfigMaps (and, for P6, its namespaces).
 pub const MEMBER_LABEL: &str = "bench.multicluster-runtime.rs/member";
 
+/// When the peer started, for [`mark`].
+static STARTED: std::sync::OnceLock<(Instant, bool)> = std::sync::OnceLock::new();
+
+/// Prints `timeline <ms since start> <what>` to stderr when the environment sets
+/// `MCR_BENCH_TIMELINE` (any value): where a peer's time to all reconciled goes.
+pub fn mark(what: impl std::fmt::Display) {
+    if let Some((start, true)) = STARTED.get() {
+        eprintln!("timeline {:8.1} {what}", start.elapsed().as_secs_f64() * 1e3);
+    }
+}
+
 /// The arguments every peer takes (the Go peer has the same flags).
 #[derive(Debug, Clone, clap::Parser)]
 pub struct PeerArgs {
@@ -168,6 +179,8 @@ pub struct Tally {
 struct TallyState {
     /// Per object key, the newest stamp counted (0: none yet).
     last_stamp: HashMap<String, u128>,
+    /// Per cluster, the distinct objects seen (for [`mark`]).
+    per_cluster: HashMap<String, usize>,
     /// Per cluster, the wall-clock time of its first reconcile (Unix nanoseconds).
     first_in_cluster: HashMap<String, u128>,
     latencies: Vec<Duration>,
@@ -201,6 +214,7 @@ impl Tally {
         let mut state = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if !state.first_in_cluster.contains_key(cluster) {
             state.first_in_cluster.insert(cluster.to_owned(), now);
+            mark(format_args!("first object of {cluster}"));
         }
         let stamp = written_at
             .and_then(|s| s.parse::<u128>().ok())
@@ -211,9 +225,17 @@ impl Tally {
         if let Some(stamp) = fresh {
             *last = stamp;
         }
+        if state.last_stamp.len() > objects_before && matches!(STARTED.get(), Some((_, true))) {
+            let count = state.per_cluster.entry(cluster.to_owned()).or_default();
+            *count += 1;
+            if *count % 500 == 0 {
+                mark(format_args!("{count} objects of {cluster}"));
+            }
+        }
         if state.last_stamp.len() > objects_before {
             if state.last_stamp.len() == self.expected {
                 state.all_seen_at = Some(Instant::now());
+                mark("all objects seen");
             }
             self.seen_changed.notify_waiters();
         }
@@ -388,6 +410,7 @@ where
     Fut: std::future::Future<Output = Result<Report, String>>,
 {
     let (start, wall_start) = (Instant::now(), SystemTime::now());
+    let _ = STARTED.set((start, std::env::var_os("MCR_BENCH_TIMELINE").is_some()));
     let args = PeerArgs::parse();
     match run(args, start, wall_start).await {
         Ok(report) => finish(&report),

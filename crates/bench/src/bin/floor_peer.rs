@@ -24,6 +24,7 @@ async fn run(args: PeerArgs, start: Instant, wall_start: SystemTime) -> Result<m
         config = config.labels(&args.selector);
     }
     let clusters = files.len();
+    mcr_bench::mark("started");
     for (name, path) in files {
         let client =
             kube::Client::try_from(mcr_bench::load_config(&path).await?).map_err(|e| e.to_string())?;
@@ -40,6 +41,8 @@ async fn run(args: PeerArgs, start: Instant, wall_start: SystemTime) -> Result<m
                             cm.annotations().get(WRITTEN_AT).map(String::as_str),
                         );
                     }
+                    Ok(Event::Init) => mcr_bench::mark(format_args!("listing {name}")),
+                    Ok(Event::InitDone) => mcr_bench::mark(format_args!("listed {name}")),
                     Ok(_) => {}
                     Err(error) => eprintln!("floor-peer: {name}: {error}"),
                 }

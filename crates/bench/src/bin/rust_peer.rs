@@ -39,6 +39,7 @@ async fn run(args: PeerArgs, start: Instant, wall_start: SystemTime) -> Result<m
     let files = mcr_bench::kubeconfig_files(&args.kubeconfigs)?;
     let mut secrets = None;
     let mut fleet = Vec::new();
+    mcr_bench::mark("started");
     let manager = match (&args.namespaces_as_clusters, &args.kubeconfig_secrets) {
         (Some(clients), _) => namespace_manager(&files, *clients).await?,
         (None, Some(namespace)) => {
@@ -87,7 +88,9 @@ async fn run(args: PeerArgs, start: Instant, wall_start: SystemTime) -> Result<m
                     event = events.recv() => event,
                 };
                 match event {
-                    Ok(InformerEvent::Applied { new, .. }) => stage.record(
+                    // Updates only: the first list is not what this stage times, and
+                    // recording it would load the peer's own first sync.
+                    Ok(InformerEvent::Applied { old: Some(_), new }) => stage.record(
                         &name,
                         new.namespace().as_deref(),
                         &new.name_any(),
@@ -99,6 +102,25 @@ async fn run(args: PeerArgs, start: Instant, wall_start: SystemTime) -> Result<m
             }
         });
     }
+    for cluster in &fleet {
+        let informer = cluster
+            .cache()
+            .informer_with::<ConfigMap>(&(), WatchSpec::default().labels(&args.selector));
+        let name = cluster.name().to_string();
+        let mut events = informer.subscribe();
+        let first = name.clone();
+        tokio::spawn(async move {
+            if events.recv().await.is_ok() {
+                mcr_bench::mark(format_args!("first listed object of {first}"));
+            }
+        });
+        tokio::spawn(async move {
+            if informer.wait_synced(Duration::from_secs(300)).await.is_ok() {
+                mcr_bench::mark(format_args!("listed {name}"));
+            }
+        });
+    }
+    mcr_bench::mark("manager starting");
     let running = tokio::spawn({
         let (manager, token) = (manager.clone(), token.clone());
         async move { manager.start(token).await }
