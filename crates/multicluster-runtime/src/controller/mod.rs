@@ -397,7 +397,9 @@ impl Controller {
         }
     }
 
-    async fn process(self: Arc<Self>, lease: Lease<ClusterName, ObjectKey>) {
+    /// Reconciles the leased item; the caller ends the lease (a requeue asked for
+    /// here is applied then).
+    async fn process(&self, lease: &Lease<ClusterName, ObjectKey>) {
         let request = Request::for_key(lease.cluster().clone(), lease.key().clone());
         let (cluster, engagement) = match self.engaged(&request.cluster) {
             Some(Some(engaged)) => engaged,
@@ -469,7 +471,6 @@ impl Controller {
         if self.engaged(&request.cluster).is_some() {
             self.schedule(&request, next);
         }
-        drop(lease);
     }
 
     fn schedule(&self, request: &Request, next: Next) {
@@ -638,18 +639,31 @@ impl Runnable for Controller {
                 lease = self.sink.queue.next() => lease,
             };
             let Some(lease) = lease else { break };
-            let id = next_reconcile_id();
-            let request = Request::for_key(lease.cluster().clone(), lease.key().clone());
-            lock(&in_flight).insert(id, request);
-            let (this, cut, in_flight) = (this.clone(), cut.clone(), in_flight.clone());
-            let reconcile = reconciles.track_future(async move {
-                tokio::select! {
-                    biased;
-                    () = cut.cancelled() => {}
-                    () = this.process(lease) => drop(lock(&in_flight).remove(&id)),
+            let (this, cut, in_flight, token) = (this.clone(), cut.clone(), in_flight.clone(), token.clone());
+            // A worker: reconciles its item, then goes on with the next ready one
+            // in the same slot (no spawn and no wake-up per item under a backlog),
+            // until none is ready or the controller stops leasing.
+            let worker = reconciles.track_future(async move {
+                let mut lease = lease;
+                loop {
+                    let id = next_reconcile_id();
+                    let request = Request::for_key(lease.cluster().clone(), lease.key().clone());
+                    lock(&in_flight).insert(id, request);
+                    tokio::select! {
+                        biased;
+                        () = cut.cancelled() => return,
+                        () = this.process(&lease) => drop(lock(&in_flight).remove(&id)),
+                    }
+                    if token.is_cancelled() {
+                        return;
+                    }
+                    match lease.next_ready() {
+                        Some(next) => lease = next,
+                        None => return,
+                    }
                 }
             });
-            drop(self.tasks.spawn(reconcile));
+            drop(self.tasks.spawn(worker));
         }
         // Leadership lost and the manager campaigns again: keep the queue and the
         // watches for the next term.

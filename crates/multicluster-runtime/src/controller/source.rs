@@ -62,9 +62,17 @@ impl Sink {
         }
     }
 
+    /// Queues `requests`, each run of requests for one cluster in one batch (a
+    /// resync's are all for the cluster listed, as a rule).
     pub(crate) fn push(&self, requests: Vec<Request>) {
-        for request in requests {
-            self.queue.add(request.cluster, request.key);
+        let mut requests = requests.into_iter().peekable();
+        while let Some(first) = requests.next() {
+            let cluster = first.cluster;
+            let mut keys = vec![first.key];
+            while let Some(next) = requests.next_if(|r| r.cluster == cluster) {
+                keys.push(next.key);
+            }
+            self.queue.add_all(cluster, keys);
         }
     }
 }

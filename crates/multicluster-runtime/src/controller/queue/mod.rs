@@ -151,6 +151,19 @@ where
         self.add_at(cluster, key, None);
     }
 
+    /// Makes every item of `keys` in `cluster` ready now, as [`add`](Self::add) does
+    /// one by one, under one lock and with one wake-up: how a controller enqueues
+    /// what a cluster's cache listed.
+    pub fn add_all(&self, cluster: C, keys: impl IntoIterator<Item = K>) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let wake = keys.into_iter().fold(Wake::Nothing, |wake, key| {
+            wake.and(state.enqueue(cluster.clone(), key, now, now))
+        });
+        drop(state);
+        self.wake(wake);
+    }
+
     /// Makes the item ready after `delay`, or at its current ready time if that is
     /// earlier.
     pub fn add_after(&self, cluster: C, key: K, delay: Duration) {
@@ -445,6 +458,47 @@ where
 
     /// Ends the lease. The same as dropping it; spelled out for readability.
     pub fn done(self) {}
+
+    /// Ends the lease and, if an item can be leased right now, leases it with the
+    /// same concurrency slot; `None` (the slot given back) if none can.
+    ///
+    /// The item is the one [`WorkQueue::next`] would hand out at this moment (the same
+    /// fairness and caps), but nothing waits and no other consumer is woken for it:
+    /// a worker that goes from one item to the next this way serves a backlog
+    /// without a wake-up per item. Returns `None` once the queue is shut down.
+    pub fn next_ready(mut self) -> Option<Lease<C, K>> {
+        let permit = self.permit.take()?;
+        let shared = Arc::clone(&self.shared);
+        let now = Instant::now();
+        let mut state = shared.lock_promoted();
+        let released = state.release(&self.cluster, &self.key, now);
+        let next = if state.is_shut_down() {
+            None
+        } else {
+            state.lease_next(now)
+        };
+        let Some((cluster, key)) = next else {
+            drop(state);
+            shared.wake(released);
+            drop(permit);
+            return None;
+        };
+        // The release may have made ready the very item taken here; wake others
+        // only for what is left, and always for an earlier deadline.
+        let wake = match released {
+            Wake::Deadline => Wake::Deadline,
+            _ if state.leasable_len() > 0 => Wake::Ready,
+            _ => Wake::Nothing,
+        };
+        drop(state);
+        shared.wake(wake);
+        Some(Lease {
+            shared,
+            cluster,
+            key,
+            permit: Some(permit),
+        })
+    }
 
     fn release(&mut self) {
         let Some(permit) = self.permit.take() else {

@@ -18,11 +18,15 @@ const KEYS: u8 = 4;
 #[derive(Debug, Clone)]
 enum Op {
     Add(Item),
+    /// [`WorkQueue::add_all`] of some keys of one cluster.
+    AddAll(u8, Vec<u8>),
     AddAfter(Item, u64),
     AddRateLimited(Item),
     Forget(Item),
     Next,
     Release(usize),
+    /// [`Lease::next_ready`] on one of the leases.
+    ReleaseAndNext(usize),
     RemoveCluster(u8),
     Pause(u8, PauseReason),
     Resume(u8, PauseReason),
@@ -38,8 +42,16 @@ fn reason() -> impl Strategy<Value = PauseReason> {
 }
 
 fn op() -> impl Strategy<Value = Op> {
+    ops_weighted(1)
+}
+
+/// The operations, with the batch add and the lease-to-lease handover `batched`
+/// times as likely as by default.
+fn ops_weighted(batched: u32) -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => item().prop_map(Op::Add),
+        batched => (0..CLUSTERS, proptest::collection::vec(0..KEYS, 0..6)).prop_map(|(c, keys)| Op::AddAll(c, keys)),
+        2 * batched => any::<usize>().prop_map(Op::ReleaseAndNext),
         2 => (item(), 0..60u64).prop_map(|(item, millis)| Op::AddAfter(item, millis)),
         2 => item().prop_map(Op::AddRateLimited),
         1 => item().prop_map(Op::Forget),
@@ -230,6 +242,12 @@ async fn run(
                 queue.add(cluster, key);
                 model.request((cluster, key), now);
             }
+            Op::AddAll(cluster, keys) => {
+                queue.add_all(cluster, keys.iter().copied());
+                for key in keys {
+                    model.request((cluster, key), now);
+                }
+            }
             Op::AddAfter((cluster, key), millis) => {
                 queue.add_after(cluster, key, Duration::from_millis(millis));
                 model.request((cluster, key), now + Duration::from_millis(millis));
@@ -265,6 +283,24 @@ async fn run(
                     let lease = leases.swap_remove(pick % leases.len());
                     model.release((*lease.cluster(), *lease.key()));
                     lease.done();
+                }
+            }
+            Op::ReleaseAndNext(pick) => {
+                if !leases.is_empty() {
+                    let lease = leases.swap_remove(pick % leases.len());
+                    model.release((*lease.cluster(), *lease.key()));
+                    // The slot freed by the release is the one the next item takes.
+                    match lease.next_ready() {
+                        Some(next) => {
+                            model.lease((*next.cluster(), *next.key()), now)?;
+                            leases.push(next);
+                        }
+                        None => prop_assert!(
+                            model.leasable(now).is_empty(),
+                            "a leasable item was not handed over: {:?}",
+                            model.leasable(now)
+                        ),
+                    }
                 }
             }
             Op::RemoveCluster(cluster) => {
@@ -346,6 +382,21 @@ proptest! {
         cluster_cap in proptest::option::of(0..=2usize),
         borrow in any::<bool>(),
         ops in proptest::collection::vec(op(), 0..120),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("runtime");
+        runtime.block_on(run(concurrency, cluster_cap, borrow, ops))?;
+    }
+
+    #[test]
+    fn v02_batched_adds_and_lease_handovers_match_the_model(
+        concurrency in 0..=4usize,
+        cluster_cap in proptest::option::of(0..=2usize),
+        borrow in any::<bool>(),
+        ops in proptest::collection::vec(ops_weighted(4), 0..120),
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
