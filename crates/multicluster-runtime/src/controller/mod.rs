@@ -68,7 +68,7 @@ pub use request::{Action, Request};
 pub use source::{MapContext, Mapper};
 
 use queue::{Lease, PauseReason, QueueConfig, QueueView, WorkQueue};
-use reconcile::{Outcome, Reconciler};
+use reconcile::{Outcome, Reader, Reconciler};
 use request::Next;
 use source::{Sink, Source};
 
@@ -110,6 +110,8 @@ struct PerCluster {
     /// What the manager handed over with the cluster: its ownership term (work
     /// enters it) and where readiness learns whether the caches have synced.
     engagement: Engagement,
+    /// Where the reconciler reads the cluster's primary objects, looked up once.
+    reader: Reader,
 }
 
 /// What a controller needs from whoever runs it, beyond each engagement: handed
@@ -274,11 +276,15 @@ impl Controller {
 
     /// Whether `name` is engaged, and its instance if the caches it waits for have
     /// synced.
-    fn engaged(&self, name: &ClusterName) -> Option<Option<(Arc<Cluster>, Engagement)>> {
+    fn engaged(&self, name: &ClusterName) -> Option<Option<(Arc<Cluster>, Engagement, Reader)>> {
         self.lock().get(name).map(|e| {
-            e.value
-                .synced
-                .then(|| (e.cluster.clone(), e.value.engagement.clone()))
+            e.value.synced.then(|| {
+                (
+                    e.cluster.clone(),
+                    e.value.engagement.clone(),
+                    e.value.reader.clone(),
+                )
+            })
         })
     }
 
@@ -401,7 +407,7 @@ impl Controller {
     /// here is applied then).
     async fn process(&self, lease: &Lease<ClusterName, ObjectKey>) {
         let request = Request::for_key(lease.cluster().clone(), lease.key().clone());
-        let (cluster, engagement) = match self.engaged(&request.cluster) {
+        let (cluster, engagement, reader) = match self.engaged(&request.cluster) {
             Some(Some(engaged)) => engaged,
             Some(None) => {
                 // Replaced after the item was leased: the new instance's cache has not
@@ -434,7 +440,7 @@ impl Controller {
         let attempt = {
             let request = request.clone();
             // Called inside the future, so a panic before its first await is caught too.
-            async move { reconciler.reconcile(request, cluster).await }
+            async move { reconciler.reconcile(request, cluster, &reader).await }
         };
         let started = std::time::Instant::now();
         let outcome = tokio::select! {
@@ -510,6 +516,7 @@ impl Aware for Controller {
         let per_cluster = PerCluster {
             synced: false,
             engagement,
+            reader: self.reconciler.reader(&cluster),
         };
         let (generation, healthy) = {
             let mut clusters = self.lock();

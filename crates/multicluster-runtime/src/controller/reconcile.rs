@@ -1,5 +1,6 @@
 //! The reconciler's view of a request, and its type-erased form.
 
+use std::any::Any;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use kube::core::{NamespaceResourceScope, Resource};
 use kube::runtime::events::{Recorder, Reporter};
 
 use super::request::{Action, Request};
-use crate::cache::{CacheObject, ObjectKey, WatchSpec};
+use crate::cache::{CacheObject, Informer, ObjectKey, WatchSpec};
 use crate::cluster::{Cluster, ClusterName};
 
 /// One request as the reconciler sees it: which object, in which cluster, and the
@@ -191,9 +192,22 @@ pub(crate) enum Outcome {
     Failed { action: Action, error: String },
 }
 
+/// Where a reconciler reads one cluster's primary objects (its informer), with the
+/// type erased; the controller keeps one per engaged cluster, so that a reconcile
+/// does not look the informer up in the cluster's cache each time.
+pub(crate) type Reader = Arc<dyn Any + Send + Sync>;
+
 /// A reconciler with its object type and context erased, so the runner is not generic.
 pub(crate) trait Reconciler: Send + Sync {
-    fn reconcile(&self, request: Request, cluster: Arc<Cluster>) -> BoxFuture<'static, Outcome>;
+    /// The reader of `cluster`'s primary objects, for [`reconcile`](Self::reconcile).
+    fn reader(&self, cluster: &Cluster) -> Reader;
+
+    fn reconcile(
+        &self,
+        request: Request,
+        cluster: Arc<Cluster>,
+        reader: &Reader,
+    ) -> BoxFuture<'static, Outcome>;
 
     /// The keys of every primary object in `cluster`'s cache.
     fn cached_keys(&self, cluster: &Cluster) -> Vec<ObjectKey>;
@@ -228,11 +242,27 @@ where
             .collect()
     }
 
-    fn reconcile(&self, request: Request, cluster: Arc<Cluster>) -> BoxFuture<'static, Outcome> {
-        let informer = cluster
+    fn reader(&self, cluster: &Cluster) -> Reader {
+        cluster
             .cache()
-            .informer_with::<K>(&self.dyntype, self.spec.clone());
-        let object = informer.store().get(request.namespace(), request.name());
+            .informer_with::<K>(&self.dyntype, self.spec.clone())
+    }
+
+    fn reconcile(
+        &self,
+        request: Request,
+        cluster: Arc<Cluster>,
+        reader: &Reader,
+    ) -> BoxFuture<'static, Outcome> {
+        let object = match reader.downcast_ref::<Informer<K>>() {
+            Some(informer) => informer.store().get(request.namespace(), request.name()),
+            // Not reached: the reader was made by `reader` above.
+            None => cluster
+                .cache()
+                .informer_with::<K>(&self.dyntype, self.spec.clone())
+                .store()
+                .get(request.namespace(), request.name()),
+        };
         let target = ReconcileRequest {
             request: request.clone(),
             object,

@@ -19,6 +19,7 @@
 //! cluster and the callback, and costs only the event at hand.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -102,7 +103,50 @@ pub(crate) struct TypedSource<T: CacheObject> {
 }
 
 /// The requests a source last mapped each object to, by object.
-type Known = HashMap<ObjectKey, Vec<Request>>;
+type Known = HashMap<ObjectKey, Mapped>;
+
+/// What an object last mapped to. Most objects map to themselves (every object of
+/// a controller's primary type does): that is kept as a mark, not as a copy of the
+/// object's key in a list of its own, which cost three allocations per cached
+/// object.
+enum Mapped {
+    /// The one request for the object itself, in the source's cluster.
+    Itself,
+    /// Anything else.
+    To(Vec<Request>),
+}
+
+impl Mapped {
+    fn new(requests: &[Request], source: &ClusterName, key: &ObjectKey) -> Self {
+        match requests {
+            [only] if only.cluster == *source && only.key == *key => Mapped::Itself,
+            _ => Mapped::To(requests.to_vec()),
+        }
+    }
+
+    fn into_requests(self, source: &ClusterName, key: ObjectKey) -> Vec<Request> {
+        match self {
+            Mapped::Itself => vec![Request::for_key(source.clone(), key)],
+            Mapped::To(requests) => requests,
+        }
+    }
+}
+
+/// Remembers what the object `key` maps to now, and returns what it mapped to
+/// before that is not among `mapped` (nothing when both are the object itself).
+fn remember(known: &mut Known, source: &ClusterName, key: ObjectKey, mapped: &[Request]) -> Vec<Request> {
+    let now = Mapped::new(mapped, source, &key);
+    match known.entry(key) {
+        Entry::Occupied(mut entry) => match (std::mem::replace(entry.get_mut(), now), entry.get()) {
+            (Mapped::Itself, Mapped::Itself) => Vec::new(),
+            (before, _) => before.into_requests(source, entry.key().clone()),
+        },
+        Entry::Vacant(entry) => {
+            entry.insert(now);
+            Vec::new()
+        }
+    }
+}
 
 impl<T: CacheObject> Clone for TypedSource<T> {
     fn clone(&self) -> Self {
@@ -172,14 +216,17 @@ impl<T: CacheObject> TypedSource<T> {
     /// Maps every stored object, remembering what each maps to.
     fn map_all(&self, informer: &Informer<T>, context: &MapContext, known: &mut Known) -> Vec<Request> {
         known.clear();
-        let mut requests = Vec::new();
-        for object in informer.store().list() {
+        let objects = informer.store().list();
+        known.reserve(objects.len());
+        let mut requests = Vec::with_capacity(objects.len());
+        for object in objects {
             let mapped = self.map(context, &object);
-            if self.passes(&context.source, None, &object) {
-                requests.extend(mapped.iter().cloned());
-            }
             if let Some(key) = ObjectKey::of(&*object) {
-                known.insert(key, mapped);
+                let mark = Mapped::new(&mapped, &context.source, &key);
+                known.insert(key, mark);
+            }
+            if self.passes(&context.source, None, &object) {
+                requests.extend(mapped);
             }
         }
         requests
@@ -199,7 +246,10 @@ impl<T: CacheObject> TypedSource<T> {
                 Step::Resync { .. } => {
                     // What objects mapped to before (e.g. deleted while events were
                     // lost), and what they map to now; nothing before the first list.
-                    let before: Vec<Request> = known.drain().flat_map(|(_, requests)| requests).collect();
+                    let before: Vec<Request> = known
+                        .drain()
+                        .flat_map(|(key, mapped)| mapped.into_requests(name, key))
+                        .collect();
                     sink.push(before);
                     sink.push(self.map_all(&informer, &sink.context(name), &mut known));
                 }
@@ -207,14 +257,17 @@ impl<T: CacheObject> TypedSource<T> {
                     let context = sink.context(name);
                     let mapped = self.map(&context, &new);
                     // What `old` mapped to, e.g. a previous owner, needs a look too.
-                    let before = ObjectKey::of(&*new).and_then(|key| known.insert(key, mapped.clone()));
+                    let before = ObjectKey::of(&*new)
+                        .map(|key| remember(&mut known, name, key, &mapped))
+                        .unwrap_or_default();
                     if self.passes(name, old.as_deref(), &new) {
                         sink.push(mapped);
-                        sink.push(before.unwrap_or_default());
+                        sink.push(before);
                     }
                 }
                 Step::Deleted(object) => {
-                    let before = ObjectKey::of(&*object).and_then(|key| known.remove(&key));
+                    let before = ObjectKey::of(&*object)
+                        .and_then(|key| Some(known.remove(&key)?.into_requests(name, key)));
                     sink.push(self.map(&sink.context(name), &object));
                     sink.push(before.unwrap_or_default());
                 }
@@ -344,6 +397,26 @@ mod tests {
         let mapper = map_owner::<k8s_openapi::api::core::v1::Namespace, ConfigMap>(&(), false);
         let requests = mapper(&context(), &child(vec![("v1", "Namespace", "ns", true)]));
         assert_eq!(requests, vec![Request::new("b", None, "ns")]);
+    }
+
+    #[test]
+    fn v02_objects_mapped_to_themselves_are_remembered_as_a_mark() {
+        let source = ClusterName::from("b");
+        let key = ObjectKey::new(Some("ns"), "web");
+        let itself = vec![Request::for_key(source.clone(), key.clone())];
+        let owner = vec![Request::new("b", Some("ns"), "owner")];
+        let mut known = Known::new();
+
+        assert!(remember(&mut known, &source, key.clone(), &itself).is_empty());
+        assert!(matches!(known[&key], Mapped::Itself), "no copy of the key");
+        // Itself again: nothing new to look at.
+        assert!(remember(&mut known, &source, key.clone(), &itself).is_empty());
+        // Mapped elsewhere now: the object itself needs a look too, and the other way round.
+        assert_eq!(remember(&mut known, &source, key.clone(), &owner), itself);
+        assert_eq!(remember(&mut known, &source, key.clone(), &itself), owner);
+        // A resync (or a deletion) gets the object's request back from the mark.
+        let (key, mapped) = known.drain().next().expect("remembered");
+        assert_eq!(mapped.into_requests(&source, key), itself);
     }
 
     #[test]
