@@ -228,7 +228,7 @@ impl Tally {
         if state.last_stamp.len() > objects_before && matches!(STARTED.get(), Some((_, true))) {
             let count = state.per_cluster.entry(cluster.to_owned()).or_default();
             *count += 1;
-            if *count % 500 == 0 {
+            if count.is_multiple_of(500) {
                 mark(format_args!("{count} objects of {cluster}"));
             }
         }
