@@ -67,7 +67,7 @@ pub use reconcile::ReconcileRequest;
 pub use request::{Action, Request};
 pub use source::{MapContext, Mapper};
 
-use queue::{Lease, PauseReason, QueueConfig, QueueView, WorkQueue};
+use queue::{PauseReason, QueueConfig, QueueView, WorkQueue};
 use reconcile::{Outcome, Reader, Reconciler};
 use request::Next;
 use source::{Sink, Source};
@@ -403,10 +403,9 @@ impl Controller {
         }
     }
 
-    /// Reconciles the leased item; the caller ends the lease (a requeue asked for
-    /// here is applied then).
-    async fn process(&self, lease: &Lease<ClusterName, ObjectKey>) {
-        let request = Request::for_key(lease.cluster().clone(), lease.key().clone());
+    /// Reconciles `request`, whose item the caller has leased; the caller ends the
+    /// lease afterwards (a requeue asked for here is applied then).
+    async fn process(&self, request: Request) {
         let (cluster, engagement, reader) = match self.engaged(&request.cluster) {
             Some(Some(engaged)) => engaged,
             Some(None) => {
@@ -655,11 +654,11 @@ impl Runnable for Controller {
                 loop {
                     let id = next_reconcile_id();
                     let request = Request::for_key(lease.cluster().clone(), lease.key().clone());
-                    lock(&in_flight).insert(id, request);
+                    lock(&in_flight).insert(id, request.clone());
                     tokio::select! {
                         biased;
                         () = cut.cancelled() => return,
-                        () = this.process(&lease) => drop(lock(&in_flight).remove(&id)),
+                        () = this.process(request) => drop(lock(&in_flight).remove(&id)),
                     }
                     if token.is_cancelled() {
                         return;
