@@ -16,7 +16,6 @@ use multicluster_runtime::providers::clusters::Clusters;
 use multicluster_runtime::{Cluster, ClusterOptions, Manager};
 use tokio_util::sync::CancellationToken;
 
-
 const WAIT: Duration = Duration::from_secs(30);
 
 /// A labelled ConfigMap of `default` with one data entry.
@@ -56,7 +55,12 @@ async fn copy(req: ReconcileRequest<ConfigMap>, _: Arc<()>) -> Result<Action, In
         .await
         .map(|found| found.len())
         .unwrap_or(usize::MAX);
-    let value = source.data.as_ref().and_then(|d| d.get("value")).cloned().unwrap_or_default();
+    let value = source
+        .data
+        .as_ref()
+        .and_then(|d| d.get("value"))
+        .cloned()
+        .unwrap_or_default();
     let same = again.is_some_and(|again| *again == **source);
     let patch = serde_json::json!({
         "apiVersion": "v1",
@@ -65,7 +69,11 @@ async fn copy(req: ReconcileRequest<ConfigMap>, _: Arc<()>) -> Result<Action, In
         "data": { "value": value, "web": web.to_string(), "same": same.to_string() },
     });
     match api
-        .patch(&copy_name, &PatchParams::apply("v03-test").force(), &Patch::Apply(&patch))
+        .patch(
+            &copy_name,
+            &PatchParams::apply("v03-test").force(),
+            &Patch::Apply(&patch),
+        )
         .await
     {
         Ok(_) => Ok(Action::await_change()),
@@ -80,8 +88,12 @@ fn backoff(_: &Request, _: &Infallible, _: Arc<()>) -> Action {
 /// The `data` of `copy-<name>`, once it equals `expected` (`None`: once it is gone).
 async fn wait_copy(client: &Client, name: &str, expected: Option<&[(&str, &str)]>) {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
-    let expected: Option<BTreeMap<String, String>> =
-        expected.map(|pairs| pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect());
+    let expected: Option<BTreeMap<String, String>> = expected.map(|pairs| {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    });
     let started = tokio::time::Instant::now();
     loop {
         let found = api
@@ -137,33 +149,71 @@ async fn v03_a_controller_reading_compact_caches_reconciles_what_it_should() {
     // Objects listed at the start, read from the compact form.
     informer.wait_synced(WAIT).await.expect("sync");
     assert!(informer.store().is_compact(), "the store keeps the compact form");
-    wait_copy(&client(1), "one", Some(&[("value", "1"), ("web", "1"), ("same", "true")])).await;
-    wait_copy(&client(1), "two", Some(&[("value", "2"), ("web", "1"), ("same", "true")])).await;
+    wait_copy(
+        &client(1),
+        "one",
+        Some(&[("value", "1"), ("web", "1"), ("same", "true")]),
+    )
+    .await;
+    wait_copy(
+        &client(1),
+        "two",
+        Some(&[("value", "2"), ("web", "1"), ("same", "true")]),
+    )
+    .await;
 
     // A creation, an update that moves an object between index values, a deletion.
     create_source(&client(1), "three", "web", "3").await;
-    wait_copy(&client(1), "three", Some(&[("value", "3"), ("web", "2"), ("same", "true")])).await;
+    wait_copy(
+        &client(1),
+        "three",
+        Some(&[("value", "3"), ("web", "2"), ("same", "true")]),
+    )
+    .await;
     let patch = serde_json::json!({ "metadata": { "labels": { "app": "web" } }, "data": { "value": "22" } });
     Api::<ConfigMap>::namespaced(client(1), "default")
         .patch("two", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .expect("patch");
-    wait_copy(&client(1), "two", Some(&[("value", "22"), ("web", "3"), ("same", "true")])).await;
+    wait_copy(
+        &client(1),
+        "two",
+        Some(&[("value", "22"), ("web", "3"), ("same", "true")]),
+    )
+    .await;
 
     // The update's event carries both versions, decoded.
     let updated = tokio::time::timeout(WAIT, async {
         loop {
             match events.recv().await.expect("events") {
-                InformerEvent::Applied { old: Some(old), new } if new.name_any() == "two" => return (old, new),
+                InformerEvent::Applied { old: Some(old), new } if new.name_any() == "two" => {
+                    return (old, new);
+                }
                 _ => {}
             }
         }
     })
     .await
     .expect("update event");
-    assert_eq!(updated.0.data.as_ref().and_then(|d| d.get("value")).map(String::as_str), Some("2"));
+    assert_eq!(
+        updated
+            .0
+            .data
+            .as_ref()
+            .and_then(|d| d.get("value"))
+            .map(String::as_str),
+        Some("2")
+    );
     assert_eq!(updated.0.labels().get("app").map(String::as_str), Some("db"));
-    assert_eq!(updated.1.data.as_ref().and_then(|d| d.get("value")).map(String::as_str), Some("22"));
+    assert_eq!(
+        updated
+            .1
+            .data
+            .as_ref()
+            .and_then(|d| d.get("value"))
+            .map(String::as_str),
+        Some("22")
+    );
 
     Api::<ConfigMap>::namespaced(client(1), "default")
         .delete("one", &DeleteParams::default())

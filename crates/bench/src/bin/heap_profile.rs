@@ -229,7 +229,11 @@ async fn objects(args: &Args, client: kube::Client) -> Result<Option<RunningCach
         let (small, large) = (&pair[0], &pair[1]);
         let added = (large.objects - small.objects) as u64;
         let overhead = |m: &Measured| {
-            let held = if args.compact { m.json_bytes } else { m.object.bytes };
+            let held = if args.compact {
+                m.json_bytes
+            } else {
+                m.object.bytes
+            };
             m.cache.bytes.saturating_sub(held)
         };
         println!(
@@ -324,7 +328,14 @@ async fn read_cost(args: &Args, client: kube::Client) -> Result<(), String> {
         return Err("--objects must be positive".into());
     }
     eprintln!("creating {objects} ConfigMaps ...");
-    seed_namespace(client.clone(), &p2_namespace(objects), objects, false, args.parallel).await?;
+    seed_namespace(
+        client.clone(),
+        &p2_namespace(objects),
+        objects,
+        false,
+        args.parallel,
+    )
+    .await?;
     let repeat = args.repeat.max(1);
     println!(
         "| form | get, per object µs | list of {objects}, ms | list, per object µs | by_index (all {objects} under one value), ms | load |"
@@ -334,7 +345,12 @@ async fn read_cost(args: &Args, client: kube::Client) -> Result<(), String> {
     for compact in [false, true] {
         let token = CancellationToken::new();
         let _stop = StopOnDrop(token.clone());
-        let cache = Cache::new(ClusterName::from("cost"), client.clone(), cache_options(compact), token);
+        let cache = Cache::new(
+            ClusterName::from("cost"),
+            client.clone(),
+            cache_options(compact),
+            token,
+        );
         cache
             .index_field::<ConfigMap>("member", |cm| {
                 cm.labels().get(MEMBER_LABEL).cloned().into_iter().collect()
@@ -347,7 +363,9 @@ async fn read_cost(args: &Args, client: kube::Client) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         let store = informer.store();
         if store.is_compact() != compact {
-            return Err(format!("the store's form is not the one asked for (compact: {compact})"));
+            return Err(format!(
+                "the store's form is not the one asked for (compact: {compact})"
+            ));
         }
         let names: Vec<String> = store.list().iter().map(|cm| cm.name_any()).collect();
         if names.len() != objects {
@@ -373,7 +391,10 @@ async fn read_cost(args: &Args, client: kube::Client) -> Result<(), String> {
         }
         let index_ms = started.elapsed().as_secs_f64() * 1e3 / repeat as f64;
         if found != 3 * repeat * objects {
-            return Err(format!("reads found {found} objects, expected {}", 3 * repeat * objects));
+            return Err(format!(
+                "reads found {found} objects, expected {}",
+                3 * repeat * objects
+            ));
         }
         println!(
             "| {} | {get_us:.3} | {list_ms:.2} | {:.3} | {index_ms:.2} | {} |",
@@ -393,18 +414,28 @@ async fn read_cost(args: &Args, client: kube::Client) -> Result<(), String> {
     let started = Instant::now();
     let mut bytes = 0;
     for _ in 0..rounds {
-        bytes += std::hint::black_box(serde_json::to_vec(std::hint::black_box(&*sample)).map_err(|e| e.to_string())?).len();
+        bytes += std::hint::black_box(
+            serde_json::to_vec(std::hint::black_box(&*sample)).map_err(|e| e.to_string())?,
+        )
+        .len();
     }
     let encode_us = started.elapsed().as_secs_f64() * 1e6 / f64::from(rounds);
     let started = Instant::now();
     for _ in 0..rounds {
-        let decoded: ConfigMap = serde_json::from_slice(std::hint::black_box(&json)).map_err(|e| e.to_string())?;
-        bytes += std::hint::black_box(Arc::new(decoded)).data.as_ref().map_or(0, |d| d.len());
+        let decoded: ConfigMap =
+            serde_json::from_slice(std::hint::black_box(&json)).map_err(|e| e.to_string())?;
+        bytes += std::hint::black_box(Arc::new(decoded))
+            .data
+            .as_ref()
+            .map_or(0, |d| d.len());
     }
     let decode_us = started.elapsed().as_secs_f64() * 1e6 / f64::from(rounds);
     let started = Instant::now();
     for _ in 0..rounds {
-        bytes += std::hint::black_box(Arc::new((*sample).clone())).data.as_ref().map_or(0, |d| d.len());
+        bytes += std::hint::black_box(Arc::new((*sample).clone()))
+            .data
+            .as_ref()
+            .map_or(0, |d| d.len());
     }
     let clone_us = started.elapsed().as_secs_f64() * 1e6 / f64::from(rounds);
     std::hint::black_box(bytes);
@@ -478,9 +509,13 @@ async fn namespace_clusters(
     let before = Heap::now();
     let started = Instant::now();
     let host = Arc::new(
-        Cluster::connect("", config, ClusterOptions::default().cache(cache_options(args.compact)))
-            .await
-            .map_err(|e| e.to_string())?,
+        Cluster::connect(
+            "",
+            config,
+            ClusterOptions::default().cache(cache_options(args.compact)),
+        )
+        .await
+        .map_err(|e| e.to_string())?,
     );
     let provider = Namespaces::new(host.clone()).selector(&format!("{MEMBER_LABEL}=yes"));
     let manager = Manager::with_provider(host.clone(), Arc::new(provider));

@@ -155,7 +155,11 @@ mod proptests {
     }
 
     fn small_map() -> impl Strategy<Value = Option<BTreeMap<String, String>>> {
-        prop::option::of(prop::collection::btree_map("[a-c]{1,2}", "[a-z0-9 \\\"é]{0,6}", 0..3))
+        prop::option::of(prop::collection::btree_map(
+            "[a-c]{1,2}",
+            "[a-z0-9 \\\"é]{0,6}",
+            0..3,
+        ))
     }
 
     fn config_map() -> impl Strategy<Value = ConfigMap> {
@@ -166,22 +170,28 @@ mod proptests {
             small_map(),
             small_map(),
             small_map(),
-            prop::option::of(prop::collection::btree_map("[a-c]", prop::collection::vec(any::<u8>(), 0..4), 0..2)),
+            prop::option::of(prop::collection::btree_map(
+                "[a-c]",
+                prop::collection::vec(any::<u8>(), 0..4),
+                0..2,
+            )),
             prop::option::of(any::<bool>()),
         )
-            .prop_map(|(namespace, name, version, labels, annotations, data, binary, immutable)| ConfigMap {
-                metadata: ObjectMeta {
-                    namespace: (!namespace.is_empty()).then(|| namespace.to_owned()),
-                    name: Some(format!("cm-{name}")),
-                    resource_version: version.map(|v| v.to_string()),
-                    labels,
-                    annotations,
-                    ..ObjectMeta::default()
+            .prop_map(
+                |(namespace, name, version, labels, annotations, data, binary, immutable)| ConfigMap {
+                    metadata: ObjectMeta {
+                        namespace: (!namespace.is_empty()).then(|| namespace.to_owned()),
+                        name: Some(format!("cm-{name}")),
+                        resource_version: version.map(|v| v.to_string()),
+                        labels,
+                        annotations,
+                        ..ObjectMeta::default()
+                    },
+                    data,
+                    binary_data: binary.map(|b| b.into_iter().map(|(k, v)| (k, ByteString(v))).collect()),
+                    immutable,
                 },
-                data,
-                binary_data: binary.map(|b| b.into_iter().map(|(k, v)| (k, ByteString(v))).collect()),
-                immutable,
-            })
+            )
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -196,11 +206,19 @@ mod proptests {
 
     /// Files by each label value.
     fn by_label() -> Extractor<ConfigMap> {
-        Arc::new(|cm: &ConfigMap| cm.metadata.labels.iter().flatten().map(|(_, v)| v.clone()).collect())
+        Arc::new(|cm: &ConfigMap| {
+            cm.metadata
+                .labels
+                .iter()
+                .flatten()
+                .map(|(_, v)| v.clone())
+                .collect()
+        })
     }
 
     /// An event with its objects as values, comparable across the two forms.
     #[derive(Debug, PartialEq)]
+    #[allow(clippy::large_enum_variant, reason = "a test's comparison value")]
     enum Seen {
         Applied(Option<ConfigMap>, ConfigMap),
         Deleted(ConfigMap),
@@ -233,7 +251,12 @@ mod proptests {
             Op::FinishRelist => {
                 // In no particular order: sorted by key to compare.
                 let mut events = store.finish_relist();
-                events.sort_by_key(|e| (e.object().metadata.namespace.clone(), e.object().metadata.name.clone()));
+                events.sort_by_key(|e| {
+                    (
+                        e.object().metadata.namespace.clone(),
+                        e.object().metadata.name.clone(),
+                    )
+                });
                 events.into_iter().map(seen).collect()
             }
         }
@@ -252,7 +275,9 @@ mod proptests {
                 reads.push(sorted(handle.list_namespace(namespace)));
                 for name in 0..4 {
                     let namespace = (!namespace.is_empty()).then_some(namespace);
-                    reads.push(sorted(handle.get(namespace, &format!("cm-{name}")).into_iter().collect()));
+                    reads.push(sorted(
+                        handle.get(namespace, &format!("cm-{name}")).into_iter().collect(),
+                    ));
                 }
             }
             for value in ["", "a", "b", "0", "x y"] {
@@ -261,7 +286,12 @@ mod proptests {
             let mut namespaces = handle.namespaces();
             namespaces.sort();
             reads.push(vec![ConfigMap {
-                data: Some(namespaces.into_iter().map(|ns| (ns, handle.len().to_string())).collect()),
+                data: Some(
+                    namespaces
+                        .into_iter()
+                        .map(|ns| (ns, handle.len().to_string()))
+                        .collect(),
+                ),
                 ..ConfigMap::default()
             }]);
         }

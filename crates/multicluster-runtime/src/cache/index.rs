@@ -111,7 +111,11 @@ impl<K> Index<K> {
         let namespace = key.namespace_or_empty();
         self.keys_by_value
             .iter()
-            .filter(|(_, namespaces)| namespaces.get(namespace).is_some_and(|names| names.contains(&key.name)))
+            .filter(|(_, namespaces)| {
+                namespaces
+                    .get(namespace)
+                    .is_some_and(|names| names.contains(&key.name))
+            })
             .map(|(value, _)| value.clone())
             .collect()
     }
