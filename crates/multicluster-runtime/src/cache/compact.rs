@@ -271,6 +271,9 @@ mod proptests {
         let mut reads = Vec::new();
         for handle in [store, &view] {
             reads.push(sorted(handle.list()));
+            let mut each = Vec::new();
+            handle.for_each(|object| each.push(object));
+            reads.push(sorted(each));
             for namespace in NAMESPACES {
                 reads.push(sorted(handle.list_namespace(namespace)));
                 for name in 0..4 {

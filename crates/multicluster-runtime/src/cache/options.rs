@@ -137,7 +137,9 @@ impl CacheOptions {
     ///   the store's lock (≈ 2 µs for that ConfigMap, so a list of 10,000 objects
     ///   costs ≈ 20 ms of CPU and allocates them all, where the decoded form hands
     ///   out shared `Arc`s). Readers that list many objects often should keep the
-    ///   decoded form, or read through an index.
+    ///   decoded form, or read through an index; a pass over all of them
+    ///   ([`Store::for_each`](super::Store::for_each)) holds one decoded object at
+    ///   a time, where a list holds them all.
     /// - **Each write encodes** (≈ 1 µs), and an update decodes the version it
     ///   replaces, for the event's `old`.
     /// - **Events** still carry decoded objects

@@ -48,7 +48,8 @@ impl Scope {
 /// methods are the same and return equal objects, with these differences:
 ///
 /// - each read decodes: a new `Arc` per object per read (≈ 2 µs for a small
-///   ConfigMap; a [`list`](Self::list) of 1,000 objects decodes 1,000), so two
+///   ConfigMap; a [`list`](Self::list) of 1,000 objects decodes 1,000 and holds
+///   them all at once; [`for_each`](Self::for_each) holds one at a time), so two
 ///   reads of one object are equal but not [`Arc::ptr_eq`];
 /// - events still carry decoded objects: the `new` one is the object as it was
 ///   stored, the `old` one is decoded from the stored form when it is replaced;
@@ -136,14 +137,6 @@ impl<K> Clone for Stored<K> {
 }
 
 impl<K> Stored<K> {
-    /// The object, if kept decoded.
-    fn into_object(self) -> Option<Arc<K>> {
-        match self {
-            Stored::Object(object) => Some(object),
-            Stored::Encoded(_) => None,
-        }
-    }
-
     /// The object, decoded by `codec` if needed; `None` if it cannot be (the read
     /// paths log that, see `Store::undecodable`).
     fn decoded(&self, codec: Option<&Codec<K>>) -> Option<Arc<K>> {
@@ -247,8 +240,25 @@ impl<K> Store<K> {
 
     /// Every object, in no particular order.
     pub fn list(&self) -> Vec<Arc<K>> {
+        let (found, codec) = self.snapshot();
+        self.loaded(found, codec).collect()
+    }
+
+    /// Calls `f` with every object, one at a time, in no particular order: what
+    /// [`list`](Self::list) returns, without holding them all at once. For a store
+    /// in the [compact form](Self#the-compact-stored-form), each object is decoded
+    /// just before its call and freed after it unless `f` keeps it, so a pass over
+    /// a large store holds one decoded object, not all of them.
+    pub fn for_each(&self, f: impl FnMut(Arc<K>)) {
+        let (found, codec) = self.snapshot();
+        self.loaded(found, codec).for_each(f);
+    }
+
+    /// Every entry the store shows (cheap clones), and its codec, taken under the
+    /// read lock and released.
+    fn snapshot(&self) -> (Vec<Stored<K>>, Option<Codec<K>>) {
         let state = self.read();
-        match &self.scope {
+        let found = match &self.scope {
             None => {
                 let mut found = Vec::with_capacity(state.len);
                 found.extend(
@@ -258,18 +268,16 @@ impl<K> Store<K> {
                         .flat_map(HashMap::values)
                         .map(|e| e.stored.clone()),
                 );
-                self.load_all(state, found)
+                found
             }
-            Some(scope) => {
-                let found = [&*scope.namespace, ""]
-                    .into_iter()
-                    .filter_map(|ns| state.namespaces.get(ns))
-                    .flat_map(HashMap::values)
-                    .map(|e| e.stored.clone())
-                    .collect();
-                self.load_all(state, found)
-            }
-        }
+            Some(scope) => [&*scope.namespace, ""]
+                .into_iter()
+                .filter_map(|ns| state.namespaces.get(ns))
+                .flat_map(HashMap::values)
+                .map(|e| e.stored.clone())
+                .collect(),
+        };
+        (found, state.codec)
     }
 
     /// The objects of one namespace, in no particular order, without looking at the
@@ -361,24 +369,24 @@ impl<K> Store<K> {
     /// without the lock, so a large list of a compact store holds up neither the
     /// informer nor other readers.
     fn load_all(&self, state: RwLockReadGuard<'_, State<K>>, found: Vec<Stored<K>>) -> Vec<Arc<K>> {
-        let Some(codec) = state.codec else {
-            drop(state);
-            return found.into_iter().filter_map(Stored::into_object).collect();
-        };
+        let codec = state.codec;
         drop(state);
-        found
-            .into_iter()
-            .filter_map(|stored| match stored {
-                Stored::Object(object) => Some(object),
-                Stored::Encoded(bytes) => match codec.decode(&bytes) {
-                    Ok(object) => Some(Arc::new(object)),
-                    Err(error) => {
-                        self.undecodable(&bytes, &error);
-                        None
-                    }
-                },
-            })
-            .collect()
+        self.loaded(found, codec).collect()
+    }
+
+    /// The objects `found`, each decoded when the iterator reaches it; call with
+    /// no lock held.
+    fn loaded(&self, found: Vec<Stored<K>>, codec: Option<Codec<K>>) -> impl Iterator<Item = Arc<K>> {
+        found.into_iter().filter_map(move |stored| match stored {
+            Stored::Object(object) => Some(object),
+            Stored::Encoded(bytes) => match codec.as_ref()?.decode(&bytes) {
+                Ok(object) => Some(Arc::new(object)),
+                Err(error) => {
+                    self.undecodable(&bytes, &error);
+                    None
+                }
+            },
+        })
     }
 
     /// Logs an object that does not read back, by its namespace and name (found
