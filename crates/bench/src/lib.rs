@@ -82,6 +82,10 @@ pub struct PeerArgs {
     /// only; the Go library has none), to see what they cost.
     #[arg(long)]
     pub no_health_probes: bool,
+    /// Keep the cached ConfigMaps in the compact stored form (JSON, decoded on
+    /// read: `CacheOptions::compact::<ConfigMap>()`; Rust peer only).
+    #[arg(long)]
+    pub compact_cache: bool,
 }
 
 /// How namespace-clusters get their clients (see [`PeerArgs::namespaces_as_clusters`]).

@@ -106,6 +106,10 @@ struct Args {
     /// Run the Rust peer without the manager's health probes (`--no-health-probes`).
     #[arg(long)]
     no_health_probes: bool,
+    /// Run the Rust peer with its ConfigMaps in the compact stored form
+    /// (`--compact-cache`: `CacheOptions::compact::<ConfigMap>()`).
+    #[arg(long)]
+    compact_cache: bool,
     /// P1–P3 under contention: this many threads of the driver spin on the CPUs for
     /// the whole of each peer run (its start, its updates), competing with the peer
     /// and the apiservers. `0`: none.
@@ -278,6 +282,12 @@ fn report_header(args: &Args) -> String {
     let _ = writeln!(md, "- command: `{}`", args.command);
     let _ = writeln!(md, "- date: {}", date());
     let _ = writeln!(md, "- machine: {}", machine());
+    if args.compact_cache {
+        let _ = writeln!(
+            md,
+            "- the Rust peer kept its ConfigMaps in the compact stored form (`--compact-cache`: `CacheOptions::compact::<ConfigMap>()`)"
+        );
+    }
     md
 }
 
@@ -934,6 +944,7 @@ impl PeerRun<'_> {
             .args(["--timeout", &format!("{}s", timeout.as_secs())])
             .args(&self.extra)
             .args((args.no_health_probes && peer == "rust").then_some("--no-health-probes"))
+            .args((args.compact_cache && peer == "rust").then_some("--compact-cache"))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)

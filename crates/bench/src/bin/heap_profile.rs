@@ -22,6 +22,17 @@
 //! the P6 manager, still alive at the end: `bench/dhat-sites.py FILE` lists the
 //! allocation sites that hold its bytes.
 //!
+//! With `--compact`, the caches keep their ConfigMaps in the compact stored form
+//! (`CacheOptions::compact::<ConfigMap>()`, JSON decoded on read); the P2 overhead
+//! column is then the cache's bytes beyond the objects' JSON.
+//!
+//! **Read and write cost** (`--read-cost`, with one `--objects N`): no profile (dhat's
+//! allocator passes through to the system's when no profiler runs). Two caches of the
+//! same N ConfigMaps, one decoded and one compact, and for each the time of a `get`
+//! of every object, of a `list` of all, and of `by_index` for one value; then the
+//! encode (what the compact form adds to each stored object) and decode of one
+//! cached object, in a loop.
+//!
 //! Bytes are what the program asked the allocator for; the allocator's own overhead
 //! per block is not included, which is why the block counts are printed too.
 
@@ -62,6 +73,16 @@ struct Args {
     /// Write DHAT's JSON profile here, with the last measured state alive at the end.
     #[arg(long)]
     sites: Option<PathBuf>,
+    /// Keep the cached ConfigMaps in the compact stored form.
+    #[arg(long)]
+    compact: bool,
+    /// Time reads and writes of the decoded and the compact form instead of
+    /// profiling the heap (one `--objects` count).
+    #[arg(long, conflicts_with_all = ["sites", "namespace_clusters", "compact"])]
+    read_cost: bool,
+    /// `--read-cost`: how many times each read is repeated.
+    #[arg(long, default_value_t = 5)]
+    repeat: usize,
 }
 
 /// Live heap: bytes and blocks.
@@ -109,11 +130,14 @@ async fn main() {
 
 async fn run(args: Args) -> Result<(), String> {
     let profiler = match &args.sites {
-        Some(path) => dhat::Profiler::builder()
-            .file_name(path)
-            .trim_backtraces(Some(12))
-            .build(),
-        None => dhat::Profiler::builder().testing().build(),
+        _ if args.read_cost => None,
+        Some(path) => Some(
+            dhat::Profiler::builder()
+                .file_name(path)
+                .trim_backtraces(Some(12))
+                .build(),
+        ),
+        None => Some(dhat::Profiler::builder().testing().build()),
     };
     eprintln!("starting one apiserver ...");
     let fleet = kube_envtest::Fleet::builder()
@@ -124,6 +148,10 @@ async fn run(args: Args) -> Result<(), String> {
     let cluster = &fleet.clusters()[0];
     let client = cluster.client().map_err(|e| e.to_string())?;
     let kept = match args.namespace_clusters {
+        None if args.read_cost => {
+            read_cost(&args, client).await?;
+            Box::new(()) as Box<dyn Send>
+        }
         Some(namespaces) => {
             Box::new(namespace_clusters(&args, client, cluster.config(), namespaces).await?) as Box<dyn Send>
         }
@@ -167,8 +195,14 @@ async fn objects(args: &Args, client: kube::Client) -> Result<Option<RunningCach
     let mut results: Vec<Measured> = Vec::new();
     let mut kept = None;
     for &objects in &sizes {
-        let (measured, cache) = measure_cache(client.clone(), objects).await?;
+        let (measured, cache) = measure_cache(client.clone(), objects, args.compact).await?;
         let per = |bytes: u64| bytes / objects as u64;
+        // Compact: what the cache holds beyond the objects' JSON.
+        let held = if args.compact {
+            measured.json_bytes
+        } else {
+            measured.object.bytes
+        };
         println!(
             "| {} | {:.2} | {:.2} | {} | {} | {} | {:.1}, {:.1} | {} | {} |",
             objects,
@@ -176,7 +210,7 @@ async fn objects(args: &Args, client: kube::Client) -> Result<Option<RunningCach
             measured.cache.bytes as f64 / (1024.0 * 1024.0),
             per(measured.cache.bytes),
             per(measured.object.bytes),
-            per(measured.cache.bytes.saturating_sub(measured.object.bytes)),
+            per(measured.cache.bytes.saturating_sub(held)),
             measured.cache.blocks as f64 / objects as f64,
             measured.object.blocks as f64 / objects as f64,
             per(measured.json_bytes),
@@ -194,7 +228,14 @@ async fn objects(args: &Args, client: kube::Client) -> Result<Option<RunningCach
     for pair in results.windows(2) {
         let (small, large) = (&pair[0], &pair[1]);
         let added = (large.objects - small.objects) as u64;
-        let overhead = |m: &Measured| m.cache.bytes.saturating_sub(m.object.bytes);
+        let overhead = |m: &Measured| {
+            let held = if args.compact {
+                m.json_bytes
+            } else {
+                m.object.bytes
+            };
+            m.cache.bytes.saturating_sub(held)
+        };
         println!(
             "\nMarginal, {} → {} objects: cache {} B/object, object itself {} B/object, overhead {} B/object.",
             small.objects,
@@ -219,18 +260,36 @@ impl Drop for RunningCache {
     }
 }
 
-/// Caches the ConfigMaps of the count `objects` and measures the heap they take.
-async fn measure_cache(client: kube::Client, objects: usize) -> Result<(Measured, RunningCache), String> {
-    let spec = WatchSpec::default()
+/// The cache options of `--compact` or not.
+fn cache_options(compact: bool) -> CacheOptions {
+    if compact {
+        CacheOptions::default().compact::<ConfigMap>()
+    } else {
+        CacheOptions::default()
+    }
+}
+
+/// The watch of the P2 count `objects`.
+fn p2_spec(objects: usize) -> WatchSpec {
+    WatchSpec::default()
         .labels(&format!("{MEMBER_LABEL}=yes"))
-        .fields(&format!("metadata.namespace={}", p2_namespace(objects)));
+        .fields(&format!("metadata.namespace={}", p2_namespace(objects)))
+}
+
+/// Caches the ConfigMaps of the count `objects` and measures the heap they take.
+async fn measure_cache(
+    client: kube::Client,
+    objects: usize,
+    compact: bool,
+) -> Result<(Measured, RunningCache), String> {
+    let spec = p2_spec(objects);
     let before = Heap::now();
     let started = Instant::now();
     let token = CancellationToken::new();
     let cache = Cache::new(
         ClusterName::from("heap"),
         client,
-        CacheOptions::default(),
+        cache_options(compact),
         token.clone(),
     );
     let informer = cache.informer_with::<ConfigMap>(&(), spec);
@@ -257,6 +316,135 @@ async fn measure_cache(client: kube::Client, objects: usize) -> Result<(Measured
         sync_s,
     };
     Ok((measured, RunningCache { _cache: cache, token }))
+}
+
+/// `--read-cost`: times the reads of a decoded and a compact cache of the same
+/// objects, and the encode and decode of one of them.
+async fn read_cost(args: &Args, client: kube::Client) -> Result<(), String> {
+    let [objects] = args.objects[..] else {
+        return Err("--read-cost takes one --objects count".into());
+    };
+    if objects == 0 {
+        return Err("--objects must be positive".into());
+    }
+    eprintln!("creating {objects} ConfigMaps ...");
+    seed_namespace(
+        client.clone(),
+        &p2_namespace(objects),
+        objects,
+        false,
+        args.parallel,
+    )
+    .await?;
+    let repeat = args.repeat.max(1);
+    println!(
+        "| form | get, per object µs | list of {objects}, ms | list, per object µs | by_index (all {objects} under one value), ms | load |"
+    );
+    println!("|---|---:|---:|---:|---:|---|");
+    let mut sample = None;
+    for compact in [false, true] {
+        let token = CancellationToken::new();
+        let _stop = StopOnDrop(token.clone());
+        let cache = Cache::new(
+            ClusterName::from("cost"),
+            client.clone(),
+            cache_options(compact),
+            token,
+        );
+        cache
+            .index_field::<ConfigMap>("member", |cm| {
+                cm.labels().get(MEMBER_LABEL).cloned().into_iter().collect()
+            })
+            .map_err(|e| e.to_string())?;
+        let informer = cache.informer_with::<ConfigMap>(&(), p2_spec(objects));
+        informer
+            .wait_synced(Duration::from_secs(600))
+            .await
+            .map_err(|e| e.to_string())?;
+        let store = informer.store();
+        if store.is_compact() != compact {
+            return Err(format!(
+                "the store's form is not the one asked for (compact: {compact})"
+            ));
+        }
+        let names: Vec<String> = store.list().iter().map(|cm| cm.name_any()).collect();
+        if names.len() != objects {
+            return Err(format!("cached {} ConfigMaps, expected {objects}", names.len()));
+        }
+        let namespace = p2_namespace(objects);
+        let started = Instant::now();
+        let mut found = 0;
+        for _ in 0..repeat {
+            for name in &names {
+                found += usize::from(store.get(Some(&namespace), name).is_some());
+            }
+        }
+        let get_us = started.elapsed().as_secs_f64() * 1e6 / (repeat * objects) as f64;
+        let started = Instant::now();
+        for _ in 0..repeat {
+            found += store.list().len();
+        }
+        let list_ms = started.elapsed().as_secs_f64() * 1e3 / repeat as f64;
+        let started = Instant::now();
+        for _ in 0..repeat {
+            found += store.by_index("member", "yes").map_err(|e| e.to_string())?.len();
+        }
+        let index_ms = started.elapsed().as_secs_f64() * 1e3 / repeat as f64;
+        if found != 3 * repeat * objects {
+            return Err(format!(
+                "reads found {found} objects, expected {}",
+                3 * repeat * objects
+            ));
+        }
+        println!(
+            "| {} | {get_us:.3} | {list_ms:.2} | {:.3} | {index_ms:.2} | {} |",
+            if compact { "compact" } else { "decoded" },
+            list_ms * 1e3 / objects as f64,
+            load_average(),
+        );
+        if sample.is_none() {
+            sample = store.get(Some(&namespace), &names[0]);
+        }
+    }
+    // What the compact form adds per stored object (an encode) and per read of one
+    // (a decode), on one cached object as the store holds it.
+    let sample = sample.ok_or("no object to time")?;
+    let json = serde_json::to_vec(&*sample).map_err(|e| e.to_string())?;
+    let rounds = 20_000;
+    let started = Instant::now();
+    let mut bytes = 0;
+    for _ in 0..rounds {
+        bytes += std::hint::black_box(
+            serde_json::to_vec(std::hint::black_box(&*sample)).map_err(|e| e.to_string())?,
+        )
+        .len();
+    }
+    let encode_us = started.elapsed().as_secs_f64() * 1e6 / f64::from(rounds);
+    let started = Instant::now();
+    for _ in 0..rounds {
+        let decoded: ConfigMap =
+            serde_json::from_slice(std::hint::black_box(&json)).map_err(|e| e.to_string())?;
+        bytes += std::hint::black_box(Arc::new(decoded))
+            .data
+            .as_ref()
+            .map_or(0, |d| d.len());
+    }
+    let decode_us = started.elapsed().as_secs_f64() * 1e6 / f64::from(rounds);
+    let started = Instant::now();
+    for _ in 0..rounds {
+        bytes += std::hint::black_box(Arc::new((*sample).clone()))
+            .data
+            .as_ref()
+            .map_or(0, |d| d.len());
+    }
+    let clone_us = started.elapsed().as_secs_f64() * 1e6 / f64::from(rounds);
+    std::hint::black_box(bytes);
+    println!(
+        "\nOne cached ConfigMap ({} B as JSON), {rounds} times each: encode {encode_us:.3} µs, decode into an Arc {decode_us:.3} µs, deep clone into an Arc {clone_us:.3} µs (load {}).",
+        json.len(),
+        load_average(),
+    );
+    Ok(())
 }
 
 /// The heap that `objects` take on their own, each as a `ConfigMap` behind an `Arc`
@@ -321,9 +509,13 @@ async fn namespace_clusters(
     let before = Heap::now();
     let started = Instant::now();
     let host = Arc::new(
-        Cluster::connect("", config, ClusterOptions::default())
-            .await
-            .map_err(|e| e.to_string())?,
+        Cluster::connect(
+            "",
+            config,
+            ClusterOptions::default().cache(cache_options(args.compact)),
+        )
+        .await
+        .map_err(|e| e.to_string())?,
     );
     let provider = Namespaces::new(host.clone()).selector(&format!("{MEMBER_LABEL}=yes"));
     let manager = Manager::with_provider(host.clone(), Arc::new(provider));

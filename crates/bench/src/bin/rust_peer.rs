@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use mcr_bench::{NamespaceClients, PeerArgs, Tally, WRITTEN_AT};
-use multicluster_runtime::cache::{InformerEvent, WatchSpec};
+use multicluster_runtime::cache::{CacheOptions, InformerEvent, WatchSpec};
 use multicluster_runtime::controller::{Action, Controller, ReconcileRequest, Request};
 use multicluster_runtime::providers::clusters::Clusters;
 use multicluster_runtime::providers::namespace::Namespaces;
@@ -40,15 +40,16 @@ async fn run(args: PeerArgs, start: Instant, wall_start: SystemTime) -> Result<m
     let mut secrets = None;
     let mut fleet = Vec::new();
     mcr_bench::mark("started");
+    let options = cluster_options(&args);
     let manager = match (&args.namespaces_as_clusters, &args.kubeconfig_secrets) {
-        (Some(clients), _) => namespace_manager(&files, *clients).await?,
+        (Some(clients), _) => namespace_manager(&files, *clients, &options).await?,
         (None, Some(namespace)) => {
-            let (manager, provider, host) = secret_manager(&files, namespace).await?;
+            let (manager, provider, host) = secret_manager(&files, namespace, &options).await?;
             secrets = Some((provider, host, namespace.clone()));
             manager
         }
         (None, None) => {
-            let (manager, clusters) = fleet_manager(&files).await?;
+            let (manager, clusters) = fleet_manager(&files, &options).await?;
             fleet = clusters;
             manager
         }
@@ -153,16 +154,29 @@ async fn run(args: PeerArgs, start: Instant, wall_start: SystemTime) -> Result<m
     Ok(report)
 }
 
+/// The options of every cluster the peer connects: with `--compact-cache`, its
+/// ConfigMaps are cached in the compact stored form.
+fn cluster_options(args: &PeerArgs) -> ClusterOptions {
+    let cache = CacheOptions::default();
+    let cache = if args.compact_cache {
+        cache.compact::<ConfigMap>()
+    } else {
+        cache
+    };
+    ClusterOptions::default().cache(cache)
+}
+
 /// A manager over the fleet of kubeconfigs through the programmatic provider, and
 /// the provider's clusters.
 async fn fleet_manager(
     files: &[(String, std::path::PathBuf)],
+    options: &ClusterOptions,
 ) -> Result<(Manager, Vec<Arc<Cluster>>), String> {
     let provider = Arc::new(Clusters::new());
     let mut clusters = Vec::new();
     for (name, path) in files {
         let config = mcr_bench::load_config(path).await?;
-        let cluster = Cluster::connect(name.as_str(), config, ClusterOptions::default())
+        let cluster = Cluster::connect(name.as_str(), config, options.clone())
             .await
             .map_err(|e| e.to_string())?;
         let cluster = Arc::new(cluster);
@@ -172,7 +186,7 @@ async fn fleet_manager(
     // The manager's own cluster: the first of the fleet, as for the Go peer. The
     // controller engages only the provider's clusters.
     let local_config = mcr_bench::load_config(&files[0].1).await?;
-    let local = Cluster::connect("", local_config, ClusterOptions::default())
+    let local = Cluster::connect("", local_config, options.clone())
         .await
         .map_err(|e| e.to_string())?;
     Ok((Manager::with_provider(Arc::new(local), provider), clusters))
@@ -183,10 +197,11 @@ async fn fleet_manager(
 async fn namespace_manager(
     files: &[(String, std::path::PathBuf)],
     clients: NamespaceClients,
+    options: &ClusterOptions,
 ) -> Result<Manager, String> {
     let config = mcr_bench::load_config(&files[0].1).await?;
     let host = Arc::new(
-        Cluster::connect("", config.clone(), ClusterOptions::default())
+        Cluster::connect("", config.clone(), options.clone())
             .await
             .map_err(|e| e.to_string())?,
     );
@@ -203,9 +218,10 @@ async fn namespace_manager(
 async fn secret_manager(
     files: &[(String, std::path::PathBuf)],
     namespace: &str,
+    options: &ClusterOptions,
 ) -> Result<(Manager, Arc<Secrets>, kube::Client), String> {
     let config = mcr_bench::load_config(&files[0].1).await?;
-    let host = Cluster::connect("", config, ClusterOptions::default())
+    let host = Cluster::connect("", config, options.clone())
         .await
         .map_err(|e| e.to_string())?;
     let client = host.client();

@@ -6,6 +6,9 @@ use std::sync::Arc;
 /// A change an [`Informer`](super::Informer) applied to its store.
 ///
 /// Objects are shared with the store (`Arc`): an event costs no copy of the object.
+/// A store that keeps the [compact form](super::CacheOptions::compact) shares
+/// nothing: `new` is the object as it was stored, `old` is decoded from the stored
+/// form when the object is replaced or removed.
 #[non_exhaustive]
 pub enum InformerEvent<K> {
     /// An object was created or changed.

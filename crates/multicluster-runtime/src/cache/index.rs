@@ -104,6 +104,22 @@ impl<K> Index<K> {
         }
     }
 
+    /// Every value `key` is filed under, found by a scan: for an object whose
+    /// stored form could not be decoded, so that the values it was filed under by
+    /// its extractor are unknown.
+    pub(crate) fn filed_values(&self, key: &ObjectKey) -> Vec<String> {
+        let namespace = key.namespace_or_empty();
+        self.keys_by_value
+            .iter()
+            .filter(|(_, namespaces)| {
+                namespaces
+                    .get(namespace)
+                    .is_some_and(|names| names.contains(&key.name))
+            })
+            .map(|(value, _)| value.clone())
+            .collect()
+    }
+
     /// `(namespace, name)` of the objects filed under `value`, in every namespace
     /// (`""` for cluster-scoped objects).
     pub(crate) fn keys(&self, value: &str) -> impl Iterator<Item = (&str, &str)> {

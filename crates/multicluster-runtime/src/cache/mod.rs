@@ -95,6 +95,7 @@
 //! # }
 //! ```
 
+mod compact;
 mod error;
 mod event;
 pub(crate) mod follow;
@@ -127,6 +128,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use self::compact::CompactTypes;
 pub use self::error::CacheError;
 pub use self::event::InformerEvent;
 pub use self::index::FieldIndex;
@@ -765,6 +767,9 @@ impl Cache {
             inner.options.effective_event_capacity(),
             inner.options.effective_namespace_event_capacity(),
         ));
+        if let Some(codec) = inner.options.compact.codec::<K>() {
+            informer.store().set_codec(codec);
+        }
         for (name, extractor) in registry.indexes.get(&key.ty).into_iter().flatten() {
             if let Some(extractor) = extractor.downcast_ref::<Extractor<K>>() {
                 // Cannot fail: the store is new and the registry holds unique names.

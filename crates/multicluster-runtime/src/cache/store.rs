@@ -6,6 +6,7 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use kube::Resource;
 
+use super::compact::Codec;
 use super::index::{Extractor, Index};
 use super::{CacheError, InformerEvent, ObjectKey};
 use crate::ClusterName;
@@ -38,6 +39,27 @@ impl Scope {
 /// Reads take a short read lock and never wait for the network; objects are returned
 /// as `Arc`s shared with the store, never copied. An object read may be replaced by
 /// the informer a moment later: the store is a recent view, not a transaction.
+///
+/// # The compact stored form
+///
+/// A store of a type listed in [`CacheOptions::compact`](super::CacheOptions::compact)
+/// keeps each object as its JSON (about a fifth of the memory of a small object as
+/// k8s-openapi decodes it) and decodes it on every read, outside the lock. The read
+/// methods are the same and return equal objects, with these differences:
+///
+/// - each read decodes: a new `Arc` per object per read (≈ 2 µs for a small
+///   ConfigMap; a [`list`](Self::list) of 1,000 objects decodes 1,000 and holds
+///   them all at once; [`for_each`](Self::for_each) holds one at a time), so two
+///   reads of one object are equal but not [`Arc::ptr_eq`];
+/// - events still carry decoded objects: the `new` one is the object as it was
+///   stored, the `old` one is decoded from the stored form when it is replaced;
+/// - field indexes are computed when an object is stored, from the object in hand,
+///   so [`by_index`](Self::by_index) decodes only what it returns.
+///
+/// An object that cannot be encoded is kept decoded; one that cannot be decoded
+/// (a type whose JSON does not read back) is logged as an ERROR with its namespace and
+/// name and left out of reads. A store checks this with its first object: if that
+/// one does not read back, it logs a warning and keeps all objects decoded.
 ///
 /// # Before the first list
 ///
@@ -81,24 +103,73 @@ struct State<K> {
     /// The number of the current, or last, relist. Entries the relist does not stamp
     /// with it were not listed: they are gone from the cluster.
     relist: u64,
+    /// Present for a store that keeps the compact form.
+    codec: Option<Codec<K>>,
+    /// The cluster and resource, for the log line of an object that cannot be
+    /// decoded while the store is written.
+    origin: (ClusterName, Arc<str>),
+    /// Whether the codec was checked on a first object (see `set_codec`).
+    codec_checked: bool,
 }
 
 struct Entry<K> {
-    object: Arc<K>,
+    stored: Stored<K>,
     relist: u64,
+}
+
+/// An object as a store keeps it. Cloning is cheap in both forms, so readers take
+/// clones under the lock and decode after releasing it.
+enum Stored<K> {
+    /// As decoded, shared with readers and events.
+    Object(Arc<K>),
+    /// Encoded by the store's codec (the compact form).
+    Encoded(Arc<[u8]>),
+}
+
+// By hand: a derive would require `K: Clone`.
+impl<K> Clone for Stored<K> {
+    fn clone(&self) -> Self {
+        match self {
+            Stored::Object(object) => Stored::Object(object.clone()),
+            Stored::Encoded(bytes) => Stored::Encoded(bytes.clone()),
+        }
+    }
+}
+
+impl<K> Stored<K> {
+    /// The object, decoded by `codec` if needed; `None` if it cannot be (the read
+    /// paths log that, see `Store::undecodable`).
+    fn decoded(&self, codec: Option<&Codec<K>>) -> Option<Arc<K>> {
+        match self {
+            Stored::Object(object) => Some(object.clone()),
+            Stored::Encoded(bytes) => codec?.decode(bytes).ok().map(Arc::new),
+        }
+    }
+
+    /// Whether both are the same stored version (the same allocation).
+    fn same(&self, other: &Stored<K>) -> bool {
+        match (self, other) {
+            (Stored::Object(a), Stored::Object(b)) => Arc::ptr_eq(a, b),
+            (Stored::Encoded(a), Stored::Encoded(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
 }
 
 impl<K> Store<K> {
     pub(crate) fn new(cluster: ClusterName, resource: Arc<str>) -> Self {
         Store {
             shared: Arc::new(Shared {
-                cluster,
-                resource,
+                cluster: cluster.clone(),
+                resource: resource.clone(),
                 state: RwLock::new(State {
+                    origin: (cluster, resource),
                     namespaces: HashMap::new(),
                     len: 0,
                     indexes: Vec::new(),
                     relist: 0,
+                    codec: None,
+                    codec_checked: false,
                 }),
             }),
             scope: None,
@@ -163,35 +234,50 @@ impl<K> Store<K> {
             return None;
         }
         let state = self.read();
-        let entry = state.namespaces.get(namespace)?.get(name)?;
-        Some(entry.object.clone())
+        let stored = state.namespaces.get(namespace)?.get(name)?.stored.clone();
+        self.load_all(state, vec![stored]).pop()
     }
 
     /// Every object, in no particular order.
     pub fn list(&self) -> Vec<Arc<K>> {
+        let (found, codec) = self.snapshot();
+        self.loaded(found, codec).collect()
+    }
+
+    /// Calls `f` with every object, one at a time, in no particular order: what
+    /// [`list`](Self::list) returns, without holding them all at once. For a store
+    /// in the [compact form](Self#the-compact-stored-form), each object is decoded
+    /// just before its call and freed after it unless `f` keeps it, so a pass over
+    /// a large store holds one decoded object, not all of them.
+    pub fn for_each(&self, f: impl FnMut(Arc<K>)) {
+        let (found, codec) = self.snapshot();
+        self.loaded(found, codec).for_each(f);
+    }
+
+    /// Every entry the store shows (cheap clones), and its codec, taken under the
+    /// read lock and released.
+    fn snapshot(&self) -> (Vec<Stored<K>>, Option<Codec<K>>) {
         let state = self.read();
-        match &self.scope {
+        let found = match &self.scope {
             None => {
-                let mut objects = Vec::with_capacity(state.len);
-                objects.extend(
+                let mut found = Vec::with_capacity(state.len);
+                found.extend(
                     state
                         .namespaces
                         .values()
                         .flat_map(HashMap::values)
-                        .map(|e| e.object.clone()),
+                        .map(|e| e.stored.clone()),
                 );
-                objects
+                found
             }
-            Some(scope) => {
-                let buckets = [&*scope.namespace, ""].map(|ns| state.namespaces.get(ns));
-                buckets
-                    .into_iter()
-                    .flatten()
-                    .flat_map(HashMap::values)
-                    .map(|e| e.object.clone())
-                    .collect()
-            }
-        }
+            Some(scope) => [&*scope.namespace, ""]
+                .into_iter()
+                .filter_map(|ns| state.namespaces.get(ns))
+                .flat_map(HashMap::values)
+                .map(|e| e.stored.clone())
+                .collect(),
+        };
+        (found, state.codec)
     }
 
     /// The objects of one namespace, in no particular order, without looking at the
@@ -201,11 +287,12 @@ impl<K> Store<K> {
             return Vec::new();
         }
         let state = self.read();
-        state
+        let found = state
             .namespaces
             .get(namespace)
-            .map(|names| names.values().map(|e| e.object.clone()).collect())
-            .unwrap_or_default()
+            .map(|names| names.values().map(|e| e.stored.clone()).collect())
+            .unwrap_or_default();
+        self.load_all(state, found)
     }
 
     /// The namespaces that hold at least one object, in no particular order
@@ -234,11 +321,11 @@ impl<K> Store<K> {
                 index: index.to_owned(),
             });
         };
-        Ok(match &self.scope {
+        let found = match &self.scope {
             None => found
                 .keys(value)
                 .filter_map(|(namespace, name)| state.entry(namespace, name))
-                .map(|e| e.object.clone())
+                .map(|e| e.stored.clone())
                 .collect(),
             Some(scope) => [&*scope.namespace, ""]
                 .into_iter()
@@ -246,11 +333,12 @@ impl<K> Store<K> {
                     found
                         .keys_in(value, namespace)
                         .filter_map(|name| state.entry(namespace, name))
-                        .map(|e| e.object.clone())
+                        .map(|e| e.stored.clone())
                         .collect::<Vec<_>>()
                 })
                 .collect(),
-        })
+        };
+        Ok(self.load_all(state, found))
     }
 
     /// Whether an index of that name exists.
@@ -277,6 +365,60 @@ impl<K> Store<K> {
         self.len() == 0
     }
 
+    /// The objects `found` under `state`, which is released first: decoding runs
+    /// without the lock, so a large list of a compact store holds up neither the
+    /// informer nor other readers.
+    fn load_all(&self, state: RwLockReadGuard<'_, State<K>>, found: Vec<Stored<K>>) -> Vec<Arc<K>> {
+        let codec = state.codec;
+        drop(state);
+        self.loaded(found, codec).collect()
+    }
+
+    /// The objects `found`, each decoded when the iterator reaches it; call with
+    /// no lock held.
+    fn loaded(&self, found: Vec<Stored<K>>, codec: Option<Codec<K>>) -> impl Iterator<Item = Arc<K>> {
+        found.into_iter().filter_map(move |stored| match stored {
+            Stored::Object(object) => Some(object),
+            Stored::Encoded(bytes) => match codec.as_ref()?.decode(&bytes) {
+                Ok(object) => Some(Arc::new(object)),
+                Err(error) => {
+                    self.undecodable(&bytes, &error);
+                    None
+                }
+            },
+        })
+    }
+
+    /// Logs an object that does not read back, by its namespace and name (found
+    /// again under the lock, a rare path).
+    #[cold]
+    fn undecodable(&self, bytes: &Arc<[u8]>, error: &serde_json::Error) {
+        let state = self.read();
+        let key = state.namespaces.iter().find_map(|(namespace, names)| {
+            names.iter().find_map(|(name, entry)| match &entry.stored {
+                Stored::Encoded(stored) if Arc::ptr_eq(stored, bytes) => {
+                    Some((namespace.clone(), name.clone()))
+                }
+                _ => None,
+            })
+        });
+        let (namespace, name) = key.unwrap_or_default();
+        log_undecodable(&state.origin, &namespace, &name, error);
+    }
+
+    /// Makes the store keep the compact form (see the type's docs) from now on;
+    /// objects stored before stay decoded. Set before the informer starts.
+    pub(crate) fn set_codec(&self, codec: Codec<K>) {
+        let mut state = self.write();
+        state.codec = Some(codec);
+        state.codec_checked = false;
+    }
+
+    /// Whether objects are kept in the compact form.
+    pub fn is_compact(&self) -> bool {
+        self.read().codec.is_some()
+    }
+
     /// Adds an index and files every stored object in it. Applies to the shared
     /// store, whatever the scope.
     ///
@@ -292,29 +434,33 @@ impl<K> Store<K> {
             self.shared.cluster.clone(),
             self.shared.resource.clone(),
         );
-        let snapshot: Vec<(ObjectKey, Arc<K>)> = {
+        let (snapshot, codec): (Vec<(ObjectKey, Stored<K>)>, _) = {
             let state = self.read();
             if state.index(name).is_some() {
                 return Err(self.index_exists(name));
             }
-            state
+            let snapshot = state
                 .namespaces
                 .iter()
                 .flat_map(|(namespace, names)| {
                     names.iter().map(|(object_name, entry)| {
                         (
                             ObjectKey::new(Some(namespace), object_name.clone()),
-                            entry.object.clone(),
+                            entry.stored.clone(),
                         )
                     })
                 })
-                .collect()
+                .collect();
+            (snapshot, state.codec)
         };
-        let mut computed: HashMap<ObjectKey, (Arc<K>, Vec<String>)> = snapshot
+        let mut computed: HashMap<ObjectKey, (Stored<K>, Vec<String>)> = snapshot
             .into_iter()
-            .map(|(key, object)| {
-                let values = index.values(&key, &object);
-                (key, (object, values))
+            .map(|(key, stored)| {
+                let values = stored
+                    .decoded(codec.as_ref())
+                    .map(|object| index.values(&key, &object))
+                    .unwrap_or_default();
+                (key, (stored, values))
             })
             .collect();
         let mut state = self.write();
@@ -328,8 +474,12 @@ impl<K> Store<K> {
                 // The snapshot holds its `Arc`s, so an equal pointer is the same
                 // version, never a new object at a reused address.
                 let values = match computed.remove(&key) {
-                    Some((seen, values)) if Arc::ptr_eq(&seen, &entry.object) => values,
-                    _ => index.values(&key, &entry.object),
+                    Some((seen, values)) if seen.same(&entry.stored) => values,
+                    _ => entry
+                        .stored
+                        .decoded(state.codec.as_ref())
+                        .map(|object| index.values(&key, &object))
+                        .unwrap_or_default(),
                 };
                 index.refile(&key, Vec::new(), values);
             }
@@ -380,8 +530,12 @@ impl<K: Resource> Store<K> {
         let key = ObjectKey::of(&object)?;
         let mut state = self.write();
         let relist = state.relist;
+        let codec = state.codec;
         if let Some(entry) = state.get_mut(&key)
-            && same_version(&*entry.object, &object)
+            && entry
+                .stored
+                .decoded(codec.as_ref())
+                .is_some_and(|stored| same_version(&*stored, &object))
         {
             entry.relist = relist;
             return None;
@@ -417,11 +571,67 @@ impl<K> State<K> {
     fn upsert(&mut self, key: ObjectKey, object: K) -> InformerEvent<K> {
         let new = Arc::new(object);
         let entry = Entry {
-            object: new.clone(),
+            stored: self.stored_form(&new),
             relist: self.relist,
         };
-        let old = self.insert(key, entry);
+        let old = self.insert(key, entry, &new);
         InformerEvent::Applied { old, new }
+    }
+
+    /// How `object` is kept: encoded by the codec if there is one, else shared.
+    fn stored_form(&mut self, object: &Arc<K>) -> Stored<K> {
+        let Some(codec) = self.codec else {
+            return Stored::Object(object.clone());
+        };
+        let bytes = match codec.encode(object) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::debug!(
+                    cluster = %self.origin.0,
+                    resource = %self.origin.1,
+                    error = ?error.classify(),
+                    "an object could not be encoded for the compact form; it is kept decoded"
+                );
+                return Stored::Object(object.clone());
+            }
+        };
+        if !self.codec_checked {
+            // The first object tells whether the type reads back from its JSON; a
+            // type that does not would lose objects from every read.
+            self.codec_checked = true;
+            if let Err(error) = codec.decode(&bytes) {
+                tracing::warn!(
+                    cluster = %self.origin.0,
+                    resource = %self.origin.1,
+                    error = ?error.classify(),
+                    line = error.line(),
+                    column = error.column(),
+                    "objects of this type do not read back from their JSON; the store keeps them decoded instead of in the compact form"
+                );
+                self.codec = None;
+                return Stored::Object(object.clone());
+            }
+        }
+        Stored::Encoded(bytes)
+    }
+
+    /// The object stored as `key` in the form `stored`, decoded; logged if it
+    /// cannot be.
+    fn decode(&self, key: &ObjectKey, stored: &Stored<K>) -> Option<Arc<K>> {
+        match stored {
+            Stored::Object(object) => Some(object.clone()),
+            Stored::Encoded(bytes) => {
+                let decoded = self.codec.as_ref().map(|codec| codec.decode(bytes));
+                match decoded {
+                    Some(Ok(object)) => Some(Arc::new(object)),
+                    Some(Err(error)) => {
+                        log_undecodable(&self.origin, key.namespace_or_empty(), &key.name, &error);
+                        None
+                    }
+                    None => None,
+                }
+            }
+        }
     }
 
     /// The index named `name`.
@@ -440,19 +650,20 @@ impl<K> State<K> {
             .get_mut(&key.name)
     }
 
-    /// Inserts or replaces, keeping the count and the indexes right; returns the
-    /// replaced object.
-    fn insert(&mut self, key: ObjectKey, entry: Entry<K>) -> Option<Arc<K>> {
-        let old = self
+    /// Inserts or replaces `new`, stored as `entry`, keeping the count and the
+    /// indexes right; returns the replaced object, decoded.
+    fn insert(&mut self, key: ObjectKey, entry: Entry<K>, new: &K) -> Option<Arc<K>> {
+        let replaced = self
             .entry(key.namespace_or_empty(), &key.name)
-            .map(|old| old.object.clone());
+            .map(|old| old.stored.clone());
+        let old = replaced.as_ref().and_then(|stored| self.decode(&key, stored));
         // User code first: whatever the extractors do, nothing is half-changed.
-        let refiling = self.refiling(&key, old.as_deref(), Some(&entry.object));
+        let refiling = self.refiling(&key, replaced.is_some().then_some(old.as_deref()), Some(new));
         self.namespaces
             .entry(key.namespace_or_empty().to_owned())
             .or_default()
             .insert(key.name.clone(), entry);
-        if old.is_none() {
+        if replaced.is_none() {
             self.len += 1;
         }
         self.refile(&key, refiling);
@@ -460,11 +671,13 @@ impl<K> State<K> {
     }
 
     /// Removes, keeping the count and the indexes right, and dropping namespaces that
-    /// become empty so that namespaces coming and going do not leak.
+    /// become empty so that namespaces coming and going do not leak. Returns the
+    /// removed object, decoded (`None` if absent, or if it could not be decoded).
     fn remove(&mut self, key: &ObjectKey) -> Option<Arc<K>> {
         let namespace = key.namespace_or_empty();
-        let object = self.entry(namespace, &key.name)?.object.clone();
-        let refiling = self.refiling(key, Some(&object), None);
+        let stored = self.entry(namespace, &key.name)?.stored.clone();
+        let object = self.decode(key, &stored);
+        let refiling = self.refiling(key, Some(object.as_deref()), None);
         if let Some(names) = self.namespaces.get_mut(namespace) {
             names.remove(&key.name);
             if names.is_empty() {
@@ -473,19 +686,32 @@ impl<K> State<K> {
         }
         self.len -= 1;
         self.refile(key, refiling);
-        Some(object)
+        object
     }
 
     /// The old and new values of `key` in each index, in the order of
     /// `self.indexes`, for an object changing from `old` to `new` (`None`: absent).
-    /// Only reads the store.
-    fn refiling(&self, key: &ObjectKey, old: Option<&K>, new: Option<&K>) -> Vec<(Vec<String>, Vec<String>)> {
+    /// An old object that is stored but could not be decoded (`Some(None)`) is
+    /// unfiled from whatever values the index has for it. Only reads the store.
+    fn refiling(
+        &self,
+        key: &ObjectKey,
+        old: Option<Option<&K>>,
+        new: Option<&K>,
+    ) -> Vec<(Vec<String>, Vec<String>)> {
         let values = |index: &Index<K>, object: Option<&K>| {
             object.map(|object| index.values(key, object)).unwrap_or_default()
         };
         self.indexes
             .iter()
-            .map(|index| (values(index, old), values(index, new)))
+            .map(|index| {
+                let old = match old {
+                    None => Vec::new(),
+                    Some(Some(old)) => index.values(key, old),
+                    Some(None) => index.filed_values(key),
+                };
+                (old, values(index, new))
+            })
             .collect()
     }
 
@@ -497,6 +723,23 @@ impl<K> State<K> {
             index.refile(key, old, new);
         }
     }
+}
+
+/// Logs an object of the compact form that does not read back, by where it is,
+/// never its content: only the kind of error and its place in the JSON, since
+/// serde_json's message may quote a value.
+#[cold]
+fn log_undecodable(origin: &(ClusterName, Arc<str>), namespace: &str, name: &str, error: &serde_json::Error) {
+    tracing::error!(
+        cluster = %origin.0,
+        resource = %origin.1,
+        namespace,
+        name,
+        error = ?error.classify(),
+        line = error.line(),
+        column = error.column(),
+        "a cached object in the compact form could not be decoded; it is left out of reads and events"
+    );
 }
 
 /// Whether two versions are the same: equal, non-empty resource versions.

@@ -235,11 +235,11 @@ where
         let informer = cluster
             .cache()
             .informer_with::<K>(&self.dyntype, self.spec.clone());
-        let objects = informer.store().list();
-        objects
-            .iter()
-            .filter_map(|object| ObjectKey::of(&**object))
-            .collect()
+        let mut keys = Vec::with_capacity(informer.store().len());
+        informer
+            .store()
+            .for_each(|object| keys.extend(ObjectKey::of(&*object)));
+        keys
     }
 
     fn reader(&self, cluster: &Cluster) -> Reader {

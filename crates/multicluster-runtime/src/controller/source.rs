@@ -174,12 +174,13 @@ impl<T: CacheObject> Source for TypedSource<T> {
             return Vec::new();
         }
         let context = sink.context(cluster.name());
-        let objects = informer.store().list();
-        objects
-            .iter()
-            .filter(|o| self.passes(cluster.name(), None, o))
-            .flat_map(|o| self.map(&context, o))
-            .collect()
+        let mut requests = Vec::new();
+        informer.store().for_each(|object| {
+            if self.passes(cluster.name(), None, &object) {
+                requests.extend(self.map(&context, &object));
+            }
+        });
+        requests
     }
 
     fn synced(&self, cluster: &Cluster) -> BoxFuture<'static, bool> {
@@ -216,10 +217,11 @@ impl<T: CacheObject> TypedSource<T> {
     /// Maps every stored object, remembering what each maps to.
     fn map_all(&self, informer: &Informer<T>, context: &MapContext, known: &mut Known) -> Vec<Request> {
         known.clear();
-        let objects = informer.store().list();
-        known.reserve(objects.len());
-        let mut requests = Vec::with_capacity(objects.len());
-        for object in objects {
+        let store = informer.store();
+        known.reserve(store.len());
+        let mut requests = Vec::with_capacity(store.len());
+        // One object at a time: a compact store decodes each for its turn only.
+        store.for_each(|object| {
             let mapped = self.map(context, &object);
             if let Some(key) = ObjectKey::of(&*object) {
                 let mark = Mapped::new(&mapped, &context.source, &key);
@@ -228,7 +230,7 @@ impl<T: CacheObject> TypedSource<T> {
             if self.passes(&context.source, None, &object) {
                 requests.extend(mapped);
             }
-        }
+        });
         requests
     }
 
