@@ -183,6 +183,10 @@ pub struct Tally {
 struct TallyState {
     /// Per object key, the newest stamp counted (0: none yet).
     last_stamp: HashMap<String, u128>,
+    /// How many distinct objects a waiter of [`Tally::seen_at_least`] waits for:
+    /// it is woken when they are reached, not on every object (a wake-up per
+    /// object would load the peer under measurement with the harness's own work).
+    wanted: usize,
     /// Per cluster, the distinct objects seen (for [`mark`]).
     per_cluster: HashMap<String, usize>,
     /// Per cluster, the wall-clock time of its first reconcile (Unix nanoseconds).
@@ -241,7 +245,9 @@ impl Tally {
                 state.all_seen_at = Some(Instant::now());
                 mark("all objects seen");
             }
-            self.seen_changed.notify_waiters();
+            if state.last_stamp.len() >= state.wanted {
+                self.seen_changed.notify_waiters();
+            }
         }
         let Some(stamp) = fresh else {
             return;
@@ -266,8 +272,15 @@ impl Tally {
     pub async fn seen_at_least(&self, count: usize) {
         loop {
             let changed = self.seen_changed.notified();
-            if self.seen() >= count {
-                return;
+            {
+                let mut state = self.state();
+                if state.last_stamp.len() >= count {
+                    return;
+                }
+                state.wanted = match state.wanted {
+                    0 => count,
+                    wanted => wanted.min(count),
+                };
             }
             changed.await;
         }

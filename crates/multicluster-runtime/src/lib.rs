@@ -91,6 +91,7 @@
 mod backoff;
 pub mod cache;
 pub mod cluster;
+mod collections;
 pub mod controller;
 mod error;
 mod exposition;

@@ -1,6 +1,6 @@
 //! The store of one informer: objects by namespace and name, plus field indexes.
 
-use std::collections::HashMap;
+use crate::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -164,7 +164,7 @@ impl<K> Store<K> {
                 resource: resource.clone(),
                 state: RwLock::new(State {
                     origin: (cluster, resource),
-                    namespaces: HashMap::new(),
+                    namespaces: HashMap::default(),
                     len: 0,
                     indexes: Vec::new(),
                     relist: 0,

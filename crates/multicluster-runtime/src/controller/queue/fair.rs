@@ -1,6 +1,8 @@
 //! Ready items, served round-robin across clusters.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
+
+use crate::collections::{HashMap, HashSet};
 use std::hash::Hash;
 
 /// Ready items in one FIFO lane per cluster; [`pop`](Self::pop) takes one item from
@@ -45,9 +47,9 @@ where
 {
     pub(crate) fn new() -> Self {
         Self {
-            lanes: HashMap::new(),
+            lanes: HashMap::default(),
             ring: VecDeque::new(),
-            parked: HashSet::new(),
+            parked: HashSet::default(),
             parked_len: 0,
             next_ticket: 0,
             len: 0,

@@ -3,7 +3,9 @@
 //! Every operation takes `now` explicitly; [`super::WorkQueue`] wraps this in a mutex
 //! and turns the returned [`Wake`] into notifications.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,7 +61,7 @@ struct ClusterItems<K> {
 impl<K> ClusterItems<K> {
     fn new() -> Self {
         Self {
-            items: HashMap::new(),
+            items: HashMap::default(),
             delayed: 0,
         }
     }
@@ -159,16 +161,16 @@ where
     /// `cluster_cap` and `borrow_below` as in the fields of the same name.
     pub(crate) fn new(backoff: Backoff, cluster_cap: usize, borrow_below: usize) -> Self {
         Self {
-            clusters: HashMap::new(),
+            clusters: HashMap::default(),
             ready: FairQueue::new(),
             delayed: Timers::new(),
             backoff,
             processing: 0,
-            in_flight: HashMap::new(),
+            in_flight: HashMap::default(),
             cluster_cap,
             borrow_below,
             capped: VecDeque::new(),
-            paused: HashMap::new(),
+            paused: HashMap::default(),
             shut_down: false,
             observer: None,
         }
