@@ -37,6 +37,8 @@ pub mod queue;
 mod reconcile;
 mod request;
 mod source;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -340,7 +342,7 @@ impl Controller {
     /// engagement.
     async fn follow_health(
         me: Weak<Controller>,
-        name: ClusterName,
+        name: &ClusterName,
         generation: u64,
         mut health: tokio::sync::watch::Receiver<crate::cluster::ClusterHealth>,
         mut healthy: bool,
@@ -352,7 +354,7 @@ impl Controller {
             }
             healthy = now;
             let Some(controller) = me.upgrade() else { return };
-            controller.health_changed(&name, generation, healthy);
+            controller.health_changed(name, generation, healthy);
         }
     }
 
@@ -482,6 +484,79 @@ impl Controller {
     }
 }
 
+/// What a controller does for one engagement of a cluster, run as **one task** per
+/// engaged cluster (the controller's `TaskTracker` owns it): feeding the queue
+/// from each of its sources, letting the cluster's items through once every
+/// informer they wait for has synced, following its health, and removing the
+/// cluster when the engagement ends.
+///
+/// One task that selects over these, rather than a task for each: a controller
+/// engaged with thousands of clusters (e.g. one per namespace) paid a task header,
+/// a cancellation wait and a handle on the controller for each of four tasks per
+/// cluster (v04, issue 21; `docs/decisions/memory.md`).
+struct EngagedWork {
+    name: ClusterName,
+    generation: u64,
+    /// The controller's token for this engagement: cancelled when the cluster is
+    /// removed or replaced.
+    own: CancellationToken,
+    /// Each source's feed from the cluster.
+    feeds: Vec<futures::future::BoxFuture<'static, ()>>,
+    /// Each informer the cluster's reconciles wait for.
+    waits: Vec<futures::future::BoxFuture<'static, bool>>,
+    /// The cluster's health as the manager probes it, and whether it was healthy
+    /// at engagement.
+    health: Option<(tokio::sync::watch::Receiver<crate::cluster::ClusterHealth>, bool)>,
+}
+
+impl EngagedWork {
+    /// Runs until the engagement ends, then disengages the cluster; returns at once,
+    /// without disengaging, when the controller stops.
+    ///
+    /// The feeds and the health follower end with the engagement (dropped, as the
+    /// token is cancelled), before the cluster is disengaged. A feed that ends by
+    /// itself (its cache stopped) leaves the others running.
+    async fn run(self, me: Weak<Controller>, stopping: CancellationToken) {
+        let EngagedWork {
+            name,
+            generation,
+            own,
+            feeds,
+            waits,
+            health,
+        } = self;
+        let synced = async {
+            for synced in waits {
+                if !synced.await {
+                    return;
+                }
+            }
+            if let Some(controller) = me.upgrade() {
+                controller.cluster_synced(&name, generation);
+            }
+        };
+        let health = async {
+            if let Some((health, healthy)) = health {
+                Controller::follow_health(me.clone(), &name, generation, health, healthy).await;
+            }
+        };
+        let work = async {
+            futures::join!(futures::future::join_all(feeds), synced, health);
+            // Nothing left to do but wait for the end of the engagement.
+            std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            biased;
+            () = stopping.cancelled() => return,
+            () = own.cancelled() => {}
+            () = work => {}
+        }
+        if let Some(controller) = me.upgrade() {
+            controller.disengage(&name, generation);
+        }
+    }
+}
+
 #[async_trait]
 impl Aware for Controller {
     /// Starts the controller's watches in `cluster` and reconciles its objects once
@@ -544,15 +619,6 @@ impl Aware for Controller {
             }
         };
         tracing::debug!(controller = self.name, cluster = %name, "cluster engaged");
-        if let Some(health) = health {
-            self.spawn(
-                own.clone(),
-                Controller::follow_health(self.me.clone(), name.clone(), generation, health, healthy),
-            );
-        }
-        for source in &self.sources {
-            self.spawn(own.clone(), source.run(cluster.clone(), self.sink.clone()));
-        }
         // The cluster's reconciles may read any informer the controller follows for
         // it: its own watches there (the primary's first) and the local watches
         // that fan out to it. Hold them until all of these have listed, so that no
@@ -564,17 +630,20 @@ impl Aware for Controller {
             .map(|source| source.synced(&cluster))
             .chain(self.local_sources.iter().map(|source| source.synced(local)))
             .collect();
-        let (me, synced_name) = (self.me.clone(), name.clone());
-        self.spawn(own.clone(), async move {
-            for synced in waits {
-                if !synced.await {
-                    return;
-                }
-            }
-            if let Some(controller) = me.upgrade() {
-                controller.cluster_synced(&synced_name, generation);
-            }
-        });
+        let feeds: Vec<_> = self
+            .sources
+            .iter()
+            .map(|source| source.run(cluster.clone(), self.sink.clone()))
+            .collect();
+        let work = EngagedWork {
+            name: name.clone(),
+            generation,
+            own,
+            feeds,
+            waits,
+            health: health.map(|health| (health, healthy)),
+        };
+        self.tasks.spawn(work.run(self.me.clone(), self.stopping.clone()));
         // Local objects that fan out to clusters: the new cluster gets its share now.
         for source in &self.local_sources {
             let requests = source
@@ -584,16 +653,6 @@ impl Aware for Controller {
                 .collect();
             self.sink.push(requests);
         }
-        let (me, stopping) = (self.me.clone(), self.stopping.clone());
-        self.tasks.spawn(async move {
-            tokio::select! {
-                () = own.cancelled() => {}
-                () = stopping.cancelled() => return,
-            }
-            if let Some(controller) = me.upgrade() {
-                controller.disengage(&name, generation);
-            }
-        });
         Ok(())
     }
 }
