@@ -46,15 +46,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::cache::ObjectKey;
 use crate::cluster::engagement::{Engage, Engagements};
-use crate::cluster::{Cluster, ClusterName};
+use crate::cluster::{Cluster, ClusterHealth, ClusterName};
 use crate::error::CutShort;
 use crate::error::Result;
 use crate::multicluster::Aware;
@@ -341,10 +343,10 @@ impl Controller {
     /// the manager) until the engagement ends; `healthy` is what was applied at
     /// engagement.
     async fn follow_health(
-        me: Weak<Controller>,
+        me: &Weak<Controller>,
         name: &ClusterName,
         generation: u64,
-        mut health: tokio::sync::watch::Receiver<crate::cluster::ClusterHealth>,
+        mut health: watch::Receiver<ClusterHealth>,
         mut healthy: bool,
     ) {
         while health.changed().await.is_ok() {
@@ -501,12 +503,12 @@ struct EngagedWork {
     /// removed or replaced.
     own: CancellationToken,
     /// Each source's feed from the cluster.
-    feeds: Vec<futures::future::BoxFuture<'static, ()>>,
+    feeds: Vec<BoxFuture<'static, ()>>,
     /// Each informer the cluster's reconciles wait for.
-    waits: Vec<futures::future::BoxFuture<'static, bool>>,
+    waits: Vec<BoxFuture<'static, bool>>,
     /// The cluster's health as the manager probes it, and whether it was healthy
     /// at engagement.
-    health: Option<(tokio::sync::watch::Receiver<crate::cluster::ClusterHealth>, bool)>,
+    health: Option<(watch::Receiver<ClusterHealth>, bool)>,
 }
 
 impl EngagedWork {
@@ -525,34 +527,71 @@ impl EngagedWork {
             waits,
             health,
         } = self;
-        let synced = async {
-            for synced in waits {
-                if !synced.await {
-                    return;
-                }
-            }
-            if let Some(controller) = me.upgrade() {
-                controller.cluster_synced(&name, generation);
-            }
-        };
-        let health = async {
-            if let Some((health, healthy)) = health {
-                Controller::follow_health(me.clone(), &name, generation, health, healthy).await;
-            }
-        };
-        let work = async {
-            futures::join!(futures::future::join_all(feeds), synced, health);
-            // Nothing left to do but wait for the end of the engagement.
-            std::future::pending::<()>().await;
-        };
-        tokio::select! {
+        // Each future is made where it is stored (in the select, in the join), not
+        // bound first and moved: a moved future keeps its first place in the task
+        // too, and this task is kept for every engaged cluster.
+        let ended = tokio::select! {
             biased;
-            () = stopping.cancelled() => return,
-            () = own.cancelled() => {}
-            () = work => {}
+            () = stopping.cancelled() => false,
+            () = own.cancelled() => true,
+            () = Self::work(&me, &name, generation, feeds, waits, health) => true,
+        };
+        if ended && let Some(controller) = me.upgrade() {
+            controller.disengage(&name, generation);
+        }
+    }
+
+    /// Feeds the queue, lets the cluster's items through once its informers have
+    /// synced and follows its health; never returns (the engagement's end stops it).
+    async fn work(
+        me: &Weak<Controller>,
+        name: &ClusterName,
+        generation: u64,
+        feeds: Vec<BoxFuture<'static, ()>>,
+        waits: Vec<BoxFuture<'static, bool>>,
+        health: Option<(watch::Receiver<ClusterHealth>, bool)>,
+    ) {
+        futures::join!(
+            Self::feed(feeds),
+            Self::wait_synced(me, name, generation, waits),
+            async {
+                if let Some((health, healthy)) = health {
+                    Controller::follow_health(me, name, generation, health, healthy).await;
+                }
+            },
+        );
+        // Nothing left to do but wait for the end of the engagement.
+        std::future::pending::<()>().await;
+    }
+
+    /// Runs the sources' feeds until each has ended (its cache stopped).
+    async fn feed(mut feeds: Vec<BoxFuture<'static, ()>>) {
+        std::future::poll_fn(|cx| {
+            feeds.retain_mut(|feed| feed.as_mut().poll(cx).is_pending());
+            if feeds.is_empty() {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+    }
+
+    /// Lets the items of `name` through once every informer they wait for has
+    /// synced; nothing if a cache stopped first.
+    async fn wait_synced(
+        me: &Weak<Controller>,
+        name: &ClusterName,
+        generation: u64,
+        waits: Vec<BoxFuture<'static, bool>>,
+    ) {
+        for synced in waits {
+            if !synced.await {
+                return;
+            }
         }
         if let Some(controller) = me.upgrade() {
-            controller.disengage(&name, generation);
+            controller.cluster_synced(name, generation);
         }
     }
 }
