@@ -553,7 +553,9 @@ impl EngagedWork {
     ) {
         futures::join!(
             Self::feed(feeds),
-            Self::wait_synced(me, name, generation, waits),
+            // Boxed: it ends once the caches have synced, and its space goes with
+            // it instead of staying in the task for the engagement's life.
+            Box::pin(Self::wait_synced(me, name, generation, waits)),
             async {
                 if let Some((health, healthy)) = health {
                     Controller::follow_health(me, name, generation, health, healthy).await;
