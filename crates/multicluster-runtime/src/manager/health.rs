@@ -774,7 +774,7 @@ mod tests {
             token.cancel();
         }
         tokio::time::timeout(Duration::from_secs(10), async {
-            while manager.inner.tasks.len() > 0 || !manager.cluster_health().is_empty() {
+            while !manager.inner.tasks.is_empty() || !manager.cluster_health().is_empty() {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
