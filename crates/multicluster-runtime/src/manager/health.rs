@@ -306,8 +306,10 @@ impl Endpoints {
         let endpoint = follower.cluster.endpoint();
         let mut running = lock(&self.0);
         if let Some(probed) = running.get(&endpoint) {
+            // No pruning here: joining stays O(1) however many follow the endpoint
+            // (thousands of namespace-clusters engaged in a burst); ended followers
+            // go when the manager says so (`leave`) or at the next outcome.
             let mut followers = lock(&probed.followers);
-            followers.prune();
             if let Some(outcome) = followers.last.clone() {
                 follower.record(outcome, hub);
             }
