@@ -37,6 +37,8 @@ pub mod queue;
 mod reconcile;
 mod request;
 mod source;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -44,15 +46,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::cache::ObjectKey;
 use crate::cluster::engagement::{Engage, Engagements};
-use crate::cluster::{Cluster, ClusterName};
+use crate::cluster::{Cluster, ClusterHealth, ClusterName};
 use crate::error::CutShort;
 use crate::error::Result;
 use crate::multicluster::Aware;
@@ -345,10 +349,10 @@ impl Controller {
     /// the manager) until the engagement ends; `healthy` is what was applied at
     /// engagement.
     async fn follow_health(
-        me: Weak<Controller>,
-        name: ClusterName,
+        me: &Weak<Controller>,
+        name: &ClusterName,
         generation: u64,
-        mut health: tokio::sync::watch::Receiver<crate::cluster::ClusterHealth>,
+        mut health: watch::Receiver<ClusterHealth>,
         mut healthy: bool,
     ) {
         while health.changed().await.is_ok() {
@@ -358,7 +362,7 @@ impl Controller {
             }
             healthy = now;
             let Some(controller) = me.upgrade() else { return };
-            controller.health_changed(&name, generation, healthy);
+            controller.health_changed(name, generation, healthy);
         }
     }
 
@@ -488,6 +492,118 @@ impl Controller {
     }
 }
 
+/// What a controller does for one engagement of a cluster, run as **one task** per
+/// engaged cluster (the controller's `TaskTracker` owns it): feeding the queue
+/// from each of its sources, letting the cluster's items through once every
+/// informer they wait for has synced, following its health, and removing the
+/// cluster when the engagement ends.
+///
+/// One task that selects over these, rather than a task for each: a controller
+/// engaged with thousands of clusters (e.g. one per namespace) paid a task header,
+/// a cancellation wait and a handle on the controller for each of four tasks per
+/// cluster (v04, issue 21; `docs/decisions/memory.md`).
+struct EngagedWork {
+    name: ClusterName,
+    generation: u64,
+    /// The controller's token for this engagement: cancelled when the cluster is
+    /// removed or replaced.
+    own: CancellationToken,
+    /// Each source's feed from the cluster.
+    feeds: Vec<BoxFuture<'static, ()>>,
+    /// Each informer the cluster's reconciles wait for.
+    waits: Vec<BoxFuture<'static, bool>>,
+    /// The cluster's health as the manager probes it, and whether it was healthy
+    /// at engagement.
+    health: Option<(watch::Receiver<ClusterHealth>, bool)>,
+}
+
+impl EngagedWork {
+    /// Runs until the engagement ends, then disengages the cluster; returns at once,
+    /// without disengaging, when the controller stops.
+    ///
+    /// The feeds and the health follower end with the engagement (dropped, as the
+    /// token is cancelled), before the cluster is disengaged. A feed that ends by
+    /// itself (its cache stopped) leaves the others running.
+    async fn run(self, me: Weak<Controller>, stopping: CancellationToken) {
+        let EngagedWork {
+            name,
+            generation,
+            own,
+            feeds,
+            waits,
+            health,
+        } = self;
+        // Each future is made where it is stored (in the select, in the join), not
+        // bound first and moved: a moved future keeps its first place in the task
+        // too, and this task is kept for every engaged cluster.
+        let ended = tokio::select! {
+            biased;
+            () = stopping.cancelled() => false,
+            () = own.cancelled() => true,
+            () = Self::work(&me, &name, generation, feeds, waits, health) => true,
+        };
+        if ended && let Some(controller) = me.upgrade() {
+            controller.disengage(&name, generation);
+        }
+    }
+
+    /// Feeds the queue, lets the cluster's items through once its informers have
+    /// synced and follows its health; never returns (the engagement's end stops it).
+    async fn work(
+        me: &Weak<Controller>,
+        name: &ClusterName,
+        generation: u64,
+        feeds: Vec<BoxFuture<'static, ()>>,
+        waits: Vec<BoxFuture<'static, bool>>,
+        health: Option<(watch::Receiver<ClusterHealth>, bool)>,
+    ) {
+        futures::join!(
+            Self::feed(feeds),
+            // Boxed: it ends once the caches have synced, and its space goes with
+            // it instead of staying in the task for the engagement's life.
+            Box::pin(Self::wait_synced(me, name, generation, waits)),
+            async {
+                if let Some((health, healthy)) = health {
+                    Controller::follow_health(me, name, generation, health, healthy).await;
+                }
+            },
+        );
+        // Nothing left to do but wait for the end of the engagement.
+        std::future::pending::<()>().await;
+    }
+
+    /// Runs the sources' feeds until each has ended (its cache stopped).
+    async fn feed(mut feeds: Vec<BoxFuture<'static, ()>>) {
+        std::future::poll_fn(|cx| {
+            feeds.retain_mut(|feed| feed.as_mut().poll(cx).is_pending());
+            if feeds.is_empty() {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+    }
+
+    /// Lets the items of `name` through once every informer they wait for has
+    /// synced; nothing if a cache stopped first.
+    async fn wait_synced(
+        me: &Weak<Controller>,
+        name: &ClusterName,
+        generation: u64,
+        waits: Vec<BoxFuture<'static, bool>>,
+    ) {
+        for synced in waits {
+            if !synced.await {
+                return;
+            }
+        }
+        if let Some(controller) = me.upgrade() {
+            controller.cluster_synced(name, generation);
+        }
+    }
+}
+
 #[async_trait]
 impl Aware for Controller {
     /// Starts the controller's watches in `cluster` and reconciles its objects once
@@ -551,15 +667,6 @@ impl Aware for Controller {
             }
         };
         tracing::debug!(controller = self.name, cluster = %name, "cluster engaged");
-        if let Some(health) = health {
-            self.spawn(
-                own.clone(),
-                Controller::follow_health(self.me.clone(), name.clone(), generation, health, healthy),
-            );
-        }
-        for source in &self.sources {
-            self.spawn(own.clone(), source.run(cluster.clone(), self.sink.clone()));
-        }
         // The cluster's reconciles may read any informer the controller follows for
         // it: its own watches there (the primary's first) and the local watches
         // that fan out to it. Hold them until all of these have listed, so that no
@@ -571,17 +678,20 @@ impl Aware for Controller {
             .map(|source| source.synced(&cluster))
             .chain(self.local_sources.iter().map(|source| source.synced(local)))
             .collect();
-        let (me, synced_name) = (self.me.clone(), name.clone());
-        self.spawn(own.clone(), async move {
-            for synced in waits {
-                if !synced.await {
-                    return;
-                }
-            }
-            if let Some(controller) = me.upgrade() {
-                controller.cluster_synced(&synced_name, generation);
-            }
-        });
+        let feeds: Vec<_> = self
+            .sources
+            .iter()
+            .map(|source| source.run(cluster.clone(), self.sink.clone()))
+            .collect();
+        let work = EngagedWork {
+            name: name.clone(),
+            generation,
+            own,
+            feeds,
+            waits,
+            health: health.map(|health| (health, healthy)),
+        };
+        self.tasks.spawn(work.run(self.me.clone(), self.stopping.clone()));
         // Local objects that fan out to clusters: the new cluster gets its share now.
         for source in &self.local_sources {
             let requests = source
@@ -591,16 +701,6 @@ impl Aware for Controller {
                 .collect();
             self.sink.push(requests);
         }
-        let (me, stopping) = (self.me.clone(), self.stopping.clone());
-        self.tasks.spawn(async move {
-            tokio::select! {
-                () = own.cancelled() => {}
-                () = stopping.cancelled() => return,
-            }
-            if let Some(controller) = me.upgrade() {
-                controller.disengage(&name, generation);
-            }
-        });
         Ok(())
     }
 }

@@ -8,9 +8,9 @@
 //! request per interval, not a thousand. The endpoint's task runs while some
 //! engagement follows it, and ends with the last one.
 //!
-//! For every engagement, a follower task (ended by the engagement's token) feeds each
-//! outcome of its endpoint to a [`Tracker`] of its own, the pure state machine behind
-//! [`ClusterHealth`]:
+//! For every engagement, the endpoint's task keeps a follower that feeds each outcome
+//! to a [`Tracker`] of its own, the pure state machine behind [`ClusterHealth`] (a
+//! list in the endpoint's task, not a task per engagement: v04, issue 21):
 //!
 //! - [`failure_threshold`](HealthProbes::failure_threshold) failures in a row make
 //!   the cluster [`Unhealthy`](HealthState::Unhealthy);
@@ -22,6 +22,10 @@
 //! Owners: the follower is the only writer of its engagement's health, a
 //! `watch` channel kept in the manager's engagement entry, so the health of a
 //! cluster disappears with its engagement and a replaced instance starts afresh.
+//! A follower writes nothing once its engagement's token is cancelled; the manager
+//! asks the endpoint to drop such followers where it ends engagements (the
+//! instance's removal, a shard handed over), and the endpoint's task ends with its
+//! last follower.
 //! Controllers follow that channel to pause the cluster's queue; user code reads
 //! snapshots or follows the [`HealthEvent`] stream.
 
@@ -172,61 +176,191 @@ impl Default for Hub {
     }
 }
 
-/// The latest probe outcome of an endpoint; `None` before the first.
-type Outcome = Option<Result<(), String>>;
-
-/// The probe task of each endpoint that some engagement follows: its channel of
-/// outcomes, under one lock that both joining and leaving take, so that a task
-/// never ends while an engagement joins it.
+/// The probe task of each endpoint that some engagement follows, under one lock
+/// that joining and leaving take, so that a task never ends while an engagement
+/// joins it.
 #[derive(Default)]
-struct Endpoints(Mutex<HashMap<Endpoint, watch::Sender<Outcome>>>);
+struct Endpoints(Mutex<HashMap<Endpoint, Arc<Probed>>>);
+
+/// One endpoint's probing: the engagements that follow it, and the token that ends
+/// its task.
+struct Probed {
+    followers: Mutex<Followers>,
+    /// Cancelled when the last follower has left (or the manager stops).
+    done: CancellationToken,
+}
+
+/// The engagements that follow one endpoint, and its latest outcome (`None` before
+/// the first).
+#[derive(Default)]
+struct Followers {
+    list: Vec<Follower>,
+    last: Option<Result<(), String>>,
+}
+
+/// What the probes of an endpoint write for one engagement of a cluster behind it:
+/// the engagement's health, counted by a tracker of its own. Kept in the endpoint's
+/// task, not in a task per engagement (v04, issue 21): for a fleet of thousands of
+/// namespace-clusters behind one host, that task was ≈ 900 bytes per cluster.
+pub(crate) struct Follower {
+    name: ClusterName,
+    cluster: Arc<Cluster>,
+    /// The engagement's health; written by this follower only.
+    cell: watch::Sender<ClusterHealth>,
+    tracker: Tracker,
+    /// The engagement: once cancelled, nothing more is written to `cell`.
+    token: CancellationToken,
+}
+
+impl Follower {
+    /// Follows for `name` (the engagement `token` of `cluster`), writing to `cell`.
+    pub(crate) fn new(
+        name: ClusterName,
+        cluster: Arc<Cluster>,
+        probes: &HealthProbes,
+        cell: watch::Sender<ClusterHealth>,
+        token: CancellationToken,
+    ) -> Self {
+        Follower {
+            name,
+            cluster,
+            cell,
+            tracker: Tracker::new(probes),
+            token,
+        }
+    }
+
+    /// Records one outcome of the endpoint's probe into the engagement's health,
+    /// and reports a change of state to `hub` and the log. After a success, the
+    /// cluster's watches that failed for want of an answer are asked to
+    /// [reconnect](crate::cache::Cache::reconnect) at once (which costs nothing
+    /// when none fails): the apiserver answers, so a watch need not wait out a
+    /// backoff of up to 30 s, however short the outage was (v01, issue 21). On
+    /// recovery from unhealthy this happens before the controllers hear of it and
+    /// resume.
+    fn record(&mut self, outcome: Result<(), String>, hub: &Hub) {
+        if outcome.is_ok() {
+            self.cluster.cache().reconnect();
+        }
+        let Some(previous) = self.tracker.record(outcome, SystemTime::now()) else {
+            let tracker = &self.tracker;
+            self.cell
+                .send_if_modified(|published| update(published, tracker.health()));
+            return;
+        };
+        let (name, health) = (&self.name, self.tracker.health().clone());
+        match (&previous, &health.state) {
+            (_, HealthState::Unhealthy { last_error, .. }) => tracing::warn!(
+                cluster = %name,
+                failures = health.consecutive_failures,
+                error = last_error.as_str(),
+                "cluster unhealthy: its probes fail; its reconciles wait until it recovers"
+            ),
+            (HealthState::Unhealthy { since, .. }, _) => {
+                let down = since.elapsed().unwrap_or_default();
+                tracing::info!(
+                    cluster = %name,
+                    unhealthy_for = ?down,
+                    "cluster healthy again: reconnecting its watches, resuming its reconciles"
+                );
+            }
+            _ => tracing::debug!(cluster = %name, state = health.state.name(), "cluster health known"),
+        }
+        hub.transitions.fetch_add(1, Ordering::Relaxed);
+        self.cell.send_replace(health.clone());
+        // Nobody listening is fine.
+        let _ = hub.events.send(HealthEvent {
+            cluster: name.clone(),
+            health,
+        });
+    }
+}
+
+impl Followers {
+    /// Drops the followers whose engagement has ended.
+    fn prune(&mut self) {
+        self.list.retain(|f| !f.token.is_cancelled());
+    }
+
+    /// Records `outcome` for every follower whose engagement goes on.
+    fn record(&mut self, outcome: &Result<(), String>, hub: &Hub) {
+        self.last = Some(outcome.clone());
+        self.prune();
+        for follower in &mut self.list {
+            follower.record(outcome.clone(), hub);
+        }
+    }
+}
 
 impl Endpoints {
-    /// Follows the probes of `cluster`'s endpoint: joins its task, or starts one on
-    /// the manager's tasks. A follower that joins a running task gets its latest
-    /// outcome at once, if there is one.
+    /// Adds `follower` to the probes of its cluster's endpoint: joins its task, or
+    /// starts one on the manager's tasks. A follower that joins a running task gets
+    /// its latest outcome at once, if there is one.
     fn follow(
         self: &Arc<Self>,
-        cluster: &Cluster,
+        mut follower: Follower,
         probes: &HealthProbes,
+        hub: &Hub,
         tasks: &ProbeTasks<'_>,
-    ) -> watch::Receiver<Outcome> {
-        let endpoint = cluster.endpoint();
+    ) {
+        let endpoint = follower.cluster.endpoint();
         let mut running = lock(&self.0);
-        if let Some(outcomes) = running.get(&endpoint) {
-            let mut follower = outcomes.subscribe();
-            if follower.borrow().is_some() {
-                follower.mark_changed();
+        if let Some(probed) = running.get(&endpoint) {
+            // No pruning here: joining stays O(1) however many follow the endpoint
+            // (thousands of namespace-clusters engaged in a burst); ended followers
+            // go when the manager says so (`leave`) or at the next outcome.
+            let mut followers = lock(&probed.followers);
+            if let Some(outcome) = followers.last.clone() {
+                follower.record(outcome, hub);
             }
-            return follower;
+            followers.list.push(follower);
+            return;
         }
-        let (outcomes, follower) = watch::channel(None);
-        running.insert(endpoint, outcomes.clone());
-        let client = cluster.unnamespaced_client();
-        let (endpoints, probes, stopped) = (self.clone(), probes.clone(), tasks.stopped.clone());
+        let client = follower.cluster.unnamespaced_client();
+        let probed = Arc::new(Probed {
+            followers: Mutex::new(Followers {
+                list: vec![follower],
+                last: None,
+            }),
+            done: CancellationToken::new(),
+        });
+        running.insert(endpoint, probed.clone());
+        let (endpoints, probes, hub, stopped) =
+            (self.clone(), probes.clone(), hub.clone(), tasks.stopped.clone());
         tasks.tasks.spawn(async move {
             tokio::select! {
-                () = probe_endpoint(&endpoints, endpoint, &client, &probes, &outcomes) => {}
-                () = stopped.cancelled() => endpoints.forget(endpoint, &outcomes),
+                () = probe_endpoint(&probed, &client, &probes, &hub) => {}
+                () = stopped.cancelled() => endpoints.forget(endpoint, &probed),
             }
         });
-        follower
     }
 
-    /// Forgets the task of `endpoint` if nobody follows it any more: whether it did
-    /// (then the task ends). Under the lock that [`follow`](Self::follow) takes, so
+    /// Drops the followers of `endpoint` whose engagement has ended, and ends its
+    /// task if none is left. Under the lock that [`follow`](Self::follow) takes, so
     /// nobody can join in between.
-    fn leave(&self, endpoint: Endpoint, outcomes: &watch::Sender<Outcome>) -> bool {
+    fn leave(&self, endpoint: Endpoint) {
         let mut running = lock(&self.0);
-        if outcomes.receiver_count() > 0 {
-            return false;
+        let Some(probed) = running.get(&endpoint) else {
+            return;
+        };
+        let mut followers = lock(&probed.followers);
+        followers.prune();
+        if followers.list.is_empty() {
+            drop(followers);
+            if let Some(probed) = running.remove(&endpoint) {
+                probed.done.cancel();
+            }
         }
-        remove_if_same(&mut running, endpoint, outcomes);
-        true
     }
 
-    fn forget(&self, endpoint: Endpoint, outcomes: &watch::Sender<Outcome>) {
-        remove_if_same(&mut lock(&self.0), endpoint, outcomes);
+    fn forget(&self, endpoint: Endpoint, probed: &Arc<Probed>) {
+        let mut running = lock(&self.0);
+        if running
+            .get(&endpoint)
+            .is_some_and(|known| Arc::ptr_eq(known, probed))
+        {
+            running.remove(&endpoint);
+        }
     }
 
     #[cfg(test)]
@@ -235,43 +369,23 @@ impl Endpoints {
     }
 }
 
-fn remove_if_same(
-    running: &mut HashMap<Endpoint, watch::Sender<Outcome>>,
-    endpoint: Endpoint,
-    outcomes: &watch::Sender<Outcome>,
-) {
-    if running
-        .get(&endpoint)
-        .is_some_and(|known| known.same_channel(outcomes))
-    {
-        running.remove(&endpoint);
-    }
-}
-
-/// Probes `endpoint` through `client` every interval and publishes each outcome to
-/// `outcomes`, until nobody follows them.
-async fn probe_endpoint(
-    endpoints: &Endpoints,
-    endpoint: Endpoint,
-    client: &kube::Client,
-    probes: &HealthProbes,
-    outcomes: &watch::Sender<Outcome>,
-) {
+/// Probes through `client` every interval and records each outcome for the
+/// endpoint's followers, until the last has left.
+async fn probe_endpoint(probed: &Probed, client: &kube::Client, probes: &HealthProbes, hub: &Hub) {
     let mut ticks = tokio::time::interval(probes.interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            biased;
+            () = probed.done.cancelled() => return,
             _ = ticks.tick() => {}
-            () = outcomes.closed() => {
-                if endpoints.leave(endpoint, outcomes) {
-                    return;
-                }
-                // Someone joined meanwhile.
-                continue;
-            }
         }
-        let outcome = probe_once(client, probes.timeout).await;
-        outcomes.send_replace(Some(outcome));
+        let outcome = tokio::select! {
+            biased;
+            () = probed.done.cancelled() => return,
+            outcome = probe_once(client, probes.timeout) => outcome,
+        };
+        lock(&probed.followers).record(&outcome, hub);
     }
 }
 
@@ -282,6 +396,20 @@ impl Hub {
 
     pub(crate) fn transitions(&self) -> u64 {
         self.transitions.load(Ordering::Relaxed)
+    }
+
+    /// Follows the probes of the cluster's endpoint for one engagement, until the
+    /// engagement's token is cancelled and [`leave`](Self::leave) is called for
+    /// the endpoint (the manager calls it where it ends engagements). Starts the
+    /// endpoint's task on `tasks` if it has none.
+    pub(crate) fn follow(&self, follower: Follower, probes: &HealthProbes, tasks: &ProbeTasks<'_>) {
+        self.endpoints.follow(follower, probes, self, tasks);
+    }
+
+    /// Forgets the followers of `cluster`'s endpoint whose engagement has ended;
+    /// the endpoint's task ends with its last follower.
+    pub(crate) fn leave(&self, cluster: &Cluster) {
+        self.endpoints.leave(cluster.endpoint());
     }
 }
 
@@ -354,66 +482,6 @@ impl Tracker {
 pub(crate) struct ProbeTasks<'a> {
     pub(crate) tasks: &'a TaskTracker,
     pub(crate) stopped: &'a CancellationToken,
-}
-
-/// Follows the probes of `cluster`'s endpoint until the future is dropped (the
-/// manager ends it with the engagement), publishing its health to `cell` and
-/// changes of state to `hub`.
-///
-/// After every successful probe, the cluster's watches that failed for want of an
-/// answer are asked to [reconnect](crate::cache::Cache::reconnect) at once (which
-/// costs nothing when none fails): the apiserver answers, so a watch need not wait
-/// out a backoff of up to 30 s, however short the outage was (v01, issue 21). On
-/// recovery from unhealthy this happens before the controllers hear of it and
-/// resume.
-pub(crate) async fn probe(
-    name: ClusterName,
-    cluster: Arc<Cluster>,
-    probes: HealthProbes,
-    cell: watch::Sender<ClusterHealth>,
-    hub: Hub,
-    tasks: ProbeTasks<'_>,
-) {
-    let mut outcomes = hub.endpoints.follow(&cluster, &probes, &tasks);
-    let mut tracker = Tracker::new(&probes);
-    // Ends only when the endpoint's task does, as the manager stops.
-    while outcomes.changed().await.is_ok() {
-        let Some(outcome) = outcomes.borrow_and_update().clone() else {
-            continue;
-        };
-        if outcome.is_ok() {
-            cluster.cache().reconnect();
-        }
-        let Some(previous) = tracker.record(outcome, SystemTime::now()) else {
-            cell.send_if_modified(|published| update(published, tracker.health()));
-            continue;
-        };
-        let health = tracker.health().clone();
-        match (&previous, &health.state) {
-            (_, HealthState::Unhealthy { last_error, .. }) => tracing::warn!(
-                cluster = %name,
-                failures = health.consecutive_failures,
-                error = last_error.as_str(),
-                "cluster unhealthy: its probes fail; its reconciles wait until it recovers"
-            ),
-            (HealthState::Unhealthy { since, .. }, _) => {
-                let down = since.elapsed().unwrap_or_default();
-                tracing::info!(
-                    cluster = %name,
-                    unhealthy_for = ?down,
-                    "cluster healthy again: reconnecting its watches, resuming its reconciles"
-                );
-            }
-            _ => tracing::debug!(cluster = %name, state = health.state.name(), "cluster health known"),
-        }
-        hub.transitions.fetch_add(1, Ordering::Relaxed);
-        cell.send_replace(health.clone());
-        // Nobody listening is fine.
-        let _ = hub.events.send(HealthEvent {
-            cluster: name.clone(),
-            health,
-        });
-    }
 }
 
 /// Replaces `published` by `current` if they differ; whether it did.
@@ -591,17 +659,8 @@ mod tests {
         // Only the first tick of an endpoint's task comes during the test.
         let probes = HealthProbes::default().interval(Duration::from_secs(3600));
         let (cell, health) = watch::channel(ClusterHealth::unknown());
-        let (hub, tracker, stopped) = (hub.clone(), tasks.clone(), stopped.clone());
-        tasks.spawn(async move {
-            let probe_tasks = ProbeTasks {
-                tasks: &tracker,
-                stopped: &stopped,
-            };
-            tokio::select! {
-                () = token.cancelled() => {}
-                () = probe(cluster.name().clone(), cluster, probes, cell, hub, probe_tasks) => {}
-            }
-        });
+        let follower = Follower::new(cluster.name().clone(), cluster, &probes, cell, token);
+        hub.follow(follower, &probes, &ProbeTasks { tasks, stopped });
         health
     }
 
@@ -645,14 +704,85 @@ mod tests {
         assert_eq!(requests.load(Ordering::SeqCst), 2);
 
         // When the last follower of an endpoint leaves, its task ends: every task
-        // ends without the manager's token.
+        // ends without the manager's token. An endpoint whose followers have not all
+        // ended keeps its task.
         followers.cancel();
+        let (cell, _health) = watch::channel(ClusterHealth::unknown());
+        let staying = Follower::new(
+            "staying".into(),
+            host.clone(),
+            &HealthProbes::default(),
+            cell,
+            CancellationToken::new(),
+        );
+        hub.follow(
+            staying,
+            &HealthProbes::default(),
+            &ProbeTasks {
+                tasks: &tasks,
+                stopped: &stopped,
+            },
+        );
+        hub.leave(&host);
+        hub.leave(&other);
+        assert_eq!(hub.endpoints.len(), 1, "the host's endpoint is still followed");
+        let endpoint = host.endpoint();
+        lock(&lock(&hub.endpoints.0)[&endpoint].followers).list[0]
+            .token
+            .cancel();
+        hub.leave(&host);
         tasks.close();
         tokio::time::timeout(Duration::from_secs(10), tasks.wait())
             .await
             .expect("the endpoints' tasks end with their last followers");
         assert_eq!(hub.endpoints.len(), 0);
         assert!(!stopped.is_cancelled());
+    }
+
+    /// v04 (issue 21): the manager runs no task per engaged cluster for its health.
+    /// Clusters behind one endpoint are followed by the endpoint's probe task, which
+    /// writes each one's health; it ran a follower task per engagement (≈ 900 bytes
+    /// per namespace-cluster). Per engaged cluster the manager keeps one task only,
+    /// the wait for the engagement's end; the endpoint's task ends with the last.
+    #[tokio::test]
+    async fn v04_the_manager_follows_the_health_of_clusters_in_their_endpoints_task() {
+        use crate::multicluster::Aware;
+        let (url, requests) = serve_counting().await;
+        let host = Arc::new(Cluster::new("", client_with_token(&url, TOKEN)));
+        let manager = crate::manager::Manager::new(host.clone());
+        let names: Vec<ClusterName> = (0..3).map(|i| ClusterName::from(format!("ns-{i}"))).collect();
+        let mut tokens = Vec::new();
+        for name in &names {
+            let token = CancellationToken::new();
+            let cluster = Arc::new(Cluster::alias(name.clone(), &host));
+            manager
+                .engage(token.clone(), name.clone(), cluster)
+                .await
+                .expect("engaged");
+            tokens.push(token);
+        }
+        for name in &names {
+            healthy(manager.watch_cluster_health(name).expect("engaged")).await;
+        }
+        assert_eq!(requests.load(Ordering::SeqCst), 1, "one probe for the endpoint");
+        assert_eq!(
+            manager.inner.tasks.len(),
+            names.len() + 1,
+            "a wait for each engagement's end, and the endpoint's probe task"
+        );
+
+        // Removing the clusters ends their waits, and with the last, the probe task.
+        for token in &tokens {
+            token.cancel();
+        }
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !manager.inner.tasks.is_empty() || !manager.cluster_health().is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("every task of the engagements ends");
+        assert_eq!(manager.inner.health.endpoints.len(), 0);
     }
 
     #[tokio::test]

@@ -1206,7 +1206,13 @@ impl Manager {
     }
 
     /// Removes the engagement `generation` of `name` once its token is cancelled.
-    fn watch_disengage(&self, name: ClusterName, token: CancellationToken, generation: u64) {
+    fn watch_disengage(
+        &self,
+        name: ClusterName,
+        cluster: Arc<Cluster>,
+        token: CancellationToken,
+        generation: u64,
+    ) {
         let (inner, stopped) = (Arc::downgrade(&self.inner), self.inner.stopped.clone());
         self.inner.tasks.spawn(async move {
             tokio::select! {
@@ -1216,6 +1222,9 @@ impl Manager {
             let Some(inner) = inner.upgrade() else {
                 return;
             };
+            // The instance's health follower (its token is a child of this one)
+            // writes no more; its endpoint forgets it.
+            inner.health.leave(&cluster);
             // Through the gate: an engagement on its way (through user code) tells
             // the coordinator of itself first, so this `gone` comes after it.
             let _gate = tokio::select! {
@@ -1234,8 +1243,8 @@ impl Manager {
     }
 
     /// Probes the engagement of `cluster` under `name` until `token` is cancelled,
-    /// if probes are on.
-    fn watch_health(
+    /// if probes are on: the endpoint's probe task writes its health to `cell`.
+    fn follow_health(
         &self,
         name: ClusterName,
         cluster: Arc<Cluster>,
@@ -1245,24 +1254,12 @@ impl Manager {
         let Some(probes) = self.health_probes() else {
             return;
         };
-        let (hub, stopped, tasks) = (
-            self.inner.health.clone(),
-            self.inner.stopped.clone(),
-            self.inner.tasks.clone(),
-        );
-        self.inner.tasks.spawn(async move {
-            let probe_tasks = health::ProbeTasks {
-                tasks: &tasks,
-                stopped: &stopped,
-            };
-            // Token first: an ended engagement's follower writes no more.
-            tokio::select! {
-                biased;
-                () = token.cancelled() => {}
-                () = stopped.cancelled() => {}
-                () = health::probe(name, cluster, probes, cell, hub, probe_tasks) => {}
-            }
-        });
+        let follower = health::Follower::new(name, cluster, &probes, cell, token);
+        let tasks = health::ProbeTasks {
+            tasks: &self.inner.tasks,
+            stopped: &self.inner.stopped,
+        };
+        self.inner.health.follow(follower, &probes, &tasks);
     }
 
     fn engaged(&self) -> MutexGuard<'_, Engaged> {
@@ -1377,7 +1374,7 @@ impl Aware for Manager {
         }
         let replacing = replaced.is_some();
         tracing::info!(cluster = %name, replacing, "cluster engaged");
-        self.watch_disengage(name.clone(), own.clone(), generation);
+        self.watch_disengage(name.clone(), cluster.clone(), own.clone(), generation);
         let result = if owned {
             self.engage_components(&name, &cluster, &own, generation).await
         } else {
@@ -1431,7 +1428,7 @@ impl Manager {
             });
             (engaged.components.clone(), health)
         };
-        self.watch_health(name.clone(), cluster.clone(), engagement.clone(), health);
+        self.follow_health(name.clone(), cluster.clone(), engagement.clone(), health);
         let mut first_error = None;
         for component in components {
             // Read for each component: with sharding the term may change meanwhile.
@@ -1608,6 +1605,8 @@ impl coordination::Host for ManagerHost {
             && let Some(components) = entry.value.components.take()
         {
             components.cancel();
+            // Its health follower ended with it.
+            manager.inner.health.leave(&entry.cluster);
         }
     }
 

@@ -12,14 +12,14 @@
 //! | `controller_runtime_reconcile_total` | counter | `controller`, `cluster`, `result` (`success`, `error`, `requeue`, `requeue_after`) |
 //! | `controller_runtime_reconcile_errors_total` | counter | `controller`, `cluster` |
 //! | `controller_runtime_reconcile_panics_total` | counter | `controller`, `cluster` |
-//! | `controller_runtime_reconcile_time_seconds` | histogram | `controller`, `cluster` |
+//! | `controller_runtime_reconcile_time_seconds` | histogram | `controller` |
 //! | `controller_runtime_active_workers` | gauge | `controller`, `cluster` |
 //! | `controller_runtime_max_concurrent_reconciles` | gauge | `controller` |
 //! | `workqueue_depth` | gauge | `name`, `cluster` |
 //! | `workqueue_adds_total` | counter | `name`, `cluster` |
 //! | `workqueue_retries_total` | counter | `name`, `cluster` |
-//! | `workqueue_queue_duration_seconds` | histogram | `name`, `cluster` |
-//! | `workqueue_work_duration_seconds` | histogram | `name`, `cluster` |
+//! | `workqueue_queue_duration_seconds` | histogram | `name` |
+//! | `workqueue_work_duration_seconds` | histogram | `name` |
 //! | `workqueue_unfinished_work_seconds` | gauge | `name`, `cluster` |
 //! | `workqueue_longest_running_processor_seconds` | gauge | `name`, `cluster` |
 //! | `multicluster_runtime_engaged_clusters` | gauge | `provider` (`local` for the manager's own cluster) |
@@ -29,14 +29,17 @@
 //! | `multicluster_runtime_cache_watch_restarts_total` | counter | `cluster`, `resource` |
 //! | `leader_election_master_status` | gauge (0/1) | `name` (the lease, `""` without leader election) |
 //!
-//! The workqueue's `name` is the controller's name. A panicking reconcile counts as
+//! The workqueue's `name` is the controller's name. Histograms are per controller,
+//! summed over its clusters: per cluster they were most of a cluster's series and
+//! of its metrics' memory, and each cluster's reconciles are counted per cluster
+//! all the same. A panicking reconcile counts as
 //! an error too (`result="error"` and `..._errors_total`), as in controller-runtime.
 //!
 //! # Series of a removed cluster
 //!
 //! Gauges are computed at scrape time from the live state of the manager (a
-//! [`Collector`]): a cluster that is no longer engaged is simply not in it. Counters
-//! and histograms of a cluster are deleted when the cluster is disengaged from the
+//! [`Collector`]): a cluster that is no longer engaged is simply not in it. The
+//! counters of a cluster are deleted when the cluster is disengaged from the
 //! controller; a reconcile of it that ends afterwards is not recorded, so it cannot
 //! bring the series back. A cluster that is *replaced* by a new instance under the
 //! same name keeps its series.
@@ -44,7 +47,7 @@
 //! # Cardinality
 //!
 //! With the `cluster` label, every controller adds a fixed set of series for every
-//! engaged cluster: about 60 series and 7 KB of exposition per cluster and
+//! engaged cluster: 12 series and about 1 KB of exposition per cluster and
 //! controller (see `docs/decisions/metrics.md` for the measurement).
 //! [`Manager::with_cluster_label`](super::Manager::with_cluster_label)`(false)` drops
 //! the label: every metric is then one series per controller (or resource), summed
