@@ -13,8 +13,10 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+use prometheus_client::metrics::histogram::Histogram;
 
 use super::labels::SeriesLabels;
 use super::{Families, lock};
@@ -64,6 +66,11 @@ struct Series {
     cluster_label: Arc<AtomicBool>,
     /// The engaged clusters, which have series.
     clusters: Mutex<BTreeSet<ClusterName>>,
+    /// The controller's histograms (no cluster label), looked up in their
+    /// families on first use only: they are observed for every item.
+    reconcile_time: OnceLock<Histogram>,
+    queue_duration: OnceLock<Histogram>,
+    work_duration: OnceLock<Histogram>,
 }
 
 /// One engaged cluster's queue, as of a scrape.
@@ -86,6 +93,9 @@ impl ControllerMetrics {
             families,
             cluster_label,
             clusters: Mutex::default(),
+            reconcile_time: OnceLock::new(),
+            queue_duration: OnceLock::new(),
+            work_duration: OnceLock::new(),
         });
         Arc::new(ControllerMetrics {
             max_concurrent,
@@ -153,11 +163,15 @@ impl ControllerMetrics {
             if how == Reconciled::Panic {
                 families.reconcile_panics.get_or_create(&labels).inc();
             }
-            families
-                .reconcile_time
-                .get_or_create(&SeriesLabels::controller(name, None))
-                .observe(took.as_secs_f64());
         });
+        let series = &self.series;
+        series
+            .reconcile_time
+            .get_or_init(|| {
+                let labels = SeriesLabels::controller(name, None);
+                series.families.reconcile_time.get_or_create(&labels).clone()
+            })
+            .observe(took.as_secs_f64());
     }
 
     /// The queue of every engaged cluster, as of now.
@@ -205,23 +219,21 @@ impl QueueObserver<ClusterName> for Series {
         });
     }
 
-    fn leased(&self, cluster: &ClusterName, waited: Duration) {
-        self.record(cluster, |families, _| {
-            let labels = SeriesLabels::queue(&self.name, None);
-            families
-                .queue_duration
-                .get_or_create(&labels)
-                .observe(waited.as_secs_f64());
-        });
+    fn leased(&self, _: &ClusterName, waited: Duration) {
+        self.queue_duration
+            .get_or_init(|| {
+                let labels = SeriesLabels::queue(&self.name, None);
+                self.families.queue_duration.get_or_create(&labels).clone()
+            })
+            .observe(waited.as_secs_f64());
     }
 
-    fn released(&self, cluster: &ClusterName, worked: Duration) {
-        self.record(cluster, |families, _| {
-            let labels = SeriesLabels::queue(&self.name, None);
-            families
-                .work_duration
-                .get_or_create(&labels)
-                .observe(worked.as_secs_f64());
-        });
+    fn released(&self, _: &ClusterName, worked: Duration) {
+        self.work_duration
+            .get_or_init(|| {
+                let labels = SeriesLabels::queue(&self.name, None);
+                self.families.work_duration.get_or_create(&labels).clone()
+            })
+            .observe(worked.as_secs_f64());
     }
 }
