@@ -2,8 +2,9 @@
 //!
 //! A source watches one type through a cluster's shared cache and maps each change
 //! to requests: the object itself (`for`), its owner (`owns`), or whatever a mapper
-//! says (`watches`), possibly in other clusters. Each engaged cluster runs its own
-//! source task, so a cluster that is slow to sync only delays its own requests.
+//! says (`watches`), possibly in other clusters. Each engaged cluster feeds its own
+//! sources (in the controller's one task for that cluster), so a cluster that is
+//! slow to sync only delays its own requests.
 //!
 //! A source emits nothing before its informer has synced. That alone does not keep
 //! a reconciler from reading an informer that has not listed yet (the primary's
