@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parent.parent / "crates/multicluster-runtime/src"
 
 # Lowest first. A path prefix (relative to src, without .rs) decides a file's layer.
 LAYERS = [
-    ("support", ["redact", "backoff", "term", "exposition", "serving"]),
+    ("support", ["redact", "backoff", "term", "exposition", "serving", "collections"]),
     ("cluster + cache", ["cluster", "cache"]),
     ("contract", ["multicluster", "error", "runnable"]),
     ("providers", ["providers"]),

@@ -872,3 +872,62 @@ async fn v02_a_listed_backlog_is_served_by_a_few_workers_not_a_task_per_item() {
         "{reconciles} reconciles ran in {tasks} tasks; a backlog should take a few workers"
     );
 }
+
+/// v02: a worker that goes from item to item yields to the rest of the runtime as a
+/// task per item did: on this single-threaded runtime, a task that counts while the
+/// backlog drains gets turns in between, however quick the reconciles are.
+#[tokio::test]
+async fn v02_a_worker_draining_a_backlog_lets_other_tasks_run() {
+    const OBJECTS: usize = 400;
+    let env = Env::new(1).await;
+    let client = env.client(1);
+    for chunk in (0..OBJECTS).collect::<Vec<_>>().chunks(25) {
+        let names: Vec<String> = chunk.iter().map(|i| format!("v02-yield-{i}")).collect();
+        let creates = names.iter().map(|name| create_cm(client.clone(), name, &[]));
+        futures::future::join_all(creates).await;
+    }
+    let ticks = Arc::new(AtomicUsize::new(0));
+    let ticking = ticks.clone();
+    // Counts each time it is polled and wakes itself at once (not deferred, as
+    // `yield_now` is until the runtime parks): it runs whenever the thread is free.
+    let ticker = tokio::spawn(std::future::poll_fn(move |cx| {
+        ticking.fetch_add(1, Ordering::Relaxed);
+        cx.waker().wake_by_ref();
+        std::task::Poll::<()>::Pending
+    }));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen_by = seen.clone();
+    let (controller, recorder) = with_reconciler(
+        // One slot, so one worker: its runs are not interleaved with another's.
+        Controller::builder::<ConfigMap>(&env.manager).concurrency(1),
+        move |req: ReconcileRequest<ConfigMap>, recorder: Arc<Recorder>| {
+            recorder.record(&req.request, req.object.is_some());
+            seen_by.lock().unwrap().push(ticks.load(Ordering::Relaxed));
+            async { Ok::<_, Infallible>(Action::await_change()) }
+        },
+    )
+    .await;
+    env.start();
+    recorder
+        .wait(&format!("{OBJECTS} objects reconciled"), |seen| {
+            seen.iter()
+                .filter(|(r, _)| r.name().starts_with("v02-yield-"))
+                .count()
+                >= OBJECTS
+        })
+        .await;
+    wait_idle(&controller, &["c1"]).await;
+    ticker.abort();
+    // The longest run of reconciles during which the ticking task never ran.
+    let seen = seen.lock().unwrap().clone();
+    let longest = seen
+        .chunk_by(|a, b| a == b)
+        .map(<[usize]>::len)
+        .max()
+        .unwrap_or(0);
+    assert!(
+        longest <= 200,
+        "{longest} of {} reconciles ran without a turn for another task",
+        seen.len()
+    );
+}

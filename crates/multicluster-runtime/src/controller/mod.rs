@@ -763,6 +763,11 @@ impl Runnable for Controller {
                     if token.is_cancelled() {
                         return;
                     }
+                    // Reconciles that never wait would otherwise run a whole backlog
+                    // in one poll and hold the thread from every other task (the
+                    // cache's watches among them): yield when the task's budget is
+                    // spent, as a task per item did at each item.
+                    tokio::task::coop::consume_budget().await;
                     match lease.next_ready() {
                         Some(next) => lease = next,
                         None => return,
