@@ -760,14 +760,14 @@ impl Runnable for Controller {
                         () = cut.cancelled() => return,
                         () = this.process(request) => drop(lock(&in_flight).remove(&id)),
                     }
-                    if token.is_cancelled() {
-                        return;
-                    }
                     // Reconciles that never wait would otherwise run a whole backlog
                     // in one poll and hold the thread from every other task (the
                     // cache's watches among them): yield when the task's budget is
                     // spent, as a task per item did at each item.
                     tokio::task::coop::consume_budget().await;
+                    if token.is_cancelled() {
+                        return;
+                    }
                     match lease.next_ready() {
                         Some(next) => lease = next,
                         None => return,
