@@ -81,8 +81,16 @@ async fn run(args: PeerArgs, start: Instant, wall_start: SystemTime) -> Result<m
             .cache()
             .informer_with::<ConfigMap>(&(), WatchSpec::default().labels(&args.selector));
         let (stage, name, token) = (stage.clone(), cluster.name().to_string(), token.clone());
-        let mut events = informer.subscribe();
         tokio::spawn(async move {
+            // Subscribed once the first list is in, as the controller's sources are:
+            // a subscriber during the first list would hold the listed objects in the
+            // informer's channel until it read them, memory that a user's process
+            // does not spend. The updates this stage times start after every
+            // object was reconciled, so after every informer synced.
+            if informer.wait_synced(Duration::from_secs(300)).await.is_err() {
+                return;
+            }
+            let mut events = informer.subscribe();
             loop {
                 let event = tokio::select! {
                     () = token.cancelled() => return,
