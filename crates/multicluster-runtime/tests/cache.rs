@@ -723,3 +723,74 @@ async fn r08_index_backfill_runs_outside_the_registry_lock() {
     assert_eq!(keys(&filed), ["default/r08"]);
     token.cancel();
 }
+
+/// How many LIST requests for ConfigMaps the apiserver behind `client` has served,
+/// by its own `apiserver_request_total`.
+async fn configmap_lists_served(client: &Client) -> u64 {
+    let request = http::Request::get("/metrics").body(Vec::new()).expect("request");
+    let text = client.request_text(request).await.expect("apiserver metrics");
+    text.lines()
+        .filter(|line| {
+            line.starts_with("apiserver_request_total{")
+                && line.contains(r#"resource="configmaps""#)
+                && line.contains(r#"verb="LIST""#)
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Syncs a cache of `options` on `client` for the `v03=lists` ConfigMaps; returns
+/// their names and the LIST requests the apiserver served meanwhile.
+async fn sync_and_count_lists(client: &Client, cluster: &str, options: CacheOptions) -> (Vec<String>, u64) {
+    let before = configmap_lists_served(client).await;
+    let token = CancellationToken::new();
+    let cache = Cache::new(ClusterName::from(cluster), client.clone(), options, token.clone());
+    let informer = cache.informer_with::<ConfigMap>(&(), WatchSpec::default().labels("v03=lists"));
+    informer.wait_synced(SYNC).await.expect("sync");
+    let names = keys(&informer.store().list());
+    token.cancel();
+    (names, configmap_lists_served(client).await - before)
+}
+
+#[tokio::test]
+async fn v03_first_lists_are_streamed_where_the_apiserver_can_and_paged_where_it_cannot() {
+    // One apiserver as shipped (it streams lists), one with streaming turned off,
+    // as 1.33's and older apiservers are by default.
+    let (streaming, paged) = tokio::join!(
+        Fleet::start(1),
+        Fleet::builder()
+            .apiserver_arg("--feature-gates=WatchList=false")
+            .start()
+    );
+    let (streaming, paged) = (streaming.expect("start fleet"), paged.expect("start fleet"));
+    let expected = ["lists/a", "lists/b", "lists/c"];
+    for fleet in [&streaming, &paged] {
+        let client = fleet.cluster(0).client().expect("client");
+        create_namespace(&client, "lists").await;
+        for name in ["a", "b", "c"] {
+            let api: Api<ConfigMap> = Api::namespaced(client.clone(), "lists");
+            let mut cm = ConfigMap::default();
+            cm.metadata.name = Some(name.to_owned());
+            cm.metadata.labels = Some(BTreeMap::from([("v03".to_owned(), "lists".to_owned())]));
+            api.create(&PostParams::default(), &cm).await.expect("create");
+        }
+    }
+    let streaming_client = streaming.cluster(0).client().expect("client");
+    let paged_client = paged.cluster(0).client().expect("client");
+
+    // By default the first list is streamed: the apiserver serves no LIST.
+    let (names, lists) = sync_and_count_lists(&streaming_client, "streaming", CacheOptions::default()).await;
+    assert_eq!(names, expected);
+    assert_eq!(lists, 0, "a streamed first list is a watch, not a LIST");
+
+    // Turned off, the same apiserver serves the first list in pages: the count sees it.
+    let options = CacheOptions::default().streaming_lists(false);
+    let (names, lists) = sync_and_count_lists(&streaming_client, "streaming", options).await;
+    assert_eq!(names, expected);
+    assert!(lists >= 1, "a paged first list is a LIST, counted: {lists}");
+
+    // An apiserver that cannot stream refuses the watch; the informer lists in pages.
+    let (names, lists) = sync_and_count_lists(&paged_client, "paged", CacheOptions::default()).await;
+    assert_eq!(names, expected);
+    assert!(lists >= 1, "fell back to a paged LIST: {lists}");
+}

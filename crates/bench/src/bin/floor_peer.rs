@@ -19,7 +19,10 @@ async fn main() {
 async fn run(args: PeerArgs, start: Instant, wall_start: SystemTime) -> Result<mcr_bench::Report, String> {
     let files = mcr_bench::kubeconfig_files(&args.kubeconfigs)?;
     let tally = Arc::new(Tally::new(wall_start, args.expected, args.updates));
-    let mut config = watcher::Config::default();
+    // Its first list streamed, as the library's informers list by default
+    // (`CacheOptions::streaming_lists`): the floor is the same list and watch, minus
+    // the library, so that what the Rust peer holds above it is the library's.
+    let mut config = watcher::Config::default().streaming_lists();
     if !args.selector.is_empty() {
         config = config.labels(&args.selector);
     }

@@ -9,7 +9,9 @@
 //! [field indexes](Cache::index_field)) and broadcasts [`InformerEvent`]s. Watches
 //! retry with backoff for as long as the cache runs, so a broken cluster only affects
 //! its own informers; cancelling the cache's token (the cluster left the fleet) stops
-//! them all.
+//! them all. An informer's first list is streamed as watch events where the
+//! apiserver can stream it, and listed in pages where it cannot
+//! ([`CacheOptions::streaming_lists`]).
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -102,6 +104,7 @@ pub(crate) mod follow;
 mod index;
 mod informer;
 mod key;
+mod list_watch;
 mod namespaces;
 mod options;
 mod retry;
@@ -797,7 +800,12 @@ impl Cache {
                 .and_then(|transform| transform.downcast_ref::<Transform<K>>())
                 .cloned(),
         };
-        let config = key.spec.watcher_config();
+        let config = key.spec.watcher_config(inner.options.streaming_lists);
+        let who = list_watch::Watcher {
+            cluster: inner.cluster.clone(),
+            resource: resource.to_string(),
+            namespace: String::new(),
+        };
         let client = inner.client.clone();
         let dyntype = dyntype.clone();
         let (watch, watches): (Box<dyn FnMut() -> Events<K> + Send>, usize) = match &key.spec.namespaces {
@@ -811,11 +819,16 @@ impl Cache {
                     let watches = names
                         .iter()
                         .map(|ns| {
+                            let who = list_watch::Watcher {
+                                namespace: ns.clone(),
+                                ..who.clone()
+                            };
                             let events = namespaces::watch_namespace::<K>(
                                 client.clone(),
                                 &dyntype,
                                 ns,
                                 config.clone(),
+                                who,
                             );
                             (ns.clone(), events)
                         })
@@ -827,7 +840,7 @@ impl Cache {
             WatchNamespaces::All | WatchNamespaces::CacheDefault => {
                 let api = Api::<K>::all_with(client, &dyntype);
                 // A new watcher for every restart: it starts with a full list.
-                let watch = move || retry::with_backoff(watcher(api.clone(), config.clone())).boxed();
+                let watch = move || list_watch::watch(api.clone(), config.clone(), who.clone()).boxed();
                 (Box::new(watch), 1)
             }
         };

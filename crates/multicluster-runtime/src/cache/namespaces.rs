@@ -91,9 +91,10 @@ pub(crate) fn watch_namespace<K: CacheObject>(
     dyntype: &K::DynamicType,
     namespace: &str,
     config: watcher::Config,
+    who: super::list_watch::Watcher,
 ) -> impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static {
     let api = Api::<InNamespace<K>>::namespaced_with(client, namespace, dyntype);
-    super::retry::with_backoff(watcher(api, config)).map(|item| item.map(unwrap))
+    super::list_watch::watch(api, config, who).map(|item| item.map(unwrap))
 }
 
 fn unwrap<K>(event: watcher::Event<InNamespace<K>>) -> watcher::Event<K> {
