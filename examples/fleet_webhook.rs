@@ -131,8 +131,8 @@ pub async fn script(
     Ok(demo)
 }
 
-/// In `member`: a ConfigMap with the forbidden key refused (retried until the
-/// member is wired), and an allowed one admitted with its label.
+/// In `member`: a ConfigMap with the forbidden key refused, and an allowed one
+/// admitted with its label (each retried until the member is wired).
 async fn show(member: &Cluster, demo: &mut Demo) -> anyhow::Result<()> {
     let name = member.name().to_string();
     let api = Api::<ConfigMap>::namespaced(member.client(), "default");
@@ -152,10 +152,20 @@ async fn show(member: &Cluster, demo: &mut Demo) -> anyhow::Result<()> {
     })
     .await?;
     println!("--- {name}: refused: {refusal}");
-    let created = api
-        .create(&PostParams::default(), &config_map("app-settings", false))
-        .await?;
-    let label = created.metadata.labels.unwrap_or_default().remove(CLUSTER_LABEL);
+    // The mutating configuration is a second object, which the member's apiserver
+    // may pick up a moment after the validating one: retried until labelled.
+    let label = eventually(&format!("{name} labels what it admits"), || async {
+        let created = api
+            .create(&PostParams::default(), &config_map("app-settings", false))
+            .await
+            .ok()?;
+        let label = created.metadata.labels.unwrap_or_default().remove(CLUSTER_LABEL);
+        if label.is_none() {
+            let _ = api.delete("app-settings", &DeleteParams::default()).await;
+        }
+        label.map(Some)
+    })
+    .await?;
     println!(
         "--- {name}: admitted app-settings, labelled {CLUSTER_LABEL}={}",
         label.as_deref().unwrap_or("(none)")
