@@ -1,5 +1,5 @@
-//! The list-and-watch behind an informer: kube's watcher, its first list streamed where the
-//! apiserver can stream it, retried with backoff ([`retry`](super::retry)).
+//! The list-and-watch behind an informer: kube's watcher, its first list streamed
+//! where the apiserver can stream it, retried with backoff ([`retry`](super::retry)).
 //!
 //! A streamed list (`sendInitialEvents`, Kubernetes' "watch-list") sends the
 //! objects one event at a time, so the client decodes and stores one object at a
@@ -24,9 +24,9 @@ use serde::de::DeserializeOwned;
 use super::retry;
 use crate::cluster::ClusterName;
 
-/// Who watches, for the one log line of a fallback.
+/// What names a watch in the one log line of a fallback.
 #[derive(Clone, Debug)]
-pub(crate) struct Watcher {
+pub(crate) struct WatchLabels {
     pub cluster: ClusterName,
     pub resource: String,
     /// The namespace of a per-namespace watch; empty for a cluster-wide one.
@@ -39,7 +39,7 @@ pub(crate) struct Watcher {
 pub(crate) fn watch<K>(
     api: Api<K>,
     config: watcher::Config,
-    who: Watcher,
+    who: WatchLabels,
 ) -> impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static
 where
     K: kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
@@ -61,7 +61,7 @@ where
 fn streamed_or_paged<K, F>(
     mut make: F,
     streamed: bool,
-    who: Watcher,
+    who: WatchLabels,
 ) -> impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static
 where
     K: Send + 'static,
@@ -123,8 +123,8 @@ mod tests {
         cm
     }
 
-    fn who() -> Watcher {
-        Watcher {
+    fn who() -> WatchLabels {
+        WatchLabels {
             cluster: ClusterName::from("eu-1"),
             resource: "configmaps".into(),
             namespace: String::new(),

@@ -801,7 +801,7 @@ impl Cache {
                 .cloned(),
         };
         let config = key.spec.watcher_config(inner.options.streaming_lists);
-        let who = list_watch::Watcher {
+        let who = list_watch::WatchLabels {
             cluster: inner.cluster.clone(),
             resource: resource.to_string(),
             namespace: String::new(),
@@ -819,7 +819,7 @@ impl Cache {
                     let watches = names
                         .iter()
                         .map(|ns| {
-                            let who = list_watch::Watcher {
+                            let who = list_watch::WatchLabels {
                                 namespace: ns.clone(),
                                 ..who.clone()
                             };

@@ -91,7 +91,7 @@ pub(crate) fn watch_namespace<K: CacheObject>(
     dyntype: &K::DynamicType,
     namespace: &str,
     config: watcher::Config,
-    who: super::list_watch::Watcher,
+    who: super::list_watch::WatchLabels,
 ) -> impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static {
     let api = Api::<InNamespace<K>>::namespaced_with(client, namespace, dyntype);
     super::list_watch::watch(api, config, who).map(|item| item.map(unwrap))

@@ -64,8 +64,8 @@ pub struct CacheOptions {
     /// apiserver that cannot stream lists (before 1.27; 1.27–1.31 and 1.33 unless
     /// its `WatchList` feature gate is on) refuses the first watch with 422 or 400,
     /// and the informer then lists in pages for the rest of its life, logged once
-    /// at INFO, as client-go's informers do. Default: `true`, as client-go's since
-    /// 1.35.
+    /// at INFO (client-go's informers fall back likewise). Default: `true`, as
+    /// client-go's since 1.35.
     pub streaming_lists: bool,
     /// The types whose informers keep their objects in the compact stored form:
     /// as JSON, decoded on every read. Set with [`compact`](Self::compact). Empty
