@@ -98,7 +98,8 @@ type tally struct {
 	firstIn   map[string]time.Time // per cluster, its first reconcile
 	latencies []time.Duration
 	allSeenAt time.Time
-	changed   chan struct{} // closed and replaced whenever a new object is seen
+	want      int           // how many distinct objects waitSeen waits for
+	reached   chan struct{} // closed when the count reaches want, then replaced
 	allUpd    chan struct{}
 }
 
@@ -116,8 +117,12 @@ func (t *tally) record(cluster, namespace, name string, cm *corev1.ConfigMap) {
 		if len(t.lastStamp) == t.expected {
 			t.allSeenAt = now
 		}
-		close(t.changed)
-		t.changed = make(chan struct{})
+		// One wake-up when the count waited for is reached, not one per object:
+		// as the Rust peers' tally does.
+		if len(t.lastStamp) == t.want {
+			close(t.reached)
+			t.reached = make(chan struct{})
+		}
 	}
 	stamp, err := strconv.ParseInt(cm.Annotations[writtenAt], 10, 64)
 	if err != nil || stamp < t.start.UnixNano() || t.updates == 0 || stamp <= last {
@@ -132,18 +137,22 @@ func (t *tally) record(cluster, namespace, name string, cm *corev1.ConfigMap) {
 
 // waitSeen waits until at least n distinct objects were seen.
 func (t *tally) waitSeen(ctx context.Context, n int) error {
-	for {
-		t.mu.Lock()
-		seen, changed := len(t.lastStamp), t.changed
+	t.mu.Lock()
+	if len(t.lastStamp) >= n {
 		t.mu.Unlock()
-		if seen >= n {
-			return nil
-		}
-		select {
-		case <-changed:
-		case <-ctx.Done():
-			return fmt.Errorf("timed out with %d of %d objects reconciled", seen, n)
-		}
+		return nil
+	}
+	t.want = n
+	reached := t.reached
+	t.mu.Unlock()
+	select {
+	case <-reached:
+		return nil
+	case <-ctx.Done():
+		t.mu.Lock()
+		seen := len(t.lastStamp)
+		t.mu.Unlock()
+		return fmt.Errorf("timed out with %d of %d objects reconciled", seen, n)
 	}
 }
 
@@ -221,7 +230,7 @@ func run(start time.Time, o options) (*result, error) {
 		updates:   o.updates,
 		lastStamp: make(map[string]int64, o.expected),
 		firstIn:   map[string]time.Time{},
-		changed:   make(chan struct{}),
+		reached:   make(chan struct{}),
 		allUpd:    make(chan struct{}),
 	}
 	err = mcbuilder.ControllerManagedBy(mgr).
