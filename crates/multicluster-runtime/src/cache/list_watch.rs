@@ -14,6 +14,8 @@
 //! failure (unreachable, 403, 5xx) is retried as it is, streamed again.
 
 use std::fmt::Debug;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::stream::{self, BoxStream};
 use futures::{Stream, StreamExt};
@@ -24,69 +26,78 @@ use serde::de::DeserializeOwned;
 use super::retry;
 use crate::cluster::ClusterName;
 
-/// What names a watch in the one log line of a fallback.
+/// An informer's list-and-watch settings, shared by every watch it makes (it
+/// makes a new one after a transform panic or a reconnect): what names it in the
+/// one log line of a fallback, and whether its first lists are still streamed, so
+/// that a refusal lasts the informer's life.
 #[derive(Clone, Debug)]
-pub(crate) struct WatchLabels {
+pub(crate) struct ListWatch {
     pub cluster: ClusterName,
     pub resource: String,
     /// The namespace of a per-namespace watch; empty for a cluster-wide one.
     pub namespace: String,
+    /// Streamed first lists: [`CacheOptions::streaming_lists`](super::CacheOptions::streaming_lists)
+    /// until the apiserver refuses one. Shared with the informer's other watches
+    /// (its other namespaces, and the watches that replace these).
+    pub streaming: Arc<AtomicBool>,
 }
 
 /// The events of `api` under `config`, as an informer follows them: a first list
-/// streamed if `config` asks for it and the apiserver can, else paged; every
+/// streamed while `list_watch` says so and the apiserver can, else paged; every
 /// failure retried with the documented backoff.
 pub(crate) fn watch<K>(
     api: Api<K>,
     config: watcher::Config,
-    who: WatchLabels,
+    list_watch: ListWatch,
 ) -> impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static
 where
     K: kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
-    let streamed = config.initial_list_strategy == InitialListStrategy::StreamingList;
     let make = move |streaming: bool| {
         let mut config = config.clone();
-        if !streaming {
-            config.initial_list_strategy = InitialListStrategy::ListWatch;
-        }
+        config.initial_list_strategy = if streaming {
+            InitialListStrategy::StreamingList
+        } else {
+            InitialListStrategy::ListWatch
+        };
         watcher(api.clone(), config).boxed()
     };
-    retry::with_backoff(streamed_or_paged(make, streamed, who))
+    retry::with_backoff(streamed_or_paged(make, list_watch))
 }
 
 /// The events of `make(true)` (streamed lists) until the apiserver refuses to
 /// stream, then those of `make(false)` (paged lists) for good; only `make(false)`
-/// when `streamed` is false.
+/// once `list_watch.streaming` is false.
 fn streamed_or_paged<K, F>(
     mut make: F,
-    streamed: bool,
-    who: WatchLabels,
+    list_watch: ListWatch,
 ) -> impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static
 where
     K: Send + 'static,
     F: FnMut(bool) -> BoxStream<'static, watcher::Result<watcher::Event<K>>> + Send + 'static,
 {
-    let events = make(streamed);
+    let streaming = list_watch.streaming.load(Ordering::Relaxed);
+    let events = make(streaming);
     stream::unfold(
-        (events, make, streamed, who),
-        |(mut events, mut make, mut streaming, who)| async move {
+        (events, make, streaming, list_watch),
+        |(mut events, mut make, mut streaming, list_watch)| async move {
             loop {
                 let item = events.next().await?;
                 if streaming && item.as_ref().is_err_and(refuses_streaming) {
                     let status = item.as_ref().err().and_then(retry::status_code);
                     tracing::info!(
-                        cluster = %who.cluster,
-                        resource = %who.resource,
-                        namespace = %who.namespace,
+                        cluster = %list_watch.cluster,
+                        resource = %list_watch.resource,
+                        namespace = %list_watch.namespace,
                         status,
                         "the apiserver cannot stream a list (no WatchList); listing in pages from now on"
                     );
                     streaming = false;
+                    list_watch.streaming.store(false, Ordering::Relaxed);
                     events = make(false);
                     continue;
                 }
-                return Some((item, (events, make, streaming, who)));
+                return Some((item, (events, make, streaming, list_watch)));
             }
         },
     )
@@ -104,7 +115,7 @@ fn refuses_streaming(error: &watcher::Error) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
 
     use k8s_openapi::api::core::v1::ConfigMap;
     use kube::core::Status;
@@ -123,11 +134,12 @@ mod tests {
         cm
     }
 
-    fn who() -> WatchLabels {
-        WatchLabels {
+    fn list_watch(streaming: bool) -> ListWatch {
+        ListWatch {
             cluster: ClusterName::from("eu-1"),
             resource: "configmaps".into(),
             namespace: String::new(),
+            streaming: Arc::new(AtomicBool::new(streaming)),
         }
     }
 
@@ -177,13 +189,21 @@ mod tests {
                     Err(refused(code)),
                 ],
             );
-            let items: Vec<_> = streamed_or_paged(make, true, who()).collect().await;
+            let shared = list_watch(true);
+            let items: Vec<_> = streamed_or_paged(make, shared.clone()).collect().await;
             assert_eq!(
                 summary(&items),
                 ["init", "apply a", "done", &format!("error Some({code})")],
                 "the refusal is not passed on; a later one, paged, is"
             );
             assert_eq!(*asked.lock().unwrap(), [true, false], "one fallback, then pages");
+
+            // The informer's next watch (after a reconnect or a transform panic)
+            // lists in pages at once.
+            let (make, asked) = scripted(vec![Err(refused(code))], vec![Ok(Init), Ok(InitDone)]);
+            let items: Vec<_> = streamed_or_paged(make, shared).collect().await;
+            assert_eq!(summary(&items), ["init", "done"]);
+            assert_eq!(*asked.lock().unwrap(), [false], "no second refused request");
         }
     }
 
@@ -207,7 +227,8 @@ mod tests {
             ],
             vec![],
         );
-        let items: Vec<_> = streamed_or_paged(make, true, who()).collect().await;
+        let shared = list_watch(true);
+        let items: Vec<_> = streamed_or_paged(make, shared.clone()).collect().await;
         assert_eq!(
             summary(&items),
             [
@@ -220,12 +241,13 @@ mod tests {
             ]
         );
         assert_eq!(*asked.lock().unwrap(), [true]);
+        assert!(shared.streaming.load(Ordering::Relaxed), "still streaming");
     }
 
     #[tokio::test]
     async fn v03_paged_lists_when_streaming_is_off() {
         let (make, asked) = scripted(vec![], vec![Err(refused(422)), Ok(Init), Ok(InitDone)]);
-        let items: Vec<_> = streamed_or_paged(make, false, who()).collect().await;
+        let items: Vec<_> = streamed_or_paged(make, list_watch(false)).collect().await;
         assert_eq!(
             summary(&items),
             ["error Some(422)", "init", "done"],

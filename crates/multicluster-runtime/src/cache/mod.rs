@@ -116,7 +116,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::fmt::Debug;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use std::any::TypeId;
@@ -800,11 +800,12 @@ impl Cache {
                 .and_then(|transform| transform.downcast_ref::<Transform<K>>())
                 .cloned(),
         };
-        let config = key.spec.watcher_config(inner.options.streaming_lists);
-        let who = list_watch::WatchLabels {
+        let config = key.spec.watcher_config();
+        let list_watch = list_watch::ListWatch {
             cluster: inner.cluster.clone(),
             resource: resource.to_string(),
             namespace: String::new(),
+            streaming: Arc::new(AtomicBool::new(inner.options.streaming_lists)),
         };
         let client = inner.client.clone();
         let dyntype = dyntype.clone();
@@ -819,16 +820,16 @@ impl Cache {
                     let watches = names
                         .iter()
                         .map(|ns| {
-                            let who = list_watch::WatchLabels {
+                            let list_watch = list_watch::ListWatch {
                                 namespace: ns.clone(),
-                                ..who.clone()
+                                ..list_watch.clone()
                             };
                             let events = namespaces::watch_namespace::<K>(
                                 client.clone(),
                                 &dyntype,
                                 ns,
                                 config.clone(),
-                                who,
+                                list_watch,
                             );
                             (ns.clone(), events)
                         })
@@ -840,7 +841,8 @@ impl Cache {
             WatchNamespaces::All | WatchNamespaces::CacheDefault => {
                 let api = Api::<K>::all_with(client, &dyntype);
                 // A new watcher for every restart: it starts with a full list.
-                let watch = move || list_watch::watch(api.clone(), config.clone(), who.clone()).boxed();
+                let watch =
+                    move || list_watch::watch(api.clone(), config.clone(), list_watch.clone()).boxed();
                 (Box::new(watch), 1)
             }
         };

@@ -91,10 +91,10 @@ pub(crate) fn watch_namespace<K: CacheObject>(
     dyntype: &K::DynamicType,
     namespace: &str,
     config: watcher::Config,
-    who: super::list_watch::WatchLabels,
+    list_watch: super::list_watch::ListWatch,
 ) -> impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static {
     let api = Api::<InNamespace<K>>::namespaced_with(client, namespace, dyntype);
-    super::list_watch::watch(api, config, who).map(|item| item.map(unwrap))
+    super::list_watch::watch(api, config, list_watch).map(|item| item.map(unwrap))
 }
 
 fn unwrap<K>(event: watcher::Event<InNamespace<K>>) -> watcher::Event<K> {

@@ -352,13 +352,10 @@ impl WatchSpec {
         spec
     }
 
-    /// kube's watcher configuration for this spec; `streaming` asks for streamed
-    /// first lists ([`CacheOptions::streaming_lists`]).
-    pub(crate) fn watcher_config(&self, streaming: bool) -> watcher::Config {
+    /// kube's watcher configuration for this spec (how the first list is made is
+    /// the informer's [`ListWatch`](super::list_watch::ListWatch)'s to say).
+    pub(crate) fn watcher_config(&self) -> watcher::Config {
         let mut config = watcher::Config::default();
-        if streaming {
-            config = config.streaming_lists();
-        }
         if let Some(labels) = &self.label_selector {
             config = config.labels(labels);
         }
