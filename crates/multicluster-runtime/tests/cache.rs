@@ -739,13 +739,13 @@ async fn configmap_lists_served(client: &Client) -> u64 {
         .sum::<f64>() as u64
 }
 
-/// Syncs a cache of `options` on `client` for the `v03=lists` ConfigMaps; returns
+/// Syncs a cache of `options` on `client` for the `app=lists` ConfigMaps; returns
 /// their names and the LIST requests the apiserver served meanwhile.
 async fn sync_and_count_lists(client: &Client, cluster: &str, options: CacheOptions) -> (Vec<String>, u64) {
     let before = configmap_lists_served(client).await;
     let token = CancellationToken::new();
     let cache = Cache::new(ClusterName::from(cluster), client.clone(), options, token.clone());
-    let informer = cache.informer_with::<ConfigMap>(&(), WatchSpec::default().labels("v03=lists"));
+    let informer = cache.informer_with::<ConfigMap>(&(), WatchSpec::default().labels("app=lists"));
     informer.wait_synced(SYNC).await.expect("sync");
     let names = keys(&informer.store().list());
     token.cancel();
@@ -768,11 +768,7 @@ async fn v03_first_lists_are_streamed_where_the_apiserver_can_and_paged_where_it
         let client = fleet.cluster(0).client().expect("client");
         create_namespace(&client, "lists").await;
         for name in ["a", "b", "c"] {
-            let api: Api<ConfigMap> = Api::namespaced(client.clone(), "lists");
-            let mut cm = ConfigMap::default();
-            cm.metadata.name = Some(name.to_owned());
-            cm.metadata.labels = Some(BTreeMap::from([("v03".to_owned(), "lists".to_owned())]));
-            api.create(&PostParams::default(), &cm).await.expect("create");
+            create_config_map(&client, "lists", name, Some("lists")).await;
         }
     }
     let streaming_client = streaming.cluster(0).client().expect("client");
